@@ -1,0 +1,147 @@
+//! A plugin that misbehaves on purpose, one intent per kind of abuse, so the
+//! host's sandbox limits can be tested end to end. Intents are
+//! `urn:iicp:intent:test:<case>:v1`:
+//!
+//! | case         | behaviour                                                  |
+//! |--------------|------------------------------------------------------------|
+//! | ok           | returns the payload unchanged                              |
+//! | loop         | spins forever                                              |
+//! | memory-bomb  | allocates 1 MiB blocks until memory runs out               |
+//! | recursion    | recurses until the stack overflows                         |
+//! | trap         | executes `unreachable`                                     |
+//! | big-output   | returns a JSON string of `payload.bytes` bytes             |
+//! | log-flood    | writes `payload.lines` log lines and stdout lines          |
+//! | sleep        | sleeps `payload.ms` milliseconds, then returns the payload |
+//! | fail         | returns the typed error described by the payload           |
+//! | invalid-json | returns a result that is not JSON                          |
+
+use serde::Deserialize;
+
+wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+
+use exports::iicp::plugin::handler::{Descriptor, Guest, Task, TaskError, TaskOutput};
+use iicp::plugin::log::{Level, log};
+use iicp::plugin::types::{Capability, ErrorKind};
+
+const CASES: &[&str] = &[
+    "ok",
+    "loop",
+    "memory-bomb",
+    "recursion",
+    "trap",
+    "big-output",
+    "log-flood",
+    "sleep",
+    "fail",
+    "invalid-json",
+];
+
+struct Misbehave;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Params {
+    bytes: usize,
+    lines: u32,
+    ms: u64,
+    kind: String,
+    message: String,
+    retryable: bool,
+}
+
+fn output(result: String) -> Result<TaskOutput, TaskError> {
+    Ok(TaskOutput {
+        result_json: result,
+        usage: None,
+        model_used: None,
+    })
+}
+
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    if depth == 0 {
+        return frame[1];
+    }
+    recurse(depth - 1).wrapping_add(frame[7])
+}
+
+fn error_kind(name: &str) -> ErrorKind {
+    match name {
+        "invalid-input" => ErrorKind::InvalidInput,
+        "unsupported-intent" => ErrorKind::UnsupportedIntent,
+        "backend-failure" => ErrorKind::BackendFailure,
+        "unavailable" => ErrorKind::Unavailable,
+        "timeout" => ErrorKind::Timeout,
+        _ => ErrorKind::Internal,
+    }
+}
+
+impl Guest for Misbehave {
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "misbehave".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            capabilities: CASES
+                .iter()
+                .map(|case| Capability {
+                    intent: format!("urn:iicp:intent:test:{case}:v1"),
+                    models: Vec::new(),
+                    max_tokens: None,
+                    input_modalities: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn handle(task: Task) -> Result<TaskOutput, TaskError> {
+        let case = task
+            .intent
+            .strip_prefix("urn:iicp:intent:test:")
+            .and_then(|rest| rest.strip_suffix(":v1"))
+            .unwrap_or_default();
+        let params: Params = serde_json::from_str(&task.payload).unwrap_or_default();
+        match case {
+            "ok" => output(task.payload),
+            "loop" => {
+                let mut counter = 0u64;
+                loop {
+                    counter = core::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "memory-bomb" => {
+                let mut blocks = Vec::new();
+                loop {
+                    blocks.push(core::hint::black_box(vec![7u8; 1 << 20]));
+                }
+            }
+            "recursion" => output(recurse(core::hint::black_box(u64::MAX)).to_string()),
+            "trap" => core::arch::wasm32::unreachable(),
+            "big-output" => output(format!("\"{}\"", "x".repeat(params.bytes))),
+            "log-flood" => {
+                for line in 0..params.lines {
+                    log(Level::Info, &format!("flood line {line}"));
+                    println!("stdout flood line {line}");
+                    eprintln!("stderr flood line {line}");
+                }
+                output(format!("{{\"logged\":{}}}", params.lines))
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(params.ms));
+                output(task.payload)
+            }
+            "fail" => Err(TaskError {
+                kind: error_kind(&params.kind),
+                message: params.message,
+                retryable: params.retryable,
+            }),
+            "invalid-json" => output("this is not JSON".to_string()),
+            _ => Err(TaskError {
+                kind: ErrorKind::UnsupportedIntent,
+                message: format!("misbehave does not serve {}", task.intent),
+                retryable: false,
+            }),
+        }
+    }
+}
+
+export!(Misbehave);

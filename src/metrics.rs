@@ -1,0 +1,292 @@
+//! The node's Prometheus metrics.
+//!
+//! Conformance names (`iicp_tasks_total`, `iicp_task_latency_ms` with the
+//! buckets of `iicp-dir.md` §3.8, `iicp_tokens_used_total`) plus what an
+//! operator of a Wasm host needs: instantiation time, traps by kind, memory
+//! per task, capacity rejections, replays and the nonce cache size. Every
+//! per-task metric carries a `plugin` label. Label children for each
+//! (plugin, intent) pair are resolved once when a plugin is installed, so the
+//! task path only bumps atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets of `iicp_task_latency_ms` (`iicp-dir.md` §3.8).
+const LATENCY_BUCKETS_MS: &[f64] = &[
+    10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 30000.0,
+];
+/// Buckets of instantiation time, in seconds (10 µs .. 100 ms).
+const INSTANTIATION_BUCKETS_S: &[f64] = &[
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2, 1e-1,
+];
+/// Buckets of peak linear memory per task, in bytes (64 KiB .. 1 GiB).
+const MEMORY_BUCKETS_BYTES: &[f64] = &[
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+];
+
+/// All metric families, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    tasks: IntCounterVec,
+    latency: HistogramVec,
+    tokens: IntCounterVec,
+    instantiation: HistogramVec,
+    memory: HistogramVec,
+    traps: IntCounterVec,
+    log_dropped: IntCounterVec,
+    capacity_rejections: IntCounterVec,
+    plugin_info: IntGaugeVec,
+    /// `iicp_nonce_replays_total`.
+    pub replays: IntCounter,
+    /// `iicp_nonce_cache_full_total`.
+    pub nonce_cache_full: IntCounter,
+    /// `iicp_nonce_cache_entries` (set at scrape time).
+    pub nonce_cache_entries: IntGauge,
+    /// `iicp_active_jobs` (set at scrape time).
+    pub active_jobs: IntGauge,
+    /// `iicp_max_concurrent`.
+    pub max_concurrent: IntGauge,
+}
+
+/// Pre-resolved metrics for one (plugin, intent) pair.
+#[derive(Clone)]
+pub struct IntentMetrics {
+    /// Tasks that succeeded.
+    pub success: IntCounter,
+    /// Tasks that failed other than by timeout.
+    pub error: IntCounter,
+    /// Tasks that timed out.
+    pub timeout: IntCounter,
+    /// Task latency in ms.
+    pub latency_ms: Histogram,
+    /// Tokens reported by the plugin.
+    pub tokens: IntCounter,
+}
+
+/// Pre-resolved metrics for one plugin.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    plugin: String,
+    traps: IntCounterVec,
+    /// Store creation plus instantiation, in seconds.
+    pub instantiation_s: Histogram,
+    /// Peak linear memory per task, in bytes.
+    pub memory_bytes: Histogram,
+    /// Log lines dropped by the per-task budget.
+    pub log_lines_dropped: IntCounter,
+    /// Tasks refused with 429 for lack of a slot.
+    pub capacity_rejections: IntCounter,
+}
+
+impl PluginMetrics {
+    /// Counts a trap of `kind`.
+    pub fn trap(&self, kind: &str) {
+        self.traps
+            .with_label_values(&[self.plugin.as_str(), kind])
+            .inc();
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family. Definitions are static, so registration
+    /// cannot fail at run time.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let plugin_intent = &["plugin", "intent"];
+        Self {
+            tasks: counter_vec(
+                &r,
+                "iicp_tasks_total",
+                "Tasks run, by outcome.",
+                &["plugin", "intent", "status"],
+            ),
+            latency: histogram_vec(
+                &r,
+                "iicp_task_latency_ms",
+                "Task latency from receipt to response, in milliseconds.",
+                LATENCY_BUCKETS_MS,
+                plugin_intent,
+            ),
+            tokens: counter_vec(
+                &r,
+                "iicp_tokens_used_total",
+                "Tokens reported by plugins.",
+                plugin_intent,
+            ),
+            instantiation: histogram_vec(
+                &r,
+                "iicp_plugin_instantiation_seconds",
+                "Time to create a fresh store and plugin instance for a task.",
+                INSTANTIATION_BUCKETS_S,
+                &["plugin"],
+            ),
+            memory: histogram_vec(
+                &r,
+                "iicp_plugin_memory_bytes",
+                "Peak linear memory of a task's instance.",
+                MEMORY_BUCKETS_BYTES,
+                &["plugin"],
+            ),
+            traps: counter_vec(
+                &r,
+                "iicp_plugin_traps_total",
+                "Plugin instances stopped by a trap, by kind.",
+                &["plugin", "kind"],
+            ),
+            log_dropped: counter_vec(
+                &r,
+                "iicp_plugin_log_lines_dropped_total",
+                "Plugin log lines dropped by the per-task budget.",
+                &["plugin"],
+            ),
+            capacity_rejections: counter_vec(
+                &r,
+                "iicp_capacity_rejections_total",
+                "Tasks refused with 429 because every slot was busy.",
+                &["plugin"],
+            ),
+            plugin_info: {
+                let metric = IntGaugeVec::new(
+                    Opts::new("iicp_plugin_info", "Loaded plugins (value 1)."),
+                    &["plugin", "name", "version", "sha256"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(metric.clone()))
+                    .expect("unique metric name");
+                metric
+            },
+            replays: counter(
+                &r,
+                "iicp_nonce_replays_total",
+                "Tasks refused because their nonce was replayed.",
+            ),
+            nonce_cache_full: counter(
+                &r,
+                "iicp_nonce_cache_full_total",
+                "Nonced tasks refused because the replay cache was at its cap.",
+            ),
+            nonce_cache_entries: gauge(
+                &r,
+                "iicp_nonce_cache_entries",
+                "Nonces remembered for replay protection.",
+            ),
+            active_jobs: gauge(&r, "iicp_active_jobs", "Tasks holding a slot right now."),
+            max_concurrent: gauge(&r, "iicp_max_concurrent", "Task slots of the node."),
+            registry: r,
+        }
+    }
+
+    /// Resolves the metrics of one plugin and marks it loaded.
+    pub fn plugin(&self, plugin: &str, name: &str, version: &str, sha256: &str) -> PluginMetrics {
+        self.plugin_info
+            .with_label_values(&[plugin, name, version, sha256])
+            .set(1);
+        PluginMetrics {
+            plugin: plugin.to_string(),
+            traps: self.traps.clone(),
+            instantiation_s: self.instantiation.with_label_values(&[plugin]),
+            memory_bytes: self.memory.with_label_values(&[plugin]),
+            log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
+            capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
+        }
+    }
+
+    /// Resolves the metrics of one (plugin, intent) pair.
+    pub fn intent(&self, plugin: &str, intent: &str) -> IntentMetrics {
+        IntentMetrics {
+            success: self.tasks.with_label_values(&[plugin, intent, "success"]),
+            error: self.tasks.with_label_values(&[plugin, intent, "error"]),
+            timeout: self.tasks.with_label_values(&[plugin, intent, "timeout"]),
+            latency_ms: self.latency.with_label_values(&[plugin, intent]),
+            tokens: self.tokens.with_label_values(&[plugin, intent]),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_children_show_up_in_the_exposition() {
+        let metrics = Metrics::new();
+        let intent = metrics.intent("echo", "urn:x");
+        intent.success.inc();
+        intent.latency_ms.observe(3.0);
+        metrics
+            .plugin("echo", "echo", "0.1.0", "ab")
+            .trap("unreachable");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(r#"iicp_tasks_total{intent="urn:x",plugin="echo",status="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"iicp_task_latency_ms_bucket{intent="urn:x",plugin="echo",le="10"} 1"#)
+        );
+        assert!(text.contains(r#"iicp_plugin_traps_total{kind="unreachable",plugin="echo"} 1"#));
+    }
+}

@@ -1,0 +1,292 @@
+//! The protocol's error envelope, `{"error":{"code":…,"message":…}}`, and the
+//! codes this node emits. Every route reports failures through [`ApiError`], so
+//! no framework default (plain text, HTML, stack traces) ever reaches a client.
+//!
+//! Codes follow `protocol.md` §3. Where the spec and the reference SDK
+//! disagree we chose:
+//! * capacity: HTTP 429 with code `IICP-E021`, message `capacity_exceeded`,
+//!   plus `qos_class`, `retry_after_ms` and a `Retry-After` header (§10 #5);
+//! * replay: HTTP 409 `IICP-E011`, message `replay_detected`;
+//! * unknown intent: HTTP 404 `unknown_intent`;
+//! * failures after a task was accepted also carry `task_id` and `status`
+//!   (`error` or `timeout`), which both the SDK clients and the spec read.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Longest message text we put in an envelope; longer text is cut.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// A protocol error, rendered as the error envelope with its HTTP status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: Cow<'static, str>,
+    retryable: Option<bool>,
+    qos_class: Option<&'static str>,
+    retry_after_ms: Option<u64>,
+    task: Option<TaskContext>,
+}
+
+#[derive(Debug, Clone)]
+struct TaskContext {
+    task_id: String,
+    status: &'static str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: truncate(message.into()),
+            retryable: None,
+            qos_class: None,
+            retry_after_ms: None,
+            task: None,
+        }
+    }
+
+    /// 422 `validation_error`: the body is not a valid task.
+    pub fn validation(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            message,
+        )
+    }
+
+    /// 404 `unknown_intent`: no loaded plugin serves the intent.
+    pub fn unknown_intent(intent: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_intent",
+            format!("this node does not serve intent {intent}"),
+        )
+    }
+
+    /// 413 `payload_too_large`: the body exceeds the configured limit.
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit_bytes} bytes"),
+        )
+    }
+
+    /// 429 `IICP-E021` `capacity_exceeded`: every slot is busy.
+    pub fn capacity_exceeded(qos_class: &'static str, retry_after_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "IICP-E021",
+            "capacity_exceeded",
+        );
+        error.qos_class = Some(qos_class);
+        error.retry_after_ms = Some(retry_after_ms);
+        error.retryable = Some(true);
+        error
+    }
+
+    /// 409 `IICP-E011` `replay_detected`: the nonce was seen inside the window.
+    pub fn replay_detected() -> Self {
+        Self::new(StatusCode::CONFLICT, "IICP-E011", "replay_detected")
+    }
+
+    /// 503 `nonce_cache_full`: the replay cache is at its cap with entries
+    /// that are all still inside the window, so a new nonce cannot be
+    /// remembered and is refused rather than risk accepting a replay later.
+    pub fn nonce_cache_full(retry_after_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nonce_cache_full",
+            "replay cache is full; retry later or send the task without a nonce",
+        );
+        error.retry_after_ms = Some(retry_after_ms);
+        error.retryable = Some(true);
+        error
+    }
+
+    /// 504 `task_timeout`: the task did not finish inside its budget.
+    pub fn task_timeout(budget_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "task_timeout",
+            format!("task did not finish within its {budget_ms} ms budget"),
+        );
+        error.retryable = Some(true);
+        error
+    }
+
+    /// 502 `backend_error`: the plugin or its backend failed.
+    pub fn backend_error(message: impl Into<Cow<'static, str>>, retryable: bool) -> Self {
+        let mut error = Self::new(StatusCode::BAD_GATEWAY, "backend_error", message);
+        error.retryable = Some(retryable);
+        error
+    }
+
+    /// 503 `unavailable`: temporarily unable to serve.
+    pub fn unavailable(message: impl Into<Cow<'static, str>>, retry_after_ms: u64) -> Self {
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        error.retryable = Some(true);
+        error.retry_after_ms = Some(retry_after_ms);
+        error
+    }
+
+    /// 500 `internal_error`: a fault inside this node or a plugin bug.
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        let mut error = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message);
+        error.retryable = Some(false);
+        error
+    }
+
+    /// 401 `unauthorized`: missing or wrong credentials.
+    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 404 `not_found`: no such route.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 405 `method_not_allowed`: the route exists with another method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    }
+
+    /// Sets whether the consumer may retry.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = Some(retryable);
+        self
+    }
+
+    /// Attaches the accepted task's id; the body then also carries `status`.
+    pub fn for_task(mut self, task_id: &str) -> Self {
+        let status = if self.status == StatusCode::GATEWAY_TIMEOUT {
+            "timeout"
+        } else {
+            "error"
+        };
+        self.task = Some(TaskContext {
+            task_id: task_id.to_string(),
+            status,
+        });
+        self
+    }
+
+    /// The HTTP status this error is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The protocol error code, e.g. `validation_error` or `IICP-E021`.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+fn truncate(mut message: Cow<'static, str>) -> Cow<'static, str> {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.to_mut().truncate(end);
+    }
+    message
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qos_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let envelope = Envelope {
+            task_id: self.task.as_ref().map(|t| t.task_id.as_str()),
+            status: self.task.as_ref().map(|t| t.status),
+            error: ErrorBody {
+                code: self.code,
+                message: &self.message,
+                retryable: self.retryable,
+                qos_class: self.qos_class,
+                retry_after_ms: self.retry_after_ms,
+            },
+        };
+        let mut response = match serde_json::to_vec(&envelope) {
+            Ok(body) => (self.status, body).into_response(),
+            Err(_) => (
+                self.status,
+                br#"{"error":{"code":"internal_error","message":"unencodable error"}}"#.to_vec(),
+            )
+                .into_response(),
+        };
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(ms) = self.retry_after_ms {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let error = ApiError::validation("é".repeat(MAX_MESSAGE_BYTES));
+        assert!(error.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(error.message().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn capacity_error_carries_retry_after_header() {
+        let response = ApiError::capacity_exceeded("batch", 1500).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn timeout_for_task_reports_timeout_status() {
+        let error = ApiError::task_timeout(500).for_task("t-1");
+        assert_eq!(error.task.as_ref().map(|t| t.status), Some("timeout"));
+    }
+}

@@ -1,0 +1,29 @@
+//! The IICP wire format as this node speaks it: task requests and responses,
+//! the error envelope and W3C trace context.
+
+pub mod error;
+pub mod task;
+pub mod trace_context;
+
+pub use error::ApiError;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A JSON response; an unencodable body (never expected) becomes the
+/// 500 error envelope rather than a panic.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => ApiError::internal("cannot encode the response").into_response(),
+    }
+}

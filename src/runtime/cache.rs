@@ -1,0 +1,173 @@
+//! On-disk cache of compiled components.
+//!
+//! Compiling a component with Cranelift takes ~100 ms; loading a compiled
+//! artifact takes ~0.2 ms. Entries are keyed by the SHA-256 of the `.wasm`
+//! and by the engine's compatibility hash (wasmtime version and every
+//! setting that affects code generation), so an engine change never loads a
+//! stale artifact. Each file carries a SHA-256 of its own body; a missing,
+//! truncated, corrupt or incompatible entry is a cache miss, never a failure.
+//!
+//! Safety of loading: `Component::deserialize` trusts its input. We only load
+//! files from a directory this process created with mode 0700, and only when
+//! the embedded digest matches, i.e. bytes this code wrote itself.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+const MAGIC: &[u8; 8] = b"IICPCW01";
+const DIGEST_LEN: usize = 32;
+
+/// A directory of compiled artifacts for one engine configuration.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+/// Where a plugin's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded from the cache.
+    Hit,
+    /// Compiled now (and stored, when a cache is configured).
+    Compiled,
+}
+
+impl ArtifactCache {
+    /// Opens (creating if needed, mode 0700) a cache directory.
+    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        restrict_permissions(dir, 0o700)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            engine_key: engine_key(engine),
+        })
+    }
+
+    fn entry_path(&self, wasm_sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", &self.engine_key[..16]))
+    }
+
+    /// The cached component for `wasm_sha256`, or `None` on any kind of miss.
+    pub fn load(&self, engine: &Engine, wasm_sha256: &str) -> Option<Component> {
+        let path = self.entry_path(wasm_sha256);
+        let bytes = fs::read(&path).ok()?;
+        let component = verified_body(&bytes).and_then(|body| {
+            // SAFETY: see the module docs — the body is what `store` wrote.
+            unsafe { Component::deserialize(engine, body) }.ok()
+        });
+        if component.is_none() {
+            tracing::warn!(path = %path.display(), "discarding unusable compiled-artifact cache entry");
+            let _ = fs::remove_file(&path);
+        }
+        component
+    }
+
+    /// Stores a compiled component; failures are logged, never fatal.
+    pub fn store(&self, wasm_sha256: &str, component: &Component) {
+        if let Err(error) = self.try_store(wasm_sha256, component) {
+            tracing::warn!(%error, "cannot write compiled-artifact cache entry");
+        }
+    }
+
+    fn try_store(&self, wasm_sha256: &str, component: &Component) -> wasmtime::Result<()> {
+        let body = component.serialize()?;
+        let path = self.entry_path(wasm_sha256);
+        let temp = path.with_extension(format!("tmp{}-{}", std::process::id(), fastrand::u32(..)));
+        let mut file = fs::File::create(&temp)?;
+        restrict_permissions(&temp, 0o600)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&Sha256::digest(&body))?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        drop(file);
+        // Rename is atomic: readers see the old entry, no entry, or the whole new one.
+        if let Err(error) = fs::rename(&temp, &path) {
+            let _ = fs::remove_file(&temp);
+            return Err(error.into());
+        }
+        Ok(())
+    }
+}
+
+/// Loads `wasm` from the cache or compiles (and caches) it.
+pub fn load_or_compile(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    wasm: &[u8],
+    wasm_sha256: &str,
+) -> wasmtime::Result<(Component, CacheOutcome)> {
+    if let Some(component) = cache.and_then(|c| c.load(engine, wasm_sha256)) {
+        return Ok((component, CacheOutcome::Hit));
+    }
+    let component = Component::new(engine, wasm)?;
+    if let Some(cache) = cache {
+        cache.store(wasm_sha256, &component);
+    }
+    Ok((component, CacheOutcome::Compiled))
+}
+
+fn verified_body(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    if rest.len() < DIGEST_LEN {
+        return None;
+    }
+    let (digest, body) = rest.split_at(DIGEST_LEN);
+    (Sha256::digest(body).as_slice() == digest).then_some(body)
+}
+
+/// SHA-256 of the engine's compatibility hash, as hex: stable across runs of
+/// the same build, different for any setting that changes compiled code.
+fn engine_key(engine: &Engine) -> String {
+    struct DigestHasher(Sha256);
+    impl Hasher for DigestHasher {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            let digest = self.0.clone().finalize();
+            u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+        }
+    }
+    let mut hasher = DigestHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(hasher.0.finalize())
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_digest_must_match() {
+        let body = b"compiled code";
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&Sha256::digest(body));
+        file.extend_from_slice(body);
+        assert_eq!(verified_body(&file), Some(body.as_slice()));
+
+        let mut corrupt = file.clone();
+        *corrupt.last_mut().unwrap() ^= 1;
+        assert_eq!(verified_body(&corrupt), None);
+        assert_eq!(verified_body(&file[..20]), None);
+        assert_eq!(verified_body(b"not a cache entry"), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! Running one task: a fresh store and instance, the `handle` call bounded
+//! by the task's deadline, and the outcome classified into a
+//! [`TaskFailure`] the server can map to a protocol error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
+
+use super::bindings::{Constraints, ErrorKind, Qos, Task, TaskError, TraceContext, Usage};
+use super::plugin::LoadedPlugin;
+use super::store::task_store;
+use crate::protocol::task::Qos as WireQos;
+
+/// One task as the runtime needs it; the server has validated every field.
+#[derive(Debug)]
+pub struct TaskInput<'a> {
+    /// The consumer's task id.
+    pub task_id: &'a str,
+    /// The intent, one the plugin serves.
+    pub intent: &'a str,
+    /// Payload JSON text.
+    pub payload: &'a str,
+    /// The task's whole budget (for the plugin's information).
+    pub timeout: Duration,
+    /// `constraints.max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// `constraints.model`.
+    pub model: Option<&'a str>,
+    /// `constraints.qos`.
+    pub qos: WireQos,
+    /// `traceparent` naming the node's span.
+    pub traceparent: String,
+    /// The consumer's `tracestate`.
+    pub tracestate: Option<&'a str>,
+    /// When the plugin must be done.
+    pub deadline: Instant,
+}
+
+/// A successful task.
+#[derive(Debug)]
+pub struct TaskSuccess {
+    /// The result, checked to be JSON.
+    pub result: Box<RawValue>,
+    /// Token usage as reported by the plugin.
+    pub usage: Option<Usage>,
+    /// Model used, as reported by the plugin.
+    pub model_used: Option<String>,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFailure {
+    /// The deadline passed (CPU loop interrupted, or waiting too long).
+    Timeout,
+    /// The instance tried to grow memory past its cap.
+    MemoryLimit {
+        /// The cap in MiB.
+        cap_mib: usize,
+    },
+    /// The guest's call stack overflowed.
+    StackOverflow,
+    /// Any other trap; the value names its kind.
+    Trap(&'static str),
+    /// The result exceeds the plugin's output cap.
+    OutputTooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// The result is not JSON.
+    InvalidOutput,
+    /// The plugin returned a typed error.
+    Plugin {
+        /// The plugin's error kind.
+        kind: ErrorKind,
+        /// The plugin's message.
+        message: String,
+        /// Whether the consumer may retry.
+        retryable: bool,
+    },
+    /// No instance slot was free in the engine's pool.
+    PoolExhausted,
+    /// Something else failed in the host; details are logged, not returned.
+    Host,
+}
+
+impl TaskFailure {
+    /// The trap kind for the `iicp_plugin_traps_total{kind}` metric, if this
+    /// failure stopped the instance.
+    pub fn trap_kind(&self) -> Option<&'static str> {
+        match self {
+            TaskFailure::Timeout => Some("timeout"),
+            TaskFailure::MemoryLimit { .. } => Some("memory_limit"),
+            TaskFailure::StackOverflow => Some("stack_overflow"),
+            TaskFailure::Trap(kind) => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+/// What happened besides the result, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TaskReport {
+    /// Time to create the store and instantiate the component.
+    pub instantiate: Duration,
+    /// Log lines dropped because the task's budget ran out.
+    pub log_lines_dropped: u64,
+    /// Linear memory the instance had at its peak.
+    pub memory_bytes: usize,
+}
+
+/// Runs `input` in a fresh instance of `plugin`.
+pub async fn run_task(
+    engine: &Engine,
+    plugin: &LoadedPlugin,
+    input: TaskInput<'_>,
+) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
+    let started = Instant::now();
+    let mut store = task_store(
+        engine,
+        plugin.id.clone(),
+        Arc::from(input.task_id),
+        &plugin.limits,
+        input.deadline,
+    );
+    let task = to_wit_task(&input);
+    let mut instantiated = None;
+    let call = async {
+        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        instantiated = Some(started.elapsed());
+        instance
+            .iicp_plugin_handler()
+            .call_handle(&mut store, &task)
+            .await
+    };
+    // The epoch callback interrupts running guest code; this timeout also
+    // covers time spent waiting in host calls, where no guest code runs.
+    let outcome = tokio::time::timeout_at(input.deadline.into(), call).await;
+    let state = store.data();
+    let report = TaskReport {
+        instantiate: instantiated.unwrap_or_default(),
+        log_lines_dropped: state.task_log().finish(),
+        memory_bytes: state.limiter().in_use_bytes(),
+    };
+    let result =
+        match outcome {
+            Err(_elapsed) => Err(TaskFailure::Timeout),
+            Ok(Err(error)) => Err(classify_error(&error, state.limiter().cap_hit(), plugin)),
+            Ok(Ok(Err(error))) => Err(plugin_error(error)),
+            Ok(Ok(Ok(output))) => check_output(output.result_json, plugin.limits.max_output_bytes)
+                .map(|result| TaskSuccess {
+                    result,
+                    usage: output.usage,
+                    model_used: output.model_used,
+                }),
+        };
+    (result, report)
+}
+
+fn to_wit_task(input: &TaskInput<'_>) -> Task {
+    let deadline_unix_ms = SystemTime::now()
+        .checked_add(input.deadline.saturating_duration_since(Instant::now()))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Task {
+        task_id: input.task_id.to_string(),
+        intent: input.intent.to_string(),
+        payload: input.payload.to_string(),
+        constraints: Constraints {
+            timeout_ms: u32::try_from(input.timeout.as_millis()).unwrap_or(u32::MAX),
+            max_tokens: input.max_tokens,
+            model: input.model.map(str::to_string),
+            qos: match input.qos {
+                WireQos::Realtime => Qos::Realtime,
+                WireQos::Interactive => Qos::Interactive,
+                WireQos::Batch => Qos::Batch,
+                WireQos::BestEffort => Qos::BestEffort,
+            },
+        },
+        trace: TraceContext {
+            traceparent: input.traceparent.clone(),
+            tracestate: input.tracestate.map(str::to_string),
+        },
+        deadline_unix_ms,
+    }
+}
+
+fn classify_error(
+    error: &wasmtime::Error,
+    memory_cap_hit: bool,
+    plugin: &LoadedPlugin,
+) -> TaskFailure {
+    if memory_cap_hit {
+        return TaskFailure::MemoryLimit {
+            cap_mib: plugin.limits.memory_bytes >> 20,
+        };
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => TaskFailure::Timeout,
+            Trap::StackOverflow => TaskFailure::StackOverflow,
+            other => TaskFailure::Trap(trap_kind(other)),
+        };
+    }
+    if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return TaskFailure::PoolExhausted;
+    }
+    tracing::error!(plugin = &*plugin.id, error = %format!("{error:#}"), "plugin task failed in the host");
+    TaskFailure::Host
+}
+
+fn trap_kind(trap: &Trap) -> &'static str {
+    match trap {
+        Trap::UnreachableCodeReached => "unreachable",
+        Trap::MemoryOutOfBounds => "memory_out_of_bounds",
+        Trap::HeapMisaligned => "heap_misaligned",
+        Trap::TableOutOfBounds => "table_out_of_bounds",
+        Trap::IndirectCallToNull => "indirect_call_to_null",
+        Trap::BadSignature => "bad_signature",
+        Trap::IntegerOverflow => "integer_overflow",
+        Trap::IntegerDivisionByZero => "division_by_zero",
+        Trap::BadConversionToInteger => "bad_conversion_to_integer",
+        _ => "other",
+    }
+}
+
+fn plugin_error(error: TaskError) -> TaskFailure {
+    TaskFailure::Plugin {
+        kind: error.kind,
+        message: error.message,
+        retryable: error.retryable,
+    }
+}
+
+fn check_output(result_json: String, limit: usize) -> Result<Box<RawValue>, TaskFailure> {
+    if result_json.len() > limit {
+        return Err(TaskFailure::OutputTooLarge { limit });
+    }
+    RawValue::from_string(result_json).map_err(|_| TaskFailure::InvalidOutput)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_must_be_json_and_within_the_cap() {
+        assert!(check_output(r#"{"a":1}"#.to_string(), 100).is_ok());
+        assert_eq!(
+            check_output("nope".to_string(), 100).unwrap_err(),
+            TaskFailure::InvalidOutput
+        );
+        assert_eq!(
+            check_output("\"0123456789\"".to_string(), 5).unwrap_err(),
+            TaskFailure::OutputTooLarge { limit: 5 }
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! The WebAssembly side of the node: one engine, plugins loaded into it, and
+//! a fresh sandboxed instance for every task.
+//!
+//! * [`engine`] — engine configuration, pooling allocator, epoch ticker;
+//! * [`cache`] — on-disk cache of compiled components;
+//! * [`plugin`] — loading and checking a plugin;
+//! * [`store`] and [`limits`] — the per-task store and its limits;
+//! * [`execute`] — running one task and classifying its outcome;
+//! * [`host`] — the capabilities plugins import (log, stdio).
+
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod execute;
+pub mod host;
+pub mod limits;
+pub mod plugin;
+pub mod store;
+
+use std::path::PathBuf;
+
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use self::bindings::Plugin;
+use self::cache::ArtifactCache;
+use self::engine::{AllocatorKind, EngineSettings};
+use self::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
+use self::plugin::{LoadError, LoadedPlugin, PluginSource};
+use self::store::TaskState;
+
+/// How to build the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Engine and allocator settings.
+    pub engine: EngineSettings,
+    /// Where compiled artifacts are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The engine, the linker with every host capability, and the artifact cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    cache: Option<ArtifactCache>,
+    allocator: AllocatorKind,
+}
+
+impl Runtime {
+    /// Builds the engine and links the host capabilities.
+    pub fn new(settings: &RuntimeSettings) -> wasmtime::Result<Self> {
+        let (engine, allocator) = engine::build_engine(&settings.engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
+        let cache = settings.cache_dir.as_deref().and_then(|dir| {
+            ArtifactCache::open(dir, &engine)
+                .inspect_err(|error| {
+                    tracing::warn!(dir = %dir.display(), %error, "compiled-artifact cache disabled");
+                })
+                .ok()
+        });
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            allocator,
+        })
+    }
+
+    /// The allocator in use.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.allocator
+    }
+
+    /// Loads and checks a plugin.
+    pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
+        plugin::load(&self.engine, &self.linker, self.cache.as_ref(), source).await
+    }
+
+    /// Runs one task in a fresh instance of `plugin`.
+    pub async fn run_task(
+        &self,
+        plugin: &LoadedPlugin,
+        input: TaskInput<'_>,
+    ) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
+        execute::run_task(&self.engine, plugin, input).await
+    }
+}

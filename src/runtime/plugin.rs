@@ -1,0 +1,406 @@
+//! Loading a plugin: read and classify the file, compile it (or load it from
+//! the artifact cache), check that it fits the `iicp:plugin` world, build the
+//! pre-instantiated component, and ask the plugin to describe itself.
+//!
+//! Every refusal is a [`LoadError`] whose `Display` is one line an operator
+//! can act on.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use super::bindings::{Descriptor, PluginPre};
+use super::cache::{self, ArtifactCache, CacheOutcome};
+use super::limits::PluginLimits;
+use super::store::{TaskState, task_store};
+
+/// The export every plugin must provide.
+pub const HANDLER_EXPORT: &str = "iicp:plugin/handler@0.1.0";
+/// Time a plugin gets to answer `describe` at load time.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The input modalities the protocol knows.
+const MODALITIES: &[&str] = &["text", "image", "audio", "video"];
+const MAX_INTENT_BYTES: usize = 256;
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct PluginSource {
+    /// Operator-chosen id; defaults to the plugin's own name.
+    pub id: Option<String>,
+    /// Path of the `.wasm` component.
+    pub path: PathBuf,
+    /// Limits for the plugin's tasks.
+    pub limits: PluginLimits,
+}
+
+/// One intent a plugin serves, as it described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityInfo {
+    /// Intent URN.
+    pub intent: String,
+    /// Models served for it.
+    pub models: Vec<String>,
+    /// Advertised `max_tokens`, if limited.
+    pub max_tokens: Option<u32>,
+    /// Accepted input modalities (never empty; `text` by default).
+    pub input_modalities: Vec<String>,
+}
+
+/// A plugin's validated self-description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The intents it serves, each once.
+    pub capabilities: Vec<CapabilityInfo>,
+}
+
+/// A plugin ready to run tasks: compiled, linked and described.
+pub struct LoadedPlugin {
+    /// The id tasks, logs and metrics know it by.
+    pub id: Arc<str>,
+    /// What it says it serves.
+    pub info: PluginInfo,
+    /// SHA-256 of the `.wasm`, hex.
+    pub sha256: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Limits for its tasks.
+    pub limits: PluginLimits,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+    /// Time taken to load it.
+    pub load_time: Duration,
+    pub(super) pre: PluginPre<TaskState>,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("id", &self.id)
+            .field("info", &self.info)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// No file at the path.
+    NotFound(PathBuf),
+    /// The file exists but cannot be read.
+    Unreadable(PathBuf, String),
+    /// The file is not WebAssembly at all.
+    NotWasm(PathBuf),
+    /// A core module rather than a component.
+    CoreModule(PathBuf),
+    /// A precompiled artifact, which `run` does not load from an arbitrary path.
+    Precompiled(PathBuf),
+    /// Wasm that does not validate or compile.
+    Invalid(PathBuf, String),
+    /// A component that does not target the `iicp:plugin` world.
+    WrongWorld(PathBuf, String),
+    /// `describe` trapped, timed out or returned nonsense.
+    BadDescriptor(PathBuf, String),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::NotFound(path) => write!(f, "plugin file not found: {}", path.display()),
+            LoadError::Unreadable(path, why) => {
+                write!(f, "cannot read plugin {}: {why}", path.display())
+            }
+            LoadError::NotWasm(path) => write!(f, "{} is not a WebAssembly file", path.display()),
+            LoadError::CoreModule(path) => write!(
+                f,
+                "{} is a core WebAssembly module, not a component: build the plugin for the \
+                 wasm32-wasip2 target against wit/plugin.wit",
+                path.display()
+            ),
+            LoadError::Precompiled(path) => write!(
+                f,
+                "{} is a precompiled artifact; pass the .wasm component instead",
+                path.display()
+            ),
+            LoadError::Invalid(path, why) => {
+                write!(f, "{} is not a valid component: {why}", path.display())
+            }
+            LoadError::WrongWorld(path, why) => write!(
+                f,
+                "{} does not fit the iicp:plugin world: {why}",
+                path.display()
+            ),
+            LoadError::BadDescriptor(path, why) => {
+                write!(f, "{} failed to describe itself: {why}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+enum FileKind {
+    Component,
+    CoreModule,
+    Precompiled,
+    NotWasm,
+}
+
+/// Classifies a file by its header: `\0asm` then a version/layer word that
+/// is 1 for core modules and 0x0001000d for components.
+fn file_kind(bytes: &[u8]) -> FileKind {
+    if Engine::detect_precompiled(bytes).is_some() {
+        return FileKind::Precompiled;
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => FileKind::CoreModule,
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => FileKind::Component,
+        _ => FileKind::NotWasm,
+    }
+}
+
+/// Reads, compiles, links and describes a plugin.
+pub(super) async fn load(
+    engine: &Engine,
+    linker: &Linker<TaskState>,
+    cache: Option<&ArtifactCache>,
+    source: &PluginSource,
+) -> Result<LoadedPlugin, LoadError> {
+    let started = Instant::now();
+    let path = source.path.clone();
+    // Reading and compiling are blocking and CPU-heavy (~100 ms to compile):
+    // keep them off the async workers.
+    let (component, sha256, cache_outcome) = {
+        let (engine, cache, file) = (engine.clone(), cache.cloned(), path.clone());
+        tokio::task::spawn_blocking(move || read_and_compile(&engine, cache.as_ref(), &file))
+            .await
+            .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
+    };
+    let pre =
+        link(engine, linker, &component).map_err(|why| LoadError::WrongWorld(path.clone(), why))?;
+    let descriptor = describe(engine, &pre, &path).await?;
+    let info = validate_descriptor(descriptor)
+        .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
+    Ok(LoadedPlugin {
+        id: Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone())),
+        info,
+        sha256,
+        path: source.path.clone(),
+        limits: source.limits.clone(),
+        cache: cache_outcome,
+        load_time: started.elapsed(),
+        pre,
+    })
+}
+
+fn read_and_compile(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> Result<(Component, String, CacheOutcome), LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
+        _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
+    })?;
+    match file_kind(&bytes) {
+        FileKind::Component => {}
+        FileKind::CoreModule => return Err(LoadError::CoreModule(path.to_path_buf())),
+        FileKind::Precompiled => return Err(LoadError::Precompiled(path.to_path_buf())),
+        FileKind::NotWasm => return Err(LoadError::NotWasm(path.to_path_buf())),
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)
+        .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
+    Ok((component, sha256, outcome))
+}
+
+/// Checks the component's exports and imports against the host's world.
+fn link(
+    engine: &Engine,
+    linker: &Linker<TaskState>,
+    component: &Component,
+) -> Result<PluginPre<TaskState>, String> {
+    let component_type = component.component_type();
+    if component_type.get_export(engine, HANDLER_EXPORT).is_none() {
+        let exports: Vec<&str> = component_type
+            .exports(engine)
+            .map(|(name, _)| name)
+            .collect();
+        let exports = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(format!(
+            "it does not export {HANDLER_EXPORT} (it exports {exports})"
+        ));
+    }
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("{e:#}"))?;
+    PluginPre::new(instance_pre).map_err(|e| format!("{e:#}"))
+}
+
+async fn describe(
+    engine: &Engine,
+    pre: &PluginPre<TaskState>,
+    path: &Path,
+) -> Result<Descriptor, LoadError> {
+    let limits = PluginLimits::default();
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let mut store = task_store(
+        engine,
+        Arc::from("loader"),
+        Arc::from("describe"),
+        &limits,
+        deadline,
+    );
+    let call = async {
+        let plugin = pre.instantiate_async(&mut store).await?;
+        plugin.iicp_plugin_handler().call_describe(&mut store).await
+    };
+    match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
+        Ok(Ok(descriptor)) => Ok(descriptor),
+        Ok(Err(error)) => Err(LoadError::BadDescriptor(
+            path.to_path_buf(),
+            format!("{error:#}"),
+        )),
+        Err(_) => Err(LoadError::BadDescriptor(
+            path.to_path_buf(),
+            format!(
+                "describe did not return within {} s",
+                DESCRIBE_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn validate_descriptor(descriptor: Descriptor) -> Result<PluginInfo, String> {
+    if descriptor.name.trim().is_empty() {
+        return Err("the plugin name is empty".to_string());
+    }
+    if descriptor.capabilities.is_empty() {
+        return Err("the plugin declares no intents".to_string());
+    }
+    let mut capabilities: Vec<CapabilityInfo> = Vec::with_capacity(descriptor.capabilities.len());
+    for capability in descriptor.capabilities {
+        let intent = capability.intent;
+        if intent.is_empty()
+            || intent.len() > MAX_INTENT_BYTES
+            || intent.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("invalid intent {intent:?}"));
+        }
+        if capabilities.iter().any(|c| c.intent == intent) {
+            return Err(format!("intent {intent} is declared twice"));
+        }
+        if capability.max_tokens == Some(0) {
+            return Err(format!("intent {intent} declares max-tokens 0"));
+        }
+        if let Some(bad) = capability
+            .input_modalities
+            .iter()
+            .find(|m| !MODALITIES.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "intent {intent} declares unknown input modality {bad:?}"
+            ));
+        }
+        let mut input_modalities = capability.input_modalities;
+        if input_modalities.is_empty() {
+            input_modalities.push("text".to_string());
+        }
+        capabilities.push(CapabilityInfo {
+            intent,
+            models: capability.models,
+            max_tokens: capability.max_tokens,
+            input_modalities,
+        });
+    }
+    Ok(PluginInfo {
+        name: descriptor.name,
+        version: descriptor.version,
+        capabilities,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::Capability;
+
+    fn capability(intent: &str) -> Capability {
+        Capability {
+            intent: intent.to_string(),
+            models: vec![],
+            max_tokens: None,
+            input_modalities: vec![],
+        }
+    }
+
+    fn descriptor(capabilities: Vec<Capability>) -> Descriptor {
+        Descriptor {
+            name: "p".to_string(),
+            version: "1".to_string(),
+            capabilities,
+        }
+    }
+
+    #[test]
+    fn header_classification() {
+        assert!(matches!(
+            file_kind(b"\0asm\x01\0\0\0"),
+            FileKind::CoreModule
+        ));
+        assert!(matches!(
+            file_kind(b"\0asm\x0d\0\x01\0rest"),
+            FileKind::Component
+        ));
+        assert!(matches!(file_kind(b"hello world"), FileKind::NotWasm));
+        assert!(matches!(file_kind(b""), FileKind::NotWasm));
+    }
+
+    #[test]
+    fn descriptor_defaults_modalities_to_text() {
+        let info =
+            validate_descriptor(descriptor(vec![capability("urn:iicp:intent:a:b:v1")])).unwrap();
+        assert_eq!(info.capabilities[0].input_modalities, vec!["text"]);
+    }
+
+    #[test]
+    fn descriptor_errors_are_specific() {
+        let twice = vec![capability("urn:a"), capability("urn:a")];
+        assert!(
+            validate_descriptor(descriptor(twice))
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            validate_descriptor(descriptor(vec![]))
+                .unwrap_err()
+                .contains("no intents")
+        );
+        let spaced = vec![capability("urn:a b")];
+        assert!(
+            validate_descriptor(descriptor(spaced))
+                .unwrap_err()
+                .contains("invalid intent")
+        );
+        let mut odd = capability("urn:a");
+        odd.input_modalities = vec!["smell".to_string()];
+        assert!(
+            validate_descriptor(descriptor(vec![odd]))
+                .unwrap_err()
+                .contains("smell")
+        );
+    }
+}

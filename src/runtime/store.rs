@@ -1,0 +1,94 @@
+//! Per-task store set-up: a fresh [`Store`] holding a capability-less WASI
+//! context, the task's memory limiter and log budget, and a wall-clock
+//! deadline enforced on epoch ticks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host::log::TaskLog;
+use super::host::stdio::PluginOutput;
+use super::limits::{PluginLimits, TaskLimiter};
+
+/// Largest buffer a guest may request from `wasi:random` in one call.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Everything a plugin instance can reach while it runs one task.
+pub struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: TaskLimiter,
+    log: Arc<TaskLog>,
+}
+
+impl TaskState {
+    /// The task's log sink.
+    pub fn task_log(&self) -> &TaskLog {
+        &self.log
+    }
+
+    /// The task's memory limiter.
+    pub fn limiter(&self) -> &TaskLimiter {
+        &self.limiter
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::iicp::plugin::types::Host for TaskState {}
+
+/// A store for one task of `plugin` that traps once `deadline` passes.
+pub fn task_store(
+    engine: &Engine,
+    plugin: Arc<str>,
+    task_id: Arc<str>,
+    limits: &PluginLimits,
+    deadline: Instant,
+) -> Store<TaskState> {
+    let log = Arc::new(TaskLog::new(
+        plugin,
+        task_id,
+        limits.max_log_lines,
+        limits.max_log_bytes,
+    ));
+    // No preopens, no env, no args, no network: the builder's defaults plus
+    // explicit denials, so a future default change cannot widen the sandbox.
+    let wasi = WasiCtx::builder()
+        .stdout(PluginOutput::stdout(log.clone()))
+        .stderr(PluginOutput::stderr(log.clone()))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .max_random_size(MAX_RANDOM_BYTES)
+        .build();
+    let state = TaskState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: TaskLimiter::new(limits.memory_bytes),
+        log,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    // Check the wall clock on every epoch tick: tick counting alone drifts
+    // with the ticker's sleep. Yielding on each tick keeps a CPU-bound guest
+    // from holding a runtime worker thread.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}

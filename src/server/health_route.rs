@@ -1,0 +1,60 @@
+//! `GET /iicp/health`: liveness and load, as the directory's probe and
+//! consumers read it (NODE-HEALTH-01..03, `protocol.md` §1.5).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::state::AppState;
+use crate::protocol::json_response;
+
+/// This software's name, as sent in `implementation_name`.
+pub const IMPLEMENTATION_NAME: &str = "iicp-host";
+/// This software's version, as sent in `implementation_version`.
+pub const IMPLEMENTATION_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    node_id: &'a str,
+    region: &'a str,
+    load: f64,
+    active_jobs: u32,
+    max_concurrent: u32,
+    effective_max_concurrent: u32,
+    available: bool,
+    model: Option<&'a str>,
+    models: Vec<&'a str>,
+    intent: Option<&'a str>,
+    intents: Vec<&'a str>,
+    implementation_name: &'static str,
+    implementation_version: &'static str,
+}
+
+/// The `GET /iicp/health` handler; always 200 while the node serves.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let active = state.gate.active();
+    let capacity = state.gate.capacity();
+    let models = state.plugins.models();
+    let intents = state.plugins.intents();
+    let health = Health {
+        status: "ok",
+        node_id: &state.node.node_id,
+        region: &state.node.region,
+        load: f64::from(active) / f64::from(capacity.max(1)),
+        active_jobs: active,
+        max_concurrent: capacity,
+        effective_max_concurrent: capacity,
+        available: active < capacity,
+        model: models.first().copied(),
+        intent: intents.first().copied(),
+        models,
+        intents,
+        implementation_name: IMPLEMENTATION_NAME,
+        implementation_version: IMPLEMENTATION_VERSION,
+    };
+    json_response(StatusCode::OK, &health)
+}

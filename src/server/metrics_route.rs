@@ -1,0 +1,28 @@
+//! `GET /metrics`: the Prometheus text exposition.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::state::AppState;
+
+/// The `GET /metrics` handler. Gauges that mirror live state are refreshed
+/// here rather than on the task path.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let metrics = &state.metrics;
+    metrics.active_jobs.set(i64::from(state.gate.active()));
+    metrics.max_concurrent.set(i64::from(state.gate.capacity()));
+    metrics
+        .nonce_cache_entries
+        .set(i64::try_from(state.nonces.len()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}

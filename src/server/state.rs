@@ -1,0 +1,36 @@
+//! The state every route shares, behind one `Arc`.
+
+use std::sync::Arc;
+
+use super::admission::AdmissionGate;
+use super::nonce_cache::NonceCache;
+use super::plugin_table::PluginTable;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// The node id.
+    pub node_id: String,
+    /// The advertised region.
+    pub region: String,
+}
+
+/// Shared server state.
+pub struct AppState {
+    /// Node identity.
+    pub node: NodeIdentity,
+    /// The Wasm runtime.
+    pub runtime: Arc<Runtime>,
+    /// Intent routing.
+    pub plugins: PluginTable,
+    /// Node-wide task slots.
+    pub gate: AdmissionGate,
+    /// Replay protection.
+    pub nonces: NonceCache,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+}

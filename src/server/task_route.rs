@@ -1,0 +1,268 @@
+//! `POST /v1/task`: read and validate the CALL, route it to its plugin,
+//! admit it (slot, then nonce), run it in a fresh instance, answer.
+//!
+//! The order follows the reference node (`protocol.md` §1.3): the capacity
+//! gate comes before the nonce check, so a task refused with 429 does not
+//! burn its nonce. The `timeout_ms` budget runs from receipt of the request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use super::admission::{RETRY_AFTER_MS, Slot};
+use super::body::read_limited;
+use super::nonce_cache::NonceCheck;
+use super::plugin_table::Route;
+use super::state::AppState;
+use crate::protocol::task::{ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage};
+use crate::protocol::trace_context::TraceContext;
+use crate::protocol::{ApiError, json_response};
+use crate::runtime::bindings::ErrorKind;
+use crate::runtime::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
+
+/// Response header carrying the task's trace id (TRACE-02).
+pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-iicp-trace-id");
+
+/// The `POST /v1/task` handler.
+pub async fn submit_task(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    let traceparent = header_str(&headers, "traceparent");
+    let tracestate = header_str(&headers, "tracestate");
+    let validate_span = tracing::info_span!(
+        "iicp.task.validate",
+        iicp.task_id = Empty,
+        iicp.intent = Empty
+    );
+    let body = match read_limited(body, &headers, state.max_body_bytes)
+        .instrument(validate_span.clone())
+        .await
+    {
+        Ok(body) => body,
+        Err(error) => {
+            return answer(
+                Err(error),
+                &TraceContext::from_request(traceparent, tracestate, None),
+            );
+        }
+    };
+    let admitted = validate_span.in_scope(|| {
+        let task = TaskRequest::parse(&body)?;
+        validate_span.record("iicp.task_id", &*task.task_id);
+        validate_span.record("iicp.intent", &*task.intent);
+        let (route, slot) = admit(&state, &task)?;
+        Ok::<_, ApiError>((task, route, slot))
+    });
+    let (task, route, slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            // The body may not even parse; trace only from the headers.
+            return answer(
+                Err(error),
+                &TraceContext::from_request(traceparent, tracestate, None),
+            );
+        }
+    };
+    let trace = TraceContext::from_request(traceparent, tracestate, task.body_trace_id.as_deref());
+    let result = execute(&state, &task, &route, &trace, received).await;
+    drop(slot);
+    answer(result, &trace)
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn answer(result: Result<Response, ApiError>, trace: &TraceContext) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Ok(value) = HeaderValue::from_str(&trace.trace_id_hex()) {
+        response
+            .headers_mut()
+            .insert(TRACE_ID_HEADER.clone(), value);
+    }
+    response
+}
+
+/// Routes the task and takes its slot and nonce.
+fn admit(state: &AppState, task: &TaskRequest<'_>) -> Result<(Route, Slot), ApiError> {
+    let route = state
+        .plugins
+        .route(&task.intent)
+        .ok_or_else(|| ApiError::unknown_intent(&task.intent))?
+        .clone();
+    let Some(slot) = state.gate.try_admit() else {
+        route.entry.metrics.capacity_rejections.inc();
+        return Err(ApiError::capacity_exceeded(
+            task.qos.as_str(),
+            RETRY_AFTER_MS,
+        ));
+    };
+    if let Some(nonce) = &task.nonce {
+        match state.nonces.check_and_insert(nonce) {
+            NonceCheck::Fresh => {}
+            NonceCheck::Replay => {
+                state.metrics.replays.inc();
+                return Err(ApiError::replay_detected());
+            }
+            NonceCheck::Full { retry_after } => {
+                state.metrics.nonce_cache_full.inc();
+                let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                return Err(ApiError::nonce_cache_full(retry_after_ms));
+            }
+        }
+    }
+    Ok((route, slot))
+}
+
+async fn execute(
+    state: &AppState,
+    task: &TaskRequest<'_>,
+    route: &Route,
+    trace: &TraceContext,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let plugin = &route.entry.plugin;
+    let timeout = task
+        .timeout_ms
+        .map_or(plugin.limits.default_timeout, Duration::from_millis);
+    let input = TaskInput {
+        task_id: &task.task_id,
+        intent: &task.intent,
+        payload: task.payload,
+        timeout,
+        max_tokens: task.max_tokens,
+        model: task.model.as_deref(),
+        qos: task.qos,
+        traceparent: trace.child_traceparent(),
+        tracestate: trace.tracestate(),
+        deadline: received + timeout,
+    };
+    let span = tracing::info_span!(
+        "iicp.task.execute",
+        iicp.task_id = %task.task_id,
+        iicp.intent = %task.intent,
+        iicp.plugin = %plugin.id,
+        trace_id = %trace.trace_id_hex(),
+    );
+    let (outcome, report) = state.runtime.run_task(plugin, input).instrument(span).await;
+    let latency = received.elapsed();
+    record(route, &outcome, &report, latency, &task.task_id);
+    match outcome {
+        Ok(success) => Ok(success_response(&task.task_id, &success, latency)),
+        Err(failure) => Err(failure_error(failure, timeout, task).for_task(&task.task_id)),
+    }
+}
+
+fn record(
+    route: &Route,
+    outcome: &Result<TaskSuccess, TaskFailure>,
+    report: &TaskReport,
+    latency: Duration,
+    task_id: &str,
+) {
+    let (plugin_metrics, metrics) = (&route.entry.metrics, &route.metrics);
+    metrics.latency_ms.observe(latency.as_secs_f64() * 1000.0);
+    if !report.instantiate.is_zero() {
+        plugin_metrics
+            .instantiation_s
+            .observe(report.instantiate.as_secs_f64());
+    }
+    plugin_metrics
+        .memory_bytes
+        .observe(report.memory_bytes as f64);
+    if report.log_lines_dropped > 0 {
+        plugin_metrics
+            .log_lines_dropped
+            .inc_by(report.log_lines_dropped);
+    }
+    match outcome {
+        Ok(success) => {
+            metrics.success.inc();
+            if let Some(usage) = &success.usage {
+                metrics.tokens.inc_by(u64::from(usage.total_tokens));
+            }
+        }
+        Err(TaskFailure::Timeout) => metrics.timeout.inc(),
+        Err(_) => metrics.error.inc(),
+    }
+    if let Err(failure) = outcome
+        && let Some(kind) = failure.trap_kind()
+    {
+        plugin_metrics.trap(kind);
+        tracing::warn!(
+            plugin = &*route.entry.plugin.id,
+            task_id,
+            kind,
+            "plugin instance stopped"
+        );
+    }
+}
+
+fn success_response(task_id: &str, success: &TaskSuccess, latency: Duration) -> Response {
+    let usage = success.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+    });
+    let body = SuccessBody {
+        task_id,
+        status: "success",
+        result: &success.result,
+        usage,
+        model_used: success.model_used.as_deref(),
+        metrics: ResponseMetrics {
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            tokens_used: usage.map_or(0, |u| u64::from(u.total_tokens)),
+        },
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// Maps a failed task to the protocol's error codes.
+fn failure_error(failure: TaskFailure, timeout: Duration, task: &TaskRequest<'_>) -> ApiError {
+    let budget_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    match failure {
+        TaskFailure::Timeout => ApiError::task_timeout(budget_ms),
+        TaskFailure::MemoryLimit { cap_mib } => ApiError::backend_error(
+            format!("plugin exceeded its memory limit of {cap_mib} MiB"),
+            false,
+        ),
+        TaskFailure::StackOverflow => ApiError::backend_error("plugin overflowed its stack", false),
+        TaskFailure::Trap(kind) => {
+            ApiError::backend_error(format!("plugin crashed ({kind})"), false)
+        }
+        TaskFailure::OutputTooLarge { limit } => ApiError::backend_error(
+            format!("plugin result exceeds the {limit}-byte limit"),
+            false,
+        ),
+        TaskFailure::InvalidOutput => {
+            ApiError::backend_error("plugin returned a result that is not JSON", false)
+        }
+        TaskFailure::PoolExhausted => {
+            ApiError::capacity_exceeded(task.qos.as_str(), RETRY_AFTER_MS)
+        }
+        TaskFailure::Host => ApiError::internal("internal error while running the task"),
+        TaskFailure::Plugin {
+            kind,
+            message,
+            retryable,
+        } => match kind {
+            ErrorKind::InvalidInput => ApiError::validation(message),
+            ErrorKind::UnsupportedIntent => ApiError::unknown_intent(&task.intent),
+            ErrorKind::BackendFailure => ApiError::backend_error(message, retryable),
+            ErrorKind::Unavailable => ApiError::unavailable(message, RETRY_AFTER_MS),
+            ErrorKind::Timeout => ApiError::task_timeout(budget_ms),
+            ErrorKind::Internal => ApiError::internal(message),
+        }
+        .with_retryable(retryable),
+    }
+}
