@@ -44,7 +44,7 @@ impl TraceContext {
             };
         }
         let trace_id = fallback_trace_id
-            .and_then(|id| parse_hex_id::<16>(id))
+            .and_then(parse_hex_id::<16>)
             .map(u128::from_be_bytes)
             .filter(|id| *id != 0);
         Self {

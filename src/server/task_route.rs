@@ -60,6 +60,7 @@ pub async fn submit_task(
         validate_span.record("iicp.task_id", &*task.task_id);
         validate_span.record("iicp.intent", &*task.intent);
         let (route, slot) = admit(&state, &task)?;
+        tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
         Ok::<_, ApiError>((task, route, slot))
     });
     let (task, route, slot) = match admitted {

@@ -135,12 +135,17 @@ fn word_count(text: &str) -> u32 {
 }
 
 fn chat(payload: &str) -> Result<TaskOutput, TaskError> {
-    let request: ChatRequest =
-        serde_json::from_str(payload).map_err(|e| invalid(format!("payload is not a chat request: {e}")))?;
+    let request: ChatRequest = serde_json::from_str(payload)
+        .map_err(|e| invalid(format!("payload is not a chat request: {e}")))?;
     let texts: Vec<(bool, Cow<str>)> = request
         .messages
         .iter()
-        .map(|m| (m.role == "user", m.content.as_ref().map(Content::text).unwrap_or_default()))
+        .map(|m| {
+            (
+                m.role == "user",
+                m.content.as_ref().map(Content::text).unwrap_or_default(),
+            )
+        })
         .collect();
     let reply = texts
         .iter()
@@ -148,7 +153,10 @@ fn chat(payload: &str) -> Result<TaskOutput, TaskError> {
         .find(|(is_user, _)| *is_user)
         .map(|(_, text)| text.as_ref())
         .ok_or_else(|| invalid("payload.messages has no user message".to_string()))?;
-    let prompt_tokens = texts.iter().map(|(_, text)| word_count(text)).fold(0u32, u32::saturating_add);
+    let prompt_tokens = texts
+        .iter()
+        .map(|(_, text)| word_count(text))
+        .fold(0u32, u32::saturating_add);
     let completion_tokens = word_count(reply);
     let usage = TokenUsage {
         prompt_tokens,

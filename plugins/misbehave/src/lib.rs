@@ -14,14 +14,15 @@
 //! | sleep        | sleeps `payload.ms` milliseconds, then returns the payload |
 //! | fail         | returns the typed error described by the payload           |
 //! | invalid-json | returns a result that is not JSON                          |
+//! | inspect      | returns every field of the task record it received         |
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
 use exports::iicp::plugin::handler::{Descriptor, Guest, Task, TaskError, TaskOutput};
 use iicp::plugin::log::{Level, log};
-use iicp::plugin::types::{Capability, ErrorKind};
+use iicp::plugin::types::{Capability, ErrorKind, Qos};
 
 const CASES: &[&str] = &[
     "ok",
@@ -34,6 +35,7 @@ const CASES: &[&str] = &[
     "sleep",
     "fail",
     "invalid-json",
+    "inspect",
 ];
 
 struct Misbehave;
@@ -55,6 +57,42 @@ fn output(result: String) -> Result<TaskOutput, TaskError> {
         usage: None,
         model_used: None,
     })
+}
+
+/// The task record as the plugin saw it, for the `inspect` case.
+#[derive(Serialize)]
+struct Inspection<'a> {
+    task_id: &'a str,
+    intent: &'a str,
+    payload: &'a str,
+    timeout_ms: u32,
+    max_tokens: Option<u32>,
+    model: Option<&'a str>,
+    qos: &'static str,
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+    deadline_unix_ms: u64,
+}
+
+fn inspect(task: &Task) -> String {
+    let inspection = Inspection {
+        task_id: &task.task_id,
+        intent: &task.intent,
+        payload: &task.payload,
+        timeout_ms: task.constraints.timeout_ms,
+        max_tokens: task.constraints.max_tokens,
+        model: task.constraints.model.as_deref(),
+        qos: match task.constraints.qos {
+            Qos::Realtime => "realtime",
+            Qos::Interactive => "interactive",
+            Qos::Batch => "batch",
+            Qos::BestEffort => "best-effort",
+        },
+        traceparent: &task.trace.traceparent,
+        tracestate: task.trace.tracestate.as_deref(),
+        deadline_unix_ms: task.deadline_unix_ms,
+    };
+    serde_json::to_string(&inspection).unwrap_or_default()
 }
 
 fn recurse(depth: u64) -> u64 {
@@ -135,6 +173,7 @@ impl Guest for Misbehave {
                 retryable: params.retryable,
             }),
             "invalid-json" => output("this is not JSON".to_string()),
+            "inspect" => output(inspect(&task)),
             _ => Err(TaskError {
                 kind: ErrorKind::UnsupportedIntent,
                 message: format!("misbehave does not serve {}", task.intent),

@@ -1,0 +1,158 @@
+//! The admission gate under a parallel burst: excess tasks get 429 with the
+//! protocol's body, and no slot leaks — neither from finished tasks nor from
+//! clients that hang up mid-task.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, client, error_of, health, metrics, plugin, post_task, task, wait_idle};
+use futures_like::join_all;
+use serde_json::json;
+
+const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
+
+/// Minimal join-all over spawned tasks, to avoid a futures dependency.
+mod futures_like {
+    pub async fn join_all<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::with_capacity(handles.len());
+        for handle in handles {
+            out.push(handle.await.expect("task panicked"));
+        }
+        out
+    }
+}
+
+fn sleep_task(id: &str, ms: u64, qos: &str) -> serde_json::Value {
+    let mut body = task(id, SLEEP, json!({ "ms": ms }));
+    body["constraints"] = json!({ "timeout_ms": 20_000, "qos": qos });
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_over_capacity_gets_429_and_leaks_no_slot() {
+    let node = Node::start(&plugin("misbehave"), &["--max-concurrent", "3"]);
+    let url = node.url("/v1/task");
+    let handles = (0..12)
+        .map(|i| {
+            let (url, body) = (
+                url.clone(),
+                sleep_task(&format!("burst-{i}"), 3000, "batch"),
+            );
+            tokio::spawn(async move {
+                let response = client().post(url).json(&body).send().await.unwrap();
+                let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").cloned();
+                let body: serde_json::Value = response.json().await.unwrap();
+                (status, retry_after, body)
+            })
+        })
+        .collect();
+    let results = join_all(handles).await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(ok, 3, "{results:?}");
+    assert_eq!(refused.len(), 9, "{results:?}");
+    for (_, retry_after, body) in refused {
+        let error = error_of(body);
+        assert_eq!(error["code"], "IICP-E021");
+        assert_eq!(error["message"], "capacity_exceeded");
+        assert_eq!(error["qos_class"], "batch");
+        assert!(error["retry_after_ms"].as_u64().unwrap() > 0);
+        assert_eq!(retry_after.as_ref().unwrap(), "1");
+    }
+    let idle = wait_idle(&node, Duration::from_secs(5)).await;
+    assert_eq!(idle["active_jobs"], 0);
+    assert_eq!(idle["available"], true);
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_capacity_rejections_total{plugin="misbehave"} 9"#),
+        "{text}"
+    );
+
+    // All three slots are usable again, at once.
+    let handles = (0..3)
+        .map(|i| {
+            let (url, body) = (
+                url.clone(),
+                sleep_task(&format!("again-{i}"), 200, "interactive"),
+            );
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    assert_eq!(join_all(handles).await, vec![200, 200, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_hang_up_release_their_slots() {
+    let node = Node::start(&plugin("misbehave"), &["--max-concurrent", "2"]);
+    // Two tasks that would run for 10 s, abandoned by their clients after 300 ms.
+    let handles = (0..2)
+        .map(|i| {
+            let (url, body) = (
+                node.url("/v1/task"),
+                sleep_task(&format!("gone-{i}"), 10_000, "batch"),
+            );
+            tokio::spawn(async move {
+                let impatient = reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_millis(300))
+                    .build()
+                    .unwrap();
+                impatient.post(url).json(&body).send().await.is_err()
+            })
+        })
+        .collect();
+    assert_eq!(
+        join_all(handles).await,
+        vec![true, true],
+        "the requests should have timed out"
+    );
+    let idle = wait_idle(&node, Duration::from_secs(5)).await;
+    assert_eq!(
+        idle["active_jobs"], 0,
+        "slots leaked after client disconnects: {idle}"
+    );
+
+    // Both slots serve new work concurrently.
+    let (task_a, task_b) = (
+        sleep_task("after-1", 100, "batch"),
+        sleep_task("after-2", 100, "batch"),
+    );
+    let (first, second) = tokio::join!(post_task(&node, &task_a), post_task(&node, &task_b));
+    assert_eq!((first.0, second.0), (200, 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_come_back_after_failures_and_timeouts() {
+    let node = Node::start(
+        &plugin("misbehave"),
+        &["--max-concurrent", "1", "--memory-mb", "16"],
+    );
+    for case in ["trap", "memory-bomb", "invalid-json", "loop"] {
+        let mut body = task(
+            case,
+            &format!("urn:iicp:intent:test:{case}:v1"),
+            json!(null),
+        );
+        body["constraints"] = json!({"timeout_ms": 300});
+        let (status, _, _) = post_task(&node, &body).await;
+        assert!(status >= 500, "{case}: {status}");
+        assert_eq!(
+            health(&node).await["active_jobs"],
+            0,
+            "slot leaked after {case}"
+        );
+    }
+    let (status, _, _) = post_task(&node, &sleep_task("last", 10, "batch")).await;
+    assert_eq!(status, 200);
+}

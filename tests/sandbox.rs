@@ -1,0 +1,233 @@
+//! Misbehaving plugins are stopped with structured errors and the node keeps
+//! serving: endless loop, memory bomb, deep recursion, trap, oversized and
+//! invalid output, log flood, and every typed plugin error.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, error_of, message, metrics, plugin, post_task, task};
+use serde_json::{Value, json};
+
+fn intent(case: &str) -> String {
+    format!("urn:iicp:intent:test:{case}:v1")
+}
+
+fn misbehave_node(extra: &[&str]) -> Node {
+    Node::start(&plugin("misbehave"), extra)
+}
+
+/// Asserts that an ordinary task still succeeds on `node`.
+async fn still_serves(node: &Node) {
+    let (status, _, body) = post_task(
+        node,
+        &task("after", &intent("ok"), json!({"still": "here"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], json!({"still": "here"}));
+}
+
+async fn run_case(node: &Node, case: &str, payload: Value, timeout_ms: u64) -> (u16, Value) {
+    let mut body = task(&format!("case-{case}"), &intent(case), payload);
+    body["constraints"] = json!({"timeout_ms": timeout_ms});
+    let (status, _, json) = post_task(node, &body).await;
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_times_out_near_its_deadline() {
+    let node = misbehave_node(&[]);
+    let started = Instant::now();
+    let (status, body) = run_case(&node, "loop", json!(null), 500).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(error_of(&body)["code"], "task_timeout");
+    assert_eq!(body["status"], "timeout");
+    assert_eq!(body["task_id"], "case-loop");
+    assert!(
+        took >= Duration::from_millis(480),
+        "stopped too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "stopped too late: {took:?}"
+    );
+    still_serves(&node).await;
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_plugin_traps_total{kind="timeout",plugin="misbehave"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        r#"iicp_tasks_total{{intent="{}",plugin="misbehave",status="timeout"}} 1"#,
+        intent("loop")
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_tasks_run_while_a_loop_burns_cpu() {
+    let node = misbehave_node(&[]);
+    let looping = tokio::spawn({
+        let url = node.url("/v1/task");
+        async move {
+            let mut body = task("spinner", &intent("loop"), json!(null));
+            body["constraints"] = json!({"timeout_ms": 3000});
+            common::client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        still_serves(&node).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "starved: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(looping.await.unwrap(), 504);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_in_a_host_call_past_the_deadline_times_out() {
+    let node = misbehave_node(&[]);
+    let started = Instant::now();
+    let (status, body) = run_case(&node, "sleep", json!({"ms": 10_000}), 300).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_hits_its_cap() {
+    let node = misbehave_node(&["--memory-mb", "32"]);
+    let (status, body) = run_case(&node, "memory-bomb", json!(null), 10_000).await;
+    assert_eq!(status, 502, "{body}");
+    let error = error_of(&body);
+    assert_eq!(error["code"], "backend_error");
+    assert_eq!(
+        error["message"],
+        "plugin exceeded its memory limit of 32 MiB"
+    );
+    assert_eq!(error["retryable"], false);
+    still_serves(&node).await;
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_plugin_traps_total{kind="memory_limit",plugin="misbehave"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_recursion_is_stopped() {
+    let node = misbehave_node(&[]);
+    let (status, body) = run_case(&node, "recursion", json!(null), 10_000).await;
+    assert_eq!(status, 502, "{body}");
+    let error = error_of(&body);
+    assert_eq!(error["code"], "backend_error");
+    let text = error["message"].as_str().unwrap();
+    assert!(text.contains("stack") || text.contains("crashed"), "{text}");
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_is_a_backend_error_with_its_kind() {
+    let node = misbehave_node(&[]);
+    let (status, body) = run_case(&node, "trap", json!(null), 10_000).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(error_of(&body)["message"], "plugin crashed (unreachable)");
+    still_serves(&node).await;
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_plugin_traps_total{kind="unreachable",plugin="misbehave"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_non_json_results_are_refused() {
+    let node = misbehave_node(&[]);
+    let (status, body) = run_case(&node, "big-output", json!({"bytes": 5 << 20}), 10_000).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        error_of(&body)["message"],
+        "plugin result exceeds the 4194304-byte limit"
+    );
+    let (status, body) = run_case(&node, "big-output", json!({"bytes": 1000}), 10_000).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"].as_str().unwrap().len(), 1000);
+    let (status, body) = run_case(&node, "invalid-json", json!(null), 10_000).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        error_of(&body)["message"],
+        "plugin returned a result that is not JSON"
+    );
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_flood_is_capped_and_counted() {
+    let node = misbehave_node(&[]);
+    // Each of the 5000 iterations writes one log line, one stdout and one stderr line.
+    let (status, body) = run_case(&node, "log-flood", json!({"lines": 5000}), 60_000).await;
+    assert_eq!(status, 200, "{body}");
+    let summary = node
+        .wait_for_log(Duration::from_secs(10), |e| {
+            message(e) == "plugin log budget exhausted; lines dropped"
+        })
+        .expect("budget summary line");
+    assert_eq!(summary["fields"]["dropped"], 15_000 - 200);
+    let kept = node
+        .log_entries()
+        .iter()
+        .filter(|e| e["target"] == "plugin" && e["fields"]["task_id"] == "case-log-flood")
+        .count();
+    // 200 budgeted lines plus the summary.
+    assert_eq!(kept, 201);
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_plugin_log_lines_dropped_total{plugin="misbehave"} 14800"#),
+        "{text}"
+    );
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_plugin_errors_map_to_protocol_codes() {
+    let node = misbehave_node(&[]);
+    let cases = [
+        ("invalid-input", 422, "validation_error"),
+        ("unsupported-intent", 404, "unknown_intent"),
+        ("backend-failure", 502, "backend_error"),
+        ("unavailable", 503, "unavailable"),
+        ("timeout", 504, "task_timeout"),
+        ("internal", 500, "internal_error"),
+    ];
+    for (kind, http, code) in cases {
+        let payload =
+            json!({"kind": kind, "message": format!("{kind} happened"), "retryable": true});
+        let (status, body) = run_case(&node, "fail", payload, 10_000).await;
+        assert_eq!(status, http, "{kind}: {body}");
+        let error = error_of(&body);
+        assert_eq!(error["code"], code, "{kind}");
+        assert_eq!(error["retryable"], true, "{kind}");
+        assert_eq!(body["task_id"], "case-fail");
+    }
+    let (_, body) = run_case(
+        &node,
+        "fail",
+        json!({"kind": "backend-failure", "message": "db down", "retryable": false}),
+        10_000,
+    )
+    .await;
+    assert_eq!(body["error"]["message"], "db down");
+    assert_eq!(body["error"]["retryable"], false);
+}
