@@ -16,7 +16,8 @@ use iicp_host::runtime::plugin::PluginSource;
 use iicp_host::runtime::{Runtime, RuntimeSettings};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
-const PAYLOAD: &str = r#"{"messages":[{"role":"user","content":"Hello from the sandbox benchmark"}]}"#;
+const PAYLOAD: &str =
+    r#"{"messages":[{"role":"user","content":"Hello from the sandbox benchmark"}]}"#;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -35,7 +36,12 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--iterations" => iterations = args.next().and_then(|n| n.parse().ok()).expect("--iterations N"),
+            "--iterations" => {
+                iterations = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--iterations N")
+            }
             "--bench" => {}
             other if other.ends_with(".wasm") => plugins.push(PathBuf::from(other)),
             _ => {}
