@@ -231,3 +231,21 @@ async fn typed_plugin_errors_map_to_protocol_codes() {
     assert_eq!(body["error"]["message"], "db down");
     assert_eq!(body["error"]["retryable"], false);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_reaches_no_env_files_or_network() {
+    let node = misbehave_node(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (status, body) = run_case(&node, "escape", json!({"port": port}), 10_000).await;
+    assert_eq!(status, 200, "{body}");
+    let report = &body["result"];
+    assert_eq!(report["env_vars"], 0, "{report}");
+    assert_eq!(report["args"], 0, "{report}");
+    for attempt in ["read_file", "list_root", "tcp_connect"] {
+        let outcome = report[attempt].as_str().unwrap();
+        assert!(outcome.starts_with("denied"), "{attempt}: {outcome}");
+    }
+    let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "the plugin opened a TCP connection");
+}

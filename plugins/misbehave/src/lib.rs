@@ -15,6 +15,7 @@
 //! | fail         | returns the typed error described by the payload           |
 //! | invalid-json | returns a result that is not JSON                          |
 //! | inspect      | returns every field of the task record it received         |
+//! | escape       | tries to reach env, args, files and `payload.port` on TCP  |
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,7 @@ const CASES: &[&str] = &[
     "fail",
     "invalid-json",
     "inspect",
+    "escape",
 ];
 
 struct Misbehave;
@@ -46,6 +48,7 @@ struct Params {
     bytes: usize,
     lines: u32,
     ms: u64,
+    port: u16,
     kind: String,
     message: String,
     retryable: bool,
@@ -93,6 +96,34 @@ fn inspect(task: &Task) -> String {
         deadline_unix_ms: task.deadline_unix_ms,
     };
     serde_json::to_string(&inspection).unwrap_or_default()
+}
+
+/// What a sandbox escape attempt could reach.
+#[derive(Serialize)]
+struct Escape {
+    env_vars: usize,
+    args: usize,
+    read_file: String,
+    list_root: String,
+    tcp_connect: String,
+}
+
+fn outcome<T, E: core::fmt::Display>(result: Result<T, E>) -> String {
+    match result {
+        Ok(_) => "allowed".to_string(),
+        Err(error) => format!("denied: {error}"),
+    }
+}
+
+fn escape(port: u16) -> String {
+    let report = Escape {
+        env_vars: std::env::vars_os().count(),
+        args: std::env::args_os().count(),
+        read_file: outcome(std::fs::read("/etc/passwd")),
+        list_root: outcome(std::fs::read_dir("/")),
+        tcp_connect: outcome(std::net::TcpStream::connect(("127.0.0.1", port))),
+    };
+    serde_json::to_string(&report).unwrap_or_default()
 }
 
 fn recurse(depth: u64) -> u64 {
@@ -174,6 +205,7 @@ impl Guest for Misbehave {
             }),
             "invalid-json" => output("this is not JSON".to_string()),
             "inspect" => output(inspect(&task)),
+            "escape" => output(escape(params.port)),
             _ => Err(TaskError {
                 kind: ErrorKind::UnsupportedIntent,
                 message: format!("misbehave does not serve {}", task.intent),
