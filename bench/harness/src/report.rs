@@ -1,0 +1,267 @@
+//! Formatting: console lines, ratios, and the Markdown report.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::load::LoadResult;
+
+/// One case at one concurrency.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub case: String,
+    pub concurrency: usize,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub peak_rss_kib: u64,
+    pub idle_rss_kib: u64,
+}
+
+impl Row {
+    pub fn header() -> String {
+        format!(
+            "{:<22} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>10}",
+            "case",
+            "conc",
+            "req/s",
+            "p50_ms",
+            "p99_ms",
+            "p99.9_ms",
+            "requests",
+            "errors",
+            "peak_rss"
+        )
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{:<22} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7} {:>7.1}MiB",
+            self.case,
+            self.concurrency,
+            self.rps,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.requests,
+            self.errors,
+            self.peak_rss_kib as f64 / 1024.0
+        )
+    }
+}
+
+/// Everything measured in one run.
+pub struct Report {
+    quick: bool,
+    pub rows: Vec<Row>,
+    pub startup: Vec<(String, Duration)>,
+    pub flood: Option<(LoadResult, Vec<(u64, u64)>)>,
+    pub sandbox: String,
+}
+
+impl Report {
+    pub fn new(quick: bool) -> Self {
+        Self {
+            quick,
+            rows: Vec::new(),
+            startup: Vec::new(),
+            flood: None,
+            sandbox: String::new(),
+        }
+    }
+
+    fn row(&self, case: &str, concurrency: usize) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.case == case && r.concurrency == concurrency)
+    }
+
+    fn host_cases(&self) -> Vec<String> {
+        let mut cases: Vec<String> = Vec::new();
+        for row in &self.rows {
+            if row.case != "native" && !cases.contains(&row.case) {
+                cases.push(row.case.clone());
+            }
+        }
+        cases
+    }
+
+    /// (throughput ratio, p99 ratio) per concurrency for `case` vs native.
+    fn ratios(&self, case: &str) -> Vec<(usize, f64, f64)> {
+        crate::CONCURRENCY
+            .iter()
+            .filter_map(|&c| {
+                let (host, native) = (self.row(case, c)?, self.row("native", c)?);
+                Some((c, host.rps / native.rps, host.p99_ms / native.p99_ms))
+            })
+            .collect()
+    }
+
+    pub fn ratio_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for case in self.host_cases() {
+            for (c, throughput, p99) in self.ratios(&case) {
+                lines.push(format!(
+                    "ratio {case} / native  conc={c:<4} throughput={throughput:.3} p99={p99:.3}"
+                ));
+            }
+        }
+        if let Some(base) = self.row("iicp-host", 64) {
+            for case in ["iicp-host+nonce", "iicp-host+trace"] {
+                if let Some(row) = self.row(case, 64) {
+                    lines.push(format!(
+                        "{case} / iicp-host throughput at conc=64: {:.3}",
+                        row.rps / base.rps
+                    ));
+                }
+            }
+        }
+        lines
+    }
+
+    pub fn memory_line(&self) -> Option<String> {
+        let row = self.row("iicp-host", 256)?;
+        let extra = row.peak_rss_kib.saturating_sub(row.idle_rss_kib);
+        let native = self.row("native", 256)?;
+        Some(format!(
+            "memory at conc=256: iicp-host peak {:.1} MiB (idle {:.1} MiB, {:.1} KiB per in-flight task beyond idle, {:.1} KiB per task of the whole peak); native peak {:.1} MiB",
+            row.peak_rss_kib as f64 / 1024.0,
+            row.idle_rss_kib as f64 / 1024.0,
+            extra as f64 / 256.0,
+            row.peak_rss_kib as f64 / 256.0,
+            native.peak_rss_kib as f64 / 1024.0
+        ))
+    }
+
+    pub fn flood_lines(&self) -> Vec<String> {
+        let Some((result, samples)) = &self.flood else {
+            return Vec::new();
+        };
+        let trace: Vec<String> = samples
+            .iter()
+            .map(|(s, kib)| format!("{s}s:{:.1}MiB", *kib as f64 / 1024.0))
+            .collect();
+        vec![
+            format!(
+                "nonce flood (conc=64, unique nonces): {:.0} req/s, {} requests, {} errors",
+                result.rps(),
+                result.requests,
+                result.errors
+            ),
+            format!("nonce flood RSS: {}", trace.join(" ")),
+        ]
+    }
+
+    pub fn summary_line(&self) -> String {
+        let ratios = self.ratios("iicp-host");
+        let throughput = ratios.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        let p99 = ratios.iter().map(|r| r.2).fold(0.0, f64::max);
+        format!("throughput_ratio={throughput:.3} p99_ratio={p99:.3}")
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Benchmarks\n");
+        let _ = writeln!(
+            out,
+            "Produced by `bench/run{}` — do not edit by hand.\n",
+            if self.quick { " --quick" } else { "" }
+        );
+        let _ = writeln!(out, "## Machine\n\n{}\n", machine());
+        let _ = writeln!(
+            out,
+            "## Method\n\n\
+             Servers run one at a time on loopback, each with `max_concurrent` 256: the native reference \
+             (`iicp-client =0.7.109` `IicpNode` with an in-process echo handler, `bench/native-node`) and \
+             `iicp-host` serving `plugins/echo` with a fresh instance per task and default settings. The \
+             load generator (`bench/harness`, one thread, sharing the machine's cores with the server) keeps \
+             `conc` keep-alive connections busy with chat tasks for {} after {} of warm-up, bounded at {} \
+             requests. `+nonce` adds a unique `nonce` to every task, `+trace` a `traceparent` header. \
+             Peak RSS is the server's VmHWM during that concurrency. Startup is the median time from \
+             process start to the first successful task.\n",
+            if self.quick { "3 s" } else { "10 s" },
+            if self.quick { "1 s" } else { "2 s" },
+            crate::MAX_REQUESTS
+        );
+        let _ = writeln!(out, "## Throughput and latency\n");
+        let _ = writeln!(
+            out,
+            "| case | conc | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+                r.case,
+                r.concurrency,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.errors,
+                r.peak_rss_kib as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(out, "\n## Ratios against native\n");
+        for line in self.ratio_lines() {
+            let _ = writeln!(out, "- {line}");
+        }
+        let _ = writeln!(out, "\n## Startup to first served task\n");
+        for (name, took) in &self.startup {
+            let _ = writeln!(out, "- {name}: {:.1} ms", took.as_secs_f64() * 1000.0);
+        }
+        let _ = writeln!(out, "\n## Memory\n");
+        if let Some(line) = self.memory_line() {
+            let _ = writeln!(out, "- {line}");
+        }
+        for line in self.flood_lines() {
+            let _ = writeln!(out, "- {line}");
+        }
+        if !self.sandbox.trim().is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Per-task sandbox cost (no HTTP)\n\n```\n{}\n```",
+                self.sandbox.trim()
+            );
+        }
+        let _ = writeln!(out, "\n## Summary\n\n`{}`", self.summary_line());
+        out
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let rustc = std::process::Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "- CPU: {cpu}, {cores} cores\n- {memory}\n- kernel {}\n- {rustc}\n- run at {date}",
+        kernel.trim()
+    )
+}
