@@ -56,7 +56,7 @@ async fn main() {
     let runtime = Runtime::new(&RuntimeSettings {
         engine: EngineSettings {
             max_instances: 64,
-            keep_resident_bytes: 64 << 10,
+            keep_resident_bytes: None,
             allocator: AllocatorChoice::Auto,
         },
         cache_dir: None,

@@ -73,6 +73,10 @@ struct RunArgs {
     /// Instance allocator.
     #[arg(long, value_enum, default_value_t = AllocatorChoice::Auto)]
     allocator: AllocatorChoice,
+    /// Memory kept warm per pooled instance slot, in KiB (default: 1024 when
+    /// the kernel supports PAGEMAP_SCAN, else 64).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    keep_resident_kib: Option<u32>,
 }
 
 impl RunArgs {
@@ -95,7 +99,7 @@ impl RunArgs {
             runtime: RuntimeSettings {
                 engine: EngineSettings {
                     max_instances: self.max_concurrent,
-                    keep_resident_bytes: 64 << 10,
+                    keep_resident_bytes: self.keep_resident_kib.map(|kib| (kib as usize) << 10),
                     allocator: self.allocator,
                 },
                 cache_dir: if self.no_cache {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances: the granularity of deadline checks and of
 /// the yields that keep a CPU-bound plugin from monopolising a worker thread.
@@ -28,8 +28,9 @@ pub struct EngineSettings {
     /// Most plugin instances alive at once (the node's task concurrency).
     pub max_instances: u32,
     /// Bytes of each linear memory and table kept resident (not returned to
-    /// the kernel) when a pooled slot is reused; ≈ a guest's dirty footprint.
-    pub keep_resident_bytes: usize,
+    /// the kernel) when a pooled slot is reused; `None` picks
+    /// [`default_keep_resident`].
+    pub keep_resident_bytes: Option<usize>,
     /// Which instance allocator to use.
     pub allocator: AllocatorChoice,
 }
@@ -93,6 +94,9 @@ fn base_config() -> Config {
 
 fn pooling_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
     let slots = settings.max_instances.saturating_add(SPARE_INSTANCE_SLOTS);
+    let keep_resident = settings
+        .keep_resident_bytes
+        .unwrap_or_else(default_keep_resident);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
         // Components built by different toolchains hold 3 (Rust) to a dozen
@@ -102,8 +106,13 @@ fn pooling_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
         .total_tables(slots.saturating_mul(8))
         .max_tables_per_module(4)
         .total_stacks(slots)
-        .linear_memory_keep_resident(settings.keep_resident_bytes)
-        .table_keep_resident(settings.keep_resident_bytes);
+        .linear_memory_keep_resident(keep_resident)
+        .table_keep_resident(keep_resident)
+        // With PAGEMAP_SCAN (Linux 6.7+) only the pages a task actually
+        // dirtied are reset, by copying, so keep-resident can cover a guest's
+        // whole working set without paying for untouched bytes, and teardown
+        // needs no madvise, TLB-shootdown IPIs or page faults on the next task.
+        .pagemap_scan(Enabled::Auto);
     let mut config = base_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
@@ -111,6 +120,21 @@ fn pooling_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
 
 /// Without the ticker a CPU-bound plugin would never be interrupted, so
 /// failing to start it fails the engine.
+/// Keep-resident default: 1 MiB when the kernel can tell which pages a task
+/// dirtied (then only those are reset), else 64 KiB, since without the scan
+/// every kept byte is rewritten on every teardown.
+///
+/// Measured with the echo plugin at 16 connections (bench/run): without the
+/// scan, 64 KiB gave 23.9k req/s and 1 MiB 19.2k; with it, 64 KiB gave 54.3k
+/// and 1 MiB 55.5k.
+pub fn default_keep_resident() -> usize {
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        1 << 20
+    } else {
+        64 << 10
+    }
+}
+
 fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
