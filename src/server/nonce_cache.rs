@@ -2,10 +2,11 @@
 //! `IICP-E011`).
 //!
 //! * O(1) amortised: a hash set answers "seen?", and a queue in arrival
-//!   order lets each request expire the entries older than the window from
-//!   its front, so every entry is inserted and removed exactly once.
-//! * Bounded memory: at most `capacity` entries, each a 128-bit keyed hash
-//!   of the nonce (random keys per process, so a client cannot aim
+//!   order (counted per second) lets each request expire the entries older
+//!   than the window from its front, so every entry is inserted and removed
+//!   exactly once.
+//! * Bounded memory: at most `capacity` entries of ~18 bytes, each a 64-bit
+//!   keyed hash of the nonce (random key per process, so a client cannot aim
 //!   collisions; a collision could only refuse a fresh nonce, never accept a
 //!   replay).
 //! * At the cap, every entry is still inside the window, so evicting one
@@ -21,11 +22,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A nonce's fingerprint: two independent keyed 64-bit hashes.
-type Fingerprint = [u64; 2];
-
-/// Fingerprints are already keyed hashes with uniformly random bits, so the
-/// set folds those bits instead of hashing them a second time.
+/// Fingerprints are keyed 64-bit hashes with uniformly random bits, so the
+/// set uses them as they are instead of hashing them a second time.
 #[derive(Default)]
 struct FingerprintHasher(u64);
 
@@ -40,6 +38,9 @@ impl Hasher for FingerprintHasher {
             self.0 ^= u64::from_ne_bytes(word);
         }
     }
+    fn write_u64(&mut self, value: u64) {
+        self.0 ^= value;
+    }
 }
 
 /// Outcome of checking a nonce.
@@ -51,72 +52,84 @@ pub enum NonceCheck {
     Replay,
     /// The cache is at its cap; the nonce was not remembered.
     Full {
-        /// When the oldest entry leaves the window.
+        /// When the oldest entries leave the window.
         retry_after: Duration,
     },
 }
 
+/// Remembered fingerprints in arrival order, with arrivals counted per
+/// second: about 18 bytes per nonce in all.
+#[derive(Default)]
 struct Entries {
-    seen: HashSet<Fingerprint, BuildHasherDefault<FingerprintHasher>>,
-    arrivals: VecDeque<(u64, Fingerprint)>,
+    seen: HashSet<u64, BuildHasherDefault<FingerprintHasher>>,
+    order: VecDeque<u64>,
+    /// (second since the cache started, nonces that arrived in it).
+    seconds: VecDeque<(u64, u32)>,
 }
 
 /// The replay cache.
 pub struct NonceCache {
     entries: Mutex<Entries>,
-    keys: (RandomState, RandomState),
+    key: RandomState,
     epoch: Instant,
-    window_ms: u64,
+    window_s: u64,
     capacity: usize,
 }
 
 impl NonceCache {
-    /// A cache remembering up to `capacity` nonces for `window`.
+    /// A cache remembering up to `capacity` nonces for `window` (rounded up
+    /// to whole seconds: an entry lives between `window` and `window + 1 s`).
     pub fn new(window: Duration, capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(Entries {
-                seen: HashSet::default(),
-                arrivals: VecDeque::new(),
-            }),
-            keys: (RandomState::new(), RandomState::new()),
+            entries: Mutex::new(Entries::default()),
+            key: RandomState::new(),
             epoch: Instant::now(),
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            window_s: window.as_secs() + u64::from(window.subsec_nanos() > 0),
             capacity,
         }
     }
 
     /// Checks `nonce` and, when fresh, remembers it.
     pub fn check_and_insert(&self, nonce: &str) -> NonceCheck {
-        let fingerprint = [self.keys.0.hash_one(nonce), self.keys.1.hash_one(nonce)];
-        let now_ms = self.now_ms();
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.expire(now_ms, self.window_ms);
+        self.check_and_insert_at(nonce, self.epoch.elapsed().as_secs())
+    }
+
+    fn check_and_insert_at(&self, nonce: &str, now_s: u64) -> NonceCheck {
+        let fingerprint = self.key.hash_one(nonce);
+        let mut entries = self.lock();
+        entries.expire(now_s, self.window_s);
         if entries.seen.contains(&fingerprint) {
             return NonceCheck::Replay;
         }
         if entries.seen.len() >= self.capacity {
-            let oldest = entries.arrivals.front().map_or(now_ms, |(at, _)| *at);
-            let expires_in = (oldest + self.window_ms).saturating_sub(now_ms).max(1);
+            let oldest = entries.seconds.front().map_or(now_s, |&(second, _)| second);
+            let expires_in = (oldest + self.window_s).saturating_sub(now_s).max(1);
             return NonceCheck::Full {
-                retry_after: Duration::from_millis(expires_in),
+                retry_after: Duration::from_secs(expires_in),
             };
         }
+        if entries.seen.capacity() == 0 {
+            // Size the set once, on first use, so it never rehashes under the
+            // lock; its pages are only touched as nonces arrive.
+            entries.seen.reserve(self.capacity.min(1 << 24));
+        }
         entries.seen.insert(fingerprint);
-        entries.arrivals.push_back((now_ms, fingerprint));
+        entries.order.push_back(fingerprint);
+        match entries.seconds.back_mut() {
+            Some((second, count)) if *second == now_s => *count += 1,
+            _ => entries.seconds.push_back((now_s, 1)),
+        }
         NonceCheck::Fresh
     }
 
     /// Nonces remembered right now (expired ones are dropped first).
     pub fn len(&self) -> usize {
-        let now_ms = self.now_ms();
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        entries.expire(now_ms, self.window_ms);
+        self.len_at(self.epoch.elapsed().as_secs())
+    }
+
+    fn len_at(&self, now_s: u64) -> usize {
+        let mut entries = self.lock();
+        entries.expire(now_s, self.window_s);
         entries.seen.len()
     }
 
@@ -125,26 +138,28 @@ impl NonceCache {
         self.len() == 0
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Entries {
-    /// Drops entries whose window has ended by `now_ms`.
-    fn expire(&mut self, now_ms: u64, window_ms: u64) {
-        let before = self.seen.len();
-        while let Some(&(at, fingerprint)) = self.arrivals.front() {
-            if at.saturating_add(window_ms) > now_ms {
+    /// Drops the nonces whose window has ended by `now_s`.
+    fn expire(&mut self, now_s: u64, window_s: u64) {
+        while let Some(&(second, count)) = self.seconds.front() {
+            if second + window_s > now_s {
                 break;
             }
-            self.arrivals.pop_front();
-            self.seen.remove(&fingerprint);
+            self.seconds.pop_front();
+            for fingerprint in self.order.drain(..count as usize) {
+                self.seen.remove(&fingerprint);
+            }
         }
-        // Give memory back after a flood has passed.
-        if before != self.seen.len() && self.seen.capacity() > 4 * self.seen.len().max(1024) {
-            self.seen.shrink_to(self.seen.len() * 2);
-            self.arrivals.shrink_to(self.arrivals.len() * 2);
+        if self.seen.is_empty() && self.order.capacity() > 0 {
+            // Give the memory back once a flood has fully passed.
+            *self = Entries::default();
         }
     }
 }
@@ -169,7 +184,7 @@ mod tests {
         cache.check_and_insert("b");
         assert_eq!(cache.check_and_insert("a"), NonceCheck::Replay);
         match cache.check_and_insert("c") {
-            NonceCheck::Full { retry_after } => assert!(retry_after <= Duration::from_secs(300)),
+            NonceCheck::Full { retry_after } => assert!(retry_after <= Duration::from_secs(301)),
             other => panic!("expected Full, got {other:?}"),
         }
         // The refused nonce was not remembered, and the cache did not grow.
@@ -178,29 +193,39 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_after_the_window() {
-        let cache = NonceCache::new(Duration::from_millis(30), 2);
-        assert_eq!(cache.check_and_insert("a"), NonceCheck::Fresh);
-        cache.check_and_insert("b");
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(cache.check_and_insert("a"), NonceCheck::Fresh);
-        assert_eq!(cache.len(), 1);
+    fn entries_expire_after_the_window_not_before() {
+        let cache = NonceCache::new(Duration::from_secs(300), 10);
+        assert_eq!(cache.check_and_insert_at("a", 10), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert_at("b", 11), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert_at("a", 309), NonceCheck::Replay);
+        assert_eq!(cache.check_and_insert_at("a", 310), NonceCheck::Fresh);
+        assert_eq!(cache.len_at(310), 2);
+        assert_eq!(cache.len_at(311), 1);
+    }
+
+    #[test]
+    fn a_full_cache_names_when_room_frees_up() {
+        let cache = NonceCache::new(Duration::from_secs(300), 1);
+        assert_eq!(cache.check_and_insert_at("a", 100), NonceCheck::Fresh);
+        assert_eq!(
+            cache.check_and_insert_at("b", 150),
+            NonceCheck::Full {
+                retry_after: Duration::from_secs(250)
+            }
+        );
+        assert_eq!(cache.check_and_insert_at("b", 400), NonceCheck::Fresh);
     }
 
     #[test]
     fn memory_is_returned_after_a_flood() {
-        let cache = NonceCache::new(Duration::from_millis(20), 100_000);
+        let cache = NonceCache::new(Duration::from_secs(300), 100_000);
         for i in 0..50_000 {
-            cache.check_and_insert(&i.to_string());
+            cache.check_and_insert_at(&i.to_string(), i / 10_000);
         }
-        std::thread::sleep(Duration::from_millis(40));
-        cache.check_and_insert("after");
-        let entries = cache.entries.lock().unwrap();
-        assert_eq!(entries.seen.len(), 1);
-        assert!(
-            entries.seen.capacity() < 10_000,
-            "capacity {}",
-            entries.seen.capacity()
-        );
+        assert_eq!(cache.len_at(300), 40_000);
+        assert_eq!(cache.len_at(305), 0);
+        let entries = cache.lock();
+        assert_eq!(entries.seen.capacity(), 0);
+        assert_eq!(entries.order.capacity(), 0);
     }
 }
