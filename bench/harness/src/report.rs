@@ -55,6 +55,9 @@ impl Row {
 /// Everything measured in one run.
 pub struct Report {
     quick: bool,
+    rounds: usize,
+    warmup: Duration,
+    measure: Duration,
     pub rows: Vec<Row>,
     pub startup: Vec<(String, Duration)>,
     pub flood: Option<(LoadResult, Vec<(u64, u64)>)>,
@@ -62,9 +65,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(quick: bool) -> Self {
+    pub fn new(quick: bool, rounds: usize, warmup: Duration, measure: Duration) -> Self {
         Self {
             quick,
+            rounds,
+            warmup,
+            measure,
             rows: Vec::new(),
             startup: Vec::new(),
             flood: None,
@@ -177,13 +183,16 @@ impl Report {
              (`iicp-client =0.7.109` `IicpNode` with an in-process echo handler, `bench/native-node`) and \
              `iicp-host` serving `plugins/echo` with a fresh instance per task and default settings. The \
              load generator (`bench/harness`, one thread, sharing the machine's cores with the server) keeps \
-             `conc` keep-alive connections busy with chat tasks for {} after {} of warm-up, bounded at {} \
-             requests. `+nonce` adds a unique `nonce` to every task, `+trace` a `traceparent` header. \
-             Peak RSS is the server's VmHWM during that concurrency. Startup is the median time from \
-             process start to the first successful task.\n",
-            if self.quick { "3 s" } else { "10 s" },
-            if self.quick { "1 s" } else { "2 s" },
-            crate::MAX_REQUESTS
+             `conc` keep-alive connections busy with chat tasks for {:?} after {:?} of warm-up, bounded at {} \
+             requests. `+nonce` adds a unique `nonce` to every task, `+trace` a `traceparent` header. Every \
+             point starts a fresh server (the plugin's compiled artifact is already cached). The cases are \
+             interleaved at each concurrency, {} rounds in alternating order, and each point keeps its best \
+             round by throughput — the same rule for native and iicp-host. Peak RSS is the server's VmHWM \
+             during the point. Startup is the median time from process start to the first successful task.\n",
+            self.measure,
+            self.warmup,
+            crate::MAX_REQUESTS,
+            self.rounds
         );
         let _ = writeln!(out, "## Throughput and latency\n");
         let _ = writeln!(
