@@ -1,6 +1,7 @@
 //! Per-task sandbox cost: create a store, instantiate the plugin, call
 //! `handle`, drop everything — the work `iicp-host` does for every task,
-//! without HTTP. Prints p50/p90/p99/p99.9 and calls per second.
+//! without HTTP. Prints p50/p90/p99/p99.9 and calls per second, for a fresh
+//! instance per task (the default) and for opt-in reuse of 1000 tasks.
 //!
 //! Run: `cargo bench --bench sandbox -- [PLUGIN.wasm ...] [--iterations N]`
 //! (defaults: the Rust echo plugin, 20000 iterations after 2000 warm-up).
@@ -64,55 +65,69 @@ async fn main() {
     .expect("runtime");
     println!("allocator: {}", runtime.allocator().as_str());
     for path in plugins {
-        let source = PluginSource {
-            id: None,
-            path: path.clone(),
-            limits: PluginLimits::default(),
-        };
-        let plugin = runtime.load_plugin(&source).await.expect("load plugin");
-        let intent = plugin
-            .info
-            .capabilities
-            .iter()
-            .map(|c| c.intent.as_str())
-            .find(|i| *i == CHAT)
-            .unwrap_or(&plugin.info.capabilities[0].intent)
-            .to_string();
-        let mut samples = Vec::with_capacity(iterations);
-        let warmup = iterations / 10;
-        for i in 0..iterations + warmup {
-            let input = TaskInput {
-                task_id: "bench-task",
-                intent: &intent,
-                payload: PAYLOAD,
-                timeout: Duration::from_secs(30),
-                max_tokens: None,
-                model: None,
-                qos: Qos::Interactive,
-                traceparent: TRACEPARENT.to_string(),
-                tracestate: None,
-                deadline: Instant::now() + Duration::from_secs(30),
-            };
-            let started = Instant::now();
-            let (outcome, _) = runtime.run_task(&plugin, input).await;
-            let took = started.elapsed();
-            outcome.expect("task succeeds");
-            if i >= warmup {
-                samples.push(took);
-            }
+        for reuse in [1, 1000] {
+            measure(&runtime, &path, reuse, iterations).await;
         }
-        let total: Duration = samples.iter().sum();
-        samples.sort();
-        println!(
-            "{} ({} bytes): n={} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us calls/s={:.0}",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-            samples.len(),
-            micros(percentile(&samples, 0.50)),
-            micros(percentile(&samples, 0.90)),
-            micros(percentile(&samples, 0.99)),
-            micros(percentile(&samples, 0.999)),
-            samples.len() as f64 / total.as_secs_f64(),
-        );
     }
+}
+
+async fn measure(runtime: &Runtime, path: &std::path::Path, reuse: u32, iterations: usize) {
+    let source = PluginSource {
+        id: None,
+        path: path.to_path_buf(),
+        limits: PluginLimits {
+            instance_reuse: reuse,
+            ..PluginLimits::default()
+        },
+    };
+    let plugin = runtime.load_plugin(&source).await.expect("load plugin");
+    let intent = plugin
+        .info
+        .capabilities
+        .iter()
+        .map(|c| c.intent.as_str())
+        .find(|i| *i == CHAT)
+        .unwrap_or(&plugin.info.capabilities[0].intent)
+        .to_string();
+    let mut samples = Vec::with_capacity(iterations);
+    let warmup = iterations / 10;
+    for i in 0..iterations + warmup {
+        let input = TaskInput {
+            task_id: "bench-task",
+            intent: &intent,
+            payload: PAYLOAD,
+            timeout: Duration::from_secs(30),
+            max_tokens: None,
+            model: None,
+            qos: Qos::Interactive,
+            traceparent: TRACEPARENT.to_string(),
+            tracestate: None,
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        let started = Instant::now();
+        let (outcome, _) = runtime.run_task(&plugin, input).await;
+        let took = started.elapsed();
+        outcome.expect("task succeeds");
+        if i >= warmup {
+            samples.push(took);
+        }
+    }
+    let total: Duration = samples.iter().sum();
+    samples.sort();
+    println!(
+        "{} ({} bytes) {}: n={} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us calls/s={:.0}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        if reuse > 1 {
+            format!("reuse={reuse}")
+        } else {
+            "fresh instance".to_string()
+        },
+        samples.len(),
+        micros(percentile(&samples, 0.50)),
+        micros(percentile(&samples, 0.90)),
+        micros(percentile(&samples, 0.99)),
+        micros(percentile(&samples, 0.999)),
+        samples.len() as f64 / total.as_secs_f64(),
+    );
 }

@@ -73,6 +73,11 @@ struct RunArgs {
     /// Instance allocator.
     #[arg(long, value_enum, default_value_t = AllocatorChoice::Auto)]
     allocator: AllocatorChoice,
+    /// Serve up to N tasks with one plugin instance instead of a fresh
+    /// instance per task. Faster, but a task can see memory an earlier task
+    /// of the same plugin left behind; 1 (the default) keeps tasks isolated.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    instance_reuse: u32,
     /// Memory kept warm per pooled instance slot, in KiB (default: 1024 when
     /// the kernel supports PAGEMAP_SCAN, else 64).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
@@ -84,6 +89,7 @@ impl RunArgs {
         let limits = PluginLimits {
             memory_bytes: (self.memory_mb as usize) << 20,
             default_timeout: Duration::from_millis(self.timeout_ms),
+            instance_reuse: self.instance_reuse,
             ..PluginLimits::default()
         };
         NodeConfig {

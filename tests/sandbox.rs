@@ -249,3 +249,51 @@ async fn a_plugin_reaches_no_env_files_or_network() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "the plugin opened a TCP connection");
 }
+
+async fn counter(node: &Node) -> u64 {
+    let (status, body) = run_case(node, "counter", json!(null), 10_000).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["calls"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_task_gets_a_fresh_instance_by_default() {
+    let node = misbehave_node(&[]);
+    for _ in 0..5 {
+        assert_eq!(
+            counter(&node).await,
+            1,
+            "a task saw an earlier task's state"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opt_in_reuse_is_bounded_and_drops_trapped_instances() {
+    let node = misbehave_node(&["--instance-reuse", "3"]);
+    let calls: Vec<u64> = {
+        let mut calls = Vec::new();
+        for _ in 0..5 {
+            calls.push(counter(&node).await);
+        }
+        calls
+    };
+    assert_eq!(
+        calls,
+        vec![1, 2, 3, 1, 2],
+        "each instance serves at most 3 tasks"
+    );
+    // The instance that served two tasks traps on the third; it must not come back.
+    let (status, _) = run_case(&node, "trap", json!(null), 10_000).await;
+    assert_eq!(status, 502);
+    assert_eq!(counter(&node).await, 1);
+    // A typed plugin error does not poison the instance, and counts as a use.
+    let (status, _) = run_case(&node, "fail", json!({"kind": "backend-failure"}), 10_000).await;
+    assert_eq!(status, 502);
+    assert_eq!(counter(&node).await, 2);
+    assert_eq!(
+        counter(&node).await,
+        1,
+        "the instance had served its 3 tasks"
+    );
+}

@@ -19,7 +19,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Instance slots kept beyond the task concurrency, for load-time `describe`
-/// calls and hot-reload checks.
+/// calls, hot-reload checks and deferred teardowns (`teardown::MAX_PENDING`).
 const SPARE_INSTANCE_SLOTS: u32 = 16;
 
 /// What the engine is built for.

@@ -10,7 +10,9 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 
 use super::bindings::{Constraints, ErrorKind, Qos, Task, TaskError, TraceContext, Usage};
 use super::plugin::LoadedPlugin;
-use super::store::task_store;
+use super::reuse::{InstancePool, WarmInstance};
+use super::store::{begin_task, task_store};
+use super::teardown::Teardown;
 use crate::protocol::task::Qos as WireQos;
 
 /// One task as the runtime needs it; the server has validated every field.
@@ -110,29 +112,49 @@ pub struct TaskReport {
     pub memory_bytes: usize,
 }
 
-/// Runs `input` in a fresh instance of `plugin`.
+/// Runs `input` in a fresh instance of `plugin` (or, when the plugin opted
+/// in to reuse, in an idle instance that served fewer than its limit).
 pub async fn run_task(
     engine: &Engine,
+    teardown: &Teardown,
     plugin: &LoadedPlugin,
     input: TaskInput<'_>,
 ) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
     let started = Instant::now();
-    let mut store = task_store(
-        engine,
-        plugin.id.clone(),
-        Arc::from(input.task_id),
-        &plugin.limits,
-        input.deadline,
-    );
+    let task_id: Arc<str> = Arc::from(input.task_id);
+    let (mut store, warm, uses) = match plugin.reuse.as_ref().and_then(InstancePool::take) {
+        Some(mut warm) => {
+            begin_task(&mut warm.store, task_id, &plugin.limits, input.deadline);
+            (warm.store, Some(warm.instance), warm.uses)
+        }
+        None => (
+            task_store(
+                engine,
+                plugin.id.clone(),
+                task_id,
+                &plugin.limits,
+                input.deadline,
+            ),
+            None,
+            0,
+        ),
+    };
     let task = to_wit_task(&input);
     let mut instantiated = None;
     let call = async {
-        let instance = plugin.pre.instantiate_async(&mut store).await?;
-        instantiated = Some(started.elapsed());
-        instance
+        let instance = match warm {
+            Some(instance) => instance,
+            None => {
+                let instance = plugin.pre.instantiate_async(&mut store).await?;
+                instantiated = Some(started.elapsed());
+                instance
+            }
+        };
+        let output = instance
             .iicp_plugin_handler()
             .call_handle(&mut store, &task)
-            .await
+            .await?;
+        Ok::<_, wasmtime::Error>((instance, output))
     };
     // The epoch callback interrupts running guest code; this timeout also
     // covers time spent waiting in host calls, where no guest code runs.
@@ -143,18 +165,29 @@ pub async fn run_task(
         log_lines_dropped: state.task_log().finish(),
         memory_bytes: state.limiter().in_use_bytes(),
     };
-    let result =
-        match outcome {
-            Err(_elapsed) => Err(TaskFailure::Timeout),
-            Ok(Err(error)) => Err(classify_error(&error, state.limiter().cap_hit(), plugin)),
-            Ok(Ok(Err(error))) => Err(plugin_error(error)),
-            Ok(Ok(Ok(output))) => check_output(output.result_json, plugin.limits.max_output_bytes)
-                .map(|result| TaskSuccess {
-                    result,
-                    usage: output.usage,
-                    model_used: output.model_used,
-                }),
-        };
+    let (result, instance) = match outcome {
+        Err(_elapsed) => (Err(TaskFailure::Timeout), None),
+        Ok(Err(error)) => (
+            Err(classify_error(&error, state.limiter().cap_hit(), plugin)),
+            None,
+        ),
+        Ok(Ok((instance, Err(error)))) => (Err(plugin_error(error)), Some(instance)),
+        Ok(Ok((instance, Ok(output)))) => {
+            let checked = check_output(output.result_json, plugin.limits.max_output_bytes);
+            let result = checked.map(|result| TaskSuccess {
+                result,
+                usage: output.usage,
+                model_used: output.model_used,
+            });
+            (result, Some(instance))
+        }
+    };
+    // Only an instance whose call returned normally may serve again.
+    if let (Some(pool), Some(instance)) = (&plugin.reuse, instance) {
+        pool.give_back(WarmInstance::new(store, instance, uses + 1));
+    } else {
+        teardown.dispose(store);
+    }
     (result, report)
 }
 

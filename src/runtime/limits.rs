@@ -18,6 +18,10 @@ pub struct PluginLimits {
     pub max_log_lines: u32,
     /// Log bytes kept per task.
     pub max_log_bytes: usize,
+    /// Tasks one instance may serve before it is dropped. 1 (the default)
+    /// means a fresh instance per task; more is an opt-in that trades
+    /// isolation between this plugin's tasks for speed (see `reuse.rs`).
+    pub instance_reuse: u32,
 }
 
 impl Default for PluginLimits {
@@ -28,6 +32,7 @@ impl Default for PluginLimits {
             max_output_bytes: 4 << 20,
             max_log_lines: 200,
             max_log_bytes: 64 << 10,
+            instance_reuse: 1,
         }
     }
 }
@@ -56,6 +61,11 @@ impl TaskLimiter {
             in_use_bytes: 0,
             cap_hit: false,
         }
+    }
+
+    /// Forgets an earlier cap hit (memory already granted stays counted).
+    pub fn clear_cap_hit(&mut self) {
+        self.cap_hit = false;
     }
 
     /// Whether a growth was refused because of the cap.

@@ -5,6 +5,8 @@
 //! * [`cache`] — on-disk cache of compiled components;
 //! * [`plugin`] — loading and checking a plugin;
 //! * [`store`] and [`limits`] — the per-task store and its limits;
+//! * [`reuse`] — opt-in reuse of instances across tasks;
+//! * [`teardown`] — dropping finished instances after the response;
 //! * [`execute`] — running one task and classifying its outcome;
 //! * [`host`] — the capabilities plugins import (log, stdio).
 
@@ -15,7 +17,9 @@ pub mod execute;
 pub mod host;
 pub mod limits;
 pub mod plugin;
+pub mod reuse;
 pub mod store;
+pub mod teardown;
 
 use std::path::PathBuf;
 
@@ -28,6 +32,7 @@ use self::engine::{AllocatorKind, EngineSettings};
 use self::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 use self::plugin::{LoadError, LoadedPlugin, PluginSource};
 use self::store::TaskState;
+use self::teardown::Teardown;
 
 /// How to build the runtime.
 #[derive(Debug, Clone)]
@@ -44,6 +49,7 @@ pub struct Runtime {
     linker: Linker<TaskState>,
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
+    teardown: Teardown,
 }
 
 impl Runtime {
@@ -65,6 +71,7 @@ impl Runtime {
             linker,
             cache,
             allocator,
+            teardown: Teardown::default(),
         })
     }
 
@@ -84,6 +91,6 @@ impl Runtime {
         plugin: &LoadedPlugin,
         input: TaskInput<'_>,
     ) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
-        execute::run_task(&self.engine, plugin, input).await
+        execute::run_task(&self.engine, &self.teardown, plugin, input).await
     }
 }

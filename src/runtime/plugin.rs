@@ -17,6 +17,7 @@ use wasmtime::component::{Component, Linker};
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{self, ArtifactCache, CacheOutcome};
 use super::limits::PluginLimits;
+use super::reuse::InstancePool;
 use super::store::{TaskState, task_store};
 
 /// The export every plugin must provide.
@@ -79,6 +80,7 @@ pub struct LoadedPlugin {
     /// Time taken to load it.
     pub load_time: Duration,
     pub(super) pre: PluginPre<TaskState>,
+    pub(super) reuse: Option<InstancePool>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -199,6 +201,8 @@ pub(super) async fn load(
         cache: cache_outcome,
         load_time: started.elapsed(),
         pre,
+        reuse: (source.limits.instance_reuse > 1)
+            .then(|| InstancePool::new(source.limits.instance_reuse)),
     })
 }
 

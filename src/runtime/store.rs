@@ -57,7 +57,7 @@ pub fn task_store(
 ) -> Store<TaskState> {
     let log = Arc::new(TaskLog::new(
         plugin,
-        task_id,
+        task_id.clone(),
         limits.max_log_lines,
         limits.max_log_bytes,
     ));
@@ -79,6 +79,24 @@ pub fn task_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    begin_task(&mut store, task_id, limits, deadline);
+    store
+}
+
+/// Prepares `store` for a task: its log budget, a clear memory-cap flag and
+/// a wall-clock deadline. A reused instance goes through this before each
+/// task; the guest's own memory is *not* reset.
+pub fn begin_task(
+    store: &mut Store<TaskState>,
+    task_id: Arc<str>,
+    limits: &PluginLimits,
+    deadline: Instant,
+) {
+    let state = store.data_mut();
+    state
+        .log
+        .begin(task_id, limits.max_log_lines, limits.max_log_bytes);
+    state.limiter.clear_cap_hit();
     // Check the wall clock on every epoch tick: tick counting alone drifts
     // with the ticker's sleep. Yielding on each tick keeps a CPU-bound guest
     // from holding a runtime worker thread.
@@ -90,5 +108,4 @@ pub fn task_store(
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    store
 }

@@ -16,6 +16,7 @@
 //! | invalid-json | returns a result that is not JSON                          |
 //! | inspect      | returns every field of the task record it received         |
 //! | escape       | tries to reach env, args, files and `payload.port` on TCP  |
+//! | counter      | counts calls in a global: 1 on every fresh instance        |
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +39,11 @@ const CASES: &[&str] = &[
     "invalid-json",
     "inspect",
     "escape",
+    "counter",
 ];
+
+/// Calls served by this instance; only a reused instance ever gets past 1.
+static CALLS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 struct Misbehave;
 
@@ -206,6 +211,10 @@ impl Guest for Misbehave {
             "invalid-json" => output("this is not JSON".to_string()),
             "inspect" => output(inspect(&task)),
             "escape" => output(escape(params.port)),
+            "counter" => {
+                let calls = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
+                output(format!("{{\"calls\":{calls}}}"))
+            }
             _ => Err(TaskError {
                 kind: ErrorKind::UnsupportedIntent,
                 message: format!("misbehave does not serve {}", task.intent),

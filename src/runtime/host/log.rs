@@ -7,8 +7,8 @@
 //! are escaped so a message cannot fake extra log lines.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::runtime::bindings::iicp::plugin::log::{Host, Level};
 use crate::runtime::store::TaskState;
@@ -17,10 +17,11 @@ use crate::runtime::store::TaskState;
 const MAX_LINE_BYTES: usize = 4096;
 
 /// Per-task log budget and identity, shared by the log import and stdio.
+/// A reused instance rebinds it to each new task with [`TaskLog::begin`].
 #[derive(Debug)]
 pub struct TaskLog {
     plugin: Arc<str>,
-    task_id: Arc<str>,
+    task_id: Mutex<Arc<str>>,
     lines_left: AtomicU64,
     bytes_left: AtomicU64,
     emitted: AtomicU64,
@@ -32,12 +33,29 @@ impl TaskLog {
     pub fn new(plugin: Arc<str>, task_id: Arc<str>, max_lines: u32, max_bytes: usize) -> Self {
         Self {
             plugin,
-            task_id,
+            task_id: Mutex::new(task_id),
             lines_left: AtomicU64::new(u64::from(max_lines)),
             bytes_left: AtomicU64::new(max_bytes as u64),
             emitted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Starts a new task's budget under `task_id`.
+    pub fn begin(&self, task_id: Arc<str>, max_lines: u32, max_bytes: usize) {
+        *self.task_id.lock().unwrap_or_else(|p| p.into_inner()) = task_id;
+        self.lines_left
+            .store(u64::from(max_lines), Ordering::Relaxed);
+        self.bytes_left.store(max_bytes as u64, Ordering::Relaxed);
+        self.emitted.store(0, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+    }
+
+    fn task_id(&self) -> Arc<str> {
+        self.task_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Writes one line from `source` (`log`, `stdout`, `stderr`) if the
@@ -49,7 +67,8 @@ impl TaskLog {
             return;
         }
         self.emitted.fetch_add(1, Ordering::Relaxed);
-        let (plugin, task_id) = (&*self.plugin, &*self.task_id);
+        let task_id = self.task_id();
+        let (plugin, task_id) = (&*self.plugin, &*task_id);
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, task_id, source, "{line}"),
             Level::Debug => tracing::debug!(target: "plugin", plugin, task_id, source, "{line}"),
@@ -87,7 +106,7 @@ impl TaskLog {
             tracing::warn!(
                 target: "plugin",
                 plugin = &*self.plugin,
-                task_id = &*self.task_id,
+                task_id = &*self.task_id(),
                 dropped,
                 "plugin log budget exhausted; lines dropped"
             );
