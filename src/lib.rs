@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod directory;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use iicp_host::config::{self, NodeConfig};
-use iicp_host::runtime::RuntimeSettings;
-use iicp_host::runtime::engine::{AllocatorChoice, EngineSettings};
-use iicp_host::runtime::limits::PluginLimits;
-use iicp_host::runtime::plugin::PluginSource;
+use iicp_host::config::{self, NodeConfig, check_range};
+use iicp_host::directory::settings::validate_http_url;
+use iicp_host::runtime::engine::AllocatorChoice;
 use iicp_host::telemetry::{self, LogFormat};
 
 /// An IICP provider node that runs task handlers as sandboxed WebAssembly components.
@@ -24,102 +22,166 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve IICP tasks through a plugin.
-    Run(RunArgs),
+    /// Serve IICP tasks through plugins.
+    Run(Box<RunArgs>),
 }
 
+/// Flags given with `--config` override the file.
 #[derive(Args)]
 struct RunArgs {
     /// The plugin component (.wasm) to serve; it declares its own intents.
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    plugin: Option<PathBuf>,
+    /// A TOML configuration file (see iicp-host.example.toml).
     #[arg(long)]
-    plugin: PathBuf,
-    /// Address of the HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Tasks run at once; more are refused with 429.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_CONCURRENT,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(config::MAX_CONCURRENT_LIMIT)))]
-    max_concurrent: u32,
-    /// Linear memory per task, in MiB.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    memory_mb: u32,
-    /// Task budget when the consumer sets no constraints.timeout_ms.
-    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
-    timeout_ms: u64,
-    /// Node id in the mesh (default: a new UUID).
+    config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Tasks run at once; more are refused with 429 [default: 32].
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Linear memory per task, in MiB, for every plugin [default: 128].
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    /// Task budget when the consumer sets no constraints.timeout_ms, for every plugin [default: 30000].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Serve up to N tasks with one instance instead of a fresh instance per
+    /// task, for every plugin. Faster, but a task can see memory an earlier
+    /// task of the same plugin left behind [default: 1, isolated].
+    #[arg(long)]
+    instance_reuse: Option<u32>,
+    /// Node id in the mesh [default: the stored one, else a new UUID].
     #[arg(long)]
     node_id: Option<String>,
-    /// Region advertised.
-    #[arg(long, default_value = "unknown")]
-    region: String,
+    /// Region advertised [default: unknown].
+    #[arg(long)]
+    region: Option<String>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
-    max_body_bytes: usize,
-    /// Most nonces remembered for replay protection.
-    #[arg(long, default_value_t = config::DEFAULT_NONCE_CAPACITY)]
-    nonce_cache_capacity: usize,
-    /// How long shutdown waits for in-flight tasks, in ms.
-    #[arg(long, default_value_t = 30_000)]
-    drain_timeout_ms: u64,
-    /// Directory for compiled plugins (default: ~/.cache/iicp-host).
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Most nonces remembered for replay protection [default: 1000000].
+    #[arg(long)]
+    nonce_cache_capacity: Option<usize>,
+    /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
+    /// Directory for compiled plugins [default: ~/.cache/iicp-host].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Compile plugins on every start instead of caching them.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
-    /// Instance allocator.
-    #[arg(long, value_enum, default_value_t = AllocatorChoice::Auto)]
-    allocator: AllocatorChoice,
-    /// Serve up to N tasks with one plugin instance instead of a fresh
-    /// instance per task. Faster, but a task can see memory an earlier task
-    /// of the same plugin left behind; 1 (the default) keeps tasks isolated.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    instance_reuse: u32,
-    /// Memory kept warm per pooled instance slot, in KiB (default: 1024 when
-    /// the kernel supports PAGEMAP_SCAN, else 64).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    /// Instance allocator [default: auto].
+    #[arg(long, value_enum)]
+    allocator: Option<AllocatorChoice>,
+    /// Memory kept warm per pooled instance slot, in KiB [default: 1024 when
+    /// the kernel supports PAGEMAP_SCAN, else 64].
+    #[arg(long)]
     keep_resident_kib: Option<u32>,
+    /// Directory base URL to register with, e.g. https://iicp.network/api.
+    #[arg(long)]
+    directory: Option<String>,
+    /// Public URL advertised to the directory [default: http://<listen address>].
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Where the node id and directory credentials persist [default: ~/.local/state/iicp-host].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
-    fn into_config(self) -> NodeConfig {
-        let limits = PluginLimits {
-            memory_bytes: (self.memory_mb as usize) << 20,
-            default_timeout: Duration::from_millis(self.timeout_ms),
-            instance_reuse: self.instance_reuse,
-            ..PluginLimits::default()
+    fn into_config(self) -> Result<NodeConfig, String> {
+        let mut config = match (&self.config, self.plugin) {
+            (Some(path), _) => config::file::load(path).map_err(|e| e.to_string())?,
+            (None, Some(plugin)) => NodeConfig::with_plugin(plugin),
+            (None, None) => return Err("give --plugin or --config".to_string()),
         };
-        NodeConfig {
-            node_id: self
-                .node_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            region: self.region,
-            listen: self.listen,
-            max_concurrent: self.max_concurrent,
-            max_body_bytes: self.max_body_bytes,
-            nonce_capacity: self.nonce_cache_capacity,
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
-            runtime: RuntimeSettings {
-                engine: EngineSettings {
-                    max_instances: self.max_concurrent,
-                    keep_resident_bytes: self.keep_resident_kib.map(|kib| (kib as usize) << 10),
-                    allocator: self.allocator,
-                },
-                cache_dir: if self.no_cache {
-                    None
-                } else {
-                    self.cache_dir.or_else(config::default_cache_dir)
-                },
-            },
-            plugins: vec![PluginSource {
-                id: None,
-                path: self.plugin,
-                limits,
-            }],
+        if let Some(listen) = self.listen {
+            config.listen = listen;
         }
+        if let Some(max) = self.max_concurrent {
+            config.max_concurrent =
+                check_range("--max-concurrent", max, &config::MAX_CONCURRENT_RANGE)?;
+            config.runtime.engine.max_instances = config.max_concurrent;
+        }
+        for plugin in &mut config.plugins {
+            if let Some(memory_mb) = self.memory_mb {
+                plugin.limits.memory_bytes =
+                    (check_range("--memory-mb", memory_mb, &config::MEMORY_MB_RANGE)? as usize)
+                        << 20;
+            }
+            if let Some(timeout_ms) = self.timeout_ms {
+                plugin.limits.default_timeout = Duration::from_millis(check_range(
+                    "--timeout-ms",
+                    timeout_ms,
+                    &config::TIMEOUT_MS_RANGE,
+                )?);
+            }
+            if let Some(reuse) = self.instance_reuse {
+                plugin.limits.instance_reuse =
+                    check_range("--instance-reuse", reuse, &(1..=1_000_000))?;
+            }
+        }
+        if self.node_id.is_some() {
+            config.node_id = self.node_id;
+        }
+        if let Some(region) = self.region {
+            config.region = region;
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.max_body_bytes = bytes;
+        }
+        if let Some(capacity) = self.nonce_cache_capacity {
+            config.nonce_capacity = capacity;
+        }
+        if let Some(ms) = self.drain_timeout_ms {
+            config.drain_timeout = Duration::from_millis(ms);
+        }
+        if self.no_cache {
+            config.runtime.cache_dir = None;
+        } else if self.cache_dir.is_some() {
+            config.runtime.cache_dir = self.cache_dir;
+        }
+        if let Some(allocator) = self.allocator {
+            config.runtime.engine.allocator = allocator;
+        }
+        if let Some(kib) = self.keep_resident_kib {
+            config.runtime.engine.keep_resident_bytes = Some((kib as usize) << 10);
+        }
+        if self.state_dir.is_some() {
+            config.state_dir = self.state_dir;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;
+        }
+        match (self.directory, &mut config.directory) {
+            (Some(url), Some(settings)) => settings.url = url,
+            (Some(url), None) => {
+                config.directory = Some(config::file::directory_defaults(url, None))
+            }
+            (None, _) => {}
+        }
+        if let Some(settings) = &mut config.directory {
+            validate_http_url(&settings.url).map_err(|e| format!("--directory: {e}"))?;
+            if self.endpoint.is_some() {
+                settings.endpoint = self.endpoint;
+            }
+        } else if self.endpoint.is_some() {
+            return Err("--endpoint is only meaningful with --directory".to_string());
+        }
+        if let Some(id) = &config.node_id
+            && !iicp_host::directory::identity::valid_node_id(id)
+        {
+            return Err(format!(
+                "--node-id: {id:?} must be 1-36 characters of letters, digits, '.', '_', ':', '-', starting with a letter or digit"
+            ));
+        }
+        Ok(config)
     }
 }
 
@@ -128,9 +190,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            telemetry::init(args.log_format);
-            match iicp_host::node::run(args.into_config(), iicp_host::node::shutdown_signal()).await
-            {
+            let log_format = args.log_format;
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("iicp-host: error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            telemetry::init(log_format);
+            match iicp_host::node::run(config, iicp_host::node::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("iicp-host: error: {error}");

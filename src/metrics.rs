@@ -8,6 +8,8 @@
 //! (plugin, intent) pair are resolved once when a plugin is installed, so the
 //! task path only bumps atomics.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -55,6 +57,16 @@ pub struct Metrics {
     pub active_jobs: IntGauge,
     /// `iicp_max_concurrent`.
     pub max_concurrent: IntGauge,
+    /// `iicp_heartbeat_failures_total`.
+    pub heartbeat_failures: IntCounter,
+    /// `iicp_heartbeats_total` (accepted).
+    pub heartbeats: IntCounter,
+    /// `iicp_directory_registered` (0 or 1).
+    pub directory_registered: IntGauge,
+    /// `iicp_registrations_total{result}`.
+    pub registrations: IntCounterVec,
+    /// `iicp_credit_receipts_total{result}`: sent, failed, dropped, skipped.
+    pub receipts: IntCounterVec,
 }
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
@@ -227,6 +239,33 @@ impl Metrics {
             ),
             active_jobs: gauge(&r, "iicp_active_jobs", "Tasks holding a slot right now."),
             max_concurrent: gauge(&r, "iicp_max_concurrent", "Task slots of the node."),
+            heartbeat_failures: counter(
+                &r,
+                "iicp_heartbeat_failures_total",
+                "Heartbeats that got no valid answer from the directory.",
+            ),
+            heartbeats: counter(
+                &r,
+                "iicp_heartbeats_total",
+                "Heartbeats the directory accepted.",
+            ),
+            directory_registered: gauge(
+                &r,
+                "iicp_directory_registered",
+                "1 while the directory holds a valid registration of this node.",
+            ),
+            registrations: counter_vec(
+                &r,
+                "iicp_registrations_total",
+                "Registration attempts, by result.",
+                &["result"],
+            ),
+            receipts: counter_vec(
+                &r,
+                "iicp_credit_receipts_total",
+                "Credit receipts, by outcome (sent, failed, dropped, skipped).",
+                &["result"],
+            ),
             registry: r,
         }
     }
@@ -263,6 +302,43 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Task outcomes not yet reported to the directory (heartbeat `metrics`).
+#[derive(Debug, Default)]
+pub struct TaskTally {
+    success: AtomicU64,
+    failed: AtomicU64,
+    latency_ms_sum: AtomicU64,
+}
+
+/// A drained [`TaskTally`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TallyCounts {
+    /// Tasks that succeeded.
+    pub success: u64,
+    /// Tasks that failed.
+    pub failed: u64,
+    /// Sum of their latencies in ms.
+    pub latency_ms_sum: u64,
+}
+
+impl TaskTally {
+    /// Counts one finished task.
+    pub fn record(&self, success: bool, latency_ms: u64) {
+        let counter = if success { &self.success } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.latency_ms_sum.fetch_add(latency_ms, Ordering::Relaxed);
+    }
+
+    /// Takes everything counted so far.
+    pub fn drain(&self) -> TallyCounts {
+        TallyCounts {
+            success: self.success.swap(0, Ordering::Relaxed),
+            failed: self.failed.swap(0, Ordering::Relaxed),
+            latency_ms_sum: self.latency_ms_sum.swap(0, Ordering::Relaxed),
+        }
     }
 }
 

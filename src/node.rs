@@ -4,13 +4,21 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 
 use crate::config::{NONCE_WINDOW, NodeConfig};
-use crate::metrics::Metrics;
+use crate::directory::DirectoryLink;
+use crate::directory::client::DirectoryClient;
+use crate::directory::identity::{Credentials, SharedCredentials, StateDir, default_state_dir};
+use crate::directory::lifecycle::{Lifecycle, LifecycleParts, NodeView};
+use crate::directory::receipts;
+use crate::directory::status::DirectoryStatus;
+use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::runtime::Runtime;
+use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::AdmissionGate;
 use crate::server::nonce_cache::NonceCache;
@@ -26,6 +34,8 @@ pub enum StartError {
     Plugin(LoadError),
     /// The configuration is inconsistent.
     Config(String),
+    /// The state directory cannot be used.
+    State(PathBuf, std::io::Error),
     /// The listen address could not be bound.
     Bind(SocketAddr, std::io::Error),
 }
@@ -36,6 +46,9 @@ impl std::fmt::Display for StartError {
             StartError::Runtime(why) => write!(f, "cannot start the WebAssembly runtime: {why}"),
             StartError::Plugin(error) => error.fmt(f),
             StartError::Config(why) => f.write_str(why),
+            StartError::State(dir, error) => {
+                write!(f, "cannot use state directory {}: {error}", dir.display())
+            }
             StartError::Bind(addr, error) => write!(f, "cannot listen on {addr}: {error}"),
         }
     }
@@ -45,6 +58,19 @@ impl std::error::Error for StartError {}
 
 /// Runs the node until `shutdown` resolves, then drains and returns.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let state_dir = match config.state_dir.clone().or_else(default_state_dir) {
+        Some(dir) => Some(StateDir::open(&dir).map_err(|e| StartError::State(dir, e))?),
+        None => None,
+    };
+    let node_id = match &state_dir {
+        Some(state) => state
+            .node_id(config.node_id.as_deref())
+            .map_err(|e| StartError::Config(format!("cannot store the node id: {e}")))?,
+        None => config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
     let runtime =
         Runtime::new(&config.runtime).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let mut plugins = Vec::with_capacity(config.plugins.len());
@@ -58,6 +84,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let metrics = Arc::new(Metrics::new());
     let table = PluginTable::build(plugins, &metrics).map_err(StartError::Config)?;
+    let directory_client = match &config.directory {
+        Some(settings) => Some(
+            DirectoryClient::new(&settings.url, settings.timeout).map_err(StartError::Config)?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -77,21 +109,57 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "plugin loaded"
         );
     }
+
+    // The directory relationship: credentials (stored ones prove ownership on
+    // the first registration), receipts and status exist before serving.
+    let joined = config
+        .directory
+        .clone()
+        .zip(directory_client)
+        .map(|(settings, client)| {
+            let (node_token, directory_hmac_key) = state_dir
+                .as_ref()
+                .and_then(|state| state.credentials(&settings.url, &node_id))
+                .map_or((None, None), |(token, key)| (Some(token), key));
+            let credentials: SharedCredentials = Arc::new(RwLock::new(Credentials {
+                node_id: node_id.clone(),
+                node_token,
+                directory_hmac_key,
+                operator_hmac_key: settings.operator_hmac_key.clone(),
+            }));
+            let receipts = receipts::start(
+                client.clone(),
+                credentials.clone(),
+                metrics.clone(),
+                settings.receipt_queue,
+            );
+            let status = Arc::new(DirectoryStatus::new(&settings.url));
+            (settings, client, credentials, receipts, status)
+        });
+    if joined.is_none() {
+        tracing::info!("no directory configured; serving standalone");
+    }
+
     let state = Arc::new(AppState {
         node: NodeIdentity {
-            node_id: config.node_id.clone(),
+            node_id: node_id.clone(),
             region: config.region.clone(),
         },
         runtime: Arc::new(runtime),
         plugins: table,
         gate: AdmissionGate::new(config.max_concurrent),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
-        metrics,
+        metrics: metrics.clone(),
+        tally: TaskTally::default(),
         max_body_bytes: config.max_body_bytes,
+        directory: joined.as_ref().map(|(_, _, _, _, status)| status.clone()),
+        receipts: joined
+            .as_ref()
+            .map(|(_, _, _, receipts, _)| receipts.clone()),
     });
     tracing::info!(
         addr = %local_addr,
-        node_id = %config.node_id,
+        node_id = %node_id,
         allocator = state.runtime.allocator().as_str(),
         max_concurrent = config.max_concurrent,
         "listening"
@@ -102,6 +170,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let mut server = tokio::spawn(crate::server::serve(listener, router, async {
         let _ = stop_rx.await;
     }));
+    let link = joined.map(|(settings, client, credentials, _, status)| {
+        let endpoint = settings
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        DirectoryLink::start(Lifecycle::new(LifecycleParts {
+            client,
+            settings,
+            endpoint,
+            region: config.region.clone(),
+            local_health_url: format!("http://{local_addr}/iicp/health"),
+            credentials,
+            state_dir: state_dir.clone(),
+            status,
+            metrics: metrics.clone(),
+            node: state.clone(),
+        }))
+    });
     tokio::select! {
         finished = &mut server => {
             // The server only stops by itself on an accept-loop failure.
@@ -118,15 +204,40 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         active_jobs = state.gate.active(),
         "shutting down: no new connections, draining in-flight tasks"
     );
+    if let Some(link) = &link {
+        link.stop().await;
+    }
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.drain_timeout, server).await {
-        Ok(_) => tracing::info!("drained; bye"),
+        Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!(
             abandoned = state.gate.active(),
             "drain timeout reached; abandoning tasks still running"
         ),
     }
+    if let Some(link) = link {
+        link.deregister().await;
+    }
+    tracing::info!("bye");
     Ok(())
+}
+
+impl NodeView for AppState {
+    fn capabilities(&self) -> Vec<CapabilityInfo> {
+        self.plugins
+            .entries()
+            .iter()
+            .flat_map(|e| e.plugin.info.capabilities.iter().cloned())
+            .collect()
+    }
+
+    fn load(&self) -> (u32, u32) {
+        (self.gate.active(), self.gate.capacity())
+    }
+
+    fn drain_tally(&self) -> TallyCounts {
+        self.tally.drain()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -21,7 +21,8 @@ fn run_refused(plugin_path: &Path) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
         .args(["run", "--plugin"])
         .arg(plugin_path)
-        .args(["--listen", &addr, "--no-cache"])
+        .args(["--listen", &addr, "--no-cache", "--state-dir"])
+        .arg(common::fresh_state_dir())
         .output()
         .unwrap();
     (
@@ -121,11 +122,7 @@ async fn sigterm_drains_in_flight_tasks_then_exits_zero() {
     assert_eq!(body["task_id"], "draining");
     let exit = node.wait_exit(Duration::from_secs(10)).expect("exited");
     assert!(exit.success(), "{exit:?}");
-    assert!(
-        node.log_entries()
-            .iter()
-            .any(|e| message(e) == "drained; bye")
-    );
+    assert!(node.log_entries().iter().any(|e| message(e) == "drained"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -230,9 +227,10 @@ async fn a_small_address_space_falls_back_to_on_demand_allocation() {
     // 10 GB of address space cannot hold the pool (~1 TiB reserved) but can
     // hold one on-demand instance.
     let script = format!(
-        "ulimit -v 10000000 && exec '{}' run --plugin '{}' --listen 127.0.0.1:0 --log-format json --no-cache",
+        "ulimit -v 10000000 && exec '{}' run --plugin '{}' --listen 127.0.0.1:0 --log-format json --no-cache --state-dir '{}'",
         env!("CARGO_BIN_EXE_iicp-host"),
-        plugin("echo").display()
+        plugin("echo").display(),
+        common::fresh_state_dir().display()
     );
     let node = Node::spawn_command(Command::new("sh").args(["-c", &script]), "info");
     let listening = node

@@ -71,6 +71,8 @@ struct RawTask<'a> {
     trace: Option<BodyTrace<'a>>,
     #[serde(default, borrow)]
     iicp_conf: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    source_node_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +116,8 @@ pub struct TaskRequest<'a> {
     pub nonce: Option<Cow<'a, str>>,
     /// `trace.trace_id` from the body, used when no `traceparent` header came.
     pub body_trace_id: Option<Cow<'a, str>>,
+    /// The consumer's own node id (credit-receipt attribution).
+    pub source_node_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> TaskRequest<'a> {
@@ -126,6 +130,9 @@ impl<'a> TaskRequest<'a> {
         check_id("intent", &raw.intent)?;
         if let Some(nonce) = &raw.nonce {
             check_id("nonce", nonce)?;
+        }
+        if let Some(source) = &raw.source_node_id {
+            check_id("source_node_id", source)?;
         }
         if raw.payload.is_none() && raw.iicp_conf.is_some() {
             return Err(ApiError::validation(
@@ -160,6 +167,7 @@ impl<'a> TaskRequest<'a> {
             qos,
             nonce: raw.nonce,
             body_trace_id: raw.trace.and_then(|t| t.trace_id),
+            source_node_id: raw.source_node_id,
         })
     }
 }

@@ -36,7 +36,8 @@ pub struct EngineSettings {
 }
 
 /// The operator's choice of instance allocator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AllocatorChoice {
     /// Pooling when the address space allows it, else on-demand.
     #[default]

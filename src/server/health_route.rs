@@ -9,12 +9,9 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::state::AppState;
+use crate::directory::payload::{IMPLEMENTATION_NAME, IMPLEMENTATION_VERSION};
+use crate::directory::status::StatusView;
 use crate::protocol::json_response;
-
-/// This software's name, as sent in `implementation_name`.
-pub const IMPLEMENTATION_NAME: &str = "iicp-host";
-/// This software's version, as sent in `implementation_version`.
-pub const IMPLEMENTATION_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Serialize)]
 struct Health<'a> {
@@ -32,6 +29,8 @@ struct Health<'a> {
     intents: Vec<&'a str>,
     implementation_name: &'static str,
     implementation_version: &'static str,
+    /// The standing with the directory; `null` when serving standalone.
+    directory: Option<StatusView>,
 }
 
 /// The `GET /iicp/health` handler; always 200 while the node serves.
@@ -55,6 +54,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         intents,
         implementation_name: IMPLEMENTATION_NAME,
         implementation_version: IMPLEMENTATION_VERSION,
+        directory: state.directory.as_ref().map(|status| status.view()),
     };
     json_response(StatusCode::OK, &health)
 }

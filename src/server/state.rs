@@ -5,7 +5,9 @@ use std::sync::Arc;
 use super::admission::AdmissionGate;
 use super::nonce_cache::NonceCache;
 use super::plugin_table::PluginTable;
-use crate::metrics::Metrics;
+use crate::directory::receipts::ReceiptQueue;
+use crate::directory::status::DirectoryStatus;
+use crate::metrics::{Metrics, TaskTally};
 use crate::runtime::Runtime;
 
 /// Who this node is.
@@ -31,6 +33,12 @@ pub struct AppState {
     pub nonces: NonceCache,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Task outcomes for the directory's metrics batches.
+    pub tally: TaskTally,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Standing with the directory, when one is configured.
+    pub directory: Option<Arc<DirectoryStatus>>,
+    /// Credit receipts, when a directory is configured.
+    pub receipts: Option<ReceiptQueue>,
 }

@@ -20,6 +20,7 @@ use super::body::read_limited;
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
+use crate::directory::receipts::ReceiptJob;
 use crate::protocol::task::{ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage};
 use crate::protocol::trace_context::TraceContext;
 use crate::protocol::{ApiError, json_response};
@@ -157,8 +158,22 @@ async fn execute(
     let (outcome, report) = state.runtime.run_task(plugin, input).instrument(span).await;
     let latency = received.elapsed();
     record(route, &outcome, &report, latency, &task.task_id);
+    state.tally.record(
+        outcome.is_ok(),
+        u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+    );
     match outcome {
-        Ok(success) => Ok(success_response(&task.task_id, &success, latency)),
+        Ok(success) => {
+            if let Some(receipts) = &state.receipts {
+                receipts.submit(ReceiptJob {
+                    task_id: task.task_id.to_string(),
+                    tokens_used: success.usage.map_or(0, |u| u64::from(u.total_tokens)),
+                    result: success.result.clone(),
+                    querying_node_id: task.source_node_id.as_deref().map(str::to_string),
+                });
+            }
+            Ok(success_response(&task.task_id, &success, latency))
+        }
         Err(failure) => Err(failure_error(failure, timeout, task).for_task(&task.task_id)),
     }
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod fake_directory;
+
 /// How long a node may take to start (debug builds compile plugins slowly).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,6 +57,19 @@ pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
+/// A new, empty state directory under the test binary's temp dir.
+pub fn fresh_state_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "state-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// Collected stderr lines of a node, with a way to wait for one.
 #[derive(Default)]
 struct LogLines {
@@ -77,16 +92,42 @@ impl Node {
 
     /// Like [`Node::start`] with `RUST_LOG` set to `filter`.
     pub fn start_with_log_filter(plugin_path: &Path, extra: &[&str], filter: &str) -> Node {
+        Self::launch(
+            &["--plugin", &plugin_path.display().to_string()],
+            extra,
+            filter,
+        )
+    }
+
+    /// Starts `iicp-host run --config <file> <extra>` on a free port.
+    pub fn start_config(config: &Path, extra: &[&str]) -> Node {
+        Self::start_config_env(config, extra, &[])
+    }
+
+    /// Like [`Node::start_config`] with extra environment variables.
+    pub fn start_config_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::launch_env(
+            &["--config", &config.display().to_string()],
+            extra,
+            "info",
+            env,
+        )
+    }
+
+    fn launch(source: &[&str], extra: &[&str], filter: &str) -> Node {
+        Self::launch_env(source, extra, filter, &[])
+    }
+
+    fn launch_env(source: &[&str], extra: &[&str], filter: &str, env: &[(&str, &str)]) -> Node {
         let cache = shared_cache_dir();
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--plugin".into(),
-            plugin_path.display().to_string(),
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(source.iter().map(|s| s.to_string()));
+        args.extend([
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--log-format".into(),
             "json".into(),
-        ];
+        ]);
         if !extra
             .iter()
             .any(|a| *a == "--no-cache" || *a == "--cache-dir")
@@ -94,8 +135,14 @@ impl Node {
             args.push("--cache-dir".into());
             args.push(cache.display().to_string());
         }
+        if !extra.contains(&"--state-dir") {
+            args.push("--state-dir".into());
+            args.push(fresh_state_dir().display().to_string());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(&args, filter)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+        command.args(&args).envs(env.iter().copied());
+        Self::spawn_command(&mut command, filter)
     }
 
     /// Starts `iicp-host` with exactly `args`, waiting until it listens.
@@ -188,6 +235,11 @@ impl Node {
                 .unwrap()
                 .0;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM.

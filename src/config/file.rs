@@ -1,0 +1,375 @@
+//! The TOML configuration file (`iicp-host run --config iicp-host.toml`).
+//! See `iicp-host.example.toml` for every key with its default.
+//!
+//! Unknown keys are errors, and every error names the file, the key and
+//! what is wrong, so a typo cannot silently fall back to a default.
+//! Relative paths are relative to the file's directory. Secrets never live
+//! in the file: it names environment variables that hold them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
+    DEFAULT_NONCE_CAPACITY, DEFAULT_REGION, MAX_CONCURRENT_RANGE, MEMORY_MB_RANGE, NodeConfig,
+    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+};
+use crate::directory::identity::valid_node_id;
+use crate::directory::settings::{
+    CipPolicy, DirectorySettings, PricingSettings, TransportSettings, validate_http_url,
+};
+use crate::runtime::RuntimeSettings;
+use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::limits::PluginLimits;
+use crate::runtime::plugin::PluginSource;
+
+/// Default bound on directory calls.
+const DEFAULT_DIRECTORY_TIMEOUT_MS: u64 = 10_000;
+/// Default `limits.tokens_per_min` (the reference SDK's).
+const DEFAULT_TOKENS_PER_MIN: u32 = 10_000;
+/// Default credit-receipt queue.
+const DEFAULT_RECEIPT_QUEUE: usize = 1024;
+
+/// A configuration error: which file, and what is wrong in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    node: NodeSection,
+    directory: Option<DirectorySection>,
+    pricing: Option<PricingSettings>,
+    policy: Option<CipPolicy>,
+    transport: Option<TransportSettings>,
+    #[serde(default)]
+    defaults: LimitsSection,
+    #[serde(default, rename = "plugin")]
+    plugins: Vec<PluginSection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    node_id: Option<String>,
+    region: Option<String>,
+    listen: Option<String>,
+    endpoint: Option<String>,
+    max_concurrent: Option<u32>,
+    max_body_bytes: Option<usize>,
+    nonce_cache_capacity: Option<usize>,
+    drain_timeout_ms: Option<u64>,
+    state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    no_cache: bool,
+    allocator: Option<AllocatorChoice>,
+    keep_resident_kib: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectorySection {
+    url: String,
+    timeout_ms: Option<u64>,
+    tokens_per_min: Option<u32>,
+    hmac_key_env: Option<String>,
+    receipt_queue: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    memory_mb: Option<u32>,
+    timeout_ms: Option<u64>,
+    instance_reuse: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginSection {
+    id: Option<String>,
+    path: PathBuf,
+    memory_mb: Option<u32>,
+    timeout_ms: Option<u64>,
+    instance_reuse: Option<u32>,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+    let error = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| error(one_line(&e.to_string())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    build(file, base).map_err(error)
+}
+
+/// toml's messages span lines (a source excerpt); keep the gist on one.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let location = lines.first().copied().unwrap_or_default();
+    let cause = lines.last().copied().unwrap_or_default();
+    if location == cause {
+        cause.to_string()
+    } else {
+        format!("{location}: {cause}")
+    }
+}
+
+fn resolve(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn env_secret(variable: &str, key: &str) -> Result<String, String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => Err(format!("{key}: environment variable {variable} is not set")),
+    }
+}
+
+fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
+    let node = file.node;
+    if let Some(id) = &node.node_id
+        && !valid_node_id(id)
+    {
+        return Err(format!(
+            "node.node_id: {id:?} must be 1-36 characters of letters, digits, '.', '_', ':', '-', starting with a letter or digit"
+        ));
+    }
+    let listen: SocketAddr = node
+        .listen
+        .as_deref()
+        .unwrap_or(DEFAULT_LISTEN)
+        .parse()
+        .map_err(|e| format!("node.listen: {e}"))?;
+    let max_concurrent = check_range(
+        "node.max_concurrent",
+        node.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT),
+        &MAX_CONCURRENT_RANGE,
+    )?;
+    if let Some(endpoint) = &node.endpoint {
+        validate_http_url(endpoint).map_err(|e| format!("node.endpoint: {e}"))?;
+    }
+    let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;
+    if file.plugins.is_empty() {
+        return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
+    }
+    let mut plugins = Vec::with_capacity(file.plugins.len());
+    for (index, plugin) in file.plugins.into_iter().enumerate() {
+        let name = match &plugin.id {
+            Some(id) => format!("plugin {id:?}"),
+            None => format!("[[plugin]] #{}", index + 1),
+        };
+        let section = LimitsSection {
+            memory_mb: plugin.memory_mb,
+            timeout_ms: plugin.timeout_ms,
+            instance_reuse: plugin.instance_reuse,
+        };
+        plugins.push(PluginSource {
+            id: plugin.id,
+            path: resolve(base, plugin.path),
+            limits: limits(&defaults, &section, &name)?,
+        });
+    }
+    let directory = match file.directory {
+        None => None,
+        Some(section) => Some(directory(
+            section,
+            &node,
+            file.pricing,
+            file.policy,
+            file.transport,
+        )?),
+    };
+    Ok(NodeConfig {
+        node_id: node.node_id,
+        region: node.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
+        listen,
+        max_concurrent,
+        max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
+        drain_timeout: node
+            .drain_timeout_ms
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+        state_dir: node.state_dir.map(|dir| resolve(base, dir)),
+        directory,
+        runtime: RuntimeSettings {
+            engine: EngineSettings {
+                max_instances: max_concurrent,
+                keep_resident_bytes: node.keep_resident_kib.map(|kib| (kib as usize) << 10),
+                allocator: node.allocator.unwrap_or_default(),
+            },
+            cache_dir: if node.no_cache {
+                None
+            } else {
+                node.cache_dir
+                    .map(|dir| resolve(base, dir))
+                    .or_else(default_cache_dir)
+            },
+        },
+        plugins,
+    })
+}
+
+fn limits(
+    base: &PluginLimits,
+    section: &LimitsSection,
+    name: &str,
+) -> Result<PluginLimits, String> {
+    let mut limits = base.clone();
+    if let Some(memory_mb) = section.memory_mb {
+        limits.memory_bytes =
+            (check_range(&format!("{name}: memory_mb"), memory_mb, &MEMORY_MB_RANGE)? as usize)
+                << 20;
+    }
+    if let Some(timeout_ms) = section.timeout_ms {
+        limits.default_timeout = Duration::from_millis(check_range(
+            &format!("{name}: timeout_ms"),
+            timeout_ms,
+            &TIMEOUT_MS_RANGE,
+        )?);
+    }
+    if let Some(reuse) = section.instance_reuse {
+        limits.instance_reuse =
+            check_range(&format!("{name}: instance_reuse"), reuse, &(1..=1_000_000))?;
+    }
+    Ok(limits)
+}
+
+fn directory(
+    section: DirectorySection,
+    node: &NodeSection,
+    pricing: Option<PricingSettings>,
+    policy: Option<CipPolicy>,
+    transport: Option<TransportSettings>,
+) -> Result<DirectorySettings, String> {
+    validate_http_url(&section.url).map_err(|e| format!("directory.url: {e}"))?;
+    let pricing = pricing.unwrap_or_default();
+    pricing.validate().map_err(|e| format!("pricing.{e}"))?;
+    if let Some(policy) = &policy {
+        policy.validate().map_err(|e| format!("policy.{e}"))?;
+    }
+    let transport = transport.unwrap_or_default();
+    transport.validate().map_err(|e| format!("transport.{e}"))?;
+    let operator_hmac_key = section
+        .hmac_key_env
+        .as_deref()
+        .map(|variable| env_secret(variable, "directory.hmac_key_env"))
+        .transpose()?;
+    Ok(DirectorySettings {
+        url: section.url,
+        endpoint: node.endpoint.clone(),
+        timeout: Duration::from_millis(check_range(
+            "directory.timeout_ms",
+            section.timeout_ms.unwrap_or(DEFAULT_DIRECTORY_TIMEOUT_MS),
+            &(100..=120_000),
+        )?),
+        tokens_per_min: check_range(
+            "directory.tokens_per_min",
+            section.tokens_per_min.unwrap_or(DEFAULT_TOKENS_PER_MIN),
+            &(1..=u32::MAX),
+        )?,
+        pricing,
+        policy,
+        transport,
+        operator_hmac_key,
+        receipt_queue: section.receipt_queue.unwrap_or(DEFAULT_RECEIPT_QUEUE),
+    })
+}
+
+/// Directory settings with defaults, for `--directory URL` without a file.
+pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySettings {
+    DirectorySettings {
+        url,
+        endpoint,
+        timeout: Duration::from_millis(DEFAULT_DIRECTORY_TIMEOUT_MS),
+        tokens_per_min: DEFAULT_TOKENS_PER_MIN,
+        pricing: PricingSettings::default(),
+        policy: None,
+        transport: TransportSettings::default(),
+        operator_hmac_key: None,
+        receipt_queue: DEFAULT_RECEIPT_QUEUE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        build(file, Path::new("/etc/iicp"))
+    }
+
+    #[test]
+    fn a_minimal_file_gets_defaults_and_resolved_paths() {
+        let config = parse("[[plugin]]\npath = \"echo.wasm\"\n").unwrap();
+        assert_eq!(config.plugins[0].path, PathBuf::from("/etc/iicp/echo.wasm"));
+        assert_eq!(config.max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert!(config.directory.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = parse("[node]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(unknown.contains("unknown field `listen_addr`"), "{unknown}");
+        let range =
+            parse("[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\nmemory_mb = 0\n").unwrap_err();
+        assert_eq!(
+            range,
+            "plugin \"a\": memory_mb must be between 1 and 4096, got 0"
+        );
+        let missing = parse("[node]\nregion = \"eu\"\n").unwrap_err();
+        assert!(missing.contains("[[plugin]]"), "{missing}");
+        let model = parse("[directory]\nurl = \"http://d\"\n[pricing]\npricing_model = \"hourly\"\n[[plugin]]\npath = \"a\"\n")
+            .unwrap_err();
+        assert!(model.starts_with("pricing.pricing_model"), "{model}");
+        let secret = parse("[directory]\nurl = \"http://d\"\nhmac_key_env = \"IICP_TEST_UNSET_VARIABLE\"\n[[plugin]]\npath = \"a\"\n")
+            .unwrap_err();
+        assert_eq!(
+            secret,
+            "directory.hmac_key_env: environment variable IICP_TEST_UNSET_VARIABLE is not set"
+        );
+    }
+
+    #[test]
+    fn plugin_limits_inherit_defaults() {
+        let config = parse("[defaults]\nmemory_mb = 64\n[[plugin]]\npath = \"a\"\n[[plugin]]\npath = \"b\"\ntimeout_ms = 500\n").unwrap();
+        assert_eq!(config.plugins[0].limits.memory_bytes, 64 << 20);
+        assert_eq!(config.plugins[1].limits.memory_bytes, 64 << 20);
+        assert_eq!(
+            config.plugins[1].limits.default_timeout,
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Node configuration: identity, listener, concurrency, request limits,
+//! the directory relationship and the plugins to serve. Built from a TOML
+//! file ([`file`]) and/or the command line; every field has a default an
+//! operator can rely on, and the bounds below are checked in one place
+//! whichever way a value arrives.
+
+pub mod file;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::directory::settings::DirectorySettings;
+use crate::runtime::RuntimeSettings;
+use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::limits::PluginLimits;
+use crate::runtime::plugin::PluginSource;
+
+/// Default `max_concurrent`.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
+/// `max_concurrent` bounds (REGISTER's `limits.max_concurrent` is 1..=256).
+pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=256;
+/// Per-task memory bounds in MiB (wasm32 addresses 4 GiB).
+pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 1..=4096;
+/// Default task budget bounds in ms (the protocol's `timeout_ms` range).
+pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
+/// Default request body limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Default cap on remembered nonces (~18 bytes each).
+pub const DEFAULT_NONCE_CAPACITY: usize = 1_000_000;
+/// The replay window of `protocol.md` §4.1.
+pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
+/// Default bound on draining at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default region.
+pub const DEFAULT_REGION: &str = "unknown";
+
+/// Everything the node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node id, when the operator fixed one; otherwise the stored or a new one.
+    pub node_id: Option<String>,
+    /// The region it advertises.
+    pub region: String,
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// Tasks running at once; more get 429.
+    pub max_concurrent: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most nonces remembered inside the replay window.
+    pub nonce_capacity: usize,
+    /// How long shutdown waits for in-flight tasks.
+    pub drain_timeout: Duration,
+    /// Where the node id and directory credentials persist.
+    pub state_dir: Option<PathBuf>,
+    /// The directory to join; `None` serves standalone.
+    pub directory: Option<DirectorySettings>,
+    /// Engine and artifact-cache settings.
+    pub runtime: RuntimeSettings,
+    /// The plugins to serve.
+    pub plugins: Vec<PluginSource>,
+}
+
+impl NodeConfig {
+    /// Every default, serving the plugin at `path`.
+    pub fn with_plugin(path: PathBuf) -> Self {
+        Self {
+            node_id: None,
+            region: DEFAULT_REGION.to_string(),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| unreachable!("valid default address")),
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            nonce_capacity: DEFAULT_NONCE_CAPACITY,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            state_dir: None,
+            directory: None,
+            runtime: RuntimeSettings {
+                engine: EngineSettings {
+                    max_instances: DEFAULT_MAX_CONCURRENT,
+                    keep_resident_bytes: None,
+                    allocator: AllocatorChoice::default(),
+                },
+                cache_dir: default_cache_dir(),
+            },
+            plugins: vec![PluginSource {
+                id: None,
+                path,
+                limits: PluginLimits::default(),
+            }],
+        }
+    }
+}
+
+/// The default compiled-artifact cache directory:
+/// `$XDG_CACHE_HOME/iicp-host` or `$HOME/.cache/iicp-host`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|base| base.join("iicp-host"))
+}
+
+/// Checks `value` against `range`, naming `field` in the error.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+) -> Result<T, String> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{field} must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ))
+    }
+}

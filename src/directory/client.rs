@@ -1,0 +1,279 @@
+//! HTTP calls to the directory: `{base}/v1/<op>` with an optional Bearer
+//! token, JSON in and out. Every answer is bounded in size and time, and
+//! both error shapes real directories use — `{"error":{"code","message"}}`
+//! and the flat `{"error":"IICP-E034","message":…}` — are understood. A
+//! garbage, oversized or slow answer is a [`DirectoryError`], never a panic.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Largest directory answer read.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Why a directory call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DirectoryError {
+    /// No answer: connection refused, reset, timed out.
+    Network(String),
+    /// An HTTP error status, with whatever the body explained.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// `error.code` or the flat `error` string.
+        code: Option<String>,
+        /// `error.message` or `message`.
+        message: Option<String>,
+        /// `Retry-After`, `retry_after` or `retry_after_ms`, if given.
+        retry_after: Option<Duration>,
+    },
+    /// A success status with a body that is not the expected JSON, or too big.
+    BadResponse(String),
+}
+
+impl DirectoryError {
+    /// The HTTP status, for status errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DirectoryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the directory no longer knows this node or its token
+    /// (401, 404, 410): the cure is to register again.
+    pub fn needs_registration(&self) -> bool {
+        matches!(self.status(), Some(401 | 404 | 410))
+    }
+}
+
+impl fmt::Display for DirectoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirectoryError::Network(why) => write!(f, "directory unreachable: {why}"),
+            DirectoryError::BadResponse(why) => write!(f, "invalid directory answer: {why}"),
+            DirectoryError::Status {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                write!(f, "directory answered HTTP {status}")?;
+                if let Some(code) = code {
+                    write!(f, " {code}")?;
+                }
+                if let Some(message) = message {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for DirectoryError {}
+
+/// A directory at one base URL (e.g. `https://iicp.network/api`).
+#[derive(Debug, Clone)]
+pub struct DirectoryClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl DirectoryClient {
+    /// A client whose every call is bounded by `timeout`.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("iicp-host/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The base URL as given.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST {base}/v1/{op}`.
+    pub async fn post(
+        &self,
+        op: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, DirectoryError> {
+        self.call(Method::POST, op, bearer, body).await
+    }
+
+    /// `DELETE {base}/v1/{op}`.
+    pub async fn delete(
+        &self,
+        op: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, DirectoryError> {
+        self.call(Method::DELETE, op, bearer, body).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        op: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, DirectoryError> {
+        let url = format!("{}/v1/{op}", self.base);
+        let body =
+            serde_json::to_vec(body).map_err(|e| DirectoryError::BadResponse(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(token) = bearer {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| DirectoryError::Network(describe(&e)))?;
+        let status = response.status();
+        let retry_after_header = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| DirectoryError::Network(describe(&e)))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(DirectoryError::BadResponse(format!(
+                    "answer exceeds {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if status.is_success() {
+            return match json {
+                Some(value) => Ok(value),
+                None if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
+                None => Err(DirectoryError::BadResponse(format!(
+                    "HTTP {} with a body that is not JSON",
+                    status.as_u16()
+                ))),
+            };
+        }
+        Err(status_error(status, json.as_ref(), retry_after_header))
+    }
+}
+
+fn status_error(
+    status: StatusCode,
+    body: Option<&Value>,
+    retry_after_header: Option<Duration>,
+) -> DirectoryError {
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).map(|s| truncate(s, 300));
+    let error = body.and_then(|b| b.get("error"));
+    let (code, message) = match error {
+        Some(Value::Object(object)) => (text(object.get("code")), text(object.get("message"))),
+        Some(Value::String(code)) => (
+            Some(truncate(code, 300)),
+            text(body.and_then(|b| b.get("message"))),
+        ),
+        _ => (None, text(body.and_then(|b| b.get("message")))),
+    };
+    let retry_after = retry_after_header.or_else(|| {
+        let body = body?;
+        let seconds = body
+            .get("retry_after")
+            .or_else(|| error?.get("retry_after"));
+        let millis = body
+            .get("retry_after_ms")
+            .or_else(|| error?.get("retry_after_ms"));
+        seconds
+            .and_then(Value::as_u64)
+            .map(Duration::from_secs)
+            .or_else(|| millis.and_then(Value::as_u64).map(Duration::from_millis))
+    });
+    DirectoryError::Status {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A short cause for a transport failure (without the URL, which is noise).
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        "connection failed".to_string()
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off".to_string()
+    } else {
+        "request failed".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(status: u16, body: &str) -> DirectoryError {
+        let json: Option<Value> = serde_json::from_str(body).ok();
+        status_error(StatusCode::from_u16(status).unwrap(), json.as_ref(), None)
+    }
+
+    #[test]
+    fn both_error_shapes_are_read() {
+        let nested = parse(
+            401,
+            r#"{"error":{"code":"unauthorized","message":"missing node_token"}}"#,
+        );
+        assert_eq!(
+            nested.to_string(),
+            "directory answered HTTP 401 unauthorized: missing node_token"
+        );
+        assert!(nested.needs_registration());
+        let flat = parse(
+            429,
+            r#"{"error":"IICP-E034","message":"slow down","retry_after":60}"#,
+        );
+        assert_eq!(
+            flat,
+            DirectoryError::Status {
+                status: 429,
+                code: Some("IICP-E034".into()),
+                message: Some("slow down".into()),
+                retry_after: Some(Duration::from_secs(60)),
+            }
+        );
+        assert!(!flat.needs_registration());
+        let garbage = parse(502, "<html>bad gateway</html>");
+        assert_eq!(garbage.to_string(), "directory answered HTTP 502");
+        assert!(parse(404, r#"{"error":{"code":"IICP-E003"}}"#).needs_registration());
+        assert!(parse(410, "").needs_registration());
+    }
+}

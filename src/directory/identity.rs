@@ -1,0 +1,247 @@
+//! The node's identity and its directory credentials.
+//!
+//! The node id and the last `node_token`/`node_hmac_key` survive restarts in
+//! a state directory (directory 0700, files 0600), so the directory keeps
+//! the node's identity and `current_node_token` proves ownership when the
+//! node registers again. Stored credentials are used only with the same
+//! directory URL and node id they were issued for.
+//!
+//! Keys: every successful REGISTER replaces token and directory-issued key
+//! together. An operator-provisioned key (from the environment) is kept
+//! beside it: it signs pricing declarations, as the reference SDK does for
+//! the production directory; challenge responses and credit receipts use the
+//! key the directory issued, since that is the key it verifies them with
+//! (`protocol.md` §10 #3), falling back to the operator key when the
+//! directory issued none.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+const NODE_ID_FILE: &str = "node_id";
+const CREDENTIALS_FILE: &str = "directory.json";
+const MAX_NODE_ID_BYTES: usize = 36;
+
+/// Live credentials, replaced atomically on every registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The node id the directory knows.
+    pub node_id: String,
+    /// The last `node_token` issued.
+    pub node_token: Option<String>,
+    /// The last `node_hmac_key` issued by the directory.
+    pub directory_hmac_key: Option<String>,
+    /// The operator-provisioned key, if configured.
+    pub operator_hmac_key: Option<String>,
+}
+
+impl Credentials {
+    /// The key the directory verifies challenges and receipts with.
+    pub fn verification_key(&self) -> Option<&str> {
+        self.directory_hmac_key
+            .as_deref()
+            .or(self.operator_hmac_key.as_deref())
+    }
+
+    /// The key pricing declarations are signed with (SDK form).
+    pub fn pricing_key(&self) -> Option<&str> {
+        self.operator_hmac_key
+            .as_deref()
+            .or(self.directory_hmac_key.as_deref())
+    }
+}
+
+/// Credentials shared by the lifecycle, the heartbeat and the receipt sender.
+pub type SharedCredentials = Arc<RwLock<Credentials>>;
+
+/// Reads a snapshot of shared credentials.
+pub fn snapshot(shared: &SharedCredentials) -> Credentials {
+    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCredentials {
+    directory_url: String,
+    node_id: String,
+    node_token: String,
+    #[serde(default)]
+    node_hmac_key: Option<String>,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating, mode 0700) the state directory.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        set_mode(dir, 0o700)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The node id: `configured` if given, else the stored one, else a new
+    /// UUID. Whatever is chosen is stored for the next start.
+    pub fn node_id(&self, configured: Option<&str>) -> std::io::Result<String> {
+        let path = self.dir.join(NODE_ID_FILE);
+        let stored = fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| valid_node_id(s));
+        let node_id = match (configured, stored) {
+            (Some(configured), _) => configured.to_string(),
+            (None, Some(stored)) => return Ok(stored),
+            (None, None) => uuid::Uuid::new_v4().to_string(),
+        };
+        write_private(&path, node_id.as_bytes())?;
+        Ok(node_id)
+    }
+
+    /// The token and key last issued by `directory_url` to `node_id`.
+    pub fn credentials(
+        &self,
+        directory_url: &str,
+        node_id: &str,
+    ) -> Option<(String, Option<String>)> {
+        let bytes = fs::read(self.dir.join(CREDENTIALS_FILE)).ok()?;
+        let stored: StoredCredentials = serde_json::from_slice(&bytes).ok()?;
+        (stored.directory_url == directory_url && stored.node_id == node_id)
+            .then_some((stored.node_token, stored.node_hmac_key))
+    }
+
+    /// Stores the credentials just issued.
+    pub fn save_credentials(
+        &self,
+        directory_url: &str,
+        credentials: &Credentials,
+    ) -> std::io::Result<()> {
+        let Some(node_token) = credentials.node_token.clone() else {
+            return Ok(());
+        };
+        let stored = StoredCredentials {
+            directory_url: directory_url.to_string(),
+            node_id: credentials.node_id.clone(),
+            node_token,
+            node_hmac_key: credentials.directory_hmac_key.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+        write_private(&self.dir.join(CREDENTIALS_FILE), &bytes)
+    }
+}
+
+/// The Rust directory's node id rule: ≤ 36 chars of `[A-Za-z0-9._:-]`,
+/// starting alphanumeric.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID_BYTES
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+/// The default state directory: `$XDG_STATE_HOME/iicp-host` or
+/// `$HOME/.local/state/iicp-host`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .map(|base| base.join("iicp-host"))
+}
+
+/// Writes a 0600 file atomically (temp file, then rename).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::File::create(&temp)?;
+    set_mode(&temp, 0o600)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&temp);
+    })
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_stable_and_credentials_are_scoped() {
+        let temp = std::env::temp_dir().join(format!("iicp-state-test-{}", std::process::id()));
+        let state = StateDir::open(&temp).unwrap();
+        let first = state.node_id(None).unwrap();
+        assert!(valid_node_id(&first));
+        assert_eq!(state.node_id(None).unwrap(), first);
+        assert_eq!(state.node_id(Some("custom-1")).unwrap(), "custom-1");
+        assert_eq!(state.node_id(None).unwrap(), "custom-1");
+
+        let credentials = Credentials {
+            node_id: "custom-1".into(),
+            node_token: Some("tok".into()),
+            directory_hmac_key: Some("key".into()),
+            operator_hmac_key: Some("operator".into()),
+        };
+        state.save_credentials("http://dir", &credentials).unwrap();
+        assert_eq!(
+            state.credentials("http://dir", "custom-1"),
+            Some(("tok".to_string(), Some("key".to_string())))
+        );
+        assert_eq!(state.credentials("http://other", "custom-1"), None);
+        assert_eq!(state.credentials("http://dir", "someone-else"), None);
+        let stored = fs::read_to_string(temp.join(CREDENTIALS_FILE)).unwrap();
+        assert!(
+            !stored.contains("operator"),
+            "the operator key is never written"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(temp.join(CREDENTIALS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::remove_dir_all(&temp).unwrap();
+    }
+
+    #[test]
+    fn keys_are_chosen_per_purpose() {
+        let mut credentials = Credentials {
+            directory_hmac_key: Some("dir".into()),
+            operator_hmac_key: Some("op".into()),
+            ..Credentials::default()
+        };
+        assert_eq!(credentials.verification_key(), Some("dir"));
+        assert_eq!(credentials.pricing_key(), Some("op"));
+        credentials.directory_hmac_key = None;
+        assert_eq!(credentials.verification_key(), Some("op"));
+    }
+
+    #[test]
+    fn node_id_rule() {
+        assert!(valid_node_id("a1b2-c3.d_e:f"));
+        assert!(!valid_node_id("-leading"));
+        assert!(!valid_node_id("has space"));
+        assert!(!valid_node_id(&"a".repeat(37)));
+    }
+}

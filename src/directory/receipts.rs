@@ -1,0 +1,163 @@
+//! Credit receipts (`protocol.md` §5.5): after each successful task the node
+//! claims its credits with `POST {dir}/v1/credits/award`, signed with the
+//! directory's HMAC key. Off the task path: tasks only offer a receipt to a
+//! bounded queue and never wait; when the queue is full the receipt is
+//! dropped and counted. One background worker sends them in order.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::client::DirectoryClient;
+use super::identity::{SharedCredentials, snapshot};
+use super::signing::{hmac_hex, receipt_message, response_hash};
+use crate::metrics::Metrics;
+
+/// How long a receipt stays valid.
+const RECEIPT_TTL: Duration = Duration::from_secs(300);
+
+/// One successful task to claim credits for.
+#[derive(Debug)]
+pub struct ReceiptJob {
+    /// The task id.
+    pub task_id: String,
+    /// `usage.total_tokens`, or 0.
+    pub tokens_used: u64,
+    /// The result the consumer received (hashed into `response_hash`).
+    pub result: Box<RawValue>,
+    /// The consumer's `source_node_id`, if it sent one.
+    pub querying_node_id: Option<String>,
+}
+
+/// The task path's side of the queue.
+#[derive(Clone)]
+pub struct ReceiptQueue {
+    sender: mpsc::Sender<ReceiptJob>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReceiptQueue {
+    /// Offers a receipt; never waits.
+    pub fn submit(&self, job: ReceiptJob) {
+        if self.sender.try_send(job).is_err() {
+            self.metrics.receipts.with_label_values(&["dropped"]).inc();
+        }
+    }
+}
+
+/// Starts the sender; receipts queue up to `capacity`.
+pub fn start(
+    client: DirectoryClient,
+    credentials: SharedCredentials,
+    metrics: Arc<Metrics>,
+    capacity: usize,
+) -> ReceiptQueue {
+    let (sender, mut receiver) = mpsc::channel::<ReceiptJob>(capacity.max(1));
+    let worker_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while let Some(job) = receiver.recv().await {
+            let outcome = send(&client, &credentials, job).await;
+            worker_metrics.receipts.with_label_values(&[outcome]).inc();
+        }
+    });
+    ReceiptQueue { sender, metrics }
+}
+
+async fn send(
+    client: &DirectoryClient,
+    credentials: &SharedCredentials,
+    job: ReceiptJob,
+) -> &'static str {
+    let credentials = snapshot(credentials);
+    let (Some(token), Some(key)) = (
+        credentials.node_token.as_deref(),
+        credentials.verification_key(),
+    ) else {
+        return "skipped";
+    };
+    let result: serde_json::Value = serde_json::from_str(job.result.get()).unwrap_or_default();
+    let hash = response_hash(&result);
+    // 122 random bits from the OS generator, as 32 hex digits (the Rust
+    // directory wants at least 32 characters).
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let signature = hmac_hex(
+        key,
+        &receipt_message(
+            &job.task_id,
+            job.tokens_used,
+            &nonce,
+            &hash,
+            job.querying_node_id.as_deref(),
+        ),
+    );
+    let mut body = json!({
+        "node_id": credentials.node_id,
+        "task_id": job.task_id,
+        "tokens_used": job.tokens_used,
+        "amount": job.tokens_used.max(1) as f64 / 1000.0,
+        "nonce": nonce,
+        "expires_at": rfc3339(SystemTime::now() + RECEIPT_TTL),
+        "signature": signature,
+        "response_hash": hash,
+        "reason": "task_completion",
+    });
+    if let Some(querying) = job.querying_node_id.filter(|q| !q.is_empty()) {
+        body["querying_node_id"] = json!(querying);
+    }
+    match client.post("credits/award", Some(token), &body).await {
+        Ok(_) => "sent",
+        Err(error) => {
+            tracing::debug!(task_id = %body["task_id"], %error, "credit receipt refused");
+            "failed"
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with second precision.
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_861_845)),
+            "2026-11-28T10:30:45Z"
+        );
+    }
+}

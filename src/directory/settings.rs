@@ -1,0 +1,241 @@
+//! What the operator configures about the directory relationship: where the
+//! directory is, what the node advertises (endpoint, transport, CIP policy,
+//! pricing), and how declarations are signed. Plain data, validated once.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::signing::PricingSignature;
+
+/// Pricing models the directories accept.
+pub const PRICING_MODELS: &[&str] = &["per_token", "per_request", "flat"];
+/// `transport_method` values of `protocol.md` §2.2.
+pub const TRANSPORT_METHODS: &[&str] = &[
+    "direct",
+    "upnp_mapped",
+    "stun_hole_punch",
+    "turn_relay",
+    "external_tunnel",
+    "webrtc_datachannel",
+];
+/// `nat_type` values of `protocol.md` §2.2.
+pub const NAT_TYPES: &[&str] = &[
+    "full_cone",
+    "restricted_cone",
+    "port_restricted",
+    "symmetric",
+    "unknown",
+];
+
+/// Everything needed to join a directory.
+#[derive(Debug, Clone)]
+pub struct DirectorySettings {
+    /// Base URL, used as given with `/v1/<op>` appended (e.g. `https://iicp.network/api`).
+    pub url: String,
+    /// The public URL advertised as `endpoint`; `None` means `http://<listen address>`.
+    pub endpoint: Option<String>,
+    /// Bound on every directory call.
+    pub timeout: Duration,
+    /// `limits.tokens_per_min` advertised.
+    pub tokens_per_min: u32,
+    /// The pricing declaration.
+    pub pricing: PricingSettings,
+    /// The CIP policy block, when the operator set one.
+    pub policy: Option<CipPolicy>,
+    /// Optional transport and NAT fields.
+    pub transport: TransportSettings,
+    /// An operator-provisioned HMAC key (read from the environment, never from a file).
+    pub operator_hmac_key: Option<String>,
+    /// Credit receipts queued at most; more are dropped and counted.
+    pub receipt_queue: usize,
+}
+
+/// The ADR-019 pricing block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSettings {
+    /// `credit_cost_multiplier`, 0..=1000.
+    #[serde(default = "default_multiplier")]
+    pub credit_cost_multiplier: f64,
+    /// `pricing_model`: per_token, per_request or flat.
+    #[serde(default = "default_model")]
+    pub pricing_model: String,
+    /// ISO-8601 start of validity, if any.
+    #[serde(default)]
+    pub effective_from: Option<String>,
+    /// ISO-8601 end of validity, if any.
+    #[serde(default)]
+    pub effective_until: Option<String>,
+    /// Signature form.
+    #[serde(default)]
+    pub signature: PricingSignature,
+}
+
+fn default_multiplier() -> f64 {
+    1.0
+}
+
+fn default_model() -> String {
+    "per_token".to_string()
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            credit_cost_multiplier: default_multiplier(),
+            pricing_model: default_model(),
+            effective_from: None,
+            effective_until: None,
+            signature: PricingSignature::default(),
+        }
+    }
+}
+
+impl PricingSettings {
+    /// Checks ranges and enums; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1000.0).contains(&self.credit_cost_multiplier) {
+            return Err(format!(
+                "credit_cost_multiplier must be between 0 and 1000, got {}",
+                self.credit_cost_multiplier
+            ));
+        }
+        if !PRICING_MODELS.contains(&self.pricing_model.as_str()) {
+            return Err(format!(
+                "pricing_model must be one of {}, got {:?}",
+                PRICING_MODELS.join(", "),
+                self.pricing_model
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The CIP policy block of REGISTER (`protocol.md` §6).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CipPolicy {
+    /// Eligible as a CIP worker.
+    #[serde(default)]
+    pub allow_remote_inference: bool,
+    /// General tool-execution policy.
+    #[serde(default)]
+    pub allow_tool_execution: bool,
+    /// General file-access policy.
+    #[serde(default)]
+    pub allow_file_access: bool,
+    /// Coordinators below this reputation are refused.
+    #[serde(default)]
+    pub minimum_reputation: f64,
+    /// CIP sub-tasks served at once.
+    #[serde(default = "default_max_concurrent_remote")]
+    pub max_concurrent_remote: u32,
+}
+
+fn default_max_concurrent_remote() -> u32 {
+    2
+}
+
+impl CipPolicy {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.minimum_reputation) {
+            return Err(format!(
+                "minimum_reputation must be between 0 and 1, got {}",
+                self.minimum_reputation
+            ));
+        }
+        if self.max_concurrent_remote == 0 {
+            return Err("max_concurrent_remote must be at least 1".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Optional transport fields of REGISTER.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSettings {
+    /// `transport_endpoint` (`iicp://` or `iicpsec://`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `transport_method`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `nat_type`.
+    #[serde(default)]
+    pub nat_type: Option<String>,
+}
+
+impl TransportSettings {
+    /// Checks schemes and enums; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("iicp://") || endpoint.starts_with("iicpsec://"))
+        {
+            return Err(format!(
+                "endpoint must start with iicp:// or iicpsec://, got {endpoint:?}"
+            ));
+        }
+        if let Some(method) = &self.method
+            && !TRANSPORT_METHODS.contains(&method.as_str())
+        {
+            return Err(format!(
+                "method must be one of {}, got {method:?}",
+                TRANSPORT_METHODS.join(", ")
+            ));
+        }
+        if let Some(nat) = &self.nat_type
+            && !NAT_TYPES.contains(&nat.as_str())
+        {
+            return Err(format!(
+                "nat_type must be one of {}, got {nat:?}",
+                NAT_TYPES.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `url` is an absolute http(s) URL.
+pub fn validate_http_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let pricing = PricingSettings {
+            pricing_model: "per_hour".into(),
+            ..PricingSettings::default()
+        };
+        assert!(pricing.validate().unwrap_err().contains("pricing_model"));
+        let pricing = PricingSettings {
+            credit_cost_multiplier: 1001.0,
+            ..PricingSettings::default()
+        };
+        assert!(
+            pricing
+                .validate()
+                .unwrap_err()
+                .contains("credit_cost_multiplier")
+        );
+        let transport = TransportSettings {
+            nat_type: Some("open".into()),
+            ..TransportSettings::default()
+        };
+        assert!(transport.validate().unwrap_err().contains("nat_type"));
+        assert!(validate_http_url("ftp://x").is_err());
+        assert!(validate_http_url("https://iicp.network/api").is_ok());
+    }
+}
