@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use iicp_host::protocol::task::Qos;
 use iicp_host::runtime::engine::{AllocatorChoice, EngineSettings};
 use iicp_host::runtime::execute::TaskInput;
-use iicp_host::runtime::limits::PluginLimits;
 use iicp_host::runtime::plugin::PluginSource;
 use iicp_host::runtime::{Runtime, RuntimeSettings};
 
@@ -72,14 +71,8 @@ async fn main() {
 }
 
 async fn measure(runtime: &Runtime, path: &std::path::Path, reuse: u32, iterations: usize) {
-    let source = PluginSource {
-        id: None,
-        path: path.to_path_buf(),
-        limits: PluginLimits {
-            instance_reuse: reuse,
-            ..PluginLimits::default()
-        },
-    };
+    let mut source = PluginSource::new(path.to_path_buf());
+    source.limits.instance_reuse = reuse;
     let plugin = runtime.load_plugin(&source).await.expect("load plugin");
     let intent = plugin
         .info

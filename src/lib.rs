@@ -3,15 +3,20 @@
 //!
 //! Data flows one way: [`server`] receives a task, admits it and hands it to
 //! [`runtime`], which runs it in a fresh plugin instance; the response goes
-//! back out through [`protocol`]'s wire types and error envelope.
+//! back out through [`protocol`]'s wire types and error envelope. Around
+//! that path: [`directory`] keeps the node registered, [`reload`] and
+//! [`admin`] let an operator change plugins while it serves, [`config`]
+//! reads what to serve, and [`node`] starts and stops it all.
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod directory;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;

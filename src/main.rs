@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
+use iicp_host::reload::ConfigSource;
 use iicp_host::runtime::engine::AllocatorChoice;
 use iicp_host::telemetry::{self, LogFormat};
 
@@ -27,7 +29,7 @@ enum Command {
 }
 
 /// Flags given with `--config` override the file.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// The plugin component (.wasm) to serve; it declares its own intents.
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
@@ -92,13 +94,18 @@ struct RunArgs {
     /// Where the node id and directory credentials persist [default: ~/.local/state/iicp-host].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Address of the admin API (needs an [admin] table with token_env).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 impl RunArgs {
-    fn into_config(self) -> Result<NodeConfig, String> {
-        let mut config = match (&self.config, self.plugin) {
+    /// The configuration: the file (or the single plugin) with the flags
+    /// applied. Called again for every hot reload.
+    fn to_config(&self) -> Result<NodeConfig, String> {
+        let mut config = match (&self.config, &self.plugin) {
             (Some(path), _) => config::file::load(path).map_err(|e| e.to_string())?,
-            (None, Some(plugin)) => NodeConfig::with_plugin(plugin),
+            (None, Some(plugin)) => NodeConfig::with_plugin(plugin.clone()),
             (None, None) => return Err("give --plugin or --config".to_string()),
         };
         if let Some(listen) = self.listen {
@@ -111,27 +118,27 @@ impl RunArgs {
         }
         for plugin in &mut config.plugins {
             if let Some(memory_mb) = self.memory_mb {
-                plugin.limits.memory_bytes =
+                plugin.source.limits.memory_bytes =
                     (check_range("--memory-mb", memory_mb, &config::MEMORY_MB_RANGE)? as usize)
                         << 20;
             }
             if let Some(timeout_ms) = self.timeout_ms {
-                plugin.limits.default_timeout = Duration::from_millis(check_range(
+                plugin.source.limits.default_timeout = Duration::from_millis(check_range(
                     "--timeout-ms",
                     timeout_ms,
                     &config::TIMEOUT_MS_RANGE,
                 )?);
             }
             if let Some(reuse) = self.instance_reuse {
-                plugin.limits.instance_reuse =
+                plugin.source.limits.instance_reuse =
                     check_range("--instance-reuse", reuse, &(1..=1_000_000))?;
             }
         }
         if self.node_id.is_some() {
-            config.node_id = self.node_id;
+            config.node_id.clone_from(&self.node_id);
         }
-        if let Some(region) = self.region {
-            config.region = region;
+        if let Some(region) = &self.region {
+            config.region.clone_from(region);
         }
         if let Some(bytes) = self.max_body_bytes {
             config.max_body_bytes = bytes;
@@ -145,7 +152,7 @@ impl RunArgs {
         if self.no_cache {
             config.runtime.cache_dir = None;
         } else if self.cache_dir.is_some() {
-            config.runtime.cache_dir = self.cache_dir;
+            config.runtime.cache_dir.clone_from(&self.cache_dir);
         }
         if let Some(allocator) = self.allocator {
             config.runtime.engine.allocator = allocator;
@@ -154,12 +161,12 @@ impl RunArgs {
             config.runtime.engine.keep_resident_bytes = Some((kib as usize) << 10);
         }
         if self.state_dir.is_some() {
-            config.state_dir = self.state_dir;
+            config.state_dir.clone_from(&self.state_dir);
         }
         if let Some(endpoint) = &self.endpoint {
             validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;
         }
-        match (self.directory, &mut config.directory) {
+        match (self.directory.clone(), &mut config.directory) {
             (Some(url), Some(settings)) => settings.url = url,
             (Some(url), None) => {
                 config.directory = Some(config::file::directory_defaults(url, None))
@@ -169,10 +176,20 @@ impl RunArgs {
         if let Some(settings) = &mut config.directory {
             validate_http_url(&settings.url).map_err(|e| format!("--directory: {e}"))?;
             if self.endpoint.is_some() {
-                settings.endpoint = self.endpoint;
+                settings.endpoint.clone_from(&self.endpoint);
             }
         } else if self.endpoint.is_some() {
             return Err("--endpoint is only meaningful with --directory".to_string());
+        }
+        match (self.admin_listen, &mut config.admin) {
+            (Some(listen), Some(admin)) => admin.listen = listen,
+            (Some(_), None) => {
+                return Err(
+                    "--admin-listen needs an [admin] table with token_env in the config file"
+                        .to_string(),
+                );
+            }
+            (None, _) => {}
         }
         if let Some(id) = &config.node_id
             && !iicp_host::directory::identity::valid_node_id(id)
@@ -191,7 +208,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             let log_format = args.log_format;
-            let config = match args.into_config() {
+            let config = match args.to_config() {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("iicp-host: error: {error}");
@@ -199,7 +216,14 @@ async fn main() -> ExitCode {
                 }
             };
             telemetry::init(log_format);
-            match iicp_host::node::run(config, iicp_host::node::shutdown_signal()).await {
+            let reload_source: ConfigSource = Arc::new(move || args.to_config());
+            match iicp_host::node::run(
+                config,
+                Some(reload_source),
+                iicp_host::node::shutdown_signal(),
+            )
+            .await
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("iicp-host: error: {error}");

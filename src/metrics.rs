@@ -46,6 +46,7 @@ pub struct Metrics {
     traps: IntCounterVec,
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
+    unauthorized: IntCounterVec,
     plugin_info: IntGaugeVec,
     /// `iicp_nonce_replays_total`.
     pub replays: IntCounter,
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     /// `iicp_credit_receipts_total{result}`: sent, failed, dropped, skipped.
     pub receipts: IntCounterVec,
+    /// `iicp_reloads_total{result}`: ok, error.
+    pub reloads: IntCounterVec,
 }
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
@@ -97,6 +100,8 @@ pub struct PluginMetrics {
     pub log_lines_dropped: IntCounter,
     /// Tasks refused with 429 for lack of a slot.
     pub capacity_rejections: IntCounter,
+    /// Tasks refused with 401 (no or wrong tenant token).
+    pub unauthorized: IntCounter,
 }
 
 impl PluginMetrics {
@@ -212,6 +217,18 @@ impl Metrics {
                 "Tasks refused with 429 because every slot was busy.",
                 &["plugin"],
             ),
+            unauthorized: counter_vec(
+                &r,
+                "iicp_unauthorized_total",
+                "Tasks refused with 401 because the tenant token was missing or wrong.",
+                &["plugin"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "iicp_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
             plugin_info: {
                 let metric = IntGaugeVec::new(
                     Opts::new("iicp_plugin_info", "Loaded plugins (value 1)."),
@@ -282,6 +299,7 @@ impl Metrics {
             memory_bytes: self.memory.with_label_values(&[plugin]),
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
+            unauthorized: self.unauthorized.with_label_values(&[plugin]),
         }
     }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::config::{NONCE_WINDOW, NodeConfig};
@@ -17,6 +18,7 @@ use crate::directory::lifecycle::{Lifecycle, LifecycleParts, NodeView};
 use crate::directory::receipts;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
+use crate::reload::{ConfigSource, Reloader};
 use crate::runtime::Runtime;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
@@ -56,8 +58,22 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Prefixes `message` with the configuration file, when there is one.
+fn in_config(config: &NodeConfig, message: String) -> String {
+    match &config.config_path {
+        Some(path) => format!("{}: {message}", path.display()),
+        None => message,
+    }
+}
+
 /// Runs the node until `shutdown` resolves, then drains and returns.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// `reload_source` re-reads the configuration for hot reloads (SIGHUP,
+/// `POST /admin/reload`); without it, reloads re-read `config` as given.
+pub async fn run(
+    config: NodeConfig,
+    reload_source: Option<ConfigSource>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let state_dir = match config.state_dir.clone().or_else(default_state_dir) {
         Some(dir) => Some(StateDir::open(&dir).map_err(|e| StartError::State(dir, e))?),
         None => None,
@@ -74,16 +90,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let runtime =
         Runtime::new(&config.runtime).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let mut plugins = Vec::with_capacity(config.plugins.len());
-    for source in &config.plugins {
-        plugins.push(
-            runtime
-                .load_plugin(source)
-                .await
-                .map_err(StartError::Plugin)?,
-        );
+    for spec in &config.plugins {
+        match runtime.load_plugin(&spec.source).await {
+            Ok(plugin) => plugins.push((Arc::new(plugin), spec.clone())),
+            Err(error) if config.config_path.is_some() => {
+                return Err(StartError::Config(in_config(&config, error.to_string())));
+            }
+            Err(error) => return Err(StartError::Plugin(error)),
+        }
     }
     let metrics = Arc::new(Metrics::new());
-    let table = PluginTable::build(plugins, &metrics).map_err(StartError::Config)?;
+    let table = PluginTable::build(plugins, &metrics, config.max_concurrent, None)
+        .map_err(|e| StartError::Config(in_config(&config, e)))?;
     let directory_client = match &config.directory {
         Some(settings) => Some(
             DirectoryClient::new(&settings.url, settings.timeout).map_err(StartError::Config)?,
@@ -96,6 +114,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let local_addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(config.listen, e))?;
+    let admin_listener = match &config.admin {
+        Some(admin) => Some(
+            TcpListener::bind(admin.listen)
+                .await
+                .map_err(|e| StartError::Bind(admin.listen, e))?,
+        ),
+        None => None,
+    };
 
     for entry in table.entries() {
         let plugin = &entry.plugin;
@@ -103,7 +129,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             plugin = &*plugin.id,
             version = %plugin.info.version,
             sha256 = %plugin.sha256,
-            intents = ?plugin.info.capabilities.iter().map(|c| c.intent.as_str()).collect::<Vec<_>>(),
+            intents = ?entry.capabilities.iter().map(|c| c.intent.as_str()).collect::<Vec<_>>(),
             cached = matches!(plugin.cache, crate::runtime::cache::CacheOutcome::Hit),
             load_ms = plugin.load_time.as_millis() as u64,
             "plugin loaded"
@@ -146,7 +172,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             region: config.region.clone(),
         },
         runtime: Arc::new(runtime),
-        plugins: table,
+        plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         metrics: metrics.clone(),
@@ -165,17 +191,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         "listening"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
     let router = crate::server::router(state.clone());
-    let mut server = tokio::spawn(crate::server::serve(listener, router, async {
-        let _ = stop_rx.await;
-    }));
+    let mut server = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        stopped(stop_rx.clone()),
+    ));
     let link = joined.map(|(settings, client, credentials, _, status)| {
         let endpoint = settings
             .endpoint
             .clone()
             .unwrap_or_else(|| format!("http://{local_addr}"));
-        DirectoryLink::start(Lifecycle::new(LifecycleParts {
+        Arc::new(DirectoryLink::start(Lifecycle::new(LifecycleParts {
             client,
             settings,
             endpoint,
@@ -186,8 +217,39 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             status,
             metrics: metrics.clone(),
             node: state.clone(),
-        }))
+        })))
     });
+    let reloader = {
+        let fixed = config.clone();
+        let source = reload_source.unwrap_or_else(|| Arc::new(move || Ok(fixed.clone())));
+        let link = link.clone();
+        Arc::new(Reloader::new(
+            source,
+            config.clone(),
+            state.clone(),
+            Box::new(move || {
+                if let Some(link) = &link {
+                    link.capabilities_changed();
+                }
+            }),
+        ))
+    };
+    let admin = match (admin_listener, &config.admin) {
+        (Some(listener), Some(settings)) => {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::Bind(settings.listen, e))?;
+            tracing::info!(%addr, "admin API listening");
+            let router = crate::admin::router(state.clone(), reloader.clone(), &settings.token);
+            Some(tokio::spawn(crate::server::serve(
+                listener,
+                router,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
+    let hangups = tokio::spawn(reload_on_hangup(reloader.clone()));
     tokio::select! {
         finished = &mut server => {
             // The server only stops by itself on an accept-loop failure.
@@ -200,6 +262,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
         () = shutdown => {}
     }
+    hangups.abort();
     tracing::info!(
         active_jobs = state.gate.active(),
         "shutting down: no new connections, draining in-flight tasks"
@@ -207,7 +270,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(link) = &link {
         link.stop().await;
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(config.drain_timeout, server).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!(
@@ -215,20 +278,41 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "drain timeout reached; abandoning tasks still running"
         ),
     }
-    if let Some(link) = link {
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    if let Some(link) = &link {
         link.deregister().await;
     }
     tracing::info!("bye");
     Ok(())
 }
 
+/// Reloads on every SIGHUP.
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the admin API only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            reloader.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
+}
+
 impl NodeView for AppState {
     fn capabilities(&self) -> Vec<CapabilityInfo> {
-        self.plugins
-            .entries()
-            .iter()
-            .flat_map(|e| e.plugin.info.capabilities.iter().cloned())
-            .collect()
+        self.plugins.load().capabilities().cloned().collect()
     }
 
     fn load(&self) -> (u32, u32) {

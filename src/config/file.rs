@@ -6,6 +6,7 @@
 //! Relative paths are relative to the file's directory. Secrets never live
 //! in the file: it names environment variables that hold them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
-    DEFAULT_NONCE_CAPACITY, DEFAULT_REGION, MAX_CONCURRENT_RANGE, MEMORY_MB_RANGE, NodeConfig,
-    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    AdminSettings, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_REGION, MAX_CONCURRENT_RANGE,
+    MEMORY_MB_RANGE, NodeConfig, PluginSpec, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::settings::{
@@ -56,6 +57,7 @@ impl std::error::Error for ConfigError {}
 struct FileConfig {
     #[serde(default)]
     node: NodeSection,
+    admin: Option<AdminSection>,
     directory: Option<DirectorySection>,
     pricing: Option<PricingSettings>,
     policy: Option<CipPolicy>,
@@ -105,13 +107,35 @@ struct LimitsSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AdminSection {
+    listen: Option<String>,
+    token_env: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PluginSection {
     id: Option<String>,
     path: PathBuf,
+    intents: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    max_concurrent: Option<u32>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u64>,
     instance_reuse: Option<u32>,
+    #[serde(default)]
+    config: toml::Table,
+    /// Secret name → environment variable holding the value.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    /// Tenant name → environment variable holding its token.
+    #[serde(default)]
+    tenants: BTreeMap<String, String>,
 }
+
+/// Default admin listener: loopback only.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const MAX_PLUGIN_ID_BYTES: usize = 64;
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
@@ -123,7 +147,9 @@ pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
     let file: FileConfig = toml::from_str(&text).map_err(|e| error(one_line(&e.to_string())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    build(file, base).map_err(error)
+    let mut config = build(file, base).map_err(error)?;
+    config.config_path = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// toml's messages span lines (a source excerpt); keep the gist on one.
@@ -184,23 +210,34 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     if file.plugins.is_empty() {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
     }
-    let mut plugins = Vec::with_capacity(file.plugins.len());
+    let mut plugins: Vec<PluginSpec> = Vec::with_capacity(file.plugins.len());
     for (index, plugin) in file.plugins.into_iter().enumerate() {
-        let name = match &plugin.id {
-            Some(id) => format!("plugin {id:?}"),
-            None => format!("[[plugin]] #{}", index + 1),
-        };
-        let section = LimitsSection {
-            memory_mb: plugin.memory_mb,
-            timeout_ms: plugin.timeout_ms,
-            instance_reuse: plugin.instance_reuse,
-        };
-        plugins.push(PluginSource {
-            id: plugin.id,
-            path: resolve(base, plugin.path),
-            limits: limits(&defaults, &section, &name)?,
-        });
+        let spec = plugin_spec(plugin, index, &defaults, max_concurrent, base)?;
+        if let Some(id) = &spec.source.id
+            && plugins.iter().any(|p| p.source.id.as_ref() == Some(id))
+        {
+            return Err(format!(
+                "plugin {id:?}: the id is used by two [[plugin]] tables"
+            ));
+        }
+        for intent in spec.intents.iter().flatten() {
+            if let Some(other) = plugins
+                .iter()
+                .find(|p| p.intents.iter().flatten().any(|i| i == intent))
+            {
+                return Err(format!(
+                    "{}: intent {intent} is also claimed by {}",
+                    plugin_name(&spec.source.id, index),
+                    plugin_name(
+                        &other.source.id,
+                        plugins.iter().position(|p| p == other).unwrap_or(0)
+                    )
+                ));
+            }
+        }
+        plugins.push(spec);
     }
+    let admin = file.admin.map(admin).transpose()?;
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -223,6 +260,8 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
         state_dir: node.state_dir.map(|dir| resolve(base, dir)),
         directory,
+        admin,
+        config_path: None,
         runtime: RuntimeSettings {
             engine: EngineSettings {
                 max_instances: max_concurrent,
@@ -238,6 +277,118 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             },
         },
         plugins,
+    })
+}
+
+fn plugin_name(id: &Option<String>, index: usize) -> String {
+    match id {
+        Some(id) => format!("plugin {id:?}"),
+        None => format!("[[plugin]] #{}", index + 1),
+    }
+}
+
+fn plugin_spec(
+    plugin: PluginSection,
+    index: usize,
+    defaults: &PluginLimits,
+    node_max_concurrent: u32,
+    base: &Path,
+) -> Result<PluginSpec, String> {
+    let name = plugin_name(&plugin.id, index);
+    if let Some(id) = &plugin.id
+        && (id.is_empty()
+            || id.len() > MAX_PLUGIN_ID_BYTES
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name}: id must be 1-64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    let section = LimitsSection {
+        memory_mb: plugin.memory_mb,
+        timeout_ms: plugin.timeout_ms,
+        instance_reuse: plugin.instance_reuse,
+    };
+    let limits = limits(defaults, &section, &name)?;
+    if let Some(intents) = &plugin.intents {
+        if intents.is_empty() {
+            return Err(format!(
+                "{name}: intents must not be empty (leave it out to serve the plugin's own)"
+            ));
+        }
+        if let Some(bad) = intents
+            .iter()
+            .find(|i| i.is_empty() || i.chars().any(char::is_whitespace))
+        {
+            return Err(format!("{name}: intents: {bad:?} is not an intent URN"));
+        }
+    }
+    let max_concurrent = plugin
+        .max_concurrent
+        .map(|max| {
+            check_range(
+                &format!("{name}: max_concurrent"),
+                max,
+                &(1..=node_max_concurrent),
+            )
+        })
+        .transpose()?;
+    let mut config = BTreeMap::new();
+    for (key, value) in plugin.config {
+        let text = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "{name}: config.{key} must be a string, number or boolean"
+                ));
+            }
+        };
+        config.insert(key, text);
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, variable) in plugin.secrets {
+        secrets.insert(
+            key.clone(),
+            env_secret(&variable, &format!("{name}: secrets.{key}"))?,
+        );
+    }
+    let mut tenants = Vec::new();
+    for (tenant, variable) in plugin.tenants {
+        tenants.push((
+            tenant.clone(),
+            env_secret(&variable, &format!("{name}: tenants.{tenant}"))?,
+        ));
+    }
+    Ok(PluginSpec {
+        source: PluginSource {
+            id: plugin.id,
+            path: resolve(base, plugin.path),
+            limits,
+            config,
+            secrets,
+        },
+        intents: plugin.intents,
+        models: plugin.models,
+        max_concurrent,
+        tenants,
+    })
+}
+
+fn admin(section: AdminSection) -> Result<AdminSettings, String> {
+    let listen = section
+        .listen
+        .as_deref()
+        .unwrap_or(DEFAULT_ADMIN_LISTEN)
+        .parse()
+        .map_err(|e| format!("admin.listen: {e}"))?;
+    Ok(AdminSettings {
+        listen,
+        token: env_secret(&section.token_env, "admin.token_env")?,
     })
 }
 
@@ -334,7 +485,10 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_defaults_and_resolved_paths() {
         let config = parse("[[plugin]]\npath = \"echo.wasm\"\n").unwrap();
-        assert_eq!(config.plugins[0].path, PathBuf::from("/etc/iicp/echo.wasm"));
+        assert_eq!(
+            config.plugins[0].source.path,
+            PathBuf::from("/etc/iicp/echo.wasm")
+        );
         assert_eq!(config.max_concurrent, DEFAULT_MAX_CONCURRENT);
         assert!(config.directory.is_none());
     }
@@ -363,12 +517,37 @@ mod tests {
     }
 
     #[test]
+    fn plugin_tables_are_checked_against_each_other() {
+        let two = "[[plugin]]\nid = \"a\"\npath = \"a\"\nintents = [\"urn:x\"]\n[[plugin]]\nid = \"b\"\npath = \"b\"\nintents = [\"urn:x\"]\n";
+        assert_eq!(
+            parse(two).unwrap_err(),
+            "plugin \"b\": intent urn:x is also claimed by plugin \"a\""
+        );
+        let same_id =
+            "[[plugin]]\nid = \"a\"\npath = \"a\"\n[[plugin]]\nid = \"a\"\npath = \"b\"\n";
+        assert!(parse(same_id).unwrap_err().contains("used by two"));
+        let over = "[node]\nmax_concurrent = 4\n[[plugin]]\nid = \"a\"\npath = \"a\"\nmax_concurrent = 5\n";
+        assert_eq!(
+            parse(over).unwrap_err(),
+            "plugin \"a\": max_concurrent must be between 1 and 4, got 5"
+        );
+        let nested = "[[plugin]]\nid = \"a\"\npath = \"a\"\n[plugin.config]\nx = [1]\n";
+        assert_eq!(
+            parse(nested).unwrap_err(),
+            "plugin \"a\": config.x must be a string, number or boolean"
+        );
+        let config = "[[plugin]]\nid = \"a\"\npath = \"a\"\n[plugin.config]\nurl = \"http://x\"\nretries = 3\n";
+        let parsed = parse(config).unwrap();
+        assert_eq!(parsed.plugins[0].source.config["retries"], "3");
+    }
+
+    #[test]
     fn plugin_limits_inherit_defaults() {
         let config = parse("[defaults]\nmemory_mb = 64\n[[plugin]]\npath = \"a\"\n[[plugin]]\npath = \"b\"\ntimeout_ms = 500\n").unwrap();
-        assert_eq!(config.plugins[0].limits.memory_bytes, 64 << 20);
-        assert_eq!(config.plugins[1].limits.memory_bytes, 64 << 20);
+        assert_eq!(config.plugins[0].source.limits.memory_bytes, 64 << 20);
+        assert_eq!(config.plugins[1].source.limits.memory_bytes, 64 << 20);
         assert_eq!(
-            config.plugins[1].limits.default_timeout,
+            config.plugins[1].source.limits.default_timeout,
             Duration::from_millis(500)
         );
     }

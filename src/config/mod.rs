@@ -14,13 +14,13 @@ use std::time::Duration;
 use crate::directory::settings::DirectorySettings;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
-use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
-/// `max_concurrent` bounds (REGISTER's `limits.max_concurrent` is 1..=256).
-pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=256;
+/// `max_concurrent` bounds. REGISTER advertises at most 256 (the protocol's
+/// `limits.max_concurrent` range); a multi-tenant node may run more.
+pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=1024;
 /// Per-task memory bounds in MiB (wasm32 addresses 4 GiB).
 pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 1..=4096;
 /// Default task budget bounds in ms (the protocol's `timeout_ms` range).
@@ -62,7 +62,56 @@ pub struct NodeConfig {
     /// Engine and artifact-cache settings.
     pub runtime: RuntimeSettings,
     /// The plugins to serve.
-    pub plugins: Vec<PluginSource>,
+    pub plugins: Vec<PluginSpec>,
+    /// The admin API, when configured.
+    pub admin: Option<AdminSettings>,
+    /// The file this came from, for error messages and reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// One plugin as the operator configured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    /// What the runtime loads.
+    pub source: PluginSource,
+    /// Intents served, replacing the plugin's own list when set.
+    pub intents: Option<Vec<String>>,
+    /// Models advertised, replacing the plugin's own when set.
+    pub models: Option<Vec<String>>,
+    /// This plugin's task slots, within the node's (default: the node's).
+    pub max_concurrent: Option<u32>,
+    /// Tenants allowed to call it (name, token); empty means open.
+    pub tenants: Vec<(String, String)>,
+}
+
+impl PluginSpec {
+    /// A plugin with no overrides, open to everyone.
+    pub fn new(source: PluginSource) -> Self {
+        Self {
+            source,
+            intents: None,
+            models: None,
+            max_concurrent: None,
+            tenants: Vec::new(),
+        }
+    }
+}
+
+/// The admin API listener.
+#[derive(Clone, PartialEq)]
+pub struct AdminSettings {
+    /// Where it listens (loopback by default).
+    pub listen: SocketAddr,
+    /// The bearer token it requires.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeConfig {
@@ -88,11 +137,9 @@ impl NodeConfig {
                 },
                 cache_dir: default_cache_dir(),
             },
-            plugins: vec![PluginSource {
-                id: None,
-                path,
-                limits: PluginLimits::default(),
-            }],
+            plugins: vec![PluginSpec::new(PluginSource::new(path))],
+            admin: None,
+            config_path: None,
         }
     }
 }

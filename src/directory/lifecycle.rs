@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::client::{DirectoryClient, DirectoryError};
 use super::identity::{SharedCredentials, StateDir, snapshot, valid_node_id};
@@ -107,6 +107,7 @@ pub struct Lifecycle {
     status: Arc<DirectoryStatus>,
     metrics: Arc<Metrics>,
     node: Arc<dyn NodeView>,
+    reregister: Notify,
 }
 
 /// Everything [`Lifecycle::new`] needs.
@@ -147,7 +148,14 @@ impl Lifecycle {
             status: parts.status,
             metrics: parts.metrics,
             node: parts.node,
+            reregister: Notify::new(),
         }
+    }
+
+    /// Asks the loop to register again (with the current capabilities) at
+    /// its next wake-up, without waiting for the heartbeat interval.
+    pub fn request_registration(&self) {
+        self.reregister.notify_one();
     }
 
     /// Registers and heartbeats until `shutdown` turns true.
@@ -166,7 +174,7 @@ impl Lifecycle {
                             .inc();
                         tracing::warn!(directory = self.client.base_url(), %error, "registration failed; will retry");
                         let wait = retry_after(&error).unwrap_or_else(|| backoff.wait());
-                        if sleep_or_shutdown(wait, &mut shutdown).await {
+                        if self.sleep(wait, &mut shutdown).await == Wake::Shutdown {
                             return;
                         }
                     }
@@ -176,8 +184,13 @@ impl Lifecycle {
             let mut interval = Duration::ZERO;
             let mut challenge: Option<String> = None;
             loop {
-                if sleep_or_shutdown(interval, &mut shutdown).await {
-                    return;
+                match self.sleep(interval, &mut shutdown).await {
+                    Wake::Shutdown => return,
+                    Wake::Reregister => {
+                        tracing::info!("the served intents changed; registering again");
+                        continue 'registered;
+                    }
+                    Wake::Elapsed => {}
                 }
                 match self.heartbeat(&mut batches, challenge.as_deref()).await {
                     Ok(pong) => {
@@ -366,13 +379,24 @@ fn retry_after(error: &DirectoryError) -> Option<Duration> {
     }
 }
 
-/// Sleeps `duration`; returns true when shutdown was requested instead.
-async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        () = tokio::time::sleep(duration) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
+/// Why a lifecycle sleep ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Elapsed,
+    Shutdown,
+    Reregister,
+}
+
+impl Lifecycle {
+    /// Sleeps `duration` unless shutdown or a re-registration comes first.
+    async fn sleep(&self, duration: Duration, shutdown: &mut watch::Receiver<bool>) -> Wake {
+        if *shutdown.borrow() {
+            return Wake::Shutdown;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(duration) => if *shutdown.borrow() { Wake::Shutdown } else { Wake::Elapsed },
+            _ = shutdown.changed() => Wake::Shutdown,
+            () = self.reregister.notified() => Wake::Reregister,
+        }
     }
 }

@@ -57,8 +57,14 @@ impl DirectoryLink {
         }
     }
 
+    /// Makes the node register again soon, e.g. after a reload changed the
+    /// intents it serves.
+    pub fn capabilities_changed(&self) {
+        self.lifecycle.request_registration();
+    }
+
     /// Deregisters (bounded); call after the drain.
-    pub async fn deregister(self) {
+    pub async fn deregister(&self) {
         self.lifecycle.deregister().await;
     }
 }

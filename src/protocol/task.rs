@@ -73,6 +73,17 @@ struct RawTask<'a> {
     iicp_conf: Option<&'a RawValue>,
     #[serde(default, borrow)]
     source_node_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    auth: Option<RawAuth<'a>>,
+}
+
+/// `auth`: the spec names the field `node_token`; SDK clients send `token`.
+#[derive(Deserialize)]
+struct RawAuth<'a> {
+    #[serde(default, borrow)]
+    node_token: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +129,8 @@ pub struct TaskRequest<'a> {
     pub body_trace_id: Option<Cow<'a, str>>,
     /// The consumer's own node id (credit-receipt attribution).
     pub source_node_id: Option<Cow<'a, str>>,
+    /// `auth.node_token` (or `auth.token`), for plugins with tenants.
+    pub auth_token: Option<Cow<'a, str>>,
 }
 
 impl<'a> TaskRequest<'a> {
@@ -168,6 +181,7 @@ impl<'a> TaskRequest<'a> {
             nonce: raw.nonce,
             body_trace_id: raw.trace.and_then(|t| t.trace_id),
             source_node_id: raw.source_node_id,
+            auth_token: raw.auth.and_then(|auth| auth.node_token.or(auth.token)),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! Every refusal is a [`LoadError`] whose `Display` is one line an operator
 //! can act on.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const MODALITIES: &[&str] = &["text", "image", "audio", "video"];
 const MAX_INTENT_BYTES: usize = 256;
 
 /// What to load.
-#[derive(Debug, Clone)]
+#[derive(Clone, PartialEq)]
 pub struct PluginSource {
     /// Operator-chosen id; defaults to the plugin's own name.
     pub id: Option<String>,
@@ -37,6 +38,35 @@ pub struct PluginSource {
     pub path: PathBuf,
     /// Limits for the plugin's tasks.
     pub limits: PluginLimits,
+    /// Values the plugin may read.
+    pub config: BTreeMap<String, String>,
+    /// Secret values the plugin may read (taken from the environment).
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl PluginSource {
+    /// A plugin at `path` with default limits and no config.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            id: None,
+            path,
+            limits: PluginLimits::default(),
+            config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginSource")
+            .field("id", &self.id)
+            .field("path", &self.path)
+            .field("limits", &self.limits)
+            .field("config", &self.config)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// One intent a plugin serves, as it described it.
@@ -75,6 +105,8 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     /// Limits for its tasks.
     pub limits: PluginLimits,
+    /// What it was loaded from, to tell on reload whether anything changed.
+    pub source: PluginSource,
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
     /// Time taken to load it.
@@ -198,6 +230,7 @@ pub(super) async fn load(
         sha256,
         path: source.path.clone(),
         limits: source.limits.clone(),
+        source: source.clone(),
         cache: cache_outcome,
         load_time: started.elapsed(),
         pre,

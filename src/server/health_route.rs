@@ -37,8 +37,9 @@ struct Health<'a> {
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let active = state.gate.active();
     let capacity = state.gate.capacity();
-    let models = state.plugins.models();
-    let intents = state.plugins.intents();
+    let plugins = state.plugins.load();
+    let models = plugins.models();
+    let intents = plugins.intents();
     let health = Health {
         status: "ok",
         node_id: &state.node.node_id,

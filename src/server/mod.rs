@@ -4,6 +4,7 @@
 //! oversized or malformed body, a panic in a handler — is the protocol's
 //! error envelope ([`crate::protocol::ApiError`]).
 
+pub mod access;
 pub mod admission;
 pub mod body;
 pub mod health_route;

@@ -1,18 +1,54 @@
-//! Which plugin serves which intent, with each plugin's and each intent's
-//! metric children resolved up front.
+//! Which plugin serves which intent, and everything the server keeps per
+//! plugin: its effective capabilities (operator overrides applied), its
+//! admission gate, tenants, drain switch, live counters and resolved metric
+//! children. A table is immutable; a reload builds a new one and swaps it in
+//! whole, carrying over gates, counters and drain switches of plugins that
+//! keep their id, so in-flight tasks of the old version still count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::access::{AccessPolicy, Tenant};
+use super::admission::AdmissionGate;
+use crate::config::PluginSpec;
 use crate::metrics::{IntentMetrics, Metrics, PluginMetrics};
-use crate::runtime::plugin::LoadedPlugin;
+use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin};
+
+/// Tasks a plugin finished, across its versions.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    /// Tasks that succeeded.
+    pub served: AtomicU64,
+    /// Tasks that failed.
+    pub failed: AtomicU64,
+}
 
 /// A plugin as the server serves it.
 pub struct PluginEntry {
     /// The loaded plugin.
     pub plugin: Arc<LoadedPlugin>,
+    /// How the operator configured it.
+    pub spec: PluginSpec,
+    /// What it serves, overrides applied.
+    pub capabilities: Vec<CapabilityInfo>,
+    /// Its own task slots, inside the node's.
+    pub gate: Arc<AdmissionGate>,
+    /// Who may call it.
+    pub access: AccessPolicy,
+    /// Set while it is drained: new tasks are refused, running ones finish.
+    pub draining: Arc<AtomicBool>,
+    /// Finished tasks.
+    pub counters: Arc<PluginCounters>,
     /// Its metrics.
     pub metrics: PluginMetrics,
+}
+
+impl PluginEntry {
+    /// Whether it is drained.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// Where one intent goes.
@@ -31,32 +67,98 @@ pub struct PluginTable {
     routes: HashMap<Box<str>, Route>,
 }
 
+/// The capabilities a plugin is served with: its own, or the operator's
+/// intent list (keeping the plugin's details for intents it declared), with
+/// the operator's model list when given.
+fn effective_capabilities(plugin: &LoadedPlugin, spec: &PluginSpec) -> Vec<CapabilityInfo> {
+    let own = &plugin.info.capabilities;
+    let mut capabilities: Vec<CapabilityInfo> = match &spec.intents {
+        None => own.clone(),
+        Some(intents) => intents
+            .iter()
+            .map(|intent| {
+                own.iter()
+                    .find(|c| &c.intent == intent)
+                    .cloned()
+                    .unwrap_or_else(|| CapabilityInfo {
+                        intent: intent.clone(),
+                        models: Vec::new(),
+                        max_tokens: None,
+                        input_modalities: vec!["text".to_string()],
+                    })
+            })
+            .collect(),
+    };
+    if let Some(models) = &spec.models {
+        for capability in &mut capabilities {
+            capability.models.clone_from(models);
+        }
+    }
+    capabilities
+}
+
 impl PluginTable {
-    /// Builds the table; two plugins claiming one intent is an error naming both.
-    pub fn build(plugins: Vec<LoadedPlugin>, metrics: &Metrics) -> Result<Self, String> {
+    /// Builds a table. `previous` lends gates, counters and drain switches to
+    /// plugins that keep their id (a gate only when the plugin's slot count
+    /// is unchanged). Two plugins claiming one intent is an error naming both.
+    pub fn build(
+        plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)>,
+        metrics: &Metrics,
+        node_capacity: u32,
+        previous: Option<&PluginTable>,
+    ) -> Result<Self, String> {
         let mut table = Self::default();
-        for plugin in plugins {
-            let plugin = Arc::new(plugin);
+        for (plugin, spec) in plugins {
+            if table.entries.iter().any(|e| e.plugin.id == plugin.id) {
+                return Err(format!(
+                    "two plugins are called {:?}; give them distinct ids",
+                    plugin.id
+                ));
+            }
+            let capacity = spec.max_concurrent.unwrap_or(node_capacity);
+            let before = previous.and_then(|p| p.entry(&plugin.id));
+            let gate = before
+                .filter(|e| e.gate.capacity() == capacity)
+                .map_or_else(
+                    || Arc::new(AdmissionGate::new(capacity)),
+                    |e| e.gate.clone(),
+                );
+            let access = if spec.tenants.is_empty() {
+                AccessPolicy::Open
+            } else {
+                AccessPolicy::Tenants(
+                    spec.tenants
+                        .iter()
+                        .map(|(name, token)| Tenant::new(name, token))
+                        .collect(),
+                )
+            };
             let entry = Arc::new(PluginEntry {
+                capabilities: effective_capabilities(&plugin, &spec),
+                gate,
+                access,
+                draining: before.map_or_else(Default::default, |e| e.draining.clone()),
+                counters: before.map_or_else(Default::default, |e| e.counters.clone()),
                 metrics: metrics.plugin(
                     &plugin.id,
                     &plugin.info.name,
                     &plugin.info.version,
                     &plugin.sha256,
                 ),
-                plugin: plugin.clone(),
+                plugin,
+                spec,
             });
-            for capability in &plugin.info.capabilities {
+            for capability in &entry.capabilities {
                 let intent = capability.intent.as_str();
                 if let Some(other) = table.routes.get(intent) {
                     return Err(format!(
-                        "plugins {} and {} both serve intent {intent}",
-                        other.entry.plugin.id, plugin.id
+                        "plugins {:?} and {:?} both serve intent {intent}",
+                        other.entry.plugin.id, entry.plugin.id
                     ));
                 }
                 let route = Route {
                     entry: entry.clone(),
-                    metrics: metrics.intent(&plugin.id, intent),
+                    metrics: metrics.intent(&entry.plugin.id, intent),
                 };
                 table.routes.insert(intent.into(), route);
             }
@@ -70,9 +172,19 @@ impl PluginTable {
         self.routes.get(intent)
     }
 
-    /// Every plugin, in load order.
+    /// The plugin called `id`.
+    pub fn entry(&self, id: &str) -> Option<&Arc<PluginEntry>> {
+        self.entries.iter().find(|e| &*e.plugin.id == id)
+    }
+
+    /// Every plugin, in configuration order.
     pub fn entries(&self) -> &[Arc<PluginEntry>] {
         &self.entries
+    }
+
+    /// Every capability served, in plugin and declaration order.
+    pub fn capabilities(&self) -> impl Iterator<Item = &CapabilityInfo> {
+        self.entries.iter().flat_map(|e| e.capabilities.iter())
     }
 
     /// Every intent served, in plugin and declaration order.
@@ -89,11 +201,5 @@ impl PluginTable {
             }
         }
         models
-    }
-
-    fn capabilities(&self) -> impl Iterator<Item = &crate::runtime::plugin::CapabilityInfo> {
-        self.entries
-            .iter()
-            .flat_map(|e| e.plugin.info.capabilities.iter())
     }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use super::admission::AdmissionGate;
 use super::nonce_cache::NonceCache;
 use super::plugin_table::PluginTable;
@@ -25,8 +27,8 @@ pub struct AppState {
     pub node: NodeIdentity,
     /// The Wasm runtime.
     pub runtime: Arc<Runtime>,
-    /// Intent routing.
-    pub plugins: PluginTable,
+    /// Intent routing; a reload swaps in a whole new table.
+    pub plugins: ArcSwap<PluginTable>,
     /// Node-wide task slots.
     pub gate: AdmissionGate,
     /// Replay protection.

@@ -6,6 +6,7 @@
 //! burn its nonce. The `timeout_ms` budget runs from receipt of the request.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::access::{Refusal, bearer};
 use super::admission::{RETRY_AFTER_MS, Slot};
 use super::body::read_limited;
 use super::nonce_cache::NonceCheck;
@@ -60,7 +62,7 @@ pub async fn submit_task(
         let task = TaskRequest::parse(&body)?;
         validate_span.record("iicp.task_id", &*task.task_id);
         validate_span.record("iicp.intent", &*task.intent);
-        let (route, slot) = admit(&state, &task)?;
+        let (route, slot) = admit(&state, &task, header_str(&headers, "authorization"))?;
         tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
         Ok::<_, ApiError>((task, route, slot))
     });
@@ -94,15 +96,53 @@ fn answer(result: Result<Response, ApiError>, trace: &TraceContext) -> Response 
     response
 }
 
-/// Routes the task and takes its slot and nonce.
-fn admit(state: &AppState, task: &TaskRequest<'_>) -> Result<(Route, Slot), ApiError> {
+/// Slots a task holds: its plugin's and the node's. Both return on drop.
+pub struct Slots {
+    _plugin: Slot,
+    _node: Slot,
+}
+
+/// Routes the task, checks its tenant, and takes its slots and nonce.
+fn admit(
+    state: &AppState,
+    task: &TaskRequest<'_>,
+    authorization: Option<&str>,
+) -> Result<(Route, Slots), ApiError> {
     let route = state
         .plugins
+        .load()
         .route(&task.intent)
         .ok_or_else(|| ApiError::unknown_intent(&task.intent))?
         .clone();
-    let Some(slot) = state.gate.try_admit() else {
-        route.entry.metrics.capacity_rejections.inc();
+    let entry = &route.entry;
+    let presented = task.auth_token.as_deref().or_else(|| bearer(authorization));
+    match entry.access.admit(presented) {
+        Ok(tenant) => {
+            if let Some(tenant) = tenant {
+                tracing::debug!(tenant = tenant.name(), "tenant admitted");
+            }
+        }
+        Err(refusal) => {
+            entry.metrics.unauthorized.inc();
+            return Err(ApiError::unauthorized(match refusal {
+                Refusal::Missing => {
+                    "this intent needs a tenant token (auth.node_token or Authorization: Bearer)"
+                }
+                Refusal::Invalid => "the tenant token is not valid for this intent",
+            }));
+        }
+    }
+    if entry.is_draining() {
+        return Err(ApiError::unavailable(
+            "the plugin serving this intent is draining",
+            RETRY_AFTER_MS,
+        ));
+    }
+    // The plugin's own slots first: a saturated plugin is refused without
+    // touching the node's slots, so it cannot starve the other plugins.
+    let (Some(plugin_slot), Some(node_slot)) = (entry.gate.try_admit(), state.gate.try_admit())
+    else {
+        entry.metrics.capacity_rejections.inc();
         return Err(ApiError::capacity_exceeded(
             task.qos.as_str(),
             RETRY_AFTER_MS,
@@ -122,7 +162,13 @@ fn admit(state: &AppState, task: &TaskRequest<'_>) -> Result<(Route, Slot), ApiE
             }
         }
     }
-    Ok((route, slot))
+    Ok((
+        route,
+        Slots {
+            _plugin: plugin_slot,
+            _node: node_slot,
+        },
+    ))
 }
 
 async fn execute(
@@ -200,15 +246,23 @@ fn record(
             .log_lines_dropped
             .inc_by(report.log_lines_dropped);
     }
+    let counters = &route.entry.counters;
     match outcome {
         Ok(success) => {
             metrics.success.inc();
+            counters.served.fetch_add(1, Ordering::Relaxed);
             if let Some(usage) = &success.usage {
                 metrics.tokens.inc_by(u64::from(usage.total_tokens));
             }
         }
-        Err(TaskFailure::Timeout) => metrics.timeout.inc(),
-        Err(_) => metrics.error.inc(),
+        Err(failure) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            if *failure == TaskFailure::Timeout {
+                metrics.timeout.inc();
+            } else {
+                metrics.error.inc();
+            }
+        }
     }
     if let Err(failure) = outcome
         && let Some(kind) = failure.trap_kind()

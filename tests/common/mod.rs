@@ -190,6 +190,18 @@ impl Node {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `http://<admin addr><path>`, once the admin API listens.
+    pub fn admin_url(&self, path: &str) -> String {
+        let listening = self
+            .wait_for_log(START_TIMEOUT, |e| message(e) == "admin API listening")
+            .expect("admin API listening");
+        format!(
+            "http://{}{}",
+            listening["fields"]["addr"].as_str().unwrap(),
+            path
+        )
+    }
+
     /// Every JSON log line so far.
     pub fn log_entries(&self) -> Vec<Value> {
         self.logs

@@ -1,0 +1,259 @@
+//! Hot reload, on SIGHUP or `POST /admin/reload`: read the configuration
+//! again, load every new or changed plugin (compile, check its world, ask
+//! it to describe itself) while the old set keeps serving, then swap the
+//! whole routing table in one atomic store. Tasks already running finish on
+//! the version they started with (they hold it); plugins that did not change
+//! keep their loaded code, gates and counters. If anything fails to load,
+//! nothing is swapped and the error is logged, counted and reported.
+//!
+//! Only plugin-level settings are reloadable; node-level ones (listen
+//! address, node slots, directory, admin listener, identity) are reported as
+//! needing a restart and left as they are.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{NodeConfig, PluginSpec};
+use crate::runtime::plugin::LoadedPlugin;
+use crate::server::plugin_table::{PluginEntry, PluginTable};
+use crate::server::state::AppState;
+
+/// Reads the configuration as the node was started (file and flags).
+pub type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReloadReport {
+    /// Whether the new set is serving.
+    pub ok: bool,
+    /// When the reload ended, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Plugins loaded anew (new or changed).
+    pub loaded: Vec<String>,
+    /// Plugins kept as they were.
+    pub kept: Vec<String>,
+    /// Plugins no longer served.
+    pub removed: Vec<String>,
+    /// Tasks in flight when the table was swapped.
+    pub in_flight: u32,
+    /// Time to read the configuration and load the plugins, in ms.
+    pub prepare_ms: f64,
+    /// Time of the swap itself, in µs.
+    pub swap_us: f64,
+    /// Whether the set of intents changed (the node then registers again).
+    pub intents_changed: bool,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+    /// Why the reload failed.
+    pub error: Option<String>,
+}
+
+/// Performs reloads, one at a time.
+pub struct Reloader {
+    source: ConfigSource,
+    running: NodeConfig,
+    state: Arc<AppState>,
+    on_intents_changed: Box<dyn Fn() + Send + Sync>,
+    serial: tokio::sync::Mutex<()>,
+    last: Mutex<Option<ReloadReport>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn file_sha256(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| hex::encode(Sha256::digest(bytes)))
+}
+
+/// The node-level settings that differ, by name.
+fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut check = |name: &str, differs: bool| {
+        if differs {
+            changed.push(name.to_string());
+        }
+    };
+    check("node.listen", running.listen != next.listen);
+    check(
+        "node.max_concurrent",
+        running.max_concurrent != next.max_concurrent,
+    );
+    check("node.node_id", running.node_id != next.node_id);
+    check("node.region", running.region != next.region);
+    check(
+        "directory",
+        running.directory.as_ref().map(|d| &d.url) != next.directory.as_ref().map(|d| &d.url),
+    );
+    check("admin", running.admin != next.admin);
+    changed
+}
+
+impl Reloader {
+    /// A reloader for a node started from `running`.
+    pub fn new(
+        source: ConfigSource,
+        running: NodeConfig,
+        state: Arc<AppState>,
+        on_intents_changed: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Self {
+            source,
+            running,
+            state,
+            on_intents_changed,
+            serial: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The last reload's report.
+    pub fn last(&self) -> Option<ReloadReport> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads; concurrent calls run one after another.
+    pub async fn reload(&self) -> ReloadReport {
+        let _serial = self.serial.lock().await;
+        let started = Instant::now();
+        let report = match self.prepare().await {
+            Ok((table, mut report)) => {
+                report.prepare_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let before: Vec<String> = self
+                    .state
+                    .plugins
+                    .load()
+                    .intents()
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect();
+                report.in_flight = self.state.gate.active();
+                let swap = Instant::now();
+                self.state.plugins.store(Arc::new(table));
+                report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
+                let after: Vec<String> = self
+                    .state
+                    .plugins
+                    .load()
+                    .intents()
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect();
+                report.intents_changed = before != after;
+                if report.intents_changed {
+                    (self.on_intents_changed)();
+                }
+                self.state.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    loaded = ?report.loaded,
+                    kept = ?report.kept,
+                    removed = ?report.removed,
+                    in_flight = report.in_flight,
+                    prepare_ms = report.prepare_ms,
+                    swap_us = report.swap_us,
+                    intents_changed = report.intents_changed,
+                    "reload applied"
+                );
+                if !report.restart_needed.is_empty() {
+                    tracing::warn!(settings = ?report.restart_needed, "changed settings take effect only after a restart");
+                }
+                report
+            }
+            Err(error) => {
+                self.state
+                    .metrics
+                    .reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(%error, "reload failed; the previous plugins keep serving");
+                ReloadReport {
+                    ok: false,
+                    at_unix_ms: now_ms(),
+                    loaded: Vec::new(),
+                    kept: Vec::new(),
+                    removed: Vec::new(),
+                    in_flight: self.state.gate.active(),
+                    prepare_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    swap_us: 0.0,
+                    intents_changed: false,
+                    restart_needed: Vec::new(),
+                    error: Some(error),
+                }
+            }
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        report
+    }
+
+    /// Reads the configuration and builds the next table without touching
+    /// the serving one.
+    async fn prepare(&self) -> Result<(PluginTable, ReloadReport), String> {
+        let next = (self.source)()?;
+        let current = self.state.plugins.load_full();
+        let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> =
+            Vec::with_capacity(next.plugins.len());
+        let (mut loaded, mut kept) = (Vec::new(), Vec::new());
+        for spec in next.plugins.iter().cloned() {
+            match reusable(&current, &spec).await {
+                Some(plugin) => {
+                    kept.push(plugin.id.to_string());
+                    plugins.push((plugin, spec));
+                }
+                None => {
+                    let plugin = self
+                        .state
+                        .runtime
+                        .load_plugin(&spec.source)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    loaded.push(plugin.id.to_string());
+                    plugins.push((Arc::new(plugin), spec));
+                }
+            }
+        }
+        let removed = current
+            .entries()
+            .iter()
+            .map(|e| e.plugin.id.to_string())
+            .filter(|id| !plugins.iter().any(|(p, _)| &*p.id == id))
+            .collect();
+        let table = PluginTable::build(
+            plugins,
+            &self.state.metrics,
+            self.state.gate.capacity(),
+            Some(&current),
+        )?;
+        let report = ReloadReport {
+            ok: true,
+            at_unix_ms: now_ms(),
+            loaded,
+            kept,
+            removed,
+            in_flight: 0,
+            prepare_ms: 0.0,
+            swap_us: 0.0,
+            intents_changed: false,
+            restart_needed: restart_needed(&self.running, &next),
+            error: None,
+        };
+        Ok((table, report))
+    }
+}
+
+/// The loaded plugin to keep for `spec`: same settings, same file content.
+async fn reusable(current: &PluginTable, spec: &PluginSpec) -> Option<Arc<LoadedPlugin>> {
+    let entry: &Arc<PluginEntry> = current.entries().iter().find(|e| e.spec == *spec)?;
+    let path = spec.source.path.clone();
+    let sha256 = tokio::task::spawn_blocking(move || file_sha256(&path))
+        .await
+        .ok()??;
+    (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
+}

@@ -1,0 +1,673 @@
+//! Multi-tenant operator mode: several plugins from one config file, each
+//! with its own limits and tenants, isolated from each other; hot reload
+//! under load; the admin API; precise configuration errors; the shipped
+//! example configuration.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::fake_directory::FakeDirectory;
+use common::{Node, client, error_of, health, message, metrics, plugin, post_task, task};
+use serde_json::{Value, json};
+
+const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
+const VERSIONED: &str = "urn:iicp:intent:test:versioned:v1";
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+fn case(name: &str) -> String {
+    format!("urn:iicp:intent:test:{name}:v1")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn two_plugin_config(dir: &Path, tools_extra: &str) -> PathBuf {
+    write(
+        dir,
+        "two.toml",
+        &format!(
+            r#"
+[node]
+max_concurrent = 16
+
+[admin]
+token_env = "TEST_ADMIN_TOKEN"
+
+[[plugin]]
+id = "echo"
+path = "{echo}"
+max_concurrent = 8
+
+[[plugin]]
+id = "tools"
+path = "{misbehave}"
+max_concurrent = 2
+memory_mb = 32
+timeout_ms = 2000
+{tools_extra}
+"#,
+            echo = plugin("echo").display(),
+            misbehave = plugin("misbehave").display(),
+        ),
+    )
+}
+
+fn admin_env() -> Vec<(&'static str, &'static str)> {
+    vec![("TEST_ADMIN_TOKEN", ADMIN_TOKEN)]
+}
+
+fn start(config: &Path, env: &[(&str, &str)]) -> Node {
+    Node::start_config_env(config, &["--admin-listen", "127.0.0.1:0"], env)
+}
+
+async fn admin(
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut request = client().request(method, node.admin_url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn chat(id: &str) -> Value {
+    task(
+        id,
+        CHAT,
+        json!({"messages": [{"role": "user", "content": "hi there"}]}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_plugins_serve_their_intents_from_one_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&two_plugin_config(dir.path(), ""), &admin_env());
+    assert_eq!(post_task(&node, &chat("c")).await.0, 200);
+    let (status, _, body) = post_task(&node, &task("t", &case("ok"), json!({"x": 1}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], json!({"x": 1}));
+    let intents = health(&node).await["intents"].clone();
+    assert!(intents.as_array().unwrap().contains(&json!(CHAT)));
+    assert!(intents.as_array().unwrap().contains(&json!(case("ok"))));
+    let text = metrics(&node).await;
+    assert!(text.contains(&format!(
+        r#"iicp_tasks_total{{intent="{CHAT}",plugin="echo",status="success"}} 1"#
+    )));
+    assert!(text.contains(&format!(
+        r#"iicp_tasks_total{{intent="{}",plugin="tools",status="success"}} 1"#,
+        case("ok")
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&two_plugin_config(dir.path(), ""), &admin_env());
+    let abuse: Vec<_> = ["loop", "memory-bomb", "loop", "memory-bomb", "loop"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (url, body) = (
+                node.url("/v1/task"),
+                task(&format!("bad-{i}"), &case(name), json!(null)),
+            );
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let good: Vec<_> = (0..8)
+        .map(|worker| {
+            let url = node.url("/v1/task");
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                for i in 0..8 {
+                    let started = Instant::now();
+                    let body = chat(&format!("good-{worker}-{i}"));
+                    let status = client()
+                        .post(&url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    assert_eq!(
+                        status, 200,
+                        "an echo task failed while the other plugin misbehaved"
+                    );
+                    worst = worst.max(started.elapsed());
+                }
+                worst
+            })
+        })
+        .collect();
+    for worker in good {
+        let worst = worker.await.unwrap();
+        assert!(
+            worst < Duration::from_millis(1500),
+            "an echo task waited {worst:?}"
+        );
+    }
+    let statuses: Vec<u16> = futures_join(abuse).await;
+    // Two slots: the rest of the abuse is refused with 429, the rest stopped.
+    assert!(
+        statuses.iter().all(|s| [429, 502, 504].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_tokens_are_enforced_per_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_plugin_config(
+        dir.path(),
+        "[plugin.tenants]\nacme = \"TEST_ACME\"\nglobex = \"TEST_GLOBEX\"\n",
+    );
+    let mut env = admin_env();
+    env.extend([
+        ("TEST_ACME", "acme-secret-token"),
+        ("TEST_GLOBEX", "globex-secret-token"),
+    ]);
+    let node = start(&config, &env);
+    let ok_task = |id: &str| task(id, &case("ok"), json!(1));
+
+    let (status, _, body) = post_task(&node, &ok_task("none")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(error_of(&body)["code"], "unauthorized");
+    let mut wrong = ok_task("wrong");
+    wrong["auth"] = json!({"node_token": "acme-secret-tokem"});
+    assert_eq!(post_task(&node, &wrong).await.0, 401);
+
+    let mut acme = ok_task("acme");
+    acme["auth"] = json!({"node_token": "acme-secret-token"});
+    assert_eq!(post_task(&node, &acme).await.0, 200);
+    let mut sdk_style = ok_task("sdk");
+    sdk_style["auth"] = json!({"token": "globex-secret-token"});
+    assert_eq!(post_task(&node, &sdk_style).await.0, 200);
+    let response = client()
+        .post(node.url("/v1/task"))
+        .bearer_auth("globex-secret-token")
+        .json(&ok_task("bearer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The other plugin stays open, and a tenant token is no key to it either way.
+    assert_eq!(post_task(&node, &chat("open")).await.0, 200);
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_unauthorized_total{plugin="tools"} 2"#),
+        "{text}"
+    );
+    let log = node.log_text();
+    assert!(!log.contains("acme-secret-token") && !log.contains("globex-secret-token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_lists_drains_and_resumes_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&two_plugin_config(dir.path(), ""), &admin_env());
+    assert_eq!(
+        admin(&node, reqwest::Method::GET, "/admin/plugins", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        admin(&node, reqwest::Method::GET, "/admin/plugins", Some("nope"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(post_task(&node, &chat("count")).await.0, 200);
+
+    let (status, list) = admin(
+        &node,
+        reqwest::Method::GET,
+        "/admin/plugins",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let echo = &list["plugins"][0];
+    assert_eq!(echo["id"], "echo");
+    assert_eq!(echo["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        echo["intents"],
+        json!([CHAT, "urn:iicp:intent:util:echo:v1"])
+    );
+    assert_eq!(echo["limits"]["max_concurrent"], 8);
+    assert_eq!(echo["served"], 1);
+    assert_eq!(echo["access"], "open");
+    let tools = &list["plugins"][1];
+    assert_eq!(tools["limits"]["memory_mb"], 32);
+    assert_eq!(tools["limits"]["timeout_ms"], 2000);
+
+    let (status, drained) = admin(
+        &node,
+        reqwest::Method::POST,
+        "/admin/plugins/echo/drain",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!((status, drained["draining"].clone()), (200, json!(true)));
+    let (status, _, body) = post_task(&node, &chat("drained")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_of(&body)["code"], "unavailable");
+    assert_eq!(
+        post_task(&node, &task("t", &case("ok"), json!(1))).await.0,
+        200
+    );
+    admin(
+        &node,
+        reqwest::Method::POST,
+        "/admin/plugins/echo/resume",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(post_task(&node, &chat("resumed")).await.0, 200);
+    assert_eq!(
+        admin(
+            &node,
+            reqwest::Method::POST,
+            "/admin/plugins/nope/drain",
+            Some(ADMIN_TOKEN)
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+fn versioned_config(dir: &Path, version: u8, max_concurrent: u32) -> PathBuf {
+    let wasm = plugin(&format!("versioned-v{version}"));
+    write(
+        dir,
+        "versioned.toml",
+        &format!(
+            "[node]\nmax_concurrent = {max_concurrent}\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
+            wasm.display()
+        ),
+    )
+}
+
+async fn version_of(node: &Node) -> String {
+    let (status, _, body) = post_task(node, &task("v", VERSIONED, json!({"ms": 0}))).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["version"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_under_load_drops_no_task_and_swaps_the_version() {
+    const CLIENTS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let config = versioned_config(dir.path(), 1, 512);
+    let node = start(&config, &admin_env());
+    assert_eq!(version_of(&node).await, "1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, v1, v2) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|worker| {
+            let (http, url, stop) = (http.clone(), node.url("/v1/task"), stop.clone());
+            let (ok, failed, v1, v2) = (ok.clone(), failed.clone(), v1.clone(), v2.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let body = task(&format!("load-{worker}-{i}"), VERSIONED, json!({"ms": 300}));
+                    match http.post(&url).json(&body).send().await {
+                        Ok(response) if response.status() == 200 => {
+                            let body: Value = response.json().await.unwrap_or_default();
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            match body["result"]["version"].as_str() {
+                                Some("1") => v1.fetch_add(1, Ordering::Relaxed),
+                                Some("2") => v2.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the load build up, then swap to version 2 while it runs.
+    let mut in_flight = 0;
+    for _ in 0..100 {
+        in_flight = health(&node).await["active_jobs"].as_u64().unwrap();
+        if in_flight >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_flight >= 300, "only {in_flight} tasks in flight");
+    versioned_config(dir.path(), 2, 512);
+    let (status, report) = admin(
+        &node,
+        reqwest::Method::POST,
+        "/admin/reload",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["loaded"], json!(["svc"]));
+    assert!(report["in_flight"].as_u64().unwrap() >= 300, "{report}");
+    assert!(report["swap_us"].as_f64().unwrap() < 10_000.0, "{report}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (ok, failed, v1, v2) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        v1.load(Ordering::Relaxed),
+        v2.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        failed, 0,
+        "{failed} tasks failed across the swap ({ok} succeeded)"
+    );
+    assert!(v1 >= 300 && v2 >= 300, "v1 answered {v1}, v2 answered {v2}");
+    assert_eq!(version_of(&node).await, "2");
+    let reload = node
+        .log_entries()
+        .into_iter()
+        .find(|e| message(e) == "reload applied")
+        .expect("reload log line");
+    eprintln!(
+        "reload under load: in_flight={} swap_us={} prepare_ms={} tasks ok={ok}",
+        reload["fields"]["in_flight"], reload["fields"]["swap_us"], reload["fields"]["prepare_ms"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_reload_keeps_the_old_version_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = versioned_config(dir.path(), 1, 8);
+    let node = start(&config, &admin_env());
+    let core_module = write(dir.path(), "core.wasm", "\0asm\u{1}\0\0\0");
+    write(
+        dir.path(),
+        "versioned.toml",
+        &format!(
+            "[node]\nmax_concurrent = 8\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
+            core_module.display()
+        ),
+    );
+    let (status, body) = admin(
+        &node,
+        reqwest::Method::POST,
+        "/admin/reload",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "reload_failed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
+        "{body}"
+    );
+    assert_eq!(version_of(&node).await, "1");
+    let (_, list) = admin(
+        &node,
+        reqwest::Method::GET,
+        "/admin/plugins",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(list["last_reload"]["ok"], false);
+    assert!(
+        metrics(&node)
+            .await
+            .contains(r#"iicp_reloads_total{result="error"} 1"#)
+    );
+    assert!(
+        node.log_entries()
+            .iter()
+            .any(|e| message(e) == "reload failed; the previous plugins keep serving")
+    );
+
+    // SIGHUP reloads too.
+    versioned_config(dir.path(), 2, 8);
+    let status = Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut swapped = false;
+    for _ in 0..100 {
+        if version_of(&node).await == "2" {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swapped, "SIGHUP did not reload");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_intents_registers_again() {
+    let fake = FakeDirectory::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let echo_only = format!(
+        "[directory]\nurl = \"{}\"\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"echo\"\npath = \"{}\"\n",
+        fake.url(),
+        plugin("echo").display()
+    );
+    let config = write(dir.path(), "dir.toml", &echo_only);
+    let node = start(&config, &admin_env());
+    assert!(
+        fake.wait_for(Duration::from_secs(15), |s| s.registrations >= 1)
+            .await
+    );
+    let both = format!(
+        "{echo_only}[[plugin]]\nid = \"tools\"\npath = \"{}\"\n",
+        plugin("misbehave").display()
+    );
+    write(dir.path(), "dir.toml", &both);
+    let (status, report) = admin(
+        &node,
+        reqwest::Method::POST,
+        "/admin/reload",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["intents_changed"], true);
+    assert!(
+        fake.wait_for(Duration::from_secs(15), |s| s.registrations >= 2)
+            .await,
+        "no re-registration"
+    );
+    let second = &fake.requests("/v1/register")[1].body;
+    let intents: Vec<&str> = second["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["intent"].as_str().unwrap())
+        .collect();
+    assert!(
+        intents.contains(&CHAT) && intents.contains(&case("loop").as_str()),
+        "{intents:?}"
+    );
+    assert!(second["current_node_token"].is_string());
+}
+
+/// Runs the binary with `config` and returns its single error line.
+fn refused(config: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--no-cache", "--state-dir"])
+        .arg(common::fresh_state_dir())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn configuration_errors_name_the_file_the_field_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = plugin("echo").display().to_string();
+
+    let path = write(
+        dir.path(),
+        "unknown.toml",
+        &format!("[[plugin]]\npth = \"{echo}\"\n"),
+    );
+    let line = refused(&path);
+    assert!(
+        line.contains("unknown.toml") && line.contains("unknown field `pth`"),
+        "{line}"
+    );
+
+    let path = write(
+        dir.path(),
+        "twice.toml",
+        &format!(
+            "[[plugin]]\nid = \"a\"\npath = \"{echo}\"\n[[plugin]]\nid = \"b\"\npath = \"{echo}\"\n"
+        ),
+    );
+    let line = refused(&path);
+    assert!(
+        line.contains("twice.toml")
+            && line
+                .contains(r#"plugins "a" and "b" both serve intent urn:iicp:intent:llm:chat:v1"#),
+        "{line}"
+    );
+
+    let path = write(
+        dir.path(),
+        "missing.toml",
+        "[[plugin]]\nid = \"m\"\npath = \"nowhere/echo.wasm\"\n",
+    );
+    let line = refused(&path);
+    assert!(
+        line.contains("missing.toml")
+            && line.contains("plugin file not found")
+            && line.contains("nowhere/echo.wasm"),
+        "{line}"
+    );
+
+    let path = write(
+        dir.path(),
+        "range.toml",
+        &format!("[[plugin]]\nid = \"r\"\npath = \"{echo}\"\nmemory_mb = 5000\n"),
+    );
+    let line = refused(&path);
+    assert!(
+        line.contains("range.toml")
+            && line.contains(r#"plugin "r": memory_mb must be between 1 and 4096, got 5000"#),
+        "{line}"
+    );
+
+    let path = write(
+        dir.path(),
+        "secret.toml",
+        &format!(
+            "[[plugin]]\nid = \"s\"\npath = \"{echo}\"\n[plugin.secrets]\nkey = \"IICP_TEST_NOT_SET_ANYWHERE\"\n"
+        ),
+    );
+    let line = refused(&path);
+    assert!(
+        line.contains(
+            r#"plugin "s": secrets.key: environment variable IICP_TEST_NOT_SET_ANYWHERE is not set"#
+        ),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_configuration_starts_and_registers() {
+    let fake = FakeDirectory::start().await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("iicp-host.example.toml");
+    plugin("echo");
+    let env = [
+        ("IICP_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TOOLS_API_KEY", "tools-key"),
+        ("ACME_TOKEN", "acme"),
+        ("GLOBEX_TOKEN", "globex"),
+    ];
+    let node = Node::start_config_env(
+        &example,
+        &["--admin-listen", "127.0.0.1:0", "--directory", &fake.url()],
+        &env,
+    );
+    assert_eq!(post_task(&node, &chat("example")).await.0, 200);
+    let mut tools = task("t", &case("ok"), json!(1));
+    assert_eq!(post_task(&node, &tools).await.0, 401);
+    tools["auth"] = json!({"node_token": "acme"});
+    assert_eq!(post_task(&node, &tools).await.0, 200);
+    assert!(
+        fake.wait_for(Duration::from_secs(15), |s| s.registrations >= 1)
+            .await
+    );
+    let register = &fake.requests("/v1/register")[0].body;
+    assert_eq!(register["region"], "eu-central");
+    assert_eq!(register["limits"]["max_concurrent"], 64);
+    assert_eq!(register["policy"]["max_concurrent_remote"], 2);
+    assert_eq!(register["transport_method"], "direct");
+    let (status, list) = admin(
+        &node,
+        reqwest::Method::GET,
+        "/admin/plugins",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["plugins"][1]["tenants"], json!(["acme", "globex"]));
+}
