@@ -17,6 +17,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{self, ArtifactCache, CacheOutcome};
+use super::host::config::PluginConfig;
 use super::limits::PluginLimits;
 use super::reuse::InstancePool;
 use super::store::{TaskState, task_store};
@@ -113,6 +114,7 @@ pub struct LoadedPlugin {
     pub load_time: Duration,
     pub(super) pre: PluginPre<TaskState>,
     pub(super) reuse: Option<InstancePool>,
+    pub(super) config: Arc<PluginConfig>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -221,7 +223,11 @@ pub(super) async fn load(
     };
     let pre =
         link(engine, linker, &component).map_err(|why| LoadError::WrongWorld(path.clone(), why))?;
-    let descriptor = describe(engine, &pre, &path).await?;
+    let config = Arc::new(PluginConfig {
+        values: source.config.clone(),
+        secrets: source.secrets.clone(),
+    });
+    let descriptor = describe(engine, &pre, source, config.clone()).await?;
     let info = validate_descriptor(descriptor)
         .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
     Ok(LoadedPlugin {
@@ -236,6 +242,7 @@ pub(super) async fn load(
         pre,
         reuse: (source.limits.instance_reuse > 1)
             .then(|| InstancePool::new(source.limits.instance_reuse)),
+        config,
     })
 }
 
@@ -287,18 +294,22 @@ fn link(
     PluginPre::new(instance_pre).map_err(|e| format!("{e:#}"))
 }
 
+/// Asks the plugin to describe itself, under its own limits and with its
+/// own configuration (a plugin may derive its models from it).
 async fn describe(
     engine: &Engine,
     pre: &PluginPre<TaskState>,
-    path: &Path,
+    source: &PluginSource,
+    config: Arc<PluginConfig>,
 ) -> Result<Descriptor, LoadError> {
-    let limits = PluginLimits::default();
+    let path = &source.path;
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
     let mut store = task_store(
         engine,
-        Arc::from("loader"),
+        Arc::from(source.id.as_deref().unwrap_or("loader")),
+        config,
         Arc::from("describe"),
-        &limits,
+        &source.limits,
         deadline,
     );
     let call = async {

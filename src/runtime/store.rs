@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::host::config::PluginConfig;
 use super::host::log::TaskLog;
 use super::host::stdio::PluginOutput;
 use super::limits::{PluginLimits, TaskLimiter};
@@ -22,12 +23,18 @@ pub struct TaskState {
     table: ResourceTable,
     limiter: TaskLimiter,
     log: Arc<TaskLog>,
+    config: Arc<PluginConfig>,
 }
 
 impl TaskState {
     /// The task's log sink.
     pub fn task_log(&self) -> &TaskLog {
         &self.log
+    }
+
+    /// The plugin's configuration.
+    pub fn config(&self) -> &PluginConfig {
+        &self.config
     }
 
     /// The task's memory limiter.
@@ -51,6 +58,7 @@ impl super::bindings::iicp::plugin::types::Host for TaskState {}
 pub fn task_store(
     engine: &Engine,
     plugin: Arc<str>,
+    config: Arc<PluginConfig>,
     task_id: Arc<str>,
     limits: &PluginLimits,
     deadline: Instant,
@@ -76,6 +84,7 @@ pub fn task_store(
         table: ResourceTable::new(),
         limiter: TaskLimiter::new(limits.memory_bytes),
         log,
+        config,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

@@ -17,12 +17,15 @@
 //! | inspect      | returns every field of the task record it received         |
 //! | escape       | tries to reach env, args, files and `payload.port` on TCP  |
 //! | counter      | counts calls in a global: 1 on every fresh instance        |
+//! | config       | returns its config, and whether secret `payload.secret`    |
+//! |              | equals `payload.expect` (the secret itself never leaves)   |
 
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
 use exports::iicp::plugin::handler::{Descriptor, Guest, Task, TaskError, TaskOutput};
+use iicp::plugin::config;
 use iicp::plugin::log::{Level, log};
 use iicp::plugin::types::{Capability, ErrorKind, Qos};
 
@@ -40,6 +43,7 @@ const CASES: &[&str] = &[
     "inspect",
     "escape",
     "counter",
+    "config",
 ];
 
 /// Calls served by this instance; only a reused instance ever gets past 1.
@@ -54,6 +58,8 @@ struct Params {
     lines: u32,
     ms: u64,
     port: u16,
+    secret: String,
+    expect: String,
     kind: String,
     message: String,
     retryable: bool,
@@ -211,6 +217,18 @@ impl Guest for Misbehave {
             "invalid-json" => output("this is not JSON".to_string()),
             "inspect" => output(inspect(&task)),
             "escape" => output(escape(params.port)),
+            "config" => {
+                let values: std::collections::BTreeMap<String, String> =
+                    config::get_all().into_iter().collect();
+                let secret = config::get_secret(&params.secret);
+                let report = serde_json::json!({
+                    "values": values,
+                    "missing": config::get("no-such-key"),
+                    "secret_set": secret.is_some(),
+                    "secret_matches": secret.as_deref() == Some(params.expect.as_str()),
+                });
+                output(report.to_string())
+            }
             "counter" => {
                 let calls = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
                 output(format!("{{\"calls\":{calls}}}"))

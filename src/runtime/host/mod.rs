@@ -1,4 +1,5 @@
 //! Host capabilities given to plugins, one module per capability.
 
+pub mod config;
 pub mod log;
 pub mod stdio;
