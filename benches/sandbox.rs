@@ -53,14 +53,17 @@ async fn main() {
             "/plugins/target/wasm32-wasip2/release/echo.wasm"
         )));
     }
-    let runtime = Runtime::new(&RuntimeSettings {
-        engine: EngineSettings {
-            max_instances: 64,
-            keep_resident_bytes: None,
-            allocator: AllocatorChoice::Auto,
+    let runtime = Runtime::new(
+        &RuntimeSettings {
+            engine: EngineSettings {
+                max_instances: 64,
+                keep_resident_bytes: None,
+                allocator: AllocatorChoice::Auto,
+            },
+            cache_dir: None,
         },
-        cache_dir: None,
-    })
+        std::sync::Arc::new(iicp_host::metrics::Metrics::new()),
+    )
     .expect("runtime");
     println!("allocator: {}", runtime.allocator().as_str());
     for path in plugins {

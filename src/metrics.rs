@@ -47,6 +47,8 @@ pub struct Metrics {
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
     unauthorized: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_response_bytes: IntCounterVec,
     plugin_info: IntGaugeVec,
     /// `iicp_nonce_replays_total`.
     pub replays: IntCounter,
@@ -85,6 +87,33 @@ pub struct IntentMetrics {
     pub latency_ms: Histogram,
     /// Tokens reported by the plugin.
     pub tokens: IntCounter,
+}
+
+/// A plugin's outbound HTTP counters.
+#[derive(Clone)]
+pub struct PluginHttpMetrics {
+    /// Requests answered by the remote side.
+    pub ok: IntCounter,
+    /// Requests refused by the allow-list or the address check.
+    pub denied: IntCounter,
+    /// Requests that failed in transport (timeout, refused, protocol).
+    pub failed: IntCounter,
+    /// Response body bytes received.
+    pub response_bytes: IntCounter,
+}
+
+impl PluginHttpMetrics {
+    /// Counters registered nowhere, for calls that are not a plugin's tasks.
+    pub fn detached() -> Self {
+        let counter =
+            || IntCounter::new("detached", "not exported").expect("valid metric definition");
+        Self {
+            ok: counter(),
+            denied: counter(),
+            failed: counter(),
+            response_bytes: counter(),
+        }
+    }
 }
 
 /// Pre-resolved metrics for one plugin.
@@ -223,6 +252,18 @@ impl Metrics {
                 "Tasks refused with 401 because the tenant token was missing or wrong.",
                 &["plugin"],
             ),
+            http_requests: counter_vec(
+                &r,
+                "iicp_plugin_http_requests_total",
+                "Plugin outbound HTTP requests, by result (ok, denied, failed).",
+                &["plugin", "result"],
+            ),
+            http_response_bytes: counter_vec(
+                &r,
+                "iicp_plugin_http_response_bytes_total",
+                "Response body bytes plugins received over outbound HTTP.",
+                &["plugin"],
+            ),
             reloads: counter_vec(
                 &r,
                 "iicp_reloads_total",
@@ -300,6 +341,16 @@ impl Metrics {
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
             unauthorized: self.unauthorized.with_label_values(&[plugin]),
+        }
+    }
+
+    /// Resolves a plugin's outbound HTTP counters.
+    pub fn plugin_http(&self, plugin: &str) -> PluginHttpMetrics {
+        PluginHttpMetrics {
+            ok: self.http_requests.with_label_values(&[plugin, "ok"]),
+            denied: self.http_requests.with_label_values(&[plugin, "denied"]),
+            failed: self.http_requests.with_label_values(&[plugin, "failed"]),
+            response_bytes: self.http_response_bytes.with_label_values(&[plugin]),
         }
     }
 

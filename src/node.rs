@@ -87,8 +87,9 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
-    let runtime =
-        Runtime::new(&config.runtime).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Runtime::new(&config.runtime, metrics.clone())
+        .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let mut plugins = Vec::with_capacity(config.plugins.len());
     for spec in &config.plugins {
         match runtime.load_plugin(&spec.source).await {
@@ -99,7 +100,6 @@ pub async fn run(
             Err(error) => return Err(StartError::Plugin(error)),
         }
     }
-    let metrics = Arc::new(Metrics::new());
     let table = PluginTable::build(plugins, &metrics, config.max_concurrent, None)
         .map_err(|e| StartError::Config(in_config(&config, e)))?;
     let directory_client = match &config.directory {

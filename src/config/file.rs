@@ -25,6 +25,7 @@ use crate::directory::settings::{
 };
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::host::http::{DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns};
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 
@@ -131,6 +132,17 @@ struct PluginSection {
     /// Tenant name → environment variable holding its token.
     #[serde(default)]
     tenants: BTreeMap<String, String>,
+    http: Option<HttpSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    allow_private: bool,
+    max_response_kib: Option<u32>,
 }
 
 /// Default admin listener: loopback only.
@@ -357,6 +369,24 @@ fn plugin_spec(
             env_secret(&variable, &format!("{name}: secrets.{key}"))?,
         );
     }
+    let http = match plugin.http {
+        None => HttpSettings::default(),
+        Some(section) => {
+            check_patterns(&section.allow).map_err(|e| format!("{name}: http.allow: {e}"))?;
+            let kib = check_range(
+                &format!("{name}: http.max_response_kib"),
+                section
+                    .max_response_kib
+                    .unwrap_or((DEFAULT_MAX_RESPONSE_BYTES >> 10) as u32),
+                &(1..=1_048_576),
+            )?;
+            HttpSettings {
+                allow: section.allow,
+                allow_private: section.allow_private,
+                max_response_bytes: (kib as usize) << 10,
+            }
+        }
+    };
     let mut tenants = Vec::new();
     for (tenant, variable) in plugin.tenants {
         tenants.push((
@@ -371,6 +401,7 @@ fn plugin_spec(
             limits,
             config,
             secrets,
+            http,
         },
         intents: plugin.intents,
         models: plugin.models,

@@ -131,7 +131,7 @@ pub async fn run_task(
             task_store(
                 engine,
                 plugin.id.clone(),
-                plugin.config.clone(),
+                &plugin.reach,
                 task_id,
                 &plugin.limits,
                 input.deadline,

@@ -22,6 +22,7 @@ pub mod store;
 pub mod teardown;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
@@ -33,6 +34,7 @@ use self::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 use self::plugin::{LoadError, LoadedPlugin, PluginSource};
 use self::store::TaskState;
 use self::teardown::Teardown;
+use crate::metrics::Metrics;
 
 /// How to build the runtime.
 #[derive(Debug, Clone)]
@@ -46,6 +48,7 @@ pub struct RuntimeSettings {
 /// The engine, the linker with every host capability, and the artifact cache.
 pub struct Runtime {
     engine: Engine,
+    metrics: Arc<Metrics>,
     linker: Linker<TaskState>,
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
@@ -54,10 +57,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the engine and links the host capabilities.
-    pub fn new(settings: &RuntimeSettings) -> wasmtime::Result<Self> {
+    pub fn new(settings: &RuntimeSettings, metrics: Arc<Metrics>) -> wasmtime::Result<Self> {
         let (engine, allocator) = engine::build_engine(&settings.engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
         let cache = settings.cache_dir.as_deref().and_then(|dir| {
             ArtifactCache::open(dir, &engine)
@@ -68,6 +72,7 @@ impl Runtime {
         });
         Ok(Self {
             engine,
+            metrics,
             linker,
             cache,
             allocator,
@@ -82,7 +87,14 @@ impl Runtime {
 
     /// Loads and checks a plugin.
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
-        plugin::load(&self.engine, &self.linker, self.cache.as_ref(), source).await
+        plugin::load(
+            &self.engine,
+            &self.linker,
+            self.cache.as_ref(),
+            &self.metrics,
+            source,
+        )
+        .await
     }
 
     /// Runs one task in a fresh instance of `plugin`.

@@ -18,9 +18,11 @@ use wasmtime::component::{Component, Linker};
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{self, ArtifactCache, CacheOutcome};
 use super::host::config::PluginConfig;
+use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
 use super::reuse::InstancePool;
-use super::store::{TaskState, task_store};
+use super::store::{PluginReach, TaskState, task_store};
+use crate::metrics::{Metrics, PluginHttpMetrics};
 
 /// The export every plugin must provide.
 pub const HANDLER_EXPORT: &str = "iicp:plugin/handler@0.1.0";
@@ -43,6 +45,8 @@ pub struct PluginSource {
     pub config: BTreeMap<String, String>,
     /// Secret values the plugin may read (taken from the environment).
     pub secrets: BTreeMap<String, String>,
+    /// Where it may send HTTP requests.
+    pub http: HttpSettings,
 }
 
 impl PluginSource {
@@ -54,6 +58,7 @@ impl PluginSource {
             limits: PluginLimits::default(),
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -66,6 +71,7 @@ impl fmt::Debug for PluginSource {
             .field("limits", &self.limits)
             .field("config", &self.config)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -114,7 +120,7 @@ pub struct LoadedPlugin {
     pub load_time: Duration,
     pub(super) pre: PluginPre<TaskState>,
     pub(super) reuse: Option<InstancePool>,
-    pub(super) config: Arc<PluginConfig>,
+    pub(super) reach: PluginReach,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -146,6 +152,8 @@ pub enum LoadError {
     WrongWorld(PathBuf, String),
     /// `describe` trapped, timed out or returned nonsense.
     BadDescriptor(PathBuf, String),
+    /// The plugin's settings are unusable (e.g. a malformed allow-list pattern).
+    BadSettings(PathBuf, String),
 }
 
 impl fmt::Display for LoadError {
@@ -175,6 +183,7 @@ impl fmt::Display for LoadError {
                 "{} does not fit the iicp:plugin world: {why}",
                 path.display()
             ),
+            LoadError::BadSettings(path, why) => write!(f, "{}: {why}", path.display()),
             LoadError::BadDescriptor(path, why) => {
                 write!(f, "{} failed to describe itself: {why}", path.display())
             }
@@ -209,6 +218,7 @@ pub(super) async fn load(
     engine: &Engine,
     linker: &Linker<TaskState>,
     cache: Option<&ArtifactCache>,
+    metrics: &Metrics,
     source: &PluginSource,
 ) -> Result<LoadedPlugin, LoadError> {
     let started = Instant::now();
@@ -230,8 +240,11 @@ pub(super) async fn load(
     let descriptor = describe(engine, &pre, source, config.clone()).await?;
     let info = validate_descriptor(descriptor)
         .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
+    let id: Arc<str> = Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone()));
+    let http = HttpPolicy::new(&source.http, metrics.plugin_http(&id))
+        .map_err(|why| LoadError::BadSettings(path.clone(), why))?;
     Ok(LoadedPlugin {
-        id: Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone())),
+        id,
         info,
         sha256,
         path: source.path.clone(),
@@ -242,7 +255,10 @@ pub(super) async fn load(
         pre,
         reuse: (source.limits.instance_reuse > 1)
             .then(|| InstancePool::new(source.limits.instance_reuse)),
-        config,
+        reach: PluginReach {
+            config,
+            http: Arc::new(http),
+        },
     })
 }
 
@@ -295,7 +311,8 @@ fn link(
 }
 
 /// Asks the plugin to describe itself, under its own limits and with its
-/// own configuration (a plugin may derive its models from it).
+/// own configuration (a plugin may derive its models from it). Describing
+/// reaches no network: outbound HTTP is denied.
 async fn describe(
     engine: &Engine,
     pre: &PluginPre<TaskState>,
@@ -304,10 +321,17 @@ async fn describe(
 ) -> Result<Descriptor, LoadError> {
     let path = &source.path;
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let reach = PluginReach {
+        config,
+        http: Arc::new(
+            HttpPolicy::new(&HttpSettings::default(), PluginHttpMetrics::detached())
+                .map_err(|why| LoadError::BadSettings(path.clone(), why))?,
+        ),
+    };
     let mut store = task_store(
         engine,
         Arc::from(source.id.as_deref().unwrap_or("loader")),
-        config,
+        &reach,
         Arc::from("describe"),
         &source.limits,
         deadline,

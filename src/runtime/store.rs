@@ -8,8 +8,10 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::host::config::PluginConfig;
+use super::host::http::{HttpPolicy, TaskHttp};
 use super::host::log::TaskLog;
 use super::host::stdio::PluginOutput;
 use super::limits::{PluginLimits, TaskLimiter};
@@ -24,6 +26,8 @@ pub struct TaskState {
     limiter: TaskLimiter,
     log: Arc<TaskLog>,
     config: Arc<PluginConfig>,
+    http_ctx: WasiHttpCtx,
+    http: TaskHttp,
 }
 
 impl TaskState {
@@ -52,13 +56,32 @@ impl WasiView for TaskState {
     }
 }
 
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
 impl super::bindings::iicp::plugin::types::Host for TaskState {}
+
+/// What a plugin's tasks may reach beyond their own instance.
+#[derive(Clone)]
+pub struct PluginReach {
+    /// Its configuration and secrets.
+    pub config: Arc<PluginConfig>,
+    /// Its outbound HTTP policy.
+    pub http: Arc<HttpPolicy>,
+}
 
 /// A store for one task of `plugin` that traps once `deadline` passes.
 pub fn task_store(
     engine: &Engine,
     plugin: Arc<str>,
-    config: Arc<PluginConfig>,
+    reach: &PluginReach,
     task_id: Arc<str>,
     limits: &PluginLimits,
     deadline: Instant,
@@ -84,7 +107,9 @@ pub fn task_store(
         table: ResourceTable::new(),
         limiter: TaskLimiter::new(limits.memory_bytes),
         log,
-        config,
+        config: reach.config.clone(),
+        http_ctx: WasiHttpCtx::new(),
+        http: TaskHttp::new(reach.http.clone(), deadline),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -106,6 +131,7 @@ pub fn begin_task(
         .log
         .begin(task_id, limits.max_log_lines, limits.max_log_bytes);
     state.limiter.clear_cap_hit();
+    state.http.set_deadline(deadline);
     // Check the wall clock on every epoch tick: tick counting alone drifts
     // with the ticker's sleep. Yielding on each tick keeps a CPU-bound guest
     // from holding a runtime worker thread.

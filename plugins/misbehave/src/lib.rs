@@ -19,6 +19,7 @@
 //! | counter      | counts calls in a global: 1 on every fresh instance        |
 //! | config       | returns its config, and whether secret `payload.secret`    |
 //! |              | equals `payload.expect` (the secret itself never leaves)   |
+//! | http-get     | fetches `payload.url` over wasi:http (through the SDK)     |
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,7 @@ const CASES: &[&str] = &[
     "escape",
     "counter",
     "config",
+    "http-get",
 ];
 
 /// Calls served by this instance; only a reused instance ever gets past 1.
@@ -60,6 +62,7 @@ struct Params {
     port: u16,
     secret: String,
     expect: String,
+    url: String,
     kind: String,
     message: String,
     retryable: bool,
@@ -228,6 +231,24 @@ impl Guest for Misbehave {
                     "secret_matches": secret.as_deref() == Some(params.expect.as_str()),
                 });
                 output(report.to_string())
+            }
+            "http-get" => {
+                let timeout =
+                    std::time::Duration::from_millis(u64::from(task.constraints.timeout_ms));
+                match iicp_plugin_sdk::http::get(&params.url, timeout) {
+                    Ok(response) => output(
+                        serde_json::json!({
+                            "status": response.status,
+                            "body": String::from_utf8_lossy(&response.body),
+                        })
+                        .to_string(),
+                    ),
+                    Err(error) => Err(TaskError {
+                        kind: ErrorKind::BackendFailure,
+                        message: error.to_string(),
+                        retryable: false,
+                    }),
+                }
             }
             "counter" => {
                 let calls = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;

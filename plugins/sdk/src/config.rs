@@ -1,0 +1,29 @@
+//! The plugin's configuration (`[plugin.config]`) and secrets
+//! (`[plugin.secrets]`), read-only.
+
+use crate::Error;
+use crate::bindings::iicp::plugin::config as wit;
+
+/// The value of `key`, if configured.
+pub fn get(key: &str) -> Option<String> {
+    wit::get(key)
+}
+
+/// The value of `key`, or an unavailable error naming it.
+pub fn require(key: &str) -> Result<String, Error> {
+    get(key).ok_or_else(|| {
+        Error::unavailable(format!(
+            "the plugin is not configured: config key {key} is missing"
+        ))
+    })
+}
+
+/// Every configured key and value, sorted by key.
+pub fn all() -> Vec<(String, String)> {
+    wit::get_all()
+}
+
+/// The secret `key`, if configured. Never log it or put it in a result.
+pub fn secret(key: &str) -> Option<String> {
+    wit::get_secret(key)
+}
