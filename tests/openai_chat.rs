@@ -171,19 +171,20 @@ async fn chat_goes_through_the_backend() {
     assert_eq!(body["model_used"], "fake-llm");
     assert_eq!(body["metrics"]["tokens_used"], 18);
 
-    let seen = seen.lock().unwrap();
-    let sent = &seen.bodies[0];
-    assert_eq!(sent["model"], "fake-llm");
-    assert_eq!(sent["stream"], false);
-    assert_eq!(sent["max_tokens"], 64);
-    assert_eq!(sent["temperature"], 0.2);
-    assert_eq!(sent["messages"][1]["content"], "hello backend");
-    assert_eq!(seen.authorization[0].as_deref(), Some("Bearer sk-test-123"));
-    assert!(
-        seen.traceparents[0].as_deref().unwrap().contains(trace_id),
-        "trace context reaches the backend"
-    );
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        let sent = &seen.bodies[0];
+        assert_eq!(sent["model"], "fake-llm");
+        assert_eq!(sent["stream"], false);
+        assert_eq!(sent["max_tokens"], 64);
+        assert_eq!(sent["temperature"], 0.2);
+        assert_eq!(sent["messages"][1]["content"], "hello backend");
+        assert_eq!(seen.authorization[0].as_deref(), Some("Bearer sk-test-123"));
+        assert!(
+            seen.traceparents[0].as_deref().unwrap().contains(trace_id),
+            "trace context reaches the backend"
+        );
+    }
     assert!(!node.log_text().contains("sk-test-123"));
 
     // A model this node does not serve is refused before any backend call.
