@@ -7,6 +7,10 @@
 //! stale artifact. Each file carries a SHA-256 of its own body; a missing,
 //! truncated, corrupt or incompatible entry is a cache miss, never a failure.
 //!
+//! The directory is kept under [`MAX_CACHE_BYTES`]: each store removes the
+//! least recently used entries beyond it (a hit counts as a use), since every
+//! rebuilt plugin — interpreters' especially, at 35 MB compiled — adds one.
+//!
 //! Safety of loading: `Component::deserialize` trusts its input. We only load
 //! files from a directory this process created with mode 0700, and only when
 //! the embedded digest matches, i.e. bytes this code wrote itself.
@@ -21,6 +25,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 const MAGIC: &[u8; 8] = b"IICPCW01";
+/// Most bytes of compiled artifacts kept.
+pub const MAX_CACHE_BYTES: u64 = 2 << 30;
 const DIGEST_LEN: usize = 32;
 
 /// A directory of compiled artifacts for one engine configuration.
@@ -37,6 +43,8 @@ pub enum CacheOutcome {
     Hit,
     /// Compiled now (and stored, when a cache is configured).
     Compiled,
+    /// Given as an artifact compiled ahead of time.
+    Precompiled,
 }
 
 impl ArtifactCache {
@@ -59,6 +67,11 @@ impl ArtifactCache {
     pub fn load(&self, engine: &Engine, wasm_sha256: &str) -> Option<Component> {
         let path = self.entry_path(wasm_sha256);
         let bytes = fs::read(&path).ok()?;
+        // Mark the entry used, for the least-recently-used pruning.
+        let _ = fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
         let component = verified_body(&bytes).and_then(|body| {
             // SAFETY: see the module docs — the body is what `store` wrote.
             unsafe { Component::deserialize(engine, body) }.ok()
@@ -70,11 +83,13 @@ impl ArtifactCache {
         component
     }
 
-    /// Stores a compiled component; failures are logged, never fatal.
+    /// Stores a compiled component and prunes the cache; failures are
+    /// logged, never fatal.
     pub fn store(&self, wasm_sha256: &str, component: &Component) {
         if let Err(error) = self.try_store(wasm_sha256, component) {
             tracing::warn!(%error, "cannot write compiled-artifact cache entry");
         }
+        prune(&self.dir, MAX_CACHE_BYTES);
     }
 
     fn try_store(&self, wasm_sha256: &str, component: &Component) -> wasmtime::Result<()> {
@@ -112,6 +127,32 @@ pub fn load_or_compile(
         cache.store(wasm_sha256, &component);
     }
     Ok((component, CacheOutcome::Compiled))
+}
+
+/// Removes the least recently used `.cwasm` entries until at most
+/// `max_bytes` remain.
+fn prune(dir: &Path, max_bytes: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|ext| ext == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
 }
 
 fn verified_body(bytes: &[u8]) -> Option<&[u8]> {
@@ -155,6 +196,33 @@ fn restrict_permissions(_path: &Path, _mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_first() {
+        let dir = std::env::temp_dir().join(format!("iicp-cache-prune-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (name, age) in [("a.cwasm", 3), ("b.cwasm", 2), ("c.cwasm", 1)] {
+            let path = dir.join(name);
+            fs::write(&path, vec![0u8; 100]).unwrap();
+            let when = old + std::time::Duration::from_secs(100 * (4 - age));
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        fs::write(dir.join("keep.txt"), vec![0u8; 500]).unwrap();
+        prune(&dir, 250);
+        assert!(!dir.join("a.cwasm").exists());
+        assert!(dir.join("b.cwasm").exists() && dir.join("c.cwasm").exists());
+        assert!(
+            dir.join("keep.txt").exists(),
+            "only cache entries are pruned"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn body_digest_must_match() {
