@@ -1,18 +1,32 @@
 # Two entry points for a fresh machine (see README.md):
-#   make serve   build the host and the plugins, serve the echo plugin on 127.0.0.1:8080
+#   make serve   build the host and the Rust plugins, serve the echo plugin on 127.0.0.1:8080
 #   make test    build the plugins and run every test
+# `make plugins` builds the Rust plugins (plugins/, needs the wasm32-wasip2
+# target) and the Python and JS echo plugins into plugins/target/ (first run:
+# python3 with venv and PyPI access, Node 20+ and npm registry access; later
+# runs skip whatever is up to date).
 WASM_TARGET := wasm32-wasip2
 PLUGIN_DIR := plugins/target/$(WASM_TARGET)/release
 
-.PHONY: serve test plugins wasm-target
+.PHONY: serve test plugins rust-plugins python-echo js-echo wasm-target
 
 wasm-target:
 	rustup target add $(WASM_TARGET)
 
-plugins: wasm-target
+plugins: rust-plugins python-echo js-echo
+
+rust-plugins: wasm-target
 	cargo build --release --target $(WASM_TARGET) --manifest-path plugins/Cargo.toml
 
-serve: plugins
+# -> plugins/target/python-echo.wasm (componentize-py)
+python-echo:
+	plugins/python-echo/build.sh
+
+# -> plugins/target/js-echo.wasm (componentize-js; JS_ECHO_ENGINE=quickjs for QuickJS)
+js-echo:
+	plugins/js-echo/build.sh
+
+serve: rust-plugins
 	cargo run --release -- run --plugin $(PLUGIN_DIR)/echo.wasm
 
 test: plugins
