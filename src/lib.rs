@@ -20,3 +20,4 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod tools;

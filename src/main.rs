@@ -13,6 +13,7 @@ use iicp_host::directory::settings::validate_http_url;
 use iicp_host::reload::ConfigSource;
 use iicp_host::runtime::engine::AllocatorChoice;
 use iicp_host::telemetry::{self, LogFormat};
+use iicp_host::tools::{self, call::CallArgs, new::Lang};
 
 /// An IICP provider node that runs task handlers as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -26,6 +27,88 @@ struct Cli {
 enum Command {
     /// Serve IICP tasks through plugins.
     Run(Box<RunArgs>),
+    /// Check that a plugin fits the iicp:plugin world; show what it declares and imports.
+    Check {
+        /// The plugin (.wasm component or compiled artifact).
+        plugin: PathBuf,
+        /// A config value the plugin reads (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// Run one task through a plugin, without HTTP; print the result and the time taken.
+    Call {
+        /// The plugin (.wasm component or compiled artifact).
+        plugin: PathBuf,
+        /// The intent [default: the plugin's first].
+        #[arg(long)]
+        intent: Option<String>,
+        /// The payload as JSON, or @FILE.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// A config value the plugin reads (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// A secret the plugin reads, from an environment variable (repeatable).
+        #[arg(long = "secret", value_name = "KEY=ENV_VAR")]
+        secrets: Vec<String>,
+        /// Allow outbound HTTP to a scheme://host[:port] pattern (repeatable).
+        #[arg(long = "allow-http", value_name = "PATTERN")]
+        allow_http: Vec<String>,
+        /// The task's budget, in ms.
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+        timeout_ms: u64,
+    },
+    /// Compile a plugin ahead of time; `run --plugin OUT` loads it without compiling.
+    Compile {
+        /// The .wasm component.
+        plugin: PathBuf,
+        /// Where to write the compiled artifact.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Create a plugin skeleton that builds and passes `check` as generated.
+    New {
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// The plugin's name (lowercase letters, digits, '-').
+        name: String,
+        /// Where to create it [default: the current directory].
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the iicp-plugin-sdk crate (Rust) [default: the one in these sources].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Prints a tool's outcome: success to stdout, failure to stderr with a non-zero exit.
+fn finish(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(text) => {
+            eprintln!("{}", text.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `KEY=ENV_VAR` pairs resolved from the environment.
+fn secrets_from_env(
+    pairs: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    tools::key_values(pairs, "--secret")?
+        .into_iter()
+        .map(|(key, variable)| match std::env::var(&variable) {
+            Ok(value) => Ok((key, value)),
+            Err(_) => Err(format!(
+                "--secret {key}: environment variable {variable} is not set"
+            )),
+        })
+        .collect()
 }
 
 /// Flags given with `--config` override the file.
@@ -206,6 +289,57 @@ impl RunArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check { plugin, config } => {
+            let outcome = match tools::key_values(&config, "--config") {
+                Ok(config) => tools::check::check(&plugin, config).await,
+                Err(error) => Err(format!("error: {error}")),
+            };
+            finish(outcome)
+        }
+        Command::Call {
+            plugin,
+            intent,
+            payload,
+            config,
+            secrets,
+            allow_http,
+            timeout_ms,
+        } => {
+            let args = tools::key_values(&config, "--config").and_then(|config| {
+                Ok(CallArgs {
+                    plugin,
+                    intent,
+                    payload,
+                    config,
+                    secrets: secrets_from_env(&secrets)?,
+                    allow_http,
+                    timeout: Duration::from_millis(timeout_ms),
+                })
+            });
+            match args {
+                Ok(args) => finish(tools::call::call(args).await),
+                Err(error) => finish(Err(format!("error: {error}"))),
+            }
+        }
+        Command::Compile { plugin, out } => {
+            finish(tools::compile::compile(&plugin, &out).map_err(|e| format!("error: {e}")))
+        }
+        Command::New {
+            lang,
+            name,
+            dir,
+            sdk,
+        } => finish(
+            tools::new::new_plugin(lang, &name, &dir, sdk.as_deref())
+                .map(|path| {
+                    format!(
+                        "created {} — build it with {}/build.sh",
+                        path.display(),
+                        path.display()
+                    )
+                })
+                .map_err(|e| format!("error: {e}")),
+        ),
         Command::Run(args) => {
             let log_format = args.log_format;
             let config = match args.to_config() {

@@ -97,6 +97,16 @@ impl Runtime {
         .await
     }
 
+    /// Compiles a `.wasm` component ahead of time for this engine.
+    pub fn precompile(&self, path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+        plugin::precompile(&self.engine, path)
+    }
+
+    /// Lists a component's imports and exports.
+    pub fn inspect(&self, path: &std::path::Path) -> Result<plugin::ComponentFacts, LoadError> {
+        plugin::inspect(&self.engine, self.cache.as_ref(), path)
+    }
+
     /// Runs one task in a fresh instance of `plugin`.
     pub async fn run_task(
         &self,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Precompiled};
 
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{self, ArtifactCache, CacheOutcome};
@@ -144,8 +144,6 @@ pub enum LoadError {
     NotWasm(PathBuf),
     /// A core module rather than a component.
     CoreModule(PathBuf),
-    /// A precompiled artifact, which `run` does not load from an arbitrary path.
-    Precompiled(PathBuf),
     /// Wasm that does not validate or compile.
     Invalid(PathBuf, String),
     /// A component that does not target the `iicp:plugin` world.
@@ -168,11 +166,6 @@ impl fmt::Display for LoadError {
                 f,
                 "{} is a core WebAssembly module, not a component: build the plugin for the \
                  wasm32-wasip2 target against wit/plugin.wit",
-                path.display()
-            ),
-            LoadError::Precompiled(path) => write!(
-                f,
-                "{} is a precompiled artifact; pass the .wasm component instead",
                 path.display()
             ),
             LoadError::Invalid(path, why) => {
@@ -262,25 +255,109 @@ pub(super) async fn load(
     })
 }
 
-fn read_and_compile(
+/// Reads `path`, refusing anything but a component (as `.wasm`).
+fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = read(path)?;
+    match file_kind(&bytes) {
+        FileKind::Component => Ok(bytes),
+        FileKind::CoreModule => Err(LoadError::CoreModule(path.to_path_buf())),
+        FileKind::Precompiled => Err(LoadError::Invalid(
+            path.to_path_buf(),
+            "this is already a compiled artifact; compile the .wasm it came from".to_string(),
+        )),
+        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
+        _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
+    })
+}
+
+/// Compiles a component ahead of time for this engine (`iicp-host compile`).
+pub(super) fn precompile(engine: &Engine, path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = read_component(path)?;
+    engine
+        .precompile_component(&bytes)
+        .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))
+}
+
+/// Reads and compiles a plugin: a `.wasm` component through the artifact
+/// cache, or a compiled artifact from `iicp-host compile` as it is.
+///
+/// A compiled artifact is native code that wasmtime cannot validate the way
+/// it validates wasm: it is trusted. Load only artifacts you compiled
+/// yourself with the same build of iicp-host.
+pub(super) fn read_and_compile(
     engine: &Engine,
     cache: Option<&ArtifactCache>,
     path: &Path,
 ) -> Result<(Component, String, CacheOutcome), LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
-        _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
-    })?;
-    match file_kind(&bytes) {
-        FileKind::Component => {}
-        FileKind::CoreModule => return Err(LoadError::CoreModule(path.to_path_buf())),
-        FileKind::Precompiled => return Err(LoadError::Precompiled(path.to_path_buf())),
-        FileKind::NotWasm => return Err(LoadError::NotWasm(path.to_path_buf())),
-    }
+    let bytes = read(path)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)
-        .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
-    Ok((component, sha256, outcome))
+    match file_kind(&bytes) {
+        FileKind::Component => {
+            let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)
+                .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
+            Ok((component, sha256, outcome))
+        }
+        FileKind::Precompiled
+            if Engine::detect_precompiled(&bytes) == Some(Precompiled::Component) =>
+        {
+            // SAFETY: see above — the operator vouches for the artifact.
+            let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| {
+                LoadError::Invalid(
+                    path.to_path_buf(),
+                    format!(
+                        "{e:#} (compile the .wasm again with this iicp-host: iicp-host compile)"
+                    ),
+                )
+            })?;
+            Ok((component, sha256, CacheOutcome::Precompiled))
+        }
+        FileKind::Precompiled | FileKind::CoreModule => {
+            Err(LoadError::CoreModule(path.to_path_buf()))
+        }
+        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+    }
+}
+
+/// What a component declares, for `iicp-host check`.
+#[derive(Debug, Clone)]
+pub struct ComponentFacts {
+    /// Size of the file.
+    pub size: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Everything it imports.
+    pub imports: Vec<String>,
+    /// Everything it exports.
+    pub exports: Vec<String>,
+}
+
+/// Lists a component's imports and exports.
+pub(super) fn inspect(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> Result<ComponentFacts, LoadError> {
+    let (component, sha256, _) = read_and_compile(engine, cache, path)?;
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let component_type = component.component_type();
+    Ok(ComponentFacts {
+        size,
+        sha256,
+        imports: component_type
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: component_type
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+    })
 }
 
 /// Checks the component's exports and imports against the host's world.

@@ -1,0 +1,150 @@
+//! `iicp-host call PLUGIN --intent URN --payload JSON`: one task, no HTTP,
+//! under the same sandbox and limits as `run`. Prints the outcome as one
+//! JSON line, then the time taken.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::protocol::task::Qos;
+use crate::protocol::trace_context::TraceContext;
+use crate::runtime::bindings::ErrorKind;
+use crate::runtime::execute::{TaskFailure, TaskInput};
+use crate::runtime::host::http::HttpSettings;
+use crate::runtime::plugin::PluginSource;
+
+/// What to call.
+#[derive(Debug, Clone)]
+pub struct CallArgs {
+    /// The plugin.
+    pub plugin: PathBuf,
+    /// The intent; default: the plugin's first.
+    pub intent: Option<String>,
+    /// Payload JSON text, or `@file`.
+    pub payload: String,
+    /// Config values.
+    pub config: BTreeMap<String, String>,
+    /// Secret values.
+    pub secrets: BTreeMap<String, String>,
+    /// Outbound HTTP allow-list.
+    pub allow_http: Vec<String>,
+    /// The task's budget.
+    pub timeout: Duration,
+}
+
+/// The WIT name of a plugin error kind.
+fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidInput => "invalid-input",
+        ErrorKind::UnsupportedIntent => "unsupported-intent",
+        ErrorKind::BackendFailure => "backend-failure",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Internal => "internal",
+    }
+}
+
+fn failure_json(failure: &TaskFailure) -> Value {
+    let (kind, message) = match failure {
+        TaskFailure::Plugin { kind, message, .. } => {
+            (kind_name(*kind).to_string(), message.clone())
+        }
+        TaskFailure::Timeout => (
+            "timeout".to_string(),
+            "the task did not finish within its budget".to_string(),
+        ),
+        TaskFailure::MemoryLimit { cap_mib } => (
+            "memory_limit".to_string(),
+            format!("exceeded {cap_mib} MiB"),
+        ),
+        TaskFailure::StackOverflow => (
+            "stack_overflow".to_string(),
+            "the stack overflowed".to_string(),
+        ),
+        TaskFailure::Trap(kind) => ("trap".to_string(), (*kind).to_string()),
+        TaskFailure::OutputTooLarge { limit } => (
+            "output_too_large".to_string(),
+            format!("over {limit} bytes"),
+        ),
+        TaskFailure::InvalidOutput => (
+            "invalid_output".to_string(),
+            "the result is not JSON".to_string(),
+        ),
+        TaskFailure::PoolExhausted => ("capacity".to_string(), "no instance slot free".to_string()),
+        TaskFailure::Host => ("host".to_string(), "internal error in the host".to_string()),
+    };
+    json!({"status": "error", "error": {"kind": kind, "message": message}})
+}
+
+/// Runs one task; `Ok`/`Err` carry the text to print (success or not).
+pub async fn call(args: CallArgs) -> Result<String, String> {
+    let payload_text = match args.payload.strip_prefix('@') {
+        Some(file) => {
+            std::fs::read_to_string(file).map_err(|e| format!("error: cannot read {file}: {e}"))?
+        }
+        None => args.payload.clone(),
+    };
+    let payload: Box<serde_json::value::RawValue> = serde_json::from_str(&payload_text)
+        .map_err(|e| format!("error: --payload is not JSON: {e}"))?;
+    let runtime = super::runtime()?;
+    let mut source = PluginSource::new(args.plugin.clone());
+    source.config = args.config;
+    source.secrets = args.secrets;
+    source.http = HttpSettings {
+        allow: args.allow_http,
+        ..HttpSettings::default()
+    };
+    let loading = Instant::now();
+    let plugin = runtime
+        .load_plugin(&source)
+        .await
+        .map_err(|e| format!("error: {e}"))?;
+    let load_time = loading.elapsed();
+    let intent = match args.intent {
+        Some(intent) => intent,
+        None => plugin.info.capabilities[0].intent.clone(),
+    };
+    let trace = TraceContext::from_request(None, None, None);
+    let started = Instant::now();
+    let input = TaskInput {
+        task_id: "call",
+        intent: &intent,
+        payload: payload.get(),
+        timeout: args.timeout,
+        max_tokens: None,
+        model: None,
+        qos: Qos::Interactive,
+        traceparent: trace.child_traceparent(),
+        tracestate: None,
+        deadline: started + args.timeout,
+    };
+    let (outcome, report) = runtime.run_task(&plugin, input).await;
+    let took = started.elapsed();
+    let line = match &outcome {
+        Ok(success) => json!({
+            "status": "success",
+            "intent": intent,
+            "result": serde_json::from_str::<Value>(success.result.get()).unwrap_or_default(),
+            "usage": success.usage.map(|u| json!({
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+            })),
+            "model_used": success.model_used,
+        }),
+        Err(failure) => failure_json(failure),
+    };
+    let mut out = line.to_string();
+    let _ = write!(
+        out,
+        "\ntook {:.3} ms (instantiate {:.3} ms, peak memory {} KiB; loading the plugin took {:.0} ms)",
+        took.as_secs_f64() * 1000.0,
+        report.instantiate.as_secs_f64() * 1000.0,
+        report.memory_bytes >> 10,
+        load_time.as_secs_f64() * 1000.0
+    );
+    if outcome.is_ok() { Ok(out) } else { Err(out) }
+}
