@@ -6,22 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, client, error_of, health, metrics, plugin, post_task, task, wait_idle};
-use futures_like::join_all;
+use common::{
+    Node, client, error_of, health, join_all, metrics, plugin, post_task, spawn_post, task,
+    wait_idle,
+};
 use serde_json::json;
 
 const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
-
-/// Minimal join-all over spawned tasks, to avoid a futures dependency.
-mod futures_like {
-    pub async fn join_all<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-        let mut out = Vec::with_capacity(handles.len());
-        for handle in handles {
-            out.push(handle.await.expect("task panicked"));
-        }
-        out
-    }
-}
 
 fn sleep_task(id: &str, ms: u64, qos: &str) -> serde_json::Value {
     let mut body = task(id, SLEEP, json!({ "ms": ms }));
@@ -73,20 +64,10 @@ async fn a_burst_over_capacity_gets_429_and_leaks_no_slot() {
     // All three slots are usable again, at once.
     let handles = (0..3)
         .map(|i| {
-            let (url, body) = (
+            spawn_post(
                 url.clone(),
                 sleep_task(&format!("again-{i}"), 200, "interactive"),
-            );
-            tokio::spawn(async move {
-                client()
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+            )
         })
         .collect();
     assert_eq!(join_all(handles).await, vec![200, 200, 200]);

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fake_directory::FakeDirectory;
-use common::{Node, client, error_of, health, message, metrics, plugin, post_task, task};
+use common::{
+    Node, client, error_of, health, join_all, message, metrics, plugin, post_task, spawn_post, task,
+};
 use serde_json::{Value, json};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -68,6 +70,16 @@ fn start(config: &Path, env: &[(&str, &str)]) -> Node {
     Node::start_config_env(config, &["--admin-listen", "127.0.0.1:0"], env)
 }
 
+async fn reload(node: &Node) -> (u16, Value) {
+    admin(
+        node,
+        reqwest::Method::POST,
+        "/admin/reload",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+}
+
 async fn admin(
     node: &Node,
     method: reqwest::Method,
@@ -120,20 +132,10 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let (url, body) = (
+            spawn_post(
                 node.url("/v1/task"),
                 task(&format!("bad-{i}"), &case(name), json!(null)),
-            );
-            tokio::spawn(async move {
-                client()
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+            )
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -170,21 +172,13 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
             "an echo task waited {worst:?}"
         );
     }
-    let statuses: Vec<u16> = futures_join(abuse).await;
+    let statuses: Vec<u16> = join_all(abuse).await;
     // Two slots: the rest of the abuse is refused with 429, the rest stopped.
     assert!(
         statuses.iter().all(|s| [429, 502, 504].contains(s)),
         "{statuses:?}"
     );
     assert!(statuses.contains(&429), "{statuses:?}");
-}
-
-async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        out.push(handle.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,8 +305,8 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
     );
 }
 
-fn versioned_config(dir: &Path, version: u8, max_concurrent: u32) -> PathBuf {
-    let wasm = plugin(&format!("versioned-v{version}"));
+/// `versioned.toml` serving the plugin at `wasm` as "svc".
+fn svc_config(dir: &Path, wasm: &Path, max_concurrent: u32) -> PathBuf {
     write(
         dir,
         "versioned.toml",
@@ -320,6 +314,14 @@ fn versioned_config(dir: &Path, version: u8, max_concurrent: u32) -> PathBuf {
             "[node]\nmax_concurrent = {max_concurrent}\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
             wasm.display()
         ),
+    )
+}
+
+fn versioned_config(dir: &Path, version: u8, max_concurrent: u32) -> PathBuf {
+    svc_config(
+        dir,
+        &plugin(&format!("versioned-v{version}")),
+        max_concurrent,
     )
 }
 
@@ -387,13 +389,7 @@ async fn a_reload_under_load_drops_no_task_and_swaps_the_version() {
     }
     assert!(in_flight >= 300, "only {in_flight} tasks in flight");
     versioned_config(dir.path(), 2, 512);
-    let (status, report) = admin(
-        &node,
-        reqwest::Method::POST,
-        "/admin/reload",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, report) = reload(&node).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["ok"], true);
     assert_eq!(report["loaded"], json!(["svc"]));
@@ -433,21 +429,8 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
     let config = versioned_config(dir.path(), 1, 8);
     let node = start(&config, &admin_env());
     let core_module = write(dir.path(), "core.wasm", "\0asm\u{1}\0\0\0");
-    write(
-        dir.path(),
-        "versioned.toml",
-        &format!(
-            "[node]\nmax_concurrent = 8\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
-            core_module.display()
-        ),
-    );
-    let (status, body) = admin(
-        &node,
-        reqwest::Method::POST,
-        "/admin/reload",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    svc_config(dir.path(), &core_module, 8);
+    let (status, body) = reload(&node).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "reload_failed");
     assert!(
@@ -515,13 +498,7 @@ async fn a_reload_that_changes_intents_registers_again() {
         plugin("misbehave").display()
     );
     write(dir.path(), "dir.toml", &both);
-    let (status, report) = admin(
-        &node,
-        reqwest::Method::POST,
-        "/admin/reload",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, report) = reload(&node).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["intents_changed"], true);
     assert!(

@@ -68,21 +68,9 @@ async fn an_endless_loop_times_out_near_its_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn other_tasks_run_while_a_loop_burns_cpu() {
     let node = misbehave_node(&[]);
-    let looping = tokio::spawn({
-        let url = node.url("/v1/task");
-        async move {
-            let mut body = task("spinner", &intent("loop"), json!(null));
-            body["constraints"] = json!({"timeout_ms": 3000});
-            common::client()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    });
+    let mut body = task("spinner", &intent("loop"), json!(null));
+    body["constraints"] = json!({"timeout_ms": 3000});
+    let looping = common::spawn_post(node.url("/v1/task"), body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
         let started = Instant::now();

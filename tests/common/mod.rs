@@ -396,3 +396,26 @@ pub fn chunked_task_request(body: &[u8]) -> Vec<u8> {
     request.extend_from_slice(b"0\r\n\r\n");
     request
 }
+
+/// Posts `body` to `url` on a task of its own; the handle yields the status.
+pub fn spawn_post(url: String, body: Value) -> tokio::task::JoinHandle<u16> {
+    tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("send task")
+            .status()
+            .as_u16()
+    })
+}
+
+/// Awaits every handle, in order.
+pub async fn join_all<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("task panicked"));
+    }
+    out
+}
