@@ -26,7 +26,7 @@ use crate::server::state::AppState;
 pub type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
 
 /// What a reload did.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ReloadReport {
     /// Whether the new set is serving.
     pub ok: bool,
@@ -127,26 +127,12 @@ impl Reloader {
         let report = match self.prepare().await {
             Ok((table, mut report)) => {
                 report.prepare_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let before: Vec<String> = self
-                    .state
-                    .plugins
-                    .load()
-                    .intents()
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect();
+                let before = self.served_intents();
                 report.in_flight = self.state.gate.active();
                 let swap = Instant::now();
                 self.state.plugins.store(Arc::new(table));
                 report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
-                let after: Vec<String> = self
-                    .state
-                    .plugins
-                    .load()
-                    .intents()
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect();
+                let after = self.served_intents();
                 report.intents_changed = before != after;
                 if report.intents_changed {
                     (self.on_intents_changed)();
@@ -175,22 +161,26 @@ impl Reloader {
                     .inc();
                 tracing::error!(%error, "reload failed; the previous plugins keep serving");
                 ReloadReport {
-                    ok: false,
                     at_unix_ms: now_ms(),
-                    loaded: Vec::new(),
-                    kept: Vec::new(),
-                    removed: Vec::new(),
                     in_flight: self.state.gate.active(),
                     prepare_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    swap_us: 0.0,
-                    intents_changed: false,
-                    restart_needed: Vec::new(),
                     error: Some(error),
+                    ..ReloadReport::default()
                 }
             }
         };
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         report
+    }
+
+    fn served_intents(&self) -> Vec<String> {
+        self.state
+            .plugins
+            .load()
+            .intents()
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
     }
 
     /// Reads the configuration and builds the next table without touching
@@ -237,12 +227,8 @@ impl Reloader {
             loaded,
             kept,
             removed,
-            in_flight: 0,
-            prepare_ms: 0.0,
-            swap_us: 0.0,
-            intents_changed: false,
             restart_needed: restart_needed(&self.running, &next),
-            error: None,
+            ..ReloadReport::default()
         };
         Ok((table, report))
     }
