@@ -15,6 +15,7 @@ pub mod config;
 pub mod directory;
 pub mod metrics;
 pub mod node;
+pub mod private_files;
 pub mod protocol;
 pub mod reload;
 pub mod runtime;

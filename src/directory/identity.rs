@@ -15,11 +15,12 @@
 //! directory issued none.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+
+use crate::private_files;
 
 const NODE_ID_FILE: &str = "node_id";
 const CREDENTIALS_FILE: &str = "directory.json";
@@ -80,8 +81,7 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating, mode 0700) the state directory.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        set_mode(dir, 0o700)?;
+        private_files::create_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
@@ -100,7 +100,7 @@ impl StateDir {
             (None, Some(stored)) => return Ok(stored),
             (None, None) => uuid::Uuid::new_v4().to_string(),
         };
-        write_private(&path, node_id.as_bytes())?;
+        private_files::write(&path, &[node_id.as_bytes()])?;
         Ok(node_id)
     }
 
@@ -132,7 +132,7 @@ impl StateDir {
             node_hmac_key: credentials.directory_hmac_key.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
-        write_private(&self.dir.join(CREDENTIALS_FILE), &bytes)
+        private_files::write(&self.dir.join(CREDENTIALS_FILE), &[&bytes])
     }
 }
 
@@ -154,30 +154,6 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
         .map(|base| base.join("iicp-host"))
-}
-
-/// Writes a 0600 file atomically (temp file, then rename).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::File::create(&temp)?;
-    set_mode(&temp, 0o600)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&temp);
-    })
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

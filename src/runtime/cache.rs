@@ -17,12 +17,13 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::private_files;
 
 const MAGIC: &[u8; 8] = b"IICPCW01";
 /// Most bytes of compiled artifacts kept.
@@ -50,8 +51,7 @@ pub enum CacheOutcome {
 impl ArtifactCache {
     /// Opens (creating if needed, mode 0700) a cache directory.
     pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        restrict_permissions(dir, 0o700)?;
+        private_files::create_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             engine_key: engine_key(engine),
@@ -94,20 +94,10 @@ impl ArtifactCache {
 
     fn try_store(&self, wasm_sha256: &str, component: &Component) -> wasmtime::Result<()> {
         let body = component.serialize()?;
-        let path = self.entry_path(wasm_sha256);
-        let temp = path.with_extension(format!("tmp{}-{}", std::process::id(), fastrand::u32(..)));
-        let mut file = fs::File::create(&temp)?;
-        restrict_permissions(&temp, 0o600)?;
-        file.write_all(MAGIC)?;
-        file.write_all(&Sha256::digest(&body))?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        drop(file);
-        // Rename is atomic: readers see the old entry, no entry, or the whole new one.
-        if let Err(error) = fs::rename(&temp, &path) {
-            let _ = fs::remove_file(&temp);
-            return Err(error.into());
-        }
+        private_files::write(
+            &self.entry_path(wasm_sha256),
+            &[MAGIC, &Sha256::digest(&body), &body],
+        )?;
         Ok(())
     }
 }
@@ -180,17 +170,6 @@ fn engine_key(engine: &Engine) -> String {
     let mut hasher = DigestHasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hex::encode(hasher.0.finalize())
-}
-
-#[cfg(unix)]
-fn restrict_permissions(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]
