@@ -3,6 +3,7 @@
 //! response arrived. Bounded by a measuring window and a request cap; the
 //! warm-up is excluded from the figures.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct LoadSpec {
 pub struct LoadResult {
     pub requests: u64,
     pub errors: u64,
+    /// Measured responses by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
     pub elapsed: Duration,
     /// Sorted latencies of measured requests, in microseconds.
     pub latencies_us: Vec<u32>,
@@ -146,9 +149,14 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn connection(spec: Arc<LoadSpec>, window: Arc<Window>, id: usize) -> (Vec<u32>, u64) {
+async fn connection(
+    spec: Arc<LoadSpec>,
+    window: Arc<Window>,
+    id: usize,
+) -> (Vec<u32>, u64, BTreeMap<u16, u64>) {
     let mut latencies = Vec::with_capacity(4096);
     let mut errors = 0u64;
+    let mut statuses = BTreeMap::new();
     let mut buffer = Vec::with_capacity(16384);
     let mut stream = None;
     let mut sequence = 0u64;
@@ -184,6 +192,9 @@ async fn connection(spec: Arc<LoadSpec>, window: Arc<Window>, id: usize) -> (Vec
             continue;
         }
         window.measured.fetch_add(1, Ordering::Relaxed);
+        if let Ok(status) = outcome {
+            *statuses.entry(status).or_insert(0) += 1;
+        }
         match outcome {
             Ok(200) => latencies.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX)),
             Ok(_) => {
@@ -197,7 +208,7 @@ async fn connection(spec: Arc<LoadSpec>, window: Arc<Window>, id: usize) -> (Vec
             }
         }
     }
-    (latencies, errors)
+    (latencies, errors, statuses)
 }
 
 /// Runs one load and returns its figures.
@@ -215,9 +226,12 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
         .collect();
     let mut result = LoadResult::default();
     for task in tasks {
-        if let Ok((latencies, errors)) = task.await {
+        if let Ok((latencies, errors, statuses)) = task.await {
             result.errors += errors;
             result.latencies_us.extend(latencies);
+            for (status, count) in statuses {
+                *result.statuses.entry(status).or_insert(0) += count;
+            }
         }
     }
     let finished = Instant::now().min(window.end);

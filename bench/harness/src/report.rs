@@ -151,10 +151,16 @@ impl Report {
             .collect();
         vec![
             format!(
-                "nonce flood (conc=64, unique nonces): {:.0} req/s, {} requests, {} errors",
+                "nonce flood (conc=64, unique nonces, default 1000000-nonce cap): {:.0} req/s, {} requests, {} errors; by status: {} (503 = nonce_cache_full once the cap is reached)",
                 result.rps(),
                 result.requests,
-                result.errors
+                result.errors,
+                result
+                    .statuses
+                    .iter()
+                    .map(|(status, count)| format!("{status}: {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             format!("nonce flood RSS: {}", trace.join(" ")),
         ]
