@@ -3,6 +3,7 @@
 //!
 //! * [`engine`] — engine configuration, pooling allocator, epoch ticker;
 //! * [`cache`] — on-disk cache of compiled components;
+//! * [`artifact`] — plugin files: classifying, compiling, inspecting;
 //! * [`plugin`] — loading and checking a plugin;
 //! * [`store`] and [`limits`] — the per-task store and its limits;
 //! * [`reuse`] — opt-in reuse of instances across tasks;
@@ -10,6 +11,7 @@
 //! * [`execute`] — running one task and classifying its outcome;
 //! * [`host`] — the capabilities plugins import (log, stdio).
 
+pub mod artifact;
 pub mod bindings;
 pub mod cache;
 pub mod engine;
@@ -99,12 +101,12 @@ impl Runtime {
 
     /// Compiles a `.wasm` component ahead of time for this engine.
     pub fn precompile(&self, path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
-        plugin::precompile(&self.engine, path)
+        artifact::precompile(&self.engine, path)
     }
 
     /// Lists a component's imports and exports.
-    pub fn inspect(&self, path: &std::path::Path) -> Result<plugin::ComponentFacts, LoadError> {
-        plugin::inspect(&self.engine, self.cache.as_ref(), path)
+    pub fn inspect(&self, path: &std::path::Path) -> Result<artifact::ComponentFacts, LoadError> {
+        artifact::inspect(&self.engine, self.cache.as_ref(), path)
     }
 
     /// Runs one task in a fresh instance of `plugin`.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::runtime::plugin::{ComponentFacts, PluginSource};
+use crate::runtime::artifact::ComponentFacts;
+use crate::runtime::plugin::PluginSource;
 
 /// Interfaces this host provides, by name prefix (any 0.2.x WASI version).
 const PROVIDED: &[&str] = &[

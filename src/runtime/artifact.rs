@@ -1,0 +1,157 @@
+//! Plugin files: telling components from core modules and compiled
+//! artifacts, compiling components through the artifact cache (or loading a
+//! compiled artifact as it is), compiling ahead of time, and listing what a
+//! component imports and exports.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Precompiled};
+
+use super::cache::{self, ArtifactCache, CacheOutcome};
+use super::plugin::LoadError;
+
+enum FileKind {
+    Component,
+    CoreModule,
+    Precompiled,
+    NotWasm,
+}
+
+/// Classifies a file by its header: `\0asm` then a version/layer word that
+/// is 1 for core modules and 0x0001000d for components.
+fn file_kind(bytes: &[u8]) -> FileKind {
+    if Engine::detect_precompiled(bytes).is_some() {
+        return FileKind::Precompiled;
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => FileKind::CoreModule,
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => FileKind::Component,
+        _ => FileKind::NotWasm,
+    }
+}
+
+/// Reads `path`, refusing anything but a component (as `.wasm`).
+fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = read(path)?;
+    match file_kind(&bytes) {
+        FileKind::Component => Ok(bytes),
+        FileKind::CoreModule => Err(LoadError::CoreModule(path.to_path_buf())),
+        FileKind::Precompiled => Err(LoadError::Invalid(
+            path.to_path_buf(),
+            "this is already a compiled artifact; compile the .wasm it came from".to_string(),
+        )),
+        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
+        _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
+    })
+}
+
+/// Compiles a component ahead of time for this engine (`iicp-host compile`).
+pub(super) fn precompile(engine: &Engine, path: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes = read_component(path)?;
+    engine
+        .precompile_component(&bytes)
+        .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))
+}
+
+/// Reads and compiles a plugin: a `.wasm` component through the artifact
+/// cache, or a compiled artifact from `iicp-host compile` as it is.
+///
+/// A compiled artifact is native code that wasmtime cannot validate the way
+/// it validates wasm: it is trusted. Load only artifacts you compiled
+/// yourself with the same build of iicp-host.
+pub(super) fn read_and_compile(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> Result<(Component, String, CacheOutcome), LoadError> {
+    let bytes = read(path)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    match file_kind(&bytes) {
+        FileKind::Component => {
+            let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)
+                .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
+            Ok((component, sha256, outcome))
+        }
+        FileKind::Precompiled
+            if Engine::detect_precompiled(&bytes) == Some(Precompiled::Component) =>
+        {
+            // SAFETY: see above — the operator vouches for the artifact.
+            let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| {
+                LoadError::Invalid(
+                    path.to_path_buf(),
+                    format!(
+                        "{e:#} (compile the .wasm again with this iicp-host: iicp-host compile)"
+                    ),
+                )
+            })?;
+            Ok((component, sha256, CacheOutcome::Precompiled))
+        }
+        FileKind::Precompiled | FileKind::CoreModule => {
+            Err(LoadError::CoreModule(path.to_path_buf()))
+        }
+        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+    }
+}
+
+/// What a component declares, for `iicp-host check`.
+#[derive(Debug, Clone)]
+pub struct ComponentFacts {
+    /// Size of the file.
+    pub size: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Everything it imports.
+    pub imports: Vec<String>,
+    /// Everything it exports.
+    pub exports: Vec<String>,
+}
+
+/// Lists a component's imports and exports.
+pub(super) fn inspect(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> Result<ComponentFacts, LoadError> {
+    let (component, sha256, _) = read_and_compile(engine, cache, path)?;
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let component_type = component.component_type();
+    Ok(ComponentFacts {
+        size,
+        sha256,
+        imports: component_type
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: component_type
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_classification() {
+        assert!(matches!(
+            file_kind(b"\0asm\x01\0\0\0"),
+            FileKind::CoreModule
+        ));
+        assert!(matches!(
+            file_kind(b"\0asm\x0d\0\x01\0rest"),
+            FileKind::Component
+        ));
+        assert!(matches!(file_kind(b"hello world"), FileKind::NotWasm));
+        assert!(matches!(file_kind(b""), FileKind::NotWasm));
+    }
+}
