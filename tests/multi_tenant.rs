@@ -540,72 +540,55 @@ fn refused(config: &Path) -> String {
 fn configuration_errors_name_the_file_the_field_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let echo = plugin("echo").display().to_string();
-
-    let path = write(
-        dir.path(),
-        "unknown.toml",
-        &format!("[[plugin]]\npth = \"{echo}\"\n"),
-    );
-    let line = refused(&path);
-    assert!(
-        line.contains("unknown.toml") && line.contains("unknown field `pth`"),
-        "{line}"
-    );
-
-    let path = write(
-        dir.path(),
-        "twice.toml",
-        &format!(
-            "[[plugin]]\nid = \"a\"\npath = \"{echo}\"\n[[plugin]]\nid = \"b\"\npath = \"{echo}\"\n"
+    // (file name, contents, every fragment the one error line must carry)
+    let cases: [(&str, String, &[&str]); 5] = [
+        (
+            "unknown.toml",
+            format!("[[plugin]]\npth = \"{echo}\"\n"),
+            &["unknown.toml", "unknown field `pth`"],
         ),
-    );
-    let line = refused(&path);
-    assert!(
-        line.contains("twice.toml")
-            && line
-                .contains(r#"plugins "a" and "b" both serve intent urn:iicp:intent:llm:chat:v1"#),
-        "{line}"
-    );
-
-    let path = write(
-        dir.path(),
-        "missing.toml",
-        "[[plugin]]\nid = \"m\"\npath = \"nowhere/echo.wasm\"\n",
-    );
-    let line = refused(&path);
-    assert!(
-        line.contains("missing.toml")
-            && line.contains("plugin file not found")
-            && line.contains("nowhere/echo.wasm"),
-        "{line}"
-    );
-
-    let path = write(
-        dir.path(),
-        "range.toml",
-        &format!("[[plugin]]\nid = \"r\"\npath = \"{echo}\"\nmemory_mb = 5000\n"),
-    );
-    let line = refused(&path);
-    assert!(
-        line.contains("range.toml")
-            && line.contains(r#"plugin "r": memory_mb must be between 1 and 4096, got 5000"#),
-        "{line}"
-    );
-
-    let path = write(
-        dir.path(),
-        "secret.toml",
-        &format!(
-            "[[plugin]]\nid = \"s\"\npath = \"{echo}\"\n[plugin.secrets]\nkey = \"IICP_TEST_NOT_SET_ANYWHERE\"\n"
+        (
+            "twice.toml",
+            format!(
+                "[[plugin]]\nid = \"a\"\npath = \"{echo}\"\n[[plugin]]\nid = \"b\"\npath = \"{echo}\"\n"
+            ),
+            &[
+                "twice.toml",
+                r#"plugins "a" and "b" both serve intent urn:iicp:intent:llm:chat:v1"#,
+            ],
         ),
-    );
-    let line = refused(&path);
-    assert!(
-        line.contains(
-            r#"plugin "s": secrets.key: environment variable IICP_TEST_NOT_SET_ANYWHERE is not set"#
+        (
+            "missing.toml",
+            "[[plugin]]\nid = \"m\"\npath = \"nowhere/echo.wasm\"\n".to_string(),
+            &["missing.toml", "plugin file not found", "nowhere/echo.wasm"],
         ),
-        "{line}"
-    );
+        (
+            "range.toml",
+            format!("[[plugin]]\nid = \"r\"\npath = \"{echo}\"\nmemory_mb = 5000\n"),
+            &[
+                "range.toml",
+                r#"plugin "r": memory_mb must be between 1 and 4096, got 5000"#,
+            ],
+        ),
+        (
+            "secret.toml",
+            format!(
+                "[[plugin]]\nid = \"s\"\npath = \"{echo}\"\n[plugin.secrets]\nkey = \"IICP_TEST_NOT_SET_ANYWHERE\"\n"
+            ),
+            &[
+                r#"plugin "s": secrets.key: environment variable IICP_TEST_NOT_SET_ANYWHERE is not set"#,
+            ],
+        ),
+    ];
+    for (name, contents, fragments) in cases {
+        let line = refused(&write(dir.path(), name, &contents));
+        for fragment in fragments {
+            assert!(
+                line.contains(fragment),
+                "{name}: {fragment:?} missing from {line}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
