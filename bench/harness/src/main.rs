@@ -33,6 +33,16 @@ struct Options {
     sandbox_report: Option<PathBuf>,
 }
 
+const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN [--quick] \
+     [--report FILE] [--reuse N] [--sandbox-report FILE]\n       \
+     iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]";
+
+/// Prints `problem` and the usage, then exits with status 2.
+fn usage_error(problem: &str) -> ! {
+    eprintln!("iicp-bench: {problem}\n{USAGE}");
+    std::process::exit(2)
+}
+
 fn parse_options() -> Options {
     let mut options = Options {
         host: PathBuf::new(),
@@ -45,18 +55,35 @@ fn parse_options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value =
-            || PathBuf::from(args.next().unwrap_or_else(|| panic!("{arg} needs a value")));
+        let mut value = || {
+            PathBuf::from(
+                args.next()
+                    .unwrap_or_else(|| usage_error(&format!("{arg} needs a value"))),
+            )
+        };
         match arg.as_str() {
             "--host" => options.host = value(),
             "--plugin" => options.plugin = value(),
             "--native" => options.native = value(),
             "--report" => options.report = Some(value()),
             "--sandbox-report" => options.sandbox_report = Some(value()),
-            "--reuse" => options.reuse = value().to_str().and_then(|n| n.parse().ok()),
+            "--reuse" => {
+                let n = value();
+                options.reuse = Some(
+                    n.to_str()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| usage_error("--reuse needs a whole number")),
+                );
+            }
             "--quick" => options.quick = true,
-            other => panic!("unknown argument {other}"),
+            other => usage_error(&format!("unknown argument {other}")),
         }
+    }
+    if [&options.host, &options.plugin, &options.native]
+        .iter()
+        .any(|p| p.as_os_str().is_empty())
+    {
+        usage_error("--host, --plugin and --native are required");
     }
     options
 }
@@ -238,12 +265,18 @@ async fn nonce_flood(
 /// `iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]`: load only,
 /// for profiling a server started by hand.
 async fn load_only(mut args: impl Iterator<Item = String>) {
-    let addr = args.next().and_then(|a| a.parse().ok()).expect("ADDR");
+    let addr = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage_error("load needs ADDR as host:port"));
     let concurrency = args
         .next()
         .and_then(|c| c.parse().ok())
-        .expect("CONCURRENCY");
-    let seconds = args.next().and_then(|s| s.parse().ok()).expect("SECONDS");
+        .unwrap_or_else(|| usage_error("load needs CONCURRENCY"));
+    let seconds = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage_error("load needs SECONDS"));
     let variant = match args.next().as_deref() {
         Some("nonce") => Variant::Nonce,
         Some("trace") => Variant::Trace,

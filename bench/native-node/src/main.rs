@@ -59,7 +59,7 @@ async fn main() -> iicp_client::Result<()> {
     config.max_concurrent = max_concurrent;
     let node = IicpNode::new(config);
     node.serve(
-        |task| async move { echo(&task.payload).map_err(|e| iicp_client::IicpError::Node(e)) },
+        |task| async move { echo(&task.payload).map_err(iicp_client::IicpError::Node) },
         &listen,
         None,
     )
