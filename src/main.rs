@@ -174,9 +174,13 @@ struct RunArgs {
     /// Public URL advertised to the directory [default: http://<listen address>].
     #[arg(long)]
     endpoint: Option<String>,
-    /// Where the node id and directory credentials persist [default: ~/.local/state/iicp-host].
+    /// Where the node id, directory credentials and IICP-CX key persist [default: ~/.local/state/iicp-host].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Do not advertise an IICP-CX key nor accept encrypted tasks; default
+    /// consumers then skip this node.
+    #[arg(long)]
+    no_confidentiality: bool,
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -245,6 +249,9 @@ impl RunArgs {
         }
         if self.state_dir.is_some() {
             config.state_dir.clone_from(&self.state_dir);
+        }
+        if self.no_confidentiality {
+            config.confidentiality = false;
         }
         if let Some(endpoint) = &self.endpoint {
             validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;

@@ -18,6 +18,7 @@ use crate::directory::lifecycle::{Lifecycle, LifecycleParts, NodeView};
 use crate::directory::receipts;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
+use crate::protocol::confidentiality::{CxKey, CxPublicKey};
 use crate::reload::{ConfigSource, Reloader};
 use crate::runtime::Runtime;
 use crate::runtime::plugin::CapabilityInfo;
@@ -86,6 +87,18 @@ pub async fn run(
             .node_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let cx_key = match (config.confidentiality, &state_dir) {
+        (false, _) => None,
+        (true, Some(state)) => Some(
+            state
+                .cx_key()
+                .map_err(|e| StartError::Config(format!("cannot load the IICP-CX key: {e}")))?,
+        ),
+        (true, None) => {
+            tracing::warn!("no state directory: the IICP-CX key changes at every start");
+            Some(CxKey::generate())
+        }
     };
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::new(&config.runtime, metrics.clone())
@@ -182,12 +195,14 @@ pub async fn run(
         receipts: joined
             .as_ref()
             .map(|(_, _, _, receipts, _)| receipts.clone()),
+        cx_key,
     });
     tracing::info!(
         addr = %local_addr,
         node_id = %node_id,
         allocator = state.runtime.allocator().as_str(),
         max_concurrent = config.max_concurrent,
+        cx_key_id = state.cx_key.as_ref().map(CxKey::key_id),
         "listening"
     );
 
@@ -321,6 +336,10 @@ impl NodeView for AppState {
 
     fn drain_tally(&self) -> TallyCounts {
         self.tally.drain()
+    }
+
+    fn cx_public_key(&self) -> Option<CxPublicKey> {
+        self.cx_key.as_ref().map(CxKey::public_key)
     }
 }
 

@@ -81,6 +81,7 @@ struct NodeSection {
     nonce_cache_capacity: Option<usize>,
     drain_timeout_ms: Option<u64>,
     state_dir: Option<PathBuf>,
+    confidentiality: Option<bool>,
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     no_cache: bool,
@@ -271,6 +272,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
         state_dir: node.state_dir.map(|dir| resolve(base, dir)),
+        confidentiality: node.confidentiality.unwrap_or(true),
         directory,
         admin,
         config_path: None,

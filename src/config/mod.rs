@@ -55,8 +55,11 @@ pub struct NodeConfig {
     pub nonce_capacity: usize,
     /// How long shutdown waits for in-flight tasks.
     pub drain_timeout: Duration,
-    /// Where the node id and directory credentials persist.
+    /// Where the node id, directory credentials and IICP-CX key persist.
     pub state_dir: Option<PathBuf>,
+    /// IICP-CX: advertise an X25519 key and accept encrypted tasks (default
+    /// on; default consumers send tasks only to nodes that do).
+    pub confidentiality: bool,
     /// The directory to join; `None` serves standalone.
     pub directory: Option<DirectorySettings>,
     /// Engine and artifact-cache settings.
@@ -128,6 +131,7 @@ impl NodeConfig {
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             state_dir: None,
+            confidentiality: true,
             directory: None,
             runtime: RuntimeSettings {
                 engine: EngineSettings {

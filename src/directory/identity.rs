@@ -1,10 +1,11 @@
 //! The node's identity and its directory credentials.
 //!
-//! The node id and the last `node_token`/`node_hmac_key` survive restarts in
-//! a state directory (directory 0700, files 0600), so the directory keeps
-//! the node's identity and `current_node_token` proves ownership when the
-//! node registers again. Stored credentials are used only with the same
-//! directory URL and node id they were issued for.
+//! The node id, the last `node_token`/`node_hmac_key` and the IICP-CX key
+//! survive restarts in a state directory (directory 0700, files 0600), so
+//! the directory keeps the node's identity, `current_node_token` proves
+//! ownership when the node registers again, and consumers holding the
+//! advertised CX key can still reach it. Stored credentials are used only
+//! with the same directory URL and node id they were issued for.
 //!
 //! Keys: every successful REGISTER replaces token and directory-issued key
 //! together. An operator-provisioned key (from the environment) is kept
@@ -20,10 +21,15 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::private_files;
+use crate::protocol::confidentiality::CxKey;
 
 const NODE_ID_FILE: &str = "node_id";
 const CREDENTIALS_FILE: &str = "directory.json";
+const CX_KEY_FILE: &str = "cx_key.json";
 const MAX_NODE_ID_BYTES: usize = 36;
 
 /// Live credentials, replaced atomically on every registration.
@@ -72,6 +78,13 @@ struct StoredCredentials {
     node_hmac_key: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct StoredCxKey {
+    algorithm: String,
+    /// The X25519 secret, base64url.
+    private_key: String,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -104,6 +117,32 @@ impl StateDir {
         Ok(node_id)
     }
 
+    /// The IICP-CX key: the stored one, else a new one stored for the next
+    /// start. A stored file that is not a key is an error naming the file,
+    /// never silently replaced: consumers know its public half.
+    pub fn cx_key(&self) -> std::io::Result<CxKey> {
+        let path = self.dir.join(CX_KEY_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => parse_cx_key(&bytes).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} is not an X25519 key file; restore it or delete it to make a new key",
+                    path.display()
+                ))
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key = CxKey::generate();
+                let stored = StoredCxKey {
+                    algorithm: "X25519".into(),
+                    private_key: URL_SAFE_NO_PAD.encode(key.secret_bytes()),
+                };
+                let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+                private_files::write(&path, &[&bytes])?;
+                Ok(key)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// The token and key last issued by `directory_url` to `node_id`.
     pub fn credentials(
         &self,
@@ -134,6 +173,14 @@ impl StateDir {
         let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
         private_files::write(&self.dir.join(CREDENTIALS_FILE), &[&bytes])
     }
+}
+
+fn parse_cx_key(bytes: &[u8]) -> Option<CxKey> {
+    let stored: StoredCxKey = serde_json::from_slice(bytes).ok()?;
+    let secret = URL_SAFE_NO_PAD.decode(stored.private_key).ok()?;
+    (stored.algorithm == "X25519")
+        .then(|| secret.try_into().ok().map(CxKey::from_secret_bytes))
+        .flatten()
 }
 
 /// The Rust directory's node id rule: ≤ 36 chars of `[A-Za-z0-9._:-]`,
@@ -188,15 +235,33 @@ mod tests {
             !stored.contains("operator"),
             "the operator key is never written"
         );
+        assert_private(&temp.join(CREDENTIALS_FILE));
+        fs::remove_dir_all(&temp).unwrap();
+    }
+
+    fn assert_private(path: &Path) {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(temp.join(CREDENTIALS_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
         }
+    }
+
+    #[test]
+    fn the_cx_key_persists_privately_and_a_damaged_file_is_refused() {
+        let temp = std::env::temp_dir().join(format!("iicp-state-cx-{}", std::process::id()));
+        let state = StateDir::open(&temp).unwrap();
+        let first = state.cx_key().unwrap();
+        assert_eq!(state.cx_key().unwrap().key_id(), first.key_id());
+        assert_private(&temp.join(CX_KEY_FILE));
+        fs::write(
+            temp.join(CX_KEY_FILE),
+            b"{\"algorithm\":\"X25519\",\"private_key\":\"AAAA\"}",
+        )
+        .unwrap();
+        let error = state.cx_key().unwrap_err().to_string();
+        assert!(error.contains(CX_KEY_FILE), "{error}");
         fs::remove_dir_all(&temp).unwrap();
     }
 

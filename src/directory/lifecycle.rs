@@ -24,6 +24,7 @@ use super::settings::DirectorySettings;
 use super::signing::challenge_response;
 use super::status::DirectoryStatus;
 use crate::metrics::{Metrics, TallyCounts};
+use crate::protocol::confidentiality::CxPublicKey;
 use crate::runtime::plugin::CapabilityInfo;
 
 /// Every timing of the directory relationship, in one table.
@@ -64,6 +65,8 @@ pub trait NodeView: Send + Sync + 'static {
     fn load(&self) -> (u32, u32);
     /// Task outcomes since the last call.
     fn drain_tally(&self) -> TallyCounts;
+    /// The IICP-CX key advertised, if the node accepts encrypted tasks.
+    fn cx_public_key(&self) -> Option<CxPublicKey>;
 }
 
 /// Exponential backoff with jitter (each wait in [d/2, d]).
@@ -240,11 +243,13 @@ impl Lifecycle {
         let credentials = snapshot(&self.credentials);
         let capabilities = self.node.capabilities();
         let (_, max_concurrent) = self.node.load();
+        let cx_public_key = self.node.cx_public_key();
         let facts = RegisterFacts {
             endpoint: &self.endpoint,
             region: &self.region,
             capabilities: &capabilities,
             max_concurrent,
+            cx_public_key: cx_public_key.as_ref(),
         };
         let answer = self
             .client

@@ -7,6 +7,7 @@ use super::identity::Credentials;
 use super::settings::{DirectorySettings, PricingSettings};
 use super::signing::{PricingSignature, sdk_pricing_signature, spec_pricing_signature};
 use crate::metrics::TallyCounts;
+use crate::protocol::confidentiality::CxPublicKey;
 use crate::runtime::plugin::CapabilityInfo;
 
 /// `max_tokens` advertised for a capability that declares no limit (the
@@ -30,6 +31,8 @@ pub struct RegisterFacts<'a> {
     pub capabilities: &'a [CapabilityInfo],
     /// Node-wide task slots.
     pub max_concurrent: u32,
+    /// The IICP-CX key, when encrypted tasks are accepted (§1.6).
+    pub cx_public_key: Option<&'a CxPublicKey>,
 }
 
 /// The REGISTER body. `current_node_token` proves ownership of the node id
@@ -72,6 +75,9 @@ pub fn register_body(
         "pricing".into(),
         pricing_block(&settings.pricing, credentials),
     );
+    if let Some(key) = facts.cx_public_key {
+        body.insert("cx_public_key".into(), json!(key));
+    }
     if let Some(policy) = &settings.policy {
         body.insert("policy".into(), json!(policy));
     }

@@ -8,6 +8,9 @@
 //!   plus `qos_class`, `retry_after_ms` and a `Retry-After` header (§10 #5);
 //! * replay: HTTP 409 `IICP-E011`, message `replay_detected`;
 //! * unknown intent: HTTP 404 `unknown_intent`;
+//! * IICP-CX failures: the SDK's 400 `IICP-CX-02`/`-03` and 500 `IICP-CX-04`
+//!   rather than the spec's 422 `IICP-E050`, which collides with a directory
+//!   code (§10 #13);
 //! * failures after a task was accepted also carry `task_id` and `status`
 //!   (`error` or `timeout`), which both the SDK clients and the spec read.
 
@@ -139,6 +142,32 @@ impl ApiError {
     /// 500 `internal_error`: a fault inside this node or a plugin bug.
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
         let mut error = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message);
+        error.retryable = Some(false);
+        error
+    }
+
+    /// 400 `IICP-CX-02`: an encrypted CALL that cannot be opened
+    /// (`protocol.md` §1.6; the SDK's code, see `confidentiality`).
+    pub fn cx_open_failed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "IICP-CX-02", message)
+    }
+
+    /// 400 `IICP-CX-03`: a sealed response asked for without an encrypted CALL.
+    pub fn cx_response_without_request() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "IICP-CX-03",
+            "cx_response_encryption is required but the task is not encrypted (iicp_conf)",
+        )
+    }
+
+    /// 500 `IICP-CX-04`: the response could not be sealed.
+    pub fn cx_seal_failed() -> Self {
+        let mut error = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "IICP-CX-04",
+            "the response could not be encrypted",
+        );
         error.retryable = Some(false);
         error
     }

@@ -1,6 +1,7 @@
 //! The IICP wire format as this node speaks it: task requests and responses,
-//! the error envelope and W3C trace context.
+//! the error envelope, W3C trace context and IICP-CX confidentiality.
 
+pub mod confidentiality;
 pub mod error;
 pub mod task;
 pub mod trace_context;

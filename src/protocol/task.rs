@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ApiError;
+use super::confidentiality::SealedResponse;
 
 /// Bounds on `constraints.timeout_ms` (`task.json`: 100..=300000).
 pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=300_000;
@@ -72,6 +73,8 @@ struct RawTask<'a> {
     #[serde(default, borrow)]
     iicp_conf: Option<&'a RawValue>,
     #[serde(default, borrow)]
+    cx_response_encryption: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     source_node_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     auth: Option<RawAuth<'a>>,
@@ -113,8 +116,14 @@ pub struct TaskRequest<'a> {
     pub task_id: Cow<'a, str>,
     /// The requested intent URN.
     pub intent: Cow<'a, str>,
-    /// The payload as JSON text (`null` when absent).
-    pub payload: &'a str,
+    /// The payload as JSON text (`null` when absent, and until an encrypted
+    /// CALL is opened).
+    pub payload: Cow<'a, str>,
+    /// The IICP-CX envelope carrying the payload, when the CALL is encrypted
+    /// (`payload` absent or null, as the SDK decides).
+    pub iicp_conf: Option<&'a RawValue>,
+    /// `cx_response_encryption: "required"`: the response must be sealed.
+    pub seal_response: bool,
     /// `constraints.timeout_ms`, if the consumer set it (already range-checked).
     pub timeout_ms: Option<u64>,
     /// `constraints.max_tokens`.
@@ -147,10 +156,10 @@ impl<'a> TaskRequest<'a> {
         if let Some(source) = &raw.source_node_id {
             check_id("source_node_id", source)?;
         }
-        if raw.payload.is_none() && raw.iicp_conf.is_some() {
-            return Err(ApiError::validation(
-                "encrypted payloads (iicp_conf) are not supported by this node; send payload in clear",
-            ));
+        let iicp_conf = raw.iicp_conf.filter(|_| raw.payload.is_none());
+        let seal_response = raw.cx_response_encryption.as_deref() == Some("required");
+        if seal_response && iicp_conf.is_none() {
+            return Err(ApiError::cx_response_without_request());
         }
         let constraints = raw.constraints.unwrap_or_default();
         if let Some(timeout) = constraints.timeout_ms
@@ -173,7 +182,9 @@ impl<'a> TaskRequest<'a> {
         Ok(TaskRequest {
             task_id: raw.task_id,
             intent: raw.intent,
-            payload: raw.payload.map_or("null", RawValue::get),
+            payload: Cow::Borrowed(raw.payload.map_or("null", RawValue::get)),
+            iicp_conf,
+            seal_response,
             timeout_ms: constraints.timeout_ms,
             max_tokens: constraints.max_tokens,
             model: constraints.model,
@@ -242,6 +253,20 @@ pub struct TaskSuccess<'a> {
     pub metrics: ResponseMetrics,
 }
 
+/// The 200 body of an encrypted CALL whose consumer asked for a sealed
+/// response: the whole [`TaskSuccess`] body is inside `iicp_conf_resp`.
+#[derive(Debug, Serialize)]
+pub struct EncryptedSuccess<'a> {
+    /// Echo of the CALL's task id.
+    pub task_id: &'a str,
+    /// Always `encrypted`.
+    pub status: &'static str,
+    /// The sealed response.
+    pub iicp_conf_resp: SealedResponse,
+    /// Always true, as the SDK node sends it.
+    pub generated_by_ai: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +316,22 @@ mod tests {
         assert!(
             code_of(r#"{"task_id":"t","intent":"i","constraints":{"qos":"fast"}}"#).contains("qos")
         );
+    }
+
+    #[test]
+    fn an_envelope_replaces_a_missing_payload_only() {
+        let encrypted = br#"{"task_id":"t","intent":"i","payload":null,"iicp_conf":{"v":1},
+            "cx_response_encryption":"required"}"#;
+        let task = TaskRequest::parse(encrypted).unwrap();
+        assert_eq!(task.iicp_conf.map(RawValue::get), Some(r#"{"v":1}"#));
+        assert!(task.seal_response);
+        let clear = br#"{"task_id":"t","intent":"i","payload":{},"iicp_conf":{"v":1}}"#;
+        assert!(TaskRequest::parse(clear).unwrap().iicp_conf.is_none());
+        let error = TaskRequest::parse(
+            br#"{"task_id":"t","intent":"i","payload":{},"cx_response_encryption":"required"}"#,
+        )
+        .unwrap_err();
+        assert_eq!((error.status().as_u16(), error.code()), (400, "IICP-CX-03"));
     }
 
     #[test]

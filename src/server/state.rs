@@ -10,6 +10,7 @@ use super::plugin_table::PluginTable;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::{Metrics, TaskTally};
+use crate::protocol::confidentiality::CxKey;
 use crate::runtime::Runtime;
 
 /// Who this node is.
@@ -43,4 +44,6 @@ pub struct AppState {
     pub directory: Option<Arc<DirectoryStatus>>,
     /// Credit receipts, when a directory is configured.
     pub receipts: Option<ReceiptQueue>,
+    /// The IICP-CX key that opens encrypted tasks, unless turned off.
+    pub cx_key: Option<CxKey>,
 }

@@ -1,9 +1,12 @@
 //! `POST /v1/task`: read and validate the CALL, route it to its plugin,
-//! admit it (slot, then nonce), run it in a fresh instance, answer.
+//! admit it (slot, then nonce), open it if encrypted, run it in a fresh
+//! instance, answer (sealed when the consumer asked).
 //!
 //! The order follows the reference node (`protocol.md` §1.3): the capacity
 //! gate comes before the nonce check, so a task refused with 429 does not
-//! burn its nonce. The `timeout_ms` budget runs from receipt of the request.
+//! burn its nonce, and decryption comes after both, so a flood at capacity
+//! costs no key agreement. The `timeout_ms` budget runs from receipt of the
+//! request.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,7 +26,10 @@ use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
 use crate::directory::receipts::ReceiptJob;
-use crate::protocol::task::{ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage};
+use crate::protocol::confidentiality::CxSession;
+use crate::protocol::task::{
+    EncryptedSuccess, ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage,
+};
 use crate::protocol::trace_context::TraceContext;
 use crate::protocol::{ApiError, json_response};
 use crate::runtime::bindings::ErrorKind;
@@ -59,14 +65,15 @@ pub async fn submit_task(
         }
     };
     let admitted = validate_span.in_scope(|| {
-        let task = TaskRequest::parse(&body)?;
+        let mut task = TaskRequest::parse(&body)?;
         validate_span.record("iicp.task_id", &*task.task_id);
         validate_span.record("iicp.intent", &*task.intent);
         let (route, slot) = admit(&state, &task, header_str(&headers, "authorization"))?;
         tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
-        Ok::<_, ApiError>((task, route, slot))
+        let session = open_encrypted(&state, &mut task)?;
+        Ok::<_, ApiError>((task, route, slot, session))
     });
-    let (task, route, slot) = match admitted {
+    let (task, route, slot, session) = match admitted {
         Ok(admitted) => admitted,
         Err(error) => {
             // The body may not even parse; trace only from the headers.
@@ -77,7 +84,7 @@ pub async fn submit_task(
         }
     };
     let trace = TraceContext::from_request(traceparent, tracestate, task.body_trace_id.as_deref());
-    let result = execute(&state, &task, &route, &trace, received).await;
+    let result = execute(&state, &task, &route, &trace, received, session.as_ref()).await;
     drop(slot);
     answer(result, &trace)
 }
@@ -171,12 +178,30 @@ fn admit(
     ))
 }
 
+/// Replaces an encrypted CALL's payload with its plaintext; the session
+/// seals the response.
+fn open_encrypted(
+    state: &AppState,
+    task: &mut TaskRequest<'_>,
+) -> Result<Option<CxSession>, ApiError> {
+    let Some(envelope) = task.iicp_conf else {
+        return Ok(None);
+    };
+    let key = state.cx_key.as_ref().ok_or_else(|| {
+        ApiError::cx_open_failed("this node accepts no encrypted tasks (IICP-CX is turned off)")
+    })?;
+    let (payload, session) = key.open(envelope, &task.task_id, &task.intent)?;
+    task.payload = payload.into();
+    Ok(task.seal_response.then_some(session))
+}
+
 async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,
     route: &Route,
     trace: &TraceContext,
     received: Instant,
+    session: Option<&CxSession>,
 ) -> Result<Response, ApiError> {
     let plugin = &route.entry.plugin;
     let timeout = task
@@ -185,7 +210,7 @@ async fn execute(
     let input = TaskInput {
         task_id: &task.task_id,
         intent: &task.intent,
-        payload: task.payload,
+        payload: &task.payload,
         timeout,
         max_tokens: task.max_tokens,
         model: task.model.as_deref(),
@@ -218,7 +243,7 @@ async fn execute(
                     querying_node_id: task.source_node_id.as_deref().map(str::to_string),
                 });
             }
-            Ok(success_response(&task.task_id, &success, latency))
+            success_response(&task.task_id, &success, latency, session)
         }
         Err(failure) => Err(failure_error(failure, timeout, task).for_task(&task.task_id)),
     }
@@ -277,7 +302,14 @@ fn record(
     }
 }
 
-fn success_response(task_id: &str, success: &TaskSuccess, latency: Duration) -> Response {
+/// The 200 body; sealed under `iicp_conf_resp` when a session asks for it
+/// (`protocol.md` §1.4: `status:"encrypted"`, no `result`).
+fn success_response(
+    task_id: &str,
+    success: &TaskSuccess,
+    latency: Duration,
+    session: Option<&CxSession>,
+) -> Result<Response, ApiError> {
     let usage = success.usage.map(|u| Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
@@ -294,7 +326,17 @@ fn success_response(task_id: &str, success: &TaskSuccess, latency: Duration) -> 
             tokens_used: usage.map_or(0, |u| u64::from(u.total_tokens)),
         },
     };
-    json_response(StatusCode::OK, &body)
+    let Some(session) = session else {
+        return Ok(json_response(StatusCode::OK, &body));
+    };
+    let plain = serde_json::to_vec(&body).map_err(|_| ApiError::cx_seal_failed())?;
+    let sealed = EncryptedSuccess {
+        task_id,
+        status: "encrypted",
+        iicp_conf_resp: session.seal(&plain, task_id)?,
+        generated_by_ai: true,
+    };
+    Ok(json_response(StatusCode::OK, &sealed))
 }
 
 /// Maps a failed task to the protocol's error codes.
