@@ -152,6 +152,9 @@ struct RunArgs {
     /// Most nonces remembered for replay protection [default: 1000000].
     #[arg(long)]
     nonce_cache_capacity: Option<usize>,
+    /// Tasks per browser Origin per minute; more get 429 IICP-E023; 0 turns it off [default: 120].
+    #[arg(long)]
+    origin_rate_limit: Option<u32>,
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
@@ -232,6 +235,9 @@ impl RunArgs {
         }
         if let Some(capacity) = self.nonce_cache_capacity {
             config.nonce_capacity = capacity;
+        }
+        if let Some(limit) = self.origin_rate_limit {
+            config.origin_rate_limit = limit;
         }
         if let Some(ms) = self.drain_timeout_ms {
             config.drain_timeout = Duration::from_millis(ms);

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub replays: IntCounter,
     /// `iicp_nonce_cache_full_total`.
     pub nonce_cache_full: IntCounter,
+    /// `iicp_origin_rate_limited_total`.
+    pub origin_rate_limited: IntCounter,
     /// `iicp_nonce_cache_entries` (set at scrape time).
     pub nonce_cache_entries: IntGauge,
     /// `iicp_active_jobs` (set at scrape time).
@@ -289,6 +291,11 @@ impl Metrics {
                 &r,
                 "iicp_nonce_cache_full_total",
                 "Nonced tasks refused because the replay cache was at its cap.",
+            ),
+            origin_rate_limited: counter(
+                &r,
+                "iicp_origin_rate_limited_total",
+                "Tasks refused because their Origin used its window.",
             ),
             nonce_cache_entries: gauge(
                 &r,

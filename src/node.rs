@@ -25,6 +25,7 @@ use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::AdmissionGate;
 use crate::server::nonce_cache::NonceCache;
+use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
 use crate::server::state::{AppState, NodeIdentity};
 
@@ -188,6 +189,7 @@ pub async fn run(
         plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
+        origin_limit: OriginLimiter::new(config.origin_rate_limit),
         metrics: metrics.clone(),
         tally: TaskTally::default(),
         max_body_bytes: config.max_body_bytes,

@@ -16,8 +16,9 @@ use serde::Deserialize;
 
 use super::{
     AdminSettings, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_REGION, MAX_CONCURRENT_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, PluginSpec, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_REGION,
+    MAX_CONCURRENT_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, TIMEOUT_MS_RANGE, check_range,
+    default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::settings::{
@@ -79,6 +80,7 @@ struct NodeSection {
     max_concurrent: Option<u32>,
     max_body_bytes: Option<usize>,
     nonce_cache_capacity: Option<usize>,
+    origin_rate_limit: Option<u32>,
     drain_timeout_ms: Option<u64>,
     state_dir: Option<PathBuf>,
     confidentiality: Option<bool>,
@@ -268,6 +270,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         max_concurrent,
         max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
+        origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
         drain_timeout: node
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),

@@ -29,6 +29,8 @@ pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Default cap on remembered nonces (~18 bytes each).
 pub const DEFAULT_NONCE_CAPACITY: usize = 1_000_000;
+/// Default tasks per `Origin` per minute (the SDK's 120).
+pub const DEFAULT_ORIGIN_RATE_LIMIT: u32 = 120;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default bound on draining at shutdown.
@@ -53,6 +55,8 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     /// Most nonces remembered inside the replay window.
     pub nonce_capacity: usize,
+    /// Tasks per browser `Origin` per minute; 0 turns the limit off.
+    pub origin_rate_limit: u32,
     /// How long shutdown waits for in-flight tasks.
     pub drain_timeout: Duration,
     /// Where the node id, directory credentials and IICP-CX key persist.
@@ -129,6 +133,7 @@ impl NodeConfig {
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
+            origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             state_dir: None,
             confidentiality: true,

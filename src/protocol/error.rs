@@ -113,6 +113,19 @@ impl ApiError {
         error
     }
 
+    /// 429 `IICP-E023`: this `Origin` used its task window (the SDK's code
+    /// and message).
+    pub fn origin_rate_limited(retry_after_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "IICP-E023",
+            "per-origin task rate limit exceeded",
+        );
+        error.retry_after_ms = Some(retry_after_ms);
+        error.retryable = Some(true);
+        error
+    }
+
     /// 504 `task_timeout`: the task did not finish inside its budget.
     pub fn task_timeout(budget_ms: u64) -> Self {
         let mut error = Self::new(

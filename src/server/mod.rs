@@ -3,6 +3,13 @@
 //! Every response that is not a success — unknown route, wrong method,
 //! oversized or malformed body, a panic in a handler — is the protocol's
 //! error envelope ([`crate::protocol::ApiError`]).
+//!
+//! Browser consumers call nodes directly, so every response carries the
+//! reference node's CORS headers (`protocol.md` §4.6: any origin, `GET`,
+//! `POST`, `OPTIONS`, preflight cached a day), plus the headers consumers
+//! send (`traceparent`, `tracestate`, `X-IICP-Consumer-Token`) and a
+//! readable `X-IICP-Trace-Id`. The per-Origin limit
+//! ([`origin_limit`]) tames pages that abuse this.
 
 pub mod access;
 pub mod admission;
@@ -10,6 +17,7 @@ pub mod body;
 pub mod health_route;
 pub mod metrics_route;
 pub mod nonce_cache;
+pub mod origin_limit;
 pub mod plugin_table;
 pub mod state;
 pub mod task_route;
@@ -17,13 +25,16 @@ pub mod task_route;
 use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{self, CorsLayer};
 
 use crate::protocol::ApiError;
 use state::AppState;
@@ -37,7 +48,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(cors_layer())
         .with_state(state)
+}
+
+fn cors_layer() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+            HeaderName::from_static("x-iicp-consumer-token"),
+        ])
+        .expose_headers([task_route::TRACE_ID_HEADER.clone()])
+        .max_age(Duration::from_secs(86_400))
 }
 
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {

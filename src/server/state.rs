@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use super::admission::AdmissionGate;
 use super::nonce_cache::NonceCache;
+use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub gate: AdmissionGate,
     /// Replay protection.
     pub nonces: NonceCache,
+    /// The per-Origin task limit, unless turned off.
+    pub origin_limit: Option<OriginLimiter>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Task outcomes for the directory's metrics batches.

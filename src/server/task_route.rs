@@ -2,7 +2,8 @@
 //! admit it (slot, then nonce), open it if encrypted, run it in a fresh
 //! instance, answer (sealed when the consumer asked).
 //!
-//! The order follows the reference node (`protocol.md` §1.3): the capacity
+//! The order follows the reference node (`protocol.md` §1.3): the
+//! per-Origin limit comes first, before the body is read; the capacity
 //! gate comes before the nonce check, so a task refused with 429 does not
 //! burn its nonce, and decryption comes after both, so a flood at capacity
 //! costs no key agreement. The `timeout_ms` budget runs from receipt of the
@@ -47,6 +48,16 @@ pub async fn submit_task(
     let received = Instant::now();
     let traceparent = header_str(&headers, "traceparent");
     let tracestate = header_str(&headers, "tracestate");
+    if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(&headers, "origin"))
+        && let Err(wait) = limiter.check(origin, received)
+    {
+        state.metrics.origin_rate_limited.inc();
+        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        return answer(
+            Err(ApiError::origin_rate_limited(retry_after_ms)),
+            &TraceContext::from_request(traceparent, tracestate, None),
+        );
+    }
     let validate_span = tracing::info_span!(
         "iicp.task.validate",
         iicp.task_id = Empty,
