@@ -89,9 +89,7 @@ impl ApiError {
             "capacity_exceeded",
         );
         error.qos_class = Some(qos_class);
-        error.retry_after_ms = Some(retry_after_ms);
-        error.retryable = Some(true);
-        error
+        error.retry_later(retry_after_ms)
     }
 
     /// 409 `IICP-E011` `replay_detected`: the nonce was seen inside the window.
@@ -103,27 +101,23 @@ impl ApiError {
     /// that are all still inside the window, so a new nonce cannot be
     /// remembered and is refused rather than risk accepting a replay later.
     pub fn nonce_cache_full(retry_after_ms: u64) -> Self {
-        let mut error = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "nonce_cache_full",
             "replay cache is full; retry later or send the task without a nonce",
-        );
-        error.retry_after_ms = Some(retry_after_ms);
-        error.retryable = Some(true);
-        error
+        )
+        .retry_later(retry_after_ms)
     }
 
     /// 429 `IICP-E023`: this `Origin` used its task window (the SDK's code
     /// and message).
     pub fn origin_rate_limited(retry_after_ms: u64) -> Self {
-        let mut error = Self::new(
+        Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "IICP-E023",
             "per-origin task rate limit exceeded",
-        );
-        error.retry_after_ms = Some(retry_after_ms);
-        error.retryable = Some(true);
-        error
+        )
+        .retry_later(retry_after_ms)
     }
 
     /// 504 `task_timeout`: the task did not finish inside its budget.
@@ -146,10 +140,8 @@ impl ApiError {
 
     /// 503 `unavailable`: temporarily unable to serve.
     pub fn unavailable(message: impl Into<Cow<'static, str>>, retry_after_ms: u64) -> Self {
-        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
-        error.retryable = Some(true);
-        error.retry_after_ms = Some(retry_after_ms);
-        error
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .retry_later(retry_after_ms)
     }
 
     /// 500 `internal_error`: a fault inside this node or a plugin bug.
@@ -202,6 +194,13 @@ impl ApiError {
             "method_not_allowed",
             "method not allowed on this route",
         )
+    }
+
+    /// Retryable, after `retry_after_ms` (also sent as `Retry-After`).
+    fn retry_later(mut self, retry_after_ms: u64) -> Self {
+        self.retry_after_ms = Some(retry_after_ms);
+        self.retryable = Some(true);
+        self
     }
 
     /// Sets whether the consumer may retry.
