@@ -70,6 +70,9 @@ struct Window {
 
 /// Nonces stay unique across runs against the same server.
 static NONCE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+/// Read once: `std::process::id` is a system call on every use, and only
+/// the nonce variant would pay it.
+static PROCESS_ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn request_bytes(variant: Variant, connection: usize, sequence: u64) -> Vec<u8> {
     let mut body = format!(
@@ -79,7 +82,7 @@ fn request_bytes(variant: Variant, connection: usize, sequence: u64) -> Vec<u8> 
         let nonce = NONCE_SEQUENCE.fetch_add(1, Ordering::Relaxed);
         body.push_str(&format!(
             r#","nonce":"bench-{}-{nonce}""#,
-            std::process::id()
+            PROCESS_ID.get_or_init(std::process::id)
         ));
     }
     body.push('}');
