@@ -104,7 +104,7 @@ fn view(entry: &PluginEntry) -> PluginView<'_> {
         limits: json!({
             "max_concurrent": entry.gate.capacity(),
             "memory_mb": limits.memory_bytes >> 20,
-            "timeout_ms": limits.default_timeout.as_millis() as u64,
+            "timeout_ms": crate::clock::whole_ms(limits.default_timeout),
             "max_output_bytes": limits.max_output_bytes,
             "instance_reuse": limits.instance_reuse,
         }),

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod metrics;

@@ -145,7 +145,7 @@ pub async fn run(
             sha256 = %plugin.sha256,
             intents = ?entry.capabilities.iter().map(|c| c.intent.as_str()).collect::<Vec<_>>(),
             cached = matches!(plugin.cache, crate::runtime::cache::CacheOutcome::Hit),
-            load_ms = plugin.load_time.as_millis() as u64,
+            load_ms = crate::clock::whole_ms(plugin.load_time),
             "plugin loaded"
         );
     }

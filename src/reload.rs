@@ -12,12 +12,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use crate::clock::now_unix_ms;
 use crate::config::{NodeConfig, PluginSpec};
+use crate::runtime::artifact::plugin_sha256;
 use crate::runtime::plugin::LoadedPlugin;
 use crate::server::plugin_table::{PluginEntry, PluginTable};
 use crate::server::state::AppState;
@@ -62,16 +63,8 @@ pub struct Reloader {
     last: Mutex<Option<ReloadReport>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn file_sha256(path: &Path) -> Option<String> {
-    std::fs::read(path)
-        .ok()
-        .map(|bytes| hex::encode(Sha256::digest(bytes)))
+    std::fs::read(path).ok().map(|bytes| plugin_sha256(&bytes))
 }
 
 /// The node-level settings that differ, by name.
@@ -161,7 +154,7 @@ impl Reloader {
                     .inc();
                 tracing::error!(%error, "reload failed; the previous plugins keep serving");
                 ReloadReport {
-                    at_unix_ms: now_ms(),
+                    at_unix_ms: now_unix_ms(),
                     in_flight: self.state.gate.active(),
                     prepare_ms: started.elapsed().as_secs_f64() * 1000.0,
                     error: Some(error),
@@ -223,7 +216,7 @@ impl Reloader {
         )?;
         let report = ReloadReport {
             ok: true,
-            at_unix_ms: now_ms(),
+            at_unix_ms: now_unix_ms(),
             loaded,
             kept,
             removed,

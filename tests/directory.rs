@@ -82,12 +82,24 @@ async fn wait_heartbeats(fake: &FakeDirectory, count: usize) {
     assert!(reached, "fewer than {count} heartbeats arrived");
 }
 
+/// A node configured for `fake` (`extra` lines in `[directory]`), once it
+/// has sent `heartbeats` heartbeats. The directory holds its config file,
+/// so keep it as long as the node.
+async fn join_directory(
+    fake: &FakeDirectory,
+    extra: &str,
+    heartbeats: usize,
+) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_config(&write_config(dir.path(), fake, extra), &[]);
+    wait_heartbeats(fake, heartbeats).await;
+    (dir, node)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registers_with_the_full_payload_then_heartbeats_with_bearer_at_the_asked_cadence() {
     let fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 5).await;
+    let (_dir, node) = join_directory(&fake, "", 5).await;
 
     let registers = fake.requests("/v1/register");
     assert_eq!(registers.len(), 1);
@@ -171,9 +183,7 @@ async fn registers_with_the_full_payload_then_heartbeats_with_bearer_at_the_aske
 async fn metrics_batches_report_tasks_and_are_resent_until_acknowledged() {
     let fake = FakeDirectory::start().await;
     fake.state.lock().unwrap().accept_batches = false;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 1).await;
+    let (_dir, node) = join_directory(&fake, "", 1).await;
     for i in 0..3 {
         assert_eq!(post_task(&node, &chat_task(&format!("b-{i}"))).await.0, 200);
     }
@@ -217,9 +227,7 @@ async fn metrics_batches_report_tasks_and_are_resent_until_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_makes_the_node_register_again_with_its_current_token() {
     let fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 2).await;
+    let (_dir, node) = join_directory(&fake, "", 2).await;
     let node_id = fake.requests("/v1/register")[0].body["node_id"]
         .as_str()
         .unwrap()
@@ -244,9 +252,7 @@ async fn a_401_makes_the_node_register_again_with_its_current_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_are_served_through_an_outage_and_the_node_registers_again() {
     let mut fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 2).await;
+    let (_dir, node) = join_directory(&fake, "", 2).await;
     fake.stop().await;
     for i in 0..5 {
         let (status, _, body) = post_task(&node, &chat_task(&format!("outage-{i}"))).await;
@@ -285,9 +291,7 @@ async fn tasks_are_served_through_an_outage_and_the_node_registers_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_garbage_and_oversized_answers_are_failures_not_crashes() {
     let fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 1).await;
+    let (_dir, node) = join_directory(&fake, "", 1).await;
     for knob in ["slow", "garbage", "oversized"] {
         {
             let mut state = fake.state.lock().unwrap();
@@ -336,9 +340,7 @@ async fn slow_garbage_and_oversized_answers_are_failures_not_crashes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn credit_receipts_are_signed_and_never_slow_tasks() {
     let fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_config(&write_config(dir.path(), &fake, "receipt_queue = 2"), &[]);
-    wait_heartbeats(&fake, 1).await;
+    let (_dir, node) = join_directory(&fake, "receipt_queue = 2", 1).await;
     let mut with_source = chat_task("r-0");
     with_source["source_node_id"] = json!("consumer-node-7");
     assert_eq!(post_task(&node, &with_source).await.0, 200);
@@ -422,9 +424,7 @@ async fn an_operator_key_signs_pricing_while_challenges_use_the_directory_key() 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_deregisters_after_draining() {
     let fake = FakeDirectory::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
-    wait_heartbeats(&fake, 1).await;
+    let (_dir, mut node) = join_directory(&fake, "", 1).await;
     let node_id = fake.requests("/v1/register")[0].body["node_id"]
         .as_str()
         .unwrap()

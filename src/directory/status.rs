@@ -2,9 +2,10 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::clock::now_unix_ms;
 
 /// Shared, updated by the lifecycle, read by the health route.
 #[derive(Debug)]
@@ -60,9 +61,7 @@ impl DirectoryStatus {
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = now_unix_ms();
         let text = result.map_or_else(|why| why, |()| "ok".to_string());
         *self
             .last_heartbeat

@@ -61,6 +61,12 @@ pub(super) fn precompile(engine: &Engine, path: &Path) -> Result<Vec<u8>, LoadEr
         .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))
 }
 
+/// A plugin file's identity: the hex SHA-256 of its bytes. It keys the
+/// artifact cache, and a reload keeps a plugin whose file still has it.
+pub fn plugin_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Reads and compiles a plugin: a `.wasm` component through the artifact
 /// cache, or a compiled artifact from `iicp-host compile` as it is.
 ///
@@ -73,7 +79,7 @@ pub(super) fn read_and_compile(
     path: &Path,
 ) -> Result<(Component, String, CacheOutcome), LoadError> {
     let bytes = read(path)?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = plugin_sha256(&bytes);
     match file_kind(&bytes) {
         FileKind::Component => {
             let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)

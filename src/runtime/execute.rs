@@ -3,7 +3,7 @@
 //! [`TaskFailure`] the server can map to a protocol error.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::value::RawValue;
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
@@ -13,6 +13,7 @@ use super::plugin::LoadedPlugin;
 use super::reuse::{InstancePool, WarmInstance};
 use super::store::{begin_task, task_store};
 use super::teardown::Teardown;
+use crate::clock::unix_ms;
 use crate::protocol::task::Qos as WireQos;
 
 /// One task as the runtime needs it; the server has validated every field.
@@ -195,8 +196,7 @@ pub async fn run_task(
 fn to_wit_task(input: &TaskInput<'_>) -> Task {
     let deadline_unix_ms = SystemTime::now()
         .checked_add(input.deadline.saturating_duration_since(Instant::now()))
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        .map_or(0, unix_ms);
     Task {
         task_id: input.task_id.to_string(),
         intent: input.intent.to_string(),

@@ -26,6 +26,7 @@ use super::body::read_limited;
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
+use crate::clock::whole_ms;
 use crate::directory::receipts::ReceiptJob;
 use crate::protocol::confidentiality::CxSession;
 use crate::protocol::task::{
@@ -48,15 +49,18 @@ pub async fn submit_task(
     let received = Instant::now();
     let traceparent = header_str(&headers, "traceparent");
     let tracestate = header_str(&headers, "tracestate");
+    // Before a task is parsed, the trace comes from the headers only.
+    let refuse = |error: ApiError| {
+        answer(
+            Err(error),
+            &TraceContext::from_request(traceparent, tracestate, None),
+        )
+    };
     if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(&headers, "origin"))
         && let Err(wait) = limiter.check(origin, received)
     {
         state.metrics.origin_rate_limited.inc();
-        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        return answer(
-            Err(ApiError::origin_rate_limited(retry_after_ms)),
-            &TraceContext::from_request(traceparent, tracestate, None),
-        );
+        return refuse(ApiError::origin_rate_limited(whole_ms(wait)));
     }
     let validate_span = tracing::info_span!(
         "iicp.task.validate",
@@ -68,12 +72,7 @@ pub async fn submit_task(
         .await
     {
         Ok(body) => body,
-        Err(error) => {
-            return answer(
-                Err(error),
-                &TraceContext::from_request(traceparent, tracestate, None),
-            );
-        }
+        Err(error) => return refuse(error),
     };
     let admitted = validate_span.in_scope(|| {
         let mut task = TaskRequest::parse(&body)?;
@@ -86,13 +85,7 @@ pub async fn submit_task(
     });
     let (task, route, slot, session) = match admitted {
         Ok(admitted) => admitted,
-        Err(error) => {
-            // The body may not even parse; trace only from the headers.
-            return answer(
-                Err(error),
-                &TraceContext::from_request(traceparent, tracestate, None),
-            );
-        }
+        Err(error) => return refuse(error),
     };
     let trace = TraceContext::from_request(traceparent, tracestate, task.body_trace_id.as_deref());
     let result = execute(&state, &task, &route, &trace, received, session.as_ref()).await;
@@ -175,8 +168,7 @@ fn admit(
             }
             NonceCheck::Full { retry_after } => {
                 state.metrics.nonce_cache_full.inc();
-                let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-                return Err(ApiError::nonce_cache_full(retry_after_ms));
+                return Err(ApiError::nonce_cache_full(whole_ms(retry_after)));
             }
         }
     }
@@ -240,10 +232,7 @@ async fn execute(
     let (outcome, report) = state.runtime.run_task(plugin, input).instrument(span).await;
     let latency = received.elapsed();
     record(route, &outcome, &report, latency, &task.task_id);
-    state.tally.record(
-        outcome.is_ok(),
-        u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
-    );
+    state.tally.record(outcome.is_ok(), whole_ms(latency));
     match outcome {
         Ok(success) => {
             if let Some(receipts) = &state.receipts {
@@ -333,7 +322,7 @@ fn success_response(
         usage,
         model_used: success.model_used.as_deref(),
         metrics: ResponseMetrics {
-            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            latency_ms: whole_ms(latency),
             tokens_used: usage.map_or(0, |u| u64::from(u.total_tokens)),
         },
     };
@@ -352,7 +341,7 @@ fn success_response(
 
 /// Maps a failed task to the protocol's error codes.
 fn failure_error(failure: TaskFailure, timeout: Duration, task: &TaskRequest<'_>) -> ApiError {
-    let budget_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let budget_ms = whole_ms(timeout);
     match failure {
         TaskFailure::Timeout => ApiError::task_timeout(budget_ms),
         TaskFailure::MemoryLimit { cap_mib } => ApiError::backend_error(
