@@ -71,13 +71,7 @@ fn start(config: &Path, env: &[(&str, &str)]) -> Node {
 }
 
 async fn reload(node: &Node) -> (u16, Value) {
-    admin(
-        node,
-        reqwest::Method::POST,
-        "/admin/reload",
-        Some(ADMIN_TOKEN),
-    )
-    .await
+    operator(node, reqwest::Method::POST, "/admin/reload").await
 }
 
 async fn admin(
@@ -93,6 +87,11 @@ async fn admin(
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// The admin API with the operator's token.
+async fn operator(node: &Node, method: reqwest::Method, path: &str) -> (u16, Value) {
+    admin(node, method, path, Some(ADMIN_TOKEN)).await
 }
 
 fn chat(id: &str) -> Value {
@@ -247,13 +246,7 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
     );
     assert_eq!(post_task(&node, &chat("count")).await.0, 200);
 
-    let (status, list) = admin(
-        &node,
-        reqwest::Method::GET,
-        "/admin/plugins",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
     assert_eq!(status, 200, "{list}");
     let echo = &list["plugins"][0];
     assert_eq!(echo["id"], "echo");
@@ -269,13 +262,8 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
     assert_eq!(tools["limits"]["memory_mb"], 32);
     assert_eq!(tools["limits"]["timeout_ms"], 2000);
 
-    let (status, drained) = admin(
-        &node,
-        reqwest::Method::POST,
-        "/admin/plugins/echo/drain",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, drained) =
+        operator(&node, reqwest::Method::POST, "/admin/plugins/echo/drain").await;
     assert_eq!((status, drained["draining"].clone()), (200, json!(true)));
     let (status, _, body) = post_task(&node, &chat("drained")).await;
     assert_eq!(status, 503, "{body}");
@@ -284,23 +272,12 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
         post_task(&node, &task("t", &case("ok"), json!(1))).await.0,
         200
     );
-    admin(
-        &node,
-        reqwest::Method::POST,
-        "/admin/plugins/echo/resume",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    operator(&node, reqwest::Method::POST, "/admin/plugins/echo/resume").await;
     assert_eq!(post_task(&node, &chat("resumed")).await.0, 200);
     assert_eq!(
-        admin(
-            &node,
-            reqwest::Method::POST,
-            "/admin/plugins/nope/drain",
-            Some(ADMIN_TOKEN)
-        )
-        .await
-        .0,
+        operator(&node, reqwest::Method::POST, "/admin/plugins/nope/drain")
+            .await
+            .0,
         404
     );
 }
@@ -441,13 +418,7 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
         "{body}"
     );
     assert_eq!(version_of(&node).await, "1");
-    let (_, list) = admin(
-        &node,
-        reqwest::Method::GET,
-        "/admin/plugins",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (_, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
     assert_eq!(list["last_reload"]["ok"], false);
     assert!(
         metrics(&node)
@@ -621,13 +592,7 @@ async fn the_example_configuration_starts_and_registers() {
     assert_eq!(register["limits"]["max_concurrent"], 64);
     assert_eq!(register["policy"]["max_concurrent_remote"], 2);
     assert_eq!(register["transport_method"], "direct");
-    let (status, list) = admin(
-        &node,
-        reqwest::Method::GET,
-        "/admin/plugins",
-        Some(ADMIN_TOKEN),
-    )
-    .await;
+    let (status, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
     assert_eq!(status, 200);
     assert_eq!(list["plugins"][1]["tenants"], json!(["acme", "globex"]));
 }
