@@ -1,0 +1,183 @@
+//! Starting and stopping a node, as a sequence of named phases (see
+//! [`run`]): each module below is one phase, so a new capability joins the
+//! node with one call in the right place.
+//!
+//! * [`identity`] — state directory, node id, IICP-CX key;
+//! * [`plugins`] — the runtime and every plugin, checked before binding;
+//! * [`listeners`] — the public and admin sockets;
+//! * [`directory_join`] — the directory client, credentials and receipts;
+//! * [`serving`] — the servers, the directory link, reloads, then the drain.
+
+pub mod directory_join;
+pub mod identity;
+pub mod listeners;
+pub mod plugins;
+pub mod serving;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use self::directory_join::DirectoryJoin;
+use self::identity::Identity;
+use self::listeners::Listeners;
+use crate::config::{NONCE_WINDOW, NodeConfig};
+use crate::directory::lifecycle::NodeView;
+use crate::metrics::{Metrics, TallyCounts, TaskTally};
+use crate::protocol::confidentiality::{CxKey, CxPublicKey};
+use crate::reload::ConfigSource;
+use crate::runtime::Runtime;
+use crate::runtime::plugin::CapabilityInfo;
+use crate::runtime::plugin::LoadError;
+use crate::server::admission::AdmissionGate;
+use crate::server::nonce_cache::NonceCache;
+use crate::server::origin_limit::OriginLimiter;
+use crate::server::plugin_table::PluginTable;
+use crate::server::state::{AppState, NodeIdentity};
+
+/// Why the node could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The Wasm engine could not be built.
+    Runtime(String),
+    /// A plugin could not be loaded.
+    Plugin(LoadError),
+    /// The configuration is inconsistent.
+    Config(String),
+    /// The state directory cannot be used.
+    State(PathBuf, std::io::Error),
+    /// The listen address could not be bound.
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Runtime(why) => write!(f, "cannot start the WebAssembly runtime: {why}"),
+            StartError::Plugin(error) => error.fmt(f),
+            StartError::Config(why) => f.write_str(why),
+            StartError::State(dir, error) => {
+                write!(f, "cannot use state directory {}: {error}", dir.display())
+            }
+            StartError::Bind(addr, error) => write!(f, "cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the node until `shutdown` resolves, then drains and returns.
+/// `reload_source` re-reads the configuration for hot reloads (SIGHUP,
+/// `POST /admin/reload`); without it, reloads re-read `config` as given.
+///
+/// The phases, in order: identity → runtime and plugins → listeners →
+/// directory preparation → shared state → serving (public API, directory
+/// link, reloads, admin API) → drain. Anything that fails before serving
+/// refuses the start, before the node is announced anywhere.
+pub async fn run(
+    config: NodeConfig,
+    reload_source: Option<ConfigSource>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let mut identity = Identity::establish(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let (runtime, table) = plugins::load(&config, &metrics).await?;
+    let listeners = Listeners::bind(&config).await?;
+    plugins::log_loaded(&table);
+    let directory = DirectoryJoin::prepare(&config, &identity, &metrics)?;
+    let cx_key = identity.cx_key.take();
+    let state = shared_state(
+        &config,
+        &identity,
+        cx_key,
+        runtime,
+        table,
+        &metrics,
+        directory.as_ref(),
+    );
+    let mut serving = serving::start(
+        &config,
+        &identity,
+        listeners,
+        state,
+        directory,
+        reload_source,
+    )?;
+    serving.until(shutdown).await?;
+    serving.drain(&config).await;
+    Ok(())
+}
+
+/// The state every route shares.
+fn shared_state(
+    config: &NodeConfig,
+    identity: &Identity,
+    cx_key: Option<CxKey>,
+    runtime: Runtime,
+    table: PluginTable,
+    metrics: &Arc<Metrics>,
+    directory: Option<&DirectoryJoin>,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        node: NodeIdentity {
+            node_id: identity.node_id.clone(),
+            region: config.region.clone(),
+        },
+        runtime: Arc::new(runtime),
+        plugins: ArcSwap::from_pointee(table),
+        gate: AdmissionGate::new(config.max_concurrent),
+        nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
+        origin_limit: OriginLimiter::new(config.origin_rate_limit),
+        metrics: metrics.clone(),
+        tally: TaskTally::default(),
+        max_body_bytes: config.max_body_bytes,
+        directory: directory.map(|join| join.status.clone()),
+        receipts: directory.map(|join| join.receipts.clone()),
+        cx_key,
+    })
+}
+
+impl NodeView for AppState {
+    fn capabilities(&self) -> Vec<CapabilityInfo> {
+        self.plugins.load().capabilities().cloned().collect()
+    }
+
+    fn load(&self) -> (u32, u32) {
+        (self.gate.active(), self.gate.capacity())
+    }
+
+    fn drain_tally(&self) -> TallyCounts {
+        self.tally.drain()
+    }
+
+    fn cx_public_key(&self) -> Option<CxPublicKey> {
+        self.cx_key.as_ref().map(CxKey::public_key)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

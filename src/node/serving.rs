@@ -1,0 +1,183 @@
+//! The serving phase: the public API, the directory link, hot reloads
+//! (SIGHUP and the admin API), and at shutdown the drain — stop announcing,
+//! stop accepting, let in-flight tasks finish within a bound, deregister.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::StartError;
+use super::directory_join::DirectoryJoin;
+use super::identity::Identity;
+use super::listeners::Listeners;
+use crate::config::NodeConfig;
+use crate::directory::DirectoryLink;
+use crate::protocol::confidentiality::CxKey;
+use crate::reload::{ConfigSource, Reloader};
+use crate::server::state::AppState;
+
+type ServerTask = JoinHandle<std::io::Result<()>>;
+
+/// A node that serves.
+pub struct Serving {
+    state: Arc<AppState>,
+    local_addr: SocketAddr,
+    server: ServerTask,
+    admin: Option<ServerTask>,
+    link: Option<Arc<DirectoryLink>>,
+    hangups: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts serving on `listeners`.
+pub fn start(
+    config: &NodeConfig,
+    identity: &Identity,
+    listeners: Listeners,
+    state: Arc<AppState>,
+    directory: Option<DirectoryJoin>,
+    reload_source: Option<ConfigSource>,
+) -> Result<Serving, StartError> {
+    let local_addr = listeners.public_addr;
+    tracing::info!(
+        addr = %local_addr,
+        node_id = %identity.node_id,
+        allocator = state.runtime.allocator().as_str(),
+        max_concurrent = config.max_concurrent,
+        cx_key_id = state.cx_key.as_ref().map(CxKey::key_id),
+        "listening"
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::server::serve(
+        listeners.public,
+        crate::server::router(state.clone()),
+        stopped(stop_rx.clone()),
+    ));
+    let link = directory.map(|join| {
+        Arc::new(join.start(config, identity, local_addr, &state.metrics, state.clone()))
+    });
+    let reloader = reloader(config, reload_source, &state, link.clone());
+    let admin = match (listeners.admin, &config.admin) {
+        (Some(listener), Some(settings)) => {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::Bind(settings.listen, e))?;
+            tracing::info!(%addr, "admin API listening");
+            let router = crate::admin::router(state.clone(), reloader.clone(), &settings.token);
+            Some(tokio::spawn(crate::server::serve(
+                listener,
+                router,
+                stopped(stop_rx),
+            )))
+        }
+        _ => None,
+    };
+    let hangups = tokio::spawn(reload_on_hangup(reloader));
+    Ok(Serving {
+        state,
+        local_addr,
+        server,
+        admin,
+        link,
+        hangups,
+        stop,
+    })
+}
+
+impl Serving {
+    /// Serves until `shutdown` resolves. Errs only if the server stopped by
+    /// itself (an accept-loop failure).
+    pub async fn until(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        tokio::select! {
+            finished = &mut self.server => {
+                let error = match finished {
+                    Ok(Ok(())) => "server stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                Err(StartError::Bind(self.local_addr, std::io::Error::other(error)))
+            }
+            () = shutdown => Ok(()),
+        }
+    }
+
+    /// Stops announcing and accepting, waits for in-flight tasks (bounded by
+    /// the drain timeout), then deregisters.
+    pub async fn drain(self, config: &NodeConfig) {
+        self.hangups.abort();
+        tracing::info!(
+            active_jobs = self.state.gate.active(),
+            "shutting down: no new connections, draining in-flight tasks"
+        );
+        if let Some(link) = &self.link {
+            link.stop().await;
+        }
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(config.drain_timeout, self.server).await {
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => tracing::warn!(
+                abandoned = self.state.gate.active(),
+                "drain timeout reached; abandoning tasks still running"
+            ),
+        }
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
+        if let Some(link) = &self.link {
+            link.deregister().await;
+        }
+        tracing::info!("bye");
+    }
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// The reloader: re-reads `reload_source` (or the starting configuration)
+/// and tells the directory link when the served intents change.
+fn reloader(
+    config: &NodeConfig,
+    reload_source: Option<ConfigSource>,
+    state: &Arc<AppState>,
+    link: Option<Arc<DirectoryLink>>,
+) -> Arc<Reloader> {
+    let fixed = config.clone();
+    let source = reload_source.unwrap_or_else(|| Arc::new(move || Ok(fixed.clone())));
+    Arc::new(Reloader::new(
+        source,
+        config.clone(),
+        state.clone(),
+        Box::new(move || {
+            if let Some(link) = &link {
+                link.capabilities_changed();
+            }
+        }),
+    ))
+}
+
+/// Reloads on every SIGHUP.
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the admin API only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            reloader.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
+}
