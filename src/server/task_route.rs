@@ -46,9 +46,22 @@ pub async fn submit_task(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received = Instant::now();
-    let traceparent = header_str(&headers, "traceparent");
-    let tracestate = header_str(&headers, "tracestate");
+    serve_task(&state, &headers, body, Instant::now()).await
+}
+
+/// Serves one CALL, from whichever entry received it: the `POST /v1/task`
+/// route, or a task the relay worker pulled (`crate::relay::worker`), so
+/// both take exactly the same steps. `received` is when the consumer's
+/// request reached the mesh: the `timeout_ms` budget and the latency run
+/// from it.
+pub async fn serve_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Response {
+    let traceparent = header_str(headers, "traceparent");
+    let tracestate = header_str(headers, "tracestate");
     // Before a task is parsed, the trace comes from the headers only.
     let refuse = |error: ApiError| {
         answer(
@@ -56,7 +69,7 @@ pub async fn submit_task(
             &TraceContext::from_request(traceparent, tracestate, None),
         )
     };
-    if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(&headers, "origin"))
+    if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(headers, "origin"))
         && let Err(wait) = limiter.check(origin, received)
     {
         state.metrics.origin_rate_limited.inc();
@@ -67,7 +80,7 @@ pub async fn submit_task(
         iicp.task_id = Empty,
         iicp.intent = Empty
     );
-    let body = match read_limited(body, &headers, state.max_body_bytes)
+    let body = match read_limited(body, headers, state.max_body_bytes)
         .instrument(validate_span.clone())
         .await
     {
@@ -78,9 +91,9 @@ pub async fn submit_task(
         let mut task = TaskRequest::parse(&body)?;
         validate_span.record("iicp.task_id", &*task.task_id);
         validate_span.record("iicp.intent", &*task.intent);
-        let (route, slot) = admit(&state, &task, header_str(&headers, "authorization"))?;
+        let (route, slot) = admit(state, &task, header_str(headers, "authorization"))?;
         tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
-        let session = open_encrypted(&state, &mut task)?;
+        let session = open_encrypted(state, &mut task)?;
         Ok::<_, ApiError>((task, route, slot, session))
     });
     let (task, route, slot, session) = match admitted {
@@ -88,7 +101,7 @@ pub async fn submit_task(
         Err(error) => return refuse(error),
     };
     let trace = TraceContext::from_request(traceparent, tracestate, task.body_trace_id.as_deref());
-    let result = execute(&state, &task, &route, &trace, received, session.as_ref()).await;
+    let result = execute(state, &task, &route, &trace, received, session.as_ref()).await;
     drop(slot);
     answer(result, &trace)
 }
