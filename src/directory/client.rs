@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -146,12 +146,7 @@ impl DirectoryClient {
             .await
             .map_err(|e| DirectoryError::Network(describe(&e)))?;
         let status = response.status();
-        let retry_after_header = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after_header = response.headers().get(RETRY_AFTER).cloned();
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -165,19 +160,45 @@ impl DirectoryClient {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
-        if status.is_success() {
-            return match json {
-                Some(value) => Ok(value),
-                None if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
-                None => Err(DirectoryError::BadResponse(format!(
-                    "HTTP {} with a body that is not JSON",
-                    status.as_u16()
-                ))),
-            };
-        }
-        Err(status_error(status, json.as_ref(), retry_after_header))
+        read_answer(status, retry_after_header.as_ref(), &bytes)
     }
+}
+
+/// Reads a directory answer: a success status with a JSON body (or none) is
+/// the body; an error status is a [`DirectoryError::Status`] with whatever
+/// the body and `Retry-After` explain; anything else is a
+/// [`DirectoryError::BadResponse`].
+pub fn read_answer(
+    status: StatusCode,
+    retry_after_header: Option<&HeaderValue>,
+    bytes: &[u8],
+) -> Result<Value, DirectoryError> {
+    let json: Option<Value> = serde_json::from_slice(bytes).ok();
+    if status.is_success() {
+        return match json {
+            Some(value) => Ok(value),
+            None if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
+            None => Err(DirectoryError::BadResponse(format!(
+                "HTTP {} with a body that is not JSON",
+                status.as_u16()
+            ))),
+        };
+    }
+    Err(status_error(
+        status,
+        json.as_ref(),
+        retry_after_header.and_then(parse_retry_after),
+    ))
+}
+
+/// A `Retry-After` header in delta-seconds; an HTTP-date is not honoured
+/// (directories send seconds), nor is anything unparsable.
+pub fn parse_retry_after(header: &HeaderValue) -> Option<Duration> {
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 fn status_error(
@@ -242,8 +263,7 @@ mod tests {
     use super::*;
 
     fn parse(status: u16, body: &str) -> DirectoryError {
-        let json: Option<Value> = serde_json::from_str(body).ok();
-        status_error(StatusCode::from_u16(status).unwrap(), json.as_ref(), None)
+        read_answer(StatusCode::from_u16(status).unwrap(), None, body.as_bytes()).unwrap_err()
     }
 
     #[test]
@@ -275,5 +295,39 @@ mod tests {
         assert_eq!(garbage.to_string(), "directory answered HTTP 502");
         assert!(parse(404, r#"{"error":{"code":"IICP-E003"}}"#).needs_registration());
         assert!(parse(410, "").needs_registration());
+    }
+
+    #[test]
+    fn success_bodies_and_retry_after() {
+        let ok = |body: &str| read_answer(StatusCode::OK, None, body.as_bytes());
+        assert_eq!(ok(r#"{"ok":true}"#), Ok(serde_json::json!({"ok": true})));
+        assert_eq!(ok(" \n"), Ok(Value::Null));
+        assert!(matches!(ok("<html>"), Err(DirectoryError::BadResponse(_))));
+
+        let retry = |header: &'static str, body: &str| {
+            let header = HeaderValue::from_static(header);
+            match read_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&header),
+                body.as_bytes(),
+            ) {
+                Err(DirectoryError::Status { retry_after, .. }) => retry_after,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(retry(" 7 ", ""), Some(Duration::from_secs(7)));
+        // The header wins over the body; an HTTP-date or garbage is ignored.
+        assert_eq!(
+            retry("3", r#"{"retry_after":60}"#),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry(
+                "Wed, 21 Oct 2015 07:28:00 GMT",
+                r#"{"retry_after_ms":1500}"#
+            ),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(retry("-1", ""), None);
     }
 }

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use super::answers::{Pong, Registration};
 use super::client::{DirectoryClient, DirectoryError};
-use super::identity::{SharedCredentials, StateDir, snapshot, valid_node_id};
+use super::identity::{SharedCredentials, StateDir, snapshot};
 use super::payload::{BatchTracker, HeartbeatFacts, RegisterFacts, heartbeat_body, register_body};
 use super::settings::DirectorySettings;
 use super::signing::challenge_response;
@@ -90,12 +91,6 @@ impl Backoff {
         self.next = (current * 2).min(TIMING.backoff_max);
         current.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
-}
-
-/// What a PONG tells the node.
-struct Pong {
-    next_heartbeat: Duration,
-    challenge: Option<String>,
 }
 
 /// One node's relationship with one directory.
@@ -259,26 +254,12 @@ impl Lifecycle {
                 &register_body(&facts, &self.settings, &credentials),
             )
             .await?;
-        let token = ["node_token", "token"]
-            .iter()
-            .find_map(|key| answer.get(*key).and_then(Value::as_str))
-            .filter(|t| !t.is_empty() && t.len() <= 4096)
-            .ok_or_else(|| {
-                DirectoryError::BadResponse("registration answer carries no node_token".into())
-            })?;
-        let hmac_key = answer
-            .get("node_hmac_key")
-            .and_then(Value::as_str)
-            .filter(|k| !k.is_empty() && k.len() <= 4096);
-        let node_id = answer
-            .get("node_id")
-            .and_then(Value::as_str)
-            .filter(|id| valid_node_id(id));
+        let granted = Registration::read(&answer)?;
         let updated = {
             let mut live = self.credentials.write().unwrap_or_else(|p| p.into_inner());
-            live.node_token = Some(token.to_string());
-            live.directory_hmac_key = hmac_key.map(str::to_string);
-            if let Some(node_id) = node_id {
+            live.node_token = Some(granted.node_token.to_string());
+            live.directory_hmac_key = granted.hmac_key.map(str::to_string);
+            if let Some(node_id) = granted.node_id {
                 live.node_id = node_id.to_string();
             }
             live.clone()
@@ -331,27 +312,14 @@ impl Lifecycle {
             &self.settings.pricing,
             &credentials,
         );
-        let pong = self.client.post("heartbeat", Some(token), &body).await?;
-        if !pong.is_object() {
-            return Err(DirectoryError::BadResponse(
-                "heartbeat answer is not a JSON object".into(),
-            ));
-        }
-        batches.on_pong(&pong);
-        let next = pong
-            .get("next_heartbeat_ms")
-            .and_then(Value::as_u64)
-            .map_or(TIMING.default_heartbeat, Duration::from_millis)
-            .clamp(TIMING.min_heartbeat, TIMING.max_heartbeat);
-        let challenge = pong
-            .get("challenge")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty() && c.len() <= 1024)
-            .map(str::to_string);
-        Ok(Pong {
-            next_heartbeat: next,
-            challenge,
-        })
+        let answer = self.client.post("heartbeat", Some(token), &body).await?;
+        let pong = Pong::read(
+            &answer,
+            TIMING.default_heartbeat,
+            TIMING.min_heartbeat..=TIMING.max_heartbeat,
+        )?;
+        batches.on_pong(&answer);
+        Ok(pong)
     }
 
     /// `DELETE {dir}/v1/register`, bounded; 404 counts as done.

@@ -4,6 +4,7 @@
 //! signed pricing declarations, credit receipts, deregistration.
 //!
 //! * [`client`] — bounded HTTP calls and the directory's error shapes;
+//! * [`answers`] — reading the REGISTER answer and the PONG;
 //! * [`settings`] — what the operator configures;
 //! * [`identity`] — node id and credentials, persisted;
 //! * [`payload`] — REGISTER and HEARTBEAT bodies, metrics batches;
@@ -12,6 +13,7 @@
 //! * [`receipts`] — credit receipts off the task path;
 //! * [`status`] — the standing shown by `/iicp/health`.
 
+pub mod answers;
 pub mod client;
 pub mod identity;
 pub mod lifecycle;
