@@ -160,11 +160,18 @@ pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| error(one_line(&e.to_string())))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut config = build(file, base).map_err(error)?;
+    let mut config = parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(error)?;
     config.config_path = Some(path.to_path_buf());
     Ok(config)
+}
+
+/// Parses and validates configuration text, resolving relative paths
+/// against `base_dir`. Touches no file; reads only the environment
+/// variables the text names for secrets, and the cache directory's
+/// defaults (`XDG_CACHE_HOME`, `HOME`).
+pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+    build(file, base_dir)
 }
 
 /// toml's messages span lines (a source excerpt); keep the gist on one.
@@ -514,8 +521,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<NodeConfig, String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
-        build(file, Path::new("/etc/iicp"))
+        super::parse(text, Path::new("/etc/iicp"))
     }
 
     #[test]
