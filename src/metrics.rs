@@ -74,6 +74,8 @@ pub struct Metrics {
     pub receipts: IntCounterVec,
     /// `iicp_reloads_total{result}`: ok, error.
     pub reloads: IntCounterVec,
+    /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
+    pub artifact_cache_rejected: IntCounterVec,
 }
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
@@ -330,6 +332,12 @@ impl Metrics {
                 "iicp_credit_receipts_total",
                 "Credit receipts, by outcome (sent, failed, dropped, skipped).",
                 &["result"],
+            ),
+            artifact_cache_rejected: counter_vec(
+                &r,
+                "iicp_artifact_cache_rejected_total",
+                "Compiled-artifact cache entries refused and compiled again, by reason.",
+                &["reason"],
             ),
             registry: r,
         }

@@ -1,6 +1,7 @@
 //! Files only the node's own user may read — its state and its compiled
 //! artifacts — written atomically, so a reader sees the old file, no file,
-//! or the whole new one, never a torn write.
+//! or the whole new one, never a torn write; and the checks that a file or
+//! directory found on disk is that user's alone.
 
 use std::fs;
 use std::io::Write;
@@ -15,21 +16,78 @@ pub fn create_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes a mode-0600 file from `parts`, through a temporary file renamed
 /// into place.
 pub fn write(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    let temp = write_temporary(path, parts)?;
+    let renamed = fs::rename(&temp, path);
+    if renamed.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    renamed
+}
+
+/// Writes a mode-0600 file from `parts` unless `path` already exists: the
+/// whole file appears at once (a hard link to a complete temporary file),
+/// and of racing writers exactly one wins. Returns whether this call did.
+pub fn create_once(path: &Path, parts: &[&[u8]]) -> std::io::Result<bool> {
+    let temp = write_temporary(path, parts)?;
+    let linked = fs::hard_link(&temp, path);
+    let _ = fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// A new mode-0600 file beside `path` holding `parts`, synced to disk.
+fn write_temporary(path: &Path, parts: &[&[u8]]) -> std::io::Result<std::path::PathBuf> {
     let temp = path.with_extension(format!("tmp{}-{}", std::process::id(), fastrand::u32(..)));
     let written = (|| {
-        let mut file = fs::File::create(&temp)?;
-        set_mode(&temp, 0o600)?;
+        let mut file = create_new_private(&temp)?;
         for part in parts {
             file.write_all(part)?;
         }
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)
+        file.sync_all()
     })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
+    match written {
+        Ok(()) => Ok(temp),
+        Err(error) => {
+            let _ = fs::remove_file(&temp);
+            Err(error)
+        }
     }
-    written
+}
+
+/// The effective uid of this process: the only owner whose files are trusted.
+#[cfg(unix)]
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether a file or directory belongs to `uid` and no group or other user
+/// can write it.
+#[cfg(unix)]
+pub fn is_private(metadata: &fs::Metadata, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    metadata.uid() == uid && metadata.mode() & 0o022 == 0
+}
+
+/// Whether a file belongs to `uid` and no group or other user can read or
+/// write it (mode 0600 or stricter).
+#[cfg(unix)]
+pub fn is_secret(metadata: &fs::Metadata, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    metadata.uid() == uid && metadata.mode() & 0o077 == 0
+}
+
+#[cfg(unix)]
+fn create_new_private(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(unix)]
@@ -41,6 +99,29 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Without Unix ownership there is no owner to check.
+#[cfg(not(unix))]
+pub fn current_uid() -> u32 {
+    0
+}
+
+/// Without Unix ownership and modes, every file counts as private.
+#[cfg(not(unix))]
+pub fn is_private(_metadata: &fs::Metadata, _uid: u32) -> bool {
+    true
+}
+
+/// Without Unix ownership and modes, every file counts as secret.
+#[cfg(not(unix))]
+pub fn is_secret(_metadata: &fs::Metadata, _uid: u32) -> bool {
+    true
+}
+
+#[cfg(not(unix))]
+fn create_new_private(path: &Path) -> std::io::Result<fs::File> {
+    fs::File::options().write(true).create_new(true).open(path)
 }
 
 #[cfg(test)]

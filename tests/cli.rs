@@ -1,6 +1,7 @@
 //! The command line: plugins that cannot be served are refused with one
 //! clear line before any port is bound; SIGTERM drains in-flight tasks; the
-//! compiled-artifact cache survives restarts and shrugs off corruption; the
+//! compiled-artifact cache survives restarts, shrugs off corruption and
+//! refuses entries that are not the node user's alone or do not verify; the
 //! allocator falls back when the address space is too small.
 
 mod common;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, client, message, plugin, post_task, task};
+use common::{Node, client, message, metrics, plugin, post_task, task};
 use serde_json::json;
 
 /// Runs `iicp-host run --plugin <path>` on a port that is already taken and
@@ -186,10 +187,7 @@ async fn compiled_artifacts_are_cached_and_corruption_is_a_miss() {
     );
     drop(second);
 
-    let entries: Vec<_> = std::fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries = cache_entries(cache.path());
     assert_eq!(entries.len(), 1, "{entries:?}");
     let mut bytes = std::fs::read(&entries[0]).unwrap();
     let middle = bytes.len() / 2;
@@ -198,12 +196,7 @@ async fn compiled_artifacts_are_cached_and_corruption_is_a_miss() {
 
     let third = Node::start(&echo, &["--cache-dir", &cache_arg]);
     assert!(!plugin_loaded_cached(&third));
-    assert!(
-        third
-            .log_entries()
-            .iter()
-            .any(|e| message(e) == "discarding unusable compiled-artifact cache entry")
-    );
+    assert_eq!(refusal_reasons(&third), ["unverified"]);
     assert_eq!(
         post_task(&third, &task("c", "urn:iicp:intent:util:echo:v1", json!(2)))
             .await
@@ -213,13 +206,140 @@ async fn compiled_artifacts_are_cached_and_corruption_is_a_miss() {
 
     // Truncated to nothing: still a miss, never a failure.
     drop(third);
-    let entries: Vec<_> = std::fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries = cache_entries(cache.path());
     std::fs::write(&entries[0], b"").unwrap();
     let fourth = Node::start(&echo, &["--cache-dir", &cache_arg]);
     assert!(!plugin_loaded_cached(&fourth));
+}
+
+/// The compiled entries in a cache directory (not its key).
+fn cache_entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+        .collect()
+}
+
+/// The cache entry of the component at `wasm` (named by its SHA-256).
+fn cache_entry_of(dir: &Path, wasm: &Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let sha256 = hex::encode(sha2::Sha256::digest(std::fs::read(wasm).unwrap()));
+    let entries = cache_entries(dir);
+    let found = entries.iter().find(|path| {
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&sha256)
+    });
+    found
+        .unwrap_or_else(|| panic!("no entry for {sha256} in {entries:?}"))
+        .clone()
+}
+
+/// The reasons of the node's "refusing … cache entry" log lines.
+fn refusal_reasons(node: &Node) -> Vec<String> {
+    node.log_entries()
+        .iter()
+        .filter(|e| message(e).starts_with("refusing compiled-artifact cache entry"))
+        .map(|e| e["fields"]["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `iicp_artifact_cache_rejected_total{reason}` as the node exports it.
+async fn rejected_count(node: &Node, reason: &str) -> u64 {
+    let text = metrics(node).await;
+    let series = format!("iicp_artifact_cache_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// How a node is expected to get its plugin's compiled code.
+#[derive(Clone, Copy)]
+enum Load {
+    /// From the cache.
+    Hit,
+    /// Compiled: there was no entry.
+    Compiled,
+    /// Compiled: the entry was refused for this reason.
+    Refused(&'static str),
+}
+
+/// Starts the versioned plugin `version` on `cache`, checks how its code
+/// was loaded (a refusal logged and counted) and that it answers as itself.
+async fn serves_version(cache: &Path, version: &str, expected: Load) {
+    let node = Node::start(
+        &plugin(&format!("versioned-v{version}")),
+        &["--cache-dir", &cache.display().to_string()],
+    );
+    assert_eq!(plugin_loaded_cached(&node), matches!(expected, Load::Hit));
+    match expected {
+        Load::Refused(reason) => {
+            assert_eq!(refusal_reasons(&node), [reason]);
+            assert_eq!(rejected_count(&node, reason).await, 1);
+        }
+        Load::Hit | Load::Compiled => assert!(refusal_reasons(&node).is_empty()),
+    }
+    let (status, _, body) = post_task(
+        &node,
+        &task("v", "urn:iicp:intent:test:versioned:v1", json!({})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!({ "version": version }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_entries_not_ours_alone_or_not_verifying_are_compiled_again() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    const NOBODY: u32 = 65534;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path();
+    serves_version(dir, "1", Load::Compiled).await;
+    serves_version(dir, "2", Load::Compiled).await;
+    serves_version(dir, "2", Load::Hit).await;
+
+    // Swapped: v1's valid entry under v2's name must not run as v2.
+    let entry = cache_entry_of(dir, &plugin("versioned-v2"));
+    std::fs::copy(cache_entry_of(dir, &plugin("versioned-v1")), &entry).unwrap();
+    serves_version(dir, "2", Load::Refused("unverified")).await;
+    serves_version(dir, "2", Load::Hit).await;
+
+    // Writable by others.
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    serves_version(dir, "2", Load::Refused("entry_not_private")).await;
+    serves_version(dir, "2", Load::Hit).await;
+
+    // Another user's file.
+    chown(&entry, Some(NOBODY), None)
+        .expect("planting another user's cache entry needs root (CAP_CHOWN)");
+    serves_version(dir, "2", Load::Refused("entry_not_private")).await;
+    serves_version(dir, "2", Load::Hit).await;
+
+    // Another user's directory: no cache at all, and the node serves.
+    chown(dir, Some(NOBODY), None).unwrap();
+    let node = Node::start(
+        &plugin("versioned-v2"),
+        &["--cache-dir", &dir.display().to_string()],
+    );
+    assert!(!plugin_loaded_cached(&node));
+    assert!(
+        node.log_entries()
+            .iter()
+            .any(|e| message(e) == "compiled-artifact cache disabled")
+    );
+    assert_eq!(rejected_count(&node, "directory_not_private").await, 1);
+    let (status, _, body) = post_task(
+        &node,
+        &task("v", "urn:iicp:intent:test:versioned:v1", json!({})),
+    )
+    .await;
+    assert_eq!((status, &body["result"]), (200, &json!({ "version": "2" })));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -66,7 +66,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
         let cache = settings.cache_dir.as_deref().and_then(|dir| {
-            ArtifactCache::open(dir, &engine)
+            ArtifactCache::open(dir, &engine, metrics.artifact_cache_rejected.clone())
                 .inspect_err(|error| {
                     tracing::warn!(dir = %dir.display(), %error, "compiled-artifact cache disabled");
                 })
