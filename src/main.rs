@@ -126,6 +126,13 @@ struct RunArgs {
     /// Tasks run at once; more are refused with 429 [default: 32].
     #[arg(long)]
     max_concurrent: Option<u32>,
+    /// How long realtime and interactive tasks wait for a slot at a full node,
+    /// in ms; batch and best-effort never wait; 0 = nobody waits [default: 2000].
+    #[arg(long)]
+    qos_wait_ms: Option<u64>,
+    /// Most tasks waiting for a slot at once; more get 429 at once [default: 64].
+    #[arg(long)]
+    qos_max_waiting: Option<u32>,
     /// Linear memory per task, in MiB, for every plugin [default: 128].
     #[arg(long)]
     memory_mb: Option<u32>,
@@ -205,6 +212,17 @@ impl RunArgs {
             config.max_concurrent =
                 check_range("--max-concurrent", max, &config::MAX_CONCURRENT_RANGE)?;
             config.runtime.engine.max_instances = config.max_concurrent;
+        }
+        if let Some(ms) = self.qos_wait_ms {
+            config.qos_wait = Duration::from_millis(check_range(
+                "--qos-wait-ms",
+                ms,
+                &config::QOS_WAIT_MS_RANGE,
+            )?);
+        }
+        if let Some(waiting) = self.qos_max_waiting {
+            config.qos_max_waiting =
+                check_range("--qos-max-waiting", waiting, &config::QOS_MAX_WAITING_RANGE)?;
         }
         for plugin in &mut config.plugins {
             if let Some(memory_mb) = self.memory_mb {

@@ -46,6 +46,7 @@ pub struct Metrics {
     traps: IntCounterVec,
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
+    qos_waits: IntCounterVec,
     unauthorized: IntCounterVec,
     http_requests: IntCounterVec,
     http_response_bytes: IntCounterVec,
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub origin_rate_limited: IntCounter,
     /// `iicp_nonce_cache_entries` (set at scrape time).
     pub nonce_cache_entries: IntGauge,
+    /// `iicp_qos_waiting` (set at scrape time).
+    pub qos_waiting: IntGauge,
     /// `iicp_active_jobs` (set at scrape time).
     pub active_jobs: IntGauge,
     /// `iicp_max_concurrent`.
@@ -133,6 +136,12 @@ pub struct PluginMetrics {
     pub log_lines_dropped: IntCounter,
     /// Tasks refused with 429 for lack of a slot.
     pub capacity_rejections: IntCounter,
+    /// Tasks that waited for a slot and got one.
+    pub qos_waits_admitted: IntCounter,
+    /// Tasks that waited for a slot until their wait or deadline ran out.
+    pub qos_waits_expired: IntCounter,
+    /// Tasks that could have waited but found the waiting room full.
+    pub qos_waiting_room_full: IntCounter,
     /// Tasks refused with 401 (no or wrong tenant token).
     pub unauthorized: IntCounter,
 }
@@ -250,6 +259,12 @@ impl Metrics {
                 "Tasks refused with 429 because every slot was busy.",
                 &["plugin"],
             ),
+            qos_waits: counter_vec(
+                &r,
+                "iicp_qos_waits_total",
+                "Realtime and interactive tasks that found the gates full, by outcome (admitted, expired, waiting_room_full).",
+                &["plugin", "outcome"],
+            ),
             unauthorized: counter_vec(
                 &r,
                 "iicp_unauthorized_total",
@@ -304,6 +319,11 @@ impl Metrics {
                 "iicp_nonce_cache_entries",
                 "Nonces remembered for replay protection.",
             ),
+            qos_waiting: gauge(
+                &r,
+                "iicp_qos_waiting",
+                "Tasks waiting for a slot right now (they hold none).",
+            ),
             active_jobs: gauge(&r, "iicp_active_jobs", "Tasks holding a slot right now."),
             max_concurrent: gauge(&r, "iicp_max_concurrent", "Task slots of the node."),
             heartbeat_failures: counter(
@@ -355,6 +375,11 @@ impl Metrics {
             memory_bytes: self.memory.with_label_values(&[plugin]),
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
+            qos_waits_admitted: self.qos_waits.with_label_values(&[plugin, "admitted"]),
+            qos_waits_expired: self.qos_waits.with_label_values(&[plugin, "expired"]),
+            qos_waiting_room_full: self
+                .qos_waits
+                .with_label_values(&[plugin, "waiting_room_full"]),
             unauthorized: self.unauthorized.with_label_values(&[plugin]),
         }
     }

@@ -80,6 +80,11 @@ fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
         "node.max_concurrent",
         running.max_concurrent != next.max_concurrent,
     );
+    check("node.qos_wait_ms", running.qos_wait != next.qos_wait);
+    check(
+        "node.qos_max_waiting",
+        running.qos_max_waiting != next.qos_max_waiting,
+    );
     check("node.node_id", running.node_id != next.node_id);
     check("node.region", running.region != next.region);
     check(

@@ -137,3 +137,98 @@ async fn slots_come_back_after_failures_and_timeouts() {
     let (status, _, _) = post_task(&node, &sleep_task("last", 10, "batch")).await;
     assert_eq!(status, 200);
 }
+
+/// The value of the sample `name` in a Prometheus exposition (0 when absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_metric(node: &Node, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics(node).await;
+        if sample(&text, name) == value {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_tasks_wait_for_a_slot_and_batch_tasks_do_not() {
+    // A long QoS wait, so only the task's own deadline, the waiting room
+    // and a release can end a wait in this test — never the machine's speed.
+    let node = Node::start(
+        &plugin("misbehave"),
+        &[
+            "--max-concurrent",
+            "1",
+            "--qos-wait-ms",
+            "30000",
+            "--qos-max-waiting",
+            "1",
+        ],
+    );
+    let url = node.url("/v1/task");
+    let mut long = sleep_task("holder", 120_000, "batch");
+    long["constraints"]["timeout_ms"] = json!(180_000);
+    let holder = spawn_post(url.clone(), long);
+    wait_for_metric(&node, "iicp_active_jobs", 1.0).await;
+
+    // An interactive task whose own deadline ends first waits until then.
+    let mut short = sleep_task("short-deadline", 10, "interactive");
+    short["constraints"]["timeout_ms"] = json!(300);
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let response = impatient.post(&url).json(&short).send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_of(&body)["qos_class"], "interactive");
+
+    // An interactive task waits for the slot, holding none.
+    let waiter = spawn_post(url.clone(), sleep_task("waiter", 10, "interactive"));
+    wait_for_metric(&node, "iicp_qos_waiting", 1.0).await;
+    assert_eq!(health(&node).await["active_jobs"], 1);
+
+    // Batch fails fast; another interactive task finds the waiting room full.
+    let (status, headers, body) = post_task(&node, &sleep_task("batch", 10, "batch")).await;
+    assert_eq!(status, 429);
+    assert_eq!(error_of(&body)["qos_class"], "batch");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, _) = post_task(&node, &sleep_task("crowded", 10, "realtime")).await;
+    assert_eq!(status, 429);
+    assert_eq!(sample(&metrics(&node).await, "iicp_qos_waiting"), 1.0);
+
+    // The holder's client hangs up: its slot goes to the waiter.
+    holder.abort();
+    assert_eq!(waiter.await.unwrap(), 200);
+    let text = metrics(&node).await;
+    for (outcome, count) in [
+        ("admitted", 1.0),
+        ("expired", 1.0),
+        ("waiting_room_full", 1.0),
+    ] {
+        let name = format!(r#"iicp_qos_waits_total{{outcome="{outcome}",plugin="misbehave"}}"#);
+        assert_eq!(sample(&text, &name), count, "{name}\n{text}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            r#"iicp_capacity_rejections_total{plugin="misbehave"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        wait_idle(&node, Duration::from_secs(10)).await["active_jobs"],
+        0
+    );
+}

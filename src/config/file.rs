@@ -16,9 +16,10 @@ use serde::Deserialize;
 
 use super::{
     AdminSettings, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_REGION,
-    MAX_CONCURRENT_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, TIMEOUT_MS_RANGE, check_range,
-    default_cache_dir,
+    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT,
+    DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION, MAX_CONCURRENT_RANGE,
+    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
+    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::settings::{
@@ -78,6 +79,8 @@ struct NodeSection {
     listen: Option<String>,
     endpoint: Option<String>,
     max_concurrent: Option<u32>,
+    qos_wait_ms: Option<u64>,
+    qos_max_waiting: Option<u32>,
     max_body_bytes: Option<usize>,
     nonce_cache_capacity: Option<usize>,
     origin_rate_limit: Option<u32>,
@@ -275,6 +278,14 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         region: node.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
         listen,
         max_concurrent,
+        qos_wait: node.qos_wait_ms.map_or(Ok(DEFAULT_QOS_WAIT), |ms| {
+            check_range("node.qos_wait_ms", ms, &QOS_WAIT_MS_RANGE).map(Duration::from_millis)
+        })?,
+        qos_max_waiting: check_range(
+            "node.qos_max_waiting",
+            node.qos_max_waiting.unwrap_or(DEFAULT_QOS_MAX_WAITING),
+            &QOS_MAX_WAITING_RANGE,
+        )?,
         max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),

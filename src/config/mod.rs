@@ -31,6 +31,15 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_NONCE_CAPACITY: usize = 1_000_000;
 /// Default tasks per `Origin` per minute (the SDK's 120).
 pub const DEFAULT_ORIGIN_RATE_LIMIT: u32 = 120;
+/// Default wait for a slot of realtime and interactive tasks (the reference
+/// node's 2 s).
+pub const DEFAULT_QOS_WAIT: Duration = Duration::from_secs(2);
+/// Bounds on the QoS wait, in ms (0: every class fails fast).
+pub const QOS_WAIT_MS_RANGE: RangeInclusive<u64> = 0..=30_000;
+/// Default bound on tasks waiting for a slot at once.
+pub const DEFAULT_QOS_MAX_WAITING: u32 = 64;
+/// Bounds on tasks waiting at once (each holds a connection and its body).
+pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default bound on draining at shutdown.
@@ -49,8 +58,12 @@ pub struct NodeConfig {
     pub region: String,
     /// Where the HTTP API listens.
     pub listen: SocketAddr,
-    /// Tasks running at once; more get 429.
+    /// Tasks running at once; more get 429 (or wait, see `qos_wait`).
     pub max_concurrent: u32,
+    /// How long realtime and interactive tasks may wait for a slot.
+    pub qos_wait: Duration,
+    /// Most tasks waiting for a slot at once; more get 429 at once.
+    pub qos_max_waiting: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Most nonces remembered inside the replay window.
@@ -131,6 +144,8 @@ impl NodeConfig {
                 .parse()
                 .unwrap_or_else(|_| unreachable!("valid default address")),
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            qos_wait: DEFAULT_QOS_WAIT,
+            qos_max_waiting: DEFAULT_QOS_MAX_WAITING,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,

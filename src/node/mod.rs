@@ -32,7 +32,7 @@ use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
-use crate::server::admission::AdmissionGate;
+use crate::server::admission::{AdmissionGate, QosAdmission};
 use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
@@ -129,6 +129,7 @@ fn shared_state(
         runtime: Arc::new(runtime),
         plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
+        qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         origin_limit: OriginLimiter::new(config.origin_rate_limit),
         metrics: metrics.clone(),

@@ -130,7 +130,10 @@ pub struct TaskRequest<'a> {
     pub max_tokens: Option<u32>,
     /// `constraints.model`.
     pub model: Option<Cow<'a, str>>,
-    /// `constraints.qos` (default `interactive`).
+    /// `constraints.qos`. Absent means `interactive`, the clients' default
+    /// (`iicp-semantics.md` §2.2); the reference node reads absent as
+    /// `best_effort` and fails it fast, but the Rust CLI omits
+    /// `constraints` for tasks a person is waiting on.
     pub qos: Qos,
     /// Replay-protection nonce, if any.
     pub nonce: Option<Cow<'a, str>>,

@@ -14,6 +14,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let metrics = &state.metrics;
     metrics.active_jobs.set(i64::from(state.gate.active()));
     metrics.max_concurrent.set(i64::from(state.gate.capacity()));
+    metrics.qos_waiting.set(i64::from(state.qos.waiting()));
     metrics
         .nonce_cache_entries
         .set(i64::try_from(state.nonces.len()).unwrap_or(i64::MAX));

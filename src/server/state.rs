@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::admission::AdmissionGate;
+use super::admission::{AdmissionGate, QosAdmission};
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
@@ -33,6 +33,8 @@ pub struct AppState {
     pub plugins: ArcSwap<PluginTable>,
     /// Node-wide task slots.
     pub gate: AdmissionGate,
+    /// Who may wait for a slot, and how long.
+    pub qos: QosAdmission,
     /// Replay protection.
     pub nonces: NonceCache,
     /// The per-Origin task limit, unless turned off.

@@ -1,13 +1,23 @@
-//! `POST /v1/task`: read and validate the CALL, route it to its plugin,
-//! admit it (slot, then nonce), open it if encrypted, run it in a fresh
-//! instance, answer (sealed when the consumer asked).
+//! `POST /v1/task`, as a sequence of named steps in the reference node's
+//! order (`protocol.md` §1.3), each one either passing the task on or
+//! answering with the protocol's error envelope:
 //!
-//! The order follows the reference node (`protocol.md` §1.3): the
-//! per-Origin limit comes first, before the body is read; the capacity
-//! gate comes before the nonce check, so a task refused with 429 does not
-//! burn its nonce, and decryption comes after both, so a flood at capacity
-//! costs no key agreement. The `timeout_ms` budget runs from receipt of the
-//! request.
+//! 1. [`check_origin`] — the per-Origin limit, before the body is read;
+//! 2. read and parse the body (413, 422);
+//! 3. [`route`] — the plugin serving the intent (404);
+//! 4. [`check_tenant`] — the plugin's tenants (401);
+//! 5. [`check_drain`] — a drained plugin refuses new work (503);
+//! 6. [`take_slots`] — the plugin's slot, then the node's; realtime and
+//!    interactive tasks may wait a bounded time (429);
+//! 7. [`check_nonce`] — replay protection (409), after the slots so a task
+//!    refused with 429 does not burn its nonce;
+//! 8. [`open_encrypted`] — IICP-CX, after both, so a flood at capacity costs
+//!    no key agreement (400);
+//! 9. [`execute`] — a fresh instance, bounded by the task's deadline;
+//! 10. answer, sealed when the consumer asked.
+//!
+//! The `timeout_ms` budget runs from receipt of the request: time spent
+//! waiting for a slot is part of it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +31,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::access::{Refusal, bearer};
-use super::admission::{RETRY_AFTER_MS, Slot};
+use super::admission::{NoSlot, RETRY_AFTER_MS, Slots};
 use super::body::read_limited;
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
@@ -60,50 +70,65 @@ pub async fn serve_task(
     body: Body,
     received: Instant,
 ) -> Response {
-    let traceparent = header_str(headers, "traceparent");
-    let tracestate = header_str(headers, "tracestate");
-    // Before a task is parsed, the trace comes from the headers only.
-    let refuse = |error: ApiError| {
-        answer(
-            Err(error),
-            &TraceContext::from_request(traceparent, tracestate, None),
-        )
-    };
-    if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(headers, "origin"))
-        && let Err(wait) = limiter.check(origin, received)
-    {
-        state.metrics.origin_rate_limited.inc();
-        return refuse(ApiError::origin_rate_limited(whole_ms(wait)));
-    }
+    // Until a task is parsed, the trace comes from the headers only.
+    let mut trace = TraceContext::from_request(
+        header_str(headers, "traceparent"),
+        header_str(headers, "tracestate"),
+        None,
+    );
+    let result = steps(state, headers, body, received, &mut trace).await;
+    answer(result, &trace)
+}
+
+/// The steps, in order; the first that refuses answers.
+async fn steps(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    received: Instant,
+    trace: &mut TraceContext,
+) -> Result<Response, ApiError> {
+    check_origin(state, headers, received)?;
     let validate_span = tracing::info_span!(
         "iicp.task.validate",
         iicp.task_id = Empty,
         iicp.intent = Empty
     );
-    let body = match read_limited(body, headers, state.max_body_bytes)
+    let body = read_limited(body, headers, state.max_body_bytes)
         .instrument(validate_span.clone())
-        .await
-    {
-        Ok(body) => body,
-        Err(error) => return refuse(error),
-    };
-    let admitted = validate_span.in_scope(|| {
-        let mut task = TaskRequest::parse(&body)?;
-        validate_span.record("iicp.task_id", &*task.task_id);
-        validate_span.record("iicp.intent", &*task.intent);
-        let (route, slot) = admit(state, &task, header_str(headers, "authorization"))?;
-        tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
-        let session = open_encrypted(state, &mut task)?;
-        Ok::<_, ApiError>((task, route, slot, session))
-    });
-    let (task, route, slot, session) = match admitted {
-        Ok(admitted) => admitted,
-        Err(error) => return refuse(error),
-    };
-    let trace = TraceContext::from_request(traceparent, tracestate, task.body_trace_id.as_deref());
-    let result = execute(state, &task, &route, &trace, received, session.as_ref()).await;
-    drop(slot);
-    answer(result, &trace)
+        .await?;
+    let (task, route, slots, session) = validate(state, headers, &body, received)
+        .instrument(validate_span.clone())
+        .await?;
+    *trace = TraceContext::from_request(
+        header_str(headers, "traceparent"),
+        header_str(headers, "tracestate"),
+        task.body_trace_id.as_deref(),
+    );
+    let result = execute(state, &task, &route, trace, received, session.as_ref()).await;
+    drop(slots);
+    result
+}
+
+/// Steps 2–8: everything between reading the body and running the task.
+async fn validate<'b>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &'b [u8],
+    received: Instant,
+) -> Result<(TaskRequest<'b>, Route, Slots, Option<CxSession>), ApiError> {
+    let mut task = TaskRequest::parse(body)?;
+    let span = tracing::Span::current();
+    span.record("iicp.task_id", &*task.task_id);
+    span.record("iicp.intent", &*task.intent);
+    let route = route(state, &task)?;
+    check_tenant(&route, &task, headers)?;
+    check_drain(&route)?;
+    let slots = take_slots(state, &route, &task, received).await?;
+    tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
+    check_nonce(state, &task)?;
+    let session = open_encrypted(state, &mut task)?;
+    Ok((task, route, slots, session))
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -120,82 +145,133 @@ fn answer(result: Result<Response, ApiError>, trace: &TraceContext) -> Response 
     response
 }
 
-/// Slots a task holds: its plugin's and the node's. Both return on drop.
-pub struct Slots {
-    _plugin: Slot,
-    _node: Slot,
+/// Step 1: browsers get a fixed number of tasks per Origin and window.
+fn check_origin(state: &AppState, headers: &HeaderMap, received: Instant) -> Result<(), ApiError> {
+    if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(headers, "origin"))
+        && let Err(wait) = limiter.check(origin, received)
+    {
+        state.metrics.origin_rate_limited.inc();
+        return Err(ApiError::origin_rate_limited(whole_ms(wait)));
+    }
+    Ok(())
 }
 
-/// Routes the task, checks its tenant, and takes its slots and nonce.
-fn admit(
-    state: &AppState,
-    task: &TaskRequest<'_>,
-    authorization: Option<&str>,
-) -> Result<(Route, Slots), ApiError> {
-    let route = state
+/// Step 3: the plugin serving the intent.
+fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
+    state
         .plugins
         .load()
         .route(&task.intent)
-        .ok_or_else(|| ApiError::unknown_intent(&task.intent))?
-        .clone();
+        .cloned()
+        .ok_or_else(|| ApiError::unknown_intent(&task.intent))
+}
+
+/// Step 4: a plugin with tenants serves only callers holding a tenant token.
+fn check_tenant(
+    route: &Route,
+    task: &TaskRequest<'_>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let entry = &route.entry;
-    let presented = task.auth_token.as_deref().or_else(|| bearer(authorization));
+    let presented = task
+        .auth_token
+        .as_deref()
+        .or_else(|| bearer(header_str(headers, "authorization")));
     match entry.access.admit(presented) {
         Ok(tenant) => {
             if let Some(tenant) = tenant {
                 tracing::debug!(tenant = tenant.name(), "tenant admitted");
             }
+            Ok(())
         }
         Err(refusal) => {
             entry.metrics.unauthorized.inc();
-            return Err(ApiError::unauthorized(match refusal {
+            Err(ApiError::unauthorized(match refusal {
                 Refusal::Missing => {
                     "this intent needs a tenant token (auth.node_token or Authorization: Bearer)"
                 }
                 Refusal::Invalid => "the tenant token is not valid for this intent",
-            }));
+            }))
         }
     }
-    if entry.is_draining() {
+}
+
+/// Step 5: a drained plugin takes no new tasks; running ones finish.
+fn check_drain(route: &Route) -> Result<(), ApiError> {
+    if route.entry.is_draining() {
         return Err(ApiError::unavailable(
             "the plugin serving this intent is draining",
             RETRY_AFTER_MS,
         ));
     }
-    // The plugin's own slots first: a saturated plugin is refused without
-    // touching the node's slots, so it cannot starve the other plugins.
-    let (Some(plugin_slot), Some(node_slot)) = (entry.gate.try_admit(), state.gate.try_admit())
-    else {
-        entry.metrics.capacity_rejections.inc();
-        return Err(ApiError::capacity_exceeded(
-            task.qos.as_str(),
-            RETRY_AFTER_MS,
-        ));
-    };
-    if let Some(nonce) = &task.nonce {
-        match state.nonces.check_and_insert(nonce) {
-            NonceCheck::Fresh => {}
-            NonceCheck::Replay => {
-                state.metrics.replays.inc();
-                return Err(ApiError::replay_detected());
-            }
-            NonceCheck::Full { retry_after } => {
-                state.metrics.nonce_cache_full.inc();
-                return Err(ApiError::nonce_cache_full(whole_ms(retry_after)));
-            }
-        }
-    }
-    Ok((
-        route,
-        Slots {
-            _plugin: plugin_slot,
-            _node: node_slot,
-        },
-    ))
+    Ok(())
 }
 
-/// Replaces an encrypted CALL's payload with its plaintext; the session
-/// seals the response.
+/// Step 6: the plugin's slot, then the node's, waiting only as the task's
+/// QoS class allows and never past its deadline.
+async fn take_slots(
+    state: &AppState,
+    route: &Route,
+    task: &TaskRequest<'_>,
+    received: Instant,
+) -> Result<Slots, ApiError> {
+    let entry = &route.entry;
+    let deadline = received + budget(task, route);
+    let (waited, outcome) = state
+        .qos
+        .take_slots(&entry.gate, &state.gate, task.qos, deadline.into())
+        .await;
+    let metrics = &entry.metrics;
+    match outcome {
+        Ok(slots) => {
+            if waited {
+                metrics.qos_waits_admitted.inc();
+            }
+            Ok(slots)
+        }
+        Err(why) => {
+            match why {
+                NoSlot::Full => {}
+                NoSlot::WaitingRoomFull => metrics.qos_waiting_room_full.inc(),
+                NoSlot::WaitExpired => metrics.qos_waits_expired.inc(),
+            }
+            metrics.capacity_rejections.inc();
+            Err(ApiError::capacity_exceeded(
+                task.qos.as_str(),
+                RETRY_AFTER_MS,
+            ))
+        }
+    }
+}
+
+/// The task's whole budget: its `timeout_ms`, or the plugin's default.
+fn budget(task: &TaskRequest<'_>, route: &Route) -> Duration {
+    task.timeout_ms.map_or(
+        route.entry.plugin.limits.default_timeout,
+        Duration::from_millis,
+    )
+}
+
+/// Step 7: a nonce seen inside the window is a replay.
+fn check_nonce(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError> {
+    let Some(nonce) = &task.nonce else {
+        return Ok(());
+    };
+    match state.nonces.check_and_insert(nonce) {
+        NonceCheck::Fresh => Ok(()),
+        NonceCheck::Replay => {
+            state.metrics.replays.inc();
+            Err(ApiError::replay_detected())
+        }
+        NonceCheck::Full { retry_after } => {
+            state.metrics.nonce_cache_full.inc();
+            Err(ApiError::nonce_cache_full(whole_ms(retry_after)))
+        }
+    }
+}
+
+/// Step 8: replaces an encrypted CALL's payload with its plaintext; the
+/// session seals the response.
 fn open_encrypted(
     state: &AppState,
     task: &mut TaskRequest<'_>,
@@ -211,6 +287,7 @@ fn open_encrypted(
     Ok(task.seal_response.then_some(session))
 }
 
+/// Step 9: runs the task in its plugin and builds the answer.
 async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,
@@ -220,9 +297,7 @@ async fn execute(
     session: Option<&CxSession>,
 ) -> Result<Response, ApiError> {
     let plugin = &route.entry.plugin;
-    let timeout = task
-        .timeout_ms
-        .map_or(plugin.limits.default_timeout, Duration::from_millis);
+    let timeout = budget(task, route);
     let input = TaskInput {
         task_id: &task.task_id,
         intent: &task.intent,
