@@ -162,6 +162,10 @@ struct RunArgs {
     /// Tasks per browser Origin per minute; more get 429 IICP-E023; 0 turns it off [default: 120].
     #[arg(long)]
     origin_rate_limit: Option<u32>,
+    /// Run tool-domain intents (urn:iicp:intent:tool:…); without it, or
+    /// `allow_tool_execution = true` in [policy], they get 403.
+    #[arg(long)]
+    allow_tool_execution: bool,
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
@@ -273,6 +277,12 @@ impl RunArgs {
         }
         if self.state_dir.is_some() {
             config.state_dir.clone_from(&self.state_dir);
+        }
+        if self.allow_tool_execution {
+            config.allow_tool_execution = true;
+            if let Some(policy) = config.directory.as_mut().and_then(|d| d.policy.as_mut()) {
+                policy.allow_tool_execution = true;
+            }
         }
         if self.no_confidentiality {
             config.confidentiality = false;

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub replays: IntCounter,
     /// `iicp_nonce_cache_full_total`.
     pub nonce_cache_full: IntCounter,
+    /// `iicp_tool_execution_denied_total`.
+    pub tool_execution_denied: IntCounter,
     /// `iicp_origin_rate_limited_total`.
     pub origin_rate_limited: IntCounter,
     /// `iicp_nonce_cache_entries` (set at scrape time).
@@ -308,6 +310,11 @@ impl Metrics {
                 &r,
                 "iicp_nonce_cache_full_total",
                 "Nonced tasks refused because the replay cache was at its cap.",
+            ),
+            tool_execution_denied: counter(
+                &r,
+                "iicp_tool_execution_denied_total",
+                "Tool-domain tasks refused because the policy does not allow tool execution.",
             ),
             origin_rate_limited: counter(
                 &r,

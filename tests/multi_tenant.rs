@@ -131,10 +131,11 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            spawn_post(
-                node.url("/v1/task"),
-                task(&format!("bad-{i}"), &case(name), json!(null)),
-            )
+            // Batch: the abuse beyond the plugin's slots is refused at once
+            // rather than waiting for the slots of the tasks it follows.
+            let mut body = task(&format!("bad-{i}"), &case(name), json!(null));
+            body["constraints"] = json!({"qos": "batch"});
+            spawn_post(node.url("/v1/task"), body)
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;

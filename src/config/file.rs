@@ -263,6 +263,8 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         plugins.push(spec);
     }
     let admin = file.admin.map(admin).transpose()?;
+    // The tool gate follows the policy table with or without a directory.
+    let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -289,6 +291,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
+        allow_tool_execution,
         drain_timeout: node
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub nonce_capacity: usize,
     /// Tasks per browser `Origin` per minute; 0 turns the limit off.
     pub origin_rate_limit: u32,
+    /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
+    /// they get 403 `tool_execution_denied`.
+    pub allow_tool_execution: bool,
     /// How long shutdown waits for in-flight tasks.
     pub drain_timeout: Duration,
     /// Where the node id, directory credentials and IICP-CX key persist.
@@ -149,6 +152,7 @@ impl NodeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
+            allow_tool_execution: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             state_dir: None,
             confidentiality: true,

@@ -37,6 +37,7 @@ use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
 use crate::server::state::{AppState, NodeIdentity};
+use crate::server::tool_gate::ToolGate;
 
 /// Why the node could not start.
 #[derive(Debug)]
@@ -87,6 +88,7 @@ pub async fn run(
     let (runtime, table) = plugins::load(&config, &metrics).await?;
     let listeners = Listeners::bind(&config).await?;
     plugins::log_loaded(&table);
+    ToolGate::new(config.allow_tool_execution).warn_unreachable(&table);
     let directory = DirectoryJoin::prepare(&config, &identity, &metrics)?;
     let cx_key = identity.cx_key.take();
     let state = shared_state(
@@ -130,6 +132,7 @@ fn shared_state(
         plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
         qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),
+        tool_gate: ToolGate::new(config.allow_tool_execution),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         origin_limit: OriginLimiter::new(config.origin_rate_limit),
         metrics: metrics.clone(),

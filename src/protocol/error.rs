@@ -177,6 +177,16 @@ impl ApiError {
         error
     }
 
+    /// 403 `tool_execution_denied`: a tool-domain intent on a node whose
+    /// policy does not allow tool execution (the reference node's message).
+    pub fn tool_execution_denied() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "tool_execution_denied",
+            "Tool-execution intents are not permitted by this node's CIP policy",
+        )
+    }
+
     /// 401 `unauthorized`: missing or wrong credentials.
     pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

@@ -21,6 +21,7 @@ pub mod origin_limit;
 pub mod plugin_table;
 pub mod state;
 pub mod task_route;
+pub mod tool_gate;
 
 use std::any::Any;
 use std::future::Future;

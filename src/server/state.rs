@@ -8,6 +8,7 @@ use super::admission::{AdmissionGate, QosAdmission};
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
+use super::tool_gate::ToolGate;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::{Metrics, TaskTally};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub gate: AdmissionGate,
     /// Who may wait for a slot, and how long.
     pub qos: QosAdmission,
+    /// Whether tool-domain intents may run.
+    pub tool_gate: ToolGate,
     /// Replay protection.
     pub nonces: NonceCache,
     /// The per-Origin task limit, unless turned off.

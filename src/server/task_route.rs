@@ -4,17 +4,19 @@
 //!
 //! 1. [`check_origin`] — the per-Origin limit, before the body is read;
 //! 2. read and parse the body (413, 422);
-//! 3. [`route`] — the plugin serving the intent (404);
-//! 4. [`check_tenant`] — the plugin's tenants (401);
-//! 5. [`check_drain`] — a drained plugin refuses new work (503);
-//! 6. [`take_slots`] — the plugin's slot, then the node's; realtime and
+//! 3. [`check_tool_gate`] — tool-domain intents need the operator's policy
+//!    (403);
+//! 4. [`route`] — the plugin serving the intent (404);
+//! 5. [`check_tenant`] — the plugin's tenants (401);
+//! 6. [`check_drain`] — a drained plugin refuses new work (503);
+//! 7. [`take_slots`] — the plugin's slot, then the node's; realtime and
 //!    interactive tasks may wait a bounded time (429);
-//! 7. [`check_nonce`] — replay protection (409), after the slots so a task
+//! 8. [`check_nonce`] — replay protection (409), after the slots so a task
 //!    refused with 429 does not burn its nonce;
-//! 8. [`open_encrypted`] — IICP-CX, after both, so a flood at capacity costs
+//! 9. [`open_encrypted`] — IICP-CX, after both, so a flood at capacity costs
 //!    no key agreement (400);
-//! 9. [`execute`] — a fresh instance, bounded by the task's deadline;
-//! 10. answer, sealed when the consumer asked.
+//! 10. [`execute`] — a fresh instance, bounded by the task's deadline;
+//! 11. answer, sealed when the consumer asked.
 //!
 //! The `timeout_ms` budget runs from receipt of the request: time spent
 //! waiting for a slot is part of it.
@@ -110,7 +112,7 @@ async fn steps(
     result
 }
 
-/// Steps 2–8: everything between reading the body and running the task.
+/// Steps 2–9: everything between reading the body and running the task.
 async fn validate<'b>(
     state: &AppState,
     headers: &HeaderMap,
@@ -121,6 +123,7 @@ async fn validate<'b>(
     let span = tracing::Span::current();
     span.record("iicp.task_id", &*task.task_id);
     span.record("iicp.intent", &*task.intent);
+    check_tool_gate(state, &task)?;
     let route = route(state, &task)?;
     check_tenant(&route, &task, headers)?;
     check_drain(&route)?;
@@ -156,7 +159,14 @@ fn check_origin(state: &AppState, headers: &HeaderMap, received: Instant) -> Res
     Ok(())
 }
 
-/// Step 3: the plugin serving the intent.
+/// Step 3: tool-domain intents run only where the policy allows them.
+fn check_tool_gate(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError> {
+    state.tool_gate.check(&task.intent).inspect_err(|_| {
+        state.metrics.tool_execution_denied.inc();
+    })
+}
+
+/// Step 4: the plugin serving the intent.
 fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
     state
         .plugins
@@ -166,7 +176,7 @@ fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
         .ok_or_else(|| ApiError::unknown_intent(&task.intent))
 }
 
-/// Step 4: a plugin with tenants serves only callers holding a tenant token.
+/// Step 5: a plugin with tenants serves only callers holding a tenant token.
 fn check_tenant(
     route: &Route,
     task: &TaskRequest<'_>,
@@ -196,7 +206,7 @@ fn check_tenant(
     }
 }
 
-/// Step 5: a drained plugin takes no new tasks; running ones finish.
+/// Step 6: a drained plugin takes no new tasks; running ones finish.
 fn check_drain(route: &Route) -> Result<(), ApiError> {
     if route.entry.is_draining() {
         return Err(ApiError::unavailable(
@@ -207,7 +217,7 @@ fn check_drain(route: &Route) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Step 6: the plugin's slot, then the node's, waiting only as the task's
+/// Step 7: the plugin's slot, then the node's, waiting only as the task's
 /// QoS class allows and never past its deadline.
 async fn take_slots(
     state: &AppState,
@@ -252,7 +262,7 @@ fn budget(task: &TaskRequest<'_>, route: &Route) -> Duration {
     )
 }
 
-/// Step 7: a nonce seen inside the window is a replay.
+/// Step 8: a nonce seen inside the window is a replay.
 fn check_nonce(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError> {
     let Some(nonce) = &task.nonce else {
         return Ok(());
@@ -270,7 +280,7 @@ fn check_nonce(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError>
     }
 }
 
-/// Step 8: replaces an encrypted CALL's payload with its plaintext; the
+/// Step 9: replaces an encrypted CALL's payload with its plaintext; the
 /// session seals the response.
 fn open_encrypted(
     state: &AppState,
@@ -287,7 +297,7 @@ fn open_encrypted(
     Ok(task.seal_response.then_some(session))
 }
 
-/// Step 9: runs the task in its plugin and builds the answer.
+/// Step 10: runs the task in its plugin and builds the answer.
 async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,

@@ -1,6 +1,8 @@
 //! A plugin that misbehaves on purpose, one intent per kind of abuse, so the
 //! host's sandbox limits can be tested end to end. Intents are
-//! `urn:iicp:intent:test:<case>:v1`:
+//! `urn:iicp:intent:test:<case>:v1`; the case is read from the action
+//! segment whatever the domain, so an operator's `intents` override can
+//! serve a case under another domain (e.g. `urn:iicp:intent:tool:ok:v1`):
 //!
 //! | case         | behaviour                                                  |
 //! |--------------|------------------------------------------------------------|
@@ -179,8 +181,8 @@ impl Guest for Misbehave {
     fn handle(task: Task) -> Result<TaskOutput, TaskError> {
         let case = task
             .intent
-            .strip_prefix("urn:iicp:intent:test:")
-            .and_then(|rest| rest.strip_suffix(":v1"))
+            .strip_prefix("urn:iicp:intent:")
+            .and_then(|rest| rest.split(':').nth(1))
             .unwrap_or_default();
         let params: Params = serde_json::from_str(&task.payload).unwrap_or_default();
         match case {
