@@ -8,6 +8,7 @@
 //! (plugin, intent) pair are resolved once when a plugin is installed, so the
 //! task path only bumps atomics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
@@ -51,6 +52,8 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_response_bytes: IntCounterVec,
     plugin_info: IntGaugeVec,
+    /// The label sets of `iicp_plugin_info` now exported.
+    plugin_info_served: Mutex<Vec<PluginInfoLabels>>,
     /// `iicp_nonce_replays_total`.
     pub replays: IntCounter,
     /// `iicp_nonce_cache_full_total`.
@@ -82,6 +85,10 @@ pub struct Metrics {
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
     pub artifact_cache_rejected: IntCounterVec,
 }
+
+/// The labels of one `iicp_plugin_info` series: plugin id, name, version,
+/// sha256.
+pub type PluginInfoLabels = [String; 4];
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
 #[derive(Clone)]
@@ -301,6 +308,7 @@ impl Metrics {
                     .expect("unique metric name");
                 metric
             },
+            plugin_info_served: Mutex::new(Vec::new()),
             replays: counter(
                 &r,
                 "iicp_nonce_replays_total",
@@ -370,11 +378,8 @@ impl Metrics {
         }
     }
 
-    /// Resolves the metrics of one plugin and marks it loaded.
-    pub fn plugin(&self, plugin: &str, name: &str, version: &str, sha256: &str) -> PluginMetrics {
-        self.plugin_info
-            .with_label_values(&[plugin, name, version, sha256])
-            .set(1);
+    /// Resolves the metrics of one plugin.
+    pub fn plugin(&self, plugin: &str) -> PluginMetrics {
         PluginMetrics {
             plugin: plugin.to_string(),
             traps: self.traps.clone(),
@@ -389,6 +394,25 @@ impl Metrics {
                 .with_label_values(&[plugin, "waiting_room_full"]),
             unauthorized: self.unauthorized.with_label_values(&[plugin]),
         }
+    }
+
+    /// Makes `iicp_plugin_info` show exactly the plugin versions in
+    /// `served` (called whenever a routing table starts serving): versions
+    /// no longer served lose their series instead of lingering as stale 1s.
+    pub fn plugins_served(&self, served: Vec<PluginInfoLabels>) {
+        let mut exported = self
+            .plugin_info_served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for gone in exported.iter().filter(|labels| !served.contains(labels)) {
+            let _ = self.plugin_info.remove_label_values(&label_refs(gone));
+        }
+        for labels in &served {
+            self.plugin_info
+                .with_label_values(&label_refs(labels))
+                .set(1);
+        }
+        *exported = served;
     }
 
     /// Resolves a plugin's outbound HTTP counters.
@@ -419,6 +443,10 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+fn label_refs(labels: &PluginInfoLabels) -> [&str; 4] {
+    [&labels[0], &labels[1], &labels[2], &labels[3]]
 }
 
 /// Task outcomes not yet reported to the directory (heartbeat `metrics`).
@@ -468,9 +496,7 @@ mod tests {
         let intent = metrics.intent("echo", "urn:x");
         intent.success.inc();
         intent.latency_ms.observe(3.0);
-        metrics
-            .plugin("echo", "echo", "0.1.0", "ab")
-            .trap("unreachable");
+        metrics.plugin("echo").trap("unreachable");
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
             text.contains(r#"iicp_tasks_total{intent="urn:x",plugin="echo",status="success"} 1"#),
@@ -480,5 +506,22 @@ mod tests {
             text.contains(r#"iicp_task_latency_ms_bucket{intent="urn:x",plugin="echo",le="10"} 1"#)
         );
         assert!(text.contains(r#"iicp_plugin_traps_total{kind="unreachable",plugin="echo"} 1"#));
+    }
+
+    #[test]
+    fn plugin_info_shows_only_the_versions_served() {
+        let metrics = Metrics::new();
+        let labels = |version: &str| ["svc", "svc", version, "ab"].map(String::from);
+        metrics.plugins_served(vec![labels("1.0.0")]);
+        metrics.plugins_served(vec![labels("2.0.0")]);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("iicp_plugin_info{"))
+            .collect();
+        assert_eq!(
+            series,
+            [r#"iicp_plugin_info{name="svc",plugin="svc",sha256="ab",version="2.0.0"} 1"#]
+        );
     }
 }

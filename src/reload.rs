@@ -130,6 +130,7 @@ impl Reloader {
                 let swap = Instant::now();
                 self.state.plugins.store(Arc::new(table));
                 report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
+                self.state.plugins.load().publish_info(&self.state.metrics);
                 let after = self.served_intents();
                 report.intents_changed = before != after;
                 if report.intents_changed {

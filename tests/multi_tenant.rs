@@ -448,6 +448,16 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(swapped, "SIGHUP did not reload");
+    // Only the version now served is exported, the replaced one is gone.
+    let text = metrics(&node).await;
+    let info: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("iicp_plugin_info{"))
+        .collect();
+    let (_, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
+    let served_sha = list["plugins"][0]["sha256"].as_str().unwrap();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(info[0].contains(served_sha), "{info:?} vs {served_sha}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,6 +29,7 @@ pub async fn load(
     }
     let table = PluginTable::build(plugins, metrics, config.max_concurrent, None)
         .map_err(|e| StartError::Config(in_config(config, e)))?;
+    table.publish_info(metrics);
     Ok((runtime, table))
 }
 

@@ -139,12 +139,7 @@ impl PluginTable {
                 access,
                 draining: before.map_or_else(Default::default, |e| e.draining.clone()),
                 counters: before.map_or_else(Default::default, |e| e.counters.clone()),
-                metrics: metrics.plugin(
-                    &plugin.id,
-                    &plugin.info.name,
-                    &plugin.info.version,
-                    &plugin.sha256,
-                ),
+                metrics: metrics.plugin(&plugin.id),
                 plugin,
                 spec,
             });
@@ -165,6 +160,25 @@ impl PluginTable {
             table.entries.push(entry);
         }
         Ok(table)
+    }
+
+    /// Shows this table's plugin versions, and only those, in
+    /// `iicp_plugin_info`; call once the table serves.
+    pub fn publish_info(&self, metrics: &Metrics) {
+        metrics.plugins_served(
+            self.entries
+                .iter()
+                .map(|e| {
+                    let plugin = &e.plugin;
+                    [
+                        plugin.id.to_string(),
+                        plugin.info.name.clone(),
+                        plugin.info.version.clone(),
+                        plugin.sha256.clone(),
+                    ]
+                })
+                .collect(),
+        );
     }
 
     /// The route for `intent`, if any plugin serves it.
