@@ -169,6 +169,8 @@ struct RunArgs {
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    edge: config::EdgeOverrides,
     /// Directory for compiled plugins [default: ~/.cache/iicp-host].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -264,6 +266,9 @@ impl RunArgs {
         if let Some(ms) = self.drain_timeout_ms {
             config.drain_timeout = Duration::from_millis(ms);
         }
+        self.edge.apply(&mut config.edge, |field| {
+            format!("--{}", field.replace('_', "-"))
+        })?;
         if self.no_cache {
             config.runtime.cache_dir = None;
         } else if self.cache_dir.is_some() {

@@ -84,6 +84,33 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
     pub artifact_cache_rejected: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_refused: IntCounterVec,
+    connection_timeouts: IntCounterVec,
+    draining_refusals: IntCounterVec,
+    /// `iicp_connection_timeouts_total{listener="public",kind="body"}`:
+    /// task bodies that did not arrive within the body-read deadline.
+    pub body_read_timeouts: IntCounter,
+}
+
+/// One listener's connection metrics.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections refused at the connection cap.
+    pub refused: IntCounter,
+    /// Requests answered 503 because the node was draining.
+    pub draining_refusals: IntCounter,
+    timeouts: IntCounterVec,
+    listener: &'static str,
+}
+
+impl EdgeMetrics {
+    /// Connections closed by the deadline of `kind` (header, idle).
+    pub fn timeout(&self, kind: &str) -> IntCounter {
+        self.timeouts.with_label_values(&[self.listener, kind])
+    }
 }
 
 /// The labels of one `iicp_plugin_info` series: plugin id, name, version,
@@ -216,6 +243,12 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let plugin_intent = &["plugin", "intent"];
+        let connection_timeouts = counter_vec(
+            &r,
+            "iicp_connection_timeouts_total",
+            "Connections or requests ended by a deadline, by kind (header, body, idle).",
+            &["listener", "kind"],
+        );
         Self {
             tasks: counter_vec(
                 &r,
@@ -309,6 +342,31 @@ impl Metrics {
                 metric
             },
             plugin_info_served: Mutex::new(Vec::new()),
+            connections_open: {
+                let metric = IntGaugeVec::new(
+                    Opts::new("iicp_connections_open", "HTTP connections open now."),
+                    &["listener"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(metric.clone()))
+                    .expect("unique metric name");
+                metric
+            },
+            connections_refused: counter_vec(
+                &r,
+                "iicp_connections_refused_total",
+                "Connections refused with 503 because the listener was at its connection cap.",
+                &["listener"],
+            ),
+            body_read_timeouts: connection_timeouts.with_label_values(&["public", "body"]),
+            connection_timeouts,
+            draining_refusals: counter_vec(
+                &r,
+                "iicp_draining_refusals_total",
+                "Requests answered 503 IICP-E024 because the node was shutting down.",
+                &["listener"],
+            ),
+
             replays: counter(
                 &r,
                 "iicp_nonce_replays_total",
@@ -375,6 +433,17 @@ impl Metrics {
                 &["reason"],
             ),
             registry: r,
+        }
+    }
+
+    /// The connection metrics of the listener called `listener`.
+    pub fn edge(&self, listener: &'static str) -> EdgeMetrics {
+        EdgeMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            refused: self.connections_refused.with_label_values(&[listener]),
+            draining_refusals: self.draining_refusals.with_label_values(&[listener]),
+            timeouts: self.connection_timeouts.clone(),
+            listener,
         }
     }
 

@@ -15,11 +15,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AdminSettings, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT,
-    DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION, MAX_CONCURRENT_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
-    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    AdminSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
+    DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
+    EdgeOverrides, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig,
+    PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range,
+    default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::settings::{
@@ -92,6 +93,12 @@ struct NodeSection {
     no_cache: bool,
     allocator: Option<AllocatorChoice>,
     keep_resident_kib: Option<u32>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    keep_alive_timeout_ms: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +124,7 @@ struct LimitsSection {
 struct AdminSection {
     listen: Option<String>,
     token_env: String,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +239,16 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     if let Some(endpoint) = &node.endpoint {
         validate_http_url(endpoint).map_err(|e| format!("node.endpoint: {e}"))?;
     }
+    let mut edge = crate::server::edge::EdgeSettings::default();
+    EdgeOverrides {
+        header_read_timeout_ms: node.header_read_timeout_ms,
+        body_read_timeout_ms: node.body_read_timeout_ms,
+        keep_alive_timeout_ms: node.keep_alive_timeout_ms,
+        max_header_bytes: node.max_header_bytes,
+        max_headers: node.max_headers,
+        max_connections: node.max_connections,
+    }
+    .apply(&mut edge, |field| format!("node.{field}"))?;
     let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;
     if file.plugins.is_empty() {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
@@ -289,6 +307,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             &QOS_MAX_WAITING_RANGE,
         )?,
         max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        edge,
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
         allow_tool_execution,
@@ -446,6 +465,13 @@ fn admin(section: AdminSection) -> Result<AdminSettings, String> {
     Ok(AdminSettings {
         listen,
         token: env_secret(&section.token_env, "admin.token_env")?,
+        max_connections: check_range(
+            "admin.max_connections",
+            section
+                .max_connections
+                .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS),
+            &MAX_CONNECTIONS_RANGE,
+        )?,
     })
 }
 

@@ -15,6 +15,7 @@ use crate::directory::settings::DirectorySettings;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::plugin::PluginSource;
+use crate::server::edge::EdgeSettings;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
@@ -44,6 +45,17 @@ pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default bound on draining at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds of the connection deadlines, in ms.
+pub const EDGE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
+/// Bounds of the request-head size limit, in bytes.
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
+/// Bounds of the request-header count limit.
+pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
+/// Bounds of a listener's connection cap.
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// Default connection cap of the admin listener (an operator's tools, not
+/// the internet).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default region.
@@ -66,6 +78,9 @@ pub struct NodeConfig {
     pub qos_max_waiting: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Connection bounds of the public listener (the admin listener uses
+    /// them too, with its own connection cap).
+    pub edge: EdgeSettings,
     /// Most nonces remembered inside the replay window.
     pub nonce_capacity: usize,
     /// Tasks per browser `Origin` per minute; 0 turns the limit off.
@@ -127,6 +142,8 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// The bearer token it requires.
     pub token: String,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -150,6 +167,7 @@ impl NodeConfig {
             qos_wait: DEFAULT_QOS_WAIT,
             qos_max_waiting: DEFAULT_QOS_MAX_WAITING,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            edge: EdgeSettings::default(),
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
             allow_tool_execution: false,
@@ -169,6 +187,73 @@ impl NodeConfig {
             admin: None,
             config_path: None,
         }
+    }
+}
+
+/// Connection bounds as given in a file section or on the command line;
+/// each one set replaces the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct EdgeOverrides {
+    /// Time a client has to send a complete request head, in ms [default: 10000].
+    #[arg(long)]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a client has to send a whole request body, in ms; then 408 [default: 30000].
+    #[arg(long)]
+    pub body_read_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive connection stays open, in ms [default: 60000].
+    #[arg(long)]
+    pub keep_alive_timeout_ms: Option<u64>,
+    /// Largest request head (request line and headers), in bytes; more get 431 [default: 16384].
+    #[arg(long)]
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers; more get 431 [default: 100].
+    #[arg(long)]
+    pub max_headers: Option<usize>,
+    /// Most connections open at once on the public listener; more get 503 [default: 4096].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+}
+
+impl EdgeOverrides {
+    /// Applies the values set to `edge`, checking each against its bounds;
+    /// `name` turns a field name into what the operator typed.
+    pub fn apply(
+        &self,
+        edge: &mut EdgeSettings,
+        name: impl Fn(&str) -> String,
+    ) -> Result<(), String> {
+        let ms = |field: &str, value: Option<u64>, current: Duration| {
+            value.map_or(Ok(current), |ms| {
+                check_range(&name(field), ms, &EDGE_TIMEOUT_MS_RANGE).map(Duration::from_millis)
+            })
+        };
+        edge.header_read_timeout = ms(
+            "header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            edge.header_read_timeout,
+        )?;
+        edge.body_read_timeout = ms(
+            "body_read_timeout_ms",
+            self.body_read_timeout_ms,
+            edge.body_read_timeout,
+        )?;
+        edge.keep_alive_timeout = ms(
+            "keep_alive_timeout_ms",
+            self.keep_alive_timeout_ms,
+            edge.keep_alive_timeout,
+        )?;
+        if let Some(bytes) = self.max_header_bytes {
+            edge.max_header_bytes =
+                check_range(&name("max_header_bytes"), bytes, &MAX_HEADER_BYTES_RANGE)?;
+        }
+        if let Some(count) = self.max_headers {
+            edge.max_headers = check_range(&name("max_headers"), count, &MAX_HEADERS_RANGE)?;
+        }
+        if let Some(count) = self.max_connections {
+            edge.max_connections =
+                check_range(&name("max_connections"), count, &MAX_CONNECTIONS_RANGE)?;
+        }
+        Ok(())
     }
 }
 

@@ -4,10 +4,12 @@
 //!
 //! * [`identity`] — state directory, node id, IICP-CX key;
 //! * [`plugins`] — the runtime and every plugin, checked before binding;
+//! * [`descriptors`] — an open-file limit that fits the connection caps;
 //! * [`listeners`] — the public and admin sockets;
 //! * [`directory_join`] — the directory client, credentials and receipts;
 //! * [`serving`] — the servers, the directory link, reloads, then the drain.
 
+pub mod descriptors;
 pub mod directory_join;
 pub mod identity;
 pub mod listeners;
@@ -33,6 +35,7 @@ use crate::runtime::Runtime;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::{AdmissionGate, QosAdmission};
+use crate::server::edge::DrainSignal;
 use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
@@ -79,13 +82,14 @@ impl std::error::Error for StartError {}
 /// link, reloads, admin API) → drain. Anything that fails before serving
 /// refuses the start, before the node is announced anywhere.
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     reload_source: Option<ConfigSource>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());
     let (runtime, table) = plugins::load(&config, &metrics).await?;
+    descriptors::fit_connection_caps(&mut config);
     let listeners = Listeners::bind(&config).await?;
     plugins::log_loaded(&table);
     ToolGate::new(config.allow_tool_execution).warn_unreachable(&table);
@@ -138,6 +142,8 @@ fn shared_state(
         metrics: metrics.clone(),
         tally: TaskTally::default(),
         max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.edge.body_read_timeout,
+        drain: DrainSignal::default(),
         directory: directory.map(|join| join.status.clone()),
         receipts: directory.map(|join| join.receipts.clone()),
         cx_key,

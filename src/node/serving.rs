@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::StartError;
@@ -17,6 +16,7 @@ use crate::config::NodeConfig;
 use crate::directory::DirectoryLink;
 use crate::protocol::confidentiality::CxKey;
 use crate::reload::{ConfigSource, Reloader};
+use crate::server::edge::{self, EdgeSettings};
 use crate::server::state::AppState;
 
 type ServerTask = JoinHandle<std::io::Result<()>>;
@@ -29,7 +29,6 @@ pub struct Serving {
     admin: Option<ServerTask>,
     link: Option<Arc<DirectoryLink>>,
     hangups: JoinHandle<()>,
-    stop: watch::Sender<bool>,
 }
 
 /// Starts serving on `listeners`.
@@ -50,11 +49,12 @@ pub fn start(
         cx_key_id = state.cx_key.as_ref().map(CxKey::key_id),
         "listening"
     );
-    let (stop, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
+    let server = tokio::spawn(edge::serve(
         listeners.public,
         crate::server::router(state.clone()),
-        stopped(stop_rx.clone()),
+        config.edge,
+        state.metrics.edge("public"),
+        state.drain.clone(),
     ));
     let link = directory.map(|join| {
         Arc::new(join.start(config, identity, local_addr, &state.metrics, state.clone()))
@@ -67,10 +67,16 @@ pub fn start(
                 .map_err(|e| StartError::Bind(settings.listen, e))?;
             tracing::info!(%addr, "admin API listening");
             let router = crate::admin::router(state.clone(), reloader.clone(), &settings.token);
-            Some(tokio::spawn(crate::server::serve(
+            let edge = EdgeSettings {
+                max_connections: settings.max_connections,
+                ..config.edge
+            };
+            Some(tokio::spawn(edge::serve(
                 listener,
                 router,
-                stopped(stop_rx),
+                edge,
+                state.metrics.edge("admin"),
+                state.drain.clone(),
             )))
         }
         _ => None,
@@ -83,7 +89,6 @@ pub fn start(
         admin,
         link,
         hangups,
-        stop,
     })
 }
 
@@ -104,8 +109,9 @@ impl Serving {
         }
     }
 
-    /// Stops announcing and accepting, waits for in-flight tasks (bounded by
-    /// the drain timeout), then deregisters.
+    /// Stops announcing and accepting, closes idle connections, refuses new
+    /// requests on open ones (503 `IICP-E024`), waits for in-flight tasks
+    /// (bounded by the drain timeout), then deregisters.
     pub async fn drain(self, config: &NodeConfig) {
         self.hangups.abort();
         tracing::info!(
@@ -115,7 +121,7 @@ impl Serving {
         if let Some(link) = &self.link {
             link.stop().await;
         }
-        let _ = self.stop.send(true);
+        self.state.drain.start();
         match tokio::time::timeout(config.drain_timeout, self.server).await {
             Ok(_) => tracing::info!("drained"),
             Err(_) => tracing::warn!(
@@ -131,11 +137,6 @@ impl Serving {
         }
         tracing::info!("bye");
     }
-}
-
-/// Resolves once `stop` turns true.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// The reloader: re-reads `reload_source` (or the starting configuration)

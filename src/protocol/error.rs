@@ -144,6 +144,28 @@ impl ApiError {
             .retry_later(retry_after_ms)
     }
 
+    /// 408 `request_timeout`: the request body did not arrive within the
+    /// body-read deadline.
+    pub fn request_timeout(deadline_ms: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {deadline_ms} ms"),
+        )
+    }
+
+    /// 503 `IICP-E024`: the node is shutting down (the reference node's
+    /// code for a draining backend, `protocol.md` §1.3 step 3); retry on
+    /// another node or later.
+    pub fn shutting_down(retry_after_ms: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "IICP-E024",
+            "the node is shutting down",
+        )
+        .retry_later(retry_after_ms)
+    }
+
     /// 500 `internal_error`: a fault inside this node or a plugin bug.
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
         let mut error = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message);
@@ -281,8 +303,9 @@ struct ErrorBody<'a> {
     retry_after_ms: Option<u64>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The envelope's JSON bytes.
+    fn envelope_json(&self) -> Vec<u8> {
         let envelope = Envelope {
             task_id: self.task.as_ref().map(|t| t.task_id.as_str()),
             status: self.task.as_ref().map(|t| t.status),
@@ -294,14 +317,42 @@ impl IntoResponse for ApiError {
                 retry_after_ms: self.retry_after_ms,
             },
         };
-        let mut response = match serde_json::to_vec(&envelope) {
-            Ok(body) => (self.status, body).into_response(),
-            Err(_) => (
-                self.status,
-                br#"{"error":{"code":"internal_error","message":"unencodable error"}}"#.to_vec(),
-            )
-                .into_response(),
-        };
+        serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal_error","message":"unencodable error"}}"#.to_vec()
+        })
+    }
+
+    /// The whole HTTP/1.1 response, with `Connection: close`, as bytes to
+    /// write on a socket no HTTP server handles (a connection refused at
+    /// the connection cap). Carries CORS's allow-origin so browsers can
+    /// read it, like every other response.
+    pub fn to_http1_close(&self) -> Vec<u8> {
+        let body = self.envelope_json();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\naccess-control-allow-origin: *\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(ms) = self.retry_after_ms {
+            head.push_str(&format!("retry-after: {}\r\n", retry_after_seconds(ms)));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+}
+
+/// `Retry-After` is in whole seconds; never 0 (that would invite an
+/// immediate retry).
+fn retry_after_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.envelope_json()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -310,8 +361,13 @@ impl IntoResponse for ApiError {
         if let Some(ms) = self.retry_after_ms {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(ms.div_ceil(1000).max(1)),
+                HeaderValue::from(retry_after_seconds(ms)),
             );
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the request body is never read, so the connection
+            // cannot carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -333,6 +389,21 @@ mod tests {
         let response = ApiError::capacity_exceeded("batch", 1500).into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn a_raw_refusal_is_a_complete_http_response_with_the_envelope() {
+        let bytes = ApiError::unavailable("busy", 1000).to_http1_close();
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close") && head.contains("retry-after: 1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "unavailable");
     }
 
     #[test]

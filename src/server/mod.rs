@@ -14,6 +14,7 @@
 pub mod access;
 pub mod admission;
 pub mod body;
+pub mod edge;
 pub mod health_route;
 pub mod metrics_route;
 pub mod nonce_cache;
@@ -24,7 +25,6 @@ pub mod task_route;
 pub mod tool_gate;
 
 use std::any::Any;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,6 @@ use axum::Router;
 use axum::http::{HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{self, CorsLayer};
 
@@ -71,20 +69,4 @@ fn cors_layer() -> CorsLayer {
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked; answered 500");
     ApiError::internal("internal error").into_response()
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for in-flight requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Small JSON responses must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -1,10 +1,12 @@
 //! The state every route shares, behind one `Arc`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use super::admission::{AdmissionGate, QosAdmission};
+use super::edge::DrainSignal;
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
@@ -48,6 +50,10 @@ pub struct AppState {
     pub tally: TaskTally,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Time a request body has to arrive.
+    pub body_read_timeout: Duration,
+    /// Set when the node starts shutting down.
+    pub drain: DrainSignal,
     /// Standing with the directory, when one is configured.
     pub directory: Option<Arc<DirectoryStatus>>,
     /// Credit receipts, when a directory is configured.

@@ -3,7 +3,10 @@
 //! answering with the protocol's error envelope:
 //!
 //! 1. [`check_origin`] — the per-Origin limit, before the body is read;
-//! 2. read and parse the body (413, 422);
+//! 2. [`read_body`] — the whole body, within the body-read deadline (408),
+//!    before any slot is taken; then parse it (413, 422);
+//!    [`check_node_draining`] — a node that began shutting down meanwhile
+//!    runs nothing new (503 `IICP-E024`);
 //! 3. [`check_tool_gate`] — tool-domain intents need the operator's policy
 //!    (403);
 //! 4. [`route`] — the plugin serving the intent (404);
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +38,7 @@ use tracing::field::Empty;
 use super::access::{Refusal, bearer};
 use super::admission::{NoSlot, RETRY_AFTER_MS, Slots};
 use super::body::read_limited;
+use super::edge::REFUSAL_RETRY_AFTER_MS;
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
@@ -96,9 +100,10 @@ async fn steps(
         iicp.task_id = Empty,
         iicp.intent = Empty
     );
-    let body = read_limited(body, headers, state.max_body_bytes)
+    let body = read_body(state, headers, body)
         .instrument(validate_span.clone())
         .await?;
+    check_node_draining(state)?;
     let (task, route, slots, session) = validate(state, headers, &body, received)
         .instrument(validate_span.clone())
         .await?;
@@ -110,6 +115,27 @@ async fn steps(
     let result = execute(state, &task, &route, trace, received, session.as_ref()).await;
     drop(slots);
     result
+}
+
+/// Step 2: the whole body within the body-read deadline. A client that
+/// trickles its body holds a connection until the deadline, never a slot.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let read = read_limited(body, headers, state.max_body_bytes);
+    tokio::time::timeout(state.body_read_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            state.metrics.body_read_timeouts.inc();
+            Err(ApiError::request_timeout(whole_ms(state.body_read_timeout)))
+        })
+}
+
+/// A task whose body finished arriving after the drain began is refused,
+/// not run.
+fn check_node_draining(state: &AppState) -> Result<(), ApiError> {
+    if state.drain.is_draining() {
+        return Err(ApiError::shutting_down(REFUSAL_RETRY_AFTER_MS));
+    }
+    Ok(())
 }
 
 /// Steps 2–9: everything between reading the body and running the task.

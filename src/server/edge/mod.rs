@@ -1,0 +1,330 @@
+//! The network edge: our own accept loop on hyper, so that no client can
+//! hold the node's connections, memory or task slots by being slow.
+//!
+//! `axum::serve` gives hyper no timer (which silently turns off hyper's
+//! header-read timeout) and has no connection cap, no idle limit and no
+//! body deadline. Here every listener (public and admin) gets:
+//!
+//! * a **connection cap** — a connection over it is answered at once with a
+//!   complete 503 error envelope (`Retry-After`, `Connection: close`)
+//!   written without reading anything, then closed. We answer rather than
+//!   close silently or leave connections in the kernel's backlog, so a
+//!   consumer learns in one round trip that this node is full and moves on
+//!   (a reset or a connect timeout says nothing); the answer costs one
+//!   non-blocking write and holds nothing;
+//! * a **header-read deadline** and a **keep-alive idle timeout**, kept by one
+//!   watchdog per connection ([`connection`]);
+//! * limits on **header bytes** and **header count** (hyper answers 431);
+//! * the **body-read deadline** is the task route's: it reads the whole body
+//!   under it before any task slot is taken, and answers 408 in the error
+//!   envelope when it passes.
+//!
+//! HTTP/1.1 only, as before. Metrics: `iicp_connections_open`,
+//! `iicp_connections_refused_total`, `iicp_connection_timeouts_total{kind}`
+//! and `iicp_draining_refusals_total`, each by `listener`.
+//!
+//! **Drain.** When [`DrainSignal::start`] is called the loop stops
+//! accepting, idle connections are closed, requests already running finish
+//! (their responses carry `Connection: close`), and a request that arrives
+//! on an open connection from then on is answered 503 `IICP-E024` with
+//! `Retry-After` instead of being run. [`serve`] returns when the last
+//! connection has closed; the caller bounds that wait.
+
+pub mod connection;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Request, Response, header};
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower_service::Service;
+
+use self::connection::{Activity, TrackedBody, TrackedStream};
+use crate::metrics::EdgeMetrics;
+use crate::protocol::ApiError;
+
+/// `Retry-After` sent with a refusal at the cap or during a drain, in ms.
+pub const REFUSAL_RETRY_AFTER_MS: u64 = 1000;
+/// hyper's built-in header count, which it keeps on the stack; any other
+/// count costs a heap allocation per request.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// The read buffer hyper may grow a connection's to while a body streams
+/// in (its default is ~400 KiB), unless the header limit needs more; at
+/// least hyper's minimum of 8 KiB.
+const BODY_BUFFER_BYTES: usize = 64 << 10;
+
+/// Bounds on every connection of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Time to deliver a complete request head, from accept or from the
+    /// first byte after an idle spell.
+    pub header_read_timeout: Duration,
+    /// Time to deliver a whole request body, from the parsed head.
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub keep_alive_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Most connections open at once on the listener.
+    pub max_connections: usize,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 << 10,
+            max_headers: HYPER_DEFAULT_MAX_HEADERS,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl EdgeSettings {
+    /// The per-connection read buffer hyper may grow to.
+    /// hyper refuses a head once it fills the buffer, so the buffer holds
+    /// one byte more than the largest head.
+    fn buffer_bytes(&self) -> usize {
+        self.max_header_bytes
+            .saturating_add(1)
+            .max(BODY_BUFFER_BYTES)
+    }
+}
+
+/// The node's shutdown switch, seen by every listener and by the task
+/// route (a task whose body finished arriving after the drain began is
+/// refused, not run).
+#[derive(Debug, Clone)]
+pub struct DrainSignal(Arc<watch::Sender<bool>>);
+
+impl Default for DrainSignal {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl DrainSignal {
+    /// Starts the drain (idempotent).
+    pub fn start(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the drain has begun.
+    pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.subscribe();
+        async move {
+            let _ = receiver.wait_for(|draining| *draining).await;
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `settings` until `drain` starts,
+/// then drains as the module docs say and returns when every connection
+/// has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: EdgeSettings,
+    metrics: EdgeMetrics,
+    drain: DrainSignal,
+) -> std::io::Result<()> {
+    let capacity = settings.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(capacity));
+    let refusal: Arc<[u8]> = ApiError::unavailable(
+        "the node is at its connection limit",
+        REFUSAL_RETRY_AFTER_MS,
+    )
+    .to_http1_close()
+    .into();
+    let mut builder = http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .max_header_size(settings.max_header_bytes)
+        .max_buf_size(settings.buffer_bytes());
+    if settings.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(settings.max_headers);
+    }
+    let stop = drain.started();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    wait_after_accept_error(&error).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            metrics.refused.inc();
+            // Non-blocking: a fresh socket's send buffer takes the whole
+            // answer, and if it does not, the close alone must do.
+            let _ = stream.try_write(&refusal);
+            continue;
+        };
+        // Small JSON answers must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            settings,
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+        };
+        tokio::spawn(async move {
+            connection.serve(stream).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Every slot back means every connection closed.
+    let everything = u32::try_from(capacity).unwrap_or(u32::MAX);
+    let _closed = connections.acquire_many(everything).await;
+    Ok(())
+}
+
+/// Accept errors on one connection (it was reset before we took it) are
+/// skipped; anything else — out of descriptors, most likely — would
+/// repeat at once, so the loop pauses (as hyper's and axum's examples do)
+/// and the kernel's backlog holds new connections meanwhile.
+async fn wait_after_accept_error(error: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "cannot accept connections; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Everything one connection needs.
+struct Connection {
+    builder: http1::Builder,
+    router: Router,
+    settings: EdgeSettings,
+    metrics: EdgeMetrics,
+    drain: DrainSignal,
+}
+
+impl Connection {
+    /// Serves requests until the client leaves, a deadline passes, or the
+    /// drain closes the connection.
+    async fn serve(self, stream: TcpStream) {
+        let _open = OpenConnection::count(&self.metrics);
+        let activity = Activity::new();
+        let service = EdgeService {
+            router: self.router,
+            activity: activity.clone(),
+            drain: self.drain.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let io = TokioIo::new(TrackedStream::new(stream, activity.clone()));
+        let connection = self.builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let expired = activity.expired(
+            self.settings.header_read_timeout,
+            self.settings.keep_alive_timeout,
+        );
+        tokio::pin!(expired);
+        let drain = self.drain.started();
+        tokio::pin!(drain);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                kind = &mut expired => {
+                    self.metrics.timeout(kind.label()).inc();
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+                () = &mut drain, if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// One open connection in `iicp_connections_open`, for as long as it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn count(metrics: &EdgeMetrics) -> Self {
+        metrics.open.inc();
+        Self(metrics.open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The router behind a connection, with the drain rule in front and the
+/// busy phase marked around each request.
+#[derive(Clone)]
+struct EdgeService {
+    router: Router,
+    activity: Arc<Activity>,
+    drain: DrainSignal,
+    metrics: EdgeMetrics,
+}
+
+type EdgeResponse = Response<TrackedBody>;
+
+impl hyper::service::Service<Request<Incoming>> for EdgeService {
+    type Response = EdgeResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<EdgeResponse, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.activity.request_started();
+        if self.drain.is_draining() {
+            self.metrics.draining_refusals.inc();
+            let response = draining_response().map(|body| TrackedBody::new(body, guard));
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        let answer = self.router.clone().call(request);
+        Box::pin(async move {
+            let response = answer.await.unwrap_or_else(|never| match never {});
+            Ok(response.map(|body| TrackedBody::new(body, guard)))
+        })
+    }
+}
+
+/// 503 `IICP-E024` for a request that arrived during the drain. It never
+/// reaches the router, so it carries CORS's allow-origin itself.
+fn draining_response() -> axum::response::Response {
+    let mut response = ApiError::shutting_down(REFUSAL_RETRY_AFTER_MS).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}

@@ -1,0 +1,401 @@
+//! The network edge over real sockets: slow heads and trickled bodies are
+//! closed by their deadlines while healthy tasks keep being served (and
+//! never lose a slot to a slow client), idle keep-alive connections close,
+//! a connection over the cap gets a 503 envelope, oversized heads get 431,
+//! and SIGTERM drains: idle connections close, a task already running is
+//! answered, a new one on an open connection gets 503 `IICP-E024`, exit 0.
+//!
+//! Deadlines are short settings passed to the node; assertions allow the
+//! deadline plus 5 s, so a busy machine cannot fail them. Opening hundreds
+//! of sockets needs descriptors: each test raises its own soft
+//! `RLIMIT_NOFILE` to the hard limit first.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, client, message, metrics, plugin, post_task, raw_http, task};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ECHO: &str = "urn:iicp:intent:util:echo:v1";
+const VERSIONED: &str = "urn:iicp:intent:test:versioned:v1";
+/// What a deadline may overrun by on a busy machine before a test fails.
+const MARGIN: Duration = Duration::from_secs(5);
+
+/// Raises this process's soft open-file limit to its hard limit.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
+/// The value of one sample line in a Prometheus exposition, 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One HTTP/1.1 response read off a raw socket.
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "non-JSON body ({}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Reads one response (head, then `Content-Length` bytes of body).
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawResponse> {
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..read]);
+    }
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Waits until the server closes `stream` (EOF or reset); returns when.
+async fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> Option<Instant> {
+    let mut sink = [0u8; 1024];
+    tokio::time::timeout(timeout, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+fn task_head(length: usize) -> String {
+    format!(
+        "POST /v1/task HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_and_trickled_bodies_are_closed_by_their_deadlines_and_hold_no_slot() {
+    const SLOW_HEADS: usize = 200;
+    const TRICKLERS: usize = 20;
+    const HEADER_MS: u64 = 1000;
+    const BODY_MS: u64 = 1500;
+    raise_open_file_limit();
+    let node = Node::start(
+        &plugin("echo"),
+        &[
+            "--max-concurrent",
+            "1",
+            "--header-read-timeout-ms",
+            &HEADER_MS.to_string(),
+            "--body-read-timeout-ms",
+            &BODY_MS.to_string(),
+        ],
+    );
+    let addr = node.addr.clone();
+
+    // Half-open heads: a request line and one header, then silence.
+    let mut heads = Vec::with_capacity(SLOW_HEADS);
+    for _ in 0..SLOW_HEADS {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"POST /v1/task HTTP/1.1\r\nHost: slow\r\n")
+            .await
+            .unwrap();
+        heads.push((Instant::now(), stream));
+    }
+    // Trickled bodies: a complete head, then a byte every 100 ms.
+    let body =
+        serde_json::to_vec(&task("trickle", ECHO, json!({"text": "x".repeat(200)}))).unwrap();
+    let tricklers: Vec<_> = (0..TRICKLERS)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(&addr).await.unwrap();
+                let (mut reader, mut writer) = stream.into_split();
+                writer
+                    .write_all(task_head(body.len()).as_bytes())
+                    .await
+                    .unwrap();
+                let opened = Instant::now();
+                let trickle = tokio::spawn(async move {
+                    for byte in body {
+                        if writer.write_all(&[byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+                let response = read_response(&mut reader).await;
+                trickle.abort();
+                (opened.elapsed(), response.map(|r| (r.status, r.json())))
+            })
+        })
+        .collect();
+
+    // Healthy tasks keep being served, one slot and all, meanwhile.
+    for i in 0..20 {
+        let (status, _, body) = post_task(&node, &task(&format!("ok-{i}"), ECHO, json!({}))).await;
+        assert_eq!(status, 200, "healthy task {i}: {body}");
+    }
+
+    let deadline = Duration::from_millis(HEADER_MS) + MARGIN;
+    let mut worst_head = Duration::ZERO;
+    for (opened, mut stream) in heads {
+        let closed = closed_by_server(&mut stream, deadline * 2)
+            .await
+            .expect("a slow head was never closed");
+        worst_head = worst_head.max(closed - opened);
+    }
+    assert!(
+        worst_head <= deadline,
+        "a slow head stayed open {worst_head:?}"
+    );
+    let mut worst_body = Duration::ZERO;
+    for trickler in tricklers {
+        let (took, response) = trickler.await.unwrap();
+        let (status, body) = response.expect("a trickled body got no answer");
+        assert_eq!(status, 408, "{body}");
+        assert_eq!(body["error"]["code"], "request_timeout");
+        worst_body = worst_body.max(took);
+    }
+    assert!(worst_body <= Duration::from_millis(BODY_MS) + MARGIN);
+    eprintln!(
+        "{SLOW_HEADS} slow heads closed, the last after {worst_head:?}; {TRICKLERS} trickled bodies answered 408, the last after {worst_body:?}"
+    );
+
+    let text = metrics(&node).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"iicp_connection_timeouts_total{kind="header",listener="public"}"#
+        ),
+        SLOW_HEADS as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"iicp_connection_timeouts_total{kind="body",listener="public"}"#
+        ),
+        TRICKLERS as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
+    const IDLE_MS: u64 = 1000;
+    let node = Node::start(
+        &plugin("echo"),
+        &["--keep-alive-timeout-ms", &IDLE_MS.to_string()],
+    );
+    let mut stream = TcpStream::connect(&node.addr).await.unwrap();
+    stream
+        .write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await.expect("health answer");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), None, "kept alive");
+    let idle_from = Instant::now();
+    let closed = closed_by_server(&mut stream, Duration::from_millis(IDLE_MS) + MARGIN)
+        .await
+        .expect("the idle connection stayed open");
+    assert!(closed - idle_from >= Duration::from_millis(IDLE_MS));
+    let text = metrics(&node).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"iicp_connection_timeouts_total{kind="idle",listener="public"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_over_the_cap_gets_a_503_envelope_and_room_comes_back() {
+    const CAP: usize = 8;
+    raise_open_file_limit();
+    let node = Node::start(&plugin("echo"), &["--max-connections", &CAP.to_string()]);
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(TcpStream::connect(&node.addr).await.unwrap());
+    }
+    // The kernel hands connections to the accept loop in order, so this
+    // one comes after the eight that fill the cap.
+    let mut over = TcpStream::connect(&node.addr).await.unwrap();
+    over.write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let refusal = read_response(&mut over).await.expect("a refusal");
+    assert_eq!(refusal.status, 503);
+    assert_eq!(refusal.header("connection"), Some("close"));
+    assert_eq!(refusal.header("retry-after"), Some("1"));
+    assert_eq!(refusal.json()["error"]["code"], "unavailable");
+    assert!(closed_by_server(&mut over, MARGIN).await.is_some());
+
+    held.clear();
+    let mut served = false;
+    let started = Instant::now();
+    while !served && started.elapsed() < MARGIN * 2 {
+        let (status, _) = raw_http(
+            &node.addr,
+            b"GET /iicp/health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        served = status == 200;
+    }
+    assert!(served, "the cap never gave room back");
+    let text = metrics(&node).await;
+    assert!(
+        sample(
+            &text,
+            r#"iicp_connections_refused_total{listener="public"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(sample(&text, r#"iicp_connections_open{listener="public"}"#) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_over_the_byte_or_count_limit_get_431() {
+    let node = Node::start(
+        &plugin("echo"),
+        &["--max-header-bytes", "2048", "--max-headers", "16"],
+    );
+    let big = format!(
+        "GET /iicp/health HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(4096)
+    );
+    assert_eq!(raw_http(&node.addr, big.as_bytes()).await.0, 431);
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many =
+        format!("GET /iicp/health HTTP/1.1\r\nHost: test\r\n{many}Connection: close\r\n\r\n");
+    assert_eq!(raw_http(&node.addr, many.as_bytes()).await.0, 431);
+    let fine = b"GET /iicp/health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_http(&node.addr, fine).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_answers_running_tasks_refuses_new_ones_and_exits_0() {
+    let mut node = Node::start(&plugin("versioned-v1"), &["--drain-timeout-ms", "30000"]);
+    // A: a task that runs through the start of the drain.
+    let long = tokio::spawn({
+        let url = node.url("/v1/task");
+        async move {
+            let response = client()
+                .post(url)
+                .json(&task("long", VERSIONED, json!({"ms": 3000})))
+                .send()
+                .await
+                .unwrap();
+            let close = response.headers().get("connection").cloned();
+            (response.status().as_u16(), close)
+        }
+    });
+    // B: an idle keep-alive connection.
+    let mut idle = TcpStream::connect(&node.addr).await.unwrap();
+    idle.write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut idle).await.unwrap().status, 200);
+    // C: a task whose body is still arriving when the drain begins.
+    let body = serde_json::to_vec(&task("late", VERSIONED, json!({"ms": 0}))).unwrap();
+    let mut late = TcpStream::connect(&node.addr).await.unwrap();
+    late.write_all(task_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    late.write_all(&body[..10]).await.unwrap();
+    let started = Instant::now();
+    while common::health(&node).await["active_jobs"] != 1 {
+        assert!(started.elapsed() < MARGIN, "the long task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    node.terminate();
+    node.wait_for_log(MARGIN, |e| message(e).starts_with("shutting down"))
+        .expect("drain log line");
+    assert!(
+        closed_by_server(&mut idle, MARGIN).await.is_some(),
+        "the idle connection stayed open during the drain"
+    );
+    late.write_all(&body[10..]).await.unwrap();
+    let refused = read_response(&mut late)
+        .await
+        .expect("an answer to the late task");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "IICP-E024");
+    assert!(refused.header("retry-after").is_some());
+
+    let (status, close) = long.await.unwrap();
+    assert_eq!(status, 200, "the running task was not answered");
+    assert_eq!(close.as_ref().map(|v| v.to_str().unwrap()), Some("close"));
+    let exit = node
+        .wait_exit(Duration::from_secs(30))
+        .expect("the node did not exit");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        TcpStream::connect(&node.addr).await.is_err(),
+        "still accepting after exit"
+    );
+}
