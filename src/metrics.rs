@@ -78,6 +78,8 @@ pub struct Metrics {
     pub directory_registered: IntGauge,
     /// `iicp_registrations_total{result}`.
     pub registrations: IntCounterVec,
+    /// `iicp_credential_writes_total`: writes of the stored directory credentials.
+    pub credential_writes: IntCounter,
     /// `iicp_credit_receipts_total{result}`: sent, failed, dropped, skipped.
     pub receipts: IntCounterVec,
     /// `iicp_reloads_total{result}`: ok, error.
@@ -419,6 +421,11 @@ impl Metrics {
                 "iicp_registrations_total",
                 "Registration attempts, by result.",
                 &["result"],
+            ),
+            credential_writes: counter(
+                &r,
+                "iicp_credential_writes_total",
+                "Writes of the stored directory credentials (only changes, rate-limited).",
             ),
             receipts: counter_vec(
                 &r,

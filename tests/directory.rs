@@ -8,13 +8,19 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::fake_directory::{FakeDirectory, hmac_hex};
+use common::fake_directory::{Canned, FakeDirectory, hmac_hex};
 use common::{Node, health, message, metrics, plugin, post_task, task};
 use serde_json::{Value, json};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 const ECHO: &str = "urn:iicp:intent:util:echo:v1";
 const WAIT: Duration = Duration::from_secs(15);
+/// The node's directory timing in these tests: quick, so outages recover
+/// within the waits above, with the shape of the defaults.
+const RETRY_FLOOR_MS: u64 = 100;
+const BACKOFF_INITIAL_MS: u64 = 200;
+const BACKOFF_MAX_MS: u64 = 1600;
+const MIN_HEARTBEAT_MS: u64 = 100;
 
 fn write_config(dir: &Path, fake: &FakeDirectory, extra: &str) -> PathBuf {
     let path = dir.join("iicp-host.toml");
@@ -27,6 +33,10 @@ max_concurrent = 5
 [directory]
 url = "{url}"
 timeout_ms = 1000
+retry_floor_ms = {RETRY_FLOOR_MS}
+backoff_initial_ms = {BACKOFF_INITIAL_MS}
+backoff_max_ms = {BACKOFF_MAX_MS}
+min_heartbeat_ms = {MIN_HEARTBEAT_MS}
 {extra}
 
 [pricing]
@@ -493,4 +503,138 @@ async fn without_a_directory_the_node_says_so_once_and_serves() {
     assert_eq!(standalone.len(), 1);
     assert!(health(&node).await["directory"].is_null());
     assert_eq!(post_task(&node, &chat_task("alone")).await.0, 200);
+}
+
+/// The lifecycle's documented ceiling: requests a failure episode of
+/// `window` may cost, `2·(N + 1)` with N the failures whose shortest waits
+/// fit in the window (each at least `max(floor, min(b0·2ⁿ⁻¹, bmax)/2)`).
+fn most_requests_while_failing(window: Duration) -> usize {
+    let mut waited = Duration::ZERO;
+    let mut failures = 0;
+    loop {
+        let step =
+            Duration::from_millis((BACKOFF_INITIAL_MS << failures.min(20)).min(BACKOFF_MAX_MS) / 2)
+                .max(Duration::from_millis(RETRY_FLOOR_MS));
+        if waited + step > window {
+            return 2 * (failures + 1);
+        }
+        waited += step;
+        failures += 1;
+    }
+}
+
+/// Requests to `paths` in the first `window` after the first of them.
+fn requests_in_window(fake: &FakeDirectory, paths: &[&str], window: Duration) -> usize {
+    let state = fake.state.lock().unwrap();
+    let mut times = state
+        .requests
+        .iter()
+        .filter(|r| paths.contains(&r.path.as_str()))
+        .map(|r| r.at);
+    let Some(first) = times.next() else {
+        return 0;
+    };
+    1 + times.filter(|at| *at - first <= window).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_that_accepts_registrations_but_refuses_every_heartbeat_is_backed_off() {
+    let fake = FakeDirectory::start().await;
+    fake.state.lock().unwrap().heartbeat_canned = Some(Canned::status(404, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
+    let window = Duration::from_secs(6);
+    let observed = fake
+        .wait_for(window + WAIT, |s| {
+            s.requests
+                .last()
+                .zip(s.requests.first())
+                .is_some_and(|(last, first)| last.at - first.at > window)
+        })
+        .await;
+    assert!(observed, "the node stopped asking");
+    let sent = requests_in_window(&fake, &["/v1/register", "/v1/heartbeat"], window);
+    let ceiling = most_requests_while_failing(window);
+    eprintln!("404 storm: {sent} requests in {window:?} (documented ceiling {ceiling})");
+    assert!(
+        sent <= ceiling,
+        "{sent} requests in {window:?}, ceiling {ceiling}"
+    );
+    assert!(
+        fake.requests("/v1/register").len() >= 3,
+        "gave up registering"
+    );
+    // Every registration rotated the token; the file was written at most
+    // once per 10 s.
+    let writes = metric(&metrics(&node).await, "iicp_credential_writes_total");
+    assert!((1.0..=2.0).contains(&writes), "{writes} credential writes");
+
+    // Once heartbeats are accepted again, the node is registered.
+    fake.state.lock().unwrap().heartbeat_canned = None;
+    let before = fake.requests("/v1/heartbeat").len();
+    wait_heartbeats(&fake, before + 2).await;
+    assert_eq!(health(&node).await["directory"]["registered"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_zero_and_500_storms_are_floored_and_backed_off() {
+    for canned in [
+        Canned::status(503, &[("retry-after", "0")]),
+        Canned::status(500, &[]),
+    ] {
+        let fake = FakeDirectory::start().await;
+        let (_dir, node) = join_directory(&fake, "", 1).await;
+        let start = fake.state.lock().unwrap().requests.len();
+        fake.state.lock().unwrap().heartbeat_canned = Some(canned.clone());
+        let window = Duration::from_secs(4);
+        assert!(
+            fake.wait_for(window + WAIT, |s| s.requests.len() > start
+                && s.requests.last().unwrap().at - s.requests[start].at > window)
+                .await
+        );
+        let sent = {
+            let state = fake.state.lock().unwrap();
+            let first = state.requests[start].at;
+            state.requests[start..]
+                .iter()
+                .filter(|r| r.at - first <= window)
+                .count()
+        };
+        // Each refused heartbeat is one request.
+        let ceiling = most_requests_while_failing(window) / 2;
+        eprintln!(
+            "HTTP {} storm: {sent} heartbeats in {window:?} (ceiling {ceiling})",
+            canned.status
+        );
+        assert!(sent <= ceiling, "{sent} heartbeats, ceiling {ceiling}");
+        assert_eq!(post_task(&node, &chat_task("storm")).await.0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_never_followed() {
+    let elsewhere = FakeDirectory::start().await;
+    let fake = FakeDirectory::start().await;
+    let location = format!("{}/v1/register", elsewhere.url());
+    fake.state.lock().unwrap().register_canned =
+        Some(Canned::status(307, &[("location", &location)]));
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_config(&write_config(dir.path(), &fake, ""), &[]);
+    assert!(
+        fake.wait_for(WAIT, |s| s
+            .requests
+            .iter()
+            .filter(|r| r.path == "/v1/register")
+            .count()
+            >= 3)
+            .await
+    );
+    assert!(
+        elsewhere.state.lock().unwrap().requests.is_empty(),
+        "the register body (token, HMAC key) followed a redirect"
+    );
+    assert_eq!(health(&node).await["directory"]["registered"], false);
+    fake.state.lock().unwrap().register_canned = None;
+    wait_heartbeats(&fake, 1).await;
+    assert_eq!(health(&node).await["directory"]["registered"], true);
 }

@@ -23,6 +23,7 @@ use super::{
     default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
+use crate::directory::lifecycle::Timing;
 use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, TransportSettings, validate_http_url,
 };
@@ -109,6 +110,12 @@ struct DirectorySection {
     tokens_per_min: Option<u32>,
     hmac_key_env: Option<String>,
     receipt_queue: Option<usize>,
+    default_heartbeat_ms: Option<u64>,
+    min_heartbeat_ms: Option<u64>,
+    max_heartbeat_ms: Option<u64>,
+    retry_floor_ms: Option<u64>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -508,6 +515,7 @@ fn directory(
     transport: Option<TransportSettings>,
 ) -> Result<DirectorySettings, String> {
     validate_http_url(&section.url).map_err(|e| format!("directory.url: {e}"))?;
+    let timing = timing(&section)?;
     let pricing = pricing.unwrap_or_default();
     pricing.validate().map_err(|e| format!("pricing.{e}"))?;
     if let Some(policy) = &policy {
@@ -538,7 +546,63 @@ fn directory(
         transport,
         operator_hmac_key,
         receipt_queue: section.receipt_queue.unwrap_or(DEFAULT_RECEIPT_QUEUE),
+        timing,
     })
+}
+
+/// Bounds of the directory timings, in ms: from 100 ms (at most ten
+/// requests a second, however the operator sets it) to an hour.
+const DIRECTORY_TIMING_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+/// The operator's part of the directory timing table.
+fn timing(section: &DirectorySection) -> Result<Timing, String> {
+    let defaults = Timing::default();
+    let ms = |key: &str, value: Option<u64>, default: Duration| {
+        value.map_or(Ok(default), |ms| {
+            check_range(&format!("directory.{key}"), ms, &DIRECTORY_TIMING_MS_RANGE)
+                .map(Duration::from_millis)
+        })
+    };
+    let timing = Timing {
+        default_heartbeat: ms(
+            "default_heartbeat_ms",
+            section.default_heartbeat_ms,
+            defaults.default_heartbeat,
+        )?,
+        min_heartbeat: ms(
+            "min_heartbeat_ms",
+            section.min_heartbeat_ms,
+            defaults.min_heartbeat,
+        )?,
+        max_heartbeat: ms(
+            "max_heartbeat_ms",
+            section.max_heartbeat_ms,
+            defaults.max_heartbeat,
+        )?,
+        retry_floor: ms(
+            "retry_floor_ms",
+            section.retry_floor_ms,
+            defaults.retry_floor,
+        )?,
+        backoff_initial: ms(
+            "backoff_initial_ms",
+            section.backoff_initial_ms,
+            defaults.backoff_initial,
+        )?,
+        backoff_max: ms(
+            "backoff_max_ms",
+            section.backoff_max_ms,
+            defaults.backoff_max,
+        )?,
+        ..defaults
+    };
+    if timing.max_heartbeat < timing.min_heartbeat {
+        return Err("directory.max_heartbeat_ms must not be below min_heartbeat_ms".to_string());
+    }
+    if timing.backoff_max < timing.backoff_initial {
+        return Err("directory.backoff_max_ms must not be below backoff_initial_ms".to_string());
+    }
+    Ok(timing)
 }
 
 /// Directory settings with defaults, for `--directory URL` without a file.
@@ -553,6 +617,7 @@ pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySet
         transport: TransportSettings::default(),
         operator_hmac_key: None,
         receipt_queue: DEFAULT_RECEIPT_QUEUE,
+        timing: Timing::default(),
     }
 }
 

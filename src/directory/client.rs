@@ -87,6 +87,10 @@ impl DirectoryClient {
     /// A client whose every call is bounded by `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
         let http = reqwest::Client::builder()
+            // Never follow a redirect: the register body carries the node's
+            // token and HMAC key, and a directory that moved is configured
+            // by the operator, not discovered. A 3xx is a failed call.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("iicp-host/", env!("CARGO_PKG_VERSION")))

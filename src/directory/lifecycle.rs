@@ -1,25 +1,61 @@
-//! Register, heartbeat, re-register, deregister.
+//! Register, heartbeat, re-register, deregister — politely, whatever the
+//! directory answers.
 //!
 //! * Register only once the node's own `/iicp/health` answers: real
 //!   directories probe the endpoint inside the register call.
 //! * Heartbeat at `{dir}/v1/heartbeat` with `Authorization: Bearer`, at the
-//!   cadence the PONG asks for (`next_heartbeat_ms`), answering each
+//!   cadence the PONG asks for (`next_heartbeat_ms`, held within
+//!   [`Timing::min_heartbeat`]..[`Timing::max_heartbeat`]), answering each
 //!   liveness challenge and reporting task metrics in acknowledged batches.
-//! * 401/404/410 → register again at once, proving ownership with
-//!   `current_node_token`.
-//! * Network errors, timeouts, 5xx and garbage → exponential backoff with
-//!   jitter, capped; the node keeps serving tasks throughout.
+//! * 401/404/410 → register again, proving ownership with
+//!   `current_node_token`, after a backoff wait like any other failure.
+//! * Every failure — network error, timeout, 3xx (redirects are never
+//!   followed: the register body carries the token and HMAC key), 4xx,
+//!   5xx, garbage, and a heartbeat refused right after a registration the
+//!   directory accepted — waits `max(retry_floor, Retry-After, backoff)`
+//!   with jittered exponential backoff (each wait in [d/2, d], d doubling
+//!   from `backoff_initial` to `backoff_max`). Only an *accepted heartbeat*
+//!   resets the backoff: a directory that accepts registrations but refuses
+//!   the heartbeats after them cannot hold the node in a tight loop.
+//!   `Retry-After` can only lengthen a wait (at most to `max_heartbeat`).
+//! * Any two requests of this loop are at least
+//!   `min(min_heartbeat, retry_floor)` apart, whatever woke it (a reload
+//!   asking for a new registration included).
+//! * The credentials file is written only when the credentials changed,
+//!   at most once per [`Timing::state_write_interval`]; a change inside the
+//!   interval is written at the first wake-up after it, and at shutdown.
 //! * On shutdown, after the drain, deregister.
+//!
+//! # The most this node asks of a directory
+//!
+//! With `g = min(min_heartbeat, retry_floor)`:
+//!
+//! * at any time: at most `1/g` requests per second (defaults: 4/s);
+//! * while healthy: one heartbeat per `max(next_heartbeat_ms, min_heartbeat)`,
+//!   plus one registration per reload that changes the served intents;
+//! * while failing, in any of the ways above: the n-th consecutive failure
+//!   waits at least `w(n) = max(retry_floor, min(backoff_initial·2ⁿ⁻¹,
+//!   backoff_max)/2)` and each failure costs at most two requests (a
+//!   registration and the heartbeat refused after it), so a failure
+//!   episode of length T sends at most `2·(N(T) + 1)` requests, N(T) being
+//!   the largest n with `w(1) + … + w(n) ≤ T`; in the long run
+//!   `4/backoff_max` per second. Defaults (1 s, 60 s, floor 0.5 s): at
+//!   most 12 requests in the first 20 s, 16 in the first minute, then one
+//!   cycle every 30 s or more.
+//!
+//! Credit receipts ([`super::receipts`]) are one request per successful task,
+//! one at a time, and back off the same way while they fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::answers::{Pong, Registration};
 use super::client::{DirectoryClient, DirectoryError};
-use super::identity::{SharedCredentials, StateDir, snapshot};
+use super::identity::{Credentials, SharedCredentials, StateDir, snapshot};
 use super::payload::{BatchTracker, HeartbeatFacts, RegisterFacts, heartbeat_body, register_body};
 use super::settings::DirectorySettings;
 use super::signing::challenge_response;
@@ -28,35 +64,64 @@ use crate::metrics::{Metrics, TallyCounts};
 use crate::protocol::confidentiality::CxPublicKey;
 use crate::runtime::plugin::CapabilityInfo;
 
-/// Every timing of the directory relationship, in one table.
-#[derive(Debug, Clone, Copy)]
+/// Every timing of the directory relationship, in one table. The first six
+/// are the operator's (`[directory]` keys `*_ms`); the rest are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     /// Heartbeat interval when the directory names none (the SDK's 30 s).
     pub default_heartbeat: Duration,
-    /// Shortest interval honoured, whatever the directory asks.
+    /// Shortest heartbeat interval honoured, whatever the directory asks.
     pub min_heartbeat: Duration,
-    /// Longest interval honoured.
+    /// Longest heartbeat interval honoured, and the longest `Retry-After`.
     pub max_heartbeat: Duration,
-    /// First retry delay after a failure.
+    /// Shortest wait before any retry, `Retry-After: 0` included.
+    pub retry_floor: Duration,
+    /// Backoff after the first failure (each wait is jittered to [d/2, d]).
     pub backoff_initial: Duration,
-    /// Retry delays never exceed this.
+    /// Backoff never grows past this.
     pub backoff_max: Duration,
+    /// Fewest time between two writes of the credentials file.
+    pub state_write_interval: Duration,
     /// How long to wait for the node's own health route before registering anyway.
     pub local_health_wait: Duration,
     /// Bound on the deregistration call at shutdown.
     pub deregister_timeout: Duration,
 }
 
-/// The defaults.
-pub const TIMING: Timing = Timing {
-    default_heartbeat: Duration::from_secs(30),
-    min_heartbeat: Duration::from_millis(250),
-    max_heartbeat: Duration::from_secs(300),
-    backoff_initial: Duration::from_millis(500),
-    backoff_max: Duration::from_secs(30),
-    local_health_wait: Duration::from_secs(10),
-    deregister_timeout: Duration::from_secs(5),
-};
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            default_heartbeat: Duration::from_secs(30),
+            min_heartbeat: Duration::from_millis(250),
+            max_heartbeat: Duration::from_secs(300),
+            retry_floor: Duration::from_millis(500),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            state_write_interval: Duration::from_secs(10),
+            local_health_wait: Duration::from_secs(10),
+            deregister_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timing {
+    /// The shortest gap between two requests of the lifecycle.
+    pub fn request_gap(&self) -> Duration {
+        self.min_heartbeat.min(self.retry_floor)
+    }
+
+    /// The wait before retrying after `error`: the backoff's next step,
+    /// lengthened by `Retry-After`, never under the floor.
+    fn retry_wait(&self, backoff: &mut Backoff, error: &DirectoryError) -> Duration {
+        let asked = match error {
+            DirectoryError::Status { retry_after, .. } => {
+                retry_after.map_or(Duration::ZERO, |d| d.min(self.max_heartbeat))
+            }
+            _ => Duration::ZERO,
+        };
+        backoff.wait().max(asked).max(self.retry_floor)
+    }
+}
 
 /// What the lifecycle reads from the serving node.
 pub trait NodeView: Send + Sync + 'static {
@@ -71,25 +136,94 @@ pub trait NodeView: Send + Sync + 'static {
 }
 
 /// Exponential backoff with jitter (each wait in [d/2, d]).
-struct Backoff {
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    /// Starts at `initial`, doubles up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
-            next: TIMING.backoff_initial,
+            initial,
+            max,
+            next: initial,
         }
     }
 
-    fn reset(&mut self) {
-        self.next = TIMING.backoff_initial;
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
     }
 
-    fn wait(&mut self) -> Duration {
+    /// The next wait, jittered, and one step further.
+    pub fn wait(&mut self) -> Duration {
         let current = self.next;
-        self.next = (current * 2).min(TIMING.backoff_max);
+        self.next = (current * 2).min(self.max);
         current.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Keeps requests `gap` apart.
+struct Pacer {
+    gap: Duration,
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    /// How long until the next request may go.
+    fn remaining(&self) -> Duration {
+        self.last.map_or(Duration::ZERO, |last| {
+            (last + self.gap).saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Counts a request going now.
+    fn mark(&mut self) {
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Writes of the credentials file: only changes, at most one per interval.
+struct StateWrites {
+    interval: Duration,
+    written: Option<Credentials>,
+    last_write: Option<Instant>,
+    pending: Option<Credentials>,
+}
+
+impl StateWrites {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            written: None,
+            last_write: None,
+            pending: None,
+        }
+    }
+
+    /// Offers the latest credentials; they are written now or later.
+    fn offer(&mut self, credentials: Credentials) {
+        if self.written.as_ref() != Some(&credentials) {
+            self.pending = Some(credentials);
+        }
+    }
+
+    /// What to write now, if anything (always, when `forced`).
+    fn due(&mut self, forced: bool) -> Option<Credentials> {
+        let ready = forced
+            || self
+                .last_write
+                .is_none_or(|at| at.elapsed() >= self.interval);
+        if !ready {
+            return None;
+        }
+        let credentials = self.pending.take()?;
+        self.last_write = Some(Instant::now());
+        self.written = Some(credentials.clone());
+        Some(credentials)
     }
 }
 
@@ -156,70 +290,103 @@ impl Lifecycle {
         self.reregister.notify_one();
     }
 
-    /// Registers and heartbeats until `shutdown` turns true.
+    /// Registers and heartbeats until `shutdown` turns true, by the rules
+    /// of the module docs.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         self.wait_for_local_health().await;
-        let mut backoff = Backoff::new();
+        let timing = self.settings.timing;
+        let mut backoff = Backoff::new(timing.backoff_initial, timing.backoff_max);
+        let mut pacer = Pacer {
+            gap: timing.request_gap(),
+            last: None,
+        };
+        let mut writes = StateWrites::new(timing.state_write_interval);
         let mut batches = BatchTracker::default();
-        'registered: loop {
-            loop {
-                match self.register().await {
-                    Ok(()) => break,
+        let mut step = Step::Register;
+        let mut wait = Duration::ZERO;
+        let mut challenge: Option<String> = None;
+        loop {
+            match self.sleep(wait, &mut shutdown).await {
+                Wake::Shutdown => break,
+                Wake::Reregister => {
+                    tracing::info!("the served intents changed; registering again");
+                    step = Step::Register;
+                }
+                Wake::Elapsed => {}
+            }
+            self.persist(&mut writes, false);
+            wait = pacer.remaining();
+            if !wait.is_zero() {
+                continue;
+            }
+            pacer.mark();
+            wait = match step {
+                Step::Register => match self.register().await {
+                    Ok(credentials) => {
+                        writes.offer(credentials);
+                        self.persist(&mut writes, false);
+                        step = Step::Heartbeat;
+                        challenge = None;
+                        // The first heartbeat follows at once (the pacer
+                        // keeps the gap); the backoff stays where it is
+                        // until a heartbeat is accepted.
+                        Duration::ZERO
+                    }
                     Err(error) => {
                         self.metrics
                             .registrations
                             .with_label_values(&["error"])
                             .inc();
                         tracing::warn!(directory = self.client.base_url(), %error, "registration failed; will retry");
-                        let wait = retry_after(&error).unwrap_or_else(|| backoff.wait());
-                        if self.sleep(wait, &mut shutdown).await == Wake::Shutdown {
-                            return;
-                        }
+                        timing.retry_wait(&mut backoff, &error)
                     }
-                }
-            }
-            backoff.reset();
-            let mut interval = Duration::ZERO;
-            let mut challenge: Option<String> = None;
-            loop {
-                match self.sleep(interval, &mut shutdown).await {
-                    Wake::Shutdown => return,
-                    Wake::Reregister => {
-                        tracing::info!("the served intents changed; registering again");
-                        continue 'registered;
-                    }
-                    Wake::Elapsed => {}
-                }
-                match self.heartbeat(&mut batches, challenge.as_deref()).await {
+                },
+                Step::Heartbeat => match self.heartbeat(&mut batches, challenge.as_deref()).await {
                     Ok(pong) => {
                         backoff.reset();
                         self.status.heartbeat(Ok(()));
                         self.metrics.heartbeats.inc();
-                        interval = pong.next_heartbeat;
                         challenge = pong.challenge;
+                        pong.next_heartbeat
                     }
                     Err(error) if error.needs_registration() => {
                         tracing::info!(%error, "the directory no longer knows this node's token; registering again");
                         self.status.set_registered(false);
                         self.metrics.directory_registered.set(0);
-                        continue 'registered;
+                        step = Step::Register;
+                        timing.retry_wait(&mut backoff, &error)
                     }
                     Err(error) => {
                         self.metrics.heartbeat_failures.inc();
                         self.status.heartbeat(Err(error.to_string()));
                         tracing::warn!(%error, "heartbeat failed; serving continues");
                         // The challenge stays pending: the directory never saw the answer.
-                        interval = retry_after(&error).unwrap_or_else(|| backoff.wait());
+                        timing.retry_wait(&mut backoff, &error)
                     }
-                }
-            }
+                },
+            };
+        }
+        self.persist(&mut writes, true);
+    }
+
+    /// Writes the credentials file if a change is due (or at all, `forced`).
+    fn persist(&self, writes: &mut StateWrites, forced: bool) {
+        let Some(state) = &self.state_dir else {
+            return;
+        };
+        let Some(credentials) = writes.due(forced) else {
+            return;
+        };
+        match state.save_credentials(self.client.base_url(), &credentials) {
+            Ok(()) => self.metrics.credential_writes.inc(),
+            Err(error) => tracing::warn!(%error, "cannot persist directory credentials"),
         }
     }
 
     async fn wait_for_local_health(&self) {
-        let deadline = tokio::time::Instant::now() + TIMING.local_health_wait;
+        let deadline = Instant::now() + self.settings.timing.local_health_wait;
         let probe = reqwest::Client::new();
-        while tokio::time::Instant::now() < deadline {
+        while Instant::now() < deadline {
             let answered = probe
                 .get(&self.local_health_url)
                 .timeout(Duration::from_secs(1))
@@ -234,7 +401,8 @@ impl Lifecycle {
         tracing::warn!("own health route did not answer; registering anyway");
     }
 
-    async fn register(&self) -> Result<(), DirectoryError> {
+    /// Registers; returns the credentials the directory issued.
+    async fn register(&self) -> Result<Credentials, DirectoryError> {
         let credentials = snapshot(&self.credentials);
         let capabilities = self.node.capabilities();
         let (_, max_concurrent) = self.node.load();
@@ -264,11 +432,6 @@ impl Lifecycle {
             }
             live.clone()
         };
-        if let Some(state) = &self.state_dir
-            && let Err(error) = state.save_credentials(self.client.base_url(), &updated)
-        {
-            tracing::warn!(%error, "cannot persist directory credentials");
-        }
         self.status.set_registered(true);
         self.metrics.directory_registered.set(1);
         self.metrics.registrations.with_label_values(&["ok"]).inc();
@@ -278,7 +441,7 @@ impl Lifecycle {
             endpoint = %self.endpoint,
             "registered with the directory"
         );
-        Ok(())
+        Ok(updated)
     }
 
     async fn heartbeat(
@@ -315,8 +478,8 @@ impl Lifecycle {
         let answer = self.client.post("heartbeat", Some(token), &body).await?;
         let pong = Pong::read(
             &answer,
-            TIMING.default_heartbeat,
-            TIMING.min_heartbeat..=TIMING.max_heartbeat,
+            self.settings.timing.default_heartbeat,
+            self.settings.timing.min_heartbeat..=self.settings.timing.max_heartbeat,
         )?;
         batches.on_pong(&answer);
         Ok(pong)
@@ -330,7 +493,7 @@ impl Lifecycle {
         };
         let body = json!({ "node_id": credentials.node_id });
         let call = self.client.delete("register", Some(token), &body);
-        match tokio::time::timeout(TIMING.deregister_timeout, call).await {
+        match tokio::time::timeout(self.settings.timing.deregister_timeout, call).await {
             Ok(Ok(_)) => tracing::info!("deregistered from the directory"),
             Ok(Err(error)) if error.status() == Some(404) => {
                 tracing::info!("the directory had already forgotten this node")
@@ -343,13 +506,11 @@ impl Lifecycle {
     }
 }
 
-fn retry_after(error: &DirectoryError) -> Option<Duration> {
-    match error {
-        DirectoryError::Status { retry_after, .. } => {
-            retry_after.map(|d| d.min(TIMING.max_heartbeat))
-        }
-        _ => None,
-    }
+/// What the loop does at its next wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Register,
+    Heartbeat,
 }
 
 /// Why a lifecycle sleep ended.
@@ -371,5 +532,57 @@ impl Lifecycle {
             _ = shutdown.changed() => Wake::Shutdown,
             () = self.reregister.notified() => Wake::Reregister,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(retry_after: Option<Duration>) -> DirectoryError {
+        DirectoryError::Status {
+            status: 503,
+            code: None,
+            message: None,
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retry_waits_keep_the_floor_and_the_backoff_whatever_retry_after_says() {
+        let timing = Timing::default();
+        let mut backoff = Backoff::new(timing.backoff_initial, timing.backoff_max);
+        let mut previous_ceiling = Duration::ZERO;
+        for step in 0..10 {
+            let wait = timing.retry_wait(&mut backoff, &refused(Some(Duration::ZERO)));
+            assert!(wait >= timing.retry_floor, "step {step}: {wait:?}");
+            let ceiling = (timing.backoff_initial * 2u32.pow(step)).min(timing.backoff_max);
+            assert!(wait >= ceiling / 2 && wait <= ceiling.max(timing.retry_floor));
+            previous_ceiling = previous_ceiling.max(ceiling);
+        }
+        assert_eq!(previous_ceiling, timing.backoff_max);
+        let asked = timing.retry_wait(&mut backoff, &refused(Some(Duration::from_secs(86_400))));
+        assert_eq!(asked, timing.max_heartbeat, "Retry-After is capped");
+    }
+
+    #[test]
+    fn credentials_are_written_on_change_at_most_once_per_interval() {
+        let mut writes = StateWrites::new(Duration::from_secs(3600));
+        let token = |t: &str| Credentials {
+            node_token: Some(t.to_string()),
+            ..Credentials::default()
+        };
+        writes.offer(token("a"));
+        assert_eq!(writes.due(false), Some(token("a")));
+        writes.offer(token("a"));
+        assert_eq!(writes.due(true), None, "unchanged: nothing to write");
+        writes.offer(token("b"));
+        writes.offer(token("c"));
+        assert_eq!(writes.due(false), None, "inside the interval");
+        assert_eq!(
+            writes.due(true),
+            Some(token("c")),
+            "the latest, at shutdown"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::Timing;
 use super::signing::PricingSignature;
 
 /// Pricing models the directories accept.
@@ -49,6 +50,8 @@ pub struct DirectorySettings {
     pub operator_hmac_key: Option<String>,
     /// Credit receipts queued at most; more are dropped and counted.
     pub receipt_queue: usize,
+    /// Heartbeat cadence bounds, retry floor and backoff.
+    pub timing: Timing,
 }
 
 /// The ADR-019 pricing block.

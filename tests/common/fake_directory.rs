@@ -42,6 +42,44 @@ pub struct NodeRecord {
     pub operator_key: Option<String>,
 }
 
+/// A fixed answer that replaces a route's behaviour.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Canned {
+    /// `status` with an error envelope and the given headers.
+    pub fn status(status: u16, headers: &[(&str, &str)]) -> Self {
+        Self {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: json!({"error": {"code": "canned", "message": "canned answer"}}).to_string(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut response = (
+            StatusCode::from_u16(self.status).unwrap(),
+            [("content-type", "application/json")],
+            self.body.clone(),
+        )
+            .into_response();
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        response
+    }
+}
+
 /// Everything the fake knows and every knob.
 #[derive(Debug)]
 pub struct FakeState {
@@ -60,6 +98,10 @@ pub struct FakeState {
     pub accept_batches: bool,
     /// Delay before answering credit awards.
     pub award_delay: Duration,
+    /// Answer every registration with this instead (after recording it).
+    pub register_canned: Option<Canned>,
+    /// Answer every heartbeat with this instead (after recording it).
+    pub heartbeat_canned: Option<Canned>,
     pub registrations: u32,
     pub challenge_checks: Vec<bool>,
     pub pricing_checks: Vec<bool>,
@@ -79,6 +121,8 @@ impl Default for FakeState {
             oversized: false,
             accept_batches: true,
             award_delay: Duration::ZERO,
+            register_canned: None,
+            heartbeat_canned: None,
             registrations: 0,
             challenge_checks: Vec::new(),
             pricing_checks: Vec::new(),
@@ -165,6 +209,9 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
         );
     };
     record(&state, "POST", "/v1/register", &headers, &body);
+    if let Some(canned) = state.lock().unwrap().register_canned.clone() {
+        return canned.response();
+    }
     let (Some(endpoint), Some(node_id)) = (body["endpoint"].as_str(), body["node_id"].as_str())
     else {
         return error(
@@ -245,6 +292,9 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
 async fn heartbeat(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, "POST", "/v1/heartbeat", &headers, &body);
+    if let Some(canned) = state.lock().unwrap().heartbeat_canned.clone() {
+        return canned.response();
+    }
     let (delay, garbage, oversized) = {
         let s = state.lock().unwrap();
         (s.heartbeat_delay, s.garbage, s.oversized)
