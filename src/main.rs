@@ -166,6 +166,9 @@ struct RunArgs {
     /// `allow_tool_execution = true` in [policy], they get 403.
     #[arg(long)]
     allow_tool_execution: bool,
+    /// Browser origins whose task window is remembered (least recently used forgotten first) [default: 10000].
+    #[arg(long)]
+    origin_limit_tracked: Option<usize>,
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
@@ -262,6 +265,13 @@ impl RunArgs {
         }
         if let Some(limit) = self.origin_rate_limit {
             config.origin_rate_limit = limit;
+        }
+        if let Some(tracked) = self.origin_limit_tracked {
+            config.origin_limit_tracked = check_range(
+                "--origin-limit-tracked",
+                tracked,
+                &config::ORIGIN_LIMIT_TRACKED_RANGE,
+            )?;
         }
         if let Some(ms) = self.drain_timeout_ms {
             config.drain_timeout = Duration::from_millis(ms);

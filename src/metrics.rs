@@ -62,6 +62,10 @@ pub struct Metrics {
     pub tool_execution_denied: IntCounter,
     /// `iicp_origin_rate_limited_total`.
     pub origin_rate_limited: IntCounter,
+    /// `iicp_origin_windows` (set at scrape time): origins tracked.
+    pub origin_windows: IntGauge,
+    /// `iicp_origin_windows_forgotten_total`: windows dropped to make room.
+    pub origin_windows_forgotten: IntCounter,
     /// `iicp_nonce_cache_entries` (set at scrape time).
     pub nonce_cache_entries: IntGauge,
     /// `iicp_qos_waiting` (set at scrape time).
@@ -82,6 +86,8 @@ pub struct Metrics {
     pub credential_writes: IntCounter,
     /// `iicp_credit_receipts_total{result}`: sent, failed, dropped, skipped.
     pub receipts: IntCounterVec,
+    /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
+    pub receipt_queue_bytes: IntGauge,
     /// `iicp_reloads_total{result}`: ok, error.
     pub reloads: IntCounterVec,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
@@ -389,6 +395,16 @@ impl Metrics {
                 "iicp_origin_rate_limited_total",
                 "Tasks refused because their Origin used its window.",
             ),
+            origin_windows: gauge(
+                &r,
+                "iicp_origin_windows",
+                "Browser origins whose task window is tracked.",
+            ),
+            origin_windows_forgotten: counter(
+                &r,
+                "iicp_origin_windows_forgotten_total",
+                "Origin windows forgotten, least recently used first, to stay within the tracked limit.",
+            ),
             nonce_cache_entries: gauge(
                 &r,
                 "iicp_nonce_cache_entries",
@@ -426,6 +442,11 @@ impl Metrics {
                 &r,
                 "iicp_credential_writes_total",
                 "Writes of the stored directory credentials (only changes, rate-limited).",
+            ),
+            receipt_queue_bytes: gauge(
+                &r,
+                "iicp_credit_receipt_queue_bytes",
+                "Bytes (task ids and results) of credit receipts waiting to be sent.",
             ),
             receipts: counter_vec(
                 &r,

@@ -638,3 +638,34 @@ async fn redirects_are_never_followed() {
     wait_heartbeats(&fake, 1).await;
     assert_eq!(health(&node).await["directory"]["registered"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receipt_queue_is_bounded_in_bytes_as_well_as_count() {
+    const QUEUE_BYTES: f64 = 65536.0;
+    let fake = FakeDirectory::start().await;
+    let (_dir, node) = join_directory(
+        &fake,
+        "receipt_queue = 1000\nreceipt_queue_bytes = 65536",
+        1,
+    )
+    .await;
+    fake.state.lock().unwrap().award_delay = Duration::from_secs(5);
+    // Each echoed result is ~16 KiB: four fit in the bytes, not twelve.
+    let text = "x".repeat(16 << 10);
+    for i in 0..12 {
+        let (status, _, body) = post_task(
+            &node,
+            &task(&format!("big-{i}"), ECHO, json!({"text": text})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let text = metrics(&node).await;
+    let queued = metric(&text, "iicp_credit_receipt_queue_bytes");
+    assert!(
+        queued > 0.0 && queued <= QUEUE_BYTES,
+        "{queued} bytes queued"
+    );
+    let dropped = metric(&text, r#"iicp_credit_receipts_total{result="dropped"}"#);
+    assert!(dropped >= 6.0, "{dropped} dropped\n{text}");
+}

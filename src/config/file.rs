@@ -24,6 +24,7 @@ use super::{
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
+use crate::directory::receipts::QueueBounds;
 use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, TransportSettings, validate_http_url,
 };
@@ -37,8 +38,11 @@ use crate::runtime::plugin::PluginSource;
 const DEFAULT_DIRECTORY_TIMEOUT_MS: u64 = 10_000;
 /// Default `limits.tokens_per_min` (the reference SDK's).
 const DEFAULT_TOKENS_PER_MIN: u32 = 10_000;
-/// Default credit-receipt queue.
-const DEFAULT_RECEIPT_QUEUE: usize = 1024;
+/// Default credit-receipt queue: 1024 receipts, 16 MiB.
+const DEFAULT_RECEIPT_QUEUE: QueueBounds = QueueBounds {
+    count: 1024,
+    bytes: 16 << 20,
+};
 
 /// A configuration error: which file, and what is wrong in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +90,7 @@ struct NodeSection {
     max_body_bytes: Option<usize>,
     nonce_cache_capacity: Option<usize>,
     origin_rate_limit: Option<u32>,
+    origin_limit_tracked: Option<usize>,
     drain_timeout_ms: Option<u64>,
     state_dir: Option<PathBuf>,
     confidentiality: Option<bool>,
@@ -110,6 +115,7 @@ struct DirectorySection {
     tokens_per_min: Option<u32>,
     hmac_key_env: Option<String>,
     receipt_queue: Option<usize>,
+    receipt_queue_bytes: Option<usize>,
     default_heartbeat_ms: Option<u64>,
     min_heartbeat_ms: Option<u64>,
     max_heartbeat_ms: Option<u64>,
@@ -318,6 +324,12 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
         allow_tool_execution,
+        origin_limit_tracked: check_range(
+            "node.origin_limit_tracked",
+            node.origin_limit_tracked
+                .unwrap_or(crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS),
+            &super::ORIGIN_LIMIT_TRACKED_RANGE,
+        )?,
         drain_timeout: node
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
@@ -545,7 +557,20 @@ fn directory(
         policy,
         transport,
         operator_hmac_key,
-        receipt_queue: section.receipt_queue.unwrap_or(DEFAULT_RECEIPT_QUEUE),
+        receipt_queue: QueueBounds {
+            count: check_range(
+                "directory.receipt_queue",
+                section.receipt_queue.unwrap_or(DEFAULT_RECEIPT_QUEUE.count),
+                &(1..=1_000_000),
+            )?,
+            bytes: check_range(
+                "directory.receipt_queue_bytes",
+                section
+                    .receipt_queue_bytes
+                    .unwrap_or(DEFAULT_RECEIPT_QUEUE.bytes),
+                &(1 << 16..=1 << 32),
+            )?,
+        },
         timing,
     })
 }

@@ -16,6 +16,7 @@ use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
+use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
@@ -51,6 +52,8 @@ pub const EDGE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
 /// Bounds of the request-header count limit.
 pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
+/// Bounds of the number of origins the per-Origin limit tracks.
+pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
 /// Bounds of a listener's connection cap.
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 /// Default connection cap of the admin listener (an operator's tools, not
@@ -88,6 +91,8 @@ pub struct NodeConfig {
     /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
     /// they get 403 `tool_execution_denied`.
     pub allow_tool_execution: bool,
+    /// Most origins whose window is remembered.
+    pub origin_limit_tracked: usize,
     /// How long shutdown waits for in-flight tasks.
     pub drain_timeout: Duration,
     /// Where the node id, directory credentials and IICP-CX key persist.
@@ -171,6 +176,7 @@ impl NodeConfig {
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
             allow_tool_execution: false,
+            origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             state_dir: None,
             confidentiality: true,

@@ -1,10 +1,15 @@
 //! Credit receipts (`protocol.md` §5.5): after each successful task the node
 //! claims its credits with `POST {dir}/v1/credits/award`, signed with the
 //! directory's HMAC key. Off the task path: tasks only offer a receipt to a
-//! bounded queue and never wait; when the queue is full the receipt is
-//! dropped and counted. One background worker sends them in order.
+//! queue bounded in count *and* bytes (a receipt holds its task's result,
+//! up to 4 MiB, until it is hashed and sent) and never wait; a receipt that
+//! does not fit is dropped and counted. One background worker sends them in
+//! order, one at a time; after a failed send it waits like the lifecycle
+//! does (floor, jittered exponential backoff, reset by a success), so a
+//! refusing directory sees at most the lifecycle's retry rate from here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -13,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::client::DirectoryClient;
 use super::identity::{SharedCredentials, snapshot};
+use super::lifecycle::{Backoff, Timing};
 use super::signing::{hmac_hex, receipt_message, response_hash};
 use crate::metrics::Metrics;
 
@@ -32,38 +38,81 @@ pub struct ReceiptJob {
     pub querying_node_id: Option<String>,
 }
 
+impl ReceiptJob {
+    /// The bytes it holds while queued.
+    fn bytes(&self) -> usize {
+        self.task_id.len()
+            + self.result.get().len()
+            + self.querying_node_id.as_ref().map_or(0, String::len)
+    }
+}
+
+/// How much the queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Receipts queued at most.
+    pub count: usize,
+    /// Bytes of queued receipts (task ids and results) at most.
+    pub bytes: usize,
+}
+
 /// The task path's side of the queue.
 #[derive(Clone)]
 pub struct ReceiptQueue {
     sender: mpsc::Sender<ReceiptJob>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
 impl ReceiptQueue {
     /// Offers a receipt; never waits.
     pub fn submit(&self, job: ReceiptJob) {
-        if self.sender.try_send(job).is_err() {
+        let bytes = job.bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let fits = before + bytes <= self.max_bytes;
+        if !fits || self.sender.try_send(job).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.metrics.receipts.with_label_values(&["dropped"]).inc();
+            return;
         }
+        self.metrics.receipt_queue_bytes.add(bytes as i64);
     }
 }
 
-/// Starts the sender; receipts queue up to `capacity`.
+/// Starts the sender, with the queue bounded by `bounds` and the pause
+/// after a failure set by `timing`.
 pub fn start(
     client: DirectoryClient,
     credentials: SharedCredentials,
     metrics: Arc<Metrics>,
-    capacity: usize,
+    bounds: QueueBounds,
+    timing: Timing,
 ) -> ReceiptQueue {
-    let (sender, mut receiver) = mpsc::channel::<ReceiptJob>(capacity.max(1));
-    let worker_metrics = metrics.clone();
+    let (sender, mut receiver) = mpsc::channel::<ReceiptJob>(bounds.count.max(1));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let (worker_metrics, worker_bytes) = (metrics.clone(), queued_bytes.clone());
     tokio::spawn(async move {
+        let mut backoff = Backoff::new(timing.backoff_initial, timing.backoff_max);
         while let Some(job) = receiver.recv().await {
+            let bytes = job.bytes();
             let outcome = send(&client, &credentials, job).await;
+            worker_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            worker_metrics.receipt_queue_bytes.sub(bytes as i64);
             worker_metrics.receipts.with_label_values(&[outcome]).inc();
+            if outcome == "failed" {
+                tokio::time::sleep(backoff.wait().max(timing.retry_floor)).await;
+            } else {
+                backoff.reset();
+            }
         }
     });
-    ReceiptQueue { sender, metrics }
+    ReceiptQueue {
+        sender,
+        queued_bytes,
+        max_bytes: bounds.bytes,
+        metrics,
+    }
 }
 
 async fn send(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lifecycle::Timing;
+use super::receipts::QueueBounds;
 use super::signing::PricingSignature;
 
 /// Pricing models the directories accept.
@@ -48,8 +49,9 @@ pub struct DirectorySettings {
     pub transport: TransportSettings,
     /// An operator-provisioned HMAC key (read from the environment, never from a file).
     pub operator_hmac_key: Option<String>,
-    /// Credit receipts queued at most; more are dropped and counted.
-    pub receipt_queue: usize,
+    /// Credit receipts queued at most, in count and bytes; more are
+    /// dropped and counted.
+    pub receipt_queue: QueueBounds,
     /// Heartbeat cadence bounds, retry floor and backoff.
     pub timing: Timing,
 }

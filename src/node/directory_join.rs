@@ -59,6 +59,7 @@ impl DirectoryJoin {
             credentials.clone(),
             metrics.clone(),
             settings.receipt_queue,
+            settings.timing,
         );
         let status = Arc::new(DirectoryStatus::new(&settings.url));
         Ok(Some(Self {

@@ -138,7 +138,11 @@ fn shared_state(
         qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),
         tool_gate: ToolGate::new(config.allow_tool_execution),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
-        origin_limit: OriginLimiter::new(config.origin_rate_limit),
+        origin_limit: OriginLimiter::new(
+            config.origin_rate_limit,
+            config.origin_limit_tracked,
+            metrics.origin_windows_forgotten.clone(),
+        ),
         metrics: metrics.clone(),
         tally: TaskTally::default(),
         max_body_bytes: config.max_body_bytes,

@@ -18,6 +18,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     metrics
         .nonce_cache_entries
         .set(i64::try_from(state.nonces.len()).unwrap_or(i64::MAX));
+    if let Some(limiter) = &state.origin_limit {
+        metrics
+            .origin_windows
+            .set(i64::try_from(limiter.tracked()).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,
