@@ -4,15 +4,22 @@
 //!
 //! * `GET  /admin/plugins`
 //! * `POST /admin/reload`
-//! * `POST /admin/plugins/{id}/drain` — refuse its new tasks (503), let
-//!   running ones finish
+//! * `POST /admin/plugins/{id}/drain` — refuse its new tasks (503
+//!   `IICP-E024`, reason `plugin_draining`), let running ones finish
 //! * `POST /admin/plugins/{id}/resume`
+//! * `POST /admin/drain` — the same for the whole node (reason
+//!   `node_draining`); the heartbeat then reports it unavailable
+//! * `POST /admin/resume`
+//!
+//! A drain takes `?retry_after_ms=N` (the advice refused consumers get;
+//! default `drain_retry_after_ms`). Every drain and resume is announced to
+//! the directory with a heartbeat at once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,9 +27,11 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::config::DRAIN_RETRY_AFTER_MS_RANGE;
 use crate::protocol::{ApiError, json_response};
 use crate::reload::{ReloadReport, Reloader};
 use crate::server::access::{AccessPolicy, Tenant, bearer};
+use crate::server::drain::{Drain, DrainReason, DrainSwitch};
 use crate::server::plugin_table::PluginEntry;
 use crate::server::state::AppState;
 
@@ -45,6 +54,8 @@ pub fn router(state: Arc<AppState>, reloader: Arc<Reloader>, token: &str) -> Rou
         .route("/admin/reload", post(reload))
         .route("/admin/plugins/{id}/drain", post(drain))
         .route("/admin/plugins/{id}/resume", post(resume))
+        .route("/admin/drain", post(drain_node))
+        .route("/admin/resume", post(resume_node))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(admin.clone(), require_token))
@@ -118,7 +129,7 @@ fn view(entry: &PluginEntry) -> PluginView<'_> {
             .iter()
             .map(|(name, _)| name.as_str())
             .collect(),
-        draining: entry.is_draining(),
+        draining: entry.drained().is_some(),
         active: entry.gate.active(),
         served: entry.counters.served.load(Ordering::Relaxed),
         failed: entry.counters.failed.load(Ordering::Relaxed),
@@ -133,6 +144,7 @@ async fn list_plugins(State(admin): State<Admin>) -> Response {
         StatusCode::OK,
         &json!({
             "node_id": admin.state.node.node_id,
+            "draining": admin.state.node_drain.is_on() || admin.state.drain.is_draining(),
             "active_jobs": admin.state.gate.active(),
             "max_concurrent": admin.state.gate.capacity(),
             "plugins": plugins,
@@ -159,28 +171,109 @@ async fn reload(State(admin): State<Admin>) -> Response {
     }
 }
 
-fn set_draining(admin: &Admin, id: &str, draining: bool) -> Response {
+/// The drain an admin call asks for: `reason`, with `?retry_after_ms=N`
+/// or the configured default.
+fn requested_drain(
+    admin: &Admin,
+    reason: DrainReason,
+    query: Option<&str>,
+) -> Result<Drain, ApiError> {
+    let asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("retry_after_ms="));
+    let retry_after_ms = match asked {
+        None => admin.state.drain_retry_after_ms,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| DRAIN_RETRY_AFTER_MS_RANGE.contains(ms))
+            .ok_or_else(|| {
+                ApiError::validation(format!(
+                    "retry_after_ms must be a number between {} and {}",
+                    DRAIN_RETRY_AFTER_MS_RANGE.start(),
+                    DRAIN_RETRY_AFTER_MS_RANGE.end()
+                ))
+            })?,
+    };
+    Ok(Drain {
+        reason,
+        retry_after_ms,
+    })
+}
+
+/// Sets or clears `switch`, tells the directory, and answers with the
+/// switch's state and the tasks still running under it.
+fn switch_drain(
+    admin: &Admin,
+    switch: &DrainSwitch,
+    drain: Option<Drain>,
+    target: &str,
+    active: u32,
+) -> Response {
+    match drain {
+        Some(drain) => switch.set(drain),
+        None => switch.clear(),
+    }
+    admin.state.status_changed.notify_one();
+    tracing::info!(
+        target,
+        draining = drain.is_some(),
+        active,
+        "drain switch set"
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": target,
+            "draining": drain.is_some(),
+            "reason": drain.map(|d| d.reason.as_str()),
+            "retry_after_ms": drain.map(|d| d.retry_after_ms),
+            "active": active,
+        }),
+    )
+}
+
+fn set_plugin_drain(admin: &Admin, id: &str, drain: Option<Drain>) -> Response {
     let table = admin.state.plugins.load();
     let Some(entry) = table.entry(id) else {
         return ApiError::not_found().into_response();
     };
-    entry.draining.store(draining, Ordering::Relaxed);
-    tracing::info!(
-        plugin = id,
-        draining,
-        active = entry.gate.active(),
-        "plugin drain switch set"
-    );
-    json_response(
-        StatusCode::OK,
-        &json!({ "id": id, "draining": draining, "active": entry.gate.active() }),
-    )
+    switch_drain(admin, &entry.drain, drain, id, entry.gate.active())
 }
 
-async fn drain(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
-    set_draining(&admin, &id, true)
+async fn drain(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match requested_drain(&admin, DrainReason::Plugin, query.as_deref()) {
+        Ok(drain) => set_plugin_drain(&admin, &id, Some(drain)),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn resume(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
-    set_draining(&admin, &id, false)
+    set_plugin_drain(&admin, &id, None)
+}
+
+/// Switches the operator's drain of the whole node; a node shutting down
+/// drains until it exits, whatever the operator asks.
+fn set_node_drain(admin: &Admin, drain: Option<Drain>) -> Response {
+    let state = &admin.state;
+    if state.drain.is_draining() {
+        return ApiError::conflict("the node is shutting down").into_response();
+    }
+    switch_drain(admin, &state.node_drain, drain, "node", state.gate.active())
+}
+
+async fn drain_node(State(admin): State<Admin>, RawQuery(query): RawQuery) -> Response {
+    match requested_drain(&admin, DrainReason::Node, query.as_deref()) {
+        Ok(drain) => set_node_drain(&admin, Some(drain)),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn resume_node(State(admin): State<Admin>) -> Response {
+    set_node_drain(&admin, None)
 }

@@ -174,6 +174,9 @@ struct RunArgs {
     drain_timeout_ms: Option<u64>,
     #[command(flatten)]
     edge: config::EdgeOverrides,
+    /// retry_after_ms a drained node or plugin advises (503 IICP-E024), in ms [default: 30000].
+    #[arg(long)]
+    drain_retry_after_ms: Option<u64>,
     /// Directory for compiled plugins [default: ~/.cache/iicp-host].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -279,6 +282,13 @@ impl RunArgs {
         self.edge.apply(&mut config.edge, |field| {
             format!("--{}", field.replace('_', "-"))
         })?;
+        if let Some(ms) = self.drain_retry_after_ms {
+            config.drain_retry_after = Duration::from_millis(check_range(
+                "--drain-retry-after-ms",
+                ms,
+                &config::DRAIN_RETRY_AFTER_MS_RANGE,
+            )?);
+        }
         if self.no_cache {
             config.runtime.cache_dir = None;
         } else if self.cache_dir.is_some() {

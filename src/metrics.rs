@@ -88,6 +88,9 @@ pub struct Metrics {
     pub receipts: IntCounterVec,
     /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
     pub receipt_queue_bytes: IntGauge,
+    /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
+    /// `IICP-E024`.
+    pub drain_refusals: IntCounterVec,
     /// `iicp_reloads_total{result}`: ok, error.
     pub reloads: IntCounterVec,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
@@ -332,6 +335,12 @@ impl Metrics {
                 "iicp_plugin_http_response_bytes_total",
                 "Response body bytes plugins received over outbound HTTP.",
                 &["plugin"],
+            ),
+            drain_refusals: counter_vec(
+                &r,
+                "iicp_drain_refusals_total",
+                "Tasks refused with 503 IICP-E024 because the node or their plugin drains, by reason.",
+                &["reason"],
             ),
             reloads: counter_vec(
                 &r,

@@ -268,7 +268,8 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
     assert_eq!((status, drained["draining"].clone()), (200, json!(true)));
     let (status, _, body) = post_task(&node, &chat("drained")).await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(error_of(&body)["code"], "unavailable");
+    assert_eq!(error_of(&body)["code"], "IICP-E024");
+    assert_eq!(error_of(&body)["reason"], "plugin_draining");
     assert_eq!(
         post_task(&node, &task("t", &case("ok"), json!(1))).await.0,
         200

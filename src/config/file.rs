@@ -15,12 +15,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AdminSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
+    AdminSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
     DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
-    EdgeOverrides, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig,
-    PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range,
-    default_cache_dir,
+    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE,
+    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
+    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
@@ -92,6 +92,7 @@ struct NodeSection {
     origin_rate_limit: Option<u32>,
     origin_limit_tracked: Option<usize>,
     drain_timeout_ms: Option<u64>,
+    drain_retry_after_ms: Option<u64>,
     state_dir: Option<PathBuf>,
     confidentiality: Option<bool>,
     cache_dir: Option<PathBuf>,
@@ -333,6 +334,13 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         drain_timeout: node
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+        drain_retry_after: node.drain_retry_after_ms.map_or(
+            Ok(DEFAULT_DRAIN_RETRY_AFTER),
+            |ms| {
+                check_range("node.drain_retry_after_ms", ms, &DRAIN_RETRY_AFTER_MS_RANGE)
+                    .map(Duration::from_millis)
+            },
+        )?,
         state_dir: node.state_dir.map(|dir| resolve(base, dir)),
         confidentiality: node.confidentiality.unwrap_or(true),
         directory,

@@ -44,6 +44,11 @@ pub const DEFAULT_QOS_MAX_WAITING: u32 = 64;
 pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
+/// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
+/// answers.
+pub const DEFAULT_DRAIN_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Bounds on that advice, in ms.
+pub const DRAIN_RETRY_AFTER_MS_RANGE: RangeInclusive<u64> = 1..=86_400_000;
 /// Default bound on draining at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounds of the connection deadlines, in ms.
@@ -95,6 +100,8 @@ pub struct NodeConfig {
     pub origin_limit_tracked: usize,
     /// How long shutdown waits for in-flight tasks.
     pub drain_timeout: Duration,
+    /// When a drained node or plugin tells consumers to try again.
+    pub drain_retry_after: Duration,
     /// Where the node id, directory credentials and IICP-CX key persist.
     pub state_dir: Option<PathBuf>,
     /// IICP-CX: advertise an X25519 key and accept encrypted tasks (default
@@ -178,6 +185,7 @@ impl NodeConfig {
             allow_tool_execution: false,
             origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_retry_after: DEFAULT_DRAIN_RETRY_AFTER,
             state_dir: None,
             confidentiality: true,
             directory: None,

@@ -24,7 +24,11 @@
 //! * The credentials file is written only when the credentials changed,
 //!   at most once per [`Timing::state_write_interval`]; a change inside the
 //!   interval is written at the first wake-up after it, and at shutdown.
-//! * On shutdown, after the drain, deregister.
+//! * A drain (of the node, or of plugins) changes what heartbeats report
+//!   (see [`super::payload::service_status`]); while heartbeating, the
+//!   change is sent at the next paced moment, not at the next interval.
+//! * On shutdown: one last heartbeat saying the node drains (when
+//!   registered), then, after the drain, deregister.
 //!
 //! # The most this node asks of a directory
 //!
@@ -133,6 +137,21 @@ pub trait NodeView: Send + Sync + 'static {
     fn drain_tally(&self) -> TallyCounts;
     /// The IICP-CX key advertised, if the node accepts encrypted tasks.
     fn cx_public_key(&self) -> Option<CxPublicKey>;
+    /// Whether the node and its plugins take new tasks.
+    fn service_state(&self) -> ServiceState;
+    /// Notified when [`NodeView::service_state`] changes.
+    fn service_changed(&self) -> &Notify;
+}
+
+/// Whether the node and its plugins take new tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// The whole node drains (operator drain or shutdown).
+    pub node_draining: bool,
+    /// Plugins loaded.
+    pub plugins: usize,
+    /// Plugins drained by the operator.
+    pub drained_plugins: usize,
 }
 
 /// Exponential backoff with jitter (each wait in [d/2, d]).
@@ -306,13 +325,14 @@ impl Lifecycle {
         let mut wait = Duration::ZERO;
         let mut challenge: Option<String> = None;
         loop {
-            match self.sleep(wait, &mut shutdown).await {
+            let service_wakes = step == Step::Heartbeat;
+            match self.sleep(wait, &mut shutdown, service_wakes).await {
                 Wake::Shutdown => break,
                 Wake::Reregister => {
                     tracing::info!("the served intents changed; registering again");
                     step = Step::Register;
                 }
-                Wake::Elapsed => {}
+                Wake::Elapsed | Wake::ServiceChanged => {}
             }
             self.persist(&mut writes, false);
             wait = pacer.remaining();
@@ -366,7 +386,24 @@ impl Lifecycle {
                 },
             };
         }
+        if step == Step::Heartbeat {
+            tokio::time::sleep(pacer.remaining()).await;
+            self.farewell(&mut batches, challenge.as_deref()).await;
+        }
         self.persist(&mut writes, true);
+    }
+
+    /// The heartbeat sent when shutdown begins, so the directory hears that
+    /// the node drains before it deregisters; bounded like deregistration.
+    async fn farewell(&self, batches: &mut BatchTracker, challenge: Option<&str>) {
+        let sent = tokio::time::timeout(
+            self.settings.timing.deregister_timeout,
+            self.heartbeat(batches, challenge),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::warn!("the directory did not take the draining heartbeat");
+        }
     }
 
     /// Writes the credentials file if a change is due (or at all, `forced`).
@@ -459,6 +496,7 @@ impl Lifecycle {
             });
         };
         let (active_jobs, max_concurrent) = self.node.load();
+        let service = self.node.service_state();
         let batch = batches.next(|| self.node.drain_tally()).cloned();
         let answer = challenge.and_then(|c| {
             credentials
@@ -469,6 +507,7 @@ impl Lifecycle {
             &HeartbeatFacts {
                 active_jobs,
                 max_concurrent,
+                service,
             },
             batch.as_ref(),
             answer,
@@ -519,11 +558,18 @@ enum Wake {
     Elapsed,
     Shutdown,
     Reregister,
+    ServiceChanged,
 }
 
 impl Lifecycle {
-    /// Sleeps `duration` unless shutdown or a re-registration comes first.
-    async fn sleep(&self, duration: Duration, shutdown: &mut watch::Receiver<bool>) -> Wake {
+    /// Sleeps `duration` unless shutdown, a re-registration or (with
+    /// `service_wakes`) a change of service state comes first.
+    async fn sleep(
+        &self,
+        duration: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+        service_wakes: bool,
+    ) -> Wake {
         if *shutdown.borrow() {
             return Wake::Shutdown;
         }
@@ -531,6 +577,7 @@ impl Lifecycle {
             () = tokio::time::sleep(duration) => if *shutdown.borrow() { Wake::Shutdown } else { Wake::Elapsed },
             _ = shutdown.changed() => Wake::Shutdown,
             () = self.reregister.notified() => Wake::Reregister,
+            () = self.node.service_changed().notified(), if service_wakes => Wake::ServiceChanged,
         }
     }
 }

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::identity::Credentials;
+use super::lifecycle::ServiceState;
 use super::settings::{DirectorySettings, PricingSettings};
 use super::signing::{PricingSignature, sdk_pricing_signature, spec_pricing_signature};
 use crate::metrics::TallyCounts;
@@ -214,6 +215,35 @@ pub struct HeartbeatFacts {
     pub active_jobs: u32,
     /// Node-wide task slots.
     pub max_concurrent: u32,
+    /// Drains of the node and its plugins.
+    pub service: ServiceState,
+}
+
+/// What a heartbeat says about taking new tasks: `(status, available)`.
+///
+/// `available` is node-wide, and directories drop an unavailable node from
+/// discovery for every intent (`iicp-core.md` §4.1), so:
+/// * the whole node draining, or every plugin drained → `"draining"`,
+///   `available: false`;
+/// * some but not all plugins drained → `"degraded"`, `available` as the
+///   slots say: the other intents still serve, and the drained ones answer
+///   503 `IICP-E024` with `Retry-After`, which consumers treat as "switch
+///   node" (re-registering without their capabilities would rotate the node
+///   token on every drain);
+/// * otherwise `"available"`, `available` while a slot is free.
+///
+/// Directories read `available` and ignore `status` (`protocol.md` §2.4).
+pub fn service_status(facts: &HeartbeatFacts) -> (&'static str, bool) {
+    let service = &facts.service;
+    let free_slot = facts.active_jobs < facts.max_concurrent.max(1);
+    if service.node_draining || (service.plugins > 0 && service.drained_plugins == service.plugins)
+    {
+        ("draining", false)
+    } else if service.drained_plugins > 0 {
+        ("degraded", free_slot)
+    } else {
+        ("available", free_slot)
+    }
 }
 
 /// The HEARTBEAT body.
@@ -231,8 +261,9 @@ pub fn heartbeat_body(
         // Legacy duplicate of the Bearer header, still read by older directories.
         body.insert("node_token".into(), json!(token));
     }
-    body.insert("status".into(), json!("available"));
-    body.insert("available".into(), json!(facts.active_jobs < capacity));
+    let (status, available) = service_status(facts);
+    body.insert("status".into(), json!(status));
+    body.insert("available".into(), json!(available));
     body.insert(
         "load".into(),
         json!(f64::from(facts.active_jobs) / f64::from(capacity)),

@@ -22,12 +22,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use self::directory_join::DirectoryJoin;
 use self::identity::Identity;
 use self::listeners::Listeners;
 use crate::config::{NONCE_WINDOW, NodeConfig};
-use crate::directory::lifecycle::NodeView;
+use crate::directory::lifecycle::{NodeView, ServiceState};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
 use crate::reload::ConfigSource;
@@ -35,6 +36,7 @@ use crate::runtime::Runtime;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::{AdmissionGate, QosAdmission};
+use crate::server::drain::DrainSwitch;
 use crate::server::edge::DrainSignal;
 use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
@@ -136,6 +138,9 @@ fn shared_state(
         plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
         qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),
+        node_drain: DrainSwitch::default(),
+        drain_retry_after_ms: crate::clock::whole_ms(config.drain_retry_after),
+        status_changed: Notify::new(),
         tool_gate: ToolGate::new(config.allow_tool_execution),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         origin_limit: OriginLimiter::new(
@@ -169,6 +174,19 @@ impl NodeView for AppState {
 
     fn cx_public_key(&self) -> Option<CxPublicKey> {
         self.cx_key.as_ref().map(CxKey::public_key)
+    }
+
+    fn service_state(&self) -> ServiceState {
+        let table = self.plugins.load();
+        ServiceState {
+            node_draining: self.node_drain.is_on() || self.drain.is_draining(),
+            plugins: table.entries().len(),
+            drained_plugins: table.entries().iter().filter(|e| e.drain.is_on()).count(),
+        }
+    }
+
+    fn service_changed(&self) -> &Notify {
+        &self.status_changed
     }
 }
 

@@ -118,10 +118,12 @@ impl Serving {
             active_jobs = self.state.gate.active(),
             "shutting down: no new connections, draining in-flight tasks"
         );
+        // The drain starts before the link stops, so the directory's last
+        // heartbeat says the node drains.
+        self.state.drain.start();
         if let Some(link) = &self.link {
             link.stop().await;
         }
-        self.state.drain.start();
         match tokio::time::timeout(config.drain_timeout, self.server).await {
             Ok(_) => tracing::info!("drained"),
             Err(_) => tracing::warn!(

@@ -7,6 +7,9 @@
 //! * capacity: HTTP 429 with code `IICP-E021`, message `capacity_exceeded`,
 //!   plus `qos_class`, `retry_after_ms` and a `Retry-After` header (§10 #5);
 //! * replay: HTTP 409 `IICP-E011`, message `replay_detected`;
+//! * draining: the SDK's 503 `IICP-E024` (the spec uses E024 for a proxy's
+//!   504 when every CIP worker timed out, §10 #13) with `reason` and
+//!   `retry_after_ms`;
 //! * unknown intent: HTTP 404 `unknown_intent`;
 //! * IICP-CX failures: the SDK's 400 `IICP-CX-02`/`-03` and 500 `IICP-CX-04`
 //!   rather than the spec's 422 `IICP-E050`, which collides with a directory
@@ -31,8 +34,10 @@ pub struct ApiError {
     message: Cow<'static, str>,
     retryable: Option<bool>,
     qos_class: Option<&'static str>,
+    reason: Option<&'static str>,
     retry_after_ms: Option<u64>,
-    task: Option<TaskContext>,
+    /// Boxed: rare, and it keeps every `Result<_, ApiError>` small.
+    task: Option<Box<TaskContext>>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +54,7 @@ impl ApiError {
             message: truncate(message.into()),
             retryable: None,
             qos_class: None,
+            reason: None,
             retry_after_ms: None,
             task: None,
         }
@@ -158,12 +164,25 @@ impl ApiError {
     /// code for a draining backend, `protocol.md` §1.3 step 3); retry on
     /// another node or later.
     pub fn shutting_down(retry_after_ms: u64) -> Self {
-        Self::new(
+        let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "IICP-E024",
             "the node is shutting down",
-        )
-        .retry_later(retry_after_ms)
+        );
+        error.reason = Some("shutting_down");
+        error.retry_later(retry_after_ms)
+    }
+
+    /// 503 `IICP-E024`: the node or the plugin is draining; `reason` says
+    /// which (see `server::drain`).
+    pub fn draining(reason: &'static str, retry_after_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "IICP-E024",
+            "backend temporarily draining",
+        );
+        error.reason = Some(reason);
+        error.retry_later(retry_after_ms)
     }
 
     /// 500 `internal_error`: a fault inside this node or a plugin bug.
@@ -214,6 +233,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 409 `conflict`: the request contradicts the current state.
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// 404 `not_found`: no such route.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
@@ -248,10 +272,10 @@ impl ApiError {
         } else {
             "error"
         };
-        self.task = Some(TaskContext {
+        self.task = Some(Box::new(TaskContext {
             task_id: task_id.to_string(),
             status,
-        });
+        }));
         self
     }
 
@@ -300,6 +324,8 @@ struct ErrorBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     qos_class: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_ms: Option<u64>,
 }
 
@@ -314,6 +340,7 @@ impl ApiError {
                 message: &self.message,
                 retryable: self.retryable,
                 qos_class: self.qos_class,
+                reason: self.reason,
                 retry_after_ms: self.retry_after_ms,
             },
         };

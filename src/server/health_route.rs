@@ -23,6 +23,10 @@ struct Health<'a> {
     max_concurrent: u32,
     effective_max_concurrent: u32,
     available: bool,
+    /// The whole node drains (operator drain or shutting down).
+    draining: bool,
+    /// Plugins the operator drained.
+    drained_plugins: Vec<&'a str>,
     model: Option<&'a str>,
     models: Vec<&'a str>,
     intent: Option<&'a str>,
@@ -40,15 +44,32 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let plugins = state.plugins.load();
     let models = plugins.models();
     let intents = plugins.intents();
+    let drained_plugins: Vec<&str> = plugins
+        .entries()
+        .iter()
+        .filter(|e| e.drained().is_some())
+        .map(|e| &*e.plugin.id)
+        .collect();
+    let all_drained =
+        !plugins.entries().is_empty() && drained_plugins.len() == plugins.entries().len();
+    let node_draining = state.node_drain.is_on() || state.drain.is_draining();
+    let draining = node_draining || all_drained;
     let health = Health {
-        status: "ok",
+        // NODE-HEALTH allows `ok` and `degraded`; a drain is the latter.
+        status: if draining || !drained_plugins.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        },
         node_id: &state.node.node_id,
         region: &state.node.region,
         load: f64::from(active) / f64::from(capacity.max(1)),
         active_jobs: active,
         max_concurrent: capacity,
         effective_max_concurrent: capacity,
-        available: active < capacity,
+        available: !draining && active < capacity,
+        draining: node_draining,
+        drained_plugins,
         model: models.first().copied(),
         intent: intents.first().copied(),
         models,

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod admission;
 pub mod body;
+pub mod drain;
 pub mod edge;
 pub mod health_route;
 pub mod metrics_route;

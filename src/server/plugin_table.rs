@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use super::access::{AccessPolicy, Tenant};
 use super::admission::AdmissionGate;
+use super::drain::{Drain, DrainSwitch};
 use crate::config::PluginSpec;
 use crate::metrics::{IntentMetrics, Metrics, PluginMetrics};
 use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin};
@@ -36,8 +37,8 @@ pub struct PluginEntry {
     pub gate: Arc<AdmissionGate>,
     /// Who may call it.
     pub access: AccessPolicy,
-    /// Set while it is drained: new tasks are refused, running ones finish.
-    pub draining: Arc<AtomicBool>,
+    /// On while it is drained: new tasks are refused, running ones finish.
+    pub drain: Arc<DrainSwitch>,
     /// Finished tasks.
     pub counters: Arc<PluginCounters>,
     /// Its metrics.
@@ -45,9 +46,9 @@ pub struct PluginEntry {
 }
 
 impl PluginEntry {
-    /// Whether it is drained.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+    /// The drain it is under, if any.
+    pub fn drained(&self) -> Option<Drain> {
+        self.drain.get()
     }
 }
 
@@ -137,7 +138,7 @@ impl PluginTable {
                 capabilities: effective_capabilities(&plugin, &spec),
                 gate,
                 access,
-                draining: before.map_or_else(Default::default, |e| e.draining.clone()),
+                drain: before.map_or_else(Default::default, |e| e.drain.clone()),
                 counters: before.map_or_else(Default::default, |e| e.counters.clone()),
                 metrics: metrics.plugin(&plugin.id),
                 plugin,

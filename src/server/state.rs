@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use super::admission::{AdmissionGate, QosAdmission};
+use super::drain::DrainSwitch;
 use super::edge::DrainSignal;
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
@@ -38,6 +40,14 @@ pub struct AppState {
     pub gate: AdmissionGate,
     /// Who may wait for a slot, and how long.
     pub qos: QosAdmission,
+    /// On while the operator drains the whole node (shutting down is
+    /// `drain`).
+    pub node_drain: DrainSwitch,
+    /// `retry_after_ms` advised by an operator's drain unless it names one.
+    pub drain_retry_after_ms: u64,
+    /// Woken when what the node tells the directory changes (a drain), so
+    /// the next heartbeat goes out at once.
+    pub status_changed: Notify,
     /// Whether tool-domain intents may run.
     pub tool_gate: ToolGate,
     /// Replay protection.

@@ -11,7 +11,8 @@
 //!    (403);
 //! 4. [`route`] — the plugin serving the intent (404);
 //! 5. [`check_tenant`] — the plugin's tenants (401);
-//! 6. [`check_drain`] — a drained plugin refuses new work (503);
+//! 6. [`check_drain`] — a drained node or plugin refuses new work (503
+//!    `IICP-E024`);
 //! 7. [`take_slots`] — the plugin's slot, then the node's; realtime and
 //!    interactive tasks may wait a bounded time (429);
 //! 8. [`check_nonce`] — replay protection (409), after the slots so a task
@@ -152,7 +153,7 @@ async fn validate<'b>(
     check_tool_gate(state, &task)?;
     let route = route(state, &task)?;
     check_tenant(&route, &task, headers)?;
-    check_drain(&route)?;
+    check_drain(state, &route)?;
     let slots = take_slots(state, &route, &task, received).await?;
     tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
     check_nonce(state, &task)?;
@@ -232,15 +233,19 @@ fn check_tenant(
     }
 }
 
-/// Step 6: a drained plugin takes no new tasks; running ones finish.
-fn check_drain(route: &Route) -> Result<(), ApiError> {
-    if route.entry.is_draining() {
-        return Err(ApiError::unavailable(
-            "the plugin serving this intent is draining",
-            RETRY_AFTER_MS,
-        ));
+/// Step 6: a drained node or plugin takes no new tasks; running ones finish.
+fn check_drain(state: &AppState, route: &Route) -> Result<(), ApiError> {
+    match state.node_drain.get().or_else(|| route.entry.drained()) {
+        None => Ok(()),
+        Some(drain) => {
+            state
+                .metrics
+                .drain_refusals
+                .with_label_values(&[drain.reason.as_str()])
+                .inc();
+            Err(drain.refusal())
+        }
     }
-    Ok(())
 }
 
 /// Step 7: the plugin's slot, then the node's, waiting only as the task's
