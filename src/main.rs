@@ -159,6 +159,17 @@ struct RunArgs {
     /// Most nonces remembered for replay protection [default: 1000000].
     #[arg(long)]
     nonce_cache_capacity: Option<usize>,
+    /// Idempotent task ids: a task id seen in the last 300 s gets its first
+    /// answer instead of running again, or 409 IICP-E010 with other content
+    /// [default: off, as in the reference node].
+    #[arg(long)]
+    idempotency: bool,
+    /// Answered task ids remembered at most, with --idempotency [default: 100000].
+    #[arg(long)]
+    idempotency_capacity: Option<usize>,
+    /// Bytes of remembered task ids and answers at most, with --idempotency [default: 67108864].
+    #[arg(long)]
+    idempotency_max_bytes: Option<usize>,
     /// Tasks per browser Origin per minute; more get 429 IICP-E023; 0 turns it off [default: 120].
     #[arg(long)]
     origin_rate_limit: Option<u32>,
@@ -265,6 +276,21 @@ impl RunArgs {
         }
         if let Some(capacity) = self.nonce_cache_capacity {
             config.nonce_capacity = capacity;
+        }
+        if self.idempotency && config.idempotency.is_none() {
+            config.idempotency = Some(config::IdempotencyBounds::default());
+        }
+        if let Some(bounds) = &mut config.idempotency {
+            if let Some(capacity) = self.idempotency_capacity {
+                bounds.capacity = capacity;
+            }
+            if let Some(max_bytes) = self.idempotency_max_bytes {
+                bounds.max_bytes = max_bytes;
+            }
+        } else if self.idempotency_capacity.is_some() || self.idempotency_max_bytes.is_some() {
+            return Err(
+                "--idempotency-capacity and --idempotency-max-bytes need --idempotency".to_string(),
+            );
         }
         if let Some(limit) = self.origin_rate_limit {
             config.origin_rate_limit = limit;

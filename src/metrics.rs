@@ -93,6 +93,8 @@ pub struct Metrics {
     pub drain_refusals: IntCounterVec,
     /// `iicp_reloads_total{result}`: ok, error.
     pub reloads: IntCounterVec,
+    /// Idempotent task ids.
+    pub idempotency: IdempotencyMetrics,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
     pub artifact_cache_rejected: IntCounterVec,
     connections_open: IntGaugeVec,
@@ -127,6 +129,25 @@ impl EdgeMetrics {
 /// The labels of one `iicp_plugin_info` series: plugin id, name, version,
 /// sha256.
 pub type PluginInfoLabels = [String; 4];
+
+/// What idempotent task ids did (`iicp_idempotency_total{outcome}`), and the
+/// cache's size and evictions.
+pub struct IdempotencyMetrics {
+    /// A duplicate got the first attempt's answer.
+    pub replayed: IntCounter,
+    /// A duplicate waited for the first attempt.
+    pub waited: IntCounter,
+    /// Same id, other content: 409.
+    pub conflict: IntCounter,
+    /// Same id, answer no longer kept: 409.
+    pub forgotten: IntCounter,
+    /// `iicp_idempotency_entries` (set at scrape time).
+    pub entries: IntGauge,
+    /// `iicp_idempotency_bytes` (set at scrape time).
+    pub bytes: IntGauge,
+    /// `iicp_idempotency_evictions_total{kind}`.
+    pub evictions: crate::server::idempotency::EvictionCounters,
+}
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
 #[derive(Clone)]
@@ -469,6 +490,40 @@ impl Metrics {
                 "Compiled-artifact cache entries refused and compiled again, by reason.",
                 &["reason"],
             ),
+            idempotency: {
+                let outcomes = counter_vec(
+                    &r,
+                    "iicp_idempotency_total",
+                    "Duplicate task ids, by outcome (replayed, waited, conflict, forgotten).",
+                    &["outcome"],
+                );
+                let evictions = counter_vec(
+                    &r,
+                    "iicp_idempotency_evictions_total",
+                    "Task-id cache evictions, by kind (answer: dropped to fit the bytes; entry: dropped to fit the bounds).",
+                    &["kind"],
+                );
+                IdempotencyMetrics {
+                    replayed: outcomes.with_label_values(&["replayed"]),
+                    waited: outcomes.with_label_values(&["waited"]),
+                    conflict: outcomes.with_label_values(&["conflict"]),
+                    forgotten: outcomes.with_label_values(&["forgotten"]),
+                    entries: gauge(
+                        &r,
+                        "iicp_idempotency_entries",
+                        "Task ids remembered (running and answered).",
+                    ),
+                    bytes: gauge(
+                        &r,
+                        "iicp_idempotency_bytes",
+                        "Bytes of remembered task ids and answers.",
+                    ),
+                    evictions: crate::server::idempotency::EvictionCounters {
+                        answers: evictions.with_label_values(&["answer"]),
+                        entries: evictions.with_label_values(&["entry"]),
+                    },
+                }
+            },
             registry: r,
         }
     }

@@ -85,6 +85,7 @@ fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
         "node.qos_max_waiting",
         running.qos_max_waiting != next.qos_max_waiting,
     );
+    check("node.idempotency", running.idempotency != next.idempotency);
     check("node.node_id", running.node_id != next.node_id);
     check("node.region", running.region != next.region);
     check(

@@ -222,3 +222,147 @@ async fn drains_answer_e024_and_the_heartbeat_follows() {
         .expect("deregistration");
     assert!(farewell < deregistered);
 }
+
+/// An HTTP server counting the requests it gets (each is one plugin run);
+/// while `hold` is on, it answers only once `hold` turns off.
+struct RunCounter {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunCounter {
+    async fn start() -> RunCounter {
+        use std::sync::atomic::Ordering;
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let counted = hits.clone();
+        let app = axum::Router::new().route(
+            "/run",
+            axum::routing::get(move || {
+                let (counted, mut held) = (counted.clone(), held.clone());
+                async move {
+                    let run = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = held.wait_for(|on| !*on).await;
+                    format!("run {run}")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RunCounter { addr, hits, hold }
+    }
+
+    fn runs(&self) -> u32 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn task(&self, id: &str, query: &str) -> Value {
+        task(
+            id,
+            "urn:iicp:intent:test:http-get:v1",
+            json!({ "url": format!("http://{}/run{query}", self.addr) }),
+        )
+    }
+}
+
+/// A node whose misbehave plugin may call `counter`.
+fn counted_node(dir: &Path, counter: &RunCounter, extra: &[&str]) -> Node {
+    let path = dir.join("counted.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[plugin]]\nid = \"misbehave\"\npath = {:?}\n[plugin.http]\nallow = [\"http://{}\"]\n",
+            plugin("misbehave").display().to_string(),
+            counter.addr
+        ),
+    )
+    .unwrap();
+    Node::start_config(&path, extra)
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_id_runs_once_and_duplicates_get_its_answer() {
+    let counter = RunCounter::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = counted_node(dir.path(), &counter, &["--idempotency"]);
+
+    let (status, _, first) = post_task(&node, &counter.task("idem-1", "")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["result"]["body"], "run 1");
+    let (status, _, again) = post_task(&node, &counter.task("idem-1", "")).await;
+    assert_eq!((status, &again), (200, &first));
+    assert_eq!(counter.runs(), 1);
+
+    // The same id with other content is a conflict, and runs nothing.
+    let (status, _, body) = post_task(&node, &counter.task("idem-1", "?other")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(error_of(&body)["code"], "IICP-E010");
+    assert_eq!(error_of(&body)["reason"], "content_differs");
+    assert_eq!(body["task_id"], "idem-1");
+    assert_eq!(counter.runs(), 1);
+
+    // Duplicates arriving while the first attempt runs wait for its answer.
+    counter.hold.send_replace(true);
+    let url = node.url("/v1/task");
+    let post = |body: Value| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let response = client().post(url).json(&body).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let original = post(counter.task("idem-2", ""));
+    let deadline = std::time::Instant::now() + WAIT;
+    while counter.runs() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first attempt never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let duplicates: Vec<_> = (0..3).map(|_| post(counter.task("idem-2", ""))).collect();
+    let waited = r#"iicp_idempotency_total{outcome="waited"}"#;
+    while sample(&metrics(&node).await, waited) < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the duplicates never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    counter.hold.send_replace(false);
+    let (status, answer) = original.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["body"], "run 2");
+    for duplicate in duplicates {
+        assert_eq!(duplicate.await.unwrap(), (200, answer.clone()));
+    }
+    assert_eq!(counter.runs(), 2);
+    let text = metrics(&node).await;
+    assert_eq!(
+        sample(&text, r#"iicp_idempotency_total{outcome="replayed"}"#),
+        4.0
+    );
+    assert_eq!(
+        sample(&text, r#"iicp_idempotency_total{outcome="conflict"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, "iicp_idempotency_entries"), 2.0);
+
+    // Off by default, as in the reference node: every task runs.
+    let plain = counted_node(dir.path(), &counter, &[]);
+    for _ in 0..2 {
+        assert_eq!(post_task(&plain, &counter.task("idem-1", "")).await.0, 200);
+    }
+    assert_eq!(counter.runs(), 4);
+}

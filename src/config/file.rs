@@ -18,9 +18,9 @@ use super::{
     AdminSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
     DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
-    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
-    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, IdempotencyBounds, MAX_CONCURRENT_RANGE,
+    MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE,
+    QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
@@ -89,6 +89,10 @@ struct NodeSection {
     qos_max_waiting: Option<u32>,
     max_body_bytes: Option<usize>,
     nonce_cache_capacity: Option<usize>,
+    #[serde(default)]
+    idempotency: bool,
+    idempotency_capacity: Option<usize>,
+    idempotency_max_bytes: Option<usize>,
     origin_rate_limit: Option<u32>,
     origin_limit_tracked: Option<usize>,
     drain_timeout_ms: Option<u64>,
@@ -323,6 +327,13 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         edge,
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
+        idempotency: node.idempotency.then(|| {
+            let defaults = IdempotencyBounds::default();
+            IdempotencyBounds {
+                capacity: node.idempotency_capacity.unwrap_or(defaults.capacity),
+                max_bytes: node.idempotency_max_bytes.unwrap_or(defaults.max_bytes),
+            }
+        }),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
         allow_tool_execution,
         origin_limit_tracked: check_range(

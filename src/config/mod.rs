@@ -42,6 +42,10 @@ pub const QOS_WAIT_MS_RANGE: RangeInclusive<u64> = 0..=30_000;
 pub const DEFAULT_QOS_MAX_WAITING: u32 = 64;
 /// Bounds on tasks waiting at once (each holds a connection and its body).
 pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
+/// Default bound on remembered task ids (idempotency).
+pub const DEFAULT_IDEMPOTENCY_CAPACITY: usize = 100_000;
+/// Default bound on the bytes of remembered task ids and their answers.
+pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
@@ -91,6 +95,10 @@ pub struct NodeConfig {
     pub edge: EdgeSettings,
     /// Most nonces remembered inside the replay window.
     pub nonce_capacity: usize,
+    /// Idempotent task ids, when on (off by default, as in the reference
+    /// node: consumers and load generators reuse task ids, and the
+    /// reference node runs every one of them).
+    pub idempotency: Option<IdempotencyBounds>,
     /// Tasks per browser `Origin` per minute; 0 turns the limit off.
     pub origin_rate_limit: u32,
     /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
@@ -117,6 +125,24 @@ pub struct NodeConfig {
     pub admin: Option<AdminSettings>,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
+}
+
+/// The bounds of the task-id cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyBounds {
+    /// Answered task ids remembered at most.
+    pub capacity: usize,
+    /// Bytes of remembered ids and answers at most.
+    pub max_bytes: usize,
+}
+
+impl Default for IdempotencyBounds {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_IDEMPOTENCY_CAPACITY,
+            max_bytes: DEFAULT_IDEMPOTENCY_MAX_BYTES,
+        }
+    }
 }
 
 /// One plugin as the operator configured it.
@@ -181,6 +207,7 @@ impl NodeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             edge: EdgeSettings::default(),
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
+            idempotency: None,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
             allow_tool_execution: false,
             origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,

@@ -38,6 +38,7 @@ use crate::runtime::plugin::LoadError;
 use crate::server::admission::{AdmissionGate, QosAdmission};
 use crate::server::drain::DrainSwitch;
 use crate::server::edge::DrainSignal;
+use crate::server::idempotency::IdempotencyCache;
 use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
@@ -142,6 +143,13 @@ fn shared_state(
         drain_retry_after_ms: crate::clock::whole_ms(config.drain_retry_after),
         status_changed: Notify::new(),
         tool_gate: ToolGate::new(config.allow_tool_execution),
+        idempotency: config.idempotency.map(|bounds| {
+            IdempotencyCache::new(
+                bounds.capacity,
+                bounds.max_bytes,
+                metrics.idempotency.evictions.clone(),
+            )
+        }),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         origin_limit: OriginLimiter::new(
             config.origin_rate_limit,

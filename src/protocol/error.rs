@@ -98,6 +98,16 @@ impl ApiError {
         error.retry_later(retry_after_ms)
     }
 
+    /// 409 `IICP-E010` `duplicate_task` (the reference node's code and
+    /// message): the task id was used inside the window and `reason` says
+    /// why it is not answered (see `server::idempotency`).
+    pub fn duplicate_task(reason: &'static str) -> Self {
+        let mut error = Self::new(StatusCode::CONFLICT, "IICP-E010", "duplicate_task");
+        error.reason = Some(reason);
+        error.retryable = Some(false);
+        error
+    }
+
     /// 409 `IICP-E011` `replay_detected`: the nonce was seen inside the window.
     pub fn replay_detected() -> Self {
         Self::new(StatusCode::CONFLICT, "IICP-E011", "replay_detected")
@@ -287,6 +297,11 @@ impl ApiError {
     /// The protocol error code, e.g. `validation_error` or `IICP-E021`.
     pub fn code(&self) -> &'static str {
         self.code
+    }
+
+    /// Whether the consumer may retry, when the error says.
+    pub fn retryable(&self) -> Option<bool> {
+        self.retryable
     }
 
     /// The human-readable message.

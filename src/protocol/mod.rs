@@ -8,6 +8,7 @@ pub mod trace_context;
 
 pub use error::ApiError;
 
+use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -16,15 +17,20 @@ use serde::Serialize;
 /// 500 error envelope rather than a panic.
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
+        Ok(bytes) => json_bytes_response(status, bytes.into()),
         Err(_) => ApiError::internal("cannot encode the response").into_response(),
     }
+}
+
+/// A response carrying JSON that is already encoded.
+pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

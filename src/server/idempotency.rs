@@ -450,18 +450,6 @@ mod tests {
         }
     }
 
-    impl std::fmt::Debug for Claim<'_> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(match self {
-                Claim::Run(_) => "Run",
-                Claim::Replay(_) => "Replay",
-                Claim::Wait(_) => "Wait",
-                Claim::Conflict => "Conflict",
-                Claim::Forgotten => "Forgotten",
-            })
-        }
-    }
-
     const A: Fingerprint = [1; 32];
     const B: Fingerprint = [2; 32];
 
@@ -528,6 +516,18 @@ mod tests {
         drop(run(cache.claim(IdempotencyCache::key("", "a"), B)));
         let inner = cache.lock();
         assert!(inner.holding.len() <= 2 && inner.answered.len() <= 2);
+    }
+
+    #[test]
+    fn entries_expire_after_the_window() {
+        let cache = cache(10, 1 << 20);
+        let start = Instant::now();
+        let key = || IdempotencyCache::key("", "t");
+        run(cache.claim_at(key(), A, start)).end_at(success("1"), start);
+        let before = start + WINDOW - Duration::from_secs(1);
+        assert!(matches!(cache.claim_at(key(), B, before), Claim::Conflict));
+        drop(run(cache.claim_at(key(), B, start + WINDOW)));
+        assert_eq!(cache.usage(), (0, 0));
     }
 
     #[test]

@@ -15,6 +15,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     metrics.active_jobs.set(i64::from(state.gate.active()));
     metrics.max_concurrent.set(i64::from(state.gate.capacity()));
     metrics.qos_waiting.set(i64::from(state.qos.waiting()));
+    if let Some(cache) = &state.idempotency {
+        let (entries, bytes) = cache.usage();
+        let gauges = &metrics.idempotency;
+        gauges
+            .entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        gauges.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
     metrics
         .nonce_cache_entries
         .set(i64::try_from(state.nonces.len()).unwrap_or(i64::MAX));

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use super::admission::{AdmissionGate, QosAdmission};
 use super::drain::DrainSwitch;
 use super::edge::DrainSignal;
+use super::idempotency::IdempotencyCache;
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub status_changed: Notify,
     /// Whether tool-domain intents may run.
     pub tool_gate: ToolGate,
+    /// Task ids seen inside the window, when idempotency is on.
+    pub idempotency: Option<IdempotencyCache>,
     /// Replay protection.
     pub nonces: NonceCache,
     /// The per-Origin task limit, unless turned off.

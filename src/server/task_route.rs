@@ -19,8 +19,14 @@
 //!    refused with 429 does not burn its nonce;
 //! 9. [`open_encrypted`] — IICP-CX, after both, so a flood at capacity costs
 //!    no key agreement (400);
-//! 10. [`execute`] — a fresh instance, bounded by the task's deadline;
-//! 11. answer, sealed when the consumer asked.
+//! 10. [`claim_task_id`] — when idempotency is on, a task id seen inside the
+//!     window gets its first answer instead of a second run, or 409
+//!     `IICP-E010`. The reference node checks it before decrypting; we check
+//!     after, because "same content" means the same plaintext (a retry
+//!     re-encrypts it) and a replayed answer is sealed for the retry's own
+//!     session (see [`super::idempotency`]);
+//! 11. [`execute`] — a fresh instance, bounded by the task's deadline;
+//! 12. [`respond`] — the answer, sealed when the consumer asked.
 //!
 //! The `timeout_ms` budget runs from receipt of the request: time spent
 //! waiting for a slot is part of it.
@@ -40,6 +46,7 @@ use super::access::{Refusal, bearer};
 use super::admission::{NoSlot, RETRY_AFTER_MS, Slots};
 use super::body::read_limited;
 use super::edge::REFUSAL_RETRY_AFTER_MS;
+use super::idempotency::{CachedAnswer, Claim, IdempotencyCache, Running, cacheable, fingerprint};
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
@@ -50,7 +57,7 @@ use crate::protocol::task::{
     EncryptedSuccess, ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage,
 };
 use crate::protocol::trace_context::TraceContext;
-use crate::protocol::{ApiError, json_response};
+use crate::protocol::{ApiError, json_bytes_response, json_response};
 use crate::runtime::bindings::ErrorKind;
 use crate::runtime::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 
@@ -105,17 +112,34 @@ async fn steps(
         .instrument(validate_span.clone())
         .await?;
     check_node_draining(state)?;
-    let (task, route, slots, session) = validate(state, headers, &body, received)
+    let admitted = validate(state, headers, &body, received)
         .instrument(validate_span.clone())
         .await?;
+    let Admitted {
+        task,
+        route,
+        slots,
+        session,
+        caller,
+    } = admitted;
     *trace = TraceContext::from_request(
         header_str(headers, "traceparent"),
         header_str(headers, "tracestate"),
         task.body_trace_id.as_deref(),
     );
-    let result = execute(state, &task, &route, trace, received, session.as_ref()).await;
+    let running = match claim_task_id(state, caller.as_deref(), &task, &route, received)
+        .instrument(validate_span)
+        .await?
+    {
+        Claimed::Answered(answer) => return respond(answer, &task.task_id, session.as_ref()),
+        Claimed::Run(running) => running,
+    };
+    let outcome = execute(state, &task, &route, trace, received).await;
     drop(slots);
-    result
+    if let Some(running) = running {
+        running.finish(cacheable(&outcome));
+    }
+    respond(outcome, &task.task_id, session.as_ref())
 }
 
 /// Step 2: the whole body within the body-read deadline. A client that
@@ -139,26 +163,42 @@ fn check_node_draining(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Steps 2–9: everything between reading the body and running the task.
+/// A task that passed every check before its run.
+struct Admitted<'b> {
+    task: TaskRequest<'b>,
+    route: Route,
+    slots: Slots,
+    session: Option<CxSession>,
+    /// Who the caller proved to be (a tenant), scoping its task ids.
+    caller: Option<Box<str>>,
+}
+
+/// Steps 2–9: everything between reading the body and claiming the id.
 async fn validate<'b>(
     state: &AppState,
     headers: &HeaderMap,
     body: &'b [u8],
     received: Instant,
-) -> Result<(TaskRequest<'b>, Route, Slots, Option<CxSession>), ApiError> {
+) -> Result<Admitted<'b>, ApiError> {
     let mut task = TaskRequest::parse(body)?;
     let span = tracing::Span::current();
     span.record("iicp.task_id", &*task.task_id);
     span.record("iicp.intent", &*task.intent);
     check_tool_gate(state, &task)?;
     let route = route(state, &task)?;
-    check_tenant(&route, &task, headers)?;
+    let caller = check_tenant(&route, &task, headers)?;
     check_drain(state, &route)?;
     let slots = take_slots(state, &route, &task, received).await?;
     tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
     check_nonce(state, &task)?;
     let session = open_encrypted(state, &mut task)?;
-    Ok((task, route, slots, session))
+    Ok(Admitted {
+        task,
+        route,
+        slots,
+        session,
+        caller,
+    })
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -204,11 +244,12 @@ fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
 }
 
 /// Step 5: a plugin with tenants serves only callers holding a tenant token.
+/// Returns the tenant's name.
 fn check_tenant(
     route: &Route,
     task: &TaskRequest<'_>,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
+) -> Result<Option<Box<str>>, ApiError> {
     let entry = &route.entry;
     let presented = task
         .auth_token
@@ -219,7 +260,7 @@ fn check_tenant(
             if let Some(tenant) = tenant {
                 tracing::debug!(tenant = tenant.name(), "tenant admitted");
             }
-            Ok(())
+            Ok(tenant.map(|t| t.name().into()))
         }
         Err(refusal) => {
             entry.metrics.unauthorized.inc();
@@ -328,15 +369,76 @@ fn open_encrypted(
     Ok(task.seal_response.then_some(session))
 }
 
-/// Step 10: runs the task in its plugin and builds the answer.
+/// What [`claim_task_id`] decided.
+enum Claimed<'c> {
+    /// Run the task (holding its id, when idempotency is on).
+    Run(Option<Running<'c>>),
+    /// Answer with the first attempt's answer.
+    Answered(Result<Bytes, ApiError>),
+}
+
+/// Step 10: with idempotency on, claims the task id for this caller and
+/// content. A duplicate of a running attempt waits for it, never past its
+/// own deadline.
+async fn claim_task_id<'s>(
+    state: &'s AppState,
+    caller: Option<&str>,
+    task: &TaskRequest<'_>,
+    route: &Route,
+    received: Instant,
+) -> Result<Claimed<'s>, ApiError> {
+    let Some(cache) = &state.idempotency else {
+        return Ok(Claimed::Run(None));
+    };
+    let content = fingerprint(
+        &task.intent,
+        &task.payload,
+        task.model.as_deref(),
+        task.max_tokens,
+    );
+    let metrics = &state.metrics.idempotency;
+    let deadline = tokio::time::Instant::from(received + budget(task, route));
+    loop {
+        let key = IdempotencyCache::key(caller.unwrap_or_default(), &task.task_id);
+        match cache.claim(key, content) {
+            Claim::Run(running) => return Ok(Claimed::Run(Some(running))),
+            Claim::Replay(answer) => {
+                metrics.replayed.inc();
+                return Ok(Claimed::Answered(match answer {
+                    CachedAnswer::Success(body) => Ok(body),
+                    CachedAnswer::Failure(error) => Err(error),
+                }));
+            }
+            Claim::Conflict => {
+                metrics.conflict.inc();
+                return Err(ApiError::duplicate_task("content_differs").for_task(&task.task_id));
+            }
+            Claim::Forgotten => {
+                metrics.forgotten.inc();
+                return Err(ApiError::duplicate_task("answer_not_kept").for_task(&task.task_id));
+            }
+            Claim::Wait(mut first_attempt) => {
+                metrics.waited.inc();
+                if tokio::time::timeout_at(deadline, first_attempt.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(ApiError::task_timeout(whole_ms(budget(task, route)))
+                        .for_task(&task.task_id));
+                }
+            }
+        }
+    }
+}
+
+/// Step 11: runs the task in its plugin; the plain 200 body or the error.
 async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,
     route: &Route,
     trace: &TraceContext,
     received: Instant,
-    session: Option<&CxSession>,
-) -> Result<Response, ApiError> {
+) -> Result<Bytes, ApiError> {
     let plugin = &route.entry.plugin;
     let timeout = budget(task, route);
     let input = TaskInput {
@@ -372,7 +474,7 @@ async fn execute(
                     querying_node_id: task.source_node_id.as_deref().map(str::to_string),
                 });
             }
-            success_response(&task.task_id, &success, latency, session)
+            success_body(&task.task_id, &success, latency)
         }
         Err(failure) => Err(failure_error(failure, timeout, task).for_task(&task.task_id)),
     }
@@ -431,14 +533,12 @@ fn record(
     }
 }
 
-/// The 200 body; sealed under `iicp_conf_resp` when a session asks for it
-/// (`protocol.md` §1.4: `status:"encrypted"`, no `result`).
-fn success_response(
+/// The plain 200 body.
+fn success_body(
     task_id: &str,
     success: &TaskSuccess,
     latency: Duration,
-    session: Option<&CxSession>,
-) -> Result<Response, ApiError> {
+) -> Result<Bytes, ApiError> {
     let usage = success.usage.map(|u| Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
@@ -455,10 +555,23 @@ fn success_response(
             tokens_used: usage.map_or(0, |u| u64::from(u.total_tokens)),
         },
     };
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::internal("the answer could not be encoded"))
+}
+
+/// Step 12: the answer; a 200 is sealed under `iicp_conf_resp` when the
+/// session asks for it (`protocol.md` §1.4: `status:"encrypted"`, no
+/// `result`).
+fn respond(
+    outcome: Result<Bytes, ApiError>,
+    task_id: &str,
+    session: Option<&CxSession>,
+) -> Result<Response, ApiError> {
+    let plain = outcome?;
     let Some(session) = session else {
-        return Ok(json_response(StatusCode::OK, &body));
+        return Ok(json_bytes_response(StatusCode::OK, plain));
     };
-    let plain = serde_json::to_vec(&body).map_err(|_| ApiError::cx_seal_failed())?;
     let sealed = EncryptedSuccess {
         task_id,
         status: "encrypted",
