@@ -14,6 +14,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod heap;
 pub mod metrics;
 pub mod node;
 pub mod private_files;

@@ -19,6 +19,10 @@
 //!   under it before any task slot is taken, and answers 408 in the error
 //!   envelope when it passes.
 //!
+//! When a burst of connections (a flood of slow clients, say) is over, the
+//! memory it freed is handed back to the kernel, so the node's resident set
+//! returns to its baseline instead of keeping the burst's high-water mark.
+//!
 //! HTTP/1.1 only, as before. Metrics: `iicp_connections_open`,
 //! `iicp_connections_refused_total`, `iicp_connection_timeouts_total{kind}`
 //! and `iicp_draining_refusals_total`, each by `listener`.
@@ -49,9 +53,13 @@ use tokio::sync::{Semaphore, watch};
 use tower_service::Service;
 
 use self::connection::{Activity, TrackedBody, TrackedStream};
+use crate::heap::{self, BurstEnd};
 use crate::metrics::EdgeMetrics;
 use crate::protocol::ApiError;
 
+/// A burst of at least this many connections, once mostly closed, gives
+/// its memory back to the kernel ([`heap`]).
+const TRIM_AFTER_CONNECTIONS: usize = 256;
 /// `Retry-After` sent with a refusal at the cap or during a drain, in ms.
 pub const REFUSAL_RETRY_AFTER_MS: u64 = 1000;
 /// hyper's built-in header count, which it keeps on the stack; any other
@@ -162,6 +170,7 @@ pub async fn serve(
     if settings.max_headers != HYPER_DEFAULT_MAX_HEADERS {
         builder.max_headers(settings.max_headers);
     }
+    let burst = Arc::new(BurstEnd::new(TRIM_AFTER_CONNECTIONS));
     let stop = drain.started();
     tokio::pin!(stop);
     loop {
@@ -191,9 +200,14 @@ pub async fn serve(
             metrics: metrics.clone(),
             drain: drain.clone(),
         };
+        let burst = burst.clone();
+        burst.acquired();
         tokio::spawn(async move {
             connection.serve(stream).await;
             drop(slot);
+            if burst.released() {
+                tokio::task::spawn_blocking(heap::return_free_memory);
+            }
         });
     }
     drop(listener);
