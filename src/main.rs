@@ -159,6 +159,11 @@ struct RunArgs {
     /// Most nonces remembered for replay protection [default: 1000000].
     #[arg(long)]
     nonce_cache_capacity: Option<usize>,
+    /// Who may send tasks: open (anyone), node-token (an operator-granted
+    /// token in auth.node_token), consumer-token (a directory-signed
+    /// X-IICP-Consumer-Token, or a node token) [default: open].
+    #[arg(long, value_enum)]
+    task_auth: Option<iicp_host::server::task_auth::AuthMode>,
     /// Idempotent task ids: a task id seen in the last 300 s gets its first
     /// answer instead of running again, or 409 IICP-E010 with other content
     /// [default: off, as in the reference node].
@@ -366,6 +371,13 @@ impl RunArgs {
             }
             (None, _) => {}
         }
+        if let Some(mode) = self.task_auth {
+            config.auth.mode = mode;
+        }
+        config.check_auth().map_err(|e| match &config.config_path {
+            Some(path) => format!("{}: {e}", path.display()),
+            None => e,
+        })?;
         if let Some(id) = &config.node_id
             && !iicp_host::directory::identity::valid_node_id(id)
         {

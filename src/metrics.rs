@@ -93,6 +93,11 @@ pub struct Metrics {
     pub drain_refusals: IntCounterVec,
     /// `iicp_reloads_total{result}`: ok, error.
     pub reloads: IntCounterVec,
+    /// `iicp_task_auth_total{result}`: tasks accepted by the auth mode
+    /// (by how: operator, directory_token, consumer) or refused (by reason).
+    pub task_auth: IntCounterVec,
+    /// `iicp_directory_key_fetches_total{result}`: ok, error.
+    pub directory_key_fetches: IntCounterVec,
     /// Idempotent task ids.
     pub idempotency: IdempotencyMetrics,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
@@ -362,6 +367,18 @@ impl Metrics {
                 "iicp_drain_refusals_total",
                 "Tasks refused with 503 IICP-E024 because the node or their plugin drains, by reason.",
                 &["reason"],
+            ),
+            task_auth: counter_vec(
+                &r,
+                "iicp_task_auth_total",
+                "Task authentication outcomes: accepted_<how> (operator, directory_token, consumer) or the refusal's reason.",
+                &["result"],
+            ),
+            directory_key_fetches: counter_vec(
+                &r,
+                "iicp_directory_key_fetches_total",
+                "Fetches of the directory's consumer-token key, by result.",
+                &["result"],
             ),
             reloads: counter_vec(
                 &r,

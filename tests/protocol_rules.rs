@@ -366,3 +366,240 @@ async fn a_task_id_runs_once_and_duplicates_get_its_answer() {
     }
     assert_eq!(counter.runs(), 4);
 }
+
+const OPS_TOKEN: &str = "ops-token-for-tests-0123456789";
+
+/// A node serving the echo plugin with `[auth] mode`, an operator token
+/// "ops", joined to `fake`; `extra` goes into the `[auth]` table.
+fn auth_node(dir: &Path, fake: &FakeDirectory, mode: &str, extra: &str) -> Node {
+    let path = dir.join(format!("auth-{mode}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[auth]\nmode = \"{mode}\"\n{extra}\n[auth.tokens]\nops = \"TEST_OPS_TOKEN\"\n\
+             [directory]\nurl = \"{}\"\ntimeout_ms = 1000\n[[plugin]]\npath = {:?}\n",
+            fake.url(),
+            plugin("echo").display().to_string(),
+        ),
+    )
+    .unwrap();
+    Node::start_config_env(&path, &[], &[("TEST_OPS_TOKEN", OPS_TOKEN)])
+}
+
+/// Posts a chat task with `auth` (as `auth.node_token` unless `bearer`) and
+/// a consumer token; returns the status and `error.reason` of a refusal.
+async fn authed(
+    node: &Node,
+    node_token: Option<&str>,
+    bearer: bool,
+    consumer_token: Option<&str>,
+) -> (u16, Value) {
+    let mut body = chat("auth");
+    let mut request = client().post(node.url("/v1/task"));
+    if let Some(token) = node_token {
+        if bearer {
+            request = request.bearer_auth(token);
+        } else {
+            body["auth"] = json!({ "node_token": token });
+        }
+    }
+    if let Some(token) = consumer_token {
+        request = request.header("X-IICP-Consumer-Token", token);
+    }
+    let response = request.json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    let reason = if status == 200 {
+        Value::Null
+    } else {
+        error_of(&body)["reason"].clone()
+    };
+    (status, reason)
+}
+
+async fn registered_node_id(fake: &FakeDirectory) -> String {
+    assert!(
+        fake.wait_for(WAIT, |state| state.registrations > 0).await,
+        "the node never registered"
+    );
+    fake.requests("/v1/register")[0].body["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_token_mode_accepts_granted_tokens_only() {
+    let fake = FakeDirectory::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = auth_node(dir.path(), &fake, "node-token", "");
+    let node_id = registered_node_id(&fake).await;
+    let directory_token = fake.state.lock().unwrap().nodes[&node_id].token.clone();
+
+    assert_eq!(
+        authed(&node, None, false, None).await,
+        (401, json!("token_missing"))
+    );
+    assert_eq!(
+        authed(&node, Some("not-a-granted-token"), false, None).await,
+        (401, json!("token_invalid"))
+    );
+    assert_eq!(authed(&node, Some(OPS_TOKEN), false, None).await.0, 200);
+    assert_eq!(authed(&node, Some(OPS_TOKEN), true, None).await.0, 200);
+    assert_eq!(
+        authed(&node, Some(&directory_token), false, None).await.0,
+        200
+    );
+    // Default consumers send no auth at all: refused here, served by `open`.
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_task_auth_total{result="token_missing"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"iicp_task_auth_total{result="accepted_operator"} 2"#));
+    assert!(text.contains(r#"iicp_task_auth_total{result="accepted_directory_token"} 1"#));
+    let log = node.log_text();
+    assert!(!log.contains(OPS_TOKEN) && !log.contains(&directory_token));
+}
+
+mod consumer_tokens {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const ECHO: &str = "urn:iicp:intent:util:echo:v1";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A consumer token as the reference directory signs one.
+    fn sign(key: &SigningKey, aud: &str, intent: &str, exp: u64) -> String {
+        let claims = json!({"aud": aud, "exp": exp, "iat": exp.saturating_sub(300),
+            "intent": intent, "iss": "https://iicp.network", "sub": "consumer-7", "v": 1});
+        let encoded = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signature = key.sign(format!("iicp:consumer-token:v1\n{encoded}").as_bytes());
+        format!("{encoded}.{}", hex::encode(signature.to_bytes()))
+    }
+
+    fn publish(fake: &FakeDirectory, key: &SigningKey) {
+        fake.state.lock().unwrap().directory_key =
+            Some(hex::encode(key.verifying_key().to_bytes()));
+    }
+
+    async fn wait_for_key(node: &Node) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !metrics(node)
+            .await
+            .contains(r#"iicp_directory_key_fetches_total{result="ok"}"#)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the key never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn consumer_tokens_are_checked_claim_by_claim() {
+        let fake = FakeDirectory::start().await;
+        let key = SigningKey::from_bytes(&[42u8; 32]);
+        publish(&fake, &key);
+        let dir = tempfile::tempdir().unwrap();
+        let node = auth_node(
+            dir.path(),
+            &fake,
+            "consumer-token",
+            "directory_key_min_interval_s = 1",
+        );
+        let node_id = registered_node_id(&fake).await;
+        wait_for_key(&node).await;
+        let soon = now() + 300;
+        let check = |token: String| {
+            let node = &node;
+            async move { authed(node, None, false, Some(&token)).await }
+        };
+        assert_eq!(check(sign(&key, &node_id, CHAT, soon)).await.0, 200);
+        assert_eq!(check(sign(&key, &node_id, "*", soon)).await.0, 200);
+        let refusals = [
+            (
+                sign(&key, &node_id, CHAT, now() - 60),
+                "consumer_token_expired",
+            ),
+            (
+                sign(&key, "another-node", CHAT, soon),
+                "consumer_token_audience",
+            ),
+            (sign(&key, &node_id, ECHO, soon), "consumer_token_intent"),
+            (
+                sign(&SigningKey::from_bytes(&[1u8; 32]), &node_id, CHAT, soon),
+                "consumer_token_signature",
+            ),
+            ("not-a-token".to_string(), "consumer_token_malformed"),
+        ];
+        for (token, reason) in refusals {
+            assert_eq!(check(token).await, (401, json!(reason)), "{reason}");
+        }
+        // Without a consumer token, a node token still works; nothing does not.
+        assert_eq!(authed(&node, Some(OPS_TOKEN), false, None).await.0, 200);
+        assert_eq!(
+            authed(&node, None, false, None).await,
+            (401, json!("token_missing"))
+        );
+
+        // The directory rotates its key: a token signed with the new one is
+        // refused until the node fetches the key again, which the refusal
+        // itself asks for (at most once per second here).
+        let rotated = SigningKey::from_bytes(&[43u8; 32]);
+        publish(&fake, &rotated);
+        let deadline = std::time::Instant::now() + WAIT;
+        while check(sign(&rotated, &node_id, CHAT, soon)).await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new key never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            check(sign(&key, &node_id, CHAT, soon)).await,
+            (401, json!("consumer_token_signature"))
+        );
+        assert!(
+            !node
+                .log_text()
+                .contains(&sign(&key, &node_id, CHAT, soon)[..40])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn without_a_directory_key_only_node_tokens_are_accepted() {
+        let fake = FakeDirectory::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = auth_node(dir.path(), &fake, "consumer-token", "");
+        let node_id = registered_node_id(&fake).await;
+        assert!(
+            fake.wait_for(WAIT, |state| state.directory_key_fetches > 0)
+                .await
+        );
+        let token = sign(
+            &SigningKey::from_bytes(&[42u8; 32]),
+            &node_id,
+            CHAT,
+            now() + 300,
+        );
+        assert_eq!(
+            authed(&node, None, false, Some(&token)).await,
+            (401, json!("directory_key_unavailable"))
+        );
+        assert_eq!(
+            authed(&node, Some(OPS_TOKEN), false, Some(&token)).await.0,
+            200
+        );
+        assert_eq!(authed(&node, Some(OPS_TOKEN), false, None).await.0, 200);
+    }
+}

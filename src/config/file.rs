@@ -15,13 +15,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    AdminSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
-    DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
-    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, IdempotencyBounds, MAX_CONCURRENT_RANGE,
-    MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE,
-    QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    AdminSettings, AuthSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
+    DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
+    DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, IdempotencyBounds,
+    MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec,
+    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
+use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
 use crate::directory::receipts::QueueBounds;
@@ -33,6 +34,7 @@ use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::http::{DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns};
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
+use crate::server::task_auth::AuthMode;
 
 /// Default bound on directory calls.
 const DEFAULT_DIRECTORY_TIMEOUT_MS: u64 = 10_000;
@@ -71,6 +73,7 @@ struct FileConfig {
     pricing: Option<PricingSettings>,
     policy: Option<CipPolicy>,
     transport: Option<TransportSettings>,
+    auth: Option<AuthSection>,
     #[serde(default)]
     defaults: LimitsSection,
     #[serde(default, rename = "plugin")]
@@ -135,6 +138,19 @@ struct LimitsSection {
     memory_mb: Option<u32>,
     timeout_ms: Option<u64>,
     instance_reuse: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    #[serde(default)]
+    mode: AuthMode,
+    /// Token name → environment variable holding the token.
+    #[serde(default)]
+    tokens: BTreeMap<String, String>,
+    accept_directory_token: Option<bool>,
+    directory_key_refresh_s: Option<u64>,
+    directory_key_min_interval_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +315,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         plugins.push(spec);
     }
     let admin = file.admin.map(admin).transpose()?;
+    let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
     // The tool gate follows the policy table with or without a directory.
     let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
     let directory = match file.directory {
@@ -335,6 +352,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             }
         }),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
+        auth,
         allow_tool_execution,
         origin_limit_tracked: check_range(
             "node.origin_limit_tracked",
@@ -490,6 +508,46 @@ fn plugin_spec(
         models: plugin.models,
         max_concurrent,
         tenants,
+    })
+}
+
+fn auth(section: AuthSection) -> Result<AuthSettings, String> {
+    let defaults = AuthSettings::default();
+    let mut tokens = Vec::with_capacity(section.tokens.len());
+    for (name, variable) in section.tokens {
+        let token = env_secret(&variable, &format!("auth.tokens.{name}"))?;
+        tokens.push((name, token));
+    }
+    let seconds = |key: &str, value: Option<u64>, default: Duration| {
+        value.map_or(Ok(default), |s| {
+            check_range(&format!("auth.{key}"), s, &(1..=86_400)).map(Duration::from_secs)
+        })
+    };
+    let key_refresh = KeyRefresh {
+        refresh: seconds(
+            "directory_key_refresh_s",
+            section.directory_key_refresh_s,
+            defaults.key_refresh.refresh,
+        )?,
+        min_interval: seconds(
+            "directory_key_min_interval_s",
+            section.directory_key_min_interval_s,
+            defaults.key_refresh.min_interval,
+        )?,
+    };
+    if key_refresh.min_interval > key_refresh.refresh {
+        return Err(
+            "auth.directory_key_min_interval_s must not exceed auth.directory_key_refresh_s"
+                .to_string(),
+        );
+    }
+    Ok(AuthSettings {
+        mode: section.mode,
+        tokens,
+        accept_directory_token: section
+            .accept_directory_token
+            .unwrap_or(defaults.accept_directory_token),
+        key_refresh,
     })
 }
 
@@ -740,6 +798,39 @@ mod tests {
         assert_eq!(
             config.plugins[1].source.limits.default_timeout,
             Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn auth_modes_that_would_refuse_everyone_are_errors() {
+        let plugin = "[[plugin]]\npath = \"a\"\n";
+        let consumer = parse(&format!("[auth]\nmode = \"consumer-token\"\n{plugin}")).unwrap();
+        assert!(
+            consumer
+                .check_auth()
+                .unwrap_err()
+                .contains("needs a [directory]")
+        );
+        let node = parse(&format!("[auth]\nmode = \"node-token\"\n{plugin}")).unwrap();
+        assert!(
+            node.check_auth()
+                .unwrap_err()
+                .contains("would refuse every task")
+        );
+        let joined = parse(&format!(
+            "[auth]\nmode = \"node-token\"\n[directory]\nurl = \"http://d\"\n{plugin}"
+        ))
+        .unwrap();
+        assert!(joined.check_auth().is_ok());
+        let bad = parse(&format!("[auth]\nmode = \"password\"\n{plugin}")).unwrap_err();
+        assert!(bad.contains("unknown variant `password`"), "{bad}");
+        let unset = parse(&format!(
+            "[auth]\nmode = \"node-token\"\n[auth.tokens]\nops = \"IICP_TEST_UNSET_TOKEN\"\n{plugin}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            unset,
+            "auth.tokens.ops: environment variable IICP_TEST_UNSET_TOKEN is not set"
         );
     }
 }

@@ -11,12 +11,14 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
+use crate::server::task_auth::AuthMode;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
@@ -46,6 +48,10 @@ pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
 pub const DEFAULT_IDEMPOTENCY_CAPACITY: usize = 100_000;
 /// Default bound on the bytes of remembered task ids and their answers.
 pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
+/// Default interval between fetches of the directory's consumer-token key.
+pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(3600);
+/// Default shortest time between two key fetches, whatever asks.
+pub const DEFAULT_KEY_MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
@@ -101,6 +107,8 @@ pub struct NodeConfig {
     pub idempotency: Option<IdempotencyBounds>,
     /// Tasks per browser `Origin` per minute; 0 turns the limit off.
     pub origin_rate_limit: u32,
+    /// Node-wide task authentication.
+    pub auth: AuthSettings,
     /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
     /// they get 403 `tool_execution_denied`.
     pub allow_tool_execution: bool,
@@ -125,6 +133,70 @@ pub struct NodeConfig {
     pub admin: Option<AdminSettings>,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
+}
+
+/// Node-wide task authentication (`[auth]`, see `server::task_auth`).
+#[derive(Clone, PartialEq)]
+pub struct AuthSettings {
+    /// open, node-token or consumer-token.
+    pub mode: AuthMode,
+    /// Operator-granted task tokens (name, token).
+    pub tokens: Vec<(String, String)>,
+    /// Also accept the node's current directory-issued token (TASK-1's
+    /// literal rule).
+    pub accept_directory_token: bool,
+    /// When the directory's key is fetched again.
+    pub key_refresh: KeyRefresh,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Open,
+            tokens: Vec::new(),
+            accept_directory_token: true,
+            key_refresh: KeyRefresh {
+                refresh: DEFAULT_KEY_REFRESH,
+                min_interval: DEFAULT_KEY_MIN_INTERVAL,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .field("accept_directory_token", &self.accept_directory_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConfig {
+    /// Checks that the auth mode can accept anybody at all: consumer tokens
+    /// need a directory (its key signs them); node tokens need a granted
+    /// token (an `[auth.tokens]` entry, a tenant, or the directory's).
+    pub fn check_auth(&self) -> Result<(), String> {
+        let has_directory = self.directory.is_some();
+        match self.auth.mode {
+            AuthMode::ConsumerToken if !has_directory => Err(
+                "auth.mode = \"consumer-token\" needs a [directory]: its key signs the tokens"
+                    .to_string(),
+            ),
+            AuthMode::NodeToken
+                if self.auth.tokens.is_empty()
+                    && !(has_directory && self.auth.accept_directory_token)
+                    && self.plugins.iter().all(|p| p.tenants.is_empty()) =>
+            {
+                Err("auth.mode = \"node-token\" would refuse every task: grant a token in [auth.tokens], a tenant, or a directory's token".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The bounds of the task-id cache.
@@ -209,6 +281,7 @@ impl NodeConfig {
             nonce_capacity: DEFAULT_NONCE_CAPACITY,
             idempotency: None,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
+            auth: AuthSettings::default(),
             allow_tool_execution: false,
             origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,

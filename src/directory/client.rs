@@ -114,7 +114,7 @@ impl DirectoryClient {
         bearer: Option<&str>,
         body: &Value,
     ) -> Result<Value, DirectoryError> {
-        self.call(Method::POST, op, bearer, body).await
+        self.call(Method::POST, op, bearer, Some(body)).await
     }
 
     /// `DELETE {base}/v1/{op}`.
@@ -124,7 +124,12 @@ impl DirectoryClient {
         bearer: Option<&str>,
         body: &Value,
     ) -> Result<Value, DirectoryError> {
-        self.call(Method::DELETE, op, bearer, body).await
+        self.call(Method::DELETE, op, bearer, Some(body)).await
+    }
+
+    /// `GET {base}/v1/{op}`, unauthenticated.
+    pub async fn get(&self, op: &str) -> Result<Value, DirectoryError> {
+        self.call(Method::GET, op, None, None).await
     }
 
     async fn call(
@@ -132,16 +137,15 @@ impl DirectoryClient {
         method: Method,
         op: &str,
         bearer: Option<&str>,
-        body: &Value,
+        body: Option<&Value>,
     ) -> Result<Value, DirectoryError> {
         let url = format!("{}/v1/{op}", self.base);
-        let body =
-            serde_json::to_vec(body).map_err(|e| DirectoryError::BadResponse(e.to_string()))?;
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            let body =
+                serde_json::to_vec(body).map_err(|e| DirectoryError::BadResponse(e.to_string()))?;
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
         if let Some(token) = bearer {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }

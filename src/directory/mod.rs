@@ -4,6 +4,7 @@
 //! signed pricing declarations, credit receipts, deregistration.
 //!
 //! * [`client`] — bounded HTTP calls and the directory's error shapes;
+//! * [`directory_key`] — the key that signs consumer tokens, kept fresh;
 //! * [`answers`] — reading the REGISTER answer and the PONG;
 //! * [`settings`] — what the operator configures;
 //! * [`identity`] — node id and credentials, persisted;
@@ -15,6 +16,7 @@
 
 pub mod answers;
 pub mod client;
+pub mod directory_key;
 pub mod identity;
 pub mod lifecycle;
 pub mod payload;

@@ -12,18 +12,24 @@ use super::identity::Identity;
 use crate::config::NodeConfig;
 use crate::directory::DirectoryLink;
 use crate::directory::client::DirectoryClient;
+use crate::directory::directory_key::{self, DirectoryKey};
 use crate::directory::identity::{Credentials, SharedCredentials};
 use crate::directory::lifecycle::{Lifecycle, LifecycleParts, NodeView};
 use crate::directory::receipts::{self, ReceiptQueue};
 use crate::directory::settings::DirectorySettings;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::Metrics;
+use crate::server::task_auth::AuthMode;
 
 /// Everything prepared for a directory, before the node serves.
 pub struct DirectoryJoin {
     settings: DirectorySettings,
     client: DirectoryClient,
-    credentials: SharedCredentials,
+    /// The node's credentials, also read by the task route's auth.
+    pub credentials: SharedCredentials,
+    /// The key that signs consumer tokens, fetched when the auth mode
+    /// checks them.
+    pub directory_key: Option<Arc<DirectoryKey>>,
     /// Credit receipts, fed by the task route.
     pub receipts: ReceiptQueue,
     /// The standing, shown by `/iicp/health`.
@@ -62,10 +68,14 @@ impl DirectoryJoin {
             settings.timing,
         );
         let status = Arc::new(DirectoryStatus::new(&settings.url));
+        let directory_key = (config.auth.mode == AuthMode::ConsumerToken).then(|| {
+            directory_key::start(client.clone(), config.auth.key_refresh, metrics.clone())
+        });
         Ok(Some(Self {
             settings,
             client,
             credentials,
+            directory_key,
             receipts,
             status,
         }))

@@ -43,6 +43,7 @@ use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
 use crate::server::state::{AppState, NodeIdentity};
+use crate::server::task_auth::TaskAuth;
 use crate::server::tool_gate::ToolGate;
 
 /// Why the node could not start.
@@ -142,6 +143,14 @@ fn shared_state(
         node_drain: DrainSwitch::default(),
         drain_retry_after_ms: crate::clock::whole_ms(config.drain_retry_after),
         status_changed: Notify::new(),
+        auth: TaskAuth::new(
+            config.auth.mode,
+            &config.auth.tokens,
+            directory.map(|join| join.credentials.clone()),
+            config.auth.accept_directory_token,
+            directory.and_then(|join| join.directory_key.clone()),
+            &identity.node_id,
+        ),
         tool_gate: ToolGate::new(config.allow_tool_execution),
         idempotency: config.idempotency.map(|bounds| {
             IdempotencyCache::new(

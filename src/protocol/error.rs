@@ -243,6 +243,14 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 401 `unauthorized` whose `reason` names the part that failed
+    /// (see `server::task_auth`).
+    pub fn unauthorized_because(reason: &'static str, message: &'static str) -> Self {
+        let mut error = Self::unauthorized(message);
+        error.reason = Some(reason);
+        error
+    }
+
     /// 409 `conflict`: the request contradicts the current state.
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -302,6 +310,11 @@ impl ApiError {
     /// Whether the consumer may retry, when the error says.
     pub fn retryable(&self) -> Option<bool> {
         self.retryable
+    }
+
+    /// The `reason` detail, when the error has one.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
     }
 
     /// The human-readable message.

@@ -2,6 +2,7 @@
 //! the error envelope, W3C trace context and IICP-CX confidentiality.
 
 pub mod confidentiality;
+pub mod consumer_token;
 pub mod error;
 pub mod task;
 pub mod trace_context;

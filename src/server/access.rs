@@ -46,6 +46,12 @@ impl Tenant {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Whether `digest` (SHA-256 of a presented token) is this tenant's
+    /// token, compared in constant time.
+    pub fn matches(&self, digest: &[u8; 32]) -> bool {
+        bool::from(self.digest.ct_eq(digest))
+    }
 }
 
 /// Why a caller was refused.
@@ -70,7 +76,7 @@ impl AccessPolicy {
         // Check every tenant, without stopping at a match.
         let mut matched = None;
         for tenant in tenants {
-            if bool::from(tenant.digest.ct_eq(&digest)) {
+            if tenant.matches(&digest) {
                 matched = Some(tenant);
             }
         }

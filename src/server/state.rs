@@ -13,6 +13,7 @@ use super::idempotency::IdempotencyCache;
 use super::nonce_cache::NonceCache;
 use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
+use super::task_auth::TaskAuth;
 use super::tool_gate::ToolGate;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// Woken when what the node tells the directory changes (a drain), so
     /// the next heartbeat goes out at once.
     pub status_changed: Notify,
+    /// The node-wide task authentication mode.
+    pub auth: TaskAuth,
     /// Whether tool-domain intents may run.
     pub tool_gate: ToolGate,
     /// Task ids seen inside the window, when idempotency is on.

@@ -10,7 +10,10 @@
 //! 3. [`check_tool_gate`] — tool-domain intents need the operator's policy
 //!    (403);
 //! 4. [`route`] — the plugin serving the intent (404);
-//! 5. [`check_tenant`] — the plugin's tenants (401);
+//! 5. [`authenticate`] — the node's auth mode (open, node-token,
+//!    consumer-token), then the plugin's tenants (401); before drain and
+//!    capacity, so an unauthenticated flood learns nothing and holds no
+//!    slot (the reference node checks no auth at all);
 //! 6. [`check_drain`] — a drained node or plugin refuses new work (503
 //!    `IICP-E024`);
 //! 7. [`take_slots`] — the plugin's slot, then the node's; realtime and
@@ -42,7 +45,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::access::{Refusal, bearer};
+use super::access::{AccessPolicy, Refusal, Tenant, bearer};
 use super::admission::{NoSlot, RETRY_AFTER_MS, Slots};
 use super::body::read_limited;
 use super::edge::REFUSAL_RETRY_AFTER_MS;
@@ -50,7 +53,8 @@ use super::idempotency::{CachedAnswer, Claim, IdempotencyCache, Running, cacheab
 use super::nonce_cache::NonceCheck;
 use super::plugin_table::Route;
 use super::state::AppState;
-use crate::clock::whole_ms;
+use super::task_auth::{Caller, Presented};
+use crate::clock::{now_unix_ms, whole_ms};
 use crate::directory::receipts::ReceiptJob;
 use crate::protocol::confidentiality::CxSession;
 use crate::protocol::task::{
@@ -127,7 +131,7 @@ async fn steps(
         header_str(headers, "tracestate"),
         task.body_trace_id.as_deref(),
     );
-    let running = match claim_task_id(state, caller.as_deref(), &task, &route, received)
+    let running = match claim_task_id(state, &caller, &task, &route, received)
         .instrument(validate_span)
         .await?
     {
@@ -169,8 +173,8 @@ struct Admitted<'b> {
     route: Route,
     slots: Slots,
     session: Option<CxSession>,
-    /// Who the caller proved to be (a tenant), scoping its task ids.
-    caller: Option<Box<str>>,
+    /// Who the caller proved to be, scoping its task ids.
+    caller: String,
 }
 
 /// Steps 2–9: everything between reading the body and claiming the id.
@@ -186,7 +190,7 @@ async fn validate<'b>(
     span.record("iicp.intent", &*task.intent);
     check_tool_gate(state, &task)?;
     let route = route(state, &task)?;
-    let caller = check_tenant(&route, &task, headers)?;
+    let caller = authenticate(state, &route, &task, headers)?;
     check_drain(state, &route)?;
     let slots = take_slots(state, &route, &task, received).await?;
     tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
@@ -243,24 +247,59 @@ fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
         .ok_or_else(|| ApiError::unknown_intent(&task.intent))
 }
 
-/// Step 5: a plugin with tenants serves only callers holding a tenant token.
-/// Returns the tenant's name.
-fn check_tenant(
+/// Step 5: the node's auth mode (TASK-1), then the plugin's tenants.
+/// Returns the scope of the caller's task ids.
+fn authenticate(
+    state: &AppState,
     route: &Route,
     task: &TaskRequest<'_>,
     headers: &HeaderMap,
-) -> Result<Option<Box<str>>, ApiError> {
-    let entry = &route.entry;
-    let presented = task
+) -> Result<String, ApiError> {
+    let token = task
         .auth_token
         .as_deref()
         .or_else(|| bearer(header_str(headers, "authorization")));
-    match entry.access.admit(presented) {
+    let tenants = match &route.entry.access {
+        AccessPolicy::Tenants(tenants) => tenants.as_slice(),
+        AccessPolicy::Open => &[],
+    };
+    let presented = Presented {
+        token,
+        consumer_token: header_str(headers, "x-iicp-consumer-token"),
+    };
+    let outcomes = &state.metrics.task_auth;
+    let caller = state
+        .auth
+        .check(presented, &task.intent, tenants, now_unix_ms() / 1000)
+        .map_err(|failure| {
+            let error = failure.to_error(state.auth.mode());
+            outcomes
+                .with_label_values(&[error.reason().unwrap_or("refused")])
+                .inc();
+            error
+        })?;
+    match &caller {
+        Caller::Anyone => {}
+        Caller::Operator(_) => outcomes.with_label_values(&["accepted_operator"]).inc(),
+        Caller::DirectoryToken => outcomes
+            .with_label_values(&["accepted_directory_token"])
+            .inc(),
+        Caller::Consumer(_) => outcomes.with_label_values(&["accepted_consumer"]).inc(),
+    }
+    let tenant = check_tenant(route, token)?;
+    Ok(tenant.map_or_else(|| caller.scope(), |name| format!("tenant:{name}")))
+}
+
+/// A plugin with tenants serves only callers holding a tenant token.
+/// Returns the tenant's name.
+fn check_tenant<'r>(route: &'r Route, token: Option<&str>) -> Result<Option<&'r str>, ApiError> {
+    let entry = &route.entry;
+    match entry.access.admit(token) {
         Ok(tenant) => {
             if let Some(tenant) = tenant {
                 tracing::debug!(tenant = tenant.name(), "tenant admitted");
             }
-            Ok(tenant.map(|t| t.name().into()))
+            Ok(tenant.map(Tenant::name))
         }
         Err(refusal) => {
             entry.metrics.unauthorized.inc();
@@ -382,7 +421,7 @@ enum Claimed<'c> {
 /// own deadline.
 async fn claim_task_id<'s>(
     state: &'s AppState,
-    caller: Option<&str>,
+    caller: &str,
     task: &TaskRequest<'_>,
     route: &Route,
     received: Instant,
@@ -399,7 +438,7 @@ async fn claim_task_id<'s>(
     let metrics = &state.metrics.idempotency;
     let deadline = tokio::time::Instant::from(received + budget(task, route));
     loop {
-        let key = IdempotencyCache::key(caller.unwrap_or_default(), &task.task_id);
+        let key = IdempotencyCache::key(caller, &task.task_id);
         match cache.claim(key, content) {
             Claim::Run(running) => return Ok(Claimed::Run(Some(running))),
             Claim::Replay(answer) => {

@@ -107,6 +107,10 @@ pub struct FakeState {
     pub pricing_checks: Vec<bool>,
     pub receipt_checks: Vec<bool>,
     pub deregistrations: Vec<(Option<String>, Value)>,
+    /// The Ed25519 key `GET /v1/directory-key` publishes (64 hex digits);
+    /// `None` answers 503 `not_configured`, as a directory without one.
+    pub directory_key: Option<String>,
+    pub directory_key_fetches: u32,
 }
 
 impl Default for FakeState {
@@ -128,6 +132,8 @@ impl Default for FakeState {
             pricing_checks: Vec::new(),
             receipt_checks: Vec::new(),
             deregistrations: Vec::new(),
+            directory_key: None,
+            directory_key_fetches: 0,
         }
     }
 }
@@ -433,8 +439,25 @@ async fn award(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
+async fn directory_key(State(state): State<Shared>) -> Response {
+    let mut state = state.lock().unwrap();
+    state.directory_key_fetches += 1;
+    match &state.directory_key {
+        Some(key) => ok(
+            StatusCode::OK,
+            json!({"algorithm": "ed25519", "public_key": key}),
+        ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "this directory has no signing key",
+        ),
+    }
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
+        .route("/v1/directory-key", axum::routing::get(directory_key))
         .route("/v1/register", post(register).delete(deregister))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/credits/award", post(award))
