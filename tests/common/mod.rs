@@ -145,6 +145,29 @@ impl Node {
         Self::spawn_command(&mut command, filter)
     }
 
+    /// Starts `iicp-host run <source>` listening on `listen` (a fixed port,
+    /// or another address family) with `state_dir`.
+    pub fn start_at(source: &[&str], listen: &str, state_dir: &Path, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(source.iter().map(|s| s.to_string()));
+        let cache = shared_cache_dir().display().to_string();
+        let state = state_dir.display().to_string();
+        for arg in [
+            "--listen",
+            listen,
+            "--log-format",
+            "json",
+            "--cache-dir",
+            &cache,
+            "--state-dir",
+            &state,
+        ] {
+            args.push(arg.to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, "info")
+    }
+
     /// Starts `iicp-host` with exactly `args`, waiting until it listens.
     pub fn spawn(args: &[String], log_filter: &str) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
