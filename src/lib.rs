@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod private_files;
 pub mod protocol;
+pub mod relay;
 pub mod reload;
 pub mod runtime;
 pub mod server;

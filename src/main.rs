@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use iicp_host::config::reach::{RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
 use iicp_host::reload::ConfigSource;
@@ -222,6 +223,28 @@ struct RunArgs {
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Serve from behind NAT through this relay (its base URL); the
+    /// directory then lists the relay's /v1/relay-for/<node id> endpoint.
+    #[arg(long, value_name = "URL")]
+    relay: Option<String>,
+    /// Act as a relay for workers behind NAT.
+    #[arg(long)]
+    relay_capable: bool,
+    /// Workers bound at once when relaying [default: 256].
+    #[arg(long)]
+    relay_max_sessions: Option<u32>,
+    /// New binds per source address per minute when relaying; 0 turns it off [default: 30].
+    #[arg(long)]
+    relay_bind_rate_limit: Option<u32>,
+    /// A bound worker silent this long is dropped and its tasks failed, in ms [default: 90000].
+    #[arg(long)]
+    relay_liveness_ms: Option<u64>,
+    /// The directory's Ed25519 key (hex) that signs relay bind tickets.
+    #[arg(long, value_name = "HEX")]
+    relay_bind_ticket_key: Option<String>,
+    /// Refuse relay binds without a valid bind ticket.
+    #[arg(long)]
+    relay_require_bind_ticket: bool,
 }
 
 impl RunArgs {
@@ -371,6 +394,7 @@ impl RunArgs {
             }
             (None, _) => {}
         }
+        self.apply_reach(&mut config)?;
         if let Some(mode) = self.task_auth {
             config.auth.mode = mode;
         }
@@ -386,6 +410,61 @@ impl RunArgs {
             ));
         }
         Ok(config)
+    }
+}
+
+impl RunArgs {
+    /// The relay flags, over the file's `[relay]` and `[relay_capable]`.
+    fn apply_reach(&self, config: &mut NodeConfig) -> Result<(), String> {
+        let reach = &mut config.reach;
+        if let Some(url) = &self.relay {
+            match &mut reach.relay {
+                Some(worker) => worker.url.clone_from(url),
+                None => reach.relay = Some(WorkerSettings::new(url.clone())),
+            }
+        }
+        if let Some(worker) = &reach.relay {
+            worker.validate().map_err(|e| format!("--relay: {e}"))?;
+            if self.endpoint.is_some() {
+                return Err(
+                    "--endpoint: a node serving through a relay advertises its relay-for endpoint"
+                        .to_string(),
+                );
+            }
+        }
+        let tuned = self.relay_max_sessions.is_some()
+            || self.relay_bind_rate_limit.is_some()
+            || self.relay_liveness_ms.is_some()
+            || self.relay_bind_ticket_key.is_some()
+            || self.relay_require_bind_ticket;
+        if self.relay_capable || (tuned && reach.relay_capable.is_some()) {
+            let relay = reach
+                .relay_capable
+                .get_or_insert_with(RelaySettings::default);
+            if let Some(max) = self.relay_max_sessions {
+                relay.max_sessions = max;
+            }
+            if let Some(limit) = self.relay_bind_rate_limit {
+                relay.bind_rate_limit = limit;
+            }
+            if let Some(ms) = self.relay_liveness_ms {
+                relay.liveness_ms = ms;
+            }
+            if self.relay_bind_ticket_key.is_some() {
+                relay
+                    .bind_ticket_key
+                    .clone_from(&self.relay_bind_ticket_key);
+            }
+            if self.relay_require_bind_ticket {
+                relay.require_bind_ticket = true;
+            }
+            relay
+                .validate()
+                .map_err(|e| format!("--relay-capable: {e}"))?;
+        } else if tuned {
+            return Err("the --relay-* limits need --relay-capable".to_string());
+        }
+        Ok(())
     }
 }
 

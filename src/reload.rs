@@ -93,6 +93,7 @@ fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
         running.directory.as_ref().map(|d| &d.url) != next.directory.as_ref().map(|d| &d.url),
     );
     check("admin", running.admin != next.admin);
+    check("relay", running.reach != next.reach);
     changed
 }
 

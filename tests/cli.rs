@@ -90,6 +90,43 @@ fn out_of_range_flags_are_refused() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-concurrent"));
 }
 
+#[test]
+fn inconsistent_relay_flags_are_refused() {
+    for (args, expected) in [
+        (&["--relay", "relay:8080"][..], "--relay: url"),
+        (&["--relay-max-sessions", "5"][..], "need --relay-capable"),
+        (
+            &["--relay-capable", "--relay-liveness-ms", "5"][..],
+            "liveness_ms",
+        ),
+        (
+            &["--relay-capable", "--relay-require-bind-ticket"][..],
+            "bind_ticket_key",
+        ),
+        (
+            &[
+                "--relay",
+                "http://r:1",
+                "--directory",
+                "http://d",
+                "--endpoint",
+                "http://me",
+            ][..],
+            "relay-for endpoint",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+            .args(["run", "--plugin", "x.wasm"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_tasks_then_exits_zero() {
     let mut node = Node::start(&plugin("misbehave"), &[]);

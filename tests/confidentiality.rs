@@ -6,95 +6,16 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::FakeDirectory;
 use common::{Node, error_of, fresh_state_dir, plugin, post_task, task};
-use hkdf::Hkdf;
 use serde_json::{Value, json};
-use sha2::Sha256;
-use x25519_dalek::{PublicKey, StaticSecret};
 
-const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn aead(shared: &[u8], salt: &[u8], info: &str) -> Aes256Gcm {
-    let mut key = [0u8; 32];
-    Hkdf::<Sha256>::new(Some(salt), shared)
-        .expand(info.as_bytes(), &mut key)
-        .unwrap();
-    Aes256Gcm::new(&key.into())
-}
-
-/// What a default consumer sends for `payload` to a node advertising
-/// `cx_public_key`; returns the body and the session secret.
-fn encrypted_task(cx_public_key: &Value, task_id: &str, payload: &Value) -> (Value, Vec<u8>) {
-    let node_key: [u8; 32] = B64
-        .decode(cx_public_key["key"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let ephemeral = StaticSecret::random_from_rng(OsRng);
-    let shared = ephemeral.diffie_hellman(&PublicKey::from(node_key));
-    let mut nonce = [0u8; 12];
-    OsRng.fill_bytes(&mut nonce);
-    let aad = format!("{task_id}|{CHAT}");
-    let plaintext = payload.to_string();
-    let ciphertext = aead(
-        shared.as_bytes(),
-        &nonce,
-        &format!("IICP-CX-v1{task_id}{CHAT}"),
-    )
-    .encrypt(
-        Nonce::from_slice(&nonce),
-        Payload {
-            msg: plaintext.as_bytes(),
-            aad: aad.as_bytes(),
-        },
-    )
-    .unwrap();
-    let body = json!({
-        "task_id": task_id,
-        "intent": CHAT,
-        "iicp_conf": {
-            "version": 1,
-            "recipient_key_id": cx_public_key["key_id"],
-            "kem_ciphertext": B64.encode(PublicKey::from(&ephemeral).as_bytes()),
-            "encrypted_body": B64.encode(ciphertext),
-            "nonce": B64.encode(nonce),
-            "aad": B64.encode(&aad),
-            "plaintext_size": plaintext.len(),
-        },
-        "cx_response_encryption": "required",
-    });
-    (body, shared.as_bytes().to_vec())
-}
-
-/// Opens a sealed 200 body the way the consumer does.
-fn open_response(body: &Value, shared: &[u8], task_id: &str) -> Value {
-    assert_eq!(body["status"], "encrypted", "{body}");
-    assert!(body.get("result").is_none(), "no clear result: {body}");
-    let sealed = &body["iicp_conf_resp"];
-    assert_eq!(sealed["version"], 1);
-    let nonce = B64.decode(sealed["nonce"].as_str().unwrap()).unwrap();
-    let ciphertext = B64
-        .decode(sealed["encrypted_body"].as_str().unwrap())
-        .unwrap();
-    let plaintext = aead(shared, &nonce, &format!("IICP-CX-RESP-v1{task_id}"))
-        .decrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &ciphertext,
-                aad: format!("{task_id}|resp").as_bytes(),
-            },
-        )
-        .expect("the consumer can open the sealed response");
-    serde_json::from_slice(&plaintext).unwrap()
-}
 
 /// Posts `body` and asserts a 400 `code` whose message mentions `about`.
 async fn assert_refused(node: &Node, body: &Value, code: &str, about: &str) {
@@ -106,36 +27,12 @@ async fn assert_refused(node: &Node, body: &Value, code: &str, about: &str) {
     assert!(message.contains(about), "{message}");
 }
 
-fn chat_content(response: &Value) -> &str {
-    response["result"]["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no chat content in {response}"))
-}
-
 fn directory_node(fake: &FakeDirectory, state_dir: &Path, extra: &[&str]) -> Node {
     let url = fake.url();
     let state = state_dir.display().to_string();
     let mut args = vec!["--directory", &url, "--state-dir", &state];
     args.extend_from_slice(extra);
     Node::start(&plugin("echo"), &args)
-}
-
-/// The REGISTER bodies so far, once there are `count`.
-async fn registrations(fake: &FakeDirectory, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let bodies: Vec<Value> = fake
-            .requests("/v1/register")
-            .into_iter()
-            .filter(|r| r.method == "POST")
-            .map(|r| r.body)
-            .collect();
-        if bodies.len() >= count || Instant::now() >= deadline {
-            assert!(bodies.len() >= count, "{} registrations", bodies.len());
-            return bodies;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,7 +84,7 @@ async fn the_advertised_key_opens_consumer_tasks_and_survives_a_restart() {
     let fake = FakeDirectory::start().await;
     let state_dir = fresh_state_dir();
     let mut node = directory_node(&fake, &state_dir, &[]);
-    let advertised = registrations(&fake, 1).await[0]["cx_public_key"].clone();
+    let advertised = fake.registrations(1, WAIT).await[0]["cx_public_key"].clone();
     assert_eq!(advertised["algorithm"], "X25519");
     assert_eq!(advertised["encoding"], "base64url");
     assert_eq!(advertised["features"], json!(["response_encryption_v1"]));
@@ -231,7 +128,7 @@ async fn the_advertised_key_opens_consumer_tasks_and_survives_a_restart() {
     node.terminate();
     node.wait_exit(WAIT).expect("node exits");
     let restarted = directory_node(&fake, &state_dir, &[]);
-    let again = registrations(&fake, 2).await;
+    let again = fake.registrations(2, WAIT).await;
     assert_eq!(again.last().unwrap()["cx_public_key"], advertised);
     let (status, _, sealed) = post_task(&restarted, &body).await;
     assert_eq!(status, 200, "{sealed}");
@@ -242,7 +139,7 @@ async fn the_advertised_key_opens_consumer_tasks_and_survives_a_restart() {
 async fn turned_off_it_advertises_no_key_and_refuses_encrypted_tasks() {
     let fake = FakeDirectory::start().await;
     let node = directory_node(&fake, &fresh_state_dir(), &["--no-confidentiality"]);
-    let register = &registrations(&fake, 1).await[0];
+    let register = &fake.registrations(1, WAIT).await[0];
     assert!(register.get("cx_public_key").is_none(), "{register}");
 
     let someone_else = json!({"key": B64.encode([9u8; 32]), "key_id": "cx-0000000000000000"});

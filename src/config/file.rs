@@ -20,14 +20,17 @@ use super::{
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, IdempotencyBounds,
     MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec,
-    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range,
+    default_cache_dir,
 };
+use crate::config::reach::{RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
 use crate::directory::receipts::QueueBounds;
 use crate::directory::settings::{
-    CipPolicy, DirectorySettings, PricingSettings, TransportSettings, validate_http_url,
+    CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
+    validate_http_url,
 };
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
@@ -74,6 +77,8 @@ struct FileConfig {
     policy: Option<CipPolicy>,
     transport: Option<TransportSettings>,
     auth: Option<AuthSection>,
+    relay: Option<WorkerSettings>,
+    relay_capable: Option<RelaySettings>,
     #[serde(default)]
     defaults: LimitsSection,
     #[serde(default, rename = "plugin")]
@@ -328,6 +333,25 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
             file.transport,
         )?),
     };
+    if let Some(worker) = &file.relay {
+        worker.validate().map_err(|e| format!("relay.{e}"))?;
+    }
+    if let Some(relay) = &file.relay_capable {
+        relay.validate().map_err(|e| format!("relay_capable.{e}"))?;
+    }
+    let reach = ReachSettings {
+        relay: file.relay,
+        relay_capable: file.relay_capable,
+    };
+    if reach.relay.is_some()
+        && let Some(directory) = &directory
+        && directory.endpoint.is_some()
+    {
+        return Err(
+            "node.endpoint: a node serving through [relay] advertises its relay-for endpoint; remove node.endpoint"
+                .to_string(),
+        );
+    }
     Ok(NodeConfig {
         node_id: node.node_id,
         region: node.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
@@ -374,6 +398,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         confidentiality: node.confidentiality.unwrap_or(true),
         directory,
         admin,
+        reach,
         config_path: None,
         runtime: RuntimeSettings {
             engine: EngineSettings {
@@ -649,6 +674,7 @@ fn directory(
             )?,
         },
         timing,
+        reach: ReachAdvert::default(),
     })
 }
 
@@ -720,6 +746,7 @@ pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySet
         operator_hmac_key: None,
         receipt_queue: DEFAULT_RECEIPT_QUEUE,
         timing: Timing::default(),
+        reach: ReachAdvert::default(),
     }
 }
 
@@ -788,6 +815,30 @@ mod tests {
         let config = "[[plugin]]\nid = \"a\"\npath = \"a\"\n[plugin.config]\nurl = \"http://x\"\nretries = 3\n";
         let parsed = parse(config).unwrap();
         assert_eq!(parsed.plugins[0].source.config["retries"], "3");
+    }
+
+    #[test]
+    fn relay_tables_are_read_and_checked() {
+        let both = "[relay]\nurl = \"http://relay:8080\"\npullers = 2\n[relay_capable]\nmax_sessions = 8\nliveness_ms = 30000\n[[plugin]]\npath = \"a\"\n";
+        let config = parse(both).unwrap();
+        assert_eq!(config.reach.relay.unwrap().pullers, 2);
+        let relay = config.reach.relay_capable.unwrap();
+        assert_eq!((relay.max_sessions, relay.liveness_ms), (8, 30000));
+        assert_eq!(relay.poll_timeout_ms, 25_000, "defaults fill the rest");
+        let short = "[relay_capable]\nliveness_ms = 10\n[[plugin]]\npath = \"a\"\n";
+        assert!(
+            parse(short)
+                .unwrap_err()
+                .starts_with("relay_capable.liveness_ms"),
+        );
+        let typo = "[relay]\nurl = \"http://r\"\npuller = 2\n[[plugin]]\npath = \"a\"\n";
+        assert!(parse(typo).unwrap_err().contains("unknown field `puller`"));
+        let with_endpoint = "[node]\nendpoint = \"http://me\"\n[directory]\nurl = \"http://d\"\n[relay]\nurl = \"http://r\"\n[[plugin]]\npath = \"a\"\n";
+        assert!(
+            parse(with_endpoint)
+                .unwrap_err()
+                .contains("relay-for endpoint")
+        );
     }
 
     #[test]

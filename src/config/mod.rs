@@ -5,12 +5,14 @@
 //! whichever way a value arrives.
 
 pub mod file;
+pub mod reach;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use self::reach::{RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
 use crate::runtime::RuntimeSettings;
@@ -131,6 +133,8 @@ pub struct NodeConfig {
     pub plugins: Vec<PluginSpec>,
     /// The admin API, when configured.
     pub admin: Option<AdminSettings>,
+    /// Relaying and peer gossip.
+    pub reach: ReachSettings,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -217,6 +221,16 @@ impl Default for IdempotencyBounds {
     }
 }
 
+/// How the node reaches the mesh besides its own listener; all off unless
+/// configured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReachSettings {
+    /// The worker role: serve through this relay (`[relay]`, `--relay`).
+    pub relay: Option<WorkerSettings>,
+    /// The relay role (`[relay_capable]`, `--relay-capable`).
+    pub relay_capable: Option<RelaySettings>,
+}
+
 /// One plugin as the operator configured it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginSpec {
@@ -299,6 +313,7 @@ impl NodeConfig {
             },
             plugins: vec![PluginSpec::new(PluginSource::new(path))],
             admin: None,
+            reach: ReachSettings::default(),
             config_path: None,
         }
     }

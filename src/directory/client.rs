@@ -117,6 +117,18 @@ impl DirectoryClient {
         self.call(Method::POST, op, bearer, Some(body)).await
     }
 
+    /// `POST {base}/v1/{op}` with extra request headers.
+    pub async fn post_with_headers(
+        &self,
+        op: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<Value, DirectoryError> {
+        self.call_with(Method::POST, op, bearer, headers, Some(body))
+            .await
+    }
+
     /// `DELETE {base}/v1/{op}`.
     pub async fn delete(
         &self,
@@ -139,6 +151,17 @@ impl DirectoryClient {
         bearer: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, DirectoryError> {
+        self.call_with(method, op, bearer, &[], body).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        op: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, DirectoryError> {
         let url = format!("{}/v1/{op}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
@@ -148,6 +171,9 @@ impl DirectoryClient {
         }
         if let Some(token) = bearer {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let mut response = request
             .send()

@@ -143,6 +143,22 @@ impl StateDir {
         }
     }
 
+    /// A random 256-bit secret (hex) stored in `file`: the stored one, else
+    /// a new one stored for the next start. A stored value that is not 64
+    /// hex characters is replaced.
+    pub fn secret(&self, file: &str) -> std::io::Result<String> {
+        let path = self.dir.join(file);
+        if let Ok(stored) = fs::read_to_string(&path) {
+            let stored = stored.trim();
+            if stored.len() == 64 && stored.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(stored.to_string());
+            }
+        }
+        let secret = random_secret();
+        private_files::write(&path, &[secret.as_bytes()])?;
+        Ok(secret)
+    }
+
     /// The token and key last issued by `directory_url` to `node_id`.
     pub fn credentials(
         &self,
@@ -181,6 +197,15 @@ fn parse_cx_key(bytes: &[u8]) -> Option<CxKey> {
     (stored.algorithm == "X25519")
         .then(|| secret.try_into().ok().map(CxKey::from_secret_bytes))
         .flatten()
+}
+
+/// 32 bytes from the operating system's generator, as hex.
+pub fn random_secret() -> String {
+    use aes_gcm::aead::OsRng;
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// The Rust directory's node id rule: ≤ 36 chars of `[A-Za-z0-9._:-]`,

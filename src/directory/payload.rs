@@ -92,6 +92,20 @@ pub fn register_body(
             body.insert(field.into(), json!(value));
         }
     }
+    let reach = &settings.reach;
+    if reach.relay_capable {
+        body.insert("relay_capable".into(), json!(true));
+    }
+    if let Some(relay) = &reach.relayed_by {
+        body.insert("exposure_mode".into(), json!("relay_required"));
+        body.insert(
+            "transport_metadata".into(),
+            json!({ "relay_url": relay, "relay_for": credentials.node_id }),
+        );
+    }
+    if let Some(key) = &reach.gossip_public_key {
+        body.insert("gossip_public_key".into(), json!(key));
+    }
     if let Some(key) = &credentials.operator_hmac_key {
         // The production directory adopts an operator key sent here (§10 #3).
         body.insert("node_hmac_key".into(), json!(key));

@@ -54,6 +54,25 @@ pub struct DirectorySettings {
     pub receipt_queue: QueueBounds,
     /// Heartbeat cadence bounds, retry floor and backoff.
     pub timing: Timing,
+    /// How the node is reached besides `endpoint`; set by the node's reach
+    /// phase from the relay and peer settings, not read from `[directory]`.
+    pub reach: ReachAdvert,
+}
+
+/// What REGISTER says about reaching the node beyond `endpoint`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReachAdvert {
+    /// The node relays for workers behind NAT (`relay_capable`).
+    pub relay_capable: bool,
+    /// The node is reached only through this relay: `endpoint` is its
+    /// relay-for URL, `exposure_mode` is `relay_required` and
+    /// `transport_metadata` names the relay.
+    pub relayed_by: Option<String>,
+    /// The Ed25519 key peers verify this node's gossip with (hex), sent as
+    /// `gossip_public_key` — the name the directory stores it under; the
+    /// spec names no REGISTER field for it and `public_key` is read by some
+    /// directories as the deprecated IICP-CX alias (`iicp-dir.md` §3.6).
+    pub gossip_public_key: Option<String>,
 }
 
 /// The ADR-019 pricing block.

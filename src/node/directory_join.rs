@@ -24,7 +24,8 @@ use crate::server::task_auth::AuthMode;
 /// Everything prepared for a directory, before the node serves.
 pub struct DirectoryJoin {
     settings: DirectorySettings,
-    client: DirectoryClient,
+    /// The directory client (also used for relay bind tickets).
+    pub client: DirectoryClient,
     /// The node's credentials, also read by the task route's auth.
     pub credentials: SharedCredentials,
     /// The key that signs consumer tokens, fetched when the auth mode

@@ -6,6 +6,7 @@
 //! * [`plugins`] — the runtime and every plugin, checked before binding;
 //! * [`descriptors`] — an open-file limit that fits the connection caps;
 //! * [`listeners`] — the public and admin sockets;
+//! * [`reach`] — the relay roles, which change what the directory is told;
 //! * [`directory_join`] — the directory client, credentials and receipts;
 //! * [`serving`] — the servers, the directory link, reloads, then the drain.
 
@@ -14,6 +15,7 @@ pub mod directory_join;
 pub mod identity;
 pub mod listeners;
 pub mod plugins;
+pub mod reach;
 pub mod serving;
 
 use std::future::Future;
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 use self::directory_join::DirectoryJoin;
 use self::identity::Identity;
 use self::listeners::Listeners;
+use self::reach::Reach;
 use crate::config::{NONCE_WINDOW, NodeConfig};
 use crate::directory::lifecycle::{NodeView, ServiceState};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
@@ -82,9 +85,10 @@ impl std::error::Error for StartError {}
 /// `POST /admin/reload`); without it, reloads re-read `config` as given.
 ///
 /// The phases, in order: identity → runtime and plugins → listeners →
-/// directory preparation → shared state → serving (public API, directory
-/// link, reloads, admin API) → drain. Anything that fails before serving
-/// refuses the start, before the node is announced anywhere.
+/// reach (relay roles) → directory preparation → shared state → serving
+/// (public API, directory link, reloads, admin API) → drain. Anything that
+/// fails before serving refuses the start, before the node is announced
+/// anywhere.
 pub async fn run(
     mut config: NodeConfig,
     reload_source: Option<ConfigSource>,
@@ -97,6 +101,7 @@ pub async fn run(
     let listeners = Listeners::bind(&config).await?;
     plugins::log_loaded(&table);
     ToolGate::new(config.allow_tool_execution).warn_unreachable(&table);
+    let reach = Reach::prepare(&mut config, &identity, &metrics)?;
     let directory = DirectoryJoin::prepare(&config, &identity, &metrics)?;
     let cx_key = identity.cx_key.take();
     let state = shared_state(
@@ -108,16 +113,18 @@ pub async fn run(
         &metrics,
         directory.as_ref(),
     );
+    let reach = reach.start(&config, &identity, &state, directory.as_ref())?;
     let mut serving = serving::start(
         &config,
         &identity,
         listeners,
         state,
+        reach.routes(&config),
         directory,
         reload_source,
     )?;
     serving.until(shutdown).await?;
-    serving.drain(&config).await;
+    tokio::join!(reach.stop(), serving.drain(&config));
     Ok(())
 }
 

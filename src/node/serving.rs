@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Router;
 use tokio::task::JoinHandle;
 
 use super::StartError;
@@ -31,12 +32,14 @@ pub struct Serving {
     hangups: JoinHandle<()>,
 }
 
-/// Starts serving on `listeners`.
+/// Starts serving on `listeners`: the node's routes over `state`, plus
+/// the routes other phases add.
 pub fn start(
     config: &NodeConfig,
     identity: &Identity,
     listeners: Listeners,
     state: Arc<AppState>,
+    extra_routes: Router<Arc<AppState>>,
     directory: Option<DirectoryJoin>,
     reload_source: Option<ConfigSource>,
 ) -> Result<Serving, StartError> {
@@ -51,7 +54,7 @@ pub fn start(
     );
     let server = tokio::spawn(edge::serve(
         listeners.public,
-        crate::server::router(state.clone()),
+        crate::server::router_with(state.clone(), extra_routes),
         config.edge,
         state.metrics.edge("public"),
         state.drain.clone(),

@@ -270,6 +270,74 @@ impl ApiError {
         )
     }
 
+    /// 404 `IICP-E030`: no alive relay session for this worker.
+    pub fn relay_target_unknown() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "IICP-E030",
+            "no alive relay session for this worker",
+        )
+    }
+
+    /// 502 `IICP-E031`: the relay could not get the task answered.
+    pub fn relay_forward_failed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "IICP-E031", message).with_retryable(true)
+    }
+
+    /// 409 `IICP-E038`: the worker id has an alive relay session.
+    pub fn relay_worker_bound() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "IICP-E038",
+            "worker_id has an alive relay session; rebind rejected",
+        )
+    }
+
+    /// 429 `IICP-E039`, reason `relay_bind_rate_limited`.
+    pub fn relay_bind_rate_limited(retry_after_ms: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "IICP-E039",
+            "relay bind rate limit exceeded",
+        );
+        error.reason = Some("relay_bind_rate_limited");
+        error.retry_later(retry_after_ms)
+    }
+
+    /// 503 `IICP-E039`: the relay is at a capacity limit.
+    pub fn relay_at_capacity(message: impl Into<Cow<'static, str>>, retry_after_ms: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "IICP-E039", message).retry_later(retry_after_ms)
+    }
+
+    /// 401 `IICP-E040`: the bind ticket is missing or invalid.
+    pub fn relay_ticket_refused(message: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "IICP-E040", message)
+    }
+
+    /// 409 `IICP-E040`: the bind ticket was used before.
+    pub fn relay_ticket_replayed() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "IICP-E040",
+            "relay bind ticket replayed",
+        )
+    }
+
+    /// 401 `IICP-E021`: the relay session token is missing or unknown (the
+    /// reference's code, reused for this; `protocol.md` §10 #13).
+    pub fn relay_session_unknown() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "IICP-E021",
+            "invalid or missing relay session token",
+        )
+    }
+
+    /// 422 `IICP-E001`: a relay request body is malformed (the reference's code).
+    pub fn relay_input(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "IICP-E001", message)
+    }
+
     /// Retryable, after `retry_after_ms` (also sent as `Retry-After`).
     fn retry_later(mut self, retry_after_ms: u64) -> Self {
         self.retry_after_ms = Some(retry_after_ms);

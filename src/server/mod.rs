@@ -43,7 +43,15 @@ use state::AppState;
 
 /// The node's routes.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The node's routes plus `extra` (capabilities with routes of their own,
+/// such as the relay role), under the same error envelope, panic guard and
+/// CORS headers.
+pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
     Router::new()
+        .merge(extra)
         .route("/v1/task", post(task_route::submit_task))
         .route("/iicp/health", get(health_route::health))
         .route("/metrics", get(metrics_route::metrics))

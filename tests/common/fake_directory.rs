@@ -111,6 +111,8 @@ pub struct FakeState {
     /// `None` answers 503 `not_configured`, as a directory without one.
     pub directory_key: Option<String>,
     pub directory_key_fetches: u32,
+    /// Signs relay bind tickets, when set.
+    pub ticket_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Default for FakeState {
@@ -134,6 +136,7 @@ impl Default for FakeState {
             deregistrations: Vec::new(),
             directory_key: None,
             directory_key_fetches: 0,
+            ticket_key: None,
         }
     }
 }
@@ -233,17 +236,26 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
             "capabilities required",
         );
     }
-    // The liveness probe, inside the register call, as the real directory does.
+    // The liveness probe, inside the register call, as the real directory
+    // does — skipped, as there, for a declared concrete NAT type with a
+    // transport method (`protocol.md` §2.3).
+    let declared = body["nat_type"]
+        .as_str()
+        .is_some_and(|n| !matches!(n, "" | "none" | "unknown"))
+        && body["transport_method"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty());
     let probe = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let alive = probe
-        .get(format!("{endpoint}/iicp/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
+    let alive = declared
+        || probe
+            .get(format!("{endpoint}/iicp/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
     if !alive {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -455,12 +467,68 @@ async fn directory_key(State(state): State<Shared>) -> Response {
     }
 }
 
+/// `POST /v1/relay/ticket`: a bind ticket for the calling node, signed
+/// with `ticket_key` (`protocol.md` §7.4), as the reference format has it.
+async fn relay_ticket(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, "POST", "/v1/relay/ticket", &headers, &body);
+    let state = state.lock().unwrap();
+    let node_id = headers
+        .get("x-node-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(node) = state.nodes.get(node_id) else {
+        return error(StatusCode::NOT_FOUND, "IICP-E003", "unknown node");
+    };
+    if bearer(&headers) != Some(node.token.clone()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid node_token",
+        );
+    }
+    let Some(key) = &state.ticket_key else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "no key");
+    };
+    let audience = body["relay_node_id"].as_str().unwrap_or("*");
+    let ticket = relay_bind_ticket(
+        key,
+        node_id,
+        audience,
+        &uuid::Uuid::new_v4().simple().to_string(),
+    );
+    ok(StatusCode::CREATED, json!({ "ticket": ticket }))
+}
+
+/// A relay bind ticket for `worker_id` and `audience`, valid for a minute.
+pub fn relay_bind_ticket(
+    key: &ed25519_dalek::SigningKey,
+    worker_id: &str,
+    audience: &str,
+    jti: &str,
+) -> String {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "v": 1, "typ": "relay-bind-ticket", "jti": jti, "iss": "fake-directory",
+        "sub": worker_id, "aud": audience, "iat": now, "exp": now + 60,
+    });
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signature = key.sign(format!("iicp:relay-bind-ticket:v1\n{payload}").as_bytes());
+    format!("{payload}.{}", hex::encode(signature.to_bytes()))
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/directory-key", axum::routing::get(directory_key))
         .route("/v1/register", post(register).delete(deregister))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/credits/award", post(award))
+        .route("/v1/relay/ticket", post(relay_ticket))
         .with_state(state)
 }
 
@@ -527,6 +595,24 @@ impl FakeDirectory {
             .filter(|r| r.path == path)
             .cloned()
             .collect()
+    }
+
+    /// The REGISTER bodies so far, once there are `count` (within `wait`).
+    pub async fn registrations(&self, count: usize, wait: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let bodies: Vec<Value> = self
+                .requests("/v1/register")
+                .into_iter()
+                .filter(|r| r.method == "POST")
+                .map(|r| r.body)
+                .collect();
+            if bodies.len() >= count || Instant::now() >= deadline {
+                assert!(bodies.len() >= count, "{} registrations", bodies.len());
+                return bodies;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `accept` holds on the state, polling.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cx;
 pub mod fake_directory;
 
 /// How long a node may take to start (debug builds compile plugins slowly).

@@ -38,11 +38,13 @@ pub mod connection;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::{HeaderValue, Request, Response, header};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
@@ -174,9 +176,9 @@ pub async fn serve(
     let stop = drain.started();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     wait_after_accept_error(&error).await;
                     continue;
@@ -194,6 +196,7 @@ pub async fn serve(
         // Small JSON answers must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let connection = Connection {
+            peer,
             builder: builder.clone(),
             router: router.clone(),
             settings,
@@ -235,6 +238,9 @@ async fn wait_after_accept_error(error: &std::io::Error) {
 
 /// Everything one connection needs.
 struct Connection {
+    /// The client's address, handed to handlers that limit per source
+    /// (relay binds) as axum's `ConnectInfo`.
+    peer: SocketAddr,
     builder: http1::Builder,
     router: Router,
     settings: EdgeSettings,
@@ -249,6 +255,7 @@ impl Connection {
         let _open = OpenConnection::count(&self.metrics);
         let activity = Activity::new();
         let service = EdgeService {
+            peer: ConnectInfo(self.peer),
             router: self.router,
             activity: activity.clone(),
             drain: self.drain.clone(),
@@ -302,6 +309,7 @@ impl Drop for OpenConnection {
 /// busy phase marked around each request.
 #[derive(Clone)]
 struct EdgeService {
+    peer: ConnectInfo<SocketAddr>,
     router: Router,
     activity: Arc<Activity>,
     drain: DrainSignal,
@@ -315,7 +323,8 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<EdgeResponse, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.peer);
         let guard = self.activity.request_started();
         if self.drain.is_draining() {
             self.metrics.draining_refusals.inc();

@@ -1,0 +1,168 @@
+//! The reach phase: how the node reaches the mesh besides its own
+//! listener — the relay worker role (serve from behind NAT), the relay role
+//! (serve as a relay) — prepared before the directory is told about the
+//! node, started with the shared state, stopped beside the drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+use super::StartError;
+use super::directory_join::DirectoryJoin;
+use super::identity::Identity;
+use crate::config::NodeConfig;
+use crate::config::reach::{RelaySettings, WorkerSettings};
+use crate::directory::identity::random_secret;
+use crate::metrics::Metrics;
+use crate::relay::routes::RelayRoutes;
+use crate::relay::sessions::{Relay, reap_silent_sessions};
+use crate::relay::worker::{self, TicketSource, WorkerHandle, WorkerParts};
+use crate::server::state::AppState;
+
+/// Where the worker keeps the key that lets a restarted node take its
+/// relay session over.
+const REBIND_KEY_FILE: &str = "relay_rebind_key";
+
+/// `transport_method` of a node reached through a relay (§2.2).
+const RELAYED_TRANSPORT: &str = "turn_relay";
+/// `nat_type` a relayed worker declares unless the operator set one: it
+/// takes no inbound connection at all. A concrete type with a transport
+/// method lets the directory skip its liveness probe (`protocol.md` §2.3),
+/// which a worker needing a directory-issued bind ticket could not pass
+/// before it is bound.
+const RELAYED_NAT_TYPE: &str = "symmetric";
+
+/// Prepared, not yet running.
+pub struct Reach {
+    relay: Option<Arc<Relay>>,
+    worker: Option<(WorkerSettings, String)>,
+}
+
+/// Running.
+pub struct Reaching {
+    relay: Option<Arc<Relay>>,
+    reaper: Option<tokio::task::JoinHandle<()>>,
+    worker: Option<WorkerHandle>,
+}
+
+impl Reach {
+    /// Checks the relay settings and tells the directory settings how the
+    /// node is reached: a worker advertises its relay-for endpoint with
+    /// relayed transport fields, a relay says it is relay-capable.
+    pub fn prepare(
+        config: &mut NodeConfig,
+        identity: &Identity,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let relay = config
+            .reach
+            .relay_capable
+            .clone()
+            .map(|settings: RelaySettings| {
+                Relay::new(settings, &identity.node_id, Arc::new(metrics.relay.clone()))
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Config(format!("relay_capable: {e}")))
+            })
+            .transpose()?;
+        let worker = match config.reach.relay.clone() {
+            Some(settings) => {
+                let rebind_key = match &identity.state_dir {
+                    Some(state) => state.secret(REBIND_KEY_FILE).map_err(|e| {
+                        StartError::Config(format!("cannot store the relay rebind key: {e}"))
+                    })?,
+                    None => random_secret(),
+                };
+                Some((settings, rebind_key))
+            }
+            None => None,
+        };
+        if let Some(directory) = &mut config.directory {
+            directory.reach.relay_capable = relay.is_some();
+            if let Some((settings, _)) = &worker {
+                directory.endpoint = Some(settings.relay_for_endpoint(&identity.node_id));
+                directory.reach.relayed_by = Some(settings.base_url().to_string());
+                let transport = &mut directory.transport;
+                transport
+                    .method
+                    .get_or_insert_with(|| RELAYED_TRANSPORT.to_string());
+                transport
+                    .nat_type
+                    .get_or_insert_with(|| RELAYED_NAT_TYPE.to_string());
+            }
+        }
+        Ok(Self { relay, worker })
+    }
+
+    /// Starts the roles: the relay's reaper, the worker's pulls.
+    pub fn start(
+        self,
+        config: &NodeConfig,
+        identity: &Identity,
+        state: &Arc<AppState>,
+        directory: Option<&DirectoryJoin>,
+    ) -> Result<Reaching, StartError> {
+        let reaper = self.relay.as_ref().map(|relay| {
+            let period = (relay.settings.liveness() / 4).min(Duration::from_secs(1));
+            tracing::info!(
+                max_sessions = relay.settings.max_sessions,
+                bind_tickets = relay.settings.require_bind_ticket,
+                "relaying for workers behind NAT"
+            );
+            tokio::spawn(reap_silent_sessions(relay.clone(), period))
+        });
+        let worker = match self.worker {
+            Some((settings, rebind_key)) => Some(
+                worker::start(WorkerParts {
+                    settings,
+                    state: state.clone(),
+                    worker_id: identity.node_id.clone(),
+                    rebind_key,
+                    tickets: directory.map(|join| TicketSource {
+                        client: join.client.clone(),
+                        credentials: join.credentials.clone(),
+                    }),
+                    drain: config.drain_timeout,
+                })
+                .map_err(StartError::Config)?,
+            ),
+            None => None,
+        };
+        Ok(Reaching {
+            relay: self.relay,
+            reaper,
+            worker,
+        })
+    }
+}
+
+impl Reaching {
+    /// Routes the roles add to the node's router, with the node's body
+    /// bounds.
+    pub fn routes(&self, config: &NodeConfig) -> Router<Arc<AppState>> {
+        match &self.relay {
+            Some(relay) => RelayRoutes::new(
+                relay.clone(),
+                config.max_body_bytes,
+                config.edge.body_read_timeout,
+            )
+            .router(),
+            None => Router::new(),
+        }
+    }
+
+    /// At shutdown: the relay ends its sessions (their consumers are
+    /// answered, their long polls return); the worker stops pulling,
+    /// finishes what it holds within the drain bound and unbinds.
+    pub async fn stop(self) {
+        if let Some(relay) = &self.relay {
+            relay.stop();
+        }
+        if let Some(reaper) = self.reaper {
+            reaper.abort();
+        }
+        if let Some(worker) = self.worker {
+            worker.stop().await;
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! Relaying end to end over real sockets (`protocol.md` §7): a worker that
+//! consumers never contact directly serves plain and IICP-CX tasks through
+//! a relay node; a worker killed mid-load leaves no consumer hanging; a
+//! restarted relay gets its worker back; every relay limit answers with the
+//! protocol's error; bind tickets come from the directory when the relay
+//! requires them. The real NAT (inbound dropped) is shown by
+//! `reach/netns-demo`; here consumers only ever hold the relay's address.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cx::{CHAT, chat_content, encrypted_task, open_response};
+use common::fake_directory::{FakeDirectory, relay_bind_ticket};
+use common::{Node, client, error_of, fresh_state_dir, message, metrics, plugin, task};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A relay-capable node serving echo, with `[relay_capable]` set to `table`.
+fn relay_config(table: &str) -> PathBuf {
+    let dir = fresh_state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[plugin]]\npath = {:?}\n\n[relay_capable]\n{table}\n",
+            plugin("echo").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A worker serving `plugin_name` through `relay` as `worker_id`.
+fn worker(relay: &Node, plugin_name: &str, worker_id: &str, extra: &[&str]) -> Node {
+    let relay_url = format!("http://{}", relay.addr);
+    let mut args = vec!["--relay", &relay_url, "--node-id", worker_id];
+    args.extend_from_slice(extra);
+    let node = Node::start(&plugin(plugin_name), &args);
+    wait_bound(&node);
+    node
+}
+
+fn wait_bound(node: &Node) -> Value {
+    node.wait_for_log(WAIT, |e| message(e).starts_with("bound to the relay"))
+        .unwrap_or_else(|| panic!("worker never bound; log:\n{}", node.log_text()))
+}
+
+fn relay_for(relay: &Node, worker_id: &str, path: &str) -> String {
+    relay.url(&format!("/v1/relay-for/{worker_id}{path}"))
+}
+
+/// Posts a task through the relay; status, headers, JSON body.
+async fn relayed(
+    relay: &Node,
+    worker_id: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = client()
+        .post(relay_for(relay, worker_id, "/v1/task"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(body)
+        .send()
+        .await
+        .expect("the relay answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
+    (status, headers, json)
+}
+
+fn echo_task(task_id: &str, text: &str) -> Value {
+    task(
+        task_id,
+        CHAT,
+        json!({"messages": [{"role": "user", "content": text}]}),
+    )
+}
+
+fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {
+    let mut body = task(task_id, SLEEP, json!({"ms": ms}));
+    body["constraints"] = json!({"timeout_ms": timeout_ms});
+    body
+}
+
+/// The value of a metric line starting with `series`, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serves_plain_and_encrypted_tasks_through_the_relay() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let fake = FakeDirectory::start().await;
+    let directory = fake.url();
+    let worker = worker(&relay, "echo", "w-nat-1", &["--directory", &directory]);
+
+    // The directory lists the relay-for endpoint, with the transport fields
+    // that spare it a probe of an address nobody can reach.
+    let register = fake.registrations(1, WAIT).await.remove(0);
+    assert_eq!(
+        register["endpoint"],
+        format!("http://{}/v1/relay-for/w-nat-1", relay.addr)
+    );
+    assert_eq!(register["transport_method"], "turn_relay");
+    assert_eq!(register["nat_type"], "symmetric");
+    assert_eq!(register["exposure_mode"], "relay_required");
+    assert_eq!(
+        register["transport_metadata"]["relay_url"],
+        format!("http://{}", relay.addr)
+    );
+    assert!(register.get("relay_capable").is_none(), "{register}");
+
+    let health: Value = client()
+        .get(relay_for(&relay, "w-nat-1", "/iicp/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["via_relay"], true);
+    assert_eq!(health["node_id"], "w-nat-1");
+
+    // Plain: the worker's own answer, trace included.
+    let (status, headers, body) = relayed(&relay, "w-nat-1", &echo_task("r-1", "hi")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task_id"], "r-1");
+    assert_eq!(body["status"], "success");
+    assert_eq!(chat_content(&body), "hi");
+    assert!(body["metrics"]["latency_ms"].is_u64(), "{body}");
+    assert_eq!(
+        headers["x-iicp-trace-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(headers["access-control-allow-origin"], "*");
+
+    // IICP-CX: sealed for the worker's advertised key; the relay only ever
+    // carries ciphertext.
+    let secret = "only the worker may read this";
+    let (sealed_task, shared) = encrypted_task(
+        &register["cx_public_key"],
+        "r-cx",
+        &json!({"messages": [{"role": "user", "content": secret}]}),
+    );
+    let (status, _, sealed) = relayed(&relay, "w-nat-1", &sealed_task).await;
+    assert_eq!(status, 200, "{sealed}");
+    assert!(!sealed.to_string().contains(secret));
+    assert_eq!(
+        chat_content(&open_response(&sealed, &shared, "r-cx")),
+        secret
+    );
+
+    // The worker's own refusals come back as they are (here: a replay).
+    let mut nonced = echo_task("r-2", "once");
+    nonced["nonce"] = json!("relay-nonce-1");
+    assert_eq!(relayed(&relay, "w-nat-1", &nonced).await.0, 200);
+    nonced["task_id"] = json!("r-3");
+    let (status, _, replay) = relayed(&relay, "w-nat-1", &nonced).await;
+    assert_eq!(status, 409, "{replay}");
+    assert_eq!(error_of(&replay)["code"], "IICP-E011");
+
+    // Browser consumers: the relay-for routes answer preflights.
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            relay_for(&relay, "w-nat-1", "/v1/task"),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+    let relay_metrics = metrics(&relay).await;
+    assert_eq!(metric(&relay_metrics, "iicp_relay_sessions "), 1.0);
+    assert_eq!(
+        metric(
+            &relay_metrics,
+            r#"iicp_relay_tasks_total{outcome="answered"}"#
+        ),
+        4.0
+    );
+    assert!(
+        metric(
+            &relay_metrics,
+            r#"iicp_relay_bytes_total{direction="to_worker"}"#
+        ) > 0.0
+    );
+    assert_eq!(metric(&relay_metrics, "iicp_relay_held_bytes "), 0.0);
+    let worker_metrics = metrics(&worker).await;
+    assert_eq!(metric(&worker_metrics, "iicp_relay_worker_bound "), 1.0);
+    assert_eq!(
+        metric(
+            &worker_metrics,
+            r#"iicp_relay_worker_tasks_total{result="answered"}"#
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let state_dir = fresh_state_dir();
+    let state = state_dir.display().to_string();
+    let first = worker(&relay, "misbehave", "w-restart", &["--state-dir", &state]);
+
+    // Four slow tasks held by the worker when it dies.
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| {
+            let url = relay_for(&relay, "w-restart", "/v1/task");
+            let body = sleep_task(&format!("slow-{i}"), 20_000, 60_000);
+            tokio::spawn(async move {
+                let response = client().post(url).json(&body).send().await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    wait_until("four tasks running on the worker", || async {
+        common::health(&first).await["active_jobs"] == 4
+    })
+    .await;
+    drop(first); // SIGKILL
+
+    // The same worker comes back (same state directory, so the same rebind
+    // key): it takes its session over and the tasks the dead process held
+    // are answered at once with the protocol's error.
+    let started = Instant::now();
+    let second = worker(&relay, "misbehave", "w-restart", &["--state-dir", &state]);
+    for handle in in_flight {
+        let (status, body) = tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("a task of the dead worker hangs")
+            .unwrap();
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(error_of(&body)["code"], "IICP-E031");
+        assert_eq!(body["status"], "error");
+        assert!(body["task_id"].as_str().unwrap().starts_with("slow-"));
+    }
+    eprintln!(
+        "worker restart: tasks answered {:?} after the restart began",
+        started.elapsed()
+    );
+    let (status, _, body) = relayed(&relay, "w-restart", &sleep_task("after", 1, 5_000)).await;
+    assert_eq!(status, 200, "{body}");
+    let text = metrics(&relay).await;
+    assert_eq!(
+        metric(&text, r#"iicp_relay_tasks_total{outcome="worker_gone"}"#),
+        4.0
+    );
+    assert_eq!(
+        metric(&text, r#"iicp_relay_binds_total{result="rebound"}"#),
+        1.0
+    );
+    assert_eq!(metric(&text, "iicp_relay_tasks_in_flight "), 0.0);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_relay_gets_its_worker_back() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let echo = plugin("echo").display().to_string();
+    let relay_state = fresh_state_dir();
+    let start_relay = || {
+        Node::start_at(
+            &["--plugin", &echo],
+            &listen,
+            &relay_state,
+            &["--relay-capable"],
+        )
+    };
+    let relay = start_relay();
+    let worker = worker(&relay, "echo", "w-rebind", &[]);
+    assert_eq!(
+        relayed(&relay, "w-rebind", &echo_task("before", "a"))
+            .await
+            .0,
+        200
+    );
+
+    drop(relay);
+    let relay = start_relay();
+    let rebound = worker
+        .wait_for_log(WAIT, |e| message(e) == "bound to the relay again")
+        .unwrap_or_else(|| panic!("no rebind; log:\n{}", worker.log_text()));
+    eprintln!(
+        "relay restart: worker rebound in {} ms",
+        rebound["fields"]["rebind_ms"]
+    );
+    let (status, _, body) = relayed(&relay, "w-rebind", &echo_task("after", "b")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(chat_content(&body), "b");
+    let text = metrics(&worker).await;
+    assert_eq!(
+        metric(&text, "iicp_relay_worker_rebind_seconds_count "),
+        1.0
+    );
+}
+
+/// A worker played by the test: binds and pulls by hand.
+struct RawWorker {
+    base: String,
+    token: String,
+}
+
+async fn raw_bind(relay: &Node, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(relay.url("/v1/relay/bind"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+impl RawWorker {
+    async fn bind(relay: &Node, worker_id: &str) -> RawWorker {
+        let (status, body) = raw_bind(relay, json!({"worker_id": worker_id})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["worker_endpoint_path"],
+            format!("/v1/relay-for/{worker_id}")
+        );
+        RawWorker {
+            base: format!("http://{}", relay.addr),
+            token: body["session_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    async fn pull(&self) -> (u16, Value) {
+        let response = client()
+            .get(format!("{}/v1/relay/pull", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = client()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_limits_answer_with_the_protocol_errors() {
+    let config = relay_config(
+        "max_sessions = 2\nbind_rate_limit = 3\nmax_tasks_per_session = 1\n\
+         poll_timeout_ms = 500\nliveness_ms = 60000\nresult_grace_ms = 0\nmax_result_bytes = 2048",
+    );
+    let relay = Node::start_config(&config, &[]);
+
+    let first = RawWorker::bind(&relay, "w-a").await;
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "w-a"})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (409, json!("IICP-E038"))
+    );
+    let second = RawWorker::bind(&relay, "w-b").await;
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "w-c"})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (503, json!("IICP-E039"))
+    );
+    assert_eq!(second.post("/v1/relay/unbind", &json!({})).await.0, 204);
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "w-d"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_of(&body)["code"], "IICP-E039");
+    assert_eq!(body["error"]["reason"], "relay_bind_rate_limited");
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "not a node id!"})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (422, json!("IICP-E001"))
+    );
+
+    // Tokens: missing or wrong, on every worker route.
+    let stranger = RawWorker {
+        base: first.base.clone(),
+        token: "0".repeat(64),
+    };
+    assert_eq!(stranger.pull().await.0, 401);
+    let (status, body) = stranger
+        .post("/v1/relay/result", &json!({"call_id": "x", "result": {}}))
+        .await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (401, json!("IICP-E021"))
+    );
+    assert_eq!(stranger.post("/v1/relay/unbind", &json!({})).await.0, 401);
+
+    // Consumers: unknown worker, full queue, a budget the worker never meets.
+    let (status, _, body) = relayed(&relay, "w-ghost", &echo_task("g", "x")).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (404, json!("IICP-E030"))
+    );
+    let mut waiting = echo_task("budget", "x");
+    waiting["constraints"] = json!({"timeout_ms": 800});
+    let queued = {
+        let url = relay_for(&relay, "w-a", "/v1/task");
+        tokio::spawn(async move {
+            let response = client().post(url).json(&waiting).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    wait_until("the first task to queue", || async {
+        metric(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
+    })
+    .await;
+    let (status, _, body) = relayed(&relay, "w-a", &echo_task("over", "x")).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (429, json!("IICP-E021"))
+    );
+    let (status, body) = tokio::time::timeout(WAIT, queued).await.unwrap().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(error_of(&body)["code"], "task_timeout");
+    assert_eq!(body["task_id"], "budget");
+
+    // The worker: a held task, an oversized result, a late one, an empty poll.
+    let consumer = {
+        let url = relay_for(&relay, "w-a", "/v1/task");
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&echo_task("held", "x"))
+                .send()
+                .await
+        })
+    };
+    let (status, call) = first.pull().await;
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["task"]["task_id"], "held");
+    let huge = json!({"call_id": call["call_id"], "result": {"pad": "x".repeat(4096)}});
+    assert_eq!(first.post("/v1/relay/result", &huge).await.0, 413);
+    let answer = json!({"call_id": call["call_id"], "result": {"result": {"text": "from a reference worker"}}});
+    assert_eq!(first.post("/v1/relay/result", &answer).await.0, 204);
+    let response = consumer.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let merged: Value = response.json().await.unwrap();
+    assert_eq!(
+        merged,
+        json!({"task_id": "held", "status": "success", "result": {"text": "from a reference worker"}})
+    );
+    assert_eq!(first.post("/v1/relay/result", &answer).await.0, 204);
+    assert_eq!(first.pull().await.0, 204);
+
+    let text = metrics(&relay).await;
+    for reason in [
+        "alive_rebind",
+        "at_capacity",
+        "bind_rate_limited",
+        "bind_malformed",
+        "bad_session_token",
+        "no_session",
+        "queue_full",
+        "late_result",
+        "result_malformed",
+    ] {
+        assert!(
+            metric(
+                &text,
+                &format!(r#"iicp_relay_refusals_total{{reason="{reason}"}}"#)
+            ) >= 1.0,
+            "no {reason} refusal counted:\n{text}"
+        );
+    }
+    assert_eq!(metric(&text, "iicp_relay_held_bytes "), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_worker_is_dropped_and_its_consumers_answered() {
+    let config = relay_config("poll_timeout_ms = 300\nliveness_ms = 1000");
+    let relay = Node::start_config(&config, &[]);
+    let _bound = RawWorker::bind(&relay, "w-silent").await;
+    // Nobody pulls: the task waits until the session expires.
+    let (status, _, body) = relayed(&relay, "w-silent", &echo_task("orphan", "x")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(error_of(&body)["code"], "IICP-E031");
+    assert!(
+        error_of(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped pulling"),
+        "{body}"
+    );
+    let (status, _, body) = relayed(&relay, "w-silent", &echo_task("later", "x")).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (404, json!("IICP-E030"))
+    );
+    assert_eq!(metric(&metrics(&relay).await, "iicp_relay_sessions "), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bind_tickets_are_checked_and_fetched_from_the_directory() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let key_hex = hex::encode(key.verifying_key().to_bytes());
+    let relay = Node::start(
+        &plugin("echo"),
+        &[
+            "--relay-capable",
+            "--relay-require-bind-ticket",
+            "--relay-bind-ticket-key",
+            &key_hex,
+            "--node-id",
+            "relay-1",
+        ],
+    );
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "w-t"})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (401, json!("IICP-E040"))
+    );
+    let jti = "0123456789abcdef0123456789abcdef";
+    let wrong = relay_bind_ticket(&key, "someone-else", "relay-1", jti);
+    let (status, _) = raw_bind(&relay, json!({"worker_id": "w-t", "bind_ticket": wrong})).await;
+    assert_eq!(status, 401);
+    let good = relay_bind_ticket(&key, "w-t", "relay-1", jti);
+    let (status, bound) = raw_bind(&relay, json!({"worker_id": "w-t", "bind_ticket": good})).await;
+    assert_eq!(status, 200, "{bound}");
+    let by_hand = RawWorker {
+        base: format!("http://{}", relay.addr),
+        token: bound["session_token"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(by_hand.post("/v1/relay/unbind", &json!({})).await.0, 204);
+    let (status, body) = raw_bind(&relay, json!({"worker_id": "w-t", "bind_ticket": good})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (409, json!("IICP-E040"))
+    );
+
+    // A real worker registers, asks the directory for a ticket and binds.
+    let fake = FakeDirectory::start().await;
+    fake.state.lock().unwrap().ticket_key = Some(key);
+    let directory = fake.url();
+    let node = worker(&relay, "echo", "w-ticketed", &["--directory", &directory]);
+    assert!(!fake.requests("/v1/relay/ticket").is_empty());
+    let (status, _, body) = relayed(&relay, "w-ticketed", &echo_task("t-1", "ok")).await;
+    assert_eq!(status, 200, "{body}");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let node = worker(&relay, "misbehave", "w-drain", &[]);
+    let running = {
+        let url = relay_for(&relay, "w-drain", "/v1/task");
+        tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .json(&sleep_task("draining", 1_500, 30_000))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    wait_until("the task to run on the worker", || async {
+        common::health(&node).await["active_jobs"] == 1
+    })
+    .await;
+    node.terminate();
+    let (status, body) = tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task_id"], "draining");
+    node.wait_for_log(WAIT, |e| message(e) == "unbound from the relay")
+        .unwrap_or_else(|| panic!("no unbind; log:\n{}", node.log_text()));
+    let (status, _, body) = relayed(&relay, "w-drain", &echo_task("gone", "x")).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (404, json!("IICP-E030"))
+    );
+}
