@@ -252,37 +252,42 @@ fn decode_exact<const N: usize>(text: &str, field: &str) -> Result<[u8; N], ApiE
     })
 }
 
-#[cfg(test)]
-mod tests {
+/// The consumer's half of IICP-CX (SDK `encrypt_payload_with_context` and
+/// the response opening), written from the construction to check the
+/// node's half against it. For tests and fuzzing only: a node never seals a
+/// CALL.
+#[cfg(any(test, fuzzing))]
+pub mod consumer {
     use super::*;
 
-    /// What a consumer does (SDK `encrypt_payload_with_context`), written
-    /// here from the construction to check `open` against it.
-    fn encrypt_as_consumer(
+    /// The `iicp_conf` envelope a consumer with the ephemeral secret
+    /// `ephemeral` sends for `payload`, and the shared secret it keeps to
+    /// open the response.
+    pub fn seal_call(
         node: &CxPublicKey,
-        payload: &str,
+        ephemeral: [u8; 32],
+        nonce: [u8; NONCE_BYTES],
+        payload: &[u8],
         task_id: &str,
         intent: &str,
-    ) -> (String, SharedSecret) {
+    ) -> (serde_json::Value, SharedSecret) {
         let node_public: [u8; 32] = URL_SAFE_NO_PAD
             .decode(&node.key)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let ephemeral = StaticSecret::random_from_rng(OsRng);
+            .ok()
+            .and_then(|key| key.try_into().ok())
+            .expect("an advertised key is 32 bytes of base64url");
+        let ephemeral = StaticSecret::from(ephemeral);
         let shared = ephemeral.diffie_hellman(&PublicKey::from(node_public));
-        let mut nonce = [0u8; NONCE_BYTES];
-        OsRng.fill_bytes(&mut nonce);
         let aad = format!("{task_id}|{intent}");
         let ciphertext = aead_key(&shared, &nonce, &format!("{REQUEST_INFO}{task_id}{intent}"))
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: payload.as_bytes(),
+                    msg: payload,
                     aad: aad.as_bytes(),
                 },
             )
-            .unwrap();
+            .expect("AES-GCM seals any length a test makes");
         let envelope = serde_json::json!({
             "version": 1,
             "recipient_key_id": node.key_id,
@@ -292,6 +297,51 @@ mod tests {
             "aad": URL_SAFE_NO_PAD.encode(aad),
             "plaintext_size": payload.len(),
         });
+        (envelope, shared)
+    }
+
+    /// Opens a sealed response with the consumer's shared secret; `None`
+    /// when it does not open.
+    pub fn open_response(
+        shared: &SharedSecret,
+        sealed: &SealedResponse,
+        task_id: &str,
+    ) -> Option<Vec<u8>> {
+        let nonce: [u8; NONCE_BYTES] = URL_SAFE_NO_PAD
+            .decode(&sealed.nonce)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let ciphertext = URL_SAFE_NO_PAD.decode(&sealed.encrypted_body).ok()?;
+        aead_key(shared, &nonce, &format!("{RESPONSE_INFO}{task_id}"))
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: format!("{task_id}|resp").as_bytes(),
+                },
+            )
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a consumer sends, with a fresh ephemeral key and nonce.
+    fn encrypt_as_consumer(
+        node: &CxPublicKey,
+        payload: &str,
+        task_id: &str,
+        intent: &str,
+    ) -> (String, SharedSecret) {
+        let mut ephemeral = [0u8; 32];
+        let mut nonce = [0u8; NONCE_BYTES];
+        OsRng.fill_bytes(&mut ephemeral);
+        OsRng.fill_bytes(&mut nonce);
+        let (envelope, shared) =
+            consumer::seal_call(node, ephemeral, nonce, payload.as_bytes(), task_id, intent);
         (envelope.to_string(), shared)
     }
 
@@ -308,17 +358,15 @@ mod tests {
         assert_eq!(payload, r#"{"q":1}"#);
 
         let sealed = session.seal(br#"{"status":"success"}"#, "t-1").unwrap();
-        let nonce = URL_SAFE_NO_PAD.decode(&sealed.nonce).unwrap();
-        let opened = aead_key(&consumer_shared, &nonce, &format!("{RESPONSE_INFO}t-1"))
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &URL_SAFE_NO_PAD.decode(&sealed.encrypted_body).unwrap(),
-                    aad: b"t-1|resp",
-                },
-            )
-            .unwrap();
-        assert_eq!(opened, br#"{"status":"success"}"#);
+        let opened = consumer::open_response(&consumer_shared, &sealed, "t-1");
+        assert_eq!(
+            opened.as_deref(),
+            Some(br#"{"status":"success"}"#.as_slice())
+        );
+        assert_eq!(
+            consumer::open_response(&consumer_shared, &sealed, "t-2"),
+            None
+        );
     }
 
     #[test]
