@@ -43,7 +43,7 @@ enum Tamper {
 fn encode(bytes: &[u8], padded: bool) -> String {
     let mut text = URL_SAFE_NO_PAD.encode(bytes);
     if padded {
-        while text.len() % 4 != 0 {
+        while !text.len().is_multiple_of(4) {
             text.push('=');
         }
     }
