@@ -61,6 +61,7 @@ async fn main() {
                 allocator: AllocatorChoice::Auto,
             },
             cache_dir: None,
+            oci: Default::default(),
         },
         std::sync::Arc::new(iicp_host::metrics::Metrics::new()),
     )

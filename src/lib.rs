@@ -6,7 +6,8 @@
 //! back out through [`protocol`]'s wire types and error envelope. Around
 //! that path: [`directory`] keeps the node registered, [`reload`] and
 //! [`admin`] let an operator change plugins while it serves, [`config`]
-//! reads what to serve, and [`node`] starts and stops it all.
+//! reads what to serve, [`oci`] pulls plugins from registries, and [`node`]
+//! starts and stops it all.
 
 #![deny(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod directory;
 pub mod heap;
 pub mod metrics;
 pub mod node;
+pub mod oci;
 pub mod private_files;
 pub mod protocol;
 pub mod relay;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use iicp_host::config::reach::{RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
+use iicp_host::oci::{OciLocation, OciSettings};
 use iicp_host::reload::ConfigSource;
 use iicp_host::runtime::engine::AllocatorChoice;
 use iicp_host::telemetry::{self, LogFormat};
@@ -67,6 +68,16 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Publish a plugin component to an OCI registry (Wasm OCI artifact
+    /// convention); nodes then run it with --plugin oci://REGISTRY/REPO:TAG.
+    Push {
+        /// The .wasm component.
+        plugin: PathBuf,
+        /// Where to push it: oci://REGISTRY/REPOSITORY:TAG.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Create a plugin skeleton that builds and passes `check` as generated.
     New {
         /// The plugin's language.
@@ -81,6 +92,41 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+/// How to talk to OCI registries (shared by `run` and `push`).
+#[derive(Args, Clone)]
+struct RegistryArgs {
+    /// Deadline of each registry call, in ms [default: 60000].
+    #[arg(long)]
+    oci_timeout_ms: Option<u64>,
+    /// Largest plugin pulled or pushed, in MiB [default: 256].
+    #[arg(long)]
+    oci_max_plugin_mib: Option<u32>,
+    /// A registry (HOST:PORT) spoken to over plain HTTP although not on
+    /// loopback (repeatable; loopback registries always use HTTP).
+    #[arg(long = "oci-insecure-registry", value_name = "HOST:PORT")]
+    oci_insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// Applies the flags to `settings`.
+    fn apply(&self, settings: &mut OciSettings) -> Result<(), String> {
+        if let Some(ms) = self.oci_timeout_ms {
+            settings.timeout =
+                Duration::from_millis(check_range("--oci-timeout-ms", ms, &(100..=3_600_000))?);
+        }
+        if let Some(mib) = self.oci_max_plugin_mib {
+            settings.max_plugin_bytes =
+                u64::from(check_range("--oci-max-plugin-mib", mib, &(1..=4096))?) << 20;
+        }
+        for registry in &self.oci_insecure_registries {
+            OciLocation::parse(&format!("oci://{registry}/x:y"))
+                .map_err(|_| format!("--oci-insecure-registry: {registry:?} is not HOST:PORT"))?;
+            settings.insecure_registries.push(registry.clone());
+        }
+        Ok(())
+    }
 }
 
 /// Prints a tool's outcome: success to stdout, failure to stderr with a non-zero exit.
@@ -245,6 +291,8 @@ struct RunArgs {
     /// Refuse relay binds without a valid bind ticket.
     #[arg(long)]
     relay_require_bind_ticket: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 impl RunArgs {
@@ -348,6 +396,10 @@ impl RunArgs {
         } else if self.cache_dir.is_some() {
             config.runtime.cache_dir.clone_from(&self.cache_dir);
         }
+        if let Some(dir) = &self.cache_dir {
+            config.runtime.oci.store_dir = Some(dir.join(config::OCI_STORE_SUBDIR));
+        }
+        self.registry.apply(&mut config.runtime.oci)?;
         if let Some(allocator) = self.allocator {
             config.runtime.engine.allocator = allocator;
         }
@@ -506,6 +558,21 @@ async fn main() -> ExitCode {
         }
         Command::Compile { plugin, out } => {
             finish(tools::compile::compile(&plugin, &out).map_err(|e| format!("error: {e}")))
+        }
+        Command::Push {
+            plugin,
+            reference,
+            registry,
+        } => {
+            let mut settings = OciSettings::default();
+            match registry.apply(&mut settings) {
+                Ok(()) => finish(
+                    tools::push::push(&plugin, &reference, &settings)
+                        .await
+                        .map_err(|e| format!("error: {e}")),
+                ),
+                Err(error) => finish(Err(format!("error: {error}"))),
+            }
         }
         Command::New {
             lang,

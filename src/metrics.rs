@@ -102,6 +102,8 @@ pub struct Metrics {
     pub idempotency: IdempotencyMetrics,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
     pub artifact_cache_rejected: IntCounterVec,
+    /// `iicp_oci_pulls_total{result}`: pulled, stored, offline, failed.
+    pub oci_pulls: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     connection_timeouts: IntCounterVec,
@@ -490,6 +492,12 @@ impl Metrics {
                 &r,
                 "iicp_reloads_total",
                 "Configuration reloads, by result.",
+                &["result"],
+            ),
+            oci_pulls: counter_vec(
+                &r,
+                "iicp_oci_pulls_total",
+                "Plugins fetched by OCI reference, by result (pulled, stored, offline, failed).",
                 &["result"],
             ),
             plugin_info: {

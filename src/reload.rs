@@ -10,7 +10,6 @@
 //! address, node slots, directory, admin listener, identity) are reported as
 //! needing a restart and left as they are.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +17,6 @@ use serde::Serialize;
 
 use crate::clock::now_unix_ms;
 use crate::config::{NodeConfig, PluginSpec};
-use crate::runtime::artifact::plugin_sha256;
 use crate::runtime::plugin::LoadedPlugin;
 use crate::server::plugin_table::{PluginEntry, PluginTable};
 use crate::server::state::AppState;
@@ -61,10 +59,6 @@ pub struct Reloader {
     on_intents_changed: Box<dyn Fn() + Send + Sync>,
     serial: tokio::sync::Mutex<()>,
     last: Mutex<Option<ReloadReport>>,
-}
-
-fn file_sha256(path: &Path) -> Option<String> {
-    std::fs::read(path).ok().map(|bytes| plugin_sha256(&bytes))
 }
 
 /// The node-level settings that differ, by name.
@@ -193,7 +187,7 @@ impl Reloader {
             Vec::with_capacity(next.plugins.len());
         let (mut loaded, mut kept) = (Vec::new(), Vec::new());
         for spec in next.plugins.iter().cloned() {
-            match reusable(&current, &spec).await {
+            match self.reusable(&current, &spec).await {
                 Some(plugin) => {
                     kept.push(plugin.id.to_string());
                     plugins.push((plugin, spec));
@@ -233,14 +227,16 @@ impl Reloader {
         };
         Ok((table, report))
     }
-}
 
-/// The loaded plugin to keep for `spec`: same settings, same file content.
-async fn reusable(current: &PluginTable, spec: &PluginSpec) -> Option<Arc<LoadedPlugin>> {
-    let entry: &Arc<PluginEntry> = current.entries().iter().find(|e| e.spec == *spec)?;
-    let path = spec.source.path.clone();
-    let sha256 = tokio::task::spawn_blocking(move || file_sha256(&path))
-        .await
-        .ok()??;
-    (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
+    /// The loaded plugin to keep for `spec`: same settings, same content
+    /// (an `oci://` tag is resolved again, so a moved tag reloads).
+    async fn reusable(
+        &self,
+        current: &PluginTable,
+        spec: &PluginSpec,
+    ) -> Option<Arc<LoadedPlugin>> {
+        let entry: &Arc<PluginEntry> = current.entries().iter().find(|e| e.spec == *spec)?;
+        let sha256 = self.state.runtime.current_sha256(&spec.source.path).await?;
+        (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
+    }
 }

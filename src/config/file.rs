@@ -32,6 +32,7 @@ use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
     validate_http_url,
 };
+use crate::oci::{OciLocation, OciSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::http::{DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns};
@@ -81,8 +82,21 @@ struct FileConfig {
     relay_capable: Option<RelaySettings>,
     #[serde(default)]
     defaults: LimitsSection,
+    #[serde(default)]
+    oci: OciSection,
     #[serde(default, rename = "plugin")]
     plugins: Vec<PluginSection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OciSection {
+    timeout_ms: Option<u64>,
+    max_manifest_kib: Option<u32>,
+    max_plugin_mib: Option<u32>,
+    max_store_mib: Option<u32>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -240,8 +254,9 @@ fn one_line(message: &str) -> String {
     }
 }
 
+/// `path` relative to the file's directory; `oci://` references as given.
 fn resolve(base: &Path, path: PathBuf) -> PathBuf {
-    if path.is_absolute() {
+    if path.is_absolute() || path.to_str().is_some_and(OciLocation::is_oci) {
         path
     } else {
         base.join(path)
@@ -323,6 +338,12 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
     // The tool gate follows the policy table with or without a directory.
     let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
+    let cache_location = node
+        .cache_dir
+        .clone()
+        .map(|dir| resolve(base, dir))
+        .or_else(default_cache_dir);
+    let oci = oci_settings(&file.oci, cache_location)?;
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -413,8 +434,47 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
                     .map(|dir| resolve(base, dir))
                     .or_else(default_cache_dir)
             },
+            oci,
         },
         plugins,
+    })
+}
+
+fn oci_settings(section: &OciSection, cache_dir: Option<PathBuf>) -> Result<OciSettings, String> {
+    let defaults = OciSettings::default();
+    let timeout_ms = section
+        .timeout_ms
+        .map(|ms| check_range("oci.timeout_ms", ms, &(100..=3_600_000)))
+        .transpose()?;
+    let manifest_kib = section
+        .max_manifest_kib
+        .map(|kib| check_range("oci.max_manifest_kib", kib, &(1..=65_536)))
+        .transpose()?;
+    let plugin_mib = section
+        .max_plugin_mib
+        .map(|mib| check_range("oci.max_plugin_mib", mib, &(1..=4096)))
+        .transpose()?;
+    let store_mib = section
+        .max_store_mib
+        .map(|mib| check_range("oci.max_store_mib", mib, &(1..=1_048_576)))
+        .transpose()?;
+    if let Some(bad) = section
+        .insecure_registries
+        .iter()
+        .find(|r| OciLocation::parse(&format!("oci://{r}/x:y")).is_err())
+    {
+        return Err(format!(
+            "oci.insecure_registries: {bad:?} is not HOST or HOST:PORT"
+        ));
+    }
+    Ok(OciSettings {
+        store_dir: cache_dir.map(|dir| dir.join(super::OCI_STORE_SUBDIR)),
+        max_manifest_bytes: manifest_kib
+            .map_or(defaults.max_manifest_bytes, |kib| (kib as usize) << 10),
+        max_plugin_bytes: plugin_mib.map_or(defaults.max_plugin_bytes, |mib| u64::from(mib) << 20),
+        max_store_bytes: store_mib.map_or(defaults.max_store_bytes, |mib| u64::from(mib) << 20),
+        timeout: timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+        insecure_registries: section.insecure_registries.clone(),
     })
 }
 
@@ -450,6 +510,9 @@ fn plugin_spec(
         instance_reuse: plugin.instance_reuse,
     };
     let limits = limits(defaults, &section, &name)?;
+    if let Some(Err(why)) = OciLocation::from_path(&plugin.path) {
+        return Err(format!("{name}: path: {why}"));
+    }
     if let Some(intents) = &plugin.intents {
         if intents.is_empty() {
             return Err(format!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use self::reach::{RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
+use crate::oci::OciSettings;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::plugin::PluginSource;
@@ -76,6 +77,8 @@ pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 /// Default connection cap of the admin listener (an operator's tools, not
 /// the internet).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Where pulled plugins are kept, inside the cache directory.
+pub const OCI_STORE_SUBDIR: &str = "oci";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default region.
@@ -310,6 +313,10 @@ impl NodeConfig {
                     allocator: AllocatorChoice::default(),
                 },
                 cache_dir: default_cache_dir(),
+                oci: OciSettings {
+                    store_dir: default_cache_dir().map(|dir| dir.join(OCI_STORE_SUBDIR)),
+                    ..OciSettings::default()
+                },
             },
             plugins: vec![PluginSpec::new(PluginSource::new(path))],
             admin: None,

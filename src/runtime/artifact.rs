@@ -32,6 +32,12 @@ fn file_kind(bytes: &[u8]) -> FileKind {
     }
 }
 
+/// Whether `bytes` are a component's `.wasm` (not a core module, not a
+/// compiled artifact).
+pub fn is_component(bytes: &[u8]) -> bool {
+    matches!(file_kind(bytes), FileKind::Component)
+}
+
 /// Reads `path`, refusing anything but a component (as `.wasm`).
 fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
     let bytes = read(path)?;

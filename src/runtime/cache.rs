@@ -225,7 +225,7 @@ impl ArtifactCache {
         if let Err(error) = self.try_store(wasm_sha256, component) {
             tracing::warn!(%error, "cannot write compiled-artifact cache entry");
         }
-        prune(&self.dir, MAX_CACHE_BYTES);
+        prune(&self.dir, "cwasm", MAX_CACHE_BYTES);
     }
 
     fn try_store(&self, wasm_sha256: &str, component: &Component) -> wasmtime::Result<()> {
@@ -290,15 +290,15 @@ fn load_or_create_key(path: &Path, uid: u32) -> std::io::Result<[u8; KEY_LEN]> {
     }
 }
 
-/// Removes the least recently used `.cwasm` entries until at most
-/// `max_bytes` remain.
-fn prune(dir: &Path, max_bytes: u64) {
+/// Removes the least recently used `*.{extension}` files of `dir` until at
+/// most `max_bytes` of them remain.
+pub(crate) fn prune(dir: &Path, extension: &str, max_bytes: u64) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|ext| ext == "cwasm"))
+        .filter(|e| e.path().extension().is_some_and(|ext| ext == extension))
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             Some((meta.modified().ok()?, meta.len(), e.path()))
@@ -378,7 +378,7 @@ mod tests {
                 .unwrap();
         }
         fs::write(dir.join("keep.txt"), vec![0u8; 500]).unwrap();
-        prune(&dir, 250);
+        prune(&dir, "cwasm", 250);
         assert!(!dir.join("a.cwasm").exists());
         assert!(dir.join("b.cwasm").exists() && dir.join("c.cwasm").exists());
         assert!(

@@ -23,7 +23,7 @@ pub mod reuse;
 pub mod store;
 pub mod teardown;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::Engine;
@@ -37,6 +37,7 @@ use self::plugin::{LoadError, LoadedPlugin, PluginSource};
 use self::store::TaskState;
 use self::teardown::Teardown;
 use crate::metrics::Metrics;
+use crate::oci::{OciLocation, OciSettings, Puller};
 
 /// How to build the runtime.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct RuntimeSettings {
     pub engine: EngineSettings,
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// How plugins given by OCI reference are pulled.
+    pub oci: OciSettings,
 }
 
 /// The engine, the linker with every host capability, and the artifact cache.
@@ -55,6 +58,7 @@ pub struct Runtime {
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
     teardown: Teardown,
+    oci: Puller,
 }
 
 impl Runtime {
@@ -72,7 +76,9 @@ impl Runtime {
                 })
                 .ok()
         });
+        let oci = Puller::new(&settings.oci, metrics.oci_pulls.clone());
         Ok(Self {
+            oci,
             engine,
             metrics,
             linker,
@@ -87,16 +93,56 @@ impl Runtime {
         self.allocator
     }
 
-    /// Loads and checks a plugin.
+    /// Loads and checks a plugin (pulling it first when its path is an
+    /// `oci://` reference).
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
+        let file = self.local_file(&source.path).await?;
         plugin::load(
             &self.engine,
             &self.linker,
             self.cache.as_ref(),
             &self.metrics,
             source,
+            &file,
         )
         .await
+    }
+
+    /// The file to load for `location`: itself, or the verified component an
+    /// `oci://` reference names, pulled unless stored.
+    async fn local_file(&self, location: &Path) -> Result<PathBuf, LoadError> {
+        match OciLocation::from_path(location) {
+            None => Ok(location.to_path_buf()),
+            Some(parsed) => {
+                let fetch_error = |why: String| LoadError::Fetch(location.to_path_buf(), why);
+                let oci = parsed.map_err(fetch_error)?;
+                let fetched = self.oci.fetch(&oci).await;
+                Ok(fetched.map_err(|e| fetch_error(e.to_string()))?.path)
+            }
+        }
+    }
+
+    /// The SHA-256 of the plugin `location` names now — a file's content, or
+    /// the component an `oci://` tag points to at the registry (its stored
+    /// resolution when the registry is unreachable) — `None` if unknown.
+    /// Reloads compare it with what is loaded.
+    pub async fn current_sha256(&self, location: &Path) -> Option<String> {
+        match OciLocation::from_path(location) {
+            None => {
+                let path = location.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::read(path)
+                        .ok()
+                        .map(|bytes| artifact::plugin_sha256(&bytes))
+                })
+                .await
+                .ok()?
+            }
+            Some(parsed) => {
+                let resolved = self.oci.resolve(&parsed.ok()?).await.ok()?;
+                Some(resolved.layer.sha256().to_string())
+            }
+        }
     }
 
     /// Compiles a `.wasm` component ahead of time for this engine.

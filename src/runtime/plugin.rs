@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ const MAX_INTENT_BYTES: usize = 256;
 pub struct PluginSource {
     /// Operator-chosen id; defaults to the plugin's own name.
     pub id: Option<String>,
-    /// Path of the `.wasm` component.
+    /// Path of the `.wasm` component, or its `oci://` reference.
     pub path: PathBuf,
     /// Limits for the plugin's tasks.
     pub limits: PluginLimits,
@@ -152,6 +152,8 @@ pub enum LoadError {
     BadDescriptor(PathBuf, String),
     /// The plugin's settings are unusable (e.g. a malformed allow-list pattern).
     BadSettings(PathBuf, String),
+    /// An `oci://` reference could not be pulled.
+    Fetch(PathBuf, String),
 }
 
 impl fmt::Display for LoadError {
@@ -177,6 +179,9 @@ impl fmt::Display for LoadError {
                 path.display()
             ),
             LoadError::BadSettings(path, why) => write!(f, "{}: {why}", path.display()),
+            LoadError::Fetch(location, why) => {
+                write!(f, "cannot pull {}: {why}", location.display())
+            }
             LoadError::BadDescriptor(path, why) => {
                 write!(f, "{} failed to describe itself: {why}", path.display())
             }
@@ -193,13 +198,14 @@ pub(super) async fn load(
     cache: Option<&ArtifactCache>,
     metrics: &Metrics,
     source: &PluginSource,
+    file: &Path,
 ) -> Result<LoadedPlugin, LoadError> {
     let started = Instant::now();
     let path = source.path.clone();
     // Reading and compiling are blocking and CPU-heavy (~100 ms to compile):
     // keep them off the async workers.
     let (component, sha256, cache_outcome) = {
-        let (engine, cache, file) = (engine.clone(), cache.cloned(), path.clone());
+        let (engine, cache, file) = (engine.clone(), cache.cloned(), file.to_path_buf());
         tokio::task::spawn_blocking(move || read_and_compile(&engine, cache.as_ref(), &file))
             .await
             .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??

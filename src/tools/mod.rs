@@ -1,15 +1,17 @@
-//! Commands for plugin authors: `check`, `call`, `compile` and `new`. They
+//! Commands for plugin authors: `check`, `call`, `compile`, `new` and `push`. They
 //! use the same runtime as `run`, so what passes here serves there.
 
 pub mod call;
 pub mod check;
 pub mod compile;
 pub mod new;
+pub mod push;
 
 use std::sync::Arc;
 
 use crate::config::default_cache_dir;
 use crate::metrics::Metrics;
+use crate::oci::OciSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::{Runtime, RuntimeSettings};
 
@@ -22,6 +24,10 @@ pub fn runtime() -> Result<Runtime, String> {
             allocator: AllocatorChoice::Auto,
         },
         cache_dir: default_cache_dir(),
+        oci: OciSettings {
+            store_dir: default_cache_dir().map(|dir| dir.join("oci")),
+            ..OciSettings::default()
+        },
     };
     Runtime::new(&settings, Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod cx;
 pub mod fake_directory;
+pub mod registry;
 
 /// How long a node may take to start (debug builds compile plugins slowly).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -442,4 +443,12 @@ pub async fn join_all<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>
         out.push(handle.await.expect("task panicked"));
     }
     out
+}
+
+/// The hex SHA-256 of a file.
+pub fn file_sha256(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(path).expect("read file"),
+    ))
 }

@@ -1,0 +1,123 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (CNCF
+//! distribution 2.8) on a loopback port, its config and storage in a temp
+//! dir the test owns, optionally behind htpasswd basic auth.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = "/usr/bin/docker-registry";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running registry; stopped on drop.
+pub struct Registry {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry; with `user`, every request needs that user's
+    /// basic-auth password.
+    pub fn start(user: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(BINARY).exists(),
+            "the OCI tests need a real registry: apt-get install docker-registry (see .ci/debian-packages)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match user {
+            None => String::new(),
+            Some((name, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                let output = Command::new("htpasswd")
+                    .args(["-Bbn", name, password])
+                    .output()
+                    .expect("the OCI auth test needs htpasswd: apt-get install apache2-utils");
+                assert!(output.status.success());
+                std::fs::write(&htpasswd, output.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: iicp-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+        };
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry {
+            child: Some(child),
+            addr,
+            dir,
+        };
+        registry.wait_ready();
+        registry
+    }
+
+    /// Waits until `/v2/` answers (200, or 401 behind auth).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(&self.addr) {
+                let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut head = [0u8; 12];
+                if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `oci://ADDR/PATH`.
+    pub fn reference(&self, path: &str) -> String {
+        format!("oci://{}/{path}", self.addr)
+    }
+
+    /// The file where the registry keeps the blob with `digest`.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Stops it: its port then refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
