@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use iicp_host::config::reach::{RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
@@ -78,6 +78,20 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Print shell completions (to stdout), e.g.
+    /// `iicp-host completions bash > /etc/bash_completion.d/iicp-host`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per command
+    /// into a directory (iicp-host.1, iicp-host-run.1, ...).
+    Man {
+        /// Where to write every page.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Create a plugin skeleton that builds and passes `check` as generated.
     New {
         /// The plugin's language.
@@ -98,14 +112,19 @@ enum Command {
 #[derive(Args, Clone)]
 struct RegistryArgs {
     /// Deadline of each registry call, in ms [default: 60000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_OCI_TIMEOUT_MS")]
     oci_timeout_ms: Option<u64>,
     /// Largest plugin pulled or pushed, in MiB [default: 256].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_OCI_MAX_PLUGIN_MIB")]
     oci_max_plugin_mib: Option<u32>,
     /// A registry (HOST:PORT) spoken to over plain HTTP although not on
     /// loopback (repeatable; loopback registries always use HTTP).
-    #[arg(long = "oci-insecure-registry", value_name = "HOST:PORT")]
+    #[arg(
+        long = "oci-insecure-registry",
+        value_name = "HOST:PORT",
+        env = "IICP_HOST_OCI_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
     oci_insecure_registries: Vec<String>,
 }
 
@@ -143,6 +162,38 @@ fn finish(outcome: Result<String, String>) -> ExitCode {
     }
 }
 
+/// The man pages, generated from the command definitions above: the main
+/// page to stdout, or every page into `out_dir`.
+fn man_pages(out_dir: Option<&std::path::Path>) -> Result<String, String> {
+    let command = Cli::command();
+    let render = |command: clap::Command| -> Result<Vec<u8>, String> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .render(&mut page)
+            .map_err(|e| format!("error: {e}"))?;
+        Ok(page)
+    };
+    let Some(dir) = out_dir else {
+        return String::from_utf8(render(command)?).map_err(|e| format!("error: {e}"));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
+    let mut pages = vec![("iicp-host".to_string(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("iicp-host-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in &pages {
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, render(page.clone())?)
+            .map_err(|e| format!("error: {}: {e}", path.display()))?;
+    }
+    Ok(format!(
+        "wrote {} man pages to {}",
+        pages.len(),
+        dir.display()
+    ))
+}
+
 /// `KEY=ENV_VAR` pairs resolved from the environment.
 fn secrets_from_env(
     pairs: &[String],
@@ -162,16 +213,21 @@ fn secrets_from_env(
 #[derive(Args, Clone)]
 struct RunArgs {
     /// The plugin component (.wasm) to serve; it declares its own intents.
-    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    #[arg(
+        long,
+        required_unless_present = "config",
+        conflicts_with = "config",
+        env = "IICP_HOST_PLUGIN"
+    )]
     plugin: Option<PathBuf>,
     /// A TOML configuration file (see iicp-host.example.toml).
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_CONFIG")]
     config: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:8080].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_LISTEN")]
     listen: Option<SocketAddr>,
     /// Tasks run at once; more are refused with 429 [default: 32].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_CONCURRENT")]
     max_concurrent: Option<u32>,
     /// How long realtime and interactive tasks wait for a slot at a full node,
     /// in ms; batch and best-effort never wait; 0 = nobody waits [default: 2000].
@@ -181,30 +237,30 @@ struct RunArgs {
     #[arg(long)]
     qos_max_waiting: Option<u32>,
     /// Linear memory per task, in MiB, for every plugin [default: 128].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MEMORY_MB")]
     memory_mb: Option<u32>,
     /// Task budget when the consumer sets no constraints.timeout_ms, for every plugin [default: 30000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_TIMEOUT_MS")]
     timeout_ms: Option<u64>,
     /// Serve up to N tasks with one instance instead of a fresh instance per
     /// task, for every plugin. Faster, but a task can see memory an earlier
     /// task of the same plugin left behind [default: 1, isolated].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_INSTANCE_REUSE")]
     instance_reuse: Option<u32>,
     /// Node id in the mesh [default: the stored one, else a new UUID].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_NODE_ID")]
     node_id: Option<String>,
     /// Region advertised [default: unknown].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_REGION")]
     region: Option<String>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "IICP_HOST_LOG_FORMAT")]
     log_format: LogFormat,
     /// Largest request body accepted, in bytes [default: 1048576].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
     /// Most nonces remembered for replay protection [default: 1000000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_NONCE_CACHE_CAPACITY")]
     nonce_cache_capacity: Option<usize>,
     /// Who may send tasks: open (anyone), node-token (an operator-granted
     /// token in auth.node_token), consumer-token (a directory-signed
@@ -223,7 +279,7 @@ struct RunArgs {
     #[arg(long)]
     idempotency_max_bytes: Option<usize>,
     /// Tasks per browser Origin per minute; more get 429 IICP-E023; 0 turns it off [default: 120].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_ORIGIN_RATE_LIMIT")]
     origin_rate_limit: Option<u32>,
     /// Run tool-domain intents (urn:iicp:intent:tool:…); without it, or
     /// `allow_tool_execution = true` in [policy], they get 403.
@@ -233,7 +289,7 @@ struct RunArgs {
     #[arg(long)]
     origin_limit_tracked: Option<usize>,
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_DRAIN_TIMEOUT_MS")]
     drain_timeout_ms: Option<u64>,
     #[command(flatten)]
     edge: config::EdgeOverrides,
@@ -241,33 +297,33 @@ struct RunArgs {
     #[arg(long)]
     drain_retry_after_ms: Option<u64>,
     /// Directory for compiled plugins [default: ~/.cache/iicp-host].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile plugins on every start instead of caching them.
-    #[arg(long, conflicts_with = "cache_dir")]
+    #[arg(long, conflicts_with = "cache_dir", env = "IICP_HOST_NO_CACHE")]
     no_cache: bool,
     /// Instance allocator [default: auto].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "IICP_HOST_ALLOCATOR")]
     allocator: Option<AllocatorChoice>,
     /// Memory kept warm per pooled instance slot, in KiB [default: 1024 when
     /// the kernel supports PAGEMAP_SCAN, else 64].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_KEEP_RESIDENT_KIB")]
     keep_resident_kib: Option<u32>,
     /// Directory base URL to register with, e.g. https://iicp.network/api.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_DIRECTORY")]
     directory: Option<String>,
     /// Public URL advertised to the directory [default: http://<listen address>].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_ENDPOINT")]
     endpoint: Option<String>,
     /// Where the node id, directory credentials and IICP-CX key persist [default: ~/.local/state/iicp-host].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Do not advertise an IICP-CX key nor accept encrypted tasks; default
     /// consumers then skip this node.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_NO_CONFIDENTIALITY")]
     no_confidentiality: bool,
     /// Address of the admin API (needs an [admin] table with token_env).
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Serve from behind NAT through this relay (its base URL); the
     /// directory then lists the relay's /v1/relay-for/<node id> endpoint.
@@ -574,6 +630,16 @@ async fn main() -> ExitCode {
                 Err(error) => finish(Err(format!("error: {error}"))),
             }
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "iicp-host",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => finish(man_pages(out_dir.as_deref())),
         Command::New {
             lang,
             name,

@@ -408,3 +408,98 @@ async fn a_small_address_space_falls_back_to_on_demand_allocation() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn every_run_flag_can_come_from_the_environment() {
+    let help = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    // Each option's help block: its `--flag` line up to the next option.
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if indent <= 6 && trimmed.starts_with('-') {
+            let flag = trimmed
+                .split(", ")
+                .last()
+                .unwrap_or(trimmed)
+                .trim_start_matches('-')
+                .split([' ', '<'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            blocks.push((flag, String::new()));
+        } else if let Some((_, block)) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    let mut flags = 0;
+    for (flag, block) in &blocks {
+        if flag == "help" {
+            continue;
+        }
+        flags += 1;
+        let variable = format!("IICP_HOST_{}", flag.replace('-', "_").to_uppercase());
+        assert!(
+            block.contains(&format!("[env: {variable}=")),
+            "--{flag} has no {variable}:\n{block}"
+        );
+    }
+    assert!(flags >= 25, "parsed only {flags} flags from:\n{help}");
+
+    // And the variables are read: a bad value is refused naming the flag.
+    let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+        .args(["run", "--plugin", "x.wasm"])
+        .env("IICP_HOST_MAX_CONCURRENT", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-concurrent"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_configured_by_environment_serves_with_those_settings() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+    command
+        .arg("run")
+        .env("IICP_HOST_PLUGIN", plugin("echo"))
+        .env("IICP_HOST_LISTEN", "127.0.0.1:0")
+        .env("IICP_HOST_LOG_FORMAT", "json")
+        .env("IICP_HOST_MAX_CONCURRENT", "3")
+        .env("IICP_HOST_CACHE_DIR", common::shared_cache_dir())
+        .env("IICP_HOST_STATE_DIR", common::fresh_state_dir());
+    let node = Node::spawn_command(&mut command, "info");
+    let health = common::health(&node).await;
+    assert_eq!(health["max_concurrent"], 3, "{health}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definition() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("complete -F _iicp__host") && bash.contains("--max-concurrent"),
+        "{bash}"
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef iicp-host"));
+    let page = run(&["man"]);
+    assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
+    assert!(page.contains(".TH iicp-host 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    run(&["man", "--out-dir", dir.path().to_str().unwrap()]);
+    let run_page = std::fs::read_to_string(dir.path().join("iicp-host-run.1")).unwrap();
+    assert!(run_page.contains("max\\-concurrent"), "{run_page}");
+    assert!(run_page.contains("IICP_HOST_MAX_CONCURRENT"), "{run_page}");
+    assert!(dir.path().join("iicp-host-push.1").exists());
+}

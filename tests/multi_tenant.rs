@@ -524,7 +524,7 @@ fn configuration_errors_name_the_file_the_field_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let echo = plugin("echo").display().to_string();
     // (file name, contents, every fragment the one error line must carry)
-    let cases: [(&str, String, &[&str]); 5] = [
+    let cases: [(&str, String, &[&str]); 6] = [
         (
             "unknown.toml",
             format!("[[plugin]]\npth = \"{echo}\"\n"),
@@ -551,6 +551,16 @@ fn configuration_errors_name_the_file_the_field_and_the_problem() {
             &[
                 "range.toml",
                 r#"plugin "r": memory_mb must be between 1 and 4096, got 5000"#,
+            ],
+        ),
+        (
+            "undeclared.toml",
+            format!(
+                "[[plugin]]\nid = \"u\"\npath = \"{echo}\"\nintents = [\"urn:iicp:intent:util:echo:v1\", \"urn:iicp:intent:nope:v1\"]\n"
+            ),
+            &[
+                "undeclared.toml",
+                r#"plugin "u": intents: urn:iicp:intent:nope:v1 is not declared by the plugin (it declares urn:iicp:intent:llm:chat:v1, urn:iicp:intent:util:echo:v1)"#,
             ],
         ),
         (

@@ -69,9 +69,13 @@ pub struct PluginTable {
 }
 
 /// The capabilities a plugin is served with: its own, or the operator's
-/// intent list (keeping the plugin's details for intents it declared), with
-/// the operator's model list when given.
-fn effective_capabilities(plugin: &LoadedPlugin, spec: &PluginSpec) -> Vec<CapabilityInfo> {
+/// subset of them, with the operator's model list when given. An intent the
+/// plugin does not declare is refused: the plugin would answer every such
+/// task 404 `unknown_intent`.
+fn effective_capabilities(
+    plugin: &LoadedPlugin,
+    spec: &PluginSpec,
+) -> Result<Vec<CapabilityInfo>, String> {
     let own = &plugin.info.capabilities;
     let mut capabilities: Vec<CapabilityInfo> = match &spec.intents {
         None => own.clone(),
@@ -81,21 +85,23 @@ fn effective_capabilities(plugin: &LoadedPlugin, spec: &PluginSpec) -> Vec<Capab
                 own.iter()
                     .find(|c| &c.intent == intent)
                     .cloned()
-                    .unwrap_or_else(|| CapabilityInfo {
-                        intent: intent.clone(),
-                        models: Vec::new(),
-                        max_tokens: None,
-                        input_modalities: vec!["text".to_string()],
+                    .ok_or_else(|| {
+                        let declared: Vec<&str> = own.iter().map(|c| c.intent.as_str()).collect();
+                        format!(
+                            "plugin {:?}: intents: {intent} is not declared by the plugin (it declares {})",
+                            plugin.id,
+                            declared.join(", ")
+                        )
                     })
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
     };
     if let Some(models) = &spec.models {
         for capability in &mut capabilities {
             capability.models.clone_from(models);
         }
     }
-    capabilities
+    Ok(capabilities)
 }
 
 impl PluginTable {
@@ -135,7 +141,7 @@ impl PluginTable {
                 )
             };
             let entry = Arc::new(PluginEntry {
-                capabilities: effective_capabilities(&plugin, &spec),
+                capabilities: effective_capabilities(&plugin, &spec)?,
                 gate,
                 access,
                 drain: before.map_or_else(Default::default, |e| e.drain.clone()),
