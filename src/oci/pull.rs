@@ -49,7 +49,8 @@ pub struct Fetched {
 /// Pulls plugins from registries into the store.
 pub struct Puller {
     settings: OciSettings,
-    store: Result<Store, String>,
+    /// Opened at the first pull: nodes without OCI plugins create nothing.
+    store: std::sync::OnceLock<Result<Store, String>>,
     http: reqwest::Client,
     pulls: IntCounterVec,
 }
@@ -65,11 +66,6 @@ impl Puller {
     /// A puller with `settings`, counting into `pulls`
     /// (`iicp_oci_pulls_total{result}`).
     pub fn new(settings: &OciSettings, pulls: IntCounterVec) -> Self {
-        let store = match &settings.store_dir {
-            None => Err("no directory to keep pulled plugins in: set --cache-dir".to_string()),
-            Some(dir) => Store::open(dir, settings.max_store_bytes)
-                .map_err(|e| format!("cannot use {}: {e}", dir.display())),
-        };
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
             .timeout(settings.timeout)
@@ -77,7 +73,7 @@ impl Puller {
             .unwrap_or_default();
         Self {
             settings: settings.clone(),
-            store,
+            store: std::sync::OnceLock::new(),
             http,
             pulls,
         }
@@ -85,6 +81,11 @@ impl Puller {
 
     fn store(&self) -> Result<&Store, OciError> {
         self.store
+            .get_or_init(|| match &self.settings.store_dir {
+                None => Err("no directory to keep pulled plugins in: set --cache-dir".to_string()),
+                Some(dir) => Store::open(dir, self.settings.max_store_bytes)
+                    .map_err(|e| format!("cannot use {}: {e}", dir.display())),
+            })
             .as_ref()
             .map_err(|e| OciError::Refused(e.clone()))
     }
