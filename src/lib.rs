@@ -7,7 +7,8 @@
 //! that path: [`directory`] keeps the node registered, [`reload`] and
 //! [`admin`] let an operator change plugins while it serves, [`config`]
 //! reads what to serve, [`oci`] pulls plugins from registries, and [`node`]
-//! starts and stops it all.
+//! starts and stops it all, telling [`systemd`] when it is ready and when it
+//! stops.
 
 #![deny(missing_docs)]
 
@@ -25,5 +26,6 @@ pub mod relay;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod systemd;
 pub mod telemetry;
 pub mod tools;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub nonce_cache_entries: IntGauge,
     /// `iicp_qos_waiting` (set at scrape time).
     pub qos_waiting: IntGauge,
+    /// `iicp_nonce_cache_capacity`: the cap on remembered nonces.
+    pub nonce_cache_capacity: IntGauge,
     /// `iicp_active_jobs` (set at scrape time).
     pub active_jobs: IntGauge,
     /// `iicp_max_concurrent`.
@@ -336,6 +338,16 @@ impl PluginMetrics {
     }
 }
 
+/// A counter family whose `result` label takes only `results`, each
+/// exported from the start at 0, so `increase()` sees the first event.
+fn result_counter(registry: &Registry, name: &str, help: &str, results: &[&str]) -> IntCounterVec {
+    let metric = counter_vec(registry, name, help, &["result"]);
+    for result in results {
+        metric.with_label_values(&[result]);
+    }
+    metric
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric =
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -488,17 +500,17 @@ impl Metrics {
                 "Fetches of the directory's consumer-token key, by result.",
                 &["result"],
             ),
-            reloads: counter_vec(
+            reloads: result_counter(
                 &r,
                 "iicp_reloads_total",
                 "Configuration reloads, by result.",
-                &["result"],
+                &["ok", "error"],
             ),
-            oci_pulls: counter_vec(
+            oci_pulls: result_counter(
                 &r,
                 "iicp_oci_pulls_total",
                 "Plugins fetched by OCI reference, by result (pulled, stored, offline, failed).",
-                &["result"],
+                &["pulled", "stored", "offline", "failed"],
             ),
             plugin_info: {
                 let metric = IntGaugeVec::new(
@@ -575,6 +587,11 @@ impl Metrics {
                 &r,
                 "iicp_qos_waiting",
                 "Tasks waiting for a slot right now (they hold none).",
+            ),
+            nonce_cache_capacity: gauge(
+                &r,
+                "iicp_nonce_cache_capacity",
+                "Most nonces the replay cache remembers.",
             ),
             active_jobs: gauge(&r, "iicp_active_jobs", "Tasks holding a slot right now."),
             max_concurrent: gauge(&r, "iicp_max_concurrent", "Task slots of the node."),

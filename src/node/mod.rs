@@ -48,6 +48,7 @@ use crate::server::plugin_table::PluginTable;
 use crate::server::state::{AppState, NodeIdentity};
 use crate::server::task_auth::TaskAuth;
 use crate::server::tool_gate::ToolGate;
+use crate::systemd::ServiceManager;
 
 /// Why the node could not start.
 #[derive(Debug)]
@@ -86,9 +87,9 @@ impl std::error::Error for StartError {}
 ///
 /// The phases, in order: identity → runtime and plugins → listeners →
 /// reach (relay roles) → directory preparation → shared state → serving
-/// (public API, directory link, reloads, admin API) → drain. Anything that
-/// fails before serving refuses the start, before the node is announced
-/// anywhere.
+/// (public API, directory link, reloads, admin API) → ready for systemd →
+/// drain. Anything that fails before serving refuses the start, before the
+/// node is announced anywhere.
 pub async fn run(
     mut config: NodeConfig,
     reload_source: Option<ConfigSource>,
@@ -118,12 +119,14 @@ pub async fn run(
         &config,
         &identity,
         listeners,
-        state,
+        state.clone(),
         reach.routes(&config),
         directory,
         reload_source,
     )?;
+    let service_manager = ServiceManager::ready(state.clone());
     serving.until(shutdown).await?;
+    service_manager.stopping(&state);
     tokio::join!(reach.stop(), serving.drain(&config));
     Ok(())
 }
@@ -138,6 +141,9 @@ fn shared_state(
     metrics: &Arc<Metrics>,
     directory: Option<&DirectoryJoin>,
 ) -> Arc<AppState> {
+    metrics
+        .nonce_cache_capacity
+        .set(i64::try_from(config.nonce_capacity).unwrap_or(i64::MAX));
     Arc::new(AppState {
         node: NodeIdentity {
             node_id: identity.node_id.clone(),
