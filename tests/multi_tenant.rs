@@ -357,24 +357,39 @@ async fn a_reload_under_load_drops_no_task_and_swaps_the_version() {
             })
         })
         .collect();
-    // Let the load build up, then swap to version 2 while it runs.
-    let mut in_flight = 0;
-    for _ in 0..100 {
-        in_flight = health(&node).await["active_jobs"].as_u64().unwrap();
-        if in_flight >= 300 {
+    // Let the load build up, then swap to version 2 while it runs. Every
+    // wait is for a condition (bounded generously: a busy 2-core machine
+    // is slow, not wrong); no timing is asserted.
+    let load_deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let wait_until = |what: &'static str, done: &dyn Fn() -> bool| {
+        assert!(
+            std::time::Instant::now() < load_deadline,
+            "gave up waiting for {what}"
+        );
+        done()
+    };
+    loop {
+        let in_flight = health(&node).await["active_jobs"].as_u64().unwrap();
+        if wait_until("300 tasks in flight", &|| in_flight >= 300) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(in_flight >= 300, "only {in_flight} tasks in flight");
     versioned_config(dir.path(), 2, 512);
     let (status, report) = reload(&node).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["ok"], true);
     assert_eq!(report["loaded"], json!(["svc"]));
-    assert!(report["in_flight"].as_u64().unwrap() >= 300, "{report}");
-    assert!(report["swap_us"].as_f64().unwrap() < 10_000.0, "{report}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        report["in_flight"].as_u64().unwrap() > 0,
+        "the swap happened under load: {report}"
+    );
+    // Version 2 serves as much as version 1 did before the swap.
+    while !wait_until("300 answers from version 2", &|| {
+        v2.load(Ordering::Relaxed) >= 300
+    }) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
