@@ -31,3 +31,4 @@ serve: rust-plugins
 
 test: plugins
 	cargo test
+	cargo test --manifest-path charts/Cargo.toml

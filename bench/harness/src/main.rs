@@ -8,6 +8,7 @@
 //! `iicp-bench --host BIN --plugin ECHO.wasm --native BIN [--quick] [--report FILE]
 //!             [--reuse N] [--sandbox-report FILE]`
 
+mod charts;
 mod load;
 mod process;
 mod report;
@@ -35,7 +36,8 @@ struct Options {
 
 const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN [--quick] \
      [--report FILE] [--reuse N] [--sandbox-report FILE]\n       \
-     iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]";
+     iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]\n       \
+     iicp-bench charts REPORT.md";
 
 /// Prints `problem` and the usage, then exits with status 2.
 fn usage_error(problem: &str) -> ! {
@@ -307,6 +309,15 @@ async fn main() {
     if std::env::args().nth(1).as_deref() == Some("load") {
         return load_only(std::env::args().skip(2)).await;
     }
+    if std::env::args().nth(1).as_deref() == Some("charts") {
+        let report = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| usage_error("charts needs REPORT.md"));
+        if let Err(error) = charts::redraw(std::path::Path::new(&report)) {
+            usage_error(&error);
+        }
+        return;
+    }
     let options = parse_options();
     let (rounds, warmup, measure) = if options.quick {
         (2, Duration::from_millis(500), Duration::from_secs(2))
@@ -414,6 +425,8 @@ async fn main() {
     if let Some(path) = &options.report {
         std::fs::write(path, report.markdown()).expect("write report");
         println!("report written to {}", path.display());
+        charts::write(&report, path.parent().unwrap_or(std::path::Path::new(".")))
+            .expect("write charts");
     }
     process::remove_dir(&cache_dir);
     println!("{}", report.summary_line());

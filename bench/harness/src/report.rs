@@ -78,6 +78,50 @@ impl Report {
         }
     }
 
+    /// The rows and flood samples of a report [`Report::markdown`] wrote
+    /// (for redrawing its charts).
+    pub fn from_markdown(text: &str) -> Self {
+        let mut report = Self::new(false, 0, Duration::ZERO, Duration::ZERO);
+        let table = text
+            .split("## Throughput and latency")
+            .nth(1)
+            .unwrap_or_default();
+        for line in table.lines().skip_while(|l| !l.starts_with("|---")).skip(1) {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let [case, conc, rps, p50, p99, p999, errors, rss] = cells[..] else {
+                break;
+            };
+            let number = |cell: &str| cell.parse::<f64>().unwrap_or(f64::NAN);
+            report.rows.push(Row {
+                case: case.to_string(),
+                concurrency: conc.parse().unwrap_or(0),
+                rps: number(rps),
+                p50_ms: number(p50),
+                p99_ms: number(p99),
+                p999_ms: number(p999),
+                requests: 0,
+                errors: errors.parse().unwrap_or(0),
+                peak_rss_kib: (number(rss) * 1024.0) as u64,
+                idle_rss_kib: 0,
+            });
+        }
+        let samples: Vec<(u64, u64)> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("- nonce flood RSS: "))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|sample| {
+                let (seconds, mib) = sample.split_once("s:")?;
+                let mib: f64 = mib.strip_suffix("MiB")?.parse().ok()?;
+                Some((seconds.parse().ok()?, (mib * 1024.0) as u64))
+            })
+            .collect();
+        if !samples.is_empty() {
+            report.flood = Some((LoadResult::default(), samples));
+        }
+        report
+    }
+
     fn row(&self, case: &str, concurrency: usize) -> Option<&Row> {
         self.rows
             .iter()
@@ -220,6 +264,7 @@ impl Report {
                 r.peak_rss_kib as f64 / 1024.0
             );
         }
+        let _ = writeln!(out, "\n{}", crate::charts::markdown(self).trim_end());
         let _ = writeln!(out, "\n## Ratios against native\n");
         for line in self.ratio_lines() {
             let _ = writeln!(out, "- {line}");
