@@ -231,10 +231,10 @@ struct RunArgs {
     max_concurrent: Option<u32>,
     /// How long realtime and interactive tasks wait for a slot at a full node,
     /// in ms; batch and best-effort never wait; 0 = nobody waits [default: 2000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_QOS_WAIT_MS")]
     qos_wait_ms: Option<u64>,
     /// Most tasks waiting for a slot at once; more get 429 at once [default: 64].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_QOS_MAX_WAITING")]
     qos_max_waiting: Option<u32>,
     /// Linear memory per task, in MiB, for every plugin [default: 128].
     #[arg(long, env = "IICP_HOST_MEMORY_MB")]
@@ -283,7 +283,7 @@ struct RunArgs {
     origin_rate_limit: Option<u32>,
     /// Run tool-domain intents (urn:iicp:intent:tool:…); without it, or
     /// `allow_tool_execution = true` in [policy], they get 403.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_ALLOW_TOOL_EXECUTION")]
     allow_tool_execution: bool,
     /// Browser origins whose task window is remembered (least recently used forgotten first) [default: 10000].
     #[arg(long)]
