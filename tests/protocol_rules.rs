@@ -35,16 +35,18 @@ async fn admin_post(node: &Node, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// A config serving the misbehave plugin under `intents`, plus `extra`.
+/// A config serving the misbehave plugin under `intents` (which it is told
+/// to declare), plus `extra`.
 fn misbehave_config(dir: &Path, intents: &[&str], extra: &str) -> PathBuf {
     let path = dir.join("node.toml");
-    let intents: Vec<String> = intents.iter().map(|i| format!("{i:?}")).collect();
+    let quoted: Vec<String> = intents.iter().map(|i| format!("{i:?}")).collect();
     std::fs::write(
         &path,
         format!(
-            "{extra}\n[[plugin]]\nid = \"misbehave\"\npath = {:?}\nintents = [{}]\n",
+            "{extra}\n[[plugin]]\nid = \"misbehave\"\npath = {:?}\nintents = [{}]\n[plugin.config]\nalso_declare = {:?}\n",
             plugin("misbehave").display().to_string(),
-            intents.join(", ")
+            quoted.join(", "),
+            intents.join(",")
         ),
     )
     .unwrap();

@@ -79,6 +79,8 @@ pub fn fresh_state_dir() -> PathBuf {
 struct LogLines {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Set when the process closed its stderr (it exited): no line will come.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// A running `iicp-host` process.
@@ -196,6 +198,9 @@ impl Node {
                 sink.lines.lock().unwrap().push(line);
                 sink.changed.notify_all();
             }
+            let _lines = sink.lines.lock().unwrap();
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.changed.notify_all();
         });
         let mut node = Node {
             child,
@@ -245,7 +250,8 @@ impl Node {
         self.logs.lines.lock().unwrap().join("\n")
     }
 
-    /// Waits until a JSON log line satisfies `accept`.
+    /// Waits until a JSON log line satisfies `accept`; `None` after
+    /// `timeout`, or as soon as the process has exited without one.
     pub fn wait_for_log(
         &self,
         timeout: Duration,
@@ -264,7 +270,7 @@ impl Node {
             }
             seen = lines.len();
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.logs.ended.load(std::sync::atomic::Ordering::SeqCst) {
                 return None;
             }
             lines = self

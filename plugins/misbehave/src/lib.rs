@@ -1,8 +1,10 @@
 //! A plugin that misbehaves on purpose, one intent per kind of abuse, so the
 //! host's sandbox limits can be tested end to end. Intents are
 //! `urn:iicp:intent:test:<case>:v1`; the case is read from the action
-//! segment whatever the domain, so an operator's `intents` override can
-//! serve a case under another domain (e.g. `urn:iicp:intent:tool:ok:v1`):
+//! segment whatever the domain, and config value `also_declare` (intents,
+//! comma-separated) declares cases under other domains too (e.g.
+//! `urn:iicp:intent:tool:ok:v1`), for tests of rules that depend on the
+//! domain (the host serves only intents a plugin declares):
 //!
 //! | case         | behaviour                                                  |
 //! |--------------|------------------------------------------------------------|
@@ -161,15 +163,31 @@ fn error_kind(name: &str) -> ErrorKind {
     }
 }
 
+/// Every case under the test domain, then `also_declare`'s intents not
+/// already among them.
+fn declared_intents() -> Vec<String> {
+    let mut intents: Vec<String> = CASES
+        .iter()
+        .map(|case| format!("urn:iicp:intent:test:{case}:v1"))
+        .collect();
+    for intent in config::get("also_declare").unwrap_or_default().split(',') {
+        let intent = intent.trim();
+        if !intent.is_empty() && !intents.iter().any(|i| i == intent) {
+            intents.push(intent.to_string());
+        }
+    }
+    intents
+}
+
 impl Guest for Misbehave {
     fn describe() -> Descriptor {
         Descriptor {
             name: "misbehave".to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities: CASES
-                .iter()
-                .map(|case| Capability {
-                    intent: format!("urn:iicp:intent:test:{case}:v1"),
+            capabilities: declared_intents()
+                .into_iter()
+                .map(|intent| Capability {
+                    intent,
                     models: Vec::new(),
                     max_tokens: None,
                     input_modalities: Vec::new(),
