@@ -270,13 +270,13 @@ struct RunArgs {
     /// Idempotent task ids: a task id seen in the last 300 s gets its first
     /// answer instead of running again, or 409 IICP-E010 with other content
     /// [default: off, as in the reference node].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_IDEMPOTENCY")]
     idempotency: bool,
     /// Answered task ids remembered at most, with --idempotency [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_IDEMPOTENCY_CAPACITY")]
     idempotency_capacity: Option<usize>,
     /// Bytes of remembered task ids and answers at most, with --idempotency [default: 67108864].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_IDEMPOTENCY_MAX_BYTES")]
     idempotency_max_bytes: Option<usize>,
     /// Tasks per browser Origin per minute; more get 429 IICP-E023; 0 turns it off [default: 120].
     #[arg(long, env = "IICP_HOST_ORIGIN_RATE_LIMIT")]
@@ -286,7 +286,7 @@ struct RunArgs {
     #[arg(long, env = "IICP_HOST_ALLOW_TOOL_EXECUTION")]
     allow_tool_execution: bool,
     /// Browser origins whose task window is remembered (least recently used forgotten first) [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_ORIGIN_LIMIT_TRACKED")]
     origin_limit_tracked: Option<usize>,
     /// How long shutdown waits for in-flight tasks, in ms [default: 30000].
     #[arg(long, env = "IICP_HOST_DRAIN_TIMEOUT_MS")]
@@ -294,7 +294,7 @@ struct RunArgs {
     #[command(flatten)]
     edge: config::EdgeOverrides,
     /// retry_after_ms a drained node or plugin advises (503 IICP-E024), in ms [default: 30000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_DRAIN_RETRY_AFTER_MS")]
     drain_retry_after_ms: Option<u64>,
     /// Directory for compiled plugins [default: ~/.cache/iicp-host].
     #[arg(long, env = "IICP_HOST_CACHE_DIR")]

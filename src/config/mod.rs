@@ -331,22 +331,22 @@ impl NodeConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct EdgeOverrides {
     /// Time a client has to send a complete request head, in ms [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
     /// Time a client has to send a whole request body, in ms; then 408 [default: 30000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_BODY_READ_TIMEOUT_MS")]
     pub body_read_timeout_ms: Option<u64>,
     /// How long an idle keep-alive connection stays open, in ms [default: 60000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_KEEP_ALIVE_TIMEOUT_MS")]
     pub keep_alive_timeout_ms: Option<u64>,
     /// Largest request head (request line and headers), in bytes; more get 431 [default: 16384].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
     /// Most request headers; more get 431 [default: 100].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_HEADERS")]
     pub max_headers: Option<usize>,
     /// Most connections open at once on the public listener; more get 503 [default: 4096].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 }
 
