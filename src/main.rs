@@ -265,7 +265,7 @@ struct RunArgs {
     /// Who may send tasks: open (anyone), node-token (an operator-granted
     /// token in auth.node_token), consumer-token (a directory-signed
     /// X-IICP-Consumer-Token, or a node token) [default: open].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "IICP_HOST_TASK_AUTH")]
     task_auth: Option<iicp_host::server::task_auth::AuthMode>,
     /// Idempotent task ids: a task id seen in the last 300 s gets its first
     /// answer instead of running again, or 409 IICP-E010 with other content
