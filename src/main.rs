@@ -327,25 +327,25 @@ struct RunArgs {
     admin_listen: Option<SocketAddr>,
     /// Serve from behind NAT through this relay (its base URL); the
     /// directory then lists the relay's /v1/relay-for/<node id> endpoint.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "IICP_HOST_RELAY")]
     relay: Option<String>,
     /// Act as a relay for workers behind NAT.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_RELAY_CAPABLE")]
     relay_capable: bool,
     /// Workers bound at once when relaying [default: 256].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_RELAY_MAX_SESSIONS")]
     relay_max_sessions: Option<u32>,
     /// New binds per source address per minute when relaying; 0 turns it off [default: 30].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_RELAY_BIND_RATE_LIMIT")]
     relay_bind_rate_limit: Option<u32>,
     /// A bound worker silent this long is dropped and its tasks failed, in ms [default: 90000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_RELAY_LIVENESS_MS")]
     relay_liveness_ms: Option<u64>,
     /// The directory's Ed25519 key (hex) that signs relay bind tickets.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", env = "IICP_HOST_RELAY_BIND_TICKET_KEY")]
     relay_bind_ticket_key: Option<String>,
     /// Refuse relay binds without a valid bind ticket.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_RELAY_REQUIRE_BIND_TICKET")]
     relay_require_bind_ticket: bool,
     #[command(flatten)]
     registry: RegistryArgs,
