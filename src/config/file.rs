@@ -525,6 +525,10 @@ fn plugin_spec(
         {
             return Err(format!("{name}: intents: {bad:?} is not an intent URN"));
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(repeated) = intents.iter().find(|i| !seen.insert(i.as_str())) {
+            return Err(format!("{name}: intents: {repeated} is listed twice"));
+        }
     }
     let max_concurrent = plugin
         .max_concurrent
@@ -878,6 +882,16 @@ mod tests {
         let config = "[[plugin]]\nid = \"a\"\npath = \"a\"\n[plugin.config]\nurl = \"http://x\"\nretries = 3\n";
         let parsed = parse(config).unwrap();
         assert_eq!(parsed.plugins[0].source.config["retries"], "3");
+    }
+
+    #[test]
+    fn an_intent_listed_twice_by_one_plugin_is_refused() {
+        let text =
+            "[[plugin]]\nid = \"a\"\npath = \"a\"\nintents = [\"urn:x\", \"urn:y\", \"urn:x\"]\n";
+        assert_eq!(
+            parse(text).unwrap_err(),
+            "plugin \"a\": intents: urn:x is listed twice"
+        );
     }
 
     #[test]
