@@ -30,5 +30,4 @@ serve: rust-plugins
 	cargo run --release -- run --plugin $(PLUGIN_DIR)/echo.wasm
 
 test: plugins
-	cargo test
-	cargo test --manifest-path charts/Cargo.toml
+	cargo test --workspace

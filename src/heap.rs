@@ -7,7 +7,12 @@
 //! brought it back to 37 MB. A host that must come back to its baseline
 //! after a hostile burst therefore trims once the burst is over.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Shortest time between two throttled returns.
+const THROTTLE: Duration = Duration::from_millis(200);
 
 /// Returns free heap pages to the kernel (glibc's `malloc_trim`); a no-op
 /// with other C libraries, which return memory on their own terms.
@@ -18,6 +23,25 @@ pub fn return_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// [`return_free_memory`] for callers that may ask often (after every
+/// hostile task, say): skipped while one runs or if one ran within the
+/// last 200 ms, so a flood of such calls cannot become a flood of trims.
+pub fn return_free_memory_throttled() {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = crate::clock::whole_ms(EPOCH.elapsed()).max(1);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if (last != 0 && now_ms.saturating_sub(last) < crate::clock::whole_ms(THROTTLE))
+        || RUNNING.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    return_free_memory();
+    LAST_MS.store(now_ms, Ordering::Relaxed);
+    RUNNING.store(false, Ordering::Release);
 }
 
 /// Decides when a burst of held resources (connections) is over: once the

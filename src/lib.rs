@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod heap;
+pub mod memory_bound;
 pub mod metrics;
 pub mod node;
 pub mod oci;

@@ -242,6 +242,18 @@ struct RunArgs {
     /// Task budget when the consumer sets no constraints.timeout_ms, for every plugin [default: 30000].
     #[arg(long, env = "IICP_HOST_TIMEOUT_MS")]
     timeout_ms: Option<u64>,
+    /// The longest budget a task gets, whatever its constraints.timeout_ms asks, for every plugin [default: 300000].
+    #[arg(long)]
+    max_timeout_ms: Option<u64>,
+    /// Resource-table entries a task may hold (wasi resources: header maps,
+    /// requests, streams, pollables), for every plugin [default: 1024].
+    #[arg(long)]
+    max_resources: Option<u32>,
+    /// Memory a task may make the host hold outside its own linear memory
+    /// (wasi:http header maps, request strings, body buffers), in KiB, for
+    /// every plugin [default: 8192].
+    #[arg(long)]
+    host_memory_kib: Option<u32>,
     /// Serve up to N tasks with one instance instead of a fresh instance per
     /// task, for every plugin. Faster, but a task can see memory an earlier
     /// task of the same plugin left behind [default: 1, isolated].
@@ -322,6 +334,10 @@ struct RunArgs {
     /// consumers then skip this node.
     #[arg(long, env = "IICP_HOST_NO_CONFIDENTIALITY")]
     no_confidentiality: bool,
+    /// Start even if the configuration's worst-case memory (see README,
+    /// "Memory bounds") exceeds this machine's memory.
+    #[arg(long)]
+    memory_overcommit: bool,
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
@@ -395,6 +411,31 @@ impl RunArgs {
             if let Some(reuse) = self.instance_reuse {
                 plugin.source.limits.instance_reuse =
                     check_range("--instance-reuse", reuse, &(1..=1_000_000))?;
+            }
+            if let Some(ms) = self.max_timeout_ms {
+                plugin.source.limits.max_timeout = Duration::from_millis(check_range(
+                    "--max-timeout-ms",
+                    ms,
+                    &config::TIMEOUT_MS_RANGE,
+                )?);
+            }
+            if let Some(entries) = self.max_resources {
+                plugin.source.limits.max_resources =
+                    check_range("--max-resources", entries, &config::MAX_RESOURCES_RANGE)?;
+            }
+            if let Some(kib) = self.host_memory_kib {
+                plugin.source.limits.host_memory_bytes =
+                    (check_range("--host-memory-kib", kib, &config::HOST_MEMORY_KIB_RANGE)?
+                        as usize)
+                        << 10;
+            }
+            let limits = &plugin.source.limits;
+            if limits.default_timeout > limits.max_timeout {
+                return Err(format!(
+                    "the default task budget ({} ms) is above --max-timeout-ms ({} ms)",
+                    limits.default_timeout.as_millis(),
+                    limits.max_timeout.as_millis()
+                ));
             }
         }
         if self.node_id.is_some() {
@@ -473,6 +514,9 @@ impl RunArgs {
         }
         if self.no_confidentiality {
             config.confidentiality = false;
+        }
+        if self.memory_overcommit {
+            config.memory_overcommit = true;
         }
         if let Some(endpoint) = &self.endpoint {
             validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;

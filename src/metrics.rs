@@ -44,6 +44,8 @@ pub struct Metrics {
     tokens: IntCounterVec,
     instantiation: HistogramVec,
     memory: HistogramVec,
+    host_memory: HistogramVec,
+    idle_instances: IntGaugeVec,
     traps: IntCounterVec,
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub active_jobs: IntGauge,
     /// `iicp_max_concurrent`.
     pub max_concurrent: IntGauge,
+    /// `iicp_memory_worst_case_bytes`: the configuration's worst case.
+    pub memory_worst_case: IntGauge,
     /// `iicp_heartbeat_failures_total`.
     pub heartbeat_failures: IntCounter,
     /// `iicp_heartbeats_total` (accepted).
@@ -315,6 +319,10 @@ pub struct PluginMetrics {
     pub instantiation_s: Histogram,
     /// Peak linear memory per task, in bytes.
     pub memory_bytes: Histogram,
+    /// Host memory charged per task, in bytes.
+    pub host_memory_bytes: Histogram,
+    /// Reused instances waiting for a task (set at scrape time).
+    pub idle_instances: IntGauge,
     /// Log lines dropped by the per-task budget.
     pub log_lines_dropped: IntCounter,
     /// Tasks refused with 429 for lack of a slot.
@@ -440,6 +448,26 @@ impl Metrics {
                 MEMORY_BUCKETS_BYTES,
                 &["plugin"],
             ),
+            host_memory: histogram_vec(
+                &r,
+                "iicp_plugin_host_memory_bytes",
+                "Host memory a task was charged for (wasi:http fields, request strings, body buffers).",
+                MEMORY_BUCKETS_BYTES,
+                &["plugin"],
+            ),
+            idle_instances: {
+                let metric = IntGaugeVec::new(
+                    Opts::new(
+                        "iicp_plugin_idle_instances",
+                        "Reused instances waiting for a task (plugins with instance_reuse > 1).",
+                    ),
+                    &["plugin"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(metric.clone()))
+                    .expect("unique metric name");
+                metric
+            },
             traps: counter_vec(
                 &r,
                 "iicp_plugin_traps_total",
@@ -595,6 +623,11 @@ impl Metrics {
             ),
             active_jobs: gauge(&r, "iicp_active_jobs", "Tasks holding a slot right now."),
             max_concurrent: gauge(&r, "iicp_max_concurrent", "Task slots of the node."),
+            memory_worst_case: gauge(
+                &r,
+                "iicp_memory_worst_case_bytes",
+                "The most memory this configuration lets the node hold (README, Memory bounds).",
+            ),
             heartbeat_failures: counter(
                 &r,
                 "iicp_heartbeat_failures_total",
@@ -695,6 +728,8 @@ impl Metrics {
             traps: self.traps.clone(),
             instantiation_s: self.instantiation.with_label_values(&[plugin]),
             memory_bytes: self.memory.with_label_values(&[plugin]),
+            host_memory_bytes: self.host_memory.with_label_values(&[plugin]),
+            idle_instances: self.idle_instances.with_label_values(&[plugin]),
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
             qos_waits_admitted: self.qos_waits.with_label_values(&[plugin, "admitted"]),

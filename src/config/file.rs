@@ -18,10 +18,10 @@ use super::{
     AdminSettings, AuthSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
-    DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, IdempotencyBounds,
-    MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec,
-    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range,
-    default_cache_dir,
+    DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
+    IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_RESOURCES_RANGE,
+    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
+    ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::reach::{RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
@@ -35,7 +35,9 @@ use crate::directory::settings::{
 use crate::oci::{OciLocation, OciSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
-use crate::runtime::host::http::{DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns};
+use crate::runtime::host::http::{
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns,
+};
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 use crate::server::task_auth::AuthMode;
@@ -132,6 +134,8 @@ struct NodeSection {
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_connections: Option<usize>,
+    #[serde(default)]
+    memory_overcommit: bool,
 }
 
 #[derive(Deserialize)]
@@ -156,7 +160,11 @@ struct DirectorySection {
 struct LimitsSection {
     memory_mb: Option<u32>,
     timeout_ms: Option<u64>,
+    max_timeout_ms: Option<u64>,
     instance_reuse: Option<u32>,
+    instance_idle_ms: Option<u64>,
+    max_resources: Option<u32>,
+    host_memory_kib: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -190,7 +198,11 @@ struct PluginSection {
     max_concurrent: Option<u32>,
     memory_mb: Option<u32>,
     timeout_ms: Option<u64>,
+    max_timeout_ms: Option<u64>,
     instance_reuse: Option<u32>,
+    instance_idle_ms: Option<u64>,
+    max_resources: Option<u32>,
+    host_memory_kib: Option<u32>,
     #[serde(default)]
     config: toml::Table,
     /// Secret name → environment variable holding the value.
@@ -210,6 +222,7 @@ struct HttpSection {
     #[serde(default)]
     allow_private: bool,
     max_response_kib: Option<u32>,
+    max_in_flight: Option<u32>,
 }
 
 /// Default admin listener: loopback only.
@@ -420,6 +433,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         directory,
         admin,
         reach,
+        memory_overcommit: node.memory_overcommit,
         config_path: None,
         runtime: RuntimeSettings {
             engine: EngineSettings {
@@ -507,7 +521,11 @@ fn plugin_spec(
     let section = LimitsSection {
         memory_mb: plugin.memory_mb,
         timeout_ms: plugin.timeout_ms,
+        max_timeout_ms: plugin.max_timeout_ms,
         instance_reuse: plugin.instance_reuse,
+        instance_idle_ms: plugin.instance_idle_ms,
+        max_resources: plugin.max_resources,
+        host_memory_kib: plugin.host_memory_kib,
     };
     let limits = limits(defaults, &section, &name)?;
     if let Some(Err(why)) = OciLocation::from_path(&plugin.path) {
@@ -577,6 +595,11 @@ fn plugin_spec(
                 allow: section.allow,
                 allow_private: section.allow_private,
                 max_response_bytes: (kib as usize) << 10,
+                max_in_flight: check_range(
+                    &format!("{name}: http.max_in_flight"),
+                    section.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+                    &(1..=1024),
+                )?,
             }
         }
     };
@@ -681,9 +704,45 @@ fn limits(
             &TIMEOUT_MS_RANGE,
         )?);
     }
+    if let Some(max_timeout_ms) = section.max_timeout_ms {
+        limits.max_timeout = Duration::from_millis(check_range(
+            &format!("{name}: max_timeout_ms"),
+            max_timeout_ms,
+            &TIMEOUT_MS_RANGE,
+        )?);
+    }
+    if limits.default_timeout > limits.max_timeout {
+        return Err(format!(
+            "{name}: timeout_ms ({} ms) is above max_timeout_ms ({} ms)",
+            limits.default_timeout.as_millis(),
+            limits.max_timeout.as_millis()
+        ));
+    }
     if let Some(reuse) = section.instance_reuse {
         limits.instance_reuse =
             check_range(&format!("{name}: instance_reuse"), reuse, &(1..=1_000_000))?;
+    }
+    if let Some(ms) = section.instance_idle_ms {
+        limits.instance_idle = Duration::from_millis(check_range(
+            &format!("{name}: instance_idle_ms"),
+            ms,
+            &(100..=3_600_000),
+        )?);
+    }
+    if let Some(entries) = section.max_resources {
+        limits.max_resources = check_range(
+            &format!("{name}: max_resources"),
+            entries,
+            &MAX_RESOURCES_RANGE,
+        )?;
+    }
+    if let Some(kib) = section.host_memory_kib {
+        limits.host_memory_bytes = (check_range(
+            &format!("{name}: host_memory_kib"),
+            kib,
+            &HOST_MEMORY_KIB_RANGE,
+        )? as usize)
+            << 10;
     }
     Ok(limits)
 }

@@ -32,6 +32,11 @@ pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=1024;
 pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 1..=4096;
 /// Default task budget bounds in ms (the protocol's `timeout_ms` range).
 pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
+/// Resource-table entries per task: enough for the wasi basics, at most a
+/// million (wasmtime's own default).
+pub const MAX_RESOURCES_RANGE: RangeInclusive<u32> = 64..=1_000_000;
+/// Host memory per task in KiB (64 KiB .. 4 GiB).
+pub const HOST_MEMORY_KIB_RANGE: RangeInclusive<u32> = 64..=4 << 20;
 /// Default request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Default cap on remembered nonces (~18 bytes each).
@@ -138,6 +143,9 @@ pub struct NodeConfig {
     pub admin: Option<AdminSettings>,
     /// Relaying and peer gossip.
     pub reach: ReachSettings,
+    /// Start even when the worst-case memory exceeds the machine's (see
+    /// `memory_bound`).
+    pub memory_overcommit: bool,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -321,6 +329,7 @@ impl NodeConfig {
             plugins: vec![PluginSpec::new(PluginSource::new(path))],
             admin: None,
             reach: ReachSettings::default(),
+            memory_overcommit: false,
             config_path: None,
         }
     }

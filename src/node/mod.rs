@@ -32,6 +32,7 @@ use self::listeners::Listeners;
 use self::reach::Reach;
 use crate::config::{NONCE_WINDOW, NodeConfig};
 use crate::directory::lifecycle::{NodeView, ServiceState};
+use crate::memory_bound;
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
 use crate::reload::ConfigSource;
@@ -85,7 +86,7 @@ impl std::error::Error for StartError {}
 /// `reload_source` re-reads the configuration for hot reloads (SIGHUP,
 /// `POST /admin/reload`); without it, reloads re-read `config` as given.
 ///
-/// The phases, in order: identity → runtime and plugins → listeners →
+/// The phases, in order: memory bound → identity → runtime and plugins → listeners →
 /// reach (relay roles) → directory preparation → shared state → serving
 /// (public API, directory link, reloads, admin API) → ready for systemd →
 /// drain. Anything that fails before serving refuses the start, before the
@@ -95,8 +96,13 @@ pub async fn run(
     reload_source: Option<ConfigSource>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let worst_case = memory_bound::check(&config).map_err(StartError::Config)?;
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .memory_worst_case
+        .set(i64::try_from(worst_case.total()).unwrap_or(i64::MAX));
+    tracing::info!(worst_case = %worst_case, "memory bound");
     let (runtime, table) = plugins::load(&config, &metrics).await?;
     descriptors::fit_connection_caps(&mut config);
     let listeners = Listeners::bind(&config).await?;

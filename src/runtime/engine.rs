@@ -93,20 +93,50 @@ fn base_config() -> Config {
     config
 }
 
+/// How big the instance pool is for `settings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    /// Component instances alive at once.
+    pub instances: u32,
+    /// Linear memories across them.
+    pub memories: u32,
+    /// Tables across them.
+    pub tables: u32,
+    /// Bytes of each memory and table kept resident between tasks.
+    pub keep_resident: usize,
+}
+
+impl PoolShape {
+    /// The pool the engine builds for `settings`.
+    pub fn of(settings: &EngineSettings) -> Self {
+        let instances = settings.max_instances.saturating_add(SPARE_INSTANCE_SLOTS);
+        Self {
+            instances,
+            // Components built by different toolchains hold 3 (Rust) to a
+            // dozen (interpreters) core instances, memories and tables.
+            memories: instances.saturating_mul(4),
+            tables: instances.saturating_mul(8),
+            keep_resident: settings
+                .keep_resident_bytes
+                .unwrap_or_else(default_keep_resident),
+        }
+    }
+}
+
 fn pooling_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
-    let slots = settings.max_instances.saturating_add(SPARE_INSTANCE_SLOTS);
-    let keep_resident = settings
-        .keep_resident_bytes
-        .unwrap_or_else(default_keep_resident);
+    let shape = PoolShape::of(settings);
+    let (slots, keep_resident) = (shape.instances, shape.keep_resident);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
-        // Components built by different toolchains hold 3 (Rust) to a dozen
-        // (interpreters) core instances, memories and tables.
         .total_core_instances(slots.saturating_mul(16))
-        .total_memories(slots.saturating_mul(4))
-        .total_tables(slots.saturating_mul(8))
+        .total_memories(shape.memories)
+        .total_tables(shape.tables)
         .max_tables_per_module(4)
         .total_stacks(slots)
+        // Reuse the slots already warm before touching cold ones: the set of
+        // slots ever used (each keeping `keep_resident` bytes) then stays at
+        // the peak concurrency instead of creeping up to the whole pool.
+        .max_unused_warm_slots(0)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(keep_resident)
         // With PAGEMAP_SCAN (Linux 6.7+) only the pages a task actually

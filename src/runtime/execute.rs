@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::value::RawValue;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 
 use super::bindings::{Constraints, ErrorKind, Qos, Task, TaskError, TraceContext, Usage};
+use super::host::budget::{HostLimit, HostLimitExceeded};
 use super::plugin::LoadedPlugin;
-use super::reuse::{InstancePool, WarmInstance};
-use super::store::{begin_task, task_store};
-use super::teardown::Teardown;
+use super::reuse::{WarmInstance, WarmRegistry};
+use super::store::{MAX_COMPONENT_HANDLES, begin_task, host_call_bytes, task_store};
+use super::teardown::{TRIM_AFTER_HOST_BYTES, Teardown};
 use crate::clock::unix_ms;
 use crate::protocol::task::Qos as WireQos;
 
@@ -64,10 +66,18 @@ pub enum TaskFailure {
     },
     /// The guest's call stack overflowed.
     StackOverflow,
+    /// The instance made the host hold more than a per-task cap allows
+    /// (resource-table entries, host memory, bytes per host call).
+    HostLimit(HostLimit),
+    /// The instance used a host resource the wrong way (a handle that is
+    /// gone, of another type, or with children still alive).
+    ResourceMisuse(&'static str),
     /// Any other trap; the value names its kind.
     Trap(&'static str),
     /// The result exceeds the plugin's output cap.
     OutputTooLarge {
+        /// Which part: `result` or `model_used`.
+        part: &'static str,
         /// The cap in bytes.
         limit: usize,
     },
@@ -88,6 +98,32 @@ pub enum TaskFailure {
     Host,
 }
 
+impl std::fmt::Display for TaskFailure {
+    /// One line for the consumer and the operator; never details of the
+    /// host's internals.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskFailure::Timeout => f.write_str("the task did not finish within its budget"),
+            TaskFailure::MemoryLimit { cap_mib } => {
+                write!(f, "plugin exceeded its memory limit of {cap_mib} MiB")
+            }
+            TaskFailure::StackOverflow => f.write_str("plugin overflowed its stack"),
+            TaskFailure::HostLimit(limit) => write!(f, "plugin exceeded a host limit: {limit}"),
+            TaskFailure::ResourceMisuse(what) => {
+                write!(f, "plugin misused a host resource: {what}")
+            }
+            TaskFailure::Trap(kind) => write!(f, "plugin crashed ({kind})"),
+            TaskFailure::OutputTooLarge { part, limit } => {
+                write!(f, "plugin {part} exceeds the {limit}-byte limit")
+            }
+            TaskFailure::InvalidOutput => f.write_str("plugin returned a result that is not JSON"),
+            TaskFailure::Plugin { message, .. } => f.write_str(message),
+            TaskFailure::PoolExhausted => f.write_str("no instance slot free"),
+            TaskFailure::Host => f.write_str("internal error while running the task"),
+        }
+    }
+}
+
 impl TaskFailure {
     /// The trap kind for the `iicp_plugin_traps_total{kind}` metric, if this
     /// failure stopped the instance.
@@ -96,6 +132,8 @@ impl TaskFailure {
             TaskFailure::Timeout => Some("timeout"),
             TaskFailure::MemoryLimit { .. } => Some("memory_limit"),
             TaskFailure::StackOverflow => Some("stack_overflow"),
+            TaskFailure::HostLimit(_) => Some("host_limit"),
+            TaskFailure::ResourceMisuse(_) => Some("resource_misuse"),
             TaskFailure::Trap(kind) => Some(kind),
             _ => None,
         }
@@ -111,6 +149,8 @@ pub struct TaskReport {
     pub log_lines_dropped: u64,
     /// Linear memory the instance had at its peak.
     pub memory_bytes: usize,
+    /// Host bytes charged to the task's host budget.
+    pub host_bytes: u64,
 }
 
 /// Runs `input` in a fresh instance of `plugin` (or, when the plugin opted
@@ -118,43 +158,59 @@ pub struct TaskReport {
 pub async fn run_task(
     engine: &Engine,
     teardown: &Teardown,
+    idle: &WarmRegistry,
     plugin: &LoadedPlugin,
     input: TaskInput<'_>,
 ) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
     let started = Instant::now();
     let task_id: Arc<str> = Arc::from(input.task_id);
-    let (mut store, warm, uses) = match plugin.reuse.as_ref().and_then(InstancePool::take) {
+    let fresh_store = || {
+        task_store(
+            engine,
+            plugin.id.clone(),
+            &plugin.reach,
+            task_id.clone(),
+            &plugin.limits,
+            input.deadline,
+        )
+    };
+    let (mut store, warm, uses) = match plugin.reuse.as_ref().and_then(|pool| pool.take()) {
         Some(mut warm) => {
-            begin_task(&mut warm.store, task_id, &plugin.limits, input.deadline);
-            (warm.store, Some(warm.instance), warm.uses)
-        }
-        None => (
-            task_store(
-                engine,
-                plugin.id.clone(),
-                &plugin.reach,
-                task_id,
+            begin_task(
+                &mut warm.store,
+                task_id.clone(),
                 &plugin.limits,
                 input.deadline,
-            ),
-            None,
-            0,
-        ),
+            );
+            (warm.store, Some(warm.instance), warm.uses)
+        }
+        None => (fresh_store(), None, 0),
     };
     let task = to_wit_task(&input);
     let mut instantiated = None;
+    let store_slot = &mut store;
     let call = async {
         let instance = match warm {
             Some(instance) => instance,
             None => {
-                let instance = plugin.pre.instantiate_async(&mut store).await?;
+                let instance = match plugin.pre.instantiate_async(&mut *store_slot).await {
+                    // Idle reused instances (of any plugin) hold pool slots:
+                    // give them back and try once more, in a clean store.
+                    Err(error)
+                        if error.is::<PoolConcurrencyLimitError>() && idle.evict_all() > 0 =>
+                    {
+                        *store_slot = fresh_store();
+                        plugin.pre.instantiate_async(&mut *store_slot).await?
+                    }
+                    other => other?,
+                };
                 instantiated = Some(started.elapsed());
                 instance
             }
         };
         let output = instance
             .iicp_plugin_handler()
-            .call_handle(&mut store, &task)
+            .call_handle(&mut *store_slot, &task)
             .await?;
         Ok::<_, wasmtime::Error>((instance, output))
     };
@@ -166,6 +222,7 @@ pub async fn run_task(
         instantiate: instantiated.unwrap_or_default(),
         log_lines_dropped: state.task_log().finish(),
         memory_bytes: state.limiter().in_use_bytes(),
+        host_bytes: state.host_budget().used(),
     };
     let (result, instance) = match outcome {
         Err(_elapsed) => (Err(TaskFailure::Timeout), None),
@@ -175,11 +232,12 @@ pub async fn run_task(
         ),
         Ok(Ok((instance, Err(error)))) => (Err(plugin_error(error)), Some(instance)),
         Ok(Ok((instance, Ok(output)))) => {
-            let checked = check_output(output.result_json, plugin.limits.max_output_bytes);
-            let result = checked.map(|result| TaskSuccess {
+            let checked = check_output(output.result_json, plugin.limits.max_output_bytes)
+                .and_then(|result| Ok((result, check_model_used(output.model_used)?)));
+            let result = checked.map(|(result, model_used)| TaskSuccess {
                 result,
                 usage: output.usage,
-                model_used: output.model_used,
+                model_used,
             });
             (result, Some(instance))
         }
@@ -188,7 +246,13 @@ pub async fn run_task(
     if let (Some(pool), Some(instance)) = (&plugin.reuse, instance) {
         pool.give_back(WarmInstance::new(store, instance, uses + 1));
     } else {
-        teardown.dispose(store);
+        let reclaim = report.host_bytes >= TRIM_AFTER_HOST_BYTES
+            || result
+                .as_ref()
+                .err()
+                .and_then(TaskFailure::trap_kind)
+                .is_some();
+        teardown.dispose(store, reclaim);
     }
     (result, report)
 }
@@ -240,6 +304,42 @@ fn classify_error(
     if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return TaskFailure::PoolExhausted;
     }
+    if let Some(exceeded) = error.downcast_ref::<HostLimitExceeded>() {
+        return TaskFailure::HostLimit(exceeded.limit);
+    }
+    if let Some(table) = error.downcast_ref::<ResourceTableError>() {
+        return match table {
+            ResourceTableError::Full => TaskFailure::HostLimit(HostLimit {
+                what: "resource table",
+                value: u64::from(plugin.limits.max_resources),
+                unit: "entries",
+            }),
+            ResourceTableError::NotPresent => TaskFailure::ResourceMisuse("a handle that is gone"),
+            ResourceTableError::WrongType => {
+                TaskFailure::ResourceMisuse("a handle of another type")
+            }
+            ResourceTableError::HasChildren => {
+                TaskFailure::ResourceMisuse("a resource whose children are still alive")
+            }
+        };
+    }
+    // wasmtime's own guards on what a guest hands the host have no public
+    // error type; their messages are stable enough to recognise.
+    let text = format!("{error:#}");
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return TaskFailure::HostLimit(HostLimit {
+            what: "data passed to the host in one call",
+            value: host_call_bytes(&plugin.limits) as u64,
+            unit: "bytes",
+        });
+    }
+    if text.contains("store handle limit exceeded") {
+        return TaskFailure::HostLimit(HostLimit {
+            what: "component resource handles",
+            value: MAX_COMPONENT_HANDLES as u64,
+            unit: "handles",
+        });
+    }
     tracing::error!(plugin = &*plugin.id, error = %format!("{error:#}"), "plugin task failed in the host");
     TaskFailure::Host
 }
@@ -267,9 +367,26 @@ fn plugin_error(error: TaskError) -> TaskFailure {
     }
 }
 
+/// Longest `model_used` a plugin may report (it is echoed to the consumer
+/// and kept in logs and metrics, outside the output cap).
+pub const MAX_MODEL_USED_BYTES: usize = 256;
+
+fn check_model_used(model_used: Option<String>) -> Result<Option<String>, TaskFailure> {
+    match model_used {
+        Some(model) if model.len() > MAX_MODEL_USED_BYTES => Err(TaskFailure::OutputTooLarge {
+            part: "model_used",
+            limit: MAX_MODEL_USED_BYTES,
+        }),
+        other => Ok(other),
+    }
+}
+
 fn check_output(result_json: String, limit: usize) -> Result<Box<RawValue>, TaskFailure> {
     if result_json.len() > limit {
-        return Err(TaskFailure::OutputTooLarge { limit });
+        return Err(TaskFailure::OutputTooLarge {
+            part: "result",
+            limit,
+        });
     }
     RawValue::from_string(result_json).map_err(|_| TaskFailure::InvalidOutput)
 }
@@ -287,7 +404,10 @@ mod tests {
         );
         assert_eq!(
             check_output("\"0123456789\"".to_string(), 5).unwrap_err(),
-            TaskFailure::OutputTooLarge { limit: 5 }
+            TaskFailure::OutputTooLarge {
+                part: "result",
+                limit: 5
+            }
         );
     }
 }

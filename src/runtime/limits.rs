@@ -1,5 +1,6 @@
 //! Per-plugin task limits as plain data, and the [`TaskLimiter`] that
-//! enforces the memory part inside each store.
+//! enforces the memory part inside each store: linear memories and tables
+//! together count against one cap.
 
 use std::time::Duration;
 
@@ -12,16 +13,27 @@ pub struct PluginLimits {
     pub memory_bytes: usize,
     /// Task budget when the consumer sets no `constraints.timeout_ms`.
     pub default_timeout: Duration,
+    /// The longest budget a task of this plugin gets, whatever the consumer
+    /// asks (a larger `timeout_ms` is lowered to it).
+    pub max_timeout: Duration,
     /// Largest result (JSON text) a task may return.
     pub max_output_bytes: usize,
     /// Log lines (log import and stdio together) kept per task.
     pub max_log_lines: u32,
     /// Log bytes kept per task.
     pub max_log_bytes: usize,
+    /// Entries in the task's resource table (every wasi resource the plugin
+    /// holds at once: header maps, requests, streams, pollables).
+    pub max_resources: u32,
+    /// Bytes the task may make the host store outside its linear memory
+    /// (see `host::budget`).
+    pub host_memory_bytes: usize,
     /// Tasks one instance may serve before it is dropped. 1 (the default)
     /// means a fresh instance per task; more is an opt-in that trades
     /// isolation between this plugin's tasks for speed (see `reuse.rs`).
     pub instance_reuse: u32,
+    /// How long a reused instance may sit idle before it is dropped.
+    pub instance_idle: Duration,
 }
 
 impl Default for PluginLimits {
@@ -29,14 +41,26 @@ impl Default for PluginLimits {
         Self {
             memory_bytes: 128 << 20,
             default_timeout: Duration::from_secs(30),
+            max_timeout: MAX_TIMEOUT,
             max_output_bytes: 4 << 20,
             max_log_lines: 200,
             max_log_bytes: 64 << 10,
+            max_resources: DEFAULT_MAX_RESOURCES,
+            host_memory_bytes: DEFAULT_HOST_MEMORY_BYTES,
             instance_reuse: 1,
+            instance_idle: super::reuse::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
 
+/// The protocol's largest `timeout_ms` (300 s), the default ceiling.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default resource-table entries per task.
+pub const DEFAULT_MAX_RESOURCES: u32 = 1024;
+/// Default host memory per task.
+pub const DEFAULT_HOST_MEMORY_BYTES: usize = 8 << 20;
+/// Host bytes per table element, charged to the memory cap (a funcref slot).
+pub const TABLE_ELEMENT_BYTES: usize = 8;
 /// Most table elements an instance may grow a table to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 /// Most core instances, tables and memories one task may create.
@@ -44,8 +68,10 @@ const MAX_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 
-/// Enforces a task's memory cap and remembers whether it was hit, so a trap
-/// can be reported as "memory limit exceeded" rather than an opaque abort.
+/// Enforces a task's memory cap — linear memories plus tables, at
+/// [`TABLE_ELEMENT_BYTES`] per element — and remembers whether it was hit,
+/// so a trap can be reported as "memory limit exceeded" rather than an
+/// opaque abort.
 #[derive(Debug)]
 pub struct TaskLimiter {
     cap_bytes: usize,
@@ -73,9 +99,21 @@ impl TaskLimiter {
         self.cap_hit
     }
 
-    /// Linear memory granted so far (the task's high-water mark).
+    /// Linear memory and table bytes granted so far (the high-water mark).
     pub fn in_use_bytes(&self) -> usize {
         self.in_use_bytes
+    }
+
+    fn grow(&mut self, bytes: usize) -> wasmtime::Result<bool> {
+        let after = self.in_use_bytes.saturating_add(bytes);
+        if after > self.cap_bytes {
+            self.cap_hit = true;
+            // An error (rather than `Ok(false)`) traps at once: Rust guests turn a
+            // failed grow into an `unreachable` abort we could not tell apart.
+            wasmtime::bail!("memory limit of {} MiB exceeded", self.cap_bytes >> 20);
+        }
+        self.in_use_bytes = after;
+        Ok(true)
     }
 }
 
@@ -86,26 +124,23 @@ impl ResourceLimiter for TaskLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let after = self
-            .in_use_bytes
-            .saturating_add(desired.saturating_sub(current));
-        if after > self.cap_bytes {
-            self.cap_hit = true;
-            // An error (rather than `Ok(false)`) traps at once: Rust guests turn a
-            // failed grow into an `unreachable` abort we could not tell apart.
-            wasmtime::bail!("memory limit of {} MiB exceeded", self.cap_bytes >> 20);
-        }
-        self.in_use_bytes = after;
-        Ok(true)
+        self.grow(desired.saturating_sub(current))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
     fn instances(&self) -> usize {
@@ -140,6 +175,16 @@ mod tests {
         assert!(limiter.memory_growing(0, 2 << 20, None).is_err());
         assert!(limiter.cap_hit());
         assert_eq!(limiter.in_use_bytes(), 0);
+    }
+
+    #[test]
+    fn tables_count_against_the_same_cap() {
+        let mut limiter = TaskLimiter::new(1 << 20);
+        assert!(limiter.memory_growing(0, 512 << 10, None).unwrap());
+        let elements = (512 << 10) / TABLE_ELEMENT_BYTES;
+        assert!(limiter.table_growing(0, elements, None).unwrap());
+        assert!(limiter.table_growing(elements, elements + 1, None).is_err());
+        assert!(limiter.cap_hit());
     }
 
     #[test]

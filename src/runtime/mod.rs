@@ -9,7 +9,8 @@
 //! * [`reuse`] — opt-in reuse of instances across tasks;
 //! * [`teardown`] — dropping finished instances after the response;
 //! * [`execute`] — running one task and classifying its outcome;
-//! * [`host`] — the capabilities plugins import (log, stdio).
+//! * [`host`] — the capabilities plugins import (log, stdio, config, HTTP)
+//!   and the host budget every byte they make the host store is charged to.
 
 pub mod artifact;
 pub mod bindings;
@@ -34,6 +35,7 @@ use self::cache::ArtifactCache;
 use self::engine::{AllocatorKind, EngineSettings};
 use self::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 use self::plugin::{LoadError, LoadedPlugin, PluginSource};
+use self::reuse::WarmRegistry;
 use self::store::TaskState;
 use self::teardown::Teardown;
 use crate::metrics::Metrics;
@@ -59,6 +61,7 @@ pub struct Runtime {
     allocator: AllocatorKind,
     teardown: Teardown,
     oci: Puller,
+    warm: WarmRegistry,
 }
 
 impl Runtime {
@@ -68,6 +71,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        host::http_accounting::add_to_linker(&mut linker)?;
         Plugin::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
         let cache = settings.cache_dir.as_deref().and_then(|dir| {
             ArtifactCache::open(dir, &engine, metrics.artifact_cache_rejected.clone())
@@ -85,6 +89,7 @@ impl Runtime {
             cache,
             allocator,
             teardown: Teardown::default(),
+            warm: WarmRegistry::default(),
         })
     }
 
@@ -102,6 +107,7 @@ impl Runtime {
             &self.linker,
             self.cache.as_ref(),
             &self.metrics,
+            &self.warm,
             source,
             &file,
         )
@@ -161,6 +167,6 @@ impl Runtime {
         plugin: &LoadedPlugin,
         input: TaskInput<'_>,
     ) -> (Result<TaskSuccess, TaskFailure>, TaskReport) {
-        execute::run_task(&self.engine, &self.teardown, plugin, input).await
+        execute::run_task(&self.engine, &self.teardown, &self.warm, plugin, input).await
     }
 }

@@ -20,7 +20,7 @@ use super::cache::{ArtifactCache, CacheOutcome};
 use super::host::config::PluginConfig;
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
-use super::reuse::InstancePool;
+use super::reuse::{InstancePool, WarmRegistry};
 use super::store::{PluginReach, TaskState, task_store};
 use crate::metrics::{Metrics, PluginHttpMetrics};
 
@@ -119,8 +119,15 @@ pub struct LoadedPlugin {
     /// Time taken to load it.
     pub load_time: Duration,
     pub(super) pre: PluginPre<TaskState>,
-    pub(super) reuse: Option<InstancePool>,
+    pub(super) reuse: Option<Arc<InstancePool>>,
     pub(super) reach: PluginReach,
+}
+
+impl LoadedPlugin {
+    /// Reused instances waiting for a task (0 without reuse).
+    pub fn idle_instances(&self) -> usize {
+        self.reuse.as_ref().map_or(0, |pool| pool.idle())
+    }
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -197,6 +204,7 @@ pub(super) async fn load(
     linker: &Linker<TaskState>,
     cache: Option<&ArtifactCache>,
     metrics: &Metrics,
+    warm: &WarmRegistry,
     source: &PluginSource,
     file: &Path,
 ) -> Result<LoadedPlugin, LoadError> {
@@ -233,7 +241,7 @@ pub(super) async fn load(
         load_time: started.elapsed(),
         pre,
         reuse: (source.limits.instance_reuse > 1)
-            .then(|| InstancePool::new(source.limits.instance_reuse)),
+            .then(|| warm.pool(source.limits.instance_reuse, source.limits.instance_idle)),
         reach: PluginReach {
             config,
             http: Arc::new(http),

@@ -6,9 +6,17 @@
 //! memory-cap flag, deadline — but the guest's linear memory and globals are
 //! not: a task can observe what an earlier task of the *same plugin* left
 //! behind. An instance that trapped or timed out is never reused, and an
-//! idle instance is dropped after [`IDLE_TIMEOUT`] so its memory goes back.
+//! idle instance is dropped after its plugin's idle timeout (default
+//! [`DEFAULT_IDLE_TIMEOUT`]) so its memory goes back.
+//!
+//! Idle instances hold engine pool slots, which every plugin shares. So the
+//! [`WarmRegistry`] knows every pool: a sweeper thread drops expired idle
+//! instances even when no task comes to take them, and when an
+//! instantiation finds the engine's pool exhausted, every idle instance is
+//! dropped before it tries again — a burst of one plugin's reused instances
+//! can never starve the others.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -16,8 +24,8 @@ use wasmtime::Store;
 use super::bindings::Plugin;
 use super::store::TaskState;
 
-/// How long an idle instance is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle instance is kept by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An instance between tasks.
 pub struct WarmInstance {
@@ -46,31 +54,44 @@ impl WarmInstance {
 pub struct InstancePool {
     idle: Mutex<Vec<WarmInstance>>,
     max_uses: u32,
+    idle_timeout: Duration,
 }
 
 impl InstancePool {
-    /// A pool whose instances serve at most `max_uses` tasks each.
-    pub fn new(max_uses: u32) -> Self {
+    /// A pool whose instances serve at most `max_uses` tasks each and are
+    /// dropped after `idle_timeout` without one.
+    pub fn new(max_uses: u32, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
             max_uses,
+            idle_timeout,
         }
     }
 
     /// The most recently used idle instance, if any (its memory is warmest).
     pub fn take(&self) -> Option<WarmInstance> {
+        self.expire(Instant::now());
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Drops the instances idle for longer than the idle timeout at `now`;
+    /// returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         // Instances are pushed in idle order, so expired ones sit at the front.
         let expired = idle
             .iter()
-            .take_while(|w| now.duration_since(w.idle_since) > IDLE_TIMEOUT)
+            .take_while(|w| now.duration_since(w.idle_since) > self.idle_timeout)
             .count();
         let stale: Vec<WarmInstance> = idle.drain(..expired).collect();
-        let warm = idle.pop();
         drop(idle);
-        drop(stale);
-        warm
+        stale.len()
+    }
+
+    /// Drops every idle instance; returns how many.
+    pub fn evict(&self) -> usize {
+        let stale = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        stale.len()
     }
 
     /// Returns an instance after a task that did not trap; it is kept only
@@ -90,4 +111,89 @@ impl InstancePool {
     pub fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// How often the sweeper looks for expired idle instances, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often it looks, at least.
+const SWEEP_EVERY_MIN: Duration = Duration::from_millis(50);
+
+/// Every plugin's pool of idle instances, for sweeping and eviction.
+pub struct WarmRegistry {
+    pools: Arc<Mutex<Vec<Weak<InstancePool>>>>,
+    sweeper: std::sync::OnceLock<()>,
+    /// The sweep period: a quarter of the shortest idle timeout registered.
+    period_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for WarmRegistry {
+    fn default() -> Self {
+        Self {
+            pools: Arc::default(),
+            sweeper: std::sync::OnceLock::new(),
+            period_ms: Arc::new(crate::clock::whole_ms(SWEEP_EVERY).into()),
+        }
+    }
+}
+
+impl WarmRegistry {
+    /// A pool for a plugin whose instances serve `max_uses` tasks, swept
+    /// from now on.
+    pub fn pool(&self, max_uses: u32, idle_timeout: Duration) -> Arc<InstancePool> {
+        let pool = Arc::new(InstancePool::new(max_uses, idle_timeout));
+        let period = (idle_timeout / 4).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY);
+        self.period_ms.fetch_min(
+            crate::clock::whole_ms(period),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|weak| weak.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        drop(pools);
+        self.start_sweeper();
+        pool
+    }
+
+    /// Drops every idle instance of every plugin; returns how many.
+    pub fn evict_all(&self) -> usize {
+        self.live().iter().map(|pool| pool.evict()).sum()
+    }
+
+    fn live(&self) -> Vec<Arc<InstancePool>> {
+        live_pools(&self.pools)
+    }
+
+    /// Drops expired instances every sweep period, on a thread of its own
+    /// that ends with the registry.
+    fn start_sweeper(&self) {
+        self.sweeper.get_or_init(|| {
+            let pools = Arc::downgrade(&self.pools);
+            let period_ms = self.period_ms.clone();
+            let spawned = std::thread::Builder::new()
+                .name("iicp-reuse-sweep".to_string())
+                .spawn(move || {
+                    loop {
+                        let ms = period_ms.load(std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(ms));
+                        let Some(pools) = pools.upgrade() else { return };
+                        let now = Instant::now();
+                        for pool in live_pools(&pools) {
+                            pool.expire(now);
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start the idle-instance sweeper; idle instances expire on their next use");
+            }
+        });
+    }
+}
+
+fn live_pools(pools: &Mutex<Vec<Weak<InstancePool>>>) -> Vec<Arc<InstancePool>> {
+    pools
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! Per-task store set-up: a fresh [`Store`] holding a capability-less WASI
-//! context, the task's memory limiter and log budget, and a wall-clock
-//! deadline enforced on epoch ticks.
+//! context, the task's memory limiter, host budget and log budget, a capped
+//! resource table, and a wall-clock deadline enforced on epoch ticks.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,6 +10,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::host::budget::HostBudget;
 use super::host::config::PluginConfig;
 use super::host::http::{HttpPolicy, TaskHttp};
 use super::host::log::TaskLog;
@@ -18,12 +19,29 @@ use super::limits::{PluginLimits, TaskLimiter};
 
 /// Largest buffer a guest may request from `wasi:random` in one call.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
+/// Bytes a guest may pass to the host in one call (strings, lists) beyond
+/// its largest allowed result: wasmtime's "hostcall fuel", which also
+/// meters the result `handle` returns. It bounds the transient copy each
+/// call makes; log lines are cut at 4 KiB and body writes come in 64 KiB
+/// permits, so honest plugins stay far below it.
+pub const HOST_CALL_MARGIN_BYTES: usize = 1 << 20;
+
+/// The most a guest of a plugin with `limits` may pass in one host call.
+pub fn host_call_bytes(limits: &PluginLimits) -> usize {
+    limits
+        .max_output_bytes
+        .saturating_add(HOST_CALL_MARGIN_BYTES)
+}
+/// Live component-model handles per store (resources a component defines
+/// itself and lends); wasmtime's default is 100,000.
+pub const MAX_COMPONENT_HANDLES: usize = 10_000;
 
 /// Everything a plugin instance can reach while it runs one task.
 pub struct TaskState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: TaskLimiter,
+    host_budget: Arc<HostBudget>,
     log: Arc<TaskLog>,
     config: Arc<PluginConfig>,
     http_ctx: WasiHttpCtx,
@@ -44,6 +62,11 @@ impl TaskState {
     /// The task's memory limiter.
     pub fn limiter(&self) -> &TaskLimiter {
         &self.limiter
+    }
+
+    /// The task's host budget.
+    pub fn host_budget(&self) -> &HostBudget {
+        &self.host_budget
     }
 }
 
@@ -102,17 +125,25 @@ pub fn task_store(
         .allow_ip_name_lookup(false)
         .max_random_size(MAX_RANDOM_BYTES)
         .build();
+    // Every wasi resource a guest creates (header maps, requests, streams,
+    // pollables) is an entry; wasmtime's default allows a million.
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_resources as usize);
+    let host_budget = Arc::new(HostBudget::new(limits.host_memory_bytes));
     let state = TaskState {
         wasi,
-        table: ResourceTable::new(),
+        table,
         limiter: TaskLimiter::new(limits.memory_bytes),
+        host_budget: host_budget.clone(),
         log,
         config: reach.config.clone(),
         http_ctx: WasiHttpCtx::new(),
-        http: TaskHttp::new(reach.http.clone(), deadline),
+        http: TaskHttp::new(reach.http.clone(), host_budget, deadline),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(host_call_bytes(limits));
+    store.set_max_component_handles(MAX_COMPONENT_HANDLES);
     begin_task(&mut store, task_id, limits, deadline);
     store
 }
@@ -131,6 +162,7 @@ pub fn begin_task(
         .log
         .begin(task_id, limits.max_log_lines, limits.max_log_bytes);
     state.limiter.clear_cap_hit();
+    state.host_budget.reset(limits.host_memory_bytes);
     state.http.set_deadline(deadline);
     // Check the wall clock on every epoch tick: tick counting alone drifts
     // with the ticker's sleep. Yielding on each tick keeps a CPU-bound guest

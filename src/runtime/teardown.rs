@@ -7,6 +7,11 @@
 //! and 14.3k-15.8k req/s. Pending drops hold engine pool slots,
 //! so at most [`MAX_PENDING`] are deferred at a time — fewer than the
 //! engine's spare slots — and the rest are dropped inline.
+//!
+//! A task that made the host allocate a lot (a hostile one, usually) leaves
+//! that memory freed but still resident: glibc keeps freed chunks in its
+//! arenas. After dropping such a store the heap is trimmed (throttled, see
+//! [`crate::heap`]), so the node's RSS comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::Store;
 
 use super::store::TaskState;
+
+/// Host bytes a task must have been charged for its teardown to trim.
+pub const TRIM_AFTER_HOST_BYTES: u64 = 1 << 20;
 
 /// Deferred drops allowed at once; below the engine's spare instance slots.
 pub const MAX_PENDING: usize = 8;
@@ -25,20 +33,28 @@ pub struct Teardown {
 }
 
 impl Teardown {
-    /// Drops `store` now or right after the current task yields.
-    pub fn dispose(&self, store: Store<TaskState>) {
+    /// Drops `store` now or right after the current task yields; with
+    /// `reclaim`, then gives freed heap memory back to the kernel.
+    pub fn dispose(&self, store: Store<TaskState>, reclaim: bool) {
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
         if !in_runtime || self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
             if in_runtime {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
             }
             drop(store);
+            if reclaim {
+                crate::heap::return_free_memory_throttled();
+            }
             return;
         }
         let pending = self.pending.clone();
         tokio::spawn(async move {
             drop(store);
             pending.fetch_sub(1, Ordering::AcqRel);
+            if reclaim {
+                let _ =
+                    tokio::task::spawn_blocking(crate::heap::return_free_memory_throttled).await;
+            }
         });
     }
 }

@@ -31,6 +31,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             .origin_windows
             .set(i64::try_from(limiter.tracked()).unwrap_or(i64::MAX));
     }
+    for entry in state.plugins.load().entries() {
+        let idle = entry.plugin.idle_instances();
+        entry
+            .metrics
+            .idle_instances
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,

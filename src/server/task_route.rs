@@ -366,11 +366,13 @@ async fn take_slots(
 }
 
 /// The task's whole budget: its `timeout_ms`, or the plugin's default.
+/// The consumer's budget, at most the operator's ceiling for the plugin:
+/// the task then ends (504) at the ceiling, well within what it allowed.
 fn budget(task: &TaskRequest<'_>, route: &Route) -> Duration {
-    task.timeout_ms.map_or(
-        route.entry.plugin.limits.default_timeout,
-        Duration::from_millis,
-    )
+    let limits = &route.entry.plugin.limits;
+    task.timeout_ms
+        .map_or(limits.default_timeout, Duration::from_millis)
+        .min(limits.max_timeout)
 }
 
 /// Step 8: a nonce seen inside the window is a replay.
@@ -536,6 +538,9 @@ fn record(
     plugin_metrics
         .memory_bytes
         .observe(report.memory_bytes as f64);
+    plugin_metrics
+        .host_memory_bytes
+        .observe(report.host_bytes as f64);
     if report.log_lines_dropped > 0 {
         plugin_metrics
             .log_lines_dropped
@@ -625,25 +630,17 @@ fn failure_error(failure: TaskFailure, timeout: Duration, task: &TaskRequest<'_>
     let budget_ms = whole_ms(timeout);
     match failure {
         TaskFailure::Timeout => ApiError::task_timeout(budget_ms),
-        TaskFailure::MemoryLimit { cap_mib } => ApiError::backend_error(
-            format!("plugin exceeded its memory limit of {cap_mib} MiB"),
-            false,
-        ),
-        TaskFailure::StackOverflow => ApiError::backend_error("plugin overflowed its stack", false),
-        TaskFailure::Trap(kind) => {
-            ApiError::backend_error(format!("plugin crashed ({kind})"), false)
-        }
-        TaskFailure::OutputTooLarge { limit } => ApiError::backend_error(
-            format!("plugin result exceeds the {limit}-byte limit"),
-            false,
-        ),
-        TaskFailure::InvalidOutput => {
-            ApiError::backend_error("plugin returned a result that is not JSON", false)
-        }
+        TaskFailure::MemoryLimit { .. }
+        | TaskFailure::StackOverflow
+        | TaskFailure::HostLimit { .. }
+        | TaskFailure::ResourceMisuse(_)
+        | TaskFailure::Trap(_)
+        | TaskFailure::OutputTooLarge { .. }
+        | TaskFailure::InvalidOutput => ApiError::backend_error(failure.to_string(), false),
         TaskFailure::PoolExhausted => {
             ApiError::capacity_exceeded(task.qos.as_str(), RETRY_AFTER_MS)
         }
-        TaskFailure::Host => ApiError::internal("internal error while running the task"),
+        TaskFailure::Host => ApiError::internal(failure.to_string()),
         TaskFailure::Plugin {
             kind,
             message,

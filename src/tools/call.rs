@@ -48,34 +48,17 @@ fn kind_name(kind: ErrorKind) -> &'static str {
 }
 
 fn failure_json(failure: &TaskFailure) -> Value {
-    let (kind, message) = match failure {
-        TaskFailure::Plugin { kind, message, .. } => {
-            (kind_name(*kind).to_string(), message.clone())
-        }
-        TaskFailure::Timeout => (
-            "timeout".to_string(),
-            "the task did not finish within its budget".to_string(),
-        ),
-        TaskFailure::MemoryLimit { cap_mib } => (
-            "memory_limit".to_string(),
-            format!("exceeded {cap_mib} MiB"),
-        ),
-        TaskFailure::StackOverflow => (
-            "stack_overflow".to_string(),
-            "the stack overflowed".to_string(),
-        ),
-        TaskFailure::Trap(kind) => ("trap".to_string(), (*kind).to_string()),
-        TaskFailure::OutputTooLarge { limit } => (
-            "output_too_large".to_string(),
-            format!("over {limit} bytes"),
-        ),
-        TaskFailure::InvalidOutput => (
-            "invalid_output".to_string(),
-            "the result is not JSON".to_string(),
-        ),
-        TaskFailure::PoolExhausted => ("capacity".to_string(), "no instance slot free".to_string()),
-        TaskFailure::Host => ("host".to_string(), "internal error in the host".to_string()),
+    let kind = match failure {
+        TaskFailure::Plugin { kind, .. } => kind_name(*kind),
+        TaskFailure::Timeout => "timeout",
+        TaskFailure::OutputTooLarge { .. } => "output_too_large",
+        TaskFailure::InvalidOutput => "invalid_output",
+        TaskFailure::PoolExhausted => "capacity",
+        TaskFailure::Host => "host",
+        TaskFailure::Trap(_) => "trap",
+        other => other.trap_kind().unwrap_or("trap"),
     };
+    let message = failure.to_string();
     json!({"status": "error", "error": {"kind": kind, "message": message}})
 }
 

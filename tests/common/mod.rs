@@ -3,24 +3,19 @@
 //! over real sockets.
 
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use iicp_reliability::node::Launcher;
 use serde_json::Value;
 
 pub mod cx;
 pub mod fake_directory;
 pub mod registry;
-
-/// How long a node may take to start: a deadline for the condition, not a
-/// timing claim. A debug build compiling an 18 MB interpreter plugin while
-/// the other tests load both cores takes minutes.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Builds `plugins/` for wasm32-wasip2 (a no-op when up to date) and returns
 /// the directory holding the `.wasm` files.
@@ -63,46 +58,47 @@ pub fn shared_cache_dir() -> PathBuf {
 
 /// A new, empty state directory under the test binary's temp dir.
 pub fn fresh_state_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "state-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    launcher().fresh_state_dir()
 }
 
-/// Collected stderr lines of a node, with a way to wait for one.
-#[derive(Default)]
-struct LogLines {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-    /// Set when the process closed its stderr (it exited): no line will come.
-    ended: std::sync::atomic::AtomicBool,
+/// The launcher for nodes of this test binary: the binary under test, the
+/// shared artifact cache and state directories under the temp dir.
+pub fn launcher() -> Launcher {
+    Launcher {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_iicp-host")),
+        cache_dir: shared_cache_dir(),
+        state_root: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    }
 }
 
-/// A running `iicp-host` process.
-pub struct Node {
-    child: Child,
-    pub addr: String,
-    logs: Arc<LogLines>,
+/// A running `iicp-host` process (the suite's [`iicp_reliability::node::Node`])
+/// with the constructors the tests use.
+pub struct Node(iicp_reliability::node::Node);
+
+impl std::ops::Deref for Node {
+    type Target = iicp_reliability::node::Node;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Node {
     /// Starts `iicp-host run --plugin <plugin> <extra>` on a free port.
     pub fn start(plugin_path: &Path, extra: &[&str]) -> Node {
-        Self::start_with_log_filter(plugin_path, extra, "info")
+        Node(launcher().start(plugin_path, extra))
     }
 
     /// Like [`Node::start`] with `RUST_LOG` set to `filter`.
     pub fn start_with_log_filter(plugin_path: &Path, extra: &[&str], filter: &str) -> Node {
-        Self::launch(
-            &["--plugin", &plugin_path.display().to_string()],
-            extra,
-            filter,
-        )
+        let source = ["--plugin", &plugin_path.display().to_string()].map(String::from);
+        let source: Vec<&str> = source.iter().map(String::as_str).collect();
+        Node(launcher().run(&source, extra, filter, &[]))
     }
 
     /// Starts `iicp-host run --config <file> <extra>` on a free port.
@@ -112,43 +108,7 @@ impl Node {
 
     /// Like [`Node::start_config`] with extra environment variables.
     pub fn start_config_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
-        Self::launch_env(
-            &["--config", &config.display().to_string()],
-            extra,
-            "info",
-            env,
-        )
-    }
-
-    fn launch(source: &[&str], extra: &[&str], filter: &str) -> Node {
-        Self::launch_env(source, extra, filter, &[])
-    }
-
-    fn launch_env(source: &[&str], extra: &[&str], filter: &str, env: &[(&str, &str)]) -> Node {
-        let cache = shared_cache_dir();
-        let mut args: Vec<String> = vec!["run".into()];
-        args.extend(source.iter().map(|s| s.to_string()));
-        args.extend([
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--log-format".into(),
-            "json".into(),
-        ]);
-        if !extra
-            .iter()
-            .any(|a| *a == "--no-cache" || *a == "--cache-dir")
-        {
-            args.push("--cache-dir".into());
-            args.push(cache.display().to_string());
-        }
-        if !extra.contains(&"--state-dir") {
-            args.push("--state-dir".into());
-            args.push(fresh_state_dir().display().to_string());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
-        command.args(&args).envs(env.iter().copied());
-        Self::spawn_command(&mut command, filter)
+        Node(launcher().start_config(config, extra, env))
     }
 
     /// Starts `iicp-host run <source>` listening on `listen` (a fixed port,
@@ -184,157 +144,15 @@ impl Node {
     /// Starts `command` (which must exec `iicp-host` with JSON logs) and
     /// waits until it listens.
     pub fn spawn_command(command: &mut Command, log_filter: &str) -> Node {
-        let mut child = command
-            .env("RUST_LOG", log_filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn iicp-host");
-        let logs = Arc::new(LogLines::default());
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lines.lock().unwrap().push(line);
-                sink.changed.notify_all();
-            }
-            let _lines = sink.lines.lock().unwrap();
-            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
-            sink.changed.notify_all();
-        });
-        let mut node = Node {
-            child,
-            addr: String::new(),
-            logs,
-        };
-        let listening = node
-            .wait_for_log(START_TIMEOUT, |entry| message(entry) == "listening")
-            .unwrap_or_else(|| panic!("node did not start; log:\n{}", node.log_text()));
-        node.addr = listening["fields"]["addr"]
-            .as_str()
-            .expect("addr field")
-            .to_string();
-        node
-    }
-
-    /// `http://<addr><path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// `http://<admin addr><path>`, once the admin API listens.
-    pub fn admin_url(&self, path: &str) -> String {
-        let listening = self
-            .wait_for_log(START_TIMEOUT, |e| message(e) == "admin API listening")
-            .expect("admin API listening");
-        format!(
-            "http://{}{}",
-            listening["fields"]["addr"].as_str().unwrap(),
-            path
-        )
-    }
-
-    /// Every JSON log line so far.
-    pub fn log_entries(&self) -> Vec<Value> {
-        self.logs
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
-
-    /// The raw log so far.
-    pub fn log_text(&self) -> String {
-        self.logs.lines.lock().unwrap().join("\n")
-    }
-
-    /// Waits until a JSON log line satisfies `accept`; `None` after
-    /// `timeout`, or as soon as the process has exited without one.
-    pub fn wait_for_log(
-        &self,
-        timeout: Duration,
-        accept: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.logs.lines.lock().unwrap();
-        let mut seen = 0;
-        loop {
-            for line in &lines[seen..] {
-                if let Ok(entry) = serde_json::from_str::<Value>(line)
-                    && accept(&entry)
-                {
-                    return Some(entry);
-                }
-            }
-            seen = lines.len();
-            let now = Instant::now();
-            if now >= deadline || self.logs.ended.load(std::sync::atomic::Ordering::SeqCst) {
-                return None;
-            }
-            lines = self
-                .logs
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap()
-                .0;
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        Node(iicp_reliability::node::Node::spawn_command(
+            command, log_filter,
+        ))
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use iicp_reliability::node::message;
 
-/// The `fields.message` of a JSON log line.
-pub fn message(entry: &Value) -> &str {
-    entry["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// An HTTP client for tests: no proxy, short connect timeout.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("build client")
-}
-
-/// A task body.
-pub fn task(task_id: &str, intent: &str, payload: Value) -> Value {
-    serde_json::json!({ "task_id": task_id, "intent": intent, "payload": payload })
-}
+pub use iicp_reliability::traffic::{client, task};
 
 /// Posts `body` to `/v1/task`; returns status, headers and JSON body.
 pub async fn post_task(node: &Node, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {

@@ -9,20 +9,37 @@
 //! `allow_private`. Redirects are not followed (the plugin sees them and
 //! its next request is checked again). Every call is bounded by the task's
 //! deadline and the response body by a size cap, and is counted per plugin.
+//!
+//! What a task makes the host hold here is bounded too: each outgoing body
+//! buffers at most [`OUTGOING_BODY_BUFFER_BYTES`] before it is sent (and is
+//! charged that to the task's host budget when created), a request body is
+//! collected only up to what is left of the budget, and at most
+//! `max_in_flight` requests of a task are on the wire at once.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Semaphore;
+
 use http_body_util::{BodyExt, Limited};
 use prometheus::IntCounter;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::budget::HostBudget;
 use crate::metrics::PluginHttpMetrics;
 
-/// Largest request body a plugin may send.
-const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Bytes per chunk a guest may write into an outgoing body at once.
+pub const OUTGOING_BODY_CHUNK_BYTES: usize = 64 << 10;
+/// Chunks an outgoing body buffers before the guest must wait for the send.
+const OUTGOING_BODY_BUFFER_CHUNKS: usize = 1;
+/// The most an outgoing body holds on the host before it is sent: the
+/// buffered chunks plus the one wasmtime-wasi-http keeps free.
+pub const OUTGOING_BODY_BUFFER_BYTES: usize =
+    (OUTGOING_BODY_BUFFER_CHUNKS + 1) * OUTGOING_BODY_CHUNK_BYTES;
+/// Default requests of one task on the wire at once.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
 
 /// What the operator allowed for one plugin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +50,8 @@ pub struct HttpSettings {
     pub allow_private: bool,
     /// Largest response body accepted.
     pub max_response_bytes: usize,
+    /// Requests of one task on the wire at once (0: the default).
+    pub max_in_flight: u32,
 }
 
 /// Default response cap.
@@ -329,6 +348,7 @@ pub struct HttpPolicy {
     rules: Vec<AllowRule>,
     allow_private: bool,
     max_response_bytes: usize,
+    max_in_flight: u32,
     client: reqwest::Client,
     metrics: PluginHttpMetrics,
 }
@@ -374,6 +394,11 @@ impl HttpPolicy {
             } else {
                 settings.max_response_bytes
             },
+            max_in_flight: if settings.max_in_flight == 0 {
+                DEFAULT_MAX_IN_FLIGHT
+            } else {
+                settings.max_in_flight
+            },
             client,
             metrics,
         })
@@ -414,6 +439,8 @@ impl HttpPolicy {
         &self,
         request: http::Request<WasiBody>,
         deadline: Instant,
+        budget: &HostBudget,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         match self.check(request.uri()) {
             Ok(()) => {}
@@ -438,11 +465,17 @@ impl HttpPolicy {
             return Err(HttpError::HttpResponseTimeout);
         }
         let (parts, body) = request.into_parts();
-        let body = Limited::new(body, MAX_REQUEST_BYTES)
+        // The body is collected before sending, so it is host memory the
+        // task asked for: it may use what is left of the host budget.
+        let room = budget.remaining();
+        let body = Limited::new(body, room)
             .collect()
             .await
-            .map_err(|_| HttpError::HttpRequestBodySize(None))?
+            .map_err(|_| HttpError::HttpRequestBodySize(Some(room as u64)))?
             .to_bytes();
+        budget
+            .charge(body.len(), "wasi:http request body")
+            .map_err(|_| HttpError::HttpRequestBodySize(Some(room as u64)))?;
         let url = parts.uri.to_string();
         let outcome = self
             .client
@@ -469,8 +502,11 @@ impl HttpPolicy {
         let (parts, body) = response.into_parts();
         let received: IntCounter = self.metrics.response_bytes.clone();
         let cap = self.max_response_bytes;
+        // The request keeps its in-flight slot until the guest has read or
+        // dropped the response body.
         let body = Limited::new(body, cap)
             .map_frame(move |frame| {
+                let _in_flight = &slot;
                 if let Some(data) = frame.data_ref() {
                     received.inc_by(data.len() as u64);
                 }
@@ -506,16 +542,26 @@ fn map_error(error: &reqwest::Error) -> HttpError {
     }
 }
 
-/// The wasi:http hooks of one task: its plugin's policy and its deadline.
+/// The wasi:http hooks of one task: its plugin's policy, its host budget,
+/// its requests in flight and its deadline.
 pub struct TaskHttp {
     policy: Arc<HttpPolicy>,
+    budget: Arc<HostBudget>,
+    in_flight: Arc<Semaphore>,
     deadline: Instant,
 }
 
 impl TaskHttp {
-    /// Hooks for a task of a plugin with `policy`, ending at `deadline`.
-    pub fn new(policy: Arc<HttpPolicy>, deadline: Instant) -> Self {
-        Self { policy, deadline }
+    /// Hooks for a task of a plugin with `policy`, charging `budget`,
+    /// ending at `deadline`.
+    pub fn new(policy: Arc<HttpPolicy>, budget: Arc<HostBudget>, deadline: Instant) -> Self {
+        let in_flight = Arc::new(Semaphore::new(policy.max_in_flight as usize));
+        Self {
+            policy,
+            budget,
+            in_flight,
+            deadline,
+        }
     }
 
     /// Moves the deadline (reused instances serve several tasks).
@@ -525,6 +571,14 @@ impl TaskHttp {
 }
 
 impl WasiHttpHooks for TaskHttp {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        OUTGOING_BODY_BUFFER_CHUNKS
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -541,9 +595,17 @@ impl WasiHttpHooks for TaskHttp {
                 >,
             > + Send,
     > {
-        let (policy, deadline) = (self.policy.clone(), self.deadline);
+        let (policy, budget, deadline) = (self.policy.clone(), self.budget.clone(), self.deadline);
+        let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
+            let max = self.policy.max_in_flight;
+            return Box::new(async move {
+                Err(HttpError::InternalError(Some(format!(
+                    "more than {max} requests of this task in flight"
+                ))))
+            });
+        };
         Box::new(async move {
-            let response = policy.send(request, deadline).await?;
+            let response = policy.send(request, deadline, &budget, slot).await?;
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                 Box::new(async { Ok(()) });
             Ok((response, done))

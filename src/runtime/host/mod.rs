@@ -1,6 +1,8 @@
 //! Host capabilities given to plugins, one module per capability.
 
+pub mod budget;
 pub mod config;
 pub mod http;
+pub mod http_accounting;
 pub mod log;
 pub mod stdio;

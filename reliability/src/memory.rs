@@ -1,0 +1,104 @@
+//! A process's resident memory, read from `/proc/<pid>/status` and sampled
+//! in the background so a case can report before, peak and after.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often the sampler reads RSS.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Resident memory of `pid` in bytes (`VmRSS`), or 0 once it has exited.
+pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a process's RSS until stopped.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    series: Arc<Mutex<Vec<(Duration, u64)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid` every [`SAMPLE_EVERY`].
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let series = Arc::new(Mutex::new(Vec::new()));
+        let (stop_flag, samples) = (stop.clone(), series.clone());
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed(), rss_bytes(pid)));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+        });
+        Self {
+            stop,
+            series,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest RSS seen so far.
+    pub fn peak(&self) -> u64 {
+        self.series
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&(_, rss)| rss)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stops sampling; returns (time since start, RSS) samples.
+    pub fn finish(mut self) -> Vec<(Duration, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        std::mem::take(&mut self.series.lock().unwrap())
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `pid`'s RSS stops falling (three samples within 1 % of each
+/// other) or `limit` passes, and returns it: memory freed after a hostile
+/// act is returned to the kernel lazily, so "after" is read once settled.
+pub fn settled_rss(pid: u32, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    let mut last = rss_bytes(pid);
+    let mut steady = 0;
+    while Instant::now() < deadline && steady < 3 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = rss_bytes(pid);
+        if now.abs_diff(last) * 100 <= last.max(1) {
+            steady += 1;
+        } else {
+            steady = 0;
+        }
+        last = now;
+    }
+    last
+}

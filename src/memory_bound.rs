@@ -1,0 +1,236 @@
+//! The most memory a configuration lets the node hold, as a sum of named
+//! terms, and the start-up check against the machine's memory.
+//!
+//! Every task is bounded on its own (see `runtime::limits`, `runtime::host`):
+//!
+//! ```text
+//! per task = memory_mb                      linear memories + tables (one cap)
+//!          + max_output_bytes + 1 MiB       one copy of what the guest hands the host
+//!                                           in a call (wasmtime's hostcall fuel)
+//!          + host_memory_kib                wasi:http fields, strings, body buffers
+//!          + max_resources × 512 B          resource-table entries
+//!          + 10,000 × 64 B                  component resource handles
+//!          + http.max_in_flight × 512 KiB   response bodies being read
+//!          + 2 × max_output_bytes           the result and the response written from it
+//!          + 64 KiB                         log budget and partial stdio lines
+//!          + 2 MiB                          the instance's fiber stack
+//! ```
+//!
+//! and the node adds, once: `max_concurrent ×` the largest per-task figure of
+//! any plugin, what the instance pool keeps resident between tasks
+//! (`(pool memories + pool tables) × keep_resident`), the nonce cache
+//! (`nonce_cache_capacity × 64 B`), request bodies being read
+//! (`max_concurrent × max_body_bytes`), and a fixed 64 MiB for the process
+//! itself and its loaded plugins' code.
+//!
+//! At start the total is compared with the machine's memory (the smaller
+//! of `MemTotal` and the cgroup limit): a configuration that could exceed
+//! it is refused, naming the terms, unless the operator accepts the risk
+//! with `memory_overcommit`; then the node starts and, under attack at
+//! full concurrency, the kernel's OOM killer is what ends it.
+
+use std::fmt;
+
+use crate::config::NodeConfig;
+use crate::runtime::engine::PoolShape;
+use crate::runtime::host::http::DEFAULT_MAX_IN_FLIGHT;
+use crate::runtime::limits::PluginLimits;
+use crate::runtime::store::{HOST_CALL_MARGIN_BYTES, MAX_COMPONENT_HANDLES};
+
+/// Host bytes per resource-table entry, counted generously (entry, boxed
+/// value, bookkeeping).
+pub const RESOURCE_ENTRY_BYTES: u64 = 512;
+/// Bytes per live component handle.
+const HANDLE_BYTES: u64 = 64;
+/// Buffered response bytes per request in flight.
+const RESPONSE_BUFFER_BYTES: u64 = 512 << 10;
+/// Log budget and partial stdout/stderr lines.
+const LOG_BYTES: u64 = 64 << 10;
+/// A fiber stack (wasmtime's default async stack).
+const STACK_BYTES: u64 = 2 << 20;
+/// Bytes per remembered nonce (fingerprint, arrival run, map overhead).
+const NONCE_BYTES: u64 = 64;
+/// The process itself: binary, runtime, engine, plugins' compiled code.
+const PROCESS_BYTES: u64 = 64 << 20;
+
+/// A named share of the worst case, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// What it is.
+    pub name: String,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// The worst case of one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorstCase {
+    /// Its terms; the worst case is their sum.
+    pub terms: Vec<Term>,
+    /// The largest per-task figure of any plugin.
+    pub per_task: u64,
+}
+
+/// The worst case of one task of a plugin with `limits` (and `in_flight`
+/// requests on the wire at once).
+pub fn per_task(limits: &PluginLimits, in_flight: u32) -> u64 {
+    let output = limits.max_output_bytes as u64;
+    [
+        limits.memory_bytes as u64,
+        output + HOST_CALL_MARGIN_BYTES as u64,
+        limits.host_memory_bytes as u64,
+        u64::from(limits.max_resources) * RESOURCE_ENTRY_BYTES,
+        MAX_COMPONENT_HANDLES as u64 * HANDLE_BYTES,
+        u64::from(in_flight) * RESPONSE_BUFFER_BYTES,
+        2 * output,
+        LOG_BYTES,
+        STACK_BYTES,
+    ]
+    .iter()
+    .sum()
+}
+
+impl WorstCase {
+    /// The worst case of `config`.
+    pub fn of(config: &NodeConfig) -> Self {
+        let per_task = config
+            .plugins
+            .iter()
+            .map(|spec| {
+                let in_flight = match spec.source.http.max_in_flight {
+                    0 => DEFAULT_MAX_IN_FLIGHT,
+                    n => n,
+                };
+                per_task(&spec.source.limits, in_flight)
+            })
+            .max()
+            .unwrap_or(0);
+        let pool = PoolShape::of(&config.runtime.engine);
+        let slots = u64::from(config.max_concurrent);
+        let terms = vec![
+            Term {
+                name: format!("{slots} tasks × {} per task", mib(per_task)),
+                bytes: slots * per_task,
+            },
+            Term {
+                name: format!(
+                    "instance pool kept resident ({} memories + {} tables × {})",
+                    pool.memories,
+                    pool.tables,
+                    mib(pool.keep_resident as u64)
+                ),
+                bytes: u64::from(pool.memories + pool.tables) * pool.keep_resident as u64,
+            },
+            Term {
+                name: format!("nonce cache ({} nonces)", config.nonce_capacity),
+                bytes: config.nonce_capacity as u64 * NONCE_BYTES,
+            },
+            Term {
+                name: format!("request bodies being read ({slots} × max_body_bytes)"),
+                bytes: slots * config.max_body_bytes as u64,
+            },
+            Term {
+                name: "the process and its plugins' code".to_string(),
+                bytes: PROCESS_BYTES,
+            },
+        ];
+        Self { terms, per_task }
+    }
+
+    /// The sum of the terms.
+    pub fn total(&self) -> u64 {
+        self.terms.iter().map(|t| t.bytes).sum()
+    }
+}
+
+impl fmt::Display for WorstCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", mib(self.total()))?;
+        for term in &self.terms {
+            write!(f, "; {}: {}", term.name, mib(term.bytes))?;
+        }
+        Ok(())
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// The memory this process may use: the smaller of the machine's
+/// `MemTotal` and the cgroup's limit, when either can be read.
+pub fn machine_memory() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        });
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    match (total, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Refuses `config` when its worst case exceeds the machine's memory,
+/// unless the operator allowed overcommit (then it warns).
+pub fn check(config: &NodeConfig) -> Result<WorstCase, String> {
+    let worst = WorstCase::of(config);
+    let Some(available) = machine_memory() else {
+        return Ok(worst);
+    };
+    if worst.total() <= available {
+        return Ok(worst);
+    }
+    let advice = format!(
+        "the configuration could make the node hold {worst}, more than this machine's {}: \
+         lower max_concurrent, memory_mb, host_memory_kib or max_output_bytes, or set \
+         memory_overcommit = true (--memory-overcommit) to start anyway",
+        mib(available)
+    );
+    if config.memory_overcommit {
+        tracing::warn!("{advice}");
+        Ok(worst)
+    } else {
+        Err(advice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_task_is_its_memory_cap_plus_bounded_host_terms() {
+        let limits = PluginLimits::default();
+        let task = per_task(&limits, DEFAULT_MAX_IN_FLIGHT);
+        assert!(task > limits.memory_bytes as u64);
+        // 128 MiB + (4+1) + 8 + 0.5 + 0.6 + 4 + 8 + 0.06 + 2 MiB.
+        assert!(task < (160 << 20), "{task}");
+    }
+
+    #[test]
+    fn the_node_worst_case_grows_with_concurrency() {
+        let mut config = NodeConfig::with_plugin("x.wasm".into());
+        let small = WorstCase::of(&config).total();
+        config.max_concurrent *= 2;
+        config.runtime.engine.max_instances *= 2;
+        let large = WorstCase::of(&config);
+        assert!(large.total() > small + 31 * large.per_task);
+        assert!(large.to_string().contains("64 tasks"));
+    }
+}
