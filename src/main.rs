@@ -429,13 +429,16 @@ impl RunArgs {
                         as usize)
                         << 10;
             }
-            let limits = &plugin.source.limits;
+            let limits = &mut plugin.source.limits;
             if limits.default_timeout > limits.max_timeout {
-                return Err(format!(
-                    "the default task budget ({} ms) is above --max-timeout-ms ({} ms)",
-                    limits.default_timeout.as_millis(),
-                    limits.max_timeout.as_millis()
-                ));
+                if self.timeout_ms.is_some() {
+                    return Err(format!(
+                        "--timeout-ms ({} ms) is above the task budget ceiling ({} ms)",
+                        limits.default_timeout.as_millis(),
+                        limits.max_timeout.as_millis()
+                    ));
+                }
+                limits.default_timeout = limits.max_timeout;
             }
         }
         if self.node_id.is_some() {

@@ -712,11 +712,16 @@ fn limits(
         )?);
     }
     if limits.default_timeout > limits.max_timeout {
-        return Err(format!(
-            "{name}: timeout_ms ({} ms) is above max_timeout_ms ({} ms)",
-            limits.default_timeout.as_millis(),
-            limits.max_timeout.as_millis()
-        ));
+        // A ceiling below the inherited default lowers the default; one below
+        // a default set in the same table is a contradiction.
+        if section.timeout_ms.is_some() {
+            return Err(format!(
+                "{name}: timeout_ms ({} ms) is above max_timeout_ms ({} ms)",
+                limits.default_timeout.as_millis(),
+                limits.max_timeout.as_millis()
+            ));
+        }
+        limits.default_timeout = limits.max_timeout;
     }
     if let Some(reuse) = section.instance_reuse {
         limits.instance_reuse =
@@ -1019,5 +1024,38 @@ mod tests {
             unset,
             "auth.tokens.ops: environment variable IICP_TEST_UNSET_TOKEN is not set"
         );
+    }
+
+    #[test]
+    fn host_limits_are_read_checked_and_inherited() {
+        let config = parse(
+            "[node]\nmemory_overcommit = true\n[defaults]\nhost_memory_kib = 1024\nmax_resources = 256\n\
+             [[plugin]]\npath = \"a\"\nmax_timeout_ms = 2000\ninstance_idle_ms = 500\n[plugin.http]\nmax_in_flight = 2\n",
+        )
+        .unwrap();
+        let plugin = &config.plugins[0].source;
+        assert!(config.memory_overcommit);
+        assert_eq!(plugin.limits.host_memory_bytes, 1 << 20);
+        assert_eq!(plugin.limits.max_resources, 256);
+        assert_eq!(plugin.limits.max_timeout, Duration::from_secs(2));
+        assert_eq!(plugin.limits.default_timeout, Duration::from_secs(2));
+        assert_eq!(plugin.limits.instance_idle, Duration::from_millis(500));
+        assert_eq!(plugin.http.max_in_flight, 2);
+        for (text, error) in [
+            (
+                "[[plugin]]\npath = \"a\"\nmax_resources = 10\n",
+                "[[plugin]] #1: max_resources must be between 64 and 1000000, got 10",
+            ),
+            (
+                "[[plugin]]\npath = \"a\"\ntimeout_ms = 5000\nmax_timeout_ms = 1000\n",
+                "[[plugin]] #1: timeout_ms (5000 ms) is above max_timeout_ms (1000 ms)",
+            ),
+            (
+                "[defaults]\nhost_memory_kib = 1\n[[plugin]]\npath = \"a\"\n",
+                "defaults: host_memory_kib must be between 64 and 4194304, got 1",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err(), error);
+        }
     }
 }

@@ -102,12 +102,12 @@ pub async fn run(
     metrics
         .memory_worst_case
         .set(i64::try_from(worst_case.total()).unwrap_or(i64::MAX));
-    tracing::info!(worst_case = %worst_case, "memory bound");
     let (runtime, table) = plugins::load(&config, &metrics).await?;
     descriptors::fit_connection_caps(&mut config);
     let listeners = Listeners::bind(&config).await?;
     plugins::log_loaded(&table);
     ToolGate::new(config.allow_tool_execution).warn_unreachable(&table);
+    tracing::info!(worst_case = %worst_case, "memory bound");
     let reach = Reach::prepare(&mut config, &identity, &metrics)?;
     let directory = DirectoryJoin::prepare(&config, &identity, &metrics)?;
     let cx_key = identity.cx_key.take();

@@ -57,19 +57,23 @@ impl PluginOutput {
         }
     }
 
+    /// Splits `bytes` into lines; a partial line waits for its end, but never
+    /// grows past [`MAX_PENDING_BYTES`]: beyond that it is logged as it is.
     fn write_bytes(&self, bytes: &[u8]) {
         let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut rest = bytes;
-        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
-            pending.extend_from_slice(&rest[..newline]);
-            self.inner.emit(&pending);
-            pending.clear();
-            rest = &rest[newline + 1..];
-        }
-        pending.extend_from_slice(rest);
-        if pending.len() > MAX_PENDING_BYTES {
-            self.inner.emit(&pending);
-            pending.clear();
+        while !rest.is_empty() {
+            let room = MAX_PENDING_BYTES - pending.len();
+            let (piece, ends_line) = match rest.iter().take(room).position(|&b| b == b'\n') {
+                Some(newline) => (&rest[..newline], true),
+                None => (&rest[..rest.len().min(room)], false),
+            };
+            pending.extend_from_slice(piece);
+            rest = &rest[piece.len() + usize::from(ends_line)..];
+            if ends_line || pending.len() >= MAX_PENDING_BYTES {
+                self.inner.emit(&pending);
+                pending.clear();
+            }
         }
     }
 }
@@ -158,6 +162,18 @@ mod tests {
         out.write_bytes(b" line\n");
         drop(out);
         assert_eq!(log.lines_emitted(), 2);
+    }
+
+    #[test]
+    fn a_partial_line_never_holds_more_than_the_pending_limit() {
+        let log = Arc::new(TaskLog::new("p".into(), "t".into(), 100, 1 << 20));
+        let out = PluginOutput::stdout(log.clone());
+        out.write_bytes(&vec![b'x'; 3 * MAX_PENDING_BYTES + 10]);
+        assert_eq!(log.lines_emitted(), 3);
+        assert_eq!(out.inner.pending.lock().unwrap().len(), 10);
+        out.write_bytes(b"end\nnext");
+        assert_eq!(log.lines_emitted(), 4);
+        assert_eq!(out.inner.pending.lock().unwrap().as_slice(), b"next");
     }
 
     #[test]
