@@ -48,6 +48,12 @@ async fn the_host_limits_an_operator_sets_are_the_ones_enforced_and_named() {
         message,
         "plugin exceeded a host limit: resource table of 100 entries"
     );
+    let (status, message) = message_of(&node, &hoard("huge-call")).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        message,
+        "plugin exceeded a host limit: data passed to the host in one call of 5242880 bytes"
+    );
     let (status, message) = message_of(&node, &hoard("model-used")).await;
     assert_eq!(status, 502);
     assert_eq!(message, "plugin model_used exceeds the 256-byte limit");
@@ -55,7 +61,7 @@ async fn the_host_limits_an_operator_sets_are_the_ones_enforced_and_named() {
     assert_eq!((status, &body["result"]), (200, &json!({"ok": true})));
     let text = metrics(&node).await;
     assert!(
-        text.contains(r#"iicp_plugin_traps_total{kind="host_limit",plugin="hoarder"} 2"#),
+        text.contains(r#"iicp_plugin_traps_total{kind="host_limit",plugin="hoarder"} 3"#),
         "{text}"
     );
     assert!(

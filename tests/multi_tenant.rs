@@ -285,12 +285,15 @@ async fn the_admin_api_lists_drains_and_resumes_plugins() {
 }
 
 /// `versioned.toml` serving the plugin at `wasm` as "svc".
+/// A node serving one plugin as `svc`. Its worst-case memory at hundreds
+/// of slots exceeds a test machine's, which the test accepts on purpose
+/// (`memory_overcommit`): the tasks here sleep and hold no memory.
 fn svc_config(dir: &Path, wasm: &Path, max_concurrent: u32) -> PathBuf {
     write(
         dir,
         "versioned.toml",
         &format!(
-            "[node]\nmax_concurrent = {max_concurrent}\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
+            "[node]\nmax_concurrent = {max_concurrent}\nmemory_overcommit = true\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
             wasm.display()
         ),
     )

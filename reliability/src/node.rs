@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long a node may take to start (debug builds compile plugins slowly).
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to start: a debug build compiling an 18 MB
+/// interpreter plugin on a busy 2-core machine takes minutes. Only a node
+/// that never starts waits this long.
+pub const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How to start nodes: which binary, with which cache and state dirs.
 #[derive(Debug, Clone)]

@@ -327,6 +327,14 @@ fn classify_error(
     // error type; their messages are stable enough to recognise.
     let text = format!("{error:#}");
     if text.contains("fuel allocated for hostcalls has been exhausted") {
+        // Without guest frames on the stack, it was the result being handed
+        // back, not an import call.
+        if error.downcast_ref::<wasmtime::WasmBacktrace>().is_none() {
+            return TaskFailure::OutputTooLarge {
+                part: "result",
+                limit: plugin.limits.max_output_bytes,
+            };
+        }
         return TaskFailure::HostLimit(HostLimit {
             what: "data passed to the host in one call",
             value: host_call_bytes(&plugin.limits) as u64,

@@ -17,6 +17,7 @@
 //! | in-flight        | requests to `payload.url` with 1 MiB bodies, never awaited  |
 //! | random           | 1 MiB of random bytes per call (must not accumulate)        |
 //! | big-log          | 1 MiB log lines (must not accumulate)                       |
+//! | huge-call        | one 8 MiB log line: more than one host call may carry       |
 //! | model-used       | a result whose `model_used` is 4 MiB                        |
 //! | ok               | nothing: returns `{"ok":true}`                              |
 
@@ -41,6 +42,7 @@ const CLASSES: &[&str] = &[
     "in-flight",
     "random",
     "big-log",
+    "huge-call",
     "model-used",
     "ok",
 ];
@@ -154,6 +156,7 @@ fn hoard(class: &str, params: &Params) -> ! {
                 core::hint::black_box(bytes);
             }
             "big-log" => log(Level::Info, &big),
+            "huge-call" => log(Level::Info, &big.repeat(8)),
             other => panic!("no hoarding class {other}"),
         }
     }
