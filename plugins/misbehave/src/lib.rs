@@ -19,7 +19,8 @@
 //! | fail         | returns the typed error described by the payload           |
 //! | invalid-json | returns a result that is not JSON                          |
 //! | inspect      | returns every field of the task record it received         |
-//! | escape       | tries to reach env, args, files and `payload.port` on TCP  |
+//! | escape       | tries to reach env, args, files, `payload.port` on TCP,    |
+//! |              | a DNS lookup and `payload.url` over wasi:http              |
 //! | counter      | counts calls in a global: 1 on every fresh instance        |
 //! | config       | returns its config, and whether secret `payload.secret`    |
 //! |              | equals `payload.expect` (the secret itself never leaves)   |
@@ -124,6 +125,8 @@ struct Escape {
     read_file: String,
     list_root: String,
     tcp_connect: String,
+    dns_lookup: String,
+    http_request: String,
 }
 
 fn outcome<T, E: core::fmt::Display>(result: Result<T, E>) -> String {
@@ -133,13 +136,26 @@ fn outcome<T, E: core::fmt::Display>(result: Result<T, E>) -> String {
     }
 }
 
-fn escape(port: u16) -> String {
+fn escape(port: u16, url: &str) -> String {
+    let url = if url.is_empty() {
+        format!("http://127.0.0.1:{port}/")
+    } else {
+        url.to_string()
+    };
     let report = Escape {
         env_vars: std::env::vars_os().count(),
         args: std::env::args_os().count(),
         read_file: outcome(std::fs::read("/etc/passwd")),
         list_root: outcome(std::fs::read_dir("/")),
         tcp_connect: outcome(std::net::TcpStream::connect(("127.0.0.1", port))),
+        dns_lookup: outcome(std::net::ToSocketAddrs::to_socket_addrs(&(
+            "localhost",
+            port,
+        ))),
+        http_request: outcome(iicp_plugin_sdk::http::get(
+            &url,
+            std::time::Duration::from_secs(2),
+        )),
     };
     serde_json::to_string(&report).unwrap_or_default()
 }
@@ -239,7 +255,7 @@ impl Guest for Misbehave {
             }),
             "invalid-json" => output("this is not JSON".to_string()),
             "inspect" => output(inspect(&task)),
-            "escape" => output(escape(params.port)),
+            "escape" => output(escape(params.port, &params.url)),
             "config" => {
                 let values: std::collections::BTreeMap<String, String> =
                     config::get_all().into_iter().collect();

@@ -109,7 +109,7 @@ fn abuses() -> Vec<Abuse> {
             accept: |status, _| status == 200,
         },
         Abuse {
-            name: "file, env and network escape",
+            name: "file, env, socket, DNS and HTTP escape",
             case: "test:escape",
             payload: |_, _| json!({ "port": 9 }),
             expected: "200 reporting every attempt denied",
@@ -117,9 +117,15 @@ fn abuses() -> Vec<Abuse> {
                 let r = &body["result"];
                 status == 200
                     && r["env_vars"] == 0
-                    && ["read_file", "list_root", "tcp_connect"]
-                        .iter()
-                        .all(|k| r[k].as_str().is_some_and(|v| v.starts_with("denied")))
+                    && [
+                        "read_file",
+                        "list_root",
+                        "tcp_connect",
+                        "dns_lookup",
+                        "http_request",
+                    ]
+                    .iter()
+                    .all(|k| r[k].as_str().is_some_and(|v| v.starts_with("denied")))
             },
         },
     ]

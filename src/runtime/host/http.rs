@@ -13,8 +13,10 @@
 //! What a task makes the host hold here is bounded too: each outgoing body
 //! buffers at most [`OUTGOING_BODY_BUFFER_BYTES`] before it is sent (and is
 //! charged that to the task's host budget when created), a request body is
-//! collected only up to what is left of the budget, and at most
-//! `max_in_flight` requests of a task are on the wire at once.
+//! collected only up to what is left of the budget, at most `max_in_flight`
+//! requests of a task are on the wire at once, and a plugin keeps at most
+//! [`IDLE_CONNECTIONS_PER_HOST`] idle connections per destination, for
+//! [`IDLE_CONNECTION_TIMEOUT`].
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +42,10 @@ pub const OUTGOING_BODY_BUFFER_BYTES: usize =
     (OUTGOING_BODY_BUFFER_CHUNKS + 1) * OUTGOING_BODY_CHUNK_BYTES;
 /// Default requests of one task on the wire at once.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+/// Idle keep-alive connections kept per destination, per plugin.
+const IDLE_CONNECTIONS_PER_HOST: usize = 4;
+/// How long an idle keep-alive connection is kept.
+const IDLE_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What the operator allowed for one plugin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -377,8 +383,13 @@ impl HttpPolicy {
             .iter()
             .map(|p| AllowRule::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
+        // Idle keep-alive connections are file descriptors the plugin left
+        // behind: a few per destination, closed soon, so a plugin allowed a
+        // wildcard port cannot pile them up across its tasks.
         let client = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(PolicyResolver {
                 allow_private: settings.allow_private,
