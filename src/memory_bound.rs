@@ -18,10 +18,12 @@
 //!
 //! and the node adds, once: `max_concurrent ×` the largest per-task figure of
 //! any plugin, what the instance pool keeps resident between tasks
-//! (`(pool memories + pool tables) × keep_resident`), the nonce cache
-//! (`nonce_cache_capacity × 64 B`), request bodies being read
-//! (`max_concurrent × max_body_bytes`), and a fixed 64 MiB for the process
-//! itself and its loaded plugins' code.
+//! (`(pool memories + pool tables) × keep_resident`), connections
+//! (`max_connections × (max_body_bytes + read buffer)`: bodies are read
+//! before admission), the nonce cache (`nonce_cache_capacity × 64 B`), the
+//! idempotency cache and the credit-receipt queue (their byte bounds), the
+//! per-Origin limiter (`origin_limit_tracked × 320 B`), and a fixed 64 MiB
+//! for the process itself and its loaded plugins' code.
 //!
 //! At start the total is compared with the machine's memory (the smaller
 //! of `MemTotal` and the cgroup limit): a configuration that could exceed
@@ -50,6 +52,8 @@ const LOG_BYTES: u64 = 64 << 10;
 const STACK_BYTES: u64 = 2 << 20;
 /// Bytes per remembered nonce (fingerprint, arrival run, map overhead).
 const NONCE_BYTES: u64 = 64;
+/// Bytes per tracked Origin (its key, at most 256 bytes, and its window).
+const ORIGIN_BYTES: u64 = 320;
 /// The process itself: binary, runtime, engine, plugins' compiled code.
 const PROCESS_BYTES: u64 = 64 << 20;
 
@@ -122,12 +126,37 @@ impl WorstCase {
                 bytes: u64::from(pool.memories + pool.tables) * pool.keep_resident as u64,
             },
             Term {
+                name: format!(
+                    "{} connections × (max_body_bytes + read buffer)",
+                    config.edge.max_connections
+                ),
+                bytes: config.edge.max_connections as u64
+                    * (config.max_body_bytes + config.edge.buffer_bytes()) as u64,
+            },
+            Term {
                 name: format!("nonce cache ({} nonces)", config.nonce_capacity),
                 bytes: config.nonce_capacity as u64 * NONCE_BYTES,
             },
             Term {
-                name: format!("request bodies being read ({slots} × max_body_bytes)"),
-                bytes: slots * config.max_body_bytes as u64,
+                name: "idempotency cache".to_string(),
+                bytes: config
+                    .idempotency
+                    .as_ref()
+                    .map_or(0, |bounds| bounds.max_bytes as u64),
+            },
+            Term {
+                name: "credit-receipt queue".to_string(),
+                bytes: config
+                    .directory
+                    .as_ref()
+                    .map_or(0, |d| d.receipt_queue.bytes as u64),
+            },
+            Term {
+                name: format!(
+                    "per-Origin limiter ({} origins)",
+                    config.origin_limit_tracked
+                ),
+                bytes: config.origin_limit_tracked as u64 * ORIGIN_BYTES,
             },
             Term {
                 name: "the process and its plugins' code".to_string(),

@@ -107,7 +107,7 @@ impl EdgeSettings {
     /// The per-connection read buffer hyper may grow to.
     /// hyper refuses a head once it fills the buffer, so the buffer holds
     /// one byte more than the largest head.
-    fn buffer_bytes(&self) -> usize {
+    pub fn buffer_bytes(&self) -> usize {
         self.max_header_bytes
             .saturating_add(1)
             .max(BODY_BUFFER_BYTES)
