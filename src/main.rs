@@ -243,16 +243,16 @@ struct RunArgs {
     #[arg(long, env = "IICP_HOST_TIMEOUT_MS")]
     timeout_ms: Option<u64>,
     /// The longest budget a task gets, whatever its constraints.timeout_ms asks, for every plugin [default: 300000].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_TIMEOUT_MS")]
     max_timeout_ms: Option<u64>,
     /// Resource-table entries a task may hold (wasi resources: header maps,
     /// requests, streams, pollables), for every plugin [default: 1024].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MAX_RESOURCES")]
     max_resources: Option<u32>,
     /// Memory a task may make the host hold outside its own linear memory
     /// (wasi:http header maps, request strings, body buffers), in KiB, for
     /// every plugin [default: 8192].
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_HOST_MEMORY_KIB")]
     host_memory_kib: Option<u32>,
     /// Serve up to N tasks with one instance instead of a fresh instance per
     /// task, for every plugin. Faster, but a task can see memory an earlier
@@ -336,7 +336,7 @@ struct RunArgs {
     no_confidentiality: bool,
     /// Start even if the configuration's worst-case memory (see README,
     /// "Memory bounds") exceeds this machine's memory.
-    #[arg(long)]
+    #[arg(long, env = "IICP_HOST_MEMORY_OVERCOMMIT")]
     memory_overcommit: bool,
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
