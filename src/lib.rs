@@ -21,6 +21,7 @@ pub mod memory_bound;
 pub mod metrics;
 pub mod node;
 pub mod oci;
+pub mod peers;
 pub mod private_files;
 pub mod protocol;
 pub mod relay;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use iicp_host::config::reach::{RelaySettings, WorkerSettings};
+use iicp_host::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
 use iicp_host::oci::{OciLocation, OciSettings};
@@ -363,6 +363,18 @@ struct RunArgs {
     /// Refuse relay binds without a valid bind ticket.
     #[arg(long, env = "IICP_HOST_RELAY_REQUIRE_BIND_TICKET")]
     relay_require_bind_ticket: bool,
+    /// Gossip peers (POST /v1/peers) with the [peers] settings or their defaults.
+    #[arg(long, env = "IICP_HOST_PEERS")]
+    peers: bool,
+    /// A peer to gossip with first (repeatable, or comma-separated in the
+    /// variable; implies --peers).
+    #[arg(
+        long = "peer-seed",
+        value_name = "URL",
+        env = "IICP_HOST_PEER_SEED",
+        value_delimiter = ','
+    )]
+    peer_seeds: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -618,6 +630,11 @@ impl RunArgs {
                 .map_err(|e| format!("--relay-capable: {e}"))?;
         } else if tuned {
             return Err("the --relay-* limits need --relay-capable".to_string());
+        }
+        if self.peers || !self.peer_seeds.is_empty() {
+            let peers = reach.peers.get_or_insert_with(PeerSettings::default);
+            peers.seeds.extend(self.peer_seeds.iter().cloned());
+            peers.validate().map_err(|e| format!("--peers: {e}"))?;
         }
         Ok(())
     }

@@ -119,6 +119,39 @@ pub struct Metrics {
     pub body_read_timeouts: IntCounter,
     /// The relay families (both roles).
     pub relay: RelayMetrics,
+    /// The peer gossip families.
+    pub peers: PeerMetrics,
+}
+
+/// Peer gossip (`crate::peers`).
+#[derive(Clone)]
+pub struct PeerMetrics {
+    /// `iicp_peers_active`: peers in the table (ADR-014's name).
+    pub active: IntGauge,
+    /// `iicp_peer_exchanges_total{direction,result}`.
+    pub exchanges: IntCounterVec,
+    /// `iicp_peer_refusals_total{reason}`: exchanges this node refused.
+    pub refusals: IntCounterVec,
+}
+
+impl PeerMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            active: gauge(r, "iicp_peers_active", "Peers in this node's table."),
+            exchanges: counter_vec(
+                r,
+                "iicp_peer_exchanges_total",
+                "Peer exchanges, by direction (in, out) and result.",
+                &["direction", "result"],
+            ),
+            refusals: counter_vec(
+                r,
+                "iicp_peer_refusals_total",
+                "Peer exchanges this node refused, by reason.",
+                &["reason"],
+            ),
+        }
+    }
 }
 
 /// Relaying, in both roles (`crate::relay`).
@@ -706,6 +739,7 @@ impl Metrics {
                 }
             },
             relay: RelayMetrics::register(&r),
+            peers: PeerMetrics::register(&r),
             registry: r,
         }
     }

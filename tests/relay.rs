@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::{FakeDirectory, relay_bind_ticket};
-use common::{Node, client, error_of, fresh_state_dir, message, metrics, plugin, task};
+use common::{
+    Node, client, echo_config, error_of, fresh_state_dir, message, metric_value, metrics, plugin,
+    task,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -29,18 +32,7 @@ fn free_port() -> u16 {
 
 /// A relay-capable node serving echo, with `[relay_capable]` set to `table`.
 fn relay_config(table: &str) -> PathBuf {
-    let dir = fresh_state_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[plugin]]\npath = {:?}\n\n[relay_capable]\n{table}\n",
-            plugin("echo").display().to_string()
-        ),
-    )
-    .unwrap();
-    path
+    echo_config(&format!("[relay_capable]\n{table}"))
 }
 
 /// A worker serving `plugin_name` through `relay` as `worker_id`.
@@ -97,15 +89,6 @@ fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {
     let mut body = task(task_id, SLEEP, json!({"ms": ms}));
     body["constraints"] = json!({"timeout_ms": timeout_ms});
     body
-}
-
-/// The value of a metric line starting with `series`, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn wait_until<F, Fut>(what: &str, check: F)
@@ -208,25 +191,28 @@ async fn a_worker_serves_plain_and_encrypted_tasks_through_the_relay() {
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
 
     let relay_metrics = metrics(&relay).await;
-    assert_eq!(metric(&relay_metrics, "iicp_relay_sessions "), 1.0);
+    assert_eq!(metric_value(&relay_metrics, "iicp_relay_sessions "), 1.0);
     assert_eq!(
-        metric(
+        metric_value(
             &relay_metrics,
             r#"iicp_relay_tasks_total{outcome="answered"}"#
         ),
         4.0
     );
     assert!(
-        metric(
+        metric_value(
             &relay_metrics,
             r#"iicp_relay_bytes_total{direction="to_worker"}"#
         ) > 0.0
     );
-    assert_eq!(metric(&relay_metrics, "iicp_relay_held_bytes "), 0.0);
+    assert_eq!(metric_value(&relay_metrics, "iicp_relay_held_bytes "), 0.0);
     let worker_metrics = metrics(&worker).await;
-    assert_eq!(metric(&worker_metrics, "iicp_relay_worker_bound "), 1.0);
     assert_eq!(
-        metric(
+        metric_value(&worker_metrics, "iicp_relay_worker_bound "),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
             &worker_metrics,
             r#"iicp_relay_worker_tasks_total{result="answered"}"#
         ),
@@ -282,14 +268,14 @@ async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
     assert_eq!(status, 200, "{body}");
     let text = metrics(&relay).await;
     assert_eq!(
-        metric(&text, r#"iicp_relay_tasks_total{outcome="worker_gone"}"#),
+        metric_value(&text, r#"iicp_relay_tasks_total{outcome="worker_gone"}"#),
         4.0
     );
     assert_eq!(
-        metric(&text, r#"iicp_relay_binds_total{result="rebound"}"#),
+        metric_value(&text, r#"iicp_relay_binds_total{result="rebound"}"#),
         1.0
     );
-    assert_eq!(metric(&text, "iicp_relay_tasks_in_flight "), 0.0);
+    assert_eq!(metric_value(&text, "iicp_relay_tasks_in_flight "), 0.0);
     drop(second);
 }
 
@@ -330,7 +316,7 @@ async fn a_restarted_relay_gets_its_worker_back() {
     assert_eq!(chat_content(&body), "b");
     let text = metrics(&worker).await;
     assert_eq!(
-        metric(&text, "iicp_relay_worker_rebind_seconds_count "),
+        metric_value(&text, "iicp_relay_worker_rebind_seconds_count "),
         1.0
     );
 }
@@ -454,7 +440,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
         })
     };
     wait_until("the first task to queue", || async {
-        metric(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
+        metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
     })
     .await;
     let (status, _, body) = relayed(&relay, "w-a", &echo_task("over", "x")).await;
@@ -508,14 +494,14 @@ async fn relay_limits_answer_with_the_protocol_errors() {
         "result_malformed",
     ] {
         assert!(
-            metric(
+            metric_value(
                 &text,
                 &format!(r#"iicp_relay_refusals_total{{reason="{reason}"}}"#)
             ) >= 1.0,
             "no {reason} refusal counted:\n{text}"
         );
     }
-    assert_eq!(metric(&text, "iicp_relay_held_bytes "), 0.0);
+    assert_eq!(metric_value(&text, "iicp_relay_held_bytes "), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -539,7 +525,10 @@ async fn a_silent_worker_is_dropped_and_its_consumers_answered() {
         (status, error_of(&body)["code"].clone()),
         (404, json!("IICP-E030"))
     );
-    assert_eq!(metric(&metrics(&relay).await, "iicp_relay_sessions "), 0.0);
+    assert_eq!(
+        metric_value(&metrics(&relay).await, "iicp_relay_sessions "),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

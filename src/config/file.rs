@@ -23,7 +23,7 @@ use super::{
     MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
     ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
-use crate::config::reach::{RelaySettings, WorkerSettings};
+use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::valid_node_id;
 use crate::directory::lifecycle::Timing;
@@ -82,6 +82,7 @@ struct FileConfig {
     auth: Option<AuthSection>,
     relay: Option<WorkerSettings>,
     relay_capable: Option<RelaySettings>,
+    peers: Option<PeerSettings>,
     #[serde(default)]
     defaults: LimitsSection,
     #[serde(default)]
@@ -373,9 +374,16 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     if let Some(relay) = &file.relay_capable {
         relay.validate().map_err(|e| format!("relay_capable.{e}"))?;
     }
+    if let Some(peers) = &file.peers {
+        peers.validate().map_err(|e| format!("peers.{e}"))?;
+        if let Some(variable) = &peers.hmac_key_env {
+            env_secret(variable, "peers.hmac_key_env")?;
+        }
+    }
     let reach = ReachSettings {
         relay: file.relay,
         relay_capable: file.relay_capable,
+        peers: file.peers,
     };
     if reach.relay.is_some()
         && let Some(directory) = &directory
@@ -980,6 +988,28 @@ mod tests {
                 .unwrap_err()
                 .contains("relay-for endpoint")
         );
+    }
+
+    #[test]
+    fn the_peers_table_switches_gossip_on_and_is_checked() {
+        let on = parse("[peers]\nmax_peers = 8\nseeds = [\"http://peer:8080\"]\n[peers.trusted_keys]\nn-1 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[[plugin]]\npath = \"a\"\n").unwrap();
+        let peers = on.reach.peers.unwrap();
+        assert_eq!((peers.max_peers, peers.seeds.len()), (8, 1));
+        assert!(
+            parse("[[plugin]]\npath = \"a\"\n")
+                .unwrap()
+                .reach
+                .peers
+                .is_none()
+        );
+        let bad_key = "[peers.trusted_keys]\nn-1 = \"abc\"\n[[plugin]]\npath = \"a\"\n";
+        assert!(
+            parse(bad_key)
+                .unwrap_err()
+                .starts_with("peers.trusted_keys.n-1")
+        );
+        let hmac = "[peers]\nsend_hmac = true\n[[plugin]]\npath = \"a\"\n";
+        assert!(parse(hmac).unwrap_err().contains("hmac_key_env"));
     }
 
     #[test]

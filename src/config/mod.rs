@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use self::reach::{RelaySettings, WorkerSettings};
+use self::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
 use crate::oci::OciSettings;
@@ -240,6 +240,8 @@ pub struct ReachSettings {
     pub relay: Option<WorkerSettings>,
     /// The relay role (`[relay_capable]`, `--relay-capable`).
     pub relay_capable: Option<RelaySettings>,
+    /// Peer gossip (`[peers]`, `--peers`).
+    pub peers: Option<PeerSettings>,
 }
 
 /// One plugin as the operator configured it.

@@ -1,20 +1,23 @@
 //! The reach phase: how the node reaches the mesh besides its own
 //! listener — the relay worker role (serve from behind NAT), the relay role
-//! (serve as a relay) — prepared before the directory is told about the
-//! node, started with the shared state, stopped beside the drain.
+//! (serve as a relay), peer gossip — prepared before the directory is told
+//! about the node, started with the shared state, stopped beside the drain.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use tokio::sync::watch;
 
 use super::StartError;
 use super::directory_join::DirectoryJoin;
 use super::identity::Identity;
 use crate::config::NodeConfig;
-use crate::config::reach::{RelaySettings, WorkerSettings};
+use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
+use crate::directory::client::DirectoryClient;
 use crate::directory::identity::random_secret;
 use crate::metrics::Metrics;
+use crate::peers::exchange::{Peers, PeersParts};
 use crate::relay::routes::RelayRoutes;
 use crate::relay::sessions::{Relay, reap_silent_sessions};
 use crate::relay::worker::{self, TicketSource, WorkerHandle, WorkerParts};
@@ -23,6 +26,8 @@ use crate::server::state::AppState;
 /// Where the worker keeps the key that lets a restarted node take its
 /// relay session over.
 const REBIND_KEY_FILE: &str = "relay_rebind_key";
+/// Where the node keeps the seed of its Ed25519 gossip key.
+const GOSSIP_KEY_FILE: &str = "gossip_key";
 
 /// `transport_method` of a node reached through a relay (§2.2).
 const RELAYED_TRANSPORT: &str = "turn_relay";
@@ -37,6 +42,7 @@ const RELAYED_NAT_TYPE: &str = "symmetric";
 pub struct Reach {
     relay: Option<Arc<Relay>>,
     worker: Option<(WorkerSettings, String)>,
+    peers: Option<Arc<Peers>>,
 }
 
 /// Running.
@@ -44,6 +50,8 @@ pub struct Reaching {
     relay: Option<Arc<Relay>>,
     reaper: Option<tokio::task::JoinHandle<()>>,
     worker: Option<WorkerHandle>,
+    peers: Option<Arc<Peers>>,
+    gossip: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Reach {
@@ -77,8 +85,13 @@ impl Reach {
             }
             None => None,
         };
+        let peers = match &config.reach.peers {
+            Some(settings) => Some(Arc::new(peers(settings, config, identity, metrics)?)),
+            None => None,
+        };
         if let Some(directory) = &mut config.directory {
             directory.reach.relay_capable = relay.is_some();
+            directory.reach.gossip_public_key = peers.as_ref().map(|p| p.public_key_hex());
             if let Some((settings, _)) = &worker {
                 directory.endpoint = Some(settings.relay_for_endpoint(&identity.node_id));
                 directory.reach.relayed_by = Some(settings.base_url().to_string());
@@ -91,7 +104,11 @@ impl Reach {
                     .get_or_insert_with(|| RELAYED_NAT_TYPE.to_string());
             }
         }
-        Ok(Self { relay, worker })
+        Ok(Self {
+            relay,
+            worker,
+            peers,
+        })
     }
 
     /// Starts the roles: the relay's reaper, the worker's pulls.
@@ -128,27 +145,84 @@ impl Reach {
             ),
             None => None,
         };
+        let gossip = self.peers.as_ref().map(|peers| {
+            let (stop, stopped) = watch::channel(false);
+            (stop, tokio::spawn(peers.clone().gossip(stopped)))
+        });
         Ok(Reaching {
             relay: self.relay,
             reaper,
             worker,
+            peers: self.peers,
+            gossip,
         })
     }
+}
+
+/// Peer gossip for this node: its Ed25519 key from the state directory,
+/// the mesh's HMAC key from the environment, the directory for keys.
+fn peers(
+    settings: &PeerSettings,
+    config: &NodeConfig,
+    identity: &Identity,
+    metrics: &Arc<Metrics>,
+) -> Result<Peers, StartError> {
+    let seed = match &identity.state_dir {
+        Some(state) => state
+            .secret(GOSSIP_KEY_FILE)
+            .map_err(|e| StartError::Config(format!("cannot store the gossip key: {e}")))?,
+        None => random_secret(),
+    };
+    let signing_seed: [u8; 32] = hex::decode(seed)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StartError::Config("the stored gossip key is damaged".into()))?;
+    let hmac_key = match &settings.hmac_key_env {
+        Some(variable) => Some(std::env::var(variable).map_err(|_| {
+            StartError::Config(format!("peers.hmac_key_env: {variable} is not set"))
+        })?),
+        None => None,
+    };
+    let directory = config
+        .directory
+        .as_ref()
+        .map(|d| DirectoryClient::new(&d.url, d.timeout))
+        .transpose()
+        .map_err(StartError::Config)?;
+    Peers::new(PeersParts {
+        node_id: identity.node_id.clone(),
+        endpoint: config.directory.as_ref().and_then(|d| d.endpoint.clone()),
+        region: config.region.clone(),
+        settings: settings.clone(),
+        signing_seed,
+        hmac_key,
+        directory,
+        metrics: metrics.peers.clone(),
+        allow_private: settings.allow_private_endpoints,
+        body_read_timeout: config.edge.body_read_timeout,
+    })
+    .map_err(StartError::Config)
 }
 
 impl Reaching {
     /// Routes the roles add to the node's router, with the node's body
     /// bounds.
     pub fn routes(&self, config: &NodeConfig) -> Router<Arc<AppState>> {
-        match &self.relay {
-            Some(relay) => RelayRoutes::new(
-                relay.clone(),
-                config.max_body_bytes,
-                config.edge.body_read_timeout,
-            )
-            .router(),
-            None => Router::new(),
+        let mut routes = Router::new();
+        if let Some(relay) = &self.relay {
+            routes = routes.merge(
+                RelayRoutes::new(
+                    relay.clone(),
+                    config.max_body_bytes,
+                    config.edge.body_read_timeout,
+                )
+                .router(),
+            );
         }
+        if let Some(peers) = &self.peers {
+            routes = routes.merge(peers.clone().router());
+        }
+        routes
     }
 
     /// At shutdown: the relay ends its sessions (their consumers are
@@ -160,6 +234,10 @@ impl Reaching {
         }
         if let Some(reaper) = self.reaper {
             reaper.abort();
+        }
+        if let Some((stop, gossip)) = self.gossip {
+            let _ = stop.send(true);
+            let _ = gossip.await;
         }
         if let Some(worker) = self.worker {
             worker.stop().await;

@@ -338,6 +338,24 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "IICP-E001", message)
     }
 
+    /// 403 `forbidden`: the credentials are understood and not good enough
+    /// (e.g. a gossip signature that does not verify).
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 429 `rate_limited`, retryable after `retry_after_ms`.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, retry_after_ms: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            .retry_later(retry_after_ms)
+    }
+
+    /// 401 `IICP-E012`: an HMAC-signed `/v1/peers` exchange is refused (the
+    /// reference SDK's code).
+    pub fn peers_hmac_refused(message: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "IICP-E012", message)
+    }
+
     /// Retryable, after `retry_after_ms` (also sent as `Retry-After`).
     fn retry_later(mut self, retry_after_ms: u64) -> Self {
         self.retry_after_ms = Some(retry_after_ms);

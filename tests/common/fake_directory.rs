@@ -40,6 +40,8 @@ pub struct NodeRecord {
     pub endpoint: String,
     pub challenge: Option<String>,
     pub operator_key: Option<String>,
+    /// The Ed25519 gossip key sent at REGISTER (`gossip_public_key`).
+    pub gossip_key: Option<String>,
 }
 
 /// A fixed answer that replaces a route's behaviour.
@@ -292,6 +294,7 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
         endpoint: endpoint.to_string(),
         challenge: None,
         operator_key,
+        gossip_key: body["gossip_public_key"].as_str().map(str::to_string),
     };
     state.registrations += 1;
     state.nodes.insert(node_id.to_string(), record.clone());
@@ -522,6 +525,26 @@ pub fn relay_bind_ticket(
     format!("{payload}.{}", hex::encode(signature.to_bytes()))
 }
 
+/// `GET /v1/node/{id}`: node detail with the gossip key as `public_key`.
+async fn node_detail(
+    State(state): State<Shared>,
+    axum::extract::Path(node_id): axum::extract::Path<String>,
+) -> Response {
+    let state = state.lock().unwrap();
+    match state.nodes.get(&node_id) {
+        Some(node) => ok(
+            StatusCode::OK,
+            json!({
+                "node_id": node_id,
+                "endpoint": node.endpoint,
+                "region": "test",
+                "public_key": node.gossip_key,
+            }),
+        ),
+        None => error(StatusCode::NOT_FOUND, "not_found", "Node not found"),
+    }
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/directory-key", axum::routing::get(directory_key))
@@ -529,6 +552,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/credits/award", post(award))
         .route("/v1/relay/ticket", post(relay_ticket))
+        .route("/v1/node/{node_id}", axum::routing::get(node_detail))
         .with_state(state)
 }
 

@@ -194,6 +194,27 @@ pub async fn metrics(node: &Node) -> String {
         .expect("metrics text")
 }
 
+/// A configuration file serving the echo plugin, followed by `extra`
+/// (TOML tables), in a fresh directory.
+pub fn echo_config(extra: &str) -> PathBuf {
+    let dir = fresh_state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    let echo = plugin("echo").display().to_string();
+    std::fs::write(&path, format!("[[plugin]]\npath = {echo:?}\n\n{extra}\n")).unwrap();
+    path
+}
+
+/// The value of the first metric line starting with `series` (name and
+/// labels, or name and a space), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Asserts the protocol error envelope and returns `error`.
 pub fn error_of(body: &Value) -> &Value {
     let error = &body["error"];

@@ -1,0 +1,554 @@
+//! Answering and starting peer exchanges.
+//!
+//! Answering (`POST /v1/peers`), cheapest checks first: size, signature
+//! form, body shape and (Ed25519) freshness; then the signature — against a
+//! configured key, a key the directory served (`GET /v1/node/{id}`, at most
+//! `key_lookups_per_minute`), or the shared HMAC key; then the replay table;
+//! then one exchange per sender per `min_sender_interval_ms`. Codes: the
+//! spec's for the Ed25519 form (401 `unauthorized`, 403 `forbidden`, 409
+//! `conflict`, 422 `validation_error`, 429 `rate_limited`), the reference's
+//! 401 `IICP-E012` for the HMAC form.
+//!
+//! Starting: every `gossip_interval_ms`, one exchange with the peer
+//! contacted least recently (the seeds and the directory's bootstrap list
+//! while the table is empty), signed, bounded in time and size, never to a
+//! private address unless allowed, never carrying a credential.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ed25519_dalek::SigningKey;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::signature::{
+    Form, SpendRefusal, SpentSignatures, form_of, parse_public_key, sign_ed25519, sign_hmac,
+    verify_ed25519, verify_hmac,
+};
+use super::table::{Peer, PeerTable};
+use crate::clock::now_unix_ms;
+use crate::config::reach::PeerSettings;
+use crate::directory::client::DirectoryClient;
+use crate::directory::identity::valid_node_id;
+use crate::directory::receipts::rfc3339;
+use crate::metrics::PeerMetrics;
+use crate::protocol::{ApiError, json_response};
+use crate::runtime::host::http::is_public;
+use crate::server::body::read_limited;
+
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "x-iicp-signature";
+/// Clock skew accepted on `timestamp_ms` (the spec's ±60 s).
+const MAX_SKEW_MS: u64 = 60_000;
+/// Peers one answer lists at most (the spec's SHOULD).
+const MAX_ANSWERED: usize = 20;
+/// Entries one exchange may carry.
+const MAX_LISTED: usize = 4096;
+/// Bound on each outgoing call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything [`Peers::new`] needs.
+pub struct PeersParts {
+    /// This node's id.
+    pub node_id: String,
+    /// Its advertised endpoint (its own entry in HMAC-form gossip).
+    pub endpoint: Option<String>,
+    /// Its region.
+    pub region: String,
+    /// Settings.
+    pub settings: PeerSettings,
+    /// The seed of its Ed25519 gossip key.
+    pub signing_seed: [u8; 32],
+    /// The mesh's shared HMAC key, if configured.
+    pub hmac_key: Option<String>,
+    /// The directory, for gossip keys and bootstrap peers.
+    pub directory: Option<DirectoryClient>,
+    /// Metrics.
+    pub metrics: PeerMetrics,
+    /// Gossip to private and loopback addresses too (local meshes, tests).
+    pub allow_private: bool,
+    /// Deadline for reading an exchange's body (the node's, 408 beyond).
+    pub body_read_timeout: Duration,
+}
+
+/// Peer gossip state.
+pub struct Peers {
+    parts: PeersParts,
+    signing: SigningKey,
+    table: PeerTable,
+    spent: SpentSignatures,
+    senders: Mutex<HashMap<String, u64>>,
+    lookups: Mutex<(u64, u32)>,
+    http: reqwest::Client,
+}
+
+/// Why an exchange was refused: the error and its metric label.
+struct Refusal(ApiError, &'static str);
+
+#[derive(Deserialize)]
+struct SignedExchange {
+    sender_id: String,
+    known_peers: Vec<String>,
+    timestamp_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct HmacExchange {
+    known_peers: Vec<Value>,
+}
+
+impl Peers {
+    /// Gossip for `parts`; configured keys are trusted from the start.
+    pub fn new(parts: PeersParts) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("iicp-host/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the gossip client: {e}"))?;
+        let settings = &parts.settings;
+        let table = PeerTable::new(&parts.node_id, settings.max_peers as usize);
+        for (node_id, key) in &settings.trusted_keys {
+            let key = parse_public_key(key).ok_or(format!("peers.trusted_keys.{node_id}"))?;
+            table.set_key(node_id, key);
+        }
+        Ok(Self {
+            signing: SigningKey::from_bytes(&parts.signing_seed),
+            spent: SpentSignatures::new(settings.max_signatures as usize),
+            senders: Mutex::new(HashMap::new()),
+            lookups: Mutex::new((0, 0)),
+            table,
+            http,
+            parts,
+        })
+    }
+
+    /// This node's gossip public key, hex (advertised at REGISTER).
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Peers in the table.
+    pub fn known(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The `POST /v1/peers` route.
+    pub fn router<S: Clone + Send + Sync + 'static>(self: Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/v1/peers", post(answer_exchange))
+            .with_state(self)
+    }
+
+    fn refused(&self, refusal: Refusal) -> Response {
+        self.parts
+            .metrics
+            .refusals
+            .with_label_values(&[refusal.1])
+            .inc();
+        refusal.0.into_response()
+    }
+
+    fn count(&self, direction: &str, result: &str) {
+        self.parts
+            .metrics
+            .exchanges
+            .with_label_values(&[direction, result])
+            .inc();
+        self.parts.metrics.active.set(self.table.len() as i64);
+    }
+
+    /// Answers one exchange.
+    async fn answer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or_default();
+        match form_of(signature) {
+            Some(Form::Ed25519) => self.answer_signed(body, signature).await,
+            Some(Form::Hmac) => self.answer_hmac(body, signature),
+            None => Err(Refusal(
+                ApiError::unauthorized("X-IICP-Signature is missing or malformed"),
+                "unsigned",
+            )),
+        }
+    }
+
+    async fn answer_signed(&self, body: &[u8], signature: &str) -> Result<Value, Refusal> {
+        let exchange: SignedExchange = serde_json::from_slice(body).map_err(|_| {
+            Refusal(
+                ApiError::validation("sender_id, known_peers and timestamp_ms are required"),
+                "malformed",
+            )
+        })?;
+        let now = now_unix_ms();
+        if !valid_node_id(&exchange.sender_id) || exchange.known_peers.len() > MAX_LISTED {
+            return Err(Refusal(
+                ApiError::validation("sender_id or known_peers is not acceptable"),
+                "malformed",
+            ));
+        }
+        if exchange.timestamp_ms.abs_diff(now) > MAX_SKEW_MS {
+            return Err(Refusal(
+                ApiError::validation("timestamp_ms is more than 60 s from this node's clock"),
+                "stale",
+            ));
+        }
+        let Some(key) = self.gossip_key(&exchange.sender_id).await else {
+            return Err(Refusal(
+                ApiError::forbidden("the sender's gossip key is unknown"),
+                "unknown_key",
+            ));
+        };
+        if !verify_ed25519(&key, body, signature) {
+            return Err(Refusal(
+                ApiError::forbidden("the Ed25519 gossip signature does not verify"),
+                "bad_signature",
+            ));
+        }
+        self.spend(signature, now)?;
+        self.pace(&exchange.sender_id, now)?;
+        let mut except: Vec<&str> = exchange.known_peers.iter().map(String::as_str).collect();
+        except.push(&exchange.sender_id);
+        let new_peers: Vec<Value> = self
+            .table
+            .fresh(&except, MAX_ANSWERED)
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "node_id": p.node_id,
+                    "endpoint": p.endpoint,
+                    "region": p.region,
+                    "last_seen_ms": p.last_seen_ms,
+                })
+            })
+            .collect();
+        Ok(json!({ "new_peers": new_peers, "receiver_id": self.parts.node_id }))
+    }
+
+    fn answer_hmac(&self, body: &[u8], signature: &str) -> Result<Value, Refusal> {
+        let Some(key) = &self.parts.hmac_key else {
+            return Err(Refusal(
+                ApiError::peers_hmac_refused("this node accepts no HMAC-signed gossip"),
+                "hmac_off",
+            ));
+        };
+        if !verify_hmac(key, body, signature) {
+            return Err(Refusal(
+                ApiError::peers_hmac_refused("invalid_signature"),
+                "bad_signature",
+            ));
+        }
+        let exchange: HmacExchange = serde_json::from_slice(body).map_err(|_| {
+            Refusal(
+                ApiError::peers_hmac_refused("malformed_exchange"),
+                "malformed",
+            )
+        })?;
+        if exchange.known_peers.len() > MAX_LISTED {
+            return Err(Refusal(
+                ApiError::peers_hmac_refused("malformed_exchange"),
+                "malformed",
+            ));
+        }
+        let now = now_unix_ms();
+        self.spend(signature, now)?;
+        for listed in &exchange.known_peers {
+            if let Some(peer) = listed_peer(listed, now) {
+                self.table.merge(peer);
+            }
+        }
+        let peers: Vec<Value> = self
+            .table
+            .fresh(&[], MAX_ANSWERED)
+            .into_iter()
+            .map(|p| {
+                let seen = std::time::UNIX_EPOCH + Duration::from_millis(p.last_seen_ms);
+                json!({
+                    "node_id": p.node_id,
+                    "endpoint": p.endpoint,
+                    "region": p.region,
+                    "last_seen": rfc3339(seen),
+                })
+            })
+            .collect();
+        Ok(json!({ "peers": peers }))
+    }
+
+    fn spend(&self, signature: &str, now: u64) -> Result<(), Refusal> {
+        self.spent
+            .spend(signature, now)
+            .map_err(|refusal| match refusal {
+                SpendRefusal::Replayed => Refusal(
+                    ApiError::conflict("this signature was used within the last 5 minutes"),
+                    "replayed",
+                ),
+                SpendRefusal::Full => Refusal(
+                    ApiError::unavailable("the replay table is full; retry later", 60_000),
+                    "replay_table_full",
+                ),
+            })
+    }
+
+    /// One exchange per sender per interval; a bounded map of senders.
+    fn pace(&self, sender: &str, now: u64) -> Result<(), Refusal> {
+        let interval = self.parts.settings.min_sender_interval_ms;
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = senders.get(sender)
+            && now.saturating_sub(*last) < interval
+        {
+            return Err(Refusal(
+                ApiError::rate_limited("one exchange per sender per interval", interval),
+                "rate_limited",
+            ));
+        }
+        if senders.len() >= 2 * self.parts.settings.max_peers as usize {
+            senders.retain(|_, last| now.saturating_sub(*last) < interval);
+        }
+        senders.insert(sender.to_string(), now);
+        Ok(())
+    }
+
+    /// The sender's trusted key: configured, learned from the directory
+    /// before, or asked of the directory now (rate-bounded).
+    async fn gossip_key(&self, node_id: &str) -> Option<[u8; 32]> {
+        if let Some(key) = self.table.key(node_id) {
+            return Some(key);
+        }
+        let directory = self.parts.directory.as_ref()?;
+        {
+            let now = now_unix_ms();
+            let mut lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            if now.saturating_sub(lookups.0) >= 60_000 {
+                *lookups = (now, 0);
+            }
+            if lookups.1 >= self.parts.settings.key_lookups_per_minute {
+                return None;
+            }
+            lookups.1 += 1;
+        }
+        let detail = directory.get(&format!("node/{node_id}")).await.ok()?;
+        let key = detail.get("public_key").and_then(Value::as_str)?;
+        let key = parse_public_key(key)?;
+        self.table.set_key(node_id, key);
+        if let Some(peer) = detail
+            .get("endpoint")
+            .and_then(Value::as_str)
+            .and_then(|endpoint| {
+                let region = detail.get("region").and_then(Value::as_str).unwrap_or("");
+                Peer::checked(node_id, endpoint, region, now_unix_ms())
+            })
+        {
+            self.table.merge(peer);
+        }
+        Some(key)
+    }
+
+    /// Gossips every `gossip_interval_ms` until `stop`.
+    pub async fn gossip(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.parts.settings.gossip_interval_ms);
+        loop {
+            self.gossip_round().await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    }
+
+    async fn gossip_round(&self) {
+        if let Some(peer) = self.table.next_to_contact() {
+            self.exchange_with(&peer.endpoint).await;
+            return;
+        }
+        self.bootstrap().await;
+        for seed in &self.parts.settings.seeds {
+            self.exchange_with(seed.trim_end_matches('/')).await;
+        }
+    }
+
+    /// Peers from the directory's `GET /v1/bootstrap` (no keys: those only
+    /// ever come from node detail).
+    async fn bootstrap(&self) {
+        let Some(directory) = &self.parts.directory else {
+            return;
+        };
+        let Ok(answer) = directory.get("bootstrap?limit=5").await else {
+            return;
+        };
+        for listed in answer
+            .get("peers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .take(50)
+        {
+            if let Some(peer) = listed_peer(listed, now_unix_ms()) {
+                self.table.merge(peer);
+            }
+        }
+    }
+
+    /// One exchange with the node at `endpoint`.
+    async fn exchange_with(&self, endpoint: &str) {
+        if !self.parts.allow_private && !resolves_public(endpoint).await {
+            self.count("out", "private_address");
+            return;
+        }
+        let (body, signature) = self.signed_body();
+        let sent = self
+            .http
+            .post(format!("{endpoint}/v1/peers"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await;
+        let Ok(response) = sent else {
+            return self.count("out", "unreachable");
+        };
+        if !response.status().is_success() {
+            return self.count("out", "refused");
+        }
+        let Ok(answer) = read_json(response, self.parts.settings.max_body_bytes).await else {
+            return self.count("out", "bad_answer");
+        };
+        let now = now_unix_ms();
+        let listed = answer
+            .get("new_peers")
+            .or_else(|| answer.get("peers"))
+            .and_then(Value::as_array);
+        for entry in listed.into_iter().flatten().take(MAX_LISTED) {
+            if let Some(peer) = listed_peer(entry, now) {
+                self.table.merge(peer);
+            }
+        }
+        if let Some(receiver) = answer.get("receiver_id").and_then(Value::as_str)
+            && let Some(peer) = Peer::checked(receiver, endpoint, "", now)
+        {
+            self.table.merge(peer);
+        }
+        self.count("out", "ok");
+    }
+
+    /// The outgoing body and its signature, in the configured form.
+    fn signed_body(&self) -> (Vec<u8>, String) {
+        let parts = &self.parts;
+        match (&parts.hmac_key, parts.settings.send_hmac) {
+            (Some(key), true) => {
+                let mut known: Vec<Value> = self
+                    .table
+                    .fresh(&[], MAX_LISTED)
+                    .into_iter()
+                    .map(|p| json!({"node_id": p.node_id, "endpoint": p.endpoint, "region": p.region}))
+                    .collect();
+                if let Some(endpoint) = &parts.endpoint {
+                    known.push(json!({
+                        "node_id": parts.node_id,
+                        "endpoint": endpoint,
+                        "region": parts.region,
+                    }));
+                }
+                let body = json!({ "known_peers": known }).to_string().into_bytes();
+                let signature = sign_hmac(key, &body);
+                (body, signature)
+            }
+            _ => {
+                let body = json!({
+                    "sender_id": parts.node_id,
+                    "known_peers": self.table.fresh_ids(),
+                    "timestamp_ms": now_unix_ms(),
+                    "ttl_s": super::table::LIVENESS_MS / 1000,
+                })
+                .to_string()
+                .into_bytes();
+                let signature = sign_ed25519(&self.signing, &body);
+                (body, signature)
+            }
+        }
+    }
+}
+
+async fn answer_exchange(
+    State(peers): State<Arc<Peers>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = peers.parts.settings.max_body_bytes;
+    let deadline = peers.parts.body_read_timeout;
+    let body = match tokio::time::timeout(deadline, read_limited(body, &headers, limit)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return peers.refused(Refusal(error, "too_large")),
+        Err(_) => {
+            let error = ApiError::request_timeout(crate::clock::whole_ms(deadline));
+            return peers.refused(Refusal(error, "slow_body"));
+        }
+    };
+    match peers.answer(&headers, &body).await {
+        Ok(answer) => {
+            peers.count("in", "ok");
+            json_response(StatusCode::OK, &answer)
+        }
+        Err(refusal) => peers.refused(refusal),
+    }
+}
+
+/// A peer entry as gossip lists it, if acceptable. `last_seen_ms` (ours,
+/// the spec's) is taken when present, else the entry counts as seen now —
+/// the reference SDK refreshes merged peers the same way.
+fn listed_peer(entry: &Value, now: u64) -> Option<Peer> {
+    let text = |key: &str| entry.get(key).and_then(Value::as_str);
+    let seen = entry
+        .get("last_seen_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(now);
+    Peer::checked(
+        text("node_id")?,
+        text("endpoint")?,
+        text("region").unwrap_or(""),
+        seen,
+    )
+}
+
+/// Whether every address `endpoint`'s host resolves to is public.
+async fn resolves_public(endpoint: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return is_public(ip);
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|a| is_public(a.ip()))
+        }
+        Err(_) => false,
+    }
+}
+
+async fn read_json(mut response: reqwest::Response, limit: usize) -> Result<Value, ()> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| ())? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&bytes).map_err(|_| ())
+}
