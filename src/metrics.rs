@@ -165,6 +165,8 @@ pub struct RelayMetrics {
     pub tasks_in_flight: IntGauge,
     /// `iicp_relay_held_bytes`: task bytes held for workers.
     pub held_bytes: IntGauge,
+    /// `iicp_relay_result_bytes`: result bytes reserved for results being read.
+    pub result_bytes: IntGauge,
     /// `iicp_relay_bytes_total{direction}`: to_worker, to_consumer.
     pub bytes: IntCounterVec,
     /// `iicp_relay_tasks_total{outcome}`: answered, timeout, worker_gone.
@@ -201,6 +203,11 @@ impl RelayMetrics {
                 r,
                 "iicp_relay_held_bytes",
                 "Bytes of relayed tasks held for workers.",
+            ),
+            result_bytes: gauge(
+                r,
+                "iicp_relay_result_bytes",
+                "Bytes reserved for workers' results being read.",
             ),
             bytes: counter_vec(
                 r,

@@ -18,6 +18,7 @@ use common::{
     task,
 };
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(30);
 const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
@@ -470,6 +471,31 @@ async fn relay_limits_answer_with_the_protocol_errors() {
     let huge = json!({"call_id": call["call_id"], "result": {"pad": "x".repeat(4096)}});
     assert_eq!(first.post("/v1/relay/result", &huge).await.0, 413);
     let answer = json!({"call_id": call["call_id"], "result": {"result": {"text": "from a reference worker"}}});
+    // Results being read are bounded per worker (here one at a time, as it
+    // holds one task): a post that trickles keeps its reservation, a second
+    // one is refused, and the reservation returns when the first goes away.
+    let mut slow = tokio::net::TcpStream::connect(&relay.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/relay/result HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"call_id\":",
+        first.token
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let reserved = || async { metric_value(&metrics(&relay).await, "iicp_relay_result_bytes ") };
+    wait_until("the trickled result's reservation", || async {
+        reserved().await == 1000.0
+    })
+    .await;
+    let (status, body) = first.post("/v1/relay/result", &answer).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (503, json!("IICP-E039"))
+    );
+    drop(slow);
+    wait_until("the reservation to return", || async {
+        reserved().await == 0.0
+    })
+    .await;
     assert_eq!(first.post("/v1/relay/result", &answer).await.0, 204);
     let response = consumer.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
@@ -492,6 +518,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
         "queue_full",
         "late_result",
         "result_malformed",
+        "result_reads",
     ] {
         assert!(
             metric_value(

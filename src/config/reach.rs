@@ -103,10 +103,13 @@ pub struct RelaySettings {
     /// Source addresses whose bind windows are remembered at once.
     pub bind_rate_sources: u32,
     /// Tasks waiting for or held by one worker; more get 429 `IICP-E021`.
+    /// Also the results one worker may have being read at once.
     pub max_tasks_per_session: u32,
-    /// Bytes of task bodies waiting for or held by one worker.
+    /// Bytes of task bodies waiting for or held by one worker; separately,
+    /// bytes of its results being read.
     pub max_bytes_per_session: usize,
-    /// Bytes of task bodies held for all workers together.
+    /// Bytes of task bodies held for all workers together; separately,
+    /// bytes of all their results being read.
     pub max_bytes_total: usize,
     /// Long polls one worker may hold open at once.
     pub max_pulls_per_session: u32,

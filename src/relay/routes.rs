@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::sessions::{Answer, BindRefusal, CallSpec, QueueRefusal, Relay, Session};
+use super::sessions::{Answer, BindRefusal, CallSpec, QueueRefusal, Relay, ResultRefusal, Session};
 use super::wire::{
     BindAnswer, BindRequest, FORWARDED_REQUEST_HEADERS, FORWARDED_RESPONSE_HEADERS, MAX_BIND_BYTES,
     ResultPost, header_map, pick_headers,
@@ -223,10 +223,31 @@ async fn result(State(routes): State<RelayRoutes>, headers: HeaderMap, body: Bod
         return routes.unknown_session();
     };
     let relay = &routes.relay;
-    let body = match routes
-        .read(body, &headers, relay.settings.max_result_bytes)
-        .await
-    {
+    let limit = relay.settings.max_result_bytes;
+    // Reserved before a byte is read: the declared length, or the largest
+    // result when none is declared (a longer body is refused while read).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(limit, |len| len.min(limit));
+    let _reserved = match relay.reserve_result(&session, declared) {
+        Ok(reserved) => reserved,
+        Err(refusal) => {
+            let (label, message) = match refusal {
+                ResultRefusal::TooManyReads => (
+                    "result_reads",
+                    "too many results being posted at once for this relay session",
+                ),
+                ResultRefusal::BytesFull => (
+                    "result_bytes",
+                    "the relay's budget for results being read is used up",
+                ),
+            };
+            return routes.refuse(label, ApiError::relay_at_capacity(message, RETRY_AFTER_MS));
+        }
+    };
+    let body = match routes.read(body, &headers, limit).await {
         Ok(body) => body,
         Err(error) => return routes.refuse("result_malformed", error),
     };

@@ -11,6 +11,15 @@
 //! timeout answer), or with `IICP-E031` the moment the worker's session
 //! ends (unbind, takeover by a restarted worker, liveness expiry, shutdown).
 //!
+//! A worker's result is bounded the same way while it is read: before its
+//! body is read, the result's declared length (or `max_result_bytes` when it
+//! declares none) is reserved against the session's and the relay's byte
+//! budgets for results, and the session may have at most
+//! `max_tasks_per_session` results being read at once (it cannot hold more
+//! tasks than that to answer). A hostile worker posting many large results
+//! at once therefore makes the relay hold at most `max_bytes_per_session`,
+//! and all workers together `max_bytes_total`, of result bodies.
+//!
 //! A session is alive while its worker holds a pull open or pulled within
 //! the liveness window; a reaper ends dead sessions, so nothing a vanished
 //! worker held outlives the window. Session tokens are 256-bit random
@@ -98,6 +107,19 @@ impl Drop for HeldBytes {
     }
 }
 
+/// Result bytes (and one result read) reserved for a worker's result post
+/// while it is read; returned on drop.
+pub struct ResultReservation {
+    _bytes: HeldBytes,
+    reads: Arc<AtomicU32>,
+}
+
+impl Drop for ResultReservation {
+    fn drop(&mut self) {
+        self.reads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A consumer's task as the relay received it.
 pub struct CallSpec {
     /// Names the answer (unique per relay).
@@ -171,6 +193,8 @@ pub struct Session {
     rebind_digest: Option<[u8; 32]>,
     held: Mutex<Held>,
     held_bytes: Arc<AtomicUsize>,
+    result_bytes: Arc<AtomicUsize>,
+    result_reads: Arc<AtomicU32>,
     wake: Notify,
     pulls: AtomicU32,
     /// When the last pull ended, ms since the Unix epoch.
@@ -382,6 +406,15 @@ pub enum QueueRefusal {
     Ended,
 }
 
+/// Why a result cannot be read now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultRefusal {
+    /// The worker has `max_tasks_per_session` results being read already.
+    TooManyReads,
+    /// The worker's or the relay's result byte budget is used up.
+    BytesFull,
+}
+
 #[derive(Default)]
 struct Table {
     by_worker: HashMap<String, Arc<Session>>,
@@ -394,6 +427,7 @@ pub struct Relay {
     pub settings: RelaySettings,
     table: Mutex<Table>,
     held_bytes: Arc<AtomicUsize>,
+    result_bytes: Arc<AtomicUsize>,
     binds: BindLimiter,
     tickets: Option<TicketVerifier>,
     stopping: AtomicBool,
@@ -425,6 +459,7 @@ impl Relay {
             settings,
             table: Mutex::new(Table::default()),
             held_bytes: Arc::new(AtomicUsize::new(0)),
+            result_bytes: Arc::new(AtomicUsize::new(0)),
             tickets,
             stopping: AtomicBool::new(false),
             metrics,
@@ -501,6 +536,8 @@ impl Relay {
             rebind_digest: request.rebind_key.as_deref().map(digest),
             held: Mutex::new(Held::default()),
             held_bytes: Arc::new(AtomicUsize::new(0)),
+            result_bytes: Arc::new(AtomicUsize::new(0)),
+            result_reads: Arc::new(AtomicU32::new(0)),
             wake: Notify::new(),
             pulls: AtomicU32::new(0),
             last_pull_ms: now_unix_ms().into(),
@@ -607,6 +644,36 @@ impl Relay {
                 metrics: self.metrics.clone(),
             },
         })
+    }
+
+    /// Reserves what reading one result of `len` bytes for `session` holds.
+    pub fn reserve_result(
+        &self,
+        session: &Session,
+        len: usize,
+    ) -> Result<ResultReservation, ResultRefusal> {
+        let reads = session.result_reads.fetch_add(1, Ordering::AcqRel) + 1;
+        let total = self.result_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let session_total = session.result_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        self.metrics.result_bytes.set(total as i64);
+        let reservation = ResultReservation {
+            _bytes: HeldBytes {
+                len,
+                session: session.result_bytes.clone(),
+                relay: self.result_bytes.clone(),
+                gauge: self.metrics.result_bytes.clone(),
+            },
+            reads: session.result_reads.clone(),
+        };
+        if reads > self.settings.max_tasks_per_session {
+            return Err(ResultRefusal::TooManyReads);
+        }
+        if total > self.settings.max_bytes_total
+            || session_total > self.settings.max_bytes_per_session
+        {
+            return Err(ResultRefusal::BytesFull);
+        }
+        Ok(reservation)
     }
 
     /// Ends every session that fell silent; returns how many.
@@ -767,6 +834,43 @@ mod tests {
             relay.bind(&bind_request("w-3", None), SOURCE).err(),
             Some(BindRefusal::Stopping)
         );
+    }
+
+    #[test]
+    fn results_being_read_are_bounded_per_worker_and_relay() {
+        let relay = relay(RelaySettings {
+            max_tasks_per_session: 2,
+            max_bytes_per_session: 1024,
+            max_bytes_total: 1536,
+            ..RelaySettings::default()
+        });
+        let bind = |id: &str| {
+            let bound = relay.bind(&bind_request(id, None), SOURCE).unwrap();
+            relay.session_by_token(&bound.token).unwrap()
+        };
+        let (w1, w2) = (bind("w-1"), bind("w-2"));
+        let first = relay.reserve_result(&w1, 600).unwrap();
+        assert_eq!(
+            relay.reserve_result(&w1, 600).err(),
+            Some(ResultRefusal::BytesFull),
+            "over the worker's budget"
+        );
+        let second = relay.reserve_result(&w1, 10).unwrap();
+        assert_eq!(
+            relay.reserve_result(&w1, 0).err(),
+            Some(ResultRefusal::TooManyReads)
+        );
+        let other = relay.reserve_result(&w2, 900).unwrap();
+        assert_eq!(
+            relay.reserve_result(&w2, 100).err(),
+            Some(ResultRefusal::BytesFull),
+            "over the relay's budget"
+        );
+        assert_eq!(relay.metrics.result_bytes.get(), 1510);
+        drop((first, second, other));
+        assert_eq!(relay.result_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(relay.metrics.result_bytes.get(), 0);
+        assert!(relay.reserve_result(&w1, 1024).is_ok());
     }
 
     #[tokio::test]
