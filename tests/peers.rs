@@ -270,3 +270,33 @@ async fn two_nodes_learn_each_other() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_peers_are_never_contacted_unless_allowed() {
+    // The same loopback peer, once as an IP literal and once by a name
+    // that resolves to loopback: both refused before anything is sent.
+    let (seed, seen) = recording_peer().await;
+    let port = seed.rsplit(':').next().unwrap();
+    let by_name = format!("http://localhost:{port}");
+    let config = echo_config(&format!(
+        "[peers]\ngossip_interval_ms = 100\nseeds = [{seed:?}, {by_name:?}]"
+    ));
+    let node = Node::start_config(&config, &["--node-id", "careful"]);
+    let series =
+        |result: &str| format!(r#"iicp_peer_exchanges_total{{direction="out",result="{result}"}}"#);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = metrics(&node).await;
+        if metric_value(&text, &series("private_address")) >= 4.0 {
+            assert_eq!(metric_value(&text, &series("ok")), 0.0, "{text}");
+            assert_eq!(metric_value(&text, &series("unreachable")), 0.0, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a private peer was contacted"
+    );
+}

@@ -12,7 +12,10 @@
 //! Starting: every `gossip_interval_ms`, one exchange with the peer
 //! contacted least recently (the seeds and the directory's bootstrap list
 //! while the table is empty), signed, bounded in time and size, never to a
-//! private address unless allowed, never carrying a credential.
+//! private address unless allowed, never carrying a credential. The
+//! address check is made by the client's resolver as it connects (an IP
+//! literal is checked before), so a gossiped name that resolves to a
+//! public address first and a private one later gains nothing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,7 +45,7 @@ use crate::directory::identity::valid_node_id;
 use crate::directory::receipts::rfc3339;
 use crate::metrics::PeerMetrics;
 use crate::protocol::{ApiError, json_response};
-use crate::runtime::host::http::is_public;
+use crate::runtime::host::http::{PolicyResolver, is_public, refused_by_resolver};
 use crate::server::body::read_limited;
 
 /// The signature header.
@@ -112,6 +115,8 @@ impl Peers {
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver::new(parts.allow_private)))
             .user_agent(concat!("iicp-host/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the gossip client: {e}"))?;
@@ -401,7 +406,7 @@ impl Peers {
 
     /// One exchange with the node at `endpoint`.
     async fn exchange_with(&self, endpoint: &str) {
-        if !self.parts.allow_private && !resolves_public(endpoint).await {
+        if !self.parts.allow_private && names_a_private_address(endpoint) {
             self.count("out", "private_address");
             return;
         }
@@ -414,8 +419,12 @@ impl Peers {
             .body(body)
             .send()
             .await;
-        let Ok(response) = sent else {
-            return self.count("out", "unreachable");
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) if refused_by_resolver(&error) => {
+                return self.count("out", "private_address");
+            }
+            Err(_) => return self.count("out", "unreachable"),
         };
         if !response.status().is_success() {
             return self.count("out", "refused");
@@ -520,26 +529,17 @@ fn listed_peer(entry: &Value, now: u64) -> Option<Peer> {
     )
 }
 
-/// Whether every address `endpoint`'s host resolves to is public.
-async fn resolves_public(endpoint: &str) -> bool {
+/// Whether `endpoint` is not a plain http(s) URL or names a non-public IP
+/// literal (names are checked by the client's resolver as it connects).
+fn names_a_private_address(endpoint: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(endpoint) else {
-        return false;
+        return true;
     };
     let Some(host) = url.host_str() else {
-        return false;
+        return true;
     };
-    let port = url.port_or_known_default().unwrap_or(80);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return is_public(ip);
-    }
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addresses) => {
-            let addresses: Vec<_> = addresses.collect();
-            !addresses.is_empty() && addresses.iter().all(|a| is_public(a.ip()))
-        }
-        Err(_) => false,
-    }
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    literal.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip))
 }
 
 async fn read_json(mut response: reqwest::Response, limit: usize) -> Result<Value, ()> {

@@ -310,10 +310,20 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
         .try_for_each(|p| AllowRule::parse(p).map(drop))
 }
 
-/// Resolves names for the plugin's HTTP client, dropping every address the
-/// policy forbids; a name left with none fails as prohibited.
-struct PolicyResolver {
+/// Resolves names for the plugin's HTTP client (and the node's peer
+/// gossip), dropping every address the policy forbids; a name left with
+/// none fails as prohibited. The check happens where the connection is
+/// made, so a name cannot resolve to a public address when checked and to
+/// a private one when connected.
+pub(crate) struct PolicyResolver {
     allow_private: bool,
+}
+
+impl PolicyResolver {
+    /// A resolver that keeps only public addresses unless `allow_private`.
+    pub(crate) fn new(allow_private: bool) -> Self {
+        Self { allow_private }
+    }
 }
 
 /// The resolver's refusal, recognised when mapping errors for the guest.
@@ -391,9 +401,7 @@ impl HttpPolicy {
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
             .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver {
-                allow_private: settings.allow_private,
-            }))
+            .dns_resolver(Arc::new(PolicyResolver::new(settings.allow_private)))
             .user_agent(concat!("iicp-host-plugin/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -535,14 +543,22 @@ impl HttpPolicy {
     }
 }
 
-/// Maps a client error to the wasi:http error the guest sees.
-fn map_error(error: &reqwest::Error) -> HttpError {
+/// Whether a [`PolicyResolver`] refused the name behind `error`.
+pub(crate) fn refused_by_resolver(error: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if cause.is::<ProhibitedAddress>() {
-            return HttpError::DestinationIpProhibited;
+            return true;
         }
         source = cause.source();
+    }
+    false
+}
+
+/// Maps a client error to the wasi:http error the guest sees.
+fn map_error(error: &reqwest::Error) -> HttpError {
+    if refused_by_resolver(error) {
+        return HttpError::DestinationIpProhibited;
     }
     if error.is_timeout() {
         HttpError::HttpResponseTimeout
