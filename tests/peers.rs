@@ -209,6 +209,12 @@ async fn outgoing_gossip_is_signed_and_carries_no_credential() {
     let key = register["gossip_public_key"]
         .as_str()
         .expect("gossip key at REGISTER");
+    // The request is recorded before the directory answers it.
+    assert!(
+        fake.wait_for(WAIT, |state| state.nodes.contains_key("gossiper"))
+            .await,
+        "the node did not register"
+    );
     let token = fake.state.lock().unwrap().nodes["gossiper"].token.clone();
     let deadline = std::time::Instant::now() + WAIT;
     while seen.lock().unwrap().len() < 2 {
