@@ -23,7 +23,14 @@
 //! before admission), the nonce cache (`nonce_cache_capacity × 64 B`), the
 //! idempotency cache and the credit-receipt queue (their byte bounds), the
 //! per-Origin limiter (`origin_limit_tracked × 320 B`), and a fixed 64 MiB
-//! for the process itself and its loaded plugins' code.
+//! for the process itself and its loaded plugins' code. Reach adds, when
+//! configured: as a relay, `2 × max_bytes_total` (copies of held tasks on
+//! their way to workers; workers' results being read — the held tasks
+//! themselves are bodies the connections term counts) plus its tables
+//! (calls, sessions, bind windows, spent ticket ids); as a worker, one pull
+//! answer per puller; for peer gossip, the peer and replay tables, one
+//! outgoing exchange as read and parsed, and incoming exchange bodies beyond
+//! `max_body_bytes`.
 //!
 //! At start the total is compared with the machine's memory (the smaller
 //! of `MemTotal` and the cgroup limit): a configuration that could exceed
@@ -34,6 +41,7 @@
 use std::fmt;
 
 use crate::config::NodeConfig;
+use crate::relay::worker::PULL_ENVELOPE_BYTES;
 use crate::runtime::engine::PoolShape;
 use crate::runtime::host::http::DEFAULT_MAX_IN_FLIGHT;
 use crate::runtime::limits::PluginLimits;
@@ -56,6 +64,21 @@ const NONCE_BYTES: u64 = 64;
 const ORIGIN_BYTES: u64 = 320;
 /// The process itself: binary, runtime, engine, plugins' compiled code.
 const PROCESS_BYTES: u64 = 64 << 20;
+/// A relayed call's bookkeeping (ids, deadline, reply channel; its body
+/// and headers are counted in bytes).
+const RELAY_CALL_BYTES: u64 = 1 << 10;
+/// A relay session: ids, token digests, up to 64 models of 256 bytes.
+const RELAY_SESSION_BYTES: u64 = 20 << 10;
+/// A bind window per source.
+const BIND_SOURCE_BYTES: u64 = 64;
+/// A spent ticket id (32 hex characters and its expiry).
+const TICKET_ID_BYTES: u64 = 96;
+/// A peer: id, endpoint (at most 512 bytes), region, key, contact time.
+const PEER_BYTES: u64 = 1536;
+/// A spent gossip signature (its SHA-256 and time).
+const SIGNATURE_BYTES: u64 = 96;
+/// A parsed JSON document against its text, counted generously.
+const PARSED_JSON_FACTOR: u64 = 4;
 
 /// A named share of the worst case, in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +186,49 @@ impl WorstCase {
                 bytes: PROCESS_BYTES,
             },
         ];
-        Self { terms, per_task }
+        let mut worst = Self { terms, per_task };
+        worst.add_reach(config);
+        worst
+    }
+
+    /// The relay, worker and peer-gossip terms of `config`, where set.
+    fn add_reach(&mut self, config: &NodeConfig) {
+        let connections = config.edge.max_connections as u64;
+        if let Some(relay) = &config.reach.relay_capable {
+            let calls = (u64::from(relay.max_sessions) * u64::from(relay.max_tasks_per_session))
+                .min(connections);
+            self.terms.push(Term {
+                name: format!(
+                    "relay: task copies to workers and results being read (2 × max_bytes_total),                      {calls} calls, {} sessions, bind windows, spent tickets",
+                    relay.max_sessions
+                ),
+                bytes: 2 * relay.max_bytes_total as u64
+                    + calls * RELAY_CALL_BYTES
+                    + u64::from(relay.max_sessions) * RELAY_SESSION_BYTES
+                    + u64::from(relay.bind_rate_sources) * BIND_SOURCE_BYTES
+                    + u64::from(relay.max_ticket_ids) * TICKET_ID_BYTES,
+            });
+        }
+        if let Some(worker) = &config.reach.relay {
+            self.terms.push(Term {
+                name: format!("relay worker: {} pull answers", worker.pullers),
+                bytes: u64::from(worker.pullers)
+                    * (config.max_body_bytes + PULL_ENVELOPE_BYTES) as u64,
+            });
+        }
+        if let Some(peers) = &config.reach.peers {
+            let body = peers.max_body_bytes as u64;
+            self.terms.push(Term {
+                name: format!(
+                    "peers: {} peers, {} spent signatures, one outgoing exchange,                      incoming exchanges beyond max_body_bytes",
+                    peers.max_peers, peers.max_signatures
+                ),
+                bytes: u64::from(peers.max_peers) * PEER_BYTES
+                    + u64::from(peers.max_signatures) * SIGNATURE_BYTES
+                    + body * (1 + PARSED_JSON_FACTOR)
+                    + connections * body.saturating_sub(config.max_body_bytes as u64),
+            });
+        }
     }
 
     /// The sum of the terms.
@@ -250,6 +315,31 @@ mod tests {
         assert!(task > limits.memory_bytes as u64);
         // 128 MiB + (4+1) + 8 + 0.5 + 0.6 + 4 + 8 + 0.06 + 2 MiB.
         assert!(task < (160 << 20), "{task}");
+    }
+
+    #[test]
+    fn reach_adds_its_terms_only_when_configured() {
+        use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
+        let mut config = NodeConfig::with_plugin("x.wasm".into());
+        let base = WorstCase::of(&config).total();
+        config.reach.relay_capable = Some(RelaySettings::default());
+        let relay = WorstCase::of(&config);
+        let relay_term = relay.total() - base;
+        // 2 × 128 MiB of bytes plus tables of a few MiB.
+        assert!(relay_term > 256 << 20 && relay_term < 280 << 20, "{relay}");
+        assert!(relay.to_string().contains("relay: "));
+        config.reach.relay_capable = Some(RelaySettings {
+            max_bytes_total: 16 << 20,
+            ..RelaySettings::default()
+        });
+        assert!(WorstCase::of(&config).total() - base < relay_term - (200 << 20));
+        config.reach.relay_capable = None;
+        config.reach.relay = Some(WorkerSettings::new("http://relay:8080".into()));
+        assert!(WorstCase::of(&config).total() > base);
+        config.reach.relay = None;
+        config.reach.peers = Some(PeerSettings::default());
+        let peers = WorstCase::of(&config);
+        assert!(peers.total() > base && peers.to_string().contains("peers: 256 peers"));
     }
 
     #[test]

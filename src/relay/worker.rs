@@ -51,7 +51,7 @@ use crate::server::task_route::serve_task;
 const MIN_EMPTY_POLL: Duration = Duration::from_secs(1);
 /// Bytes a pulled call may carry beyond the node's task body limit (its
 /// envelope: call id, elapsed time, forwarded headers).
-const PULL_ENVELOPE_BYTES: usize = 64 << 10;
+pub const PULL_ENVELOPE_BYTES: usize = 64 << 10;
 
 /// Where bind tickets come from: the directory, with the node's token.
 pub struct TicketSource {
