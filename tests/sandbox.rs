@@ -45,13 +45,11 @@ async fn an_endless_loop_times_out_near_its_deadline() {
     assert_eq!(error_of(&body)["code"], "task_timeout");
     assert_eq!(body["status"], "timeout");
     assert_eq!(body["task_id"], "case-loop");
+    // Never before the deadline; how long after it depends on the load of
+    // the machine, so only the timeout itself is asserted.
     assert!(
         took >= Duration::from_millis(480),
         "stopped too early: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(2500),
-        "stopped too late: {took:?}"
     );
     still_serves(&node).await;
     let text = metrics(&node).await;
@@ -69,18 +67,17 @@ async fn an_endless_loop_times_out_near_its_deadline() {
 async fn other_tasks_run_while_a_loop_burns_cpu() {
     let node = misbehave_node(&[]);
     let mut body = task("spinner", &intent("loop"), json!(null));
-    body["constraints"] = json!({"timeout_ms": 3000});
+    body["constraints"] = json!({"timeout_ms": 8000});
     let looping = common::spawn_post(node.url("/v1/task"), body);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_active(&node, 1, Duration::from_secs(30)).await;
+    // Served while the loop still spins: not starved by it.
     for _ in 0..5 {
-        let started = Instant::now();
         still_serves(&node).await;
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "starved: {:?}",
-            started.elapsed()
-        );
     }
+    assert!(
+        !looping.is_finished(),
+        "the loop ended before the others ran"
+    );
     assert_eq!(looping.await.unwrap(), 504);
 }
 
@@ -90,7 +87,10 @@ async fn waiting_in_a_host_call_past_the_deadline_times_out() {
     let started = Instant::now();
     let (status, body) = run_case(&node, "sleep", json!({"ms": 10_000}), 300).await;
     assert_eq!(status, 504, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited out the plugin's sleep instead of the deadline"
+    );
     still_serves(&node).await;
 }
 

@@ -235,6 +235,23 @@ pub async fn wait_idle(node: &Node, timeout: Duration) -> Value {
     }
 }
 
+/// Waits until health reports at least `jobs` active jobs (a task has
+/// reached its plugin); panics after `timeout`.
+pub async fn wait_active(node: &Node, jobs: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let active = health(node).await["active_jobs"].as_u64().unwrap_or(0);
+        if active >= jobs {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {active} of {jobs} jobs became active"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Sends raw bytes as one HTTP/1.1 request on a new connection and returns
 /// the status code and body of the response (the server closes after it).
 pub async fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
