@@ -8,9 +8,10 @@
 #     about 2.7x (1 connection) to 6x (16) more tasks per second on iicp-host,
 #     whose fresh instance per task favours the smaller engine.
 #
-# Needs Node 20+ and npm with access to the npm registry on the first run.
-# The tools (pinned in package.json / package-lock.json) install into
-# plugins/js-echo/node_modules (git-ignored) with `npm ci`.
+# Needs Node 20+ and npm. The tools (pinned in package.json /
+# package-lock.json) install into plugins/js-echo/node_modules (git-ignored)
+# with `npm ci`, from npm's cache when it has them: the npm registry is needed
+# only the first time.
 #
 # Does nothing when the output is newer than every input (the files of this
 # directory and wit/) and was built with the same engine (recorded in
@@ -54,7 +55,14 @@ fi
 cd "$here"
 if ! [ -x "$bin/componentize-js" ] || ! [ -x "$bin/componentize-qjs" ] \
     || ! [ -x "$bin/jco" ] || ! npm ls --silent >/dev/null 2>&1; then
-    npm ci --no-audit --no-fund --loglevel=error
+    node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || {
+        echo "error: building js-echo needs Node 20 or later, with npm" >&2
+        exit 1
+    }
+    npm ci --prefer-offline --no-audit --no-fund --loglevel=error || {
+        echo "error: npm ci could not install the pinned tools; the first build needs the npm registry (later builds use npm's cache)" >&2
+        exit 1
+    }
 fi
 
 mkdir -p "$(dirname "$out")"

@@ -2,8 +2,10 @@
 # Builds {{name}}.wasm (a WebAssembly component) from app.js and wit/plugin.wit
 # with componentize-js (SpiderMonkey).
 #
-# The first run needs Node 20+ and npm with access to the npm registry: it
-# installs the pinned tools (package-lock.json) into node_modules here.
+# Needs Node 20+ and npm. The pinned tools (package-lock.json) are installed
+# into node_modules here with `npm ci`, from npm's cache when it has them
+# (--prefer-offline): the first build on a machine needs the npm registry,
+# later builds of any plugin with the same pins work offline.
 # Rebuilds only when a file here changed since the last build (FORCE=1: always).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -15,8 +17,15 @@ if [ "${FORCE:-0}" != 1 ] && [ -f "$out" ] && [ -z "$(find . -name node_modules 
     exit 0
 fi
 
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || {
+    echo "error: building a JavaScript plugin needs Node 20 or later, with npm" >&2
+    exit 1
+}
 if ! [ -x node_modules/.bin/componentize-js ] || ! npm ls --silent >/dev/null 2>&1; then
-    npm ci --no-audit --no-fund --loglevel=error
+    npm ci --prefer-offline --no-audit --no-fund --loglevel=error || {
+        echo "error: npm ci could not install the pinned tools; the first JavaScript plugin build needs the npm registry (later builds use npm's cache)" >&2
+        exit 1
+    }
 fi
 
 # --disable http: no fetch(), so the component imports no wasi:http (drop it
