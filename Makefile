@@ -4,7 +4,8 @@
 # `make plugins` builds the Rust plugins (plugins/, needs the wasm32-wasip2
 # target) and the Python and JS echo plugins into plugins/target/ (first run:
 # python3 with venv and PyPI access, Node 20+ and npm registry access; later
-# runs skip whatever is up to date).
+# runs skip whatever is up to date and need no network: CI runs
+# `.ci/offline make test`).
 WASM_TARGET := wasm32-wasip2
 PLUGIN_DIR := plugins/target/$(WASM_TARGET)/release
 
