@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fake_directory::FakeDirectory;
 use common::{
@@ -138,14 +138,13 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
             spawn_post(node.url("/v1/task"), body)
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Some of the abuse holds the tools plugin's slots before the echo load starts.
+    common::wait_active(&node, 1, Duration::from_secs(60)).await;
     let good: Vec<_> = (0..8)
         .map(|worker| {
             let url = node.url("/v1/task");
             tokio::spawn(async move {
-                let mut worst = Duration::ZERO;
                 for i in 0..8 {
-                    let started = Instant::now();
                     let body = chat(&format!("good-{worker}-{i}"));
                     let status = client()
                         .post(&url)
@@ -159,18 +158,23 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
                         status, 200,
                         "an echo task failed while the other plugin misbehaved"
                     );
-                    worst = worst.max(started.elapsed());
                 }
-                worst
             })
         })
         .collect();
     for worker in good {
-        let worst = worker.await.unwrap();
-        assert!(
-            worst < Duration::from_millis(1500),
-            "an echo task waited {worst:?}"
-        );
+        worker.await.unwrap();
+    }
+    // Not stalled: no echo task waited for a slot or was turned away (the
+    // tools plugin's tasks hold only its own two slots). Counted, not
+    // timed, so a loaded machine cannot fail it.
+    let text = metrics(&node).await;
+    for line in text.lines().filter(|l| l.contains(r#"plugin="echo""#)) {
+        if line.starts_with("iicp_qos_waits_total")
+            || line.starts_with("iicp_capacity_rejections_total")
+        {
+            assert!(line.ends_with(" 0"), "an echo task had to wait: {line}");
+        }
     }
     let statuses: Vec<u16> = join_all(abuse).await;
     // Two slots: the rest of the abuse is refused with 429, the rest stopped.
