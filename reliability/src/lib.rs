@@ -11,11 +11,13 @@
 //! * [`node`] — starting and stopping a node process, reading its log;
 //! * [`memory`] — the node's resident memory, sampled;
 //! * [`traffic`] — healthy traffic and its latencies;
-//! * [`report`] — what a case found, as data and as markdown.
+//! * [`report`] — what a case found, as data and as markdown;
+//! * [`charts`] — the node's RSS over time during each family, as SVG.
 
 #![deny(missing_docs)]
 
 pub mod cases;
+pub mod charts;
 pub mod memory;
 pub mod node;
 pub mod report;

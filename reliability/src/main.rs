@@ -1,6 +1,7 @@
 //! `reliability` — runs every case family at full size against a release
-//! build and writes `docs/reliability.md`. Usually started by
-//! `reliability/run`, which builds what it needs first.
+//! build and writes `docs/reliability.md`, with a picture of the node's RSS
+//! over time per family beside it (`docs/reliability-<family>-rss.svg`).
+//! Usually started by `reliability/run`, which builds what it needs first.
 //!
 //! Usage: reliability --host-binary PATH --plugin-dir DIR [--out FILE]
 //!                    [--only FAMILY]... [--fast]
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use iicp_reliability::cases::{self, FAMILIES};
+use iicp_reliability::charts::write_rss_charts;
 use iicp_reliability::report::{CaseReport, markdown};
 use iicp_reliability::{Context, Scale};
 
@@ -92,6 +94,22 @@ async fn main() -> ExitCode {
     }
     let elapsed = started.elapsed();
     let failed: Vec<&CaseReport> = reports.iter().filter(|r| !r.passed()).collect();
+    let out_dir = args
+        .out
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let stem = args
+        .out
+        .file_stem()
+        .map_or("reliability".into(), |s| s.to_string_lossy());
+    let charts = match write_rss_charts(out_dir, &stem, &reports) {
+        Ok(charts) => charts,
+        Err(error) => {
+            eprintln!("reliability: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let document = format!(
         "# Reliability\n\nProduced by `reliability/run` ({} scale) on {} cores in {:.0} s: \
          {} cases, {} failed. Each case runs against a release build of the node with healthy \
@@ -104,7 +122,7 @@ async fn main() -> ExitCode {
         elapsed.as_secs_f64(),
         reports.len(),
         failed.len(),
-        markdown(&reports)
+        markdown(&reports, &charts)
     );
     if let Err(error) = std::fs::write(&args.out, document) {
         eprintln!("reliability: cannot write {}: {error}", args.out.display());

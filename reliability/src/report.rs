@@ -2,8 +2,11 @@
 //! checks that decide whether it passed — as data for the tests and as the
 //! markdown of `docs/reliability.md`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use crate::charts::RssPicture;
 
 /// Latencies of healthy traffic that ran beside a case.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -161,13 +164,20 @@ fn ms(d: Duration) -> String {
 }
 
 /// The markdown table of `reports` plus every check, under a heading per
-/// family.
-pub fn markdown(reports: &[CaseReport]) -> String {
+/// family, with the family's picture from `charts`.
+pub fn markdown(reports: &[CaseReport], charts: &BTreeMap<String, RssPicture>) -> String {
     let mut out = String::new();
     let mut families: Vec<&str> = reports.iter().map(|r| r.family.as_str()).collect();
     families.dedup();
     for family in families {
         let _ = writeln!(out, "## {family}\n");
+        if let Some(picture) = charts.get(family) {
+            let _ = writeln!(
+                out,
+                "![Node RSS over time during the {family} cases]({})\n\n{}\n",
+                picture.file, picture.caption
+            );
+        }
         out.push_str("| case | tries | failures | healthy ok/sent | healthy p99 ms | healthy worst ms | RSS before | RSS peak | RSS after | bound | result |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in reports.iter().filter(|r| r.family == family) {
