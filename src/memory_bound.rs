@@ -39,6 +39,7 @@
 //! full concurrency, the kernel's OOM killer is what ends it.
 
 use std::fmt;
+use std::path::Path;
 
 use crate::config::NodeConfig;
 use crate::relay::worker::PULL_ENVELOPE_BYTES;
@@ -252,7 +253,10 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The memory this process may use: the smaller of the machine's
-/// `MemTotal` and the cgroup's limit, when either can be read.
+/// `MemTotal` and the memory limit of its own cgroup (or of one above it),
+/// when either can be read. The cgroup is the one `/proc/self/cgroup` names:
+/// a systemd unit's `MemoryMax=` sits on `system.slice/<unit>`, not on the
+/// root of the hierarchy, which only a container's own namespace shows.
 pub fn machine_memory() -> Option<u64> {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -262,22 +266,54 @@ pub fn machine_memory() -> Option<u64> {
                 .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
                 .map(|kib| kib * 1024)
         });
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .find_map(|path| {
-        std::fs::read_to_string(path)
-            .ok()?
-            .trim()
-            .parse::<u64>()
-            .ok()
-    });
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|membership| cgroup_limit(&membership, Path::new("/sys/fs/cgroup")));
     match (total, cgroup) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Limits at or above this mean "none": cgroup v1 writes an unlimited
+/// group as `i64::MAX` rounded down to a page.
+const CGROUP_UNLIMITED: u64 = 1 << 62;
+
+/// The smallest memory limit from this process's cgroup up to the root of
+/// the hierarchy mounted at `root`, given `/proc/self/cgroup` as
+/// `membership`: cgroup v2 (`0::/path`, `<root>/path/memory.max`) and v1's
+/// memory controller (`N:memory:/path`, possibly comma-joined with others,
+/// `<root>/memory/path/memory.limit_in_bytes`). `max` means no limit.
+fn cgroup_limit(membership: &str, root: &Path) -> Option<u64> {
+    let mut files = Vec::new();
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (base, file) = if id == "0" && controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let own = Path::new(path.trim_start_matches('/'));
+        files.extend(own.ancestors().map(|dir| base.join(dir).join(file)));
+    }
+    files
+        .iter()
+        .filter_map(|file| {
+            std::fs::read_to_string(file)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|&limit| limit < CGROUP_UNLIMITED)
+        .min()
 }
 
 /// Refuses `config` when its worst case exceeds the machine's memory,
@@ -315,6 +351,49 @@ mod tests {
         assert!(task > limits.memory_bytes as u64);
         // 128 MiB + (4+1) + 8 + 0.5 + 0.6 + 4 + 8 + 0.06 + 2 MiB.
         assert!(task < (160 << 20), "{task}");
+    }
+
+    fn write(root: &Path, file: &str, text: &str) {
+        let path = root.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn the_cgroup_limit_is_the_smallest_on_the_path_of_our_own_group() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        // cgroup v2, as in a systemd service with MemoryMax=2G.
+        let membership = "0::/system.slice/iicp-host.service\n";
+        write(root, "memory.max", "max\n");
+        write(root, "system.slice/memory.max", "max\n");
+        write(
+            root,
+            "system.slice/iicp-host.service/memory.max",
+            "2147483648\n",
+        );
+        assert_eq!(cgroup_limit(membership, root), Some(2 << 30));
+        // A lower limit on the slice above it binds too.
+        write(root, "system.slice/memory.max", "1073741824\n");
+        assert_eq!(cgroup_limit(membership, root), Some(1 << 30));
+        // No limit anywhere; or a group whose files cannot be read.
+        assert_eq!(cgroup_limit("0::/user.slice\n", root), None);
+
+        // cgroup v1's memory controller, beside others; "unlimited" is none.
+        let membership = "5:devices:/\n4:cpu,memory:/process_api/abc\n0::/\n";
+        write(
+            root,
+            "memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        assert_eq!(cgroup_limit(membership, root), None);
+        write(
+            root,
+            "memory/process_api/abc/memory.limit_in_bytes",
+            "536870912\n",
+        );
+        assert_eq!(cgroup_limit(membership, root), Some(512 << 20));
+        assert_eq!(cgroup_limit("garbage\n\n4:memory\n", root), None);
     }
 
     #[test]
