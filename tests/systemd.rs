@@ -1,7 +1,7 @@
 //! systemd integration: the node speaks sd_notify to a socket this test
 //! owns (READY once it serves, STATUS with its load, WATCHDOG pings, then
 //! STOPPING on drain), and the shipped unit passes `systemd-analyze
-//! verify`.
+//! verify` and bounds the node's memory at its default worst case.
 
 mod common;
 
@@ -127,5 +127,55 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     assert!(
         output.status.success() && !stderr.contains("iicp-host.service:"),
         "systemd-analyze verify found problems:\n{stderr}"
+    );
+}
+
+/// `MemoryMax=` of the shipped unit, in bytes (systemd's K/M/G/T suffixes
+/// are powers of 1024).
+fn unit_memory_max() -> u64 {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/iicp-host.service"),
+    )
+    .unwrap();
+    let value = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("MemoryMax="))
+        .expect("the unit sets MemoryMax");
+    let (number, unit_shift) = match value.chars().last() {
+        Some('K') => (&value[..value.len() - 1], 10),
+        Some('M') => (&value[..value.len() - 1], 20),
+        Some('G') => (&value[..value.len() - 1], 30),
+        Some('T') => (&value[..value.len() - 1], 40),
+        _ => (value, 0),
+    };
+    number.parse::<u64>().expect("MemoryMax is a number") << unit_shift
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_units_memory_ceiling_is_the_default_worst_case() {
+    // A node with the default configuration reports its worst case.
+    let node = Node::start(&plugin("echo"), &[]);
+    let text = common::metrics(&node).await;
+    let worst: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("iicp_memory_worst_case_bytes "))
+        .expect("iicp_memory_worst_case_bytes exported")
+        .trim()
+        .parse()
+        .unwrap();
+    let ceiling = unit_memory_max();
+    // At least the worst case (or the node refuses to start under the
+    // unit), and derived from it: less than 512 MiB of headroom.
+    assert!(
+        ceiling >= worst,
+        "MemoryMax={} MiB is below the default worst case, {} MiB",
+        ceiling >> 20,
+        worst >> 20
+    );
+    assert!(
+        ceiling - worst < 512 << 20,
+        "MemoryMax={} MiB is far above the default worst case, {} MiB: derive it again",
+        ceiling >> 20,
+        worst >> 20
     );
 }
