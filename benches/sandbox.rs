@@ -1,10 +1,15 @@
 //! Per-task sandbox cost: create a store, instantiate the plugin, call
 //! `handle`, drop everything — the work `iicp-host` does for every task,
 //! without HTTP. Prints p50/p90/p99/p99.9 and calls per second, for a fresh
-//! instance per task (the default) and for opt-in reuse of 1000 tasks.
+//! instance per task (the default) and for opt-in reuse of 1000 tasks, and
+//! two figures that do not depend on how busy the machine is: page faults
+//! per task (the process's minor faults over the measured tasks) and the
+//! p50 of store creation + instantiation alone.
 //!
-//! Run: `cargo bench --bench sandbox -- [PLUGIN.wasm ...] [--iterations N]`
-//! (defaults: the Rust echo plugin, 20000 iterations after 2000 warm-up).
+//! Run: `cargo bench --bench sandbox -- [PLUGIN.wasm ...] [--iterations N]
+//! [--cache-dir DIR]` (defaults: the Rust echo plugin, 20000 iterations
+//! after 2000 warm-up, no artifact cache; a cache directory saves the
+//! compile when profiling under valgrind or perf).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,6 +38,7 @@ fn micros(d: Duration) -> f64 {
 async fn main() {
     let mut plugins = Vec::new();
     let mut iterations = 20_000usize;
+    let mut cache_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -42,6 +48,7 @@ async fn main() {
                     .and_then(|n| n.parse().ok())
                     .expect("--iterations N")
             }
+            "--cache-dir" => cache_dir = Some(PathBuf::from(args.next().expect("--cache-dir DIR"))),
             "--bench" => {}
             other if other.ends_with(".wasm") => plugins.push(PathBuf::from(other)),
             _ => {}
@@ -60,7 +67,7 @@ async fn main() {
                 keep_resident_bytes: None,
                 allocator: AllocatorChoice::Auto,
             },
-            cache_dir: None,
+            cache_dir,
             oci: Default::default(),
         },
         std::sync::Arc::new(iicp_host::metrics::Metrics::new()),
@@ -87,7 +94,9 @@ async fn measure(runtime: &Runtime, path: &std::path::Path, reuse: u32, iteratio
         .unwrap_or(&plugin.info.capabilities[0].intent)
         .to_string();
     let mut samples = Vec::with_capacity(iterations);
+    let mut instantiations = Vec::with_capacity(iterations);
     let warmup = iterations / 10;
+    let mut faults_before = 0;
     for i in 0..iterations + warmup {
         let input = TaskInput {
             task_id: "bench-task",
@@ -101,18 +110,26 @@ async fn measure(runtime: &Runtime, path: &std::path::Path, reuse: u32, iteratio
             tracestate: None,
             deadline: Instant::now() + Duration::from_secs(30),
         };
+        if i == warmup {
+            faults_before = minor_faults();
+        }
         let started = Instant::now();
-        let (outcome, _) = runtime.run_task(&plugin, input).await;
+        let (outcome, report) = runtime.run_task(&plugin, input).await;
         let took = started.elapsed();
         outcome.expect("task succeeds");
         if i >= warmup {
             samples.push(took);
+            instantiations.push(report.instantiate);
         }
     }
+    // Let the last deferred teardown run, so every measured task paid its own.
+    tokio::task::yield_now().await;
+    let faults = minor_faults().saturating_sub(faults_before);
+    instantiations.sort();
     let total: Duration = samples.iter().sum();
     samples.sort();
     println!(
-        "{} ({} bytes) {}: n={} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us calls/s={:.0}",
+        "{} ({} bytes) {}: n={} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us calls/s={:.0} faults/task={:.1} instantiate_p50={:.1}us",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         if reuse > 1 {
@@ -126,5 +143,19 @@ async fn measure(runtime: &Runtime, path: &std::path::Path, reuse: u32, iteratio
         micros(percentile(&samples, 0.99)),
         micros(percentile(&samples, 0.999)),
         samples.len() as f64 / total.as_secs_f64(),
+        faults as f64 / samples.len() as f64,
+        micros(percentile(&instantiations, 0.50)),
     );
+}
+
+/// The process's minor page faults so far (`/proc/self/stat` field 10).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command name, which may hold spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 const VERSIONED: &str = "urn:iicp:intent:test:versioned:v1";
+const ECHO: &str = "urn:iicp:intent:util:echo:v1";
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn case(name: &str) -> String {
@@ -422,6 +423,61 @@ async fn a_reload_under_load_drops_no_task_and_swaps_the_version() {
         "reload under load: in_flight={} swap_us={} prepare_ms={} tasks ok={ok}",
         reload["fields"]["in_flight"], reload["fields"]["swap_us"], reload["fields"]["prepare_ms"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_loaded_from_one_artifact_share_its_compiled_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("echo.wasm");
+    std::fs::copy(plugin("echo"), &shared).unwrap();
+    let config = write(
+        dir.path(),
+        "shared.toml",
+        &format!(
+            r#"
+[node]
+max_concurrent = 8
+
+[[plugin]]
+id = "chat"
+path = "{path}"
+intents = ["{CHAT}"]
+
+[[plugin]]
+id = "echo"
+path = "{path}"
+intents = ["{ECHO}"]
+"#,
+            path = shared.display()
+        ),
+    );
+    let node = Node::start_config_env(&config, &[], &[]);
+    let shared_flags: Vec<Value> = node
+        .log_entries()
+        .iter()
+        .filter(|e| message(e) == "plugin loaded")
+        .map(|e| e["fields"]["shared"].clone())
+        .collect();
+    assert_eq!(shared_flags, vec![json!(false), json!(true)]);
+    assert_eq!(post_task(&node, &chat("c")).await.0, 200);
+    let (status, _, body) = post_task(&node, &task("e", ECHO, json!({"x": 1}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], json!({"x": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_file_rewritten_in_place_is_loaded_anew_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("svc.wasm");
+    std::fs::copy(plugin("versioned-v1"), &wasm).unwrap();
+    let node = start(&svc_config(dir.path(), &wasm, 8), &admin_env());
+    assert_eq!(version_of(&node).await, "1");
+    // Same path, same inode: only the content and the file times change.
+    std::fs::write(&wasm, std::fs::read(plugin("versioned-v2")).unwrap()).unwrap();
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["loaded"], json!(["svc"]), "{body}");
+    assert_eq!(version_of(&node).await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

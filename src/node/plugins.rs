@@ -8,6 +8,7 @@ use super::StartError;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::runtime::cache::CacheOutcome;
 use crate::server::plugin_table::PluginTable;
 
 /// Builds the runtime and loads the plugins into a routing table.
@@ -42,7 +43,8 @@ pub fn log_loaded(table: &PluginTable) {
             version = %plugin.info.version,
             sha256 = %plugin.sha256,
             intents = ?entry.capabilities.iter().map(|c| c.intent.as_str()).collect::<Vec<_>>(),
-            cached = matches!(plugin.cache, crate::runtime::cache::CacheOutcome::Hit),
+            cached = matches!(plugin.cache, CacheOutcome::Hit),
+            shared = matches!(plugin.cache, CacheOutcome::Shared),
             load_ms = crate::clock::whole_ms(plugin.load_time),
             "plugin loaded"
         );

@@ -52,7 +52,8 @@ fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+/// Reads a plugin file, naming it in the error.
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
         _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
@@ -73,30 +74,39 @@ pub fn plugin_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads and compiles a plugin: a `.wasm` component through the artifact
+/// Reads and compiles a plugin (see [`compile_bytes`]).
+fn read_and_compile(
+    engine: &Engine,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> Result<(Component, String), LoadError> {
+    let bytes = read(path)?;
+    let sha256 = plugin_sha256(&bytes);
+    let (component, _) = compile_bytes(engine, cache, path, &bytes, &sha256)?;
+    Ok((component, sha256))
+}
+
+/// Compiles a plugin file's bytes: a `.wasm` component through the artifact
 /// cache, or a compiled artifact from `iicp-host compile` as it is.
 ///
 /// A compiled artifact is native code that wasmtime cannot validate the way
 /// it validates wasm: it is trusted. Load only artifacts you compiled
 /// yourself with the same build of iicp-host.
-pub(super) fn read_and_compile(
+pub(super) fn compile_bytes(
     engine: &Engine,
     cache: Option<&ArtifactCache>,
     path: &Path,
-) -> Result<(Component, String, CacheOutcome), LoadError> {
-    let bytes = read(path)?;
-    let sha256 = plugin_sha256(&bytes);
-    match file_kind(&bytes) {
-        FileKind::Component => {
-            let (component, outcome) = cache::load_or_compile(engine, cache, &bytes, &sha256)
-                .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
-            Ok((component, sha256, outcome))
-        }
+    bytes: &[u8],
+    sha256: &str,
+) -> Result<(Component, CacheOutcome), LoadError> {
+    match file_kind(bytes) {
+        FileKind::Component => cache::load_or_compile(engine, cache, bytes, sha256)
+            .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}"))),
         FileKind::Precompiled
-            if Engine::detect_precompiled(&bytes) == Some(Precompiled::Component) =>
+            if Engine::detect_precompiled(bytes) == Some(Precompiled::Component) =>
         {
             // SAFETY: see above — the operator vouches for the artifact.
-            let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| {
+            let component = unsafe { Component::deserialize(engine, bytes) }.map_err(|e| {
                 LoadError::Invalid(
                     path.to_path_buf(),
                     format!(
@@ -104,7 +114,7 @@ pub(super) fn read_and_compile(
                     ),
                 )
             })?;
-            Ok((component, sha256, CacheOutcome::Precompiled))
+            Ok((component, CacheOutcome::Precompiled))
         }
         FileKind::Precompiled | FileKind::CoreModule => {
             Err(LoadError::CoreModule(path.to_path_buf()))
@@ -132,7 +142,7 @@ pub(super) fn inspect(
     cache: Option<&ArtifactCache>,
     path: &Path,
 ) -> Result<ComponentFacts, LoadError> {
-    let (component, sha256, _) = read_and_compile(engine, cache, path)?;
+    let (component, sha256) = read_and_compile(engine, cache, path)?;
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let component_type = component.component_type();
     Ok(ComponentFacts {

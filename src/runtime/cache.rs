@@ -123,6 +123,8 @@ pub enum CacheOutcome {
     Compiled,
     /// Given as an artifact compiled ahead of time.
     Precompiled,
+    /// Already loaded for another plugin with the same bytes, and shared.
+    Shared,
 }
 
 impl ArtifactCache {

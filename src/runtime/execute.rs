@@ -193,14 +193,23 @@ pub async fn run_task(
         let instance = match warm {
             Some(instance) => instance,
             None => {
-                let instance = match plugin.pre.instantiate_async(&mut *store_slot).await {
+                let instance = match plugin
+                    .artifact
+                    .pre
+                    .instantiate_async(&mut *store_slot)
+                    .await
+                {
                     // Idle reused instances (of any plugin) hold pool slots:
                     // give them back and try once more, in a clean store.
                     Err(error)
                         if error.is::<PoolConcurrencyLimitError>() && idle.evict_all() > 0 =>
                     {
                         *store_slot = fresh_store();
-                        plugin.pre.instantiate_async(&mut *store_slot).await?
+                        plugin
+                            .artifact
+                            .pre
+                            .instantiate_async(&mut *store_slot)
+                            .await?
                     }
                     other => other?,
                 };

@@ -6,6 +6,7 @@
 //! * [`artifact`] — plugin files: classifying, compiling, inspecting;
 //! * [`plugin`] — loading and checking a plugin;
 //! * [`store`] and [`limits`] — the per-task store and its limits;
+//! * [`shared`] — compiled code shared by plugins loaded from the same bytes;
 //! * [`reuse`] — opt-in reuse of instances across tasks;
 //! * [`teardown`] — dropping finished instances after the response;
 //! * [`execute`] — running one task and classifying its outcome;
@@ -21,6 +22,7 @@ pub mod host;
 pub mod limits;
 pub mod plugin;
 pub mod reuse;
+pub mod shared;
 pub mod store;
 pub mod teardown;
 
@@ -36,6 +38,7 @@ use self::engine::{AllocatorKind, EngineSettings};
 use self::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 use self::plugin::{LoadError, LoadedPlugin, PluginSource};
 use self::reuse::WarmRegistry;
+use self::shared::ArtifactRegistry;
 use self::store::TaskState;
 use self::teardown::Teardown;
 use crate::metrics::Metrics;
@@ -56,7 +59,8 @@ pub struct RuntimeSettings {
 pub struct Runtime {
     engine: Engine,
     metrics: Arc<Metrics>,
-    linker: Linker<TaskState>,
+    linker: Arc<Linker<TaskState>>,
+    artifacts: Arc<ArtifactRegistry>,
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
     teardown: Teardown,
@@ -85,7 +89,8 @@ impl Runtime {
             oci,
             engine,
             metrics,
-            linker,
+            linker: Arc::new(linker),
+            artifacts: Arc::default(),
             cache,
             allocator,
             teardown: Teardown::default(),
@@ -105,6 +110,7 @@ impl Runtime {
         plugin::load(
             &self.engine,
             &self.linker,
+            &self.artifacts,
             self.cache.as_ref(),
             &self.metrics,
             &self.warm,
@@ -131,18 +137,17 @@ impl Runtime {
     /// The SHA-256 of the plugin `location` names now — a file's content, or
     /// the component an `oci://` tag points to at the registry (its stored
     /// resolution when the registry is unreachable) — `None` if unknown.
-    /// Reloads compare it with what is loaded.
+    /// Reloads compare it with what is loaded. A file is read and hashed
+    /// again only when it may have changed since it was last hashed (see
+    /// [`shared`]), so a reload among 1,000 plugins of one artifact hashes
+    /// nothing.
     pub async fn current_sha256(&self, location: &Path) -> Option<String> {
         match OciLocation::from_path(location) {
             None => {
-                let path = location.to_path_buf();
-                tokio::task::spawn_blocking(move || {
-                    std::fs::read(path)
-                        .ok()
-                        .map(|bytes| artifact::plugin_sha256(&bytes))
-                })
-                .await
-                .ok()?
+                let (artifacts, path) = (self.artifacts.clone(), location.to_path_buf());
+                tokio::task::spawn_blocking(move || artifacts.file_sha256(&path).ok())
+                    .await
+                    .ok()?
             }
             Some(parsed) => {
                 let resolved = self.oci.resolve(&parsed.ok()?).await.ok()?;

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use super::artifact::read_and_compile;
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{ArtifactCache, CacheOutcome};
 use super::host::config::PluginConfig;
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
 use super::reuse::{InstancePool, WarmRegistry};
+use super::shared::{ArtifactRegistry, SharedArtifact};
 use super::store::{PluginReach, TaskState, task_store};
 use crate::metrics::{Metrics, PluginHttpMetrics};
 
@@ -114,11 +114,11 @@ pub struct LoadedPlugin {
     pub limits: PluginLimits,
     /// What it was loaded from, to tell on reload whether anything changed.
     pub source: PluginSource,
-    /// Whether the compiled code came from the cache.
+    /// Where the compiled code came from.
     pub cache: CacheOutcome,
     /// Time taken to load it.
     pub load_time: Duration,
-    pub(super) pre: PluginPre<TaskState>,
+    pub(super) artifact: Arc<SharedArtifact>,
     pub(super) reuse: Option<Arc<InstancePool>>,
     pub(super) reach: PluginReach,
 }
@@ -198,10 +198,12 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Reads, compiles, links and describes a plugin.
+/// Reads, compiles, links and describes a plugin; the compiled code is
+/// shared with every other plugin loaded from the same bytes.
 pub(super) async fn load(
     engine: &Engine,
-    linker: &Linker<TaskState>,
+    linker: &Arc<Linker<TaskState>>,
+    registry: &Arc<ArtifactRegistry>,
     cache: Option<&ArtifactCache>,
     metrics: &Metrics,
     warm: &WarmRegistry,
@@ -212,19 +214,25 @@ pub(super) async fn load(
     let path = source.path.clone();
     // Reading and compiling are blocking and CPU-heavy (~100 ms to compile):
     // keep them off the async workers.
-    let (component, sha256, cache_outcome) = {
-        let (engine, cache, file) = (engine.clone(), cache.cloned(), file.to_path_buf());
-        tokio::task::spawn_blocking(move || read_and_compile(&engine, cache.as_ref(), &file))
-            .await
-            .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
+    let (artifact, cache_outcome) = {
+        let (engine, linker, registry, cache, file) = (
+            engine.clone(),
+            linker.clone(),
+            registry.clone(),
+            cache.cloned(),
+            file.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            registry.resolve(&engine, &linker, cache.as_ref(), &file)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
     };
-    let pre =
-        link(engine, linker, &component).map_err(|why| LoadError::WrongWorld(path.clone(), why))?;
     let config = Arc::new(PluginConfig {
         values: source.config.clone(),
         secrets: source.secrets.clone(),
     });
-    let descriptor = describe(engine, &pre, source, config.clone()).await?;
+    let descriptor = describe(engine, &artifact.pre, source, config.clone()).await?;
     let info = validate_descriptor(descriptor)
         .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
     let id: Arc<str> = Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone()));
@@ -233,13 +241,13 @@ pub(super) async fn load(
     Ok(LoadedPlugin {
         id,
         info,
-        sha256,
+        sha256: artifact.sha256.clone(),
         path: source.path.clone(),
         limits: source.limits.clone(),
         source: source.clone(),
         cache: cache_outcome,
         load_time: started.elapsed(),
-        pre,
+        artifact,
         reuse: (source.limits.instance_reuse > 1)
             .then(|| warm.pool(source.limits.instance_reuse, source.limits.instance_idle)),
         reach: PluginReach {
@@ -250,7 +258,7 @@ pub(super) async fn load(
 }
 
 /// Checks the component's exports and imports against the host's world.
-fn link(
+pub(super) fn link(
     engine: &Engine,
     linker: &Linker<TaskState>,
     component: &Component,
