@@ -7,7 +7,7 @@
 //! p50 of store creation + instantiation alone.
 //!
 //! Run: `cargo bench --bench sandbox -- [PLUGIN.wasm ...] [--iterations N]
-//! [--cache-dir DIR]` (defaults: the Rust echo plugin, 20000 iterations
+//! [--cache-dir DIR] [--keep-resident-kib N]` (defaults: the Rust echo plugin, 20000 iterations
 //! after 2000 warm-up, no artifact cache; a cache directory saves the
 //! compile when profiling under valgrind or perf).
 
@@ -39,6 +39,7 @@ async fn main() {
     let mut plugins = Vec::new();
     let mut iterations = 20_000usize;
     let mut cache_dir = None;
+    let mut keep_resident_bytes = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -49,6 +50,13 @@ async fn main() {
                     .expect("--iterations N")
             }
             "--cache-dir" => cache_dir = Some(PathBuf::from(args.next().expect("--cache-dir DIR"))),
+            "--keep-resident-kib" => {
+                keep_resident_bytes = args
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|kib| kib << 10);
+                assert!(keep_resident_bytes.is_some(), "--keep-resident-kib N");
+            }
             "--bench" => {}
             other if other.ends_with(".wasm") => plugins.push(PathBuf::from(other)),
             _ => {}
@@ -64,7 +72,7 @@ async fn main() {
         &RuntimeSettings {
             engine: EngineSettings {
                 max_instances: 64,
-                keep_resident_bytes: None,
+                keep_resident_bytes,
                 allocator: AllocatorChoice::Auto,
             },
             cache_dir,

@@ -1,6 +1,7 @@
 //! Loading a plugin: read and classify the file, compile it (or load it from
 //! the artifact cache), check that it fits the `iicp:plugin` world, build the
-//! pre-instantiated component, and ask the plugin to describe itself.
+//! pre-instantiated component, and ask the plugin to describe itself (once
+//! per artifact, configuration and limits: see [`super::shared`]).
 //!
 //! Every refusal is a [`LoadError`] whose `Display` is one line an operator
 //! can act on.
@@ -20,7 +21,7 @@ use super::host::config::PluginConfig;
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
 use super::reuse::{InstancePool, WarmRegistry};
-use super::shared::{ArtifactRegistry, SharedArtifact};
+use super::shared::{ArtifactRegistry, DescribeInput, SharedArtifact};
 use super::store::{PluginReach, TaskState, task_store};
 use crate::metrics::{Metrics, PluginHttpMetrics};
 
@@ -232,7 +233,18 @@ pub(super) async fn load(
         values: source.config.clone(),
         secrets: source.secrets.clone(),
     });
-    let descriptor = describe(engine, &artifact.pre, source, config.clone()).await?;
+    let describe_input = DescribeInput {
+        config: PluginConfig::clone(&config),
+        limits: source.limits.clone(),
+    };
+    let descriptor = match artifact.description(&describe_input) {
+        Some(descriptor) => descriptor,
+        None => {
+            let descriptor = describe(engine, &artifact.pre, source, config.clone()).await?;
+            artifact.remember_description(describe_input, descriptor.clone());
+            descriptor
+        }
+    };
     let info = validate_descriptor(descriptor)
         .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
     let id: Arc<str> = Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone()));

@@ -4,6 +4,9 @@
 //! `[[plugin]]` tables holds its code, its copy-on-write memory images and
 //! its import resolution once, not once per table.
 //!
+//! The artifact also remembers what the plugin said to `describe`, per
+//! configuration and limits (at most [`MAX_REMEMBERED_DESCRIPTIONS`]).
+//!
 //! Two maps, both bounded:
 //! * file identity → SHA-256. A file's identity is its device, inode, size,
 //!   modification and status-change times; any write or replacement changes
@@ -24,8 +27,10 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use super::artifact::{compile_bytes, plugin_sha256, read};
-use super::bindings::PluginPre;
+use super::bindings::{Descriptor, PluginPre};
 use super::cache::{ArtifactCache, CacheOutcome};
+use super::host::config::PluginConfig;
+use super::limits::PluginLimits;
 use super::plugin::{LoadError, link};
 use super::store::TaskState;
 
@@ -60,12 +65,49 @@ impl FileIdentity {
     }
 }
 
+/// Most self-descriptions remembered per artifact (one per distinct
+/// configuration and limits it was loaded with).
+pub const MAX_REMEMBERED_DESCRIPTIONS: usize = 64;
+
 /// A compiled, linked component, shared by every plugin loaded from it.
 pub struct SharedArtifact {
     /// SHA-256 of the file, hex.
     pub sha256: String,
     /// Its imports resolved against the host's linker (holds the component).
     pub pre: PluginPre<TaskState>,
+    /// What it said when asked to describe itself, per configuration and
+    /// limits: `describe` is a function of those, so a thousand plugins of
+    /// one artifact and one configuration need one fresh instance to
+    /// describe them, not a thousand.
+    descriptions: Mutex<Vec<(DescribeInput, Descriptor)>>,
+}
+
+/// What a plugin's `describe` may depend on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DescribeInput {
+    /// Its configuration and secrets.
+    pub config: PluginConfig,
+    /// Its limits.
+    pub limits: PluginLimits,
+}
+
+impl SharedArtifact {
+    /// The description remembered for `input`, if any.
+    pub fn description(&self, input: &DescribeInput) -> Option<Descriptor> {
+        lock(&self.descriptions)
+            .iter()
+            .find(|(known, _)| known == input)
+            .map(|(_, descriptor)| descriptor.clone())
+    }
+
+    /// Remembers a successful description (the oldest goes when full).
+    pub fn remember_description(&self, input: DescribeInput, descriptor: Descriptor) {
+        let mut descriptions = lock(&self.descriptions);
+        if descriptions.len() >= MAX_REMEMBERED_DESCRIPTIONS {
+            descriptions.remove(0);
+        }
+        descriptions.push((input, descriptor));
+    }
 }
 
 /// How long a file must have been left unchanged before its hash is
@@ -154,6 +196,7 @@ impl ArtifactRegistry {
         let shared = Arc::new(SharedArtifact {
             sha256: sha256.clone(),
             pre,
+            descriptions: Mutex::default(),
         });
         let mut artifacts = lock(&self.artifacts);
         artifacts.retain(|_, weak| weak.strong_count() > 0);
