@@ -18,14 +18,15 @@ const THROUGHPUT: &str = "benchmarks-throughput.svg";
 const P99: &str = "benchmarks-p99.svg";
 const FLOOD_RSS: &str = "benchmarks-nonce-flood-rss.svg";
 
-/// One line per case, in the order the cases first appear.
+/// One line per case and load generator, in the order they first appear.
 fn by_case(rows: &[Row], value: impl Fn(&Row) -> f64) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     for row in rows {
+        let label = format!("{} [{}]", row.case, row.generator);
         let point = (row.concurrency as f64, value(row));
-        match series.iter_mut().find(|s| s.label == row.case) {
+        match series.iter_mut().find(|s| s.label == label) {
             Some(line) => line.points.push(point),
-            None => series.push(Series::new(row.case.clone(), vec![point])),
+            None => series.push(Series::new(label, vec![point])),
         }
     }
     series

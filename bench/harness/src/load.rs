@@ -44,6 +44,9 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Sorted latencies of measured requests, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// p50, p99 and p99.9 in microseconds, when a load generator reported
+    /// only those (wrk) instead of every latency.
+    pub quantiles_us: Option<[u32; 3]>,
 }
 
 impl LoadResult {
@@ -53,6 +56,14 @@ impl LoadResult {
 
     /// Latency at quantile `q` (0..=1) in milliseconds.
     pub fn latency_ms(&self, q: f64) -> f64 {
+        if let Some([p50, p99, p999]) = self.quantiles_us {
+            let us = match q {
+                q if q <= 0.5 => p50,
+                q if q <= 0.99 => p99,
+                _ => p999,
+            };
+            return f64::from(us) / 1000.0;
+        }
         if self.latencies_us.is_empty() {
             return f64::NAN;
         }

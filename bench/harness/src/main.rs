@@ -1,17 +1,23 @@
-//! `iicp-bench`: iicp-host against the native reference node, on loopback,
-//! one server at a time, same load for both. Prints per case and
-//! concurrency: requests/s, p50/p99/p99.9 latency, errors and peak RSS; then
-//! the iicp-host/native ratios, startup times, the nonce-flood memory trace,
-//! and as its last line `throughput_ratio=<min> p99_ratio=<max>`.
+//! `iicp-bench`: iicp-host against the native reference node and the HTTP
+//! floor, on loopback, one server at a time, same load for all, under two
+//! load generators (the harness's own and `wrk`). Prints per load generator,
+//! case and concurrency: requests/s, p50/p99/p99.9 latency, errors, server
+//! CPU per request and peak RSS; then the ratios against native and against
+//! the floor, startup times, the nonce-flood memory trace, and as its last
+//! line `throughput_ratio=<min> p99_ratio=<max>` (iicp-host/native, over
+//! both load generators and every concurrency).
 //!
 //! Usage (normally through `bench/run`):
-//! `iicp-bench --host BIN --plugin ECHO.wasm --native BIN [--quick] [--report FILE]
-//!             [--reuse N] [--sandbox-report FILE]`
+//! `iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN [--quick]
+//!             [--report FILE] [--reuse N] [--sandbox-report FILE]
+//!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
 mod load;
+mod many;
 mod process;
 mod report;
+mod wrk;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,21 +27,56 @@ use process::{Server, ServerKind};
 use report::{Report, Row};
 
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
+/// Concurrencies for the interpreter plugins over HTTP: one connection and
+/// sixteen, where the targets are (and where their fresh instances' memory
+/// stays bounded).
+const INTERPRETER_CONCURRENCY: [usize; 2] = [1, 16];
+
+/// Who generates the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    /// `load.rs`: one thread, tokio, closed loop.
+    Harness,
+    /// `wrk`, two threads.
+    Wrk,
+}
+
+impl Generator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Harness => "harness",
+            Generator::Wrk => "wrk",
+        }
+    }
+
+    /// The generator [`Generator::name`] calls `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Generator::Harness, Generator::Wrk]
+            .into_iter()
+            .find(|g| g.name() == name)
+    }
+}
 const MAX_CONCURRENT: u32 = 256;
 const MAX_REQUESTS: u64 = 5_000_000;
+/// Plugin tables per node in the many-plugins case.
+const MANY_PLUGINS: [usize; 3] = [10, 100, 1000];
 
 struct Options {
     host: PathBuf,
     plugin: PathBuf,
     native: PathBuf,
+    floor: PathBuf,
+    python_plugin: Option<PathBuf>,
+    js_plugin: Option<PathBuf>,
     quick: bool,
     report: Option<PathBuf>,
     reuse: Option<u32>,
     sandbox_report: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN [--quick] \
-     [--report FILE] [--reuse N] [--sandbox-report FILE]\n       \
+const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN \
+     [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
+     [--js-plugin WASM]\n       \
      iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench charts REPORT.md";
 
@@ -50,6 +91,9 @@ fn parse_options() -> Options {
         host: PathBuf::new(),
         plugin: PathBuf::new(),
         native: PathBuf::new(),
+        floor: PathBuf::new(),
+        python_plugin: None,
+        js_plugin: None,
         quick: false,
         report: None,
         reuse: None,
@@ -67,6 +111,9 @@ fn parse_options() -> Options {
             "--host" => options.host = value(),
             "--plugin" => options.plugin = value(),
             "--native" => options.native = value(),
+            "--floor" => options.floor = value(),
+            "--python-plugin" => options.python_plugin = Some(value()),
+            "--js-plugin" => options.js_plugin = Some(value()),
             "--report" => options.report = Some(value()),
             "--sandbox-report" => options.sandbox_report = Some(value()),
             "--reuse" => {
@@ -81,11 +128,16 @@ fn parse_options() -> Options {
             other => usage_error(&format!("unknown argument {other}")),
         }
     }
-    if [&options.host, &options.plugin, &options.native]
-        .iter()
-        .any(|p| p.as_os_str().is_empty())
+    if [
+        &options.host,
+        &options.plugin,
+        &options.native,
+        &options.floor,
+    ]
+    .iter()
+    .any(|p| p.as_os_str().is_empty())
     {
-        usage_error("--host, --plugin and --native are required");
+        usage_error("--host, --plugin, --native and --floor are required");
     }
     options
 }
@@ -94,6 +146,7 @@ struct Case {
     name: String,
     server: ServerKind,
     variant: Variant,
+    concurrencies: &'static [usize],
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
@@ -105,6 +158,7 @@ fn median(mut values: Vec<Duration>) -> Duration {
 /// nothing (nonces, warm slots, connections) carries over between points.
 async fn measure_point(
     case: &Case,
+    generator: Generator,
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
@@ -114,19 +168,44 @@ async fn measure_point(
         .wait_first_success(Instant::now(), Duration::from_secs(120))
         .await
         .unwrap_or_else(|| panic!("{} did not start", case.name));
-    let idle_rss = process::rss_kib(server.pid());
-    process::reset_peak_rss(server.pid());
-    let result: LoadResult = load::run(LoadSpec {
-        addr: server.addr,
-        concurrency,
-        warmup,
-        measure,
-        max_requests: MAX_REQUESTS,
-        variant: case.variant,
-    })
-    .await;
+    let pid = server.pid();
+    let idle_rss = process::rss_kib(pid);
+    process::reset_peak_rss(pid);
+    let (result, cpu_seconds): (LoadResult, f64) = match generator {
+        Generator::Harness => {
+            // Server CPU over the measuring window only, as for wrk.
+            let cpu_at_start = tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                process::cpu_seconds(pid)
+            });
+            let result = load::run(LoadSpec {
+                addr: server.addr,
+                concurrency,
+                warmup,
+                measure,
+                max_requests: MAX_REQUESTS,
+                variant: case.variant,
+            })
+            .await;
+            let start = cpu_at_start.await.unwrap_or_default();
+            (result, process::cpu_seconds(pid) - start)
+        }
+        Generator::Wrk => {
+            let (addr, variant) = (server.addr, case.variant);
+            tokio::task::spawn_blocking(move || {
+                let mut start = 0.0;
+                let result = wrk::run(addr, concurrency, warmup, measure, variant, || {
+                    start = process::cpu_seconds(pid);
+                });
+                (result, process::cpu_seconds(pid) - start)
+            })
+            .await
+            .expect("wrk run")
+        }
+    };
     Row {
         case: case.name.clone(),
+        generator: generator.name(),
         concurrency,
         rps: result.rps(),
         p50_ms: result.latency_ms(0.50),
@@ -134,39 +213,48 @@ async fn measure_point(
         p999_ms: result.latency_ms(0.999),
         requests: result.requests,
         errors: result.errors,
-        peak_rss_kib: process::peak_rss_kib(server.pid()),
+        cpu_us_per_request: cpu_seconds * 1e6 / result.requests.max(1) as f64,
+        peak_rss_kib: process::peak_rss_kib(pid),
         idle_rss_kib: idle_rss,
     }
 }
 
-/// Runs every case at every concurrency, `rounds` times, interleaving the
-/// cases at each concurrency (in alternating order) so a noisy moment on a
-/// shared machine hits native and iicp-host alike. Each point keeps its
-/// best round by throughput, the same rule for every case.
+/// Runs every case at each of its concurrencies under each load generator,
+/// `rounds` times, interleaving the cases at each concurrency (in
+/// alternating order) so a noisy moment on a shared machine hits native and
+/// iicp-host alike. Each point keeps its best round by throughput, the same
+/// rule for every case.
 async fn measure_all(
     cases: &[Case],
+    generators: &[Generator],
     rounds: usize,
     warmup: Duration,
     measure: Duration,
 ) -> Vec<Row> {
     let mut best: Vec<Row> = Vec::new();
-    for concurrency in CONCURRENCY {
-        for round in 0..rounds {
-            let order: Vec<&Case> = if round % 2 == 0 {
-                cases.iter().collect()
-            } else {
-                cases.iter().rev().collect()
-            };
-            for case in order {
-                let row = measure_point(case, concurrency, warmup, measure).await;
-                println!("{}   (round {})", row.line(), round + 1);
-                match best
-                    .iter_mut()
-                    .find(|r| r.case == row.case && r.concurrency == concurrency)
-                {
-                    Some(kept) if kept.rps >= row.rps => {}
-                    Some(kept) => *kept = row,
-                    None => best.push(row),
+    for &generator in generators {
+        for concurrency in CONCURRENCY {
+            for round in 0..rounds {
+                let order: Vec<&Case> = if round % 2 == 0 {
+                    cases.iter().collect()
+                } else {
+                    cases.iter().rev().collect()
+                };
+                for case in order {
+                    if !case.concurrencies.contains(&concurrency) {
+                        continue;
+                    }
+                    let row = measure_point(case, generator, concurrency, warmup, measure).await;
+                    println!("{}   (round {})", row.line(), round + 1);
+                    match best.iter_mut().find(|r| {
+                        r.case == row.case
+                            && r.generator == row.generator
+                            && r.concurrency == concurrency
+                    }) {
+                        Some(kept) if kept.rps >= row.rps => {}
+                        Some(kept) => *kept = row,
+                        None => best.push(row),
+                    }
                 }
             }
         }
@@ -176,7 +264,11 @@ async fn measure_all(
             .iter()
             .position(|c| c.name == row.case)
             .unwrap_or(usize::MAX);
-        (case_index, row.concurrency)
+        let generator_index = generators
+            .iter()
+            .position(|g| g.name() == row.generator)
+            .unwrap_or(usize::MAX);
+        (generator_index, case_index, row.concurrency)
     });
     best
 }
@@ -334,26 +426,31 @@ async fn main() {
     let native = ServerKind::Native {
         binary: options.native.clone(),
     };
+    let all = &CONCURRENCY[..];
     let mut cases = vec![
         Case {
             name: "native".into(),
             server: native.clone(),
             variant: Variant::Plain,
+            concurrencies: all,
         },
         Case {
             name: "iicp-host".into(),
             server: host(vec![]),
             variant: Variant::Plain,
+            concurrencies: all,
         },
         Case {
             name: "iicp-host+nonce".into(),
             server: host(vec![]),
             variant: Variant::Nonce,
+            concurrencies: all,
         },
         Case {
             name: "iicp-host+trace".into(),
             server: host(vec![]),
             variant: Variant::Trace,
+            concurrencies: all,
         },
     ];
     if let Some(reuse) = options.reuse {
@@ -361,21 +458,69 @@ async fn main() {
             name: format!("iicp-host+reuse{reuse}"),
             server: host(vec!["--instance-reuse".into(), reuse.to_string()]),
             variant: Variant::Plain,
+            concurrencies: all,
         });
     }
+    for (name, plugin) in [
+        ("iicp-host python-echo", &options.python_plugin),
+        ("iicp-host js-echo", &options.js_plugin),
+    ] {
+        if let Some(plugin) = plugin {
+            cases.push(Case {
+                name: name.into(),
+                server: ServerKind::Host {
+                    binary: options.host.clone(),
+                    plugin: plugin.clone(),
+                    cache_dir: cache_dir.clone(),
+                    extra: vec![],
+                },
+                variant: Variant::Plain,
+                concurrencies: &INTERPRETER_CONCURRENCY,
+            });
+        }
+    }
 
-    // Compile the plugin into the artifact cache first, so every measured
-    // host starts the way a restarted production node does.
-    let warming = Server::spawn(&host(vec![]), MAX_CONCURRENT);
-    warming
-        .wait_first_success(Instant::now(), Duration::from_secs(120))
-        .await
-        .expect("iicp-host did not start");
-    drop(warming);
+    // Compile the plugins into the artifact cache first, so every measured
+    // host starts the way a restarted production node does; keep one answer
+    // of the Rust echo for the HTTP floor to replay.
+    let floor_body = process::fresh_dir("floor").join("answer.json");
+    for case in &cases {
+        if let ServerKind::Host { extra, .. } = &case.server {
+            if !extra.is_empty() {
+                continue;
+            }
+            let warming = Server::spawn(&case.server, MAX_CONCURRENT);
+            warming
+                .wait_first_success(Instant::now(), Duration::from_secs(300))
+                .await
+                .unwrap_or_else(|| panic!("{} did not start", case.name));
+            if case.name == "iicp-host" {
+                let body = warming.answer_body().await.expect("an answer to replay");
+                std::fs::write(&floor_body, body).expect("write the floor's answer");
+            }
+        }
+    }
+    cases.insert(
+        1,
+        Case {
+            name: "http-floor".into(),
+            server: ServerKind::Floor {
+                binary: options.floor.clone(),
+                body: floor_body.clone(),
+            },
+            variant: Variant::Plain,
+            concurrencies: all,
+        },
+    );
+    let generators = [Generator::Harness, Generator::Wrk];
+    if !wrk::available() {
+        eprintln!("iicp-bench: wrk is not installed (Debian package wrk): apt-get install wrk");
+        std::process::exit(2);
+    }
 
     println!("{}", Row::header());
     let mut report = Report::new(options.quick, rounds, warmup, measure);
-    report.rows = measure_all(&cases, rounds, warmup, measure).await;
+    report.rows = measure_all(&cases, &generators, rounds, warmup, measure).await;
     println!("\nbest of {rounds} rounds per point:\n{}", Row::header());
     for row in &report.rows {
         println!("{}", row.line());
@@ -419,6 +564,25 @@ async fn main() {
     if let Some(line) = report.memory_line() {
         println!("{line}");
     }
+    println!();
+    let mut artifacts = vec![("echo", options.plugin.clone())];
+    if let Some(python) = &options.python_plugin {
+        artifacts.push(("python-echo", python.clone()));
+    }
+    for (name, plugin) in &artifacts {
+        for plugins in MANY_PLUGINS {
+            match many::measure(&options.host, plugin, name, &cache_dir, plugins).await {
+                Some(row) => {
+                    println!("{}", report::many_line(&row));
+                    report.many.push(row);
+                }
+                None => println!("many plugins: {name} N={plugins}: did not serve or reload"),
+            }
+        }
+    }
+    for line in report.many_summary_lines() {
+        println!("{line}");
+    }
     if let Some(path) = &options.sandbox_report {
         report.sandbox = std::fs::read_to_string(path).unwrap_or_default();
     }
@@ -429,5 +593,8 @@ async fn main() {
             .expect("write charts");
     }
     process::remove_dir(&cache_dir);
+    if let Some(dir) = floor_body.parent() {
+        process::remove_dir(dir);
+    }
     println!("{}", report.summary_line());
 }

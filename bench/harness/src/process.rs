@@ -18,6 +18,17 @@ pub struct Server {
 pub enum ServerKind {
     /// The native reference binary.
     Native { binary: PathBuf },
+    /// The HTTP floor, answering `body` to every request.
+    Floor { binary: PathBuf, body: PathBuf },
+    /// iicp-host with a configuration file and the admin API on `admin`,
+    /// its token in the environment variable the file names.
+    HostConfig {
+        binary: PathBuf,
+        config: PathBuf,
+        cache_dir: PathBuf,
+        admin: SocketAddr,
+        token: (String, String),
+    },
     /// iicp-host with a plugin and extra flags.
     Host {
         binary: PathBuf,
@@ -27,7 +38,7 @@ pub enum ServerKind {
     },
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -42,6 +53,28 @@ impl Server {
             ServerKind::Native { binary } => {
                 let mut c = Command::new(binary);
                 c.arg(addr.to_string()).arg(max_concurrent.to_string());
+                c
+            }
+            ServerKind::HostConfig {
+                binary,
+                config,
+                cache_dir,
+                admin,
+                token,
+            } => {
+                let mut c = Command::new(binary);
+                c.args(["run", "--config"])
+                    .arg(config)
+                    .args(["--listen", &addr.to_string()])
+                    .args(["--admin-listen", &admin.to_string()])
+                    .arg("--cache-dir")
+                    .arg(cache_dir)
+                    .env(&token.0, &token.1);
+                c
+            }
+            ServerKind::Floor { binary, body } => {
+                let mut c = Command::new(binary);
+                c.arg(addr.to_string()).arg(body);
                 c
             }
             ServerKind::Host {
@@ -81,24 +114,34 @@ impl Server {
     /// Polls with a chat task until one succeeds; returns the time since `since`.
     pub async fn wait_first_success(&self, since: Instant, timeout: Duration) -> Option<Duration> {
         let deadline = Instant::now() + timeout;
-        let body = r#"{"task_id":"startup","intent":"urn:iicp:intent:llm:chat:v1","payload":{"messages":[{"role":"user","content":"up?"}]}}"#;
-        let request = format!(
-            "POST /v1/task HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
         while Instant::now() < deadline {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await {
-                let mut response = Vec::new();
-                if stream.write_all(request.as_bytes()).await.is_ok()
-                    && stream.read_to_end(&mut response).await.is_ok()
-                    && response.starts_with(b"HTTP/1.1 200")
-                {
-                    return Some(since.elapsed());
-                }
+            if self.answer().await.is_some() {
+                return Some(since.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         None
+    }
+
+    /// The body of one successful answer to the chat task.
+    pub async fn answer_body(&self) -> Option<Vec<u8>> {
+        let response = self.answer().await?;
+        let body_start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        Some(response[body_start..].to_vec())
+    }
+
+    /// One chat task on a fresh connection: the whole response if it is a 200.
+    async fn answer(&self) -> Option<Vec<u8>> {
+        let body = r#"{"task_id":"startup","intent":"urn:iicp:intent:llm:chat:v1","payload":{"messages":[{"role":"user","content":"Hello from the benchmark, please echo this back"}]}}"#;
+        let request = format!(
+            "POST /v1/task HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let mut response = Vec::new();
+        stream.write_all(request.as_bytes()).await.ok()?;
+        stream.read_to_end(&mut response).await.ok()?;
+        response.starts_with(b"HTTP/1.1 200").then_some(response)
     }
 }
 
@@ -129,6 +172,30 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 /// Current resident set (VmRSS) in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS")
+}
+
+/// CPU time (user + system) the process has used so far, in seconds, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS_PER_SECOND: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks_per_second = *TICKS_PER_SECOND.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command name, which may hold spaces.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+            let user: f64 = fields.next()?.parse().ok()?;
+            let system: f64 = fields.next()?.parse().ok()?;
+            Some((user + system) / ticks_per_second)
+        })
+        .unwrap_or(0.0)
 }
 
 /// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).

@@ -4,11 +4,13 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::load::LoadResult;
+use crate::many::ManyRow;
 
 /// One case at one concurrency.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub case: String,
+    pub generator: &'static str,
     pub concurrency: usize,
     pub rps: f64,
     pub p50_ms: f64,
@@ -16,6 +18,8 @@ pub struct Row {
     pub p999_ms: f64,
     pub requests: u64,
     pub errors: u64,
+    /// Server CPU (user + system) over the measuring window ÷ requests.
+    pub cpu_us_per_request: f64,
     pub peak_rss_kib: u64,
     pub idle_rss_kib: u64,
 }
@@ -23,8 +27,9 @@ pub struct Row {
 impl Row {
     pub fn header() -> String {
         format!(
-            "{:<22} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>10}",
+            "{:<22} {:<7} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10}",
             "case",
+            "loadgen",
             "conc",
             "req/s",
             "p50_ms",
@@ -32,14 +37,16 @@ impl Row {
             "p99.9_ms",
             "requests",
             "errors",
+            "cpu_us/req",
             "peak_rss"
         )
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:<22} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7} {:>7.1}MiB",
+            "{:<22} {:<7} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7} {:>9.1} {:>7.1}MiB",
             self.case,
+            self.generator,
             self.concurrency,
             self.rps,
             self.p50_ms,
@@ -47,6 +54,7 @@ impl Row {
             self.p999_ms,
             self.requests,
             self.errors,
+            self.cpu_us_per_request,
             self.peak_rss_kib as f64 / 1024.0
         )
     }
@@ -61,7 +69,21 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub startup: Vec<(String, Duration)>,
     pub flood: Option<(LoadResult, Vec<(u64, u64)>)>,
+    pub many: Vec<ManyRow>,
     pub sandbox: String,
+}
+
+/// One many-plugins figure as a line.
+pub fn many_line(row: &ManyRow) -> String {
+    format!(
+        "many plugins: {} N={}: ready in {:.1} ms, RSS {:.1} MiB, reload of one plugin {:.1} ms (node's prepare {:.1} ms)",
+        row.artifact,
+        row.plugins,
+        row.startup.as_secs_f64() * 1000.0,
+        row.rss_kib as f64 / 1024.0,
+        row.reload.as_secs_f64() * 1000.0,
+        row.reload_prepare_ms
+    )
 }
 
 impl Report {
@@ -74,6 +96,7 @@ impl Report {
             rows: Vec::new(),
             startup: Vec::new(),
             flood: None,
+            many: Vec::new(),
             sandbox: String::new(),
         }
     }
@@ -88,12 +111,16 @@ impl Report {
             .unwrap_or_default();
         for line in table.lines().skip_while(|l| !l.starts_with("|---")).skip(1) {
             let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            let [case, conc, rps, p50, p99, p999, errors, rss] = cells[..] else {
+            let [generator, case, conc, rps, p50, p99, p999, errors, cpu, rss] = cells[..] else {
+                break;
+            };
+            let Some(generator) = crate::Generator::from_name(generator) else {
                 break;
             };
             let number = |cell: &str| cell.parse::<f64>().unwrap_or(f64::NAN);
             report.rows.push(Row {
                 case: case.to_string(),
+                generator: generator.name(),
                 concurrency: conc.parse().unwrap_or(0),
                 rps: number(rps),
                 p50_ms: number(p50),
@@ -101,6 +128,7 @@ impl Report {
                 p999_ms: number(p999),
                 requests: 0,
                 errors: errors.parse().unwrap_or(0),
+                cpu_us_per_request: number(cpu),
                 peak_rss_kib: (number(rss) * 1024.0) as u64,
                 idle_rss_kib: 0,
             });
@@ -122,59 +150,99 @@ impl Report {
         report
     }
 
-    fn row(&self, case: &str, concurrency: usize) -> Option<&Row> {
+    fn row(&self, generator: &str, case: &str, concurrency: usize) -> Option<&Row> {
         self.rows
             .iter()
-            .find(|r| r.case == case && r.concurrency == concurrency)
+            .find(|r| r.generator == generator && r.case == case && r.concurrency == concurrency)
+    }
+
+    fn generators(&self) -> Vec<&'static str> {
+        let mut generators = Vec::new();
+        for row in &self.rows {
+            if !generators.contains(&row.generator) {
+                generators.push(row.generator);
+            }
+        }
+        generators
     }
 
     fn host_cases(&self) -> Vec<String> {
         let mut cases: Vec<String> = Vec::new();
         for row in &self.rows {
-            if row.case != "native" && !cases.contains(&row.case) {
+            if !["native", "http-floor"].contains(&row.case.as_str()) && !cases.contains(&row.case)
+            {
                 cases.push(row.case.clone());
             }
         }
         cases
     }
 
-    /// (throughput ratio, p99 ratio) per concurrency for `case` vs native.
-    fn ratios(&self, case: &str) -> Vec<(usize, f64, f64)> {
+    /// (concurrency, throughput ratio, p99 ratio, CPU-per-request ratio) of
+    /// `case` against `base`, under `generator`.
+    fn ratios(&self, generator: &str, case: &str, base: &str) -> Vec<(usize, f64, f64, f64)> {
         crate::CONCURRENCY
             .iter()
             .filter_map(|&c| {
-                let (host, native) = (self.row(case, c)?, self.row("native", c)?);
-                Some((c, host.rps / native.rps, host.p99_ms / native.p99_ms))
+                let (row, base) = (self.row(generator, case, c)?, self.row(generator, base, c)?);
+                Some((
+                    c,
+                    row.rps / base.rps,
+                    row.p99_ms / base.p99_ms,
+                    row.cpu_us_per_request / base.cpu_us_per_request,
+                ))
             })
             .collect()
     }
 
     pub fn ratio_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for case in self.host_cases() {
-            for (c, throughput, p99) in self.ratios(&case) {
-                lines.push(format!(
-                    "ratio {case} / native  conc={c:<4} throughput={throughput:.3} p99={p99:.3}"
-                ));
-            }
-        }
-        if let Some(base) = self.row("iicp-host", 64) {
-            for case in ["iicp-host+nonce", "iicp-host+trace"] {
-                if let Some(row) = self.row(case, 64) {
+        for generator in self.generators() {
+            for case in self.host_cases() {
+                for (c, throughput, p99, cpu) in self.ratios(generator, &case, "native") {
                     lines.push(format!(
-                        "{case} / iicp-host throughput at conc=64: {:.3}",
-                        row.rps / base.rps
+                        "[{generator}] ratio {case} / native  conc={c:<4} throughput={throughput:.3} p99={p99:.3} cpu_per_request={cpu:.3}"
                     ));
                 }
+            }
+            for case in ["iicp-host", "native"] {
+                for (c, throughput, p99, _) in self.ratios(generator, case, "http-floor") {
+                    lines.push(format!(
+                        "[{generator}] fraction of the HTTP floor: {case} conc={c:<4} throughput={throughput:.3} p99={p99:.3}"
+                    ));
+                }
+            }
+            if let Some(base) = self.row(generator, "iicp-host", 64) {
+                for case in ["iicp-host+nonce", "iicp-host+trace"] {
+                    if let Some(row) = self.row(generator, case, 64) {
+                        lines.push(format!(
+                            "[{generator}] {case} / iicp-host throughput at conc=64: {:.3}",
+                            row.rps / base.rps
+                        ));
+                    }
+                }
+            }
+            for case in ["iicp-host python-echo", "iicp-host js-echo"] {
+                let (Some(one), Some(sixteen), Some(rust)) = (
+                    self.row(generator, case, 1),
+                    self.row(generator, case, 16),
+                    self.row(generator, "iicp-host", 1),
+                ) else {
+                    continue;
+                };
+                lines.push(format!(
+                    "[{generator}] {case}: conc=1 throughput / Rust echo's = {:.3}; conc=16 / conc=1 = {:.3}",
+                    one.rps / rust.rps,
+                    sixteen.rps / one.rps
+                ));
             }
         }
         lines
     }
 
     pub fn memory_line(&self) -> Option<String> {
-        let row = self.row("iicp-host", 256)?;
+        let row = self.row("harness", "iicp-host", 256)?;
         let extra = row.peak_rss_kib.saturating_sub(row.idle_rss_kib);
-        let native = self.row("native", 256)?;
+        let native = self.row("harness", "native", 256)?;
         Some(format!(
             "memory at conc=256: iicp-host peak {:.1} MiB (idle {:.1} MiB, {:.1} KiB per in-flight task beyond idle, {:.1} KiB per task of the whole peak); native peak {:.1} MiB",
             row.peak_rss_kib as f64 / 1024.0,
@@ -210,8 +278,40 @@ impl Report {
         ]
     }
 
+    /// Per artifact: RSS per additional plugin and reload time, largest N
+    /// against smallest.
+    pub fn many_summary_lines(&self) -> Vec<String> {
+        let mut artifacts: Vec<&str> = Vec::new();
+        for row in &self.many {
+            if !artifacts.contains(&row.artifact.as_str()) {
+                artifacts.push(&row.artifact);
+            }
+        }
+        artifacts
+            .into_iter()
+            .filter_map(|artifact| {
+                let rows: Vec<&ManyRow> = self.many.iter().filter(|r| r.artifact == artifact).collect();
+                let (small, large) = (rows.first()?, rows.last()?);
+                let extra = large.plugins.checked_sub(small.plugins).filter(|&n| n > 0)?;
+                Some(format!(
+                    "many plugins: {artifact}: {:.1} KiB RSS per additional plugin (N={} -> {}), reload N={} / N={} = {:.2}",
+                    large.rss_kib.saturating_sub(small.rss_kib) as f64 / extra as f64,
+                    small.plugins,
+                    large.plugins,
+                    large.plugins,
+                    small.plugins,
+                    large.reload.as_secs_f64() / small.reload.as_secs_f64().max(1e-9)
+                ))
+            })
+            .collect()
+    }
+
     pub fn summary_line(&self) -> String {
-        let ratios = self.ratios("iicp-host");
+        let ratios: Vec<_> = self
+            .generators()
+            .into_iter()
+            .flat_map(|g| self.ratios(g, "iicp-host", "native"))
+            .collect();
         let throughput = ratios.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
         let p99 = ratios.iter().map(|r| r.2).fold(0.0, f64::max);
         format!("throughput_ratio={throughput:.3} p99_ratio={p99:.3}")
@@ -230,11 +330,16 @@ impl Report {
             out,
             "## Method\n\n\
              Servers run one at a time on loopback, each with `max_concurrent` 256: the native reference \
-             (`iicp-client =0.7.109` `IicpNode` with an in-process echo handler, `bench/native-node`) and \
-             `iicp-host` serving `plugins/echo` with a fresh instance per task and default settings. The \
-             load generator (`bench/harness`, one thread, sharing the machine's cores with the server) keeps \
+             (`iicp-client =0.7.109` `IicpNode` with an in-process echo handler, `bench/native-node`), \
+             the HTTP floor (`bench/http-floor`: a minimal hyper server answering the bytes iicp-host answers, \
+             reading each request but parsing nothing) and `iicp-host` serving `plugins/echo` with a fresh \
+             instance per task and default settings (`python-echo`/`js-echo`: the interpreter echo plugins, \
+             conc 1 and 16). Two load generators, each sharing the machine's two cores with the server: \
+             `harness` (`bench/harness`, one thread) and `wrk` (two threads, Lua script, same task; \
+             latencies from its histogram). Each keeps \
              `conc` keep-alive connections busy with chat tasks for {:?} after {:?} of warm-up, bounded at {} \
-             requests. `+nonce` adds a unique `nonce` to every task, `+trace` a `traceparent` header. Every \
+             requests (harness). Server CPU per request is the server's user + system time over the \
+             measuring window divided by the requests served in it. `+nonce` adds a unique `nonce` to every task, `+trace` a `traceparent` header. Every \
              point starts a fresh server (the plugin's compiled artifact is already cached). The cases are \
              interleaved at each concurrency, {} rounds in alternating order, and each point keeps its best \
              round by throughput — the same rule for native and iicp-host. Peak RSS is the server's VmHWM \
@@ -247,13 +352,14 @@ impl Report {
         let _ = writeln!(out, "## Throughput and latency\n");
         let _ = writeln!(
             out,
-            "| case | conc | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |"
+            "| load generator | case | conc | req/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/req | peak RSS MiB |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {:.1} |",
+                r.generator,
                 r.case,
                 r.concurrency,
                 r.rps,
@@ -261,11 +367,12 @@ impl Report {
                 r.p99_ms,
                 r.p999_ms,
                 r.errors,
+                r.cpu_us_per_request,
                 r.peak_rss_kib as f64 / 1024.0
             );
         }
         let _ = writeln!(out, "\n{}", crate::charts::markdown(self).trim_end());
-        let _ = writeln!(out, "\n## Ratios against native\n");
+        let _ = writeln!(out, "\n## Ratios against native and the HTTP floor\n");
         for line in self.ratio_lines() {
             let _ = writeln!(out, "- {line}");
         }
@@ -279,6 +386,20 @@ impl Report {
         }
         for line in self.flood_lines() {
             let _ = writeln!(out, "- {line}");
+        }
+        if !self.many.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Many plugins per node\n\nN `[[plugin]]` tables on one artifact (distinct ids and intents); \
+                 ready = process start to the first served task; RSS once serving; reload = one changed plugin \
+                 through the admin API (median of three).\n"
+            );
+            for row in &self.many {
+                let _ = writeln!(out, "- {}", many_line(row));
+            }
+            for line in self.many_summary_lines() {
+                let _ = writeln!(out, "- {line}");
+            }
         }
         if !self.sandbox.trim().is_empty() {
             let _ = writeln!(
