@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
 const VERSIONED: &str = "urn:iicp:intent:test:versioned:v1";
-const ECHO: &str = "urn:iicp:intent:util:echo:v1";
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn case(name: &str) -> String {
@@ -425,30 +424,39 @@ async fn a_reload_under_load_drops_no_task_and_swaps_the_version() {
     );
 }
 
+/// `[[plugin]]` tables for misbehave at `path`, one per tenant, each serving
+/// (and told to declare) `urn:iicp:intent:<tenant>:<case>:v1` for `cases`,
+/// with its own memory cap, instance reuse and configuration.
+fn tenant_tables(path: &Path, tenants: &[(&str, u32)], cases: &[&str]) -> String {
+    let mut tables = String::new();
+    for (tenant, memory_mb) in tenants {
+        let intents: Vec<String> = cases
+            .iter()
+            .map(|case| format!("urn:iicp:intent:{tenant}:{case}:v1"))
+            .collect();
+        tables.push_str(&format!(
+            "\n[[plugin]]\nid = {tenant:?}\npath = {path:?}\nintents = {intents:?}\n\
+             memory_mb = {memory_mb}\ninstance_reuse = 4\n\
+             [plugin.config]\nalso_declare = {declare:?}\ntenant = {tenant:?}\n",
+            path = path.display().to_string(),
+            declare = intents.join(","),
+        ));
+    }
+    tables
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_loaded_from_one_artifact_share_its_compiled_code() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("echo.wasm");
-    std::fs::copy(plugin("echo"), &shared).unwrap();
+    let shared = dir.path().join("misbehave.wasm");
+    std::fs::copy(plugin("misbehave"), &shared).unwrap();
+    let tenants = [("alpha", 16), ("beta", 48)];
     let config = write(
         dir.path(),
         "shared.toml",
         &format!(
-            r#"
-[node]
-max_concurrent = 8
-
-[[plugin]]
-id = "chat"
-path = "{path}"
-intents = ["{CHAT}"]
-
-[[plugin]]
-id = "echo"
-path = "{path}"
-intents = ["{ECHO}"]
-"#,
-            path = shared.display()
+            "[node]\nmax_concurrent = 4\n{}",
+            tenant_tables(&shared, &tenants, &["config", "counter", "memory-bomb"])
         ),
     );
     let node = Node::start_config_env(&config, &[], &[]);
@@ -458,11 +466,42 @@ intents = ["{ECHO}"]
         .filter(|e| message(e) == "plugin loaded")
         .map(|e| e["fields"]["shared"].clone())
         .collect();
-    assert_eq!(shared_flags, vec![json!(false), json!(true)]);
-    assert_eq!(post_task(&node, &chat("c")).await.0, 200);
-    let (status, _, body) = post_task(&node, &task("e", ECHO, json!({"x": 1}))).await;
+    assert_eq!(
+        shared_flags,
+        vec![json!(false), json!(true)],
+        "the second plugin reuses the first one's compiled code"
+    );
+    let intent = |tenant: &str, case: &str| format!("urn:iicp:intent:{tenant}:{case}:v1");
+
+    // Each keeps its own configuration (and declared what its own said).
+    for (tenant, _) in tenants {
+        let (status, _, body) =
+            post_task(&node, &task("c", &intent(tenant, "config"), json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["values"]["tenant"], json!(tenant), "{body}");
+    }
+    // Each keeps its own instances: alpha's reused instance counts alpha's
+    // calls only, and beta starts from its own fresh instance.
+    for expected in 1..=3 {
+        let (status, _, body) =
+            post_task(&node, &task("n", &intent("alpha", "counter"), json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["calls"], json!(expected), "{body}");
+    }
+    let (status, _, body) =
+        post_task(&node, &task("n", &intent("beta", "counter"), json!({}))).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["result"], json!({"x": 1}));
+    assert_eq!(body["result"]["calls"], json!(1), "{body}");
+    // Each keeps its own limits.
+    for (tenant, memory_mb) in tenants {
+        let (status, _, body) =
+            post_task(&node, &task("m", &intent(tenant, "memory-bomb"), json!({}))).await;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(
+            error_of(&body)["message"],
+            format!("plugin exceeded its memory limit of {memory_mb} MiB")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -478,6 +517,12 @@ async fn a_plugin_file_rewritten_in_place_is_loaded_anew_on_reload() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["loaded"], json!(["svc"]), "{body}");
     assert_eq!(version_of(&node).await, "2");
+    // And back: the bytes of a version loaded before are loaded again too.
+    std::fs::write(&wasm, std::fs::read(plugin("versioned-v1")).unwrap()).unwrap();
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["loaded"], json!(["svc"]), "{body}");
+    assert_eq!(version_of(&node).await, "1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

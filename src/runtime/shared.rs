@@ -145,7 +145,16 @@ impl ArtifactRegistry {
         Ok(self.identify(path)?.1)
     }
 
+    /// The file's identity and SHA-256, and its bytes when it was read.
     fn identify(&self, path: &Path) -> Result<(FileIdentity, String, Option<Vec<u8>>), LoadError> {
+        self.identify_at(path, SystemTime::now())
+    }
+
+    fn identify_at(
+        &self,
+        path: &Path,
+        now: SystemTime,
+    ) -> Result<(FileIdentity, String, Option<Vec<u8>>), LoadError> {
         let identity = FileIdentity::of(path)?;
         if let Some(sha256) = lock(&self.hashes).get(&identity) {
             return Ok((identity, sha256.clone(), None));
@@ -157,7 +166,7 @@ impl ArtifactRegistry {
         // only for a file left alone long enough that a later write cannot
         // keep its times.
         let unchanged = FileIdentity::of(path).is_ok_and(|after| after == identity);
-        if unchanged && settled([identity.modified, identity.changed], SystemTime::now()) {
+        if unchanged && settled([identity.modified, identity.changed], now) {
             let mut hashes = lock(&self.hashes);
             if hashes.len() >= MAX_REMEMBERED_FILES {
                 hashes.clear();
@@ -229,5 +238,37 @@ mod tests {
             !settled([(-1, 0), old], now),
             "times before 1970 are not trusted"
         );
+    }
+
+    #[test]
+    fn a_remembered_hash_is_forgotten_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin.wasm");
+        std::fs::write(&path, b"first").unwrap();
+        let registry = ArtifactRegistry::default();
+        let remembered = || lock(&registry.hashes).len();
+        let now = SystemTime::now();
+        let (_, sha256, bytes) = registry.identify_at(&path, now).unwrap();
+        assert_eq!(sha256, plugin_sha256(b"first"));
+        assert_eq!(bytes.as_deref(), Some(&b"first"[..]), "read");
+        assert_eq!(remembered(), 0, "just written: not trusted yet");
+
+        let later = now + SETTLED * 10;
+        let (_, _, bytes) = registry.identify_at(&path, later).unwrap();
+        assert!(bytes.is_some(), "read once more");
+        assert_eq!(remembered(), 1);
+        let (_, sha256, bytes) = registry.identify_at(&path, later).unwrap();
+        assert_eq!(sha256, plugin_sha256(b"first"));
+        assert!(bytes.is_none(), "answered from memory, not read");
+
+        // Rewritten in place (same path and inode): read and hashed again.
+        std::fs::write(&path, b"second, longer").unwrap();
+        let (_, sha256, bytes) = registry.identify_at(&path, later).unwrap();
+        assert_eq!(sha256, plugin_sha256(b"second, longer"));
+        assert!(bytes.is_some());
+        assert!(matches!(
+            registry.file_sha256(&dir.path().join("gone.wasm")),
+            Err(LoadError::NotFound(_))
+        ));
     }
 }
