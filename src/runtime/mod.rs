@@ -59,7 +59,6 @@ pub struct RuntimeSettings {
 pub struct Runtime {
     engine: Engine,
     metrics: Arc<Metrics>,
-    linker: Arc<Linker<TaskState>>,
     artifacts: Arc<ArtifactRegistry>,
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
@@ -85,12 +84,12 @@ impl Runtime {
                 .ok()
         });
         let oci = Puller::new(&settings.oci, metrics.oci_pulls.clone());
+        let artifacts = ArtifactRegistry::new(engine.clone(), linker, cache.clone());
         Ok(Self {
             oci,
             engine,
             metrics,
-            linker: Arc::new(linker),
-            artifacts: Arc::default(),
+            artifacts: Arc::new(artifacts),
             cache,
             allocator,
             teardown: Teardown::default(),
@@ -107,17 +106,7 @@ impl Runtime {
     /// `oci://` reference).
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
         let file = self.local_file(&source.path).await?;
-        plugin::load(
-            &self.engine,
-            &self.linker,
-            &self.artifacts,
-            self.cache.as_ref(),
-            &self.metrics,
-            &self.warm,
-            source,
-            &file,
-        )
-        .await
+        plugin::load(&self.artifacts, &self.metrics, &self.warm, source, &file).await
     }
 
     /// The file to load for `location`: itself, or the verified component an

@@ -16,7 +16,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use super::bindings::{Descriptor, PluginPre};
-use super::cache::{ArtifactCache, CacheOutcome};
+use super::cache::CacheOutcome;
 use super::host::config::PluginConfig;
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
@@ -202,10 +202,7 @@ impl std::error::Error for LoadError {}
 /// Reads, compiles, links and describes a plugin; the compiled code is
 /// shared with every other plugin loaded from the same bytes.
 pub(super) async fn load(
-    engine: &Engine,
-    linker: &Arc<Linker<TaskState>>,
     registry: &Arc<ArtifactRegistry>,
-    cache: Option<&ArtifactCache>,
     metrics: &Metrics,
     warm: &WarmRegistry,
     source: &PluginSource,
@@ -216,18 +213,10 @@ pub(super) async fn load(
     // Reading and compiling are blocking and CPU-heavy (~100 ms to compile):
     // keep them off the async workers.
     let (artifact, cache_outcome) = {
-        let (engine, linker, registry, cache, file) = (
-            engine.clone(),
-            linker.clone(),
-            registry.clone(),
-            cache.cloned(),
-            file.to_path_buf(),
-        );
-        tokio::task::spawn_blocking(move || {
-            registry.resolve(&engine, &linker, cache.as_ref(), &file)
-        })
-        .await
-        .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
+        let (registry, file) = (registry.clone(), file.to_path_buf());
+        tokio::task::spawn_blocking(move || registry.resolve(&file))
+            .await
+            .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
     };
     let config = Arc::new(PluginConfig {
         values: source.config.clone(),
@@ -240,7 +229,8 @@ pub(super) async fn load(
     let descriptor = match artifact.description(&describe_input) {
         Some(descriptor) => descriptor,
         None => {
-            let descriptor = describe(engine, &artifact.pre, source, config.clone()).await?;
+            let descriptor =
+                describe(registry.engine(), &artifact.pre, source, config.clone()).await?;
             artifact.remember_description(describe_input, descriptor.clone());
             descriptor
         }

@@ -131,14 +131,33 @@ fn settled(times: [(i64, i64); 2], now: SystemTime) -> bool {
     })
 }
 
-/// The shared artifacts of one engine.
-#[derive(Default)]
+/// The shared artifacts of one engine, and what it takes to make one: the
+/// engine, the host's linker and the on-disk cache of compiled code.
 pub struct ArtifactRegistry {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    cache: Option<ArtifactCache>,
     hashes: Mutex<HashMap<FileIdentity, String>>,
     artifacts: Mutex<HashMap<String, Weak<SharedArtifact>>>,
 }
 
 impl ArtifactRegistry {
+    /// An empty registry compiling for `engine` and linking with `linker`.
+    pub fn new(engine: Engine, linker: Linker<TaskState>, cache: Option<ArtifactCache>) -> Self {
+        Self {
+            engine,
+            linker,
+            cache,
+            hashes: Mutex::default(),
+            artifacts: Mutex::default(),
+        }
+    }
+
+    /// The engine artifacts are compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The SHA-256 of the file at `path`, hashing it only when its identity
     /// is new or changed.
     pub fn file_sha256(&self, path: &Path) -> Result<String, LoadError> {
@@ -179,13 +198,7 @@ impl ArtifactRegistry {
     /// The artifact for the file at `path`: the one already loaded from the
     /// same bytes ([`CacheOutcome::Shared`]), or a newly compiled (or
     /// cache-loaded) and linked one. Blocking: reads, hashes and compiles.
-    pub fn resolve(
-        &self,
-        engine: &Engine,
-        linker: &Linker<TaskState>,
-        cache: Option<&ArtifactCache>,
-        path: &Path,
-    ) -> Result<(Arc<SharedArtifact>, CacheOutcome), LoadError> {
+    pub fn resolve(&self, path: &Path) -> Result<(Arc<SharedArtifact>, CacheOutcome), LoadError> {
         let (_, remembered, bytes) = self.identify(path)?;
         if let Some(shared) = self.live(&remembered) {
             return Ok((shared, CacheOutcome::Shared));
@@ -199,8 +212,9 @@ impl ArtifactRegistry {
                 (plugin_sha256(&bytes), bytes)
             }
         };
-        let (component, cache_outcome) = compile_bytes(engine, cache, path, &bytes, &sha256)?;
-        let pre = link(engine, linker, &component)
+        let (component, cache_outcome) =
+            compile_bytes(&self.engine, self.cache.as_ref(), path, &bytes, &sha256)?;
+        let pre = link(&self.engine, &self.linker, &component)
             .map_err(|why| LoadError::WrongWorld(path.to_path_buf(), why))?;
         let shared = Arc::new(SharedArtifact {
             sha256: sha256.clone(),
@@ -245,7 +259,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plugin.wasm");
         std::fs::write(&path, b"first").unwrap();
-        let registry = ArtifactRegistry::default();
+        let engine = Engine::default();
+        let registry = ArtifactRegistry::new(engine.clone(), Linker::new(&engine), None);
         let remembered = || lock(&registry.hashes).len();
         let now = SystemTime::now();
         let (_, sha256, bytes) = registry.identify_at(&path, now).unwrap();
