@@ -163,7 +163,7 @@ pub fn send(
         .map_err(|()| HttpError::Transport("no request body".into()))?;
     // Start the request first: the host reads the body while it sends.
     let pending = outgoing_handler::handle(request, Some(options)).map_err(from_code)?;
-    {
+    let written = (|| {
         let stream = outgoing
             .write()
             .map_err(|()| HttpError::Transport("cannot write the request body".into()))?;
@@ -172,15 +172,28 @@ pub fn send(
                 .blocking_write_and_flush(chunk)
                 .map_err(|e| HttpError::Transport(format!("writing the body: {e:?}")))?;
         }
-    }
-    OutgoingBody::finish(outgoing, None).map_err(from_code)?;
-
-    let response = loop {
+        Ok(())
+    })();
+    let wait = || loop {
         match pending.get() {
             Some(result) => break result,
             None => pending.subscribe().block(),
         }
     };
+    if let Err(error) = written {
+        // A host that refuses the request (allow-list, limits) closes its
+        // body: the response then says why, which the write cannot. The
+        // body is dropped unfinished first, so the request cannot be left
+        // waiting for it.
+        drop(outgoing);
+        return Err(match wait() {
+            Ok(Err(code)) => from_code(code),
+            _ => error,
+        });
+    }
+    OutgoingBody::finish(outgoing, None).map_err(from_code)?;
+
+    let response = wait();
     let response = response
         .map_err(|()| HttpError::Transport("response already taken".into()))?
         .map_err(from_code)?;
