@@ -29,6 +29,14 @@ struct Cli {
 enum Command {
     /// Serve IICP tasks through plugins.
     Run(Box<RunArgs>),
+    #[command(flatten)]
+    Tool(ToolCommand),
+}
+
+/// Every command but `run`: plugin authoring and publishing, shell
+/// completions, man pages.
+#[derive(Subcommand)]
+enum ToolCommand {
     /// Check that a plugin fits the iicp:plugin world; show what it declares and imports.
     Check {
         /// The plugin (.wasm component or compiled artifact).
@@ -279,6 +287,13 @@ struct RunArgs {
     /// X-IICP-Consumer-Token, or a node token) [default: open].
     #[arg(long, value_enum, env = "IICP_HOST_TASK_AUTH")]
     task_auth: Option<iicp_host::server::task_auth::AuthMode>,
+    /// Finished spans queued for OTLP export at most; more are dropped
+    /// (with OTEL_EXPORTER_OTLP_ENDPOINT) [default: 2048].
+    #[arg(long)]
+    otlp_queue_spans: Option<usize>,
+    /// Bound on one OTLP export request, in ms [default: 5000].
+    #[arg(long)]
+    otlp_timeout_ms: Option<u64>,
     /// Idempotent task ids: a task id seen in the last 300 s gets its first
     /// answer instead of running again, or 409 IICP-E010 with other content
     /// [default: off, as in the reference node].
@@ -562,6 +577,17 @@ impl RunArgs {
             (None, _) => {}
         }
         self.apply_reach(&mut config)?;
+        if let Some(spans) = self.otlp_queue_spans {
+            config.telemetry.queue_spans =
+                check_range("--otlp-queue-spans", spans, &config::OTLP_SPANS_RANGE)?;
+        }
+        if let Some(ms) = self.otlp_timeout_ms {
+            config.telemetry.timeout = Duration::from_millis(check_range(
+                "--otlp-timeout-ms",
+                ms,
+                &config::OTLP_MS_RANGE,
+            )?);
+        }
         if let Some(mode) = self.task_auth {
             config.auth.mode = mode;
         }
@@ -640,18 +666,73 @@ impl RunArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check { plugin, config } => {
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Tool(command) => {
+            return match runtime() {
+                Ok(runtime) => runtime.block_on(tool(command)),
+                Err(code) => code,
+            };
+        }
+    };
+    let log_format = args.log_format;
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("iicp-host: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Telemetry lives outside the async runtime: the span exporter runs on
+    // a thread of its own, and its final flush blocks.
+    let telemetry = telemetry::init(log_format, &config.telemetry);
+    let code = match runtime() {
+        Ok(runtime) => runtime.block_on(async move {
+            let reload_source: ConfigSource = Arc::new(move || args.to_config());
+            match iicp_host::node::run(
+                config,
+                Some(reload_source),
+                iicp_host::node::shutdown_signal(),
+            )
+            .await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("iicp-host: error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Err(code) => code,
+    };
+    telemetry.shutdown();
+    code
+}
+
+/// The multi-threaded async runtime.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("iicp-host: error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Runs a command other than `run`.
+async fn tool(command: ToolCommand) -> ExitCode {
+    match command {
+        ToolCommand::Check { plugin, config } => {
             let outcome = match tools::key_values(&config, "--config") {
                 Ok(config) => tools::check::check(&plugin, config).await,
                 Err(error) => Err(format!("error: {error}")),
             };
             finish(outcome)
         }
-        Command::Call {
+        ToolCommand::Call {
             plugin,
             intent,
             payload,
@@ -676,10 +757,10 @@ async fn main() -> ExitCode {
                 Err(error) => finish(Err(format!("error: {error}"))),
             }
         }
-        Command::Compile { plugin, out } => {
+        ToolCommand::Compile { plugin, out } => {
             finish(tools::compile::compile(&plugin, &out).map_err(|e| format!("error: {e}")))
         }
-        Command::Push {
+        ToolCommand::Push {
             plugin,
             reference,
             registry,
@@ -694,7 +775,7 @@ async fn main() -> ExitCode {
                 Err(error) => finish(Err(format!("error: {error}"))),
             }
         }
-        Command::Completions { shell } => {
+        ToolCommand::Completions { shell } => {
             clap_complete::generate(
                 shell,
                 &mut Cli::command(),
@@ -703,8 +784,8 @@ async fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Man { out_dir } => finish(man_pages(out_dir.as_deref())),
-        Command::New {
+        ToolCommand::Man { out_dir } => finish(man_pages(out_dir.as_deref())),
+        ToolCommand::New {
             lang,
             name,
             dir,
@@ -720,30 +801,5 @@ async fn main() -> ExitCode {
                 })
                 .map_err(|e| format!("error: {e}")),
         ),
-        Command::Run(args) => {
-            let log_format = args.log_format;
-            let config = match args.to_config() {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("iicp-host: error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            telemetry::init(log_format);
-            let reload_source: ConfigSource = Arc::new(move || args.to_config());
-            match iicp_host::node::run(
-                config,
-                Some(reload_source),
-                iicp_host::node::shutdown_signal(),
-            )
-            .await
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("iicp-host: error: {error}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
 }

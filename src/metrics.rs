@@ -747,7 +747,11 @@ impl Metrics {
             },
             relay: RelayMetrics::register(&r),
             peers: PeerMetrics::register(&r),
-            registry: r,
+            registry: {
+                r.register(Box::new(crate::telemetry::otlp::SPANS.clone()))
+                    .expect("unique metric name");
+                r
+            },
         }
     }
 

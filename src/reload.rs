@@ -80,6 +80,8 @@ fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
         running.qos_max_waiting != next.qos_max_waiting,
     );
     check("node.idempotency", running.idempotency != next.idempotency);
+    check("auth", running.auth != next.auth);
+    check("telemetry", running.telemetry != next.telemetry);
     check("node.node_id", running.node_id != next.node_id);
     check("node.region", running.region != next.region);
     check(

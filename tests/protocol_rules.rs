@@ -605,3 +605,237 @@ mod consumer_tokens {
         assert_eq!(authed(&node, Some(OPS_TOKEN), false, None).await.0, 200);
     }
 }
+
+mod otlp {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+    use std::sync::{Arc, Mutex};
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CONSUMER_SPAN: &str = "00f067aa0ba902b7";
+
+    /// An OTLP/HTTP receiver: decodes every export and keeps the spans.
+    struct Collector {
+        addr: std::net::SocketAddr,
+        spans: Arc<Mutex<Vec<Span>>>,
+    }
+
+    impl Collector {
+        async fn start() -> Collector {
+            let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+            let kept = spans.clone();
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let kept = kept.clone();
+                    async move {
+                        let request = ExportTraceServiceRequest::decode(body).unwrap();
+                        for resource in request.resource_spans {
+                            for scope in resource.scope_spans {
+                                kept.lock().unwrap().extend(scope.spans);
+                            }
+                        }
+                        ([("content-type", "application/x-protobuf")], Vec::new())
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Collector { addr, spans }
+        }
+
+        /// Waits for the spans named `names` of trace `trace_id` (hex).
+        async fn wait_for(&self, trace_id: &str, names: &[&str]) -> Vec<Span> {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let spans: Vec<Span> = self
+                    .spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| hex::encode(&s.trace_id) == trace_id)
+                    .cloned()
+                    .collect();
+                if names.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+                    return spans;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "spans never arrived: {:?}",
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    fn named<'s>(spans: &'s [Span], name: &str) -> &'s Span {
+        spans.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn attribute(span: &Span, key: &str) -> String {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        let value = span
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref()?.value.clone());
+        match value {
+            Some(Any::StringValue(text)) => text,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    /// Records the `traceparent` of every request the plugin sends it.
+    async fn backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let kept = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let kept = kept.clone();
+                async move {
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    kept.lock().unwrap().push(traceparent);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    fn traced_node(dir: &Path, backend: std::net::SocketAddr, collector: &str) -> Node {
+        let path = dir.join("traced.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[telemetry]\notlp_interval_ms = 100\notlp_timeout_ms = 500\n\
+                 [[plugin]]\nid = \"misbehave\"\npath = {:?}\n[plugin.http]\nallow = [\"http://{backend}\"]\n",
+                plugin("misbehave").display().to_string(),
+            ),
+        )
+        .unwrap();
+        Node::start_config_env(&path, &[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector)])
+    }
+
+    fn fetch(id: &str, backend: std::net::SocketAddr) -> Value {
+        task(
+            id,
+            "urn:iicp:intent:test:http-get:v1",
+            json!({"url": format!("http://{backend}/")}),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn spans_continue_the_consumers_trace_and_reach_the_collector() {
+        let collector = Collector::start().await;
+        let (backend, seen) = backend().await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = traced_node(dir.path(), backend, &format!("http://{}", collector.addr));
+
+        let response = client()
+            .post(node.url("/v1/task"))
+            .header("traceparent", format!("00-{TRACE}-{CONSUMER_SPAN}-01"))
+            .json(&fetch("traced-1", backend))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-iicp-trace-id"], TRACE);
+        let spans = collector
+            .wait_for(TRACE, &["iicp.task.validate", "iicp.task.execute"])
+            .await;
+        let execute = named(&spans, "iicp.task.execute");
+        for span in [named(&spans, "iicp.task.validate"), execute] {
+            assert_eq!(
+                hex::encode(&span.parent_span_id),
+                CONSUMER_SPAN,
+                "{}",
+                span.name
+            );
+            assert_eq!(attribute(span, "iicp.task_id"), "traced-1");
+        }
+        assert_eq!(
+            attribute(execute, "iicp.intent"),
+            "urn:iicp:intent:test:http-get:v1"
+        );
+        // The plugin's own request carries the child context: its parent is
+        // the execute span.
+        let outbound = seen.lock().unwrap()[0].clone().expect("a traceparent");
+        assert_eq!(
+            outbound,
+            format!("00-{TRACE}-{}-01", hex::encode(&execute.span_id))
+        );
+
+        // Without a traceparent, the node starts the trace: the response
+        // names it, and execute is a child of validate.
+        let response = client()
+            .post(node.url("/v1/task"))
+            .json(&fetch("traced-2", backend))
+            .send()
+            .await
+            .unwrap();
+        let started = response.headers()["x-iicp-trace-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let spans = collector
+            .wait_for(&started, &["iicp.task.validate", "iicp.task.execute"])
+            .await;
+        let validate = named(&spans, "iicp.task.validate");
+        assert!(validate.parent_span_id.is_empty());
+        assert_eq!(
+            named(&spans, "iicp.task.execute").parent_span_id,
+            validate.span_id
+        );
+        let text = metrics(&node).await;
+        assert!(
+            sample(&text, r#"iicp_otlp_spans_total{result="exported"}"#) >= 4.0,
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_collector_that_never_answers_costs_the_tasks_nothing() {
+        // A collector that accepts connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = silent.local_addr().unwrap();
+        let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let holder = held.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming().flatten().take(64) {
+                holder.lock().unwrap().push(stream);
+            }
+        });
+        let (backend, _) = backend().await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = traced_node(dir.path(), backend, &format!("http://{address}"));
+        for i in 0..20 {
+            let (status, _, body) = post_task(&node, &fetch(&format!("dark-{i}"), backend)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // The exporter kept trying, and gave up on its own deadline.
+        let deadline = std::time::Instant::now() + WAIT;
+        while sample(
+            &metrics(&node).await,
+            r#"iicp_otlp_spans_total{result="failed"}"#,
+        ) < 1.0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no export was attempted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!held.lock().unwrap().is_empty());
+    }
+}

@@ -20,8 +20,9 @@ use super::{
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
     IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_RESOURCES_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
-    ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    MEMORY_MB_RANGE, NodeConfig, OTLP_MS_RANGE, OTLP_SPANS_RANGE, PluginSpec,
+    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range,
+    default_cache_dir,
 };
 use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
@@ -41,6 +42,7 @@ use crate::runtime::host::http::{
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 use crate::server::task_auth::AuthMode;
+use crate::telemetry::otlp::ExportSettings;
 
 /// Default bound on directory calls.
 const DEFAULT_DIRECTORY_TIMEOUT_MS: u64 = 10_000;
@@ -83,6 +85,7 @@ struct FileConfig {
     relay: Option<WorkerSettings>,
     relay_capable: Option<RelaySettings>,
     peers: Option<PeerSettings>,
+    telemetry: Option<TelemetrySection>,
     #[serde(default)]
     defaults: LimitsSection,
     #[serde(default)]
@@ -166,6 +169,15 @@ struct LimitsSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetrySection {
+    otlp_queue_spans: Option<usize>,
+    otlp_batch_spans: Option<usize>,
+    otlp_interval_ms: Option<u64>,
+    otlp_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +362,11 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     }
     let admin = file.admin.map(admin).transpose()?;
     let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
+    let telemetry = file
+        .telemetry
+        .map(telemetry)
+        .transpose()?
+        .unwrap_or_default();
     // The tool gate follows the policy table with or without a directory.
     let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
     let cache_location = node
@@ -419,6 +436,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         }),
         origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
         auth,
+        telemetry,
         allow_tool_execution,
         origin_limit_tracked: check_range(
             "node.origin_limit_tracked",
@@ -631,6 +649,40 @@ fn plugin_spec(
         models: plugin.models,
         max_concurrent,
         tenants,
+    })
+}
+
+fn telemetry(section: TelemetrySection) -> Result<ExportSettings, String> {
+    let defaults = ExportSettings::default();
+    let spans = |key: &str, value: Option<usize>, default: usize| {
+        check_range(
+            &format!("telemetry.{key}"),
+            value.unwrap_or(default),
+            &OTLP_SPANS_RANGE,
+        )
+    };
+    let ms = |key: &str, value: Option<u64>, default: Duration| {
+        value.map_or(Ok(default), |ms| {
+            check_range(&format!("telemetry.{key}"), ms, &OTLP_MS_RANGE).map(Duration::from_millis)
+        })
+    };
+    Ok(ExportSettings {
+        queue_spans: spans(
+            "otlp_queue_spans",
+            section.otlp_queue_spans,
+            defaults.queue_spans,
+        )?,
+        batch_spans: spans(
+            "otlp_batch_spans",
+            section.otlp_batch_spans,
+            defaults.batch_spans,
+        )?,
+        interval: ms(
+            "otlp_interval_ms",
+            section.otlp_interval_ms,
+            defaults.interval,
+        )?,
+        timeout: ms("otlp_timeout_ms", section.otlp_timeout_ms, defaults.timeout)?,
     })
 }
 

@@ -22,6 +22,7 @@ use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
 use crate::server::task_auth::AuthMode;
+use crate::telemetry::otlp::ExportSettings;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
@@ -60,6 +61,10 @@ pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
 pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(3600);
 /// Default shortest time between two key fetches, whatever asks.
 pub const DEFAULT_KEY_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Bounds on the OTLP span queue and batch.
+pub const OTLP_SPANS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds on the OTLP send timeout and interval, in ms.
+pub const OTLP_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
@@ -119,6 +124,9 @@ pub struct NodeConfig {
     pub origin_rate_limit: u32,
     /// Node-wide task authentication.
     pub auth: AuthSettings,
+    /// Bounds of the OTLP span export (on when the environment names an
+    /// endpoint).
+    pub telemetry: ExportSettings,
     /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
     /// they get 403 `tool_execution_denied`.
     pub allow_tool_execution: bool,
@@ -309,6 +317,7 @@ impl NodeConfig {
             idempotency: None,
             origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
             auth: AuthSettings::default(),
+            telemetry: ExportSettings::default(),
             allow_tool_execution: false,
             origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,

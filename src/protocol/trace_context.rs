@@ -6,6 +6,12 @@
 //! receiver (an invalid header is not an error for the task). The node acts
 //! as one span of the trace: plugins receive a `traceparent` whose parent id is
 //! the node's span, and `tracestate` untouched.
+//!
+//! With OTLP export on, the node's span ids are the exported spans' own
+//! ([`TraceContext::adopt`]). A trace named only by the body's
+//! `trace.trace_id` has no parent span the node knows; its spans get a
+//! parent id of their own making, which collectors show as a missing parent
+//! — the trace id, which the consumer asked for, is kept.
 
 use std::fmt::Write;
 
@@ -20,6 +26,9 @@ pub struct TraceContext {
     flags: u8,
     tracestate: Option<String>,
     continued: bool,
+    /// The span the node's spans are children of, when the trace was
+    /// continued.
+    parent: Option<u64>,
 }
 
 impl TraceContext {
@@ -32,7 +41,7 @@ impl TraceContext {
         fallback_trace_id: Option<&str>,
     ) -> Self {
         let span_id = random_nonzero_u64();
-        if let Some((trace_id, flags)) = traceparent.and_then(parse_traceparent) {
+        if let Some((trace_id, parent, flags)) = traceparent.and_then(parse_traceparent) {
             return Self {
                 trace_id,
                 span_id,
@@ -41,6 +50,7 @@ impl TraceContext {
                     .filter(|s| valid_tracestate(s))
                     .map(str::to_string),
                 continued: true,
+                parent: Some(parent),
             };
         }
         let trace_id = fallback_trace_id
@@ -49,11 +59,36 @@ impl TraceContext {
             .filter(|id| *id != 0);
         Self {
             continued: trace_id.is_some(),
+            parent: trace_id.map(|_| random_nonzero_u64()),
             trace_id: trace_id.unwrap_or_else(random_nonzero_u128),
             span_id,
             flags: 0x01,
             tracestate: None,
         }
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> u128 {
+        self.trace_id
+    }
+
+    /// The W3C trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// The span id the node's spans are children of, when the trace was
+    /// continued from the consumer.
+    pub fn remote_parent(&self) -> Option<u64> {
+        self.parent
+    }
+
+    /// Takes the ids an exported span got: the trace id (a new trace's, or
+    /// the continued one unchanged), its span id and sampling flags.
+    pub fn adopt(&mut self, trace_id: u128, span_id: u64, flags: u8) {
+        self.trace_id = trace_id;
+        self.span_id = span_id;
+        self.flags = flags;
     }
 
     /// The trace id as 32 lowercase hex digits (the `X-IICP-Trace-Id` value).
@@ -88,7 +123,7 @@ impl TraceContext {
     }
 }
 
-fn parse_traceparent(header: &str) -> Option<(u128, u8)> {
+fn parse_traceparent(header: &str) -> Option<(u128, u64, u8)> {
     let header = header.trim();
     let mut parts = header.splitn(5, '-');
     let version = parse_hex_id::<1>(parts.next()?)?[0];
@@ -102,7 +137,7 @@ fn parse_traceparent(header: &str) -> Option<(u128, u8)> {
         0x00 => rest.is_none(),
         _ => true,
     };
-    (shape_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags))
+    (shape_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, parent_id, flags))
 }
 
 /// Parses exactly `N` bytes of lowercase hex.

@@ -186,6 +186,9 @@ pub async fn run_task(
         }
         None => (fresh_store(), None, 0),
     };
+    store
+        .data_mut()
+        .set_trace(&input.traceparent, input.tracestate);
     let task = to_wit_task(&input);
     let mut instantiated = None;
     let store_slot = &mut store;

@@ -54,6 +54,11 @@ impl TaskState {
         &self.log
     }
 
+    /// Sets the trace context the plugin's outbound requests carry.
+    pub fn set_trace(&mut self, traceparent: &str, tracestate: Option<&str>) {
+        self.http.set_trace(traceparent, tracestate);
+    }
+
     /// The plugin's configuration.
     pub fn config(&self) -> &PluginConfig {
         &self.config

@@ -4,9 +4,10 @@
 //!
 //! 1. [`check_origin`] — the per-Origin limit, before the body is read;
 //! 2. [`read_body`] — the whole body, within the body-read deadline (408),
-//!    before any slot is taken; then parse it (413, 422);
-//!    [`check_node_draining`] — a node that began shutting down meanwhile
-//!    runs nothing new (503 `IICP-E024`);
+//!    before any slot is taken; [`check_node_draining`] — a node that began
+//!    shutting down meanwhile runs nothing new (503 `IICP-E024`); then parse
+//!    it (413, 422) and name the task's trace. The `iicp.task.validate` span
+//!    starts here, after the read (that wait is the client's);
 //! 3. [`check_tool_gate`] — tool-domain intents need the operator's policy
 //!    (403);
 //! 4. [`route`] — the plugin serving the intent (404);
@@ -64,6 +65,7 @@ use crate::protocol::trace_context::TraceContext;
 use crate::protocol::{ApiError, json_bytes_response, json_response};
 use crate::runtime::bindings::ErrorKind;
 use crate::runtime::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
+use crate::telemetry::otlp;
 
 /// Response header carrying the task's trace id (TRACE-02).
 pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-iicp-trace-id");
@@ -107,16 +109,24 @@ async fn steps(
     trace: &mut TraceContext,
 ) -> Result<Response, ApiError> {
     check_origin(state, headers, received)?;
+    let body = read_body(state, headers, body).await?;
+    check_node_draining(state)?;
+    let parsed = TaskRequest::parse(&body);
+    *trace = TraceContext::from_request(
+        header_str(headers, "traceparent"),
+        header_str(headers, "tracestate"),
+        parsed
+            .as_ref()
+            .ok()
+            .and_then(|task| task.body_trace_id.as_deref()),
+    );
     let validate_span = tracing::info_span!(
         "iicp.task.validate",
         iicp.task_id = Empty,
         iicp.intent = Empty
     );
-    let body = read_body(state, headers, body)
-        .instrument(validate_span.clone())
-        .await?;
-    check_node_draining(state)?;
-    let admitted = validate(state, headers, &body, received)
+    otlp::join(&validate_span, trace, None);
+    let admitted = validate(state, headers, parsed?, received)
         .instrument(validate_span.clone())
         .await?;
     let Admitted {
@@ -126,19 +136,14 @@ async fn steps(
         session,
         caller,
     } = admitted;
-    *trace = TraceContext::from_request(
-        header_str(headers, "traceparent"),
-        header_str(headers, "tracestate"),
-        task.body_trace_id.as_deref(),
-    );
     let running = match claim_task_id(state, &caller, &task, &route, received)
-        .instrument(validate_span)
+        .instrument(validate_span.clone())
         .await?
     {
         Claimed::Answered(answer) => return respond(answer, &task.task_id, session.as_ref()),
         Claimed::Run(running) => running,
     };
-    let outcome = execute(state, &task, &route, trace, received).await;
+    let outcome = execute(state, &task, &route, trace, &validate_span, received).await;
     drop(slots);
     if let Some(running) = running {
         running.finish(cacheable(&outcome));
@@ -177,14 +182,13 @@ struct Admitted<'b> {
     caller: String,
 }
 
-/// Steps 2–9: everything between reading the body and claiming the id.
+/// Steps 3–9: everything between parsing the body and claiming the id.
 async fn validate<'b>(
     state: &AppState,
     headers: &HeaderMap,
-    body: &'b [u8],
+    mut task: TaskRequest<'b>,
     received: Instant,
 ) -> Result<Admitted<'b>, ApiError> {
-    let mut task = TaskRequest::parse(body)?;
     let span = tracing::Span::current();
     span.record("iicp.task_id", &*task.task_id);
     span.record("iicp.intent", &*task.intent);
@@ -473,14 +477,26 @@ async fn claim_task_id<'s>(
 }
 
 /// Step 11: runs the task in its plugin; the plain 200 body or the error.
+/// The execute span is a child of the consumer's span (of `validate_span`
+/// in a trace the node started), and the plugin's `traceparent` names it.
 async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,
     route: &Route,
-    trace: &TraceContext,
+    trace: &mut TraceContext,
+    validate_span: &tracing::Span,
     received: Instant,
 ) -> Result<Bytes, ApiError> {
     let plugin = &route.entry.plugin;
+    let span = tracing::info_span!(
+        "iicp.task.execute",
+        iicp.task_id = %task.task_id,
+        iicp.intent = %task.intent,
+        iicp.plugin = %plugin.id,
+        trace_id = Empty,
+    );
+    otlp::join(&span, trace, Some(validate_span));
+    span.record("trace_id", trace.trace_id_hex());
     let timeout = budget(task, route);
     let input = TaskInput {
         task_id: &task.task_id,
@@ -494,13 +510,6 @@ async fn execute(
         tracestate: trace.tracestate(),
         deadline: received + timeout,
     };
-    let span = tracing::info_span!(
-        "iicp.task.execute",
-        iicp.task_id = %task.task_id,
-        iicp.intent = %task.intent,
-        iicp.plugin = %plugin.id,
-        trace_id = %trace.trace_id_hex(),
-    );
     let (outcome, report) = state.runtime.run_task(plugin, input).instrument(span).await;
     let latency = received.elapsed();
     record(route, &outcome, &report, latency, &task.task_id);

@@ -576,6 +576,7 @@ pub struct TaskHttp {
     budget: Arc<HostBudget>,
     in_flight: Arc<Semaphore>,
     deadline: Instant,
+    trace: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl TaskHttp {
@@ -588,12 +589,30 @@ impl TaskHttp {
             budget,
             in_flight,
             deadline,
+            trace: Vec::new(),
         }
     }
 
     /// Moves the deadline (reused instances serve several tasks).
     pub fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = deadline;
+    }
+
+    /// The task's trace context (`traceparent` naming the task's execute
+    /// span, and the consumer's `tracestate`), added to every request the
+    /// plugin sends without its own, so its backend continues the trace.
+    pub fn set_trace(&mut self, traceparent: &str, tracestate: Option<&str>) {
+        self.trace.clear();
+        let headers = [
+            ("traceparent", Some(traceparent)),
+            ("tracestate", tracestate),
+        ];
+        for (name, value) in headers {
+            if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                self.trace
+                    .push((http::HeaderName::from_static(name), value));
+            }
+        }
     }
 }
 
@@ -631,6 +650,10 @@ impl WasiHttpHooks for TaskHttp {
                 ))))
             });
         };
+        let mut request = request;
+        if !request.headers().contains_key("traceparent") {
+            request.headers_mut().extend(self.trace.iter().cloned());
+        }
         Box::new(async move {
             let response = policy.send(request, deadline, &budget, slot).await?;
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
