@@ -287,12 +287,15 @@ struct RunArgs {
     /// X-IICP-Consumer-Token, or a node token) [default: open].
     #[arg(long, value_enum, env = "IICP_HOST_TASK_AUTH")]
     task_auth: Option<iicp_host::server::task_auth::AuthMode>,
-    /// Finished spans queued for OTLP export at most; more are dropped
-    /// (with OTEL_EXPORTER_OTLP_ENDPOINT) [default: 2048].
-    #[arg(long)]
+    /// Finished spans held for OTLP export at most (waiting or being
+    /// sent); more are dropped (with OTEL_EXPORTER_OTLP_ENDPOINT) [default: 2048].
+    #[arg(long, env = "IICP_HOST_OTLP_QUEUE_SPANS")]
     otlp_queue_spans: Option<usize>,
-    /// Bound on one OTLP export request, in ms [default: 5000].
-    #[arg(long)]
+    /// Estimated bytes of those spans at most; more are dropped [default: 4194304].
+    #[arg(long, env = "IICP_HOST_OTLP_QUEUE_BYTES")]
+    otlp_queue_bytes: Option<usize>,
+    /// Bound on one OTLP export request, connection included, in ms [default: 5000].
+    #[arg(long, env = "IICP_HOST_OTLP_TIMEOUT_MS")]
     otlp_timeout_ms: Option<u64>,
     /// Idempotent task ids: a task id seen in the last 300 s gets its first
     /// answer instead of running again, or 409 IICP-E010 with other content
@@ -580,6 +583,10 @@ impl RunArgs {
         if let Some(spans) = self.otlp_queue_spans {
             config.telemetry.queue_spans =
                 check_range("--otlp-queue-spans", spans, &config::OTLP_SPANS_RANGE)?;
+        }
+        if let Some(bytes) = self.otlp_queue_bytes {
+            config.telemetry.queue_bytes =
+                check_range("--otlp-queue-bytes", bytes, &config::OTLP_BYTES_RANGE)?;
         }
         if let Some(ms) = self.otlp_timeout_ms {
             config.telemetry.timeout = Duration::from_millis(check_range(

@@ -748,8 +748,7 @@ impl Metrics {
             relay: RelayMetrics::register(&r),
             peers: PeerMetrics::register(&r),
             registry: {
-                r.register(Box::new(crate::telemetry::otlp::SPANS.clone()))
-                    .expect("unique metric name");
+                crate::telemetry::export_bounds::register(&r);
                 r
             },
         }

@@ -20,7 +20,7 @@ use super::{
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
     IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_RESOURCES_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, OTLP_MS_RANGE, OTLP_SPANS_RANGE, PluginSpec,
+    MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE, OTLP_MS_RANGE, OTLP_SPANS_RANGE, PluginSpec,
     QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range,
     default_cache_dir,
 };
@@ -175,6 +175,7 @@ struct LimitsSection {
 #[serde(deny_unknown_fields)]
 struct TelemetrySection {
     otlp_queue_spans: Option<usize>,
+    otlp_queue_bytes: Option<usize>,
     otlp_batch_spans: Option<usize>,
     otlp_interval_ms: Option<u64>,
     otlp_timeout_ms: Option<u64>,
@@ -671,6 +672,11 @@ fn telemetry(section: TelemetrySection) -> Result<ExportSettings, String> {
             "otlp_queue_spans",
             section.otlp_queue_spans,
             defaults.queue_spans,
+        )?,
+        queue_bytes: check_range(
+            "telemetry.otlp_queue_bytes",
+            section.otlp_queue_bytes.unwrap_or(defaults.queue_bytes),
+            &OTLP_BYTES_RANGE,
         )?,
         batch_spans: spans(
             "otlp_batch_spans",

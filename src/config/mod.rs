@@ -63,6 +63,8 @@ pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(3600);
 pub const DEFAULT_KEY_MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// Bounds on the OTLP span queue and batch.
 pub const OTLP_SPANS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds on the bytes of the OTLP span queue.
+pub const OTLP_BYTES_RANGE: RangeInclusive<usize> = (64 << 10)..=(1 << 30);
 /// Bounds on the OTLP send timeout and interval, in ms.
 pub const OTLP_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 /// The replay window of `protocol.md` §4.1.

@@ -7,6 +7,7 @@
 //! Task payloads and tokens are never logged anywhere in the node; tasks are
 //! identified by `task_id` only.
 
+pub mod export_bounds;
 pub mod otlp;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -72,7 +73,8 @@ pub fn init(format: LogFormat, export: &otlp::ExportSettings) -> Telemetry {
     if let Some(exporter) = &exporter {
         tracing::info!(
             endpoint = exporter.endpoint(),
-            "exporting task spans over OTLP/HTTP"
+            protocol = exporter.protocol(),
+            "exporting task spans over OTLP"
         );
     }
     Telemetry { exporter }

@@ -1,25 +1,25 @@
 //! OTLP export of the task spans (`iicp.task.validate`, `iicp.task.execute`),
 //! on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, as
-//! conformance §13.2 asks; a no-op otherwise. OTLP/HTTP with protobuf
-//! bodies, through opentelemetry-otlp's exporter; `OTEL_EXPORTER_OTLP_HEADERS`
-//! and `OTEL_SERVICE_NAME` are honoured, `OTEL_EXPORTER_OTLP_PROTOCOL` must
-//! be `http/protobuf` (gRPC would add a second HTTP/2 stack for no gain on a
-//! node that already speaks HTTP/1 to its collector).
+//! conformance §13.2 asks; a no-op otherwise. Through opentelemetry-otlp's
+//! exporter: OTLP/HTTP with protobuf bodies by default, OTLP/gRPC when
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) is `grpc`;
+//! `http/json` is refused (export stays off, with a message).
+//! `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_SERVICE_NAME` are honoured;
+//! `OTEL_EXPORTER_OTLP_TIMEOUT` is not — the node's own `otlp_timeout_ms`
+//! bounds every send, whatever the environment says.
 //!
 //! The trace continues the consumer's: the task's spans are children of the
 //! span named by its `traceparent` (see [`join`]), and the plugin's
 //! `traceparent` — for its own outbound calls — names `iicp.task.execute`.
 //!
-//! Export never slows a task: a finished span is handed to a bounded queue
-//! (`queue_spans`; when full, spans are dropped and counted, never waited
-//! for), and a thread of its own sends batches of at most `batch_spans`
-//! every `interval`, each send bounded by `timeout`. A collector that is
-//! down costs that thread its timeouts, and nothing else.
+//! Export never slows a task and never grows without bound: see
+//! [`export_bounds`](super::export_bounds) for the queue (spans and bytes),
+//! the per-send deadline and the answer cap. Batches of at most
+//! `batch_spans` go every `interval` from the batch processor's own thread.
 //!
 //! Only spans of this crate are exported, never log events: plugin log lines
 //! (which a plugin may fill with its payload) stay out of the collector.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -27,30 +27,31 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
-    SpanProcessor,
-};
-use prometheus::{IntCounter, IntCounterVec, Opts};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{Layer, Registry};
 
+use super::export_bounds::{
+    BoundedProcessor, Budget, CappedHttpClient, DeadlineExporter, QueueBounds,
+};
 use crate::protocol::trace_context::TraceContext;
 
 /// The bounds of the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportSettings {
-    /// Finished spans waiting to be sent, at most; more are dropped.
+    /// Finished spans held for export (waiting or being sent), at most;
+    /// more are dropped.
     pub queue_spans: usize,
+    /// Estimated bytes of those spans, at most; more are dropped.
+    pub queue_bytes: usize,
     /// Spans per request to the collector, at most.
     pub batch_spans: usize,
     /// Time between sends.
     pub interval: Duration,
-    /// Bound on one send.
+    /// Bound on one send, connection included.
     pub timeout: Duration,
 }
 
@@ -58,26 +59,13 @@ impl Default for ExportSettings {
     fn default() -> Self {
         Self {
             queue_spans: 2048,
+            queue_bytes: 4 << 20,
             batch_spans: 512,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
         }
     }
 }
-
-/// `iicp_otlp_spans_total{result}`: spans `queued` for export, `exported`,
-/// `failed` (the collector refused or was unreachable); queued minus the
-/// other two, minus what is in the queue, were dropped at a full queue.
-pub static SPANS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    IntCounterVec::new(
-        Opts::new(
-            "iicp_otlp_spans_total",
-            "Task spans handed to the OTLP exporter, by result (queued, exported, failed).",
-        ),
-        &["result"],
-    )
-    .expect("valid metric definition")
-});
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -90,6 +78,8 @@ pub fn active() -> bool {
 pub struct Exporter {
     provider: SdkTracerProvider,
     endpoint: String,
+    protocol: &'static str,
+    timeout: Duration,
 }
 
 /// The tracing layer that feeds the exporter.
@@ -105,6 +95,38 @@ fn env(names: &[&str]) -> Option<(String, String)> {
     })
 }
 
+/// The OTLP transports the node speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    HttpProtobuf,
+    Grpc,
+}
+
+impl Transport {
+    /// The transport `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` names; OTLP/HTTP
+    /// protobuf without one (the OTLP specification's recommended default).
+    fn from_env() -> Result<Self, String> {
+        match env(&[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]) {
+            None => Ok(Self::HttpProtobuf),
+            Some((_, protocol)) if protocol == "http/protobuf" => Ok(Self::HttpProtobuf),
+            Some((_, protocol)) if protocol == "grpc" => Ok(Self::Grpc),
+            Some((name, protocol)) => Err(format!(
+                "{name}={protocol}: only http/protobuf and grpc are supported"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http/protobuf",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
 impl Exporter {
     /// The export the environment asks for: none without an endpoint, an
     /// error for what cannot be honoured.
@@ -115,31 +137,60 @@ impl Exporter {
         ]) else {
             return Ok(None);
         };
-        if let Some((name, protocol)) = env(&[
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]) && protocol != "http/protobuf"
-        {
-            return Err(format!(
-                "{name}={protocol}: only http/protobuf is supported"
-            ));
-        }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(settings.timeout)
+        let transport = Transport::from_env()?;
+        // One worker thread of its own, so connections close and HTTP/2
+        // pings answer between sends too, not only while one runs.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-export")
+            .enable_all()
             .build()
-            .map_err(|e| format!("{variable}: {e}"))?;
+            .map_err(|e| format!("OTLP export runtime: {e}"))?;
+        let exporter = match transport {
+            Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(settings.timeout)
+                .with_http_client(CappedHttpClient::new(settings.timeout)?)
+                .build(),
+            Transport::Grpc => {
+                // The channel is made on the runtime its sends will run on.
+                let _entered = runtime.enter();
+                let builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_timeout(settings.timeout);
+                let builder = if endpoint.starts_with("https:") {
+                    builder.with_tls_config(
+                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                            .with_webpki_roots(),
+                    )
+                } else {
+                    builder
+                };
+                builder.build()
+            }
+        }
+        .map_err(|e| format!("{variable}: {e}"))?;
+        let budget = Budget::new(QueueBounds {
+            spans: settings.queue_spans,
+            bytes: settings.queue_bytes,
+        });
         let batches = BatchConfigBuilder::default()
             .with_max_queue_size(settings.queue_spans)
             .with_max_export_batch_size(settings.batch_spans)
             .with_scheduled_delay(settings.interval)
             .build();
-        let processor = Queued {
-            inner: BatchSpanProcessor::builder(Counted(exporter))
-                .with_batch_config(batches)
-                .build(),
-            queued: SPANS.with_label_values(&["queued"]),
+        let processor = BoundedProcessor {
+            inner: BatchSpanProcessor::builder(DeadlineExporter {
+                inner: exporter,
+                runtime,
+                timeout: settings.timeout,
+                budget: budget.clone(),
+                failing: AtomicBool::new(false),
+            })
+            .with_batch_config(batches)
+            .build(),
+            budget,
         };
         let mut resource = Resource::builder()
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
@@ -160,7 +211,13 @@ impl Exporter {
             }))
             .boxed();
         ACTIVE.store(true, Ordering::Relaxed);
-        Ok(Some((Self { provider, endpoint }, layer)))
+        let exporter = Self {
+            provider,
+            endpoint,
+            protocol: transport.name(),
+            timeout: settings.timeout,
+        };
+        Ok(Some((exporter, layer)))
     }
 
     /// The configured endpoint (no headers: they may hold credentials).
@@ -168,10 +225,16 @@ impl Exporter {
         &self.endpoint
     }
 
-    /// Sends what is queued, bounded by the export timeout, and stops.
+    /// The OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` spells it.
+    pub fn protocol(&self) -> &'static str {
+        self.protocol
+    }
+
+    /// Sends what is queued and stops, waiting at most the export timeout:
+    /// a collector that does not answer costs the exit that much, no more.
     pub fn shutdown(self) {
         ACTIVE.store(false, Ordering::Relaxed);
-        if let Err(error) = self.provider.shutdown() {
+        if let Err(error) = self.provider.shutdown_with_timeout(self.timeout) {
             eprintln!("iicp-host: OTLP export did not flush: {error}");
         }
     }
@@ -210,61 +273,5 @@ pub fn join(span: &tracing::Span, trace: &mut TraceContext, local_parent: Option
             u64::from_be_bytes(own.span_id().to_bytes()),
             own.trace_flags().to_u8(),
         );
-    }
-}
-
-/// Counts what the batch processor exports.
-#[derive(Debug)]
-struct Counted<E>(E);
-
-impl<E: SpanExporter> SpanExporter for Counted<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len() as u64;
-        let result = self.0.export(batch).await;
-        let outcome = if result.is_ok() { "exported" } else { "failed" };
-        SPANS.with_label_values(&[outcome]).inc_by(spans);
-        result
-    }
-
-    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&mut self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
-    }
-}
-
-/// Counts the spans handed to the batch processor.
-#[derive(Debug)]
-struct Queued {
-    inner: BatchSpanProcessor,
-    queued: IntCounter,
-}
-
-impl SpanProcessor for Queued {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.queued.inc();
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
