@@ -1,6 +1,7 @@
 //! The `/v1/task` rules the reference node has beyond admission, end to end
 //! over real sockets: the CIP tool gate, drain, idempotent task ids and the
-//! task auth modes.
+//! task auth modes; and the reference consumer (PyPI `iicp-client` 0.7.109)
+//! served by a node with default settings and in consumer-token mode.
 
 mod common;
 
@@ -472,7 +473,7 @@ mod consumer_tokens {
 
     const ECHO: &str = "urn:iicp:intent:util:echo:v1";
 
-    fn now() -> u64 {
+    pub(super) fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -480,7 +481,7 @@ mod consumer_tokens {
     }
 
     /// A consumer token as the reference directory signs one.
-    fn sign(key: &SigningKey, aud: &str, intent: &str, exp: u64) -> String {
+    pub(super) fn sign(key: &SigningKey, aud: &str, intent: &str, exp: u64) -> String {
         let claims = json!({"aud": aud, "exp": exp, "iat": exp.saturating_sub(300),
             "intent": intent, "iss": "https://iicp.network", "sub": "consumer-7", "v": 1});
         let encoded = URL_SAFE_NO_PAD.encode(claims.to_string());
@@ -488,12 +489,12 @@ mod consumer_tokens {
         format!("{encoded}.{}", hex::encode(signature.to_bytes()))
     }
 
-    fn publish(fake: &FakeDirectory, key: &SigningKey) {
+    pub(super) fn publish(fake: &FakeDirectory, key: &SigningKey) {
         fake.state.lock().unwrap().directory_key =
             Some(hex::encode(key.verifying_key().to_bytes()));
     }
 
-    async fn wait_for_key(node: &Node) {
+    pub(super) async fn wait_for_key(node: &Node) {
         let deadline = std::time::Instant::now() + WAIT;
         while !metrics(node)
             .await
@@ -603,5 +604,152 @@ mod consumer_tokens {
             200
         );
         assert_eq!(authed(&node, Some(OPS_TOKEN), false, None).await.0, 200);
+    }
+}
+
+mod reference_consumer {
+    //! `tests/reference-consumer/consumer.py` sends tasks with the reference
+    //! consumer's own code, from a venv made here on the first run (python3
+    //! with `venv`, and PyPI access, needed then; never skipped).
+
+    use super::*;
+    use common::cx::chat_content;
+    use common::fresh_state_dir;
+    use ed25519_dalek::SigningKey;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    fn here() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer")
+    }
+
+    /// The venv's python, with the pinned `iicp-client` installed.
+    fn python() -> &'static Path {
+        static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+        PYTHON.get_or_init(|| {
+            let requirements = here().join("requirements.txt");
+            let pinned = std::fs::read_to_string(&requirements).unwrap();
+            let version = pinned
+                .lines()
+                .find_map(|line| line.strip_prefix("iicp-client=="))
+                .expect("iicp-client pinned")
+                .trim()
+                .to_string();
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reference-consumer-venv");
+            let python = venv.join("bin/python");
+            let installed = Command::new(&python)
+                .args([
+                    "-c",
+                    "import importlib.metadata as m; print(m.version('iicp-client'))",
+                ])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == version);
+            if !installed {
+                let made = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    && Command::new(&python)
+                        .args(["-m", "pip", "install", "--quiet"])
+                        .args(["--disable-pip-version-check", "-r"])
+                        .arg(&requirements)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                assert!(
+                    made,
+                    "the reference consumer needs python3 with the venv module, and PyPI access on the first run"
+                );
+            }
+            python
+        })
+    }
+
+    /// Runs the consumer with `spec` (see consumer.py) and returns what it printed.
+    async fn consume(spec: Value) -> Value {
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(python())
+                .arg(here().join("consumer.py"))
+                .arg(spec.to_string())
+                .env("IICP_PROXY_ALLOW_LOOPBACK_NODES", "1")
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice(&output.stdout).unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn chat_spec(node: &Node, content: &str) -> Value {
+        json!({
+            "endpoint": node.url(""),
+            "intent": CHAT,
+            "payload": {"messages": [{"role": "user", "content": content}]},
+        })
+    }
+
+    fn assert_served(out: &Value, content: &str) {
+        let answer = &out["answer"];
+        assert_eq!(answer["status"], "success", "{out}");
+        assert_eq!(answer["task_id"], out["task_id"], "{out}");
+        assert!(chat_content(answer).contains(content), "{out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_reference_consumer_is_served_with_default_settings() {
+        let fake = FakeDirectory::start().await;
+        let state = fresh_state_dir().display().to_string();
+        let node = Node::start(
+            &plugin("echo"),
+            &["--directory", &fake.url(), "--state-dir", &state],
+        );
+        registered_node_id(&fake).await;
+        let key = fake.requests("/v1/register")[0].body["cx_public_key"].clone();
+        assert!(key.is_object(), "no cx_public_key registered");
+
+        let out = consume(chat_spec(&node, "plain from python")).await;
+        assert_served(&out, "plain from python");
+        // As it does with a node that advertises a key: encrypted.
+        let mut spec = chat_spec(&node, "sealed from python");
+        spec["cx_public_key"] = key;
+        assert_served(&consume(spec).await, "sealed from python");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_reference_consumer_gets_through_with_a_consumer_token() {
+        let fake = FakeDirectory::start().await;
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        consumer_tokens::publish(&fake, &key);
+        let dir = tempfile::tempdir().unwrap();
+        let node = auth_node(dir.path(), &fake, "consumer-token", "");
+        let node_id = registered_node_id(&fake).await;
+        consumer_tokens::wait_for_key(&node).await;
+
+        let mut spec = chat_spec(&node, "token from python");
+        spec["consumer_token"] = json!(consumer_tokens::sign(
+            &key,
+            &node_id,
+            CHAT,
+            consumer_tokens::now() + 300
+        ));
+        assert_served(&consume(spec.clone()).await, "token from python");
+
+        // The same consumer, with a token another key signed, or none.
+        spec["consumer_token"] = json!(consumer_tokens::sign(
+            &SigningKey::from_bytes(&[8u8; 32]),
+            &node_id,
+            CHAT,
+            consumer_tokens::now() + 300
+        ));
+        let refused = consume(spec.clone()).await;
+        assert_eq!(refused["error"]["status"], 401, "{refused}");
+        spec.as_object_mut().unwrap().remove("consumer_token");
+        let refused = consume(spec).await;
+        assert_eq!(refused["error"]["status"], 401, "{refused}");
     }
 }
