@@ -22,7 +22,9 @@
 //! (`max_connections × (max_body_bytes + read buffer)`: bodies are read
 //! before admission), the nonce cache (`nonce_cache_capacity × 64 B`), the
 //! idempotency cache and the credit-receipt queue (their byte bounds), the
-//! per-Origin limiter (`origin_limit_tracked × 320 B`), and a fixed 64 MiB
+//! per-Origin limiter (`origin_limit_tracked × 320 B`), the OTLP span export
+//! when it is on (`4 × otlp_queue_bytes + 8 MiB`, see
+//! `telemetry::otlp::ExportSettings::worst_case_bytes`), and a fixed 64 MiB
 //! for the process itself and its loaded plugins' code. Reach adds, when
 //! configured: as a relay, `2 × max_bytes_total` (copies of held tasks on
 //! their way to workers; workers' results being read — the held tasks
@@ -181,6 +183,14 @@ impl WorstCase {
                     config.origin_limit_tracked
                 ),
                 bytes: config.origin_limit_tracked as u64 * ORIGIN_BYTES,
+            },
+            Term {
+                name: "OTLP export (4 × otlp_queue_bytes + 8 MiB, when on)".to_string(),
+                bytes: if crate::telemetry::otlp::active() {
+                    config.telemetry.worst_case_bytes()
+                } else {
+                    0
+                },
             },
             Term {
                 name: "the process and its plugins' code".to_string(),

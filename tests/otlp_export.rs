@@ -297,6 +297,16 @@ async fn spans_continue_the_consumers_trace_and_reach_the_collector() {
     let text = wait_metric(&node, EXPORTED, 4.0).await;
     assert!(sample(&text, QUEUED) >= 4.0, "{text}");
     assert_eq!(sample(&text, DROPPED), 0.0, "{text}");
+
+    // The export's share is in the node's worst case: 4 × 4 MiB + 8 MiB.
+    let bound = node
+        .wait_for_log(WAIT, |e| common::message(e) == "memory bound")
+        .expect("memory bound logged");
+    let worst = bound["fields"]["worst_case"].as_str().unwrap_or_default();
+    assert!(
+        worst.contains("OTLP export (4 × otlp_queue_bytes + 8 MiB, when on): 24 MiB"),
+        "{worst}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -67,6 +67,17 @@ impl Default for ExportSettings {
     }
 }
 
+impl ExportSettings {
+    /// The most memory export can hold, for the node's worst case: the held
+    /// spans' estimate twice (allocation slack), once more for their
+    /// protobuf copy and once for the encoded request, plus a collector's
+    /// answer (tonic's 4 MiB decode cap; 64 KiB over HTTP) and the two
+    /// threads' stacks.
+    pub fn worst_case_bytes(&self) -> u64 {
+        4 * self.queue_bytes as u64 + (8 << 20)
+    }
+}
+
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are being exported.
