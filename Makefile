@@ -9,7 +9,7 @@
 WASM_TARGET := wasm32-wasip2
 PLUGIN_DIR := plugins/target/$(WASM_TARGET)/release
 
-.PHONY: serve test plugins rust-plugins python-echo js-echo wasm-target
+.PHONY: serve test plugins rust-plugins python-echo js-echo wasm-target reference-consumer
 
 wasm-target:
 	rustup target add $(WASM_TARGET)
@@ -27,8 +27,13 @@ python-echo:
 js-echo:
 	plugins/js-echo/build.sh
 
+# The reference consumer (PyPI iicp-client) the interop tests drive, into
+# the same tools directory (first run: python3 with venv and PyPI access).
+reference-consumer:
+	tests/reference-consumer/setup.sh >/dev/null
+
 serve: rust-plugins
 	cargo run --release -- run --plugin $(PLUGIN_DIR)/echo.wasm
 
-test: plugins
+test: plugins reference-consumer
 	cargo test --workspace

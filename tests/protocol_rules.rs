@@ -609,8 +609,8 @@ mod consumer_tokens {
 
 mod reference_consumer {
     //! `tests/reference-consumer/consumer.py` sends tasks with the reference
-    //! consumer's own code, from a venv made here on the first run (python3
-    //! with `venv`, and PyPI access, needed then; never skipped).
+    //! consumer's own code, from the venv `setup.sh` makes (python3 with
+    //! `venv`, and PyPI access on the first run; never skipped).
 
     use super::*;
     use common::cx::chat_content;
@@ -623,45 +623,20 @@ mod reference_consumer {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer")
     }
 
-    /// The venv's python, with the pinned `iicp-client` installed.
+    /// The python of the reference consumer's venv, which `setup.sh`
+    /// installs on the first run (`make test` runs it first).
     fn python() -> &'static Path {
         static PYTHON: OnceLock<PathBuf> = OnceLock::new();
         PYTHON.get_or_init(|| {
-            let requirements = here().join("requirements.txt");
-            let pinned = std::fs::read_to_string(&requirements).unwrap();
-            let version = pinned
-                .lines()
-                .find_map(|line| line.strip_prefix("iicp-client=="))
-                .expect("iicp-client pinned")
-                .trim()
-                .to_string();
-            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reference-consumer-venv");
-            let python = venv.join("bin/python");
-            let installed = Command::new(&python)
-                .args([
-                    "-c",
-                    "import importlib.metadata as m; print(m.version('iicp-client'))",
-                ])
+            let output = Command::new(here().join("setup.sh"))
+                .stderr(std::process::Stdio::inherit())
                 .output()
-                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == version);
-            if !installed {
-                let made = Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .status()
-                    .is_ok_and(|s| s.success())
-                    && Command::new(&python)
-                        .args(["-m", "pip", "install", "--quiet"])
-                        .args(["--disable-pip-version-check", "-r"])
-                        .arg(&requirements)
-                        .status()
-                        .is_ok_and(|s| s.success());
-                assert!(
-                    made,
-                    "the reference consumer needs python3 with the venv module, and PyPI access on the first run"
-                );
-            }
-            python
+                .expect("run tests/reference-consumer/setup.sh");
+            assert!(
+                output.status.success(),
+                "tests/reference-consumer/setup.sh failed (see its error above)"
+            );
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
         })
     }
 
