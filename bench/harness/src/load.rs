@@ -27,6 +27,8 @@ pub enum Variant {
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
     pub addr: SocketAddr,
+    /// The request path, e.g. `/v1/task` or a relay's `/v1/relay-for/ID/v1/task`.
+    pub path: String,
     pub concurrency: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -85,7 +87,7 @@ static NONCE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// the nonce variant would pay it.
 static PROCESS_ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-fn request_bytes(variant: Variant, connection: usize, sequence: u64) -> Vec<u8> {
+fn request_bytes(variant: Variant, path: &str, connection: usize, sequence: u64) -> Vec<u8> {
     let mut body = format!(
         r#"{{"task_id":"bench-{connection}-{sequence}","intent":"urn:iicp:intent:llm:chat:v1","constraints":{{"timeout_ms":10000,"qos":"batch"}},"payload":{{"messages":[{{"role":"user","content":"Hello from the benchmark, please echo this back"}}]}}"#
     );
@@ -108,7 +110,7 @@ fn request_bytes(variant: Variant, connection: usize, sequence: u64) -> Vec<u8> 
         String::new()
     };
     let mut request = format!(
-        "POST /v1/task HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{trace}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{trace}\r\n",
         body.len()
     )
     .into_bytes();
@@ -179,7 +181,7 @@ async fn connection(
         if now >= window.end || window.measured.load(Ordering::Relaxed) >= window.max_requests {
             break;
         }
-        let request = request_bytes(spec.variant, id, sequence);
+        let request = request_bytes(spec.variant, &spec.path, id, sequence);
         sequence += 1;
         if stream.is_none() {
             match connect(spec.addr).await {

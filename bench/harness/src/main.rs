@@ -16,6 +16,7 @@ mod charts;
 mod load;
 mod many;
 mod process;
+mod relay;
 mod report;
 mod wrk;
 
@@ -77,7 +78,8 @@ struct Options {
 const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN \
      [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
      [--js-plugin WASM]\n       \
-     iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]\n       \
+     iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
+     iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
      iicp-bench charts REPORT.md";
 
 /// Prints `problem` and the usage, then exits with status 2.
@@ -180,6 +182,7 @@ async fn measure_point(
             });
             let result = load::run(LoadSpec {
                 addr: server.addr,
+                path: "/v1/task".into(),
                 concurrency,
                 warmup,
                 measure,
@@ -345,6 +348,7 @@ async fn nonce_flood(
     });
     let result = load::run(LoadSpec {
         addr: server.addr,
+        path: "/v1/task".into(),
         concurrency: 64,
         warmup: Duration::ZERO,
         measure: duration,
@@ -356,13 +360,24 @@ async fn nonce_flood(
     (result, samples)
 }
 
-/// `iicp-bench load ADDR CONCURRENCY SECONDS [plain|nonce|trace]`: load only,
-/// for profiling a server started by hand.
+/// `iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]`: load
+/// only, for profiling a server started by hand; a URL
+/// (`http://host:port/path`) names another path than `/v1/task`, e.g. a
+/// relay's `/v1/relay-for/ID/v1/task`.
 async fn load_only(mut args: impl Iterator<Item = String>) {
-    let addr = args
+    let target = args
         .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| usage_error("load needs ADDR as host:port"));
+        .unwrap_or_else(|| usage_error("load needs ADDR as host:port or a URL"));
+    let (addr, path) = match target.strip_prefix("http://") {
+        Some(rest) => match rest.split_once('/') {
+            Some((authority, path)) => (authority.to_string(), format!("/{path}")),
+            None => (rest.to_string(), "/v1/task".to_string()),
+        },
+        None => (target, "/v1/task".to_string()),
+    };
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|_| usage_error("load needs ADDR as host:port or http://host:port/path"));
     let concurrency = args
         .next()
         .and_then(|c| c.parse().ok())
@@ -378,6 +393,7 @@ async fn load_only(mut args: impl Iterator<Item = String>) {
     };
     let result = load::run(LoadSpec {
         addr,
+        path,
         concurrency,
         warmup: Duration::from_millis(500),
         measure: Duration::from_secs(seconds),
@@ -398,17 +414,19 @@ async fn load_only(mut args: impl Iterator<Item = String>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("load") {
-        return load_only(std::env::args().skip(2)).await;
-    }
-    if std::env::args().nth(1).as_deref() == Some("charts") {
-        let report = std::env::args()
-            .nth(2)
-            .unwrap_or_else(|| usage_error("charts needs REPORT.md"));
-        if let Err(error) = charts::redraw(std::path::Path::new(&report)) {
-            usage_error(&error);
+    match std::env::args().nth(1).as_deref() {
+        Some("load") => return load_only(std::env::args().skip(2)).await,
+        Some("relay") => return relay::run(std::env::args().skip(2)).await,
+        Some("charts") => {
+            let report = std::env::args()
+                .nth(2)
+                .unwrap_or_else(|| usage_error("charts needs REPORT.md"));
+            if let Err(error) = charts::redraw(std::path::Path::new(&report)) {
+                usage_error(&error);
+            }
+            return;
         }
-        return;
+        _ => {}
     }
     let options = parse_options();
     let (rounds, warmup, measure) = if options.quick {

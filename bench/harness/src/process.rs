@@ -113,9 +113,20 @@ impl Server {
 
     /// Polls with a chat task until one succeeds; returns the time since `since`.
     pub async fn wait_first_success(&self, since: Instant, timeout: Duration) -> Option<Duration> {
+        self.wait_first_success_on("/v1/task", since, timeout).await
+    }
+
+    /// Like [`Server::wait_first_success`], posting the task to `path`
+    /// (e.g. a relay's `/v1/relay-for/ID/v1/task`).
+    pub async fn wait_first_success_on(
+        &self,
+        path: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Option<Duration> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.answer().await.is_some() {
+            if self.answer(path).await.is_some() {
                 return Some(since.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -125,16 +136,17 @@ impl Server {
 
     /// The body of one successful answer to the chat task.
     pub async fn answer_body(&self) -> Option<Vec<u8>> {
-        let response = self.answer().await?;
+        let response = self.answer("/v1/task").await?;
         let body_start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
         Some(response[body_start..].to_vec())
     }
 
-    /// One chat task on a fresh connection: the whole response if it is a 200.
-    async fn answer(&self) -> Option<Vec<u8>> {
+    /// One chat task to `path` on a fresh connection: the whole response if
+    /// it is a 200.
+    async fn answer(&self, path: &str) -> Option<Vec<u8>> {
         let body = r#"{"task_id":"startup","intent":"urn:iicp:intent:llm:chat:v1","payload":{"messages":[{"role":"user","content":"Hello from the benchmark, please echo this back"}]}}"#;
         let request = format!(
-            "POST /v1/task HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
