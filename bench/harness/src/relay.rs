@@ -10,7 +10,10 @@
 //! direct ratios plus the added p50/p99 in ms. The relayed path pays two
 //! extra HTTP hops (consumer → relay, relay → worker by long poll, worker →
 //! relay with the answer) and two processes share the cores the direct node
-//! has to itself, so this is the whole cost on one machine. Last line:
+//! has to itself, so this is the whole cost on one machine. Then a fixed
+//! number of tasks at c=16 each way gives the CPU time per task the serving
+//! processes spent (direct node; relay + worker), from `/proc/PID/stat`:
+//! a figure a busy machine moves much less than latency. Last line:
 //! `relay_p50_ratio=<max over points> relay_p99_ratio=<max over points>`.
 
 use std::path::PathBuf;
@@ -55,10 +58,10 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     if host.as_os_str().is_empty() || plugin.as_os_str().is_empty() {
         usage_error("relay needs --host and --plugin");
     }
-    let (rounds, warmup, measure) = if quick {
-        (2, Duration::from_millis(500), Duration::from_secs(2))
+    let (rounds, warmup, measure, cpu_tasks) = if quick {
+        (2, Duration::from_millis(500), Duration::from_secs(2), 5_000)
     } else {
-        (3, Duration::from_secs(1), Duration::from_secs(6))
+        (3, Duration::from_secs(1), Duration::from_secs(6), 20_000)
     };
     let cache_dir = process::fresh_dir("relay-cache");
     let node = |extra: Vec<String>| ServerKind::Host {
@@ -150,7 +153,43 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
             r.rps() / d.rps()
         );
     }
+    println!("\nCPU per task at c=16, {cpu_tasks} tasks each way (user + system time of the serving processes):");
+    let direct_cpu = cpu_per_task(&[&direct], "/v1/task", &direct, cpu_tasks).await;
+    let relayed_cpu = cpu_per_task(&[&relay, &worker], &relayed_path, &relay, cpu_tasks).await;
+    println!("direct   {:>7.1} us (the node)", direct_cpu[0]);
+    println!(
+        "relayed  {:>7.1} us (relay {:.1} + worker {:.1}), x{:.2}",
+        relayed_cpu[0] + relayed_cpu[1],
+        relayed_cpu[0],
+        relayed_cpu[1],
+        (relayed_cpu[0] + relayed_cpu[1]) / direct_cpu[0]
+    );
     drop((worker, relay, direct));
     process::remove_dir(&cache_dir);
     println!("relay_p50_ratio={worst_p50:.3} relay_p99_ratio={worst_p99:.3}");
+}
+
+/// Sends `tasks` tasks to `path` at `target` (c=16, bounded by a minute);
+/// returns the CPU time per answered task each of `servers` spent, in µs.
+async fn cpu_per_task(servers: &[&Server], path: &str, target: &Server, tasks: u64) -> Vec<f64> {
+    let before: Vec<f64> = servers
+        .iter()
+        .map(|s| process::cpu_seconds(s.pid()))
+        .collect();
+    let result = load::run(LoadSpec {
+        addr: target.addr,
+        path: path.to_string(),
+        concurrency: 16,
+        warmup: Duration::ZERO,
+        measure: Duration::from_secs(60),
+        max_requests: tasks,
+        variant: Variant::Plain,
+    })
+    .await;
+    let answered = result.requests.saturating_sub(result.errors).max(1) as f64;
+    servers
+        .iter()
+        .zip(before)
+        .map(|(s, before)| (process::cpu_seconds(s.pid()) - before) * 1e6 / answered)
+        .collect()
 }
