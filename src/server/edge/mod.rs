@@ -62,6 +62,9 @@ use crate::protocol::ApiError;
 /// A burst of at least this many connections, once mostly closed, gives
 /// its memory back to the kernel ([`heap`]).
 const TRIM_AFTER_CONNECTIONS: usize = 256;
+/// How long after a burst ends the trim waits, so the rest of the closing
+/// wave is freed first.
+const TRIM_DELAY: Duration = Duration::from_secs(1);
 /// `Retry-After` sent with a refusal at the cap or during a drain, in ms.
 pub const REFUSAL_RETRY_AFTER_MS: u64 = 1000;
 /// hyper's built-in header count, which it keeps on the stack; any other
@@ -209,7 +212,9 @@ pub async fn serve(
             connection.serve(stream).await;
             drop(slot);
             if burst.released() {
-                tokio::task::spawn_blocking(heap::return_free_memory);
+                // A wave of closes takes a moment: trim once it has passed.
+                tokio::time::sleep(TRIM_DELAY).await;
+                let _ = tokio::task::spawn_blocking(heap::return_free_memory).await;
             }
         });
     }
