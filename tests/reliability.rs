@@ -35,6 +35,26 @@ async fn hostile_plugins() {
     run_family(cases::hostile_plugins::FAMILY).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients() {
+    run_family(cases::slow_clients::FAMILY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload() {
+    run_family(cases::overload::FAMILY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_chaos() {
+    run_family(cases::directory_chaos::FAMILY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown() {
+    run_family(cases::shutdown::FAMILY).await;
+}
+
 #[test]
 fn every_family_has_a_fast_test() {
     let this_file = include_str!("reliability.rs");

@@ -8,6 +8,7 @@
 //! beside it, and the node's resident memory before, at peak and after
 //! ([`report::CaseReport`]).
 //!
+//! * [`directory`] — a directory stand-in that misbehaves on demand;
 //! * [`node`] — starting and stopping a node process, reading its log;
 //! * [`memory`] — the node's resident memory, sampled;
 //! * [`traffic`] — healthy traffic and its latencies;
@@ -18,6 +19,7 @@
 
 pub mod cases;
 pub mod charts;
+pub mod directory;
 pub mod memory;
 pub mod node;
 pub mod report;

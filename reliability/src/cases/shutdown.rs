@@ -1,0 +1,217 @@
+//! SIGTERM under load: clients keep sending tasks that take a while when the
+//! node is told to stop. Every task the node had admitted must be answered
+//! (200), every request that reaches it after the drain began must get the
+//! protocol's refusal (503 `IICP-E024` with `Retry-After`) or find the port
+//! closed, the node must deregister from its directory and exit 0, having
+//! logged that it drained (nothing abandoned).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::directory::{Behaviour, StandInDirectory};
+use crate::memory::{RssSampler, rss_bytes};
+use crate::node::message;
+use crate::report::{CaseReport, LatencyStats, RssFigures};
+use crate::traffic;
+use crate::{Context, Scale};
+
+/// The family's name in reports.
+pub const FAMILY: &str = "shutdown";
+
+/// The versioned plugin's intent: it sleeps `payload.ms`, then answers.
+const SLEEPY_INTENT: &str = "urn:iicp:intent:test:versioned:v1";
+/// Slots of the node.
+const SLOTS: usize = 8;
+
+/// How one request ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    answered: u64,
+    refused_draining: u64,
+    over_capacity: u64,
+    port_closed: u64,
+    /// Sent on an open connection, closed without an answer.
+    dropped: u64,
+    /// An HTTP answer other than the three above.
+    wrong: u64,
+    latencies: Vec<Duration>,
+}
+
+/// Runs the case.
+pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
+    let clients = SLOTS * 2;
+    let load_for = Duration::from_secs(scale.pick(2, 20));
+    let task_ms = scale.pick(300, 1000);
+    let directory = StandInDirectory::start(Behaviour::Healthy).await;
+    let mut node = ctx.launcher().start(
+        &ctx.plugin("versioned-v1"),
+        &[
+            "--max-concurrent",
+            &SLOTS.to_string(),
+            "--drain-timeout-ms",
+            "30000",
+            "--directory",
+            &directory.url(),
+        ],
+    );
+    let mut report = CaseReport::new(FAMILY, &format!("SIGTERM with {clients} clients sending"));
+    let started = Instant::now();
+    let registered = wait_until(Duration::from_secs(30), || directory.registered()).await;
+    let before = rss_bytes(node.pid());
+    let sampler = RssSampler::start(node.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = node.url("/v1/task");
+    let workers: Vec<_> = (0..clients)
+        .map(|worker| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                // A fresh connection per task: idle keep-alive connections
+                // are closed by the drain, which says nothing about tasks.
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .expect("build client");
+                let mut outcomes = Outcomes::default();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let body = traffic::task(
+                        &format!("term-{worker}-{n}"),
+                        SLEEPY_INTENT,
+                        json!({ "ms": task_ms }),
+                    );
+                    let sent = Instant::now();
+                    match post(&client, &url, &body).await {
+                        Ok((200, _)) => {
+                            outcomes.answered += 1;
+                            outcomes.latencies.push(sent.elapsed());
+                        }
+                        Ok((503, answer)) if answer["error"]["code"] == "IICP-E024" => {
+                            outcomes.refused_draining += 1;
+                        }
+                        Ok((429, _)) => outcomes.over_capacity += 1,
+                        Ok(_) => outcomes.wrong += 1,
+                        Err(Unanswered::PortClosed) => {
+                            outcomes.port_closed += 1;
+                            // The port is closed for good: stop this client.
+                            break;
+                        }
+                        Err(Unanswered::Dropped) => outcomes.dropped += 1,
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(load_for).await;
+    node.terminate();
+    let exit = node.wait_exit(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Outcomes::default();
+    for worker in workers {
+        if let Ok(outcomes) = worker.await {
+            total.answered += outcomes.answered;
+            total.refused_draining += outcomes.refused_draining;
+            total.over_capacity += outcomes.over_capacity;
+            total.port_closed += outcomes.port_closed;
+            total.dropped += outcomes.dropped;
+            total.wrong += outcomes.wrong;
+            total.latencies.extend(outcomes.latencies);
+        }
+    }
+    let series = sampler.finish();
+    let drained = node.log_entries().iter().any(|e| message(e) == "drained");
+    let deregistered = directory
+        .received_since(started)
+        .iter()
+        .any(|r| r.route == "DELETE /v1/register");
+
+    report.tries = total.answered
+        + total.refused_draining
+        + total.over_capacity
+        + total.port_closed
+        + total.dropped
+        + total.wrong;
+    report.failures = total.wrong + total.dropped;
+    report.check(
+        "registered before the test",
+        registered,
+        "with the stand-in directory",
+    );
+    report.check(
+        "every admitted task answered: the drain finished, nothing abandoned",
+        drained,
+        format!(
+            "{} answered 200, {} refused 429 before the drain",
+            total.answered, total.over_capacity
+        ),
+    );
+    report.check(
+        "requests during the drain refused with 503 IICP-E024 or the port closed",
+        total.wrong == 0 && total.dropped == 0,
+        format!(
+            "{} got 503 IICP-E024, {} found the port closed, {} closed without an answer, {} other answers",
+            total.refused_draining, total.port_closed, total.dropped, total.wrong
+        ),
+    );
+    report.check("deregistered", deregistered, "DELETE /v1/register received");
+    report.check(
+        "exited 0",
+        exit.is_some_and(|status| status.success()),
+        format!("{exit:?}"),
+    );
+    report.healthy = LatencyStats::from_latencies(total.latencies, 0);
+    report.rss = RssFigures {
+        before,
+        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
+        after: 0,
+    };
+    report.rss_series = series
+        .iter()
+        .map(|&(at, rss)| (at.as_secs_f64(), rss))
+        .collect();
+    report.duration = started.elapsed();
+    vec![report]
+}
+
+/// Why a request got no HTTP answer.
+enum Unanswered {
+    /// The connection was refused: the node no longer listens.
+    PortClosed,
+    /// The request went out on a connection that then closed.
+    Dropped,
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value), Unanswered> {
+    let response = client.post(url).json(body).send().await.map_err(|e| {
+        if e.is_connect() {
+            Unanswered::PortClosed
+        } else {
+            Unanswered::Dropped
+        }
+    })?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(|_| Unanswered::Dropped)?;
+    Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes.
+async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
