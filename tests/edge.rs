@@ -241,6 +241,59 @@ async fn slow_heads_and_trickled_bodies_are_closed_by_their_deadlines_and_hold_n
     );
 }
 
+/// A client still sending its body when the node answers 408 and closes
+/// must get the whole answer and then an orderly close: closing at once
+/// with its bytes unread would make the kernel reset the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_still_sending_when_answered_gets_the_answer_and_a_clean_close() {
+    const CLIENTS: usize = 20;
+    let node = Node::start(
+        &plugin("echo"),
+        &[
+            "--body-read-timeout-ms",
+            "300",
+            "--lingering-close-ms",
+            "5000",
+        ],
+    );
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = node.addr.clone();
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(&addr).await.unwrap();
+                let (mut reader, mut writer) = stream.into_split();
+                writer
+                    .write_all(task_head(1 << 20).as_bytes())
+                    .await
+                    .unwrap();
+                // A byte every 2 ms: bytes keep arriving after the answer.
+                let sending = tokio::spawn(async move {
+                    while writer.write_all(b" ").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+                let response = read_response(&mut reader).await;
+                sending.abort();
+                let _ = sending.await;
+                let mut rest = [0u8; 64];
+                let end = loop {
+                    match reader.read(&mut rest).await {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => continue,
+                        Err(error) => break Err(error.kind()),
+                    }
+                };
+                (response.map(|r| r.status), end)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (status, end) = client.await.unwrap();
+        assert_eq!(status, Some(408), "the answer was lost");
+        assert_eq!(end, Ok(()), "the connection was reset, not closed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
     const IDLE_MS: u64 = 1000;

@@ -138,6 +138,7 @@ struct NodeSection {
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_connections: Option<usize>,
+    lingering_close_ms: Option<u64>,
     #[serde(default)]
     memory_overcommit: bool,
 }
@@ -328,6 +329,7 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         max_header_bytes: node.max_header_bytes,
         max_headers: node.max_headers,
         max_connections: node.max_connections,
+        lingering_close_ms: node.lingering_close_ms,
     }
     .apply(&mut edge, |field| format!("node.{field}"))?;
     let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;

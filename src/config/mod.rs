@@ -370,6 +370,9 @@ pub struct EdgeOverrides {
     /// Most connections open at once on the public listener; more get 503 [default: 4096].
     #[arg(long, env = "IICP_HOST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// After answering on a connection it then closes, how long the node reads and discards what the client still sends, so the answer is not lost to a reset, in ms [default: 2000].
+    #[arg(long, env = "IICP_HOST_LINGERING_CLOSE_MS")]
+    pub lingering_close_ms: Option<u64>,
 }
 
 impl EdgeOverrides {
@@ -399,6 +402,11 @@ impl EdgeOverrides {
             "keep_alive_timeout_ms",
             self.keep_alive_timeout_ms,
             edge.keep_alive_timeout,
+        )?;
+        edge.lingering_close = ms(
+            "lingering_close_ms",
+            self.lingering_close_ms,
+            edge.lingering_close,
         )?;
         if let Some(bytes) = self.max_header_bytes {
             edge.max_header_bytes =

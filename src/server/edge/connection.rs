@@ -217,6 +217,11 @@ impl TrackedStream {
     pub fn new(stream: TcpStream, activity: Arc<Activity>) -> Self {
         Self { stream, activity }
     }
+
+    /// The socket again.
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
 }
 
 impl AsyncRead for TrackedStream {
