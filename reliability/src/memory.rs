@@ -83,22 +83,32 @@ impl Drop for RssSampler {
     }
 }
 
-/// Waits until `pid`'s RSS stops falling (three samples within 1 % of each
-/// other) or `limit` passes, and returns it: memory freed after a hostile
-/// act is returned to the kernel lazily, so "after" is read once settled.
-pub fn settled_rss(pid: u32, limit: Duration) -> u64 {
+/// How long RSS must hold still before it counts as settled after tasks:
+/// the node trims right after a task that made the host allocate.
+pub const QUIET_AFTER_TASKS: Duration = Duration::from_millis(300);
+/// The same after a burst of connections: longer than the node's delayed
+/// trim once such a burst ends (1 s), so "after" is not read in the quiet
+/// moment before that trim.
+pub const QUIET_AFTER_CONNECTIONS: Duration = Duration::from_millis(2500);
+
+/// Waits until `pid`'s RSS stops moving (every sample within 1 % of the
+/// first for `quiet`) or `limit` passes, and returns it: memory freed after
+/// a hostile act is returned to the kernel lazily, so "after" is read once
+/// settled.
+pub fn settled_rss(pid: u32, quiet: Duration, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
-    let mut last = rss_bytes(pid);
-    let mut steady = 0;
-    while Instant::now() < deadline && steady < 3 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = rss_bytes(pid);
-        if now.abs_diff(last) * 100 <= last.max(1) {
-            steady += 1;
-        } else {
-            steady = 0;
+    let mut anchor = rss_bytes(pid);
+    let mut since = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= deadline || now - since >= quiet {
+            return rss_bytes(pid);
         }
-        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+        let rss = rss_bytes(pid);
+        if rss.abs_diff(anchor) * 100 > anchor.max(1) {
+            anchor = rss;
+            since = Instant::now();
+        }
     }
-    last
 }

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::directory::{Behaviour, StandInDirectory};
-use crate::memory::{RssSampler, settled_rss};
+use crate::memory::{QUIET_AFTER_TASKS, RssSampler, settled_rss};
 use crate::report::{CaseReport, RssFigures};
 use crate::traffic::HealthyLoad;
 use crate::{Context, Scale};
@@ -146,7 +146,7 @@ async fn one_mode(
     if !matches!(chaos, Chaos::DownAtStart) {
         wait_until(timing.recovery(), || directory.registered()).await;
     }
-    let before = settled_rss(node.pid(), Duration::from_secs(5));
+    let before = settled_rss(node.pid(), QUIET_AFTER_TASKS, Duration::from_secs(5));
     let sampler = RssSampler::start(node.pid());
     let healthy = HealthyLoad::start(
         node.url("/v1/task"),
@@ -192,7 +192,7 @@ async fn one_mode(
     let took = healed.elapsed();
     let served = healthy.finish().await;
     let series = sampler.finish();
-    let after = settled_rss(node.pid(), Duration::from_secs(10));
+    let after = settled_rss(node.pid(), QUIET_AFTER_TASKS, Duration::from_secs(10));
 
     // Flapping gets heartbeats accepted in its up phases, so the backoff
     // resets: its ceiling is the pace limit, one request per gap.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::memory::{RssSampler, settled_rss};
+use crate::memory::{QUIET_AFTER_TASKS, RssSampler, settled_rss};
 use crate::node::Node;
 use crate::report::{CaseReport, RssFigures};
 use crate::traffic::{self, HealthyLoad};
@@ -347,7 +347,7 @@ async fn prime(target: &Target<'_>, abuses: &[Abuse], scale: Scale) -> CaseRepor
     report.rss_bound = target.bound;
     let pid = node.pid();
     let started = Instant::now();
-    let before = settled_rss(pid, Duration::from_secs(10));
+    let before = settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10));
     let sampler = RssSampler::start(pid);
     for abuse in abuses {
         let answers = hostile_round(target, abuse, scale, 0, HOSTILE_SLOTS as u64).await;
@@ -363,7 +363,7 @@ async fn prime(target: &Target<'_>, abuses: &[Abuse], scale: Scale) -> CaseRepor
     report.rss = RssFigures {
         before,
         peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after: settled_rss(pid, Duration::from_secs(10)),
+        after: settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10)),
     };
     report.duration = started.elapsed();
     report
@@ -402,7 +402,7 @@ async fn run_abuse(target: &Target<'_>, abuse: &Abuse, scale: Scale) -> CaseRepo
     let mut report = CaseReport::new(FAMILY, abuse.name);
     report.rss_bound = target.bound;
     let pid = node.pid();
-    let before = settled_rss(pid, Duration::from_secs(10));
+    let before = settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10));
     let sampler = RssSampler::start(pid);
     let healthy = HealthyLoad::start(
         node.url("/v1/task"),
@@ -426,7 +426,7 @@ async fn run_abuse(target: &Target<'_>, abuse: &Abuse, scale: Scale) -> CaseRepo
     }
     let healthy = healthy.finish().await;
     let series = sampler.finish();
-    let after = settled_rss(pid, Duration::from_secs(10));
+    let after = settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10));
     report.tries = tries;
     report.failures = wrong.len() as u64;
     report.check(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::memory::{RssSampler, settled_rss};
+use crate::memory::{QUIET_AFTER_CONNECTIONS, RssSampler, settled_rss};
 use crate::report::{CaseReport, LatencyStats, RssFigures};
 use crate::traffic;
 use crate::{Context, Scale};
@@ -50,7 +50,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     );
     let started = Instant::now();
     let url = node.url("/v1/task");
-    let before = settled_rss(node.pid(), Duration::from_secs(5));
+    let before = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(5));
     let sampler = RssSampler::start(node.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let client = traffic::client();
@@ -120,7 +120,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         }
     }
     let series = sampler.finish();
-    let after = settled_rss(node.pid(), Duration::from_secs(10));
+    let after = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(10));
 
     report.tries = total.ok + total.over_capacity + total.other;
     report.failures = total.other;

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::memory::{RssSampler, settled_rss};
+use crate::memory::{QUIET_AFTER_CONNECTIONS, RssSampler, settled_rss};
 use crate::report::{CaseReport, RssFigures};
 use crate::traffic::{self, ECHO_INTENT, HealthyLoad};
 use crate::{Context, Scale};
@@ -26,6 +26,10 @@ pub const FAMILY: &str = "slow clients";
 const MARGIN: Duration = Duration::from_secs(5);
 /// Healthy clients calling echo throughout.
 const HEALTHY_CLIENTS: usize = 2;
+/// What the README promises a slow connection costs at most: one read
+/// buffer (64 KiB at the default header limit). A trickled body must not
+/// cost more than its bytes on top.
+const PER_CONNECTION_BOUND: u64 = 64 << 10;
 
 /// Runs the case.
 pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
@@ -53,7 +57,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     let started = Instant::now();
     let url = node.url("/v1/task");
     let baseline = traffic::baseline(&url, HEALTHY_CLIENTS, scale.pick(200, 2000)).await;
-    let before = settled_rss(node.pid(), Duration::from_secs(5));
+    let before = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(5));
     let sampler = RssSampler::start(node.pid());
     let healthy = HealthyLoad::start(
         url,
@@ -107,7 +111,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     }
     let during = healthy.finish().await;
     let series = sampler.finish();
-    let after = settled_rss(node.pid(), Duration::from_secs(10));
+    let after = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(10));
 
     report.tries = (heads + tricklers) as u64;
     report.failures = (heads - heads_closed + tricklers - bodies_refused) as u64;
@@ -157,6 +161,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         .iter()
         .map(|&(at, rss)| (at.as_secs_f64(), rss))
         .collect();
+    report.rss_bound = Some(before + (heads + tricklers) as u64 * PER_CONNECTION_BOUND);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
     vec![report]
