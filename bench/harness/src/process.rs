@@ -94,6 +94,10 @@ impl Server {
                     ])
                     .arg("--cache-dir")
                     .arg(cache_dir)
+                    // Many slots' worst-case memory is more than most
+                    // machines have (the node refuses it by default);
+                    // a benchmark's echo holds a sliver of it.
+                    .arg("--memory-overcommit")
                     .args(extra);
                 c
             }

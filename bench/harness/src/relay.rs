@@ -64,16 +64,11 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         (3, Duration::from_secs(1), Duration::from_secs(6), 20_000)
     };
     let cache_dir = process::fresh_dir("relay-cache");
-    // 256 slots' worst case is more memory than most machines have (the
-    // node refuses it by default); echo holds a sliver of it.
-    let node = |mut extra: Vec<String>| {
-        extra.push("--memory-overcommit".into());
-        ServerKind::Host {
-            binary: host.clone(),
-            plugin: plugin.clone(),
-            cache_dir: cache_dir.clone(),
-            extra,
-        }
+    let node = |extra: Vec<String>| ServerKind::Host {
+        binary: host.clone(),
+        plugin: plugin.clone(),
+        cache_dir: cache_dir.clone(),
+        extra,
     };
     let direct = Server::spawn(&node(vec![]), MAX_CONCURRENT);
     direct
