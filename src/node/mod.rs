@@ -96,6 +96,7 @@ pub async fn run(
     reload_source: Option<ConfigSource>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    crate::heap::return_large_blocks_promptly();
     let worst_case = memory_bound::check(&config).map_err(StartError::Config)?;
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());

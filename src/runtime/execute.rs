@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use wasmtime::component::ResourceTableError;
 use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 
-use super::bindings::{Constraints, ErrorKind, Qos, Task, TaskError, TraceContext, Usage};
+use super::bindings::{
+    Constraints, ErrorKind, Qos, Task, TaskError, TaskOutput, TraceContext, Usage,
+};
 use super::host::budget::{HostLimit, HostLimitExceeded};
 use super::plugin::LoadedPlugin;
 use super::reuse::{WarmInstance, WarmRegistry};
@@ -236,6 +238,9 @@ pub async fn run_task(
         memory_bytes: state.limiter().in_use_bytes(),
         host_bytes: state.host_budget().used(),
     };
+    // The guest's answer is copied into host strings; an oversized one is
+    // refused below but its pages stay in the host's heap once freed.
+    let mut copied_out_bytes = 0;
     let (result, instance) = match outcome {
         Err(_elapsed) => (Err(TaskFailure::Timeout), None),
         Ok(Err(error)) => (
@@ -244,6 +249,7 @@ pub async fn run_task(
         ),
         Ok(Ok((instance, Err(error)))) => (Err(plugin_error(error)), Some(instance)),
         Ok(Ok((instance, Ok(output)))) => {
+            copied_out_bytes = output_copy_bytes(&output);
             let checked = check_output(output.result_json, plugin.limits.max_output_bytes)
                 .and_then(|result| Ok((result, check_model_used(output.model_used)?)));
             let result = checked.map(|(result, model_used)| TaskSuccess {
@@ -254,19 +260,28 @@ pub async fn run_task(
             (result, Some(instance))
         }
     };
+    let reclaim = report.host_bytes.saturating_add(copied_out_bytes) >= TRIM_AFTER_HOST_BYTES
+        || result
+            .as_ref()
+            .err()
+            .and_then(TaskFailure::trap_kind)
+            .is_some();
     // Only an instance whose call returned normally may serve again.
     if let (Some(pool), Some(instance)) = (&plugin.reuse, instance) {
         pool.give_back(WarmInstance::new(store, instance, uses + 1));
+        if reclaim {
+            crate::heap::return_free_memory_in_background();
+        }
     } else {
-        let reclaim = report.host_bytes >= TRIM_AFTER_HOST_BYTES
-            || result
-                .as_ref()
-                .err()
-                .and_then(TaskFailure::trap_kind)
-                .is_some();
         teardown.dispose(store, reclaim);
     }
     (result, report)
+}
+
+/// Bytes of the guest's answer the host copied out of its memory.
+fn output_copy_bytes(output: &TaskOutput) -> u64 {
+    let bytes = output.result_json.len() + output.model_used.as_ref().map_or(0, String::len);
+    u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
 fn to_wit_task(input: &TaskInput<'_>) -> Task {

@@ -20,7 +20,8 @@ use wasmtime::Store;
 
 use super::store::TaskState;
 
-/// Host bytes a task must have been charged for its teardown to trim.
+/// Host bytes a task must have made the host hold (charged to its budget
+/// or copied out of the guest) for its teardown to trim.
 pub const TRIM_AFTER_HOST_BYTES: u64 = 1 << 20;
 
 /// Deferred drops allowed at once; below the engine's spare instance slots.
@@ -43,7 +44,7 @@ impl Teardown {
             }
             drop(store);
             if reclaim {
-                crate::heap::return_free_memory_throttled();
+                crate::heap::return_free_memory_in_background();
             }
             return;
         }
@@ -52,8 +53,7 @@ impl Teardown {
             drop(store);
             pending.fetch_sub(1, Ordering::AcqRel);
             if reclaim {
-                let _ =
-                    tokio::task::spawn_blocking(crate::heap::return_free_memory_throttled).await;
+                crate::heap::return_free_memory_in_background();
             }
         });
     }
