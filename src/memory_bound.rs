@@ -20,7 +20,9 @@
 //! any plugin, what the instance pool keeps resident between tasks
 //! (`(pool memories + pool tables) × keep_resident`), connections
 //! (`max_connections × (max_body_bytes + read buffer)`: bodies are read
-//! before admission), the nonce cache (`nonce_cache_capacity × 64 B`), the
+//! before admission), the answers waiting on clients that have not taken
+//! them (`max_unsent_answers_mib`: a task's slot is freed when its answer
+//! is ready, not when it is sent), the nonce cache (`nonce_cache_capacity × 64 B`), the
 //! idempotency cache and the credit-receipt queue (their byte bounds), the
 //! per-Origin limiter (`origin_limit_tracked × 320 B`), the OTLP span export
 //! when it is on (`4 × otlp_queue_bytes + 8 MiB`, see
@@ -158,6 +160,10 @@ impl WorstCase {
                 ),
                 bytes: config.edge.max_connections as u64
                     * (config.max_body_bytes + config.edge.buffer_bytes()) as u64,
+            },
+            Term {
+                name: "answers waiting on clients (max_unsent_answers_mib)".to_string(),
+                bytes: config.edge.max_unsent_answer_bytes,
             },
             Term {
                 name: format!("nonce cache ({} nonces)", config.nonce_capacity),

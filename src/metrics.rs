@@ -68,6 +68,11 @@ pub struct Metrics {
     pub origin_windows: IntGauge,
     /// `iicp_origin_windows_forgotten_total`: windows dropped to make room.
     pub origin_windows_forgotten: IntCounter,
+    /// `iicp_unsent_answer_bytes`: answers not yet taken by their clients.
+    pub unsent_answer_bytes: IntGauge,
+    /// `iicp_unsent_answer_refusals_total`: answers replaced by a 503
+    /// because the unsent-answer budget was full.
+    pub unsent_answer_refusals: IntCounter,
     /// `iicp_nonce_cache_entries` (set at scrape time).
     pub nonce_cache_entries: IntGauge,
     /// `iicp_qos_waiting` (set at scrape time).
@@ -645,6 +650,16 @@ impl Metrics {
                 &r,
                 "iicp_origin_windows_forgotten_total",
                 "Origin windows forgotten, least recently used first, to stay within the tracked limit.",
+            ),
+            unsent_answer_bytes: gauge(
+                &r,
+                "iicp_unsent_answer_bytes",
+                "Bytes of answers produced but not yet taken by their clients.",
+            ),
+            unsent_answer_refusals: counter(
+                &r,
+                "iicp_unsent_answer_refusals_total",
+                "Answers replaced by a 503 because answers waiting on clients filled their budget.",
             ),
             nonce_cache_entries: gauge(
                 &r,

@@ -1,7 +1,9 @@
 //! The network edge over real sockets: slow heads and trickled bodies are
 //! closed by their deadlines while healthy tasks keep being served (and
 //! never lose a slot to a slow client), idle keep-alive connections close,
-//! a connection over the cap gets a 503 envelope, oversized heads get 431,
+//! a client that stops reading its answers is closed by the response write
+//! budget, answers waiting on clients are bounded node-wide (503 past the
+//! budget), a connection over the cap gets a 503 envelope, oversized heads get 431,
 //! and SIGTERM drains: idle connections close, a task already running is
 //! answered, a new one on an open connection gets 503 `IICP-E024`, exit 0.
 //!
@@ -21,6 +23,8 @@ use tokio::net::TcpStream;
 
 const ECHO: &str = "urn:iicp:intent:util:echo:v1";
 const VERSIONED: &str = "urn:iicp:intent:test:versioned:v1";
+const BIG_OUTPUT: &str = "urn:iicp:intent:test:big-output:v1";
+const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
 /// What a deadline may overrun by on a busy machine before a test fails.
 const MARGIN: Duration = Duration::from_secs(5);
 
@@ -324,6 +328,144 @@ async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
         ),
         1.0,
         "{text}"
+    );
+}
+
+/// A client that sends `count` pipelined copies of `body` and reads none
+/// of the answers: a small receive window, so the node's writes are
+/// refused early. The writer stalls when the node stops reading; the
+/// node's close ends it.
+async fn unread_client(
+    node: &Node,
+    body: &Value,
+    count: usize,
+) -> (tokio::net::tcp::OwnedReadHalf, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr.parse().unwrap()).await.unwrap();
+    let body = serde_json::to_vec(body).unwrap();
+    let mut requests = Vec::new();
+    for _ in 0..count {
+        requests.extend_from_slice(task_head(body.len()).as_bytes());
+        requests.extend_from_slice(&body);
+    }
+    let (reader, mut writer) = stream.into_split();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&requests).await;
+    });
+    (reader, writing)
+}
+
+/// Waits until the node's metric `series` reaches `at_least`.
+async fn metric_reaches(node: &Node, series: &str, at_least: f64, limit: Duration) -> Instant {
+    tokio::time::timeout(limit, async {
+        while sample(&metrics(node).await, series) < at_least {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Instant::now()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{series} did not reach {at_least} within {limit:?}"))
+}
+
+/// Waits until the node's metric `series` falls to `at_most`.
+async fn metric_falls(node: &Node, series: &str, at_most: f64, limit: Duration) {
+    tokio::time::timeout(limit, async {
+        while sample(&metrics(node).await, series) > at_most {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{series} did not fall to {at_most} within {limit:?}"))
+}
+
+const RESPONSE_WRITE_TIMEOUTS: &str =
+    r#"iicp_connection_timeouts_total{kind="response_write",listener="public"}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_its_answers_is_closed_by_the_response_write_budget() {
+    const WRITE_MS: u64 = 1000;
+    const REQUESTS: usize = 200;
+    let node = Node::start(
+        &plugin("echo"),
+        &["--response-write-timeout-ms", &WRITE_MS.to_string()],
+    );
+    // 200 pipelined 64 KiB echoes (~13 MB of answers), none of them read.
+    let echo = task("unread", ECHO, json!({ "text": "x".repeat(64 << 10) }));
+    let not_reading_from = Instant::now();
+    let (mut reader, writing) = unread_client(&node, &echo, REQUESTS).await;
+    let write_budget = Duration::from_millis(WRITE_MS);
+    let closed_at = metric_reaches(
+        &node,
+        RESPONSE_WRITE_TIMEOUTS,
+        1.0,
+        write_budget + MARGIN * 2,
+    )
+    .await;
+    writing.abort();
+    assert!(closed_at - not_reading_from >= write_budget);
+    // Reading now finds the connection ended before every answer was sent.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(MARGIN, reader.read_to_end(&mut received)).await;
+    let answered = received
+        .windows(12)
+        .filter(|w| w == b"HTTP/1.1 200")
+        .count();
+    assert!(answered < REQUESTS, "all {answered} answers were delivered");
+    // The node serves on.
+    let (status, _, _) = post_task(&node, &task("after", ECHO, json!({ "text": "hi" }))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_waiting_on_clients_are_bounded_node_wide_and_released_when_their_connections_close()
+ {
+    const BUDGET_MIB: u64 = 10;
+    const WRITE_MS: u64 = 2000;
+    const ANSWER_BYTES: u64 = 3_900_000;
+    const HELD: &str = "iicp_unsent_answer_bytes";
+    let node = Node::start(
+        &plugin("misbehave"),
+        &[
+            "--max-unsent-answers-mib",
+            &BUDGET_MIB.to_string(),
+            "--response-write-timeout-ms",
+            &WRITE_MS.to_string(),
+        ],
+    );
+    let big = |id: &str| task(id, BIG_OUTPUT, json!({ "bytes": ANSWER_BYTES }));
+    // Two clients that ask for large answers and read none: ~7.8 MB held.
+    let stuck = [
+        unread_client(&node, &big("stuck-1"), 2).await,
+        unread_client(&node, &big("stuck-2"), 2).await,
+    ];
+    metric_reaches(&node, HELD, (2 * ANSWER_BYTES) as f64, MARGIN * 2).await;
+    // A third large answer does not fit: 503, and the node says why.
+    let (status, headers, body) = post_task(&node, &big("third")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let says = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(says.contains("unsent-answer budget"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        sample(&metrics(&node).await, "iicp_unsent_answer_refusals_total"),
+        1.0
+    );
+    // A small answer still fits.
+    let (status, _, _) = post_task(&node, &task("small", SLEEP, json!({ "ms": 0 }))).await;
+    assert_eq!(status, 200);
+    // The write budget closes the stuck connections; their answers go.
+    let limit = Duration::from_millis(WRITE_MS) + MARGIN * 2;
+    metric_reaches(&node, RESPONSE_WRITE_TIMEOUTS, 2.0, limit).await;
+    for (_, writing) in stuck {
+        writing.abort();
+    }
+    metric_falls(&node, HELD, 0.0, MARGIN).await;
+    let (status, _, body) = post_task(&node, &big("later")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["result"].as_str().map(str::len),
+        Some(ANSWER_BYTES as usize)
     );
 }
 

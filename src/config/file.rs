@@ -135,10 +135,12 @@ struct NodeSection {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
+    response_write_timeout_ms: Option<u64>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_connections: Option<usize>,
     lingering_close_ms: Option<u64>,
+    max_unsent_answers_mib: Option<u64>,
     #[serde(default)]
     memory_overcommit: bool,
 }
@@ -326,10 +328,12 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         header_read_timeout_ms: node.header_read_timeout_ms,
         body_read_timeout_ms: node.body_read_timeout_ms,
         keep_alive_timeout_ms: node.keep_alive_timeout_ms,
+        response_write_timeout_ms: node.response_write_timeout_ms,
         max_header_bytes: node.max_header_bytes,
         max_headers: node.max_headers,
         max_connections: node.max_connections,
         lingering_close_ms: node.lingering_close_ms,
+        max_unsent_answers_mib: node.max_unsent_answers_mib,
     }
     .apply(&mut edge, |field| format!("node.{field}"))?;
     let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;

@@ -86,6 +86,9 @@ pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
 pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
 /// Bounds of a listener's connection cap.
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// Unsent-answer budget in MiB: at least two of the largest answers (a
+/// result of 4 MiB in its envelope), at most 1 TiB.
+pub const MAX_UNSENT_ANSWERS_MIB_RANGE: RangeInclusive<u64> = 10..=1_048_576;
 /// Default connection cap of the admin listener (an operator's tools, not
 /// the internet).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -361,6 +364,9 @@ pub struct EdgeOverrides {
     /// How long an idle keep-alive connection stays open, in ms [default: 60000].
     #[arg(long, env = "IICP_HOST_KEEP_ALIVE_TIMEOUT_MS")]
     pub keep_alive_timeout_ms: Option<u64>,
+    /// How long one response may wait, in all, on a client that does not read it, in ms; then the connection closes [default: 60000].
+    #[arg(long, env = "IICP_HOST_RESPONSE_WRITE_TIMEOUT_MS")]
+    pub response_write_timeout_ms: Option<u64>,
     /// Largest request head (request line and headers), in bytes; more get 431 [default: 16384].
     #[arg(long, env = "IICP_HOST_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
@@ -373,6 +379,9 @@ pub struct EdgeOverrides {
     /// After answering on a connection it then closes, how long the node reads and discards what the client still sends, so the answer is not lost to a reset, in ms [default: 2000].
     #[arg(long, env = "IICP_HOST_LINGERING_CLOSE_MS")]
     pub lingering_close_ms: Option<u64>,
+    /// Task answers the node holds for clients that have not taken them yet, node-wide, in MiB; past it answers get 503 [default: 256].
+    #[arg(long, env = "IICP_HOST_MAX_UNSENT_ANSWERS_MIB")]
+    pub max_unsent_answers_mib: Option<u64>,
 }
 
 impl EdgeOverrides {
@@ -403,6 +412,11 @@ impl EdgeOverrides {
             self.keep_alive_timeout_ms,
             edge.keep_alive_timeout,
         )?;
+        edge.response_write_timeout = ms(
+            "response_write_timeout_ms",
+            self.response_write_timeout_ms,
+            edge.response_write_timeout,
+        )?;
         edge.lingering_close = ms(
             "lingering_close_ms",
             self.lingering_close_ms,
@@ -414,6 +428,13 @@ impl EdgeOverrides {
         }
         if let Some(count) = self.max_headers {
             edge.max_headers = check_range(&name("max_headers"), count, &MAX_HEADERS_RANGE)?;
+        }
+        if let Some(mib) = self.max_unsent_answers_mib {
+            edge.max_unsent_answer_bytes = check_range(
+                &name("max_unsent_answers_mib"),
+                mib,
+                &MAX_UNSENT_ANSWERS_MIB_RANGE,
+            )? << 20;
         }
         if let Some(count) = self.max_connections {
             edge.max_connections =

@@ -49,6 +49,7 @@ use crate::server::plugin_table::PluginTable;
 use crate::server::state::{AppState, NodeIdentity};
 use crate::server::task_auth::TaskAuth;
 use crate::server::tool_gate::ToolGate;
+use crate::server::unsent_answers::UnsentAnswers;
 use crate::systemd::ServiceManager;
 
 /// Why the node could not start.
@@ -187,6 +188,11 @@ fn shared_state(
         ),
         metrics: metrics.clone(),
         tally: TaskTally::default(),
+        unsent_answers: UnsentAnswers::new(
+            config.edge.max_unsent_answer_bytes,
+            metrics.unsent_answer_bytes.clone(),
+            metrics.unsent_answer_refusals.clone(),
+        ),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.edge.body_read_timeout,
         drain: DrainSignal::default(),

@@ -26,6 +26,7 @@ pub mod state;
 pub mod task_auth;
 pub mod task_route;
 pub mod tool_gate;
+pub mod unsent_answers;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use super::origin_limit::OriginLimiter;
 use super::plugin_table::PluginTable;
 use super::task_auth::TaskAuth;
 use super::tool_gate::ToolGate;
+use super::unsent_answers::UnsentAnswers;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
 use crate::metrics::{Metrics, TaskTally};
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Task outcomes for the directory's metrics batches.
     pub tally: TaskTally,
+    /// Answers waiting on their clients, bounded in bytes.
+    pub unsent_answers: UnsentAnswers,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
     /// Time a request body has to arrive.

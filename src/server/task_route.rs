@@ -62,7 +62,7 @@ use crate::protocol::task::{
     EncryptedSuccess, ResponseMetrics, TaskRequest, TaskSuccess as SuccessBody, Usage,
 };
 use crate::protocol::trace_context::TraceContext;
-use crate::protocol::{ApiError, json_bytes_response, json_response};
+use crate::protocol::{ApiError, json_bytes_response};
 use crate::runtime::bindings::ErrorKind;
 use crate::runtime::execute::{TaskFailure, TaskInput, TaskReport, TaskSuccess};
 use crate::telemetry::otlp;
@@ -140,7 +140,9 @@ async fn steps(
         .instrument(validate_span.clone())
         .await?
     {
-        Claimed::Answered(answer) => return respond(answer, &task.task_id, session.as_ref()),
+        Claimed::Answered(answer) => {
+            return respond(state, answer, &task.task_id, session.as_ref());
+        }
         Claimed::Run(running) => running,
     };
     let outcome = execute(state, &task, &route, trace, &validate_span, received).await;
@@ -148,7 +150,7 @@ async fn steps(
     if let Some(running) = running {
         running.finish(cacheable(&outcome));
     }
-    respond(outcome, &task.task_id, session.as_ref())
+    respond(state, outcome, &task.task_id, session.as_ref())
 }
 
 /// Step 2: the whole body within the body-read deadline. A client that
@@ -608,30 +610,40 @@ fn success_body(
             tokens_used: usage.map_or(0, |u| u64::from(u.total_tokens)),
         },
     };
-    serde_json::to_vec(&body)
+    encode_answer(&body)
+}
+
+fn encode_answer(body: &impl serde::Serialize) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|_| ApiError::internal("the answer could not be encoded"))
 }
 
 /// Step 12: the answer; a 200 is sealed under `iicp_conf_resp` when the
 /// session asks for it (`protocol.md` §1.4: `status:"encrypted"`, no
-/// `result`).
+/// `result`). It is charged to the unsent-answer budget until its client
+/// has taken it.
 fn respond(
+    state: &AppState,
     outcome: Result<Bytes, ApiError>,
     task_id: &str,
     session: Option<&CxSession>,
 ) -> Result<Response, ApiError> {
     let plain = outcome?;
-    let Some(session) = session else {
-        return Ok(json_bytes_response(StatusCode::OK, plain));
+    let answer = match session {
+        None => plain,
+        Some(session) => {
+            let sealed = EncryptedSuccess {
+                task_id,
+                status: "encrypted",
+                iicp_conf_resp: session.seal(&plain, task_id)?,
+                generated_by_ai: true,
+            };
+            encode_answer(&sealed)?
+        }
     };
-    let sealed = EncryptedSuccess {
-        task_id,
-        status: "encrypted",
-        iicp_conf_resp: session.seal(&plain, task_id)?,
-        generated_by_ai: true,
-    };
-    Ok(json_response(StatusCode::OK, &sealed))
+    let answer = state.unsent_answers.charge(answer)?;
+    Ok(json_bytes_response(StatusCode::OK, answer))
 }
 
 /// Maps a failed task to the protocol's error codes.

@@ -1,6 +1,8 @@
 //! Slow clients: thousands of connections that send half a request head
 //! and then nothing, and connections that trickle a task body a byte at a
-//! time, while healthy clients keep calling echo. Every slow connection
+//! time, while healthy clients keep calling echo; then clients that ask for
+//! answers and never read them (closed by the response write budget, their
+//! answers released). Every slow connection
 //! must be closed by its deadline (heads: `--header-read-timeout-ms`,
 //! bodies: `--body-read-timeout-ms`, answered 408), none may take a task
 //! slot, healthy traffic must not fail, and at full size its p99 must stay
@@ -31,9 +33,17 @@ const HEALTHY_CLIENTS: usize = 2;
 /// cost more than its bytes on top.
 const PER_CONNECTION_BOUND: u64 = 64 << 10;
 
-/// Runs the case.
+/// Runs the cases.
 pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     raise_open_file_limit();
+    vec![
+        slow_senders(ctx, scale).await,
+        unread_answers(ctx, scale).await,
+    ]
+}
+
+/// Half-sent heads and trickled bodies.
+async fn slow_senders(ctx: &Context, scale: Scale) -> CaseReport {
     let heads = scale.pick(200, 3000);
     let tricklers = scale.pick(40, 500);
     let header = Duration::from_millis(scale.pick(1000, 5000));
@@ -164,7 +174,137 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     report.rss_bound = Some(before + (heads + tricklers) as u64 * PER_CONNECTION_BOUND);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
-    vec![report]
+    report
+}
+
+/// Clients that pipeline echo tasks with 256 KiB answers (8 MiB each, more
+/// than the kernel buffers on loopback) and read none.
+async fn unread_answers(ctx: &Context, scale: Scale) -> CaseReport {
+    const PIPELINED: usize = 32;
+    const TIMEOUTS: &str =
+        r#"iicp_connection_timeouts_total{kind="response_write",listener="public"}"#;
+    const HELD: &str = "iicp_unsent_answer_bytes";
+    let readers = scale.pick(20, 200);
+    let write_budget = Duration::from_millis(scale.pick(1000, 5000));
+    let node = ctx.launcher().start(
+        &ctx.plugin("echo"),
+        &[
+            "--response-write-timeout-ms",
+            &write_budget.as_millis().to_string(),
+        ],
+    );
+    let mut report = CaseReport::new(
+        FAMILY,
+        &format!("{readers} clients that never read their answers"),
+    );
+    let started = Instant::now();
+    let url = node.url("/v1/task");
+    let metrics_url = node.url("/metrics");
+    let baseline = traffic::baseline(&url, HEALTHY_CLIENTS, scale.pick(200, 2000)).await;
+    let before = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(5));
+    let sampler = RssSampler::start(node.pid());
+    let healthy = HealthyLoad::start(url, HEALTHY_CLIENTS, u64::MAX, write_budget + MARGIN * 4);
+    let body = serde_json::to_vec(&traffic::task(
+        "unread",
+        ECHO_INTENT,
+        json!({ "text": "x".repeat(256 << 10) }),
+    ))
+    .expect("encode a task");
+    let mut requests = Vec::new();
+    for _ in 0..PIPELINED {
+        requests.extend_from_slice(
+            format!(
+                "POST /v1/task HTTP/1.1\r\nHost: unread\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        requests.extend_from_slice(&body);
+    }
+    let requests = std::sync::Arc::<[u8]>::from(requests);
+    let opened = Instant::now();
+    let mut clients = Vec::with_capacity(readers);
+    for _ in 0..readers {
+        clients.push(tokio::spawn(never_read(
+            node.addr.clone(),
+            requests.clone(),
+        )));
+    }
+    // Every connection closed by its write budget, counted by the node.
+    let mut closed = 0.0;
+    let mut held_peak = 0.0_f64;
+    let limit = write_budget + MARGIN * 2;
+    while opened.elapsed() < limit {
+        closed = traffic::metric(&metrics_url, TIMEOUTS).await.unwrap_or(0.0);
+        held_peak = held_peak.max(traffic::metric(&metrics_url, HELD).await.unwrap_or(0.0));
+        if closed >= readers as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = opened.elapsed();
+    for client in clients {
+        client.abort();
+    }
+    let held_after = traffic::metric(&metrics_url, HELD)
+        .await
+        .unwrap_or(f64::NAN);
+    let during = healthy.finish().await;
+    let series = sampler.finish();
+    let after = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(10));
+    report.tries = readers as u64;
+    report.failures = readers.saturating_sub(closed as usize) as u64;
+    report.check(
+        "every unread connection closed by the response write budget",
+        closed >= readers as f64 && took <= write_budget + MARGIN,
+        format!(
+            "{closed}/{readers} closed, the last {:.2} s after the first opened (budget {:.1} s)",
+            took.as_secs_f64(),
+            write_budget.as_secs_f64()
+        ),
+    );
+    report.check(
+        "unsent answers released",
+        held_after < 1.0,
+        format!(
+            "peak {:.1} MiB held for unread clients, {held_after} bytes after",
+            held_peak / f64::from(1 << 20)
+        ),
+    );
+    report.check(
+        "no healthy task failed",
+        during.failures == 0 && baseline.failures == 0,
+        format!("{} sent, {} failed", during.count, during.failures),
+    );
+    report.healthy = during;
+    report.rss = RssFigures {
+        before,
+        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
+        after,
+    };
+    report.rss_series = series
+        .iter()
+        .map(|&(at, rss)| (at.as_secs_f64(), rss))
+        .collect();
+    report.check_memory(16 << 20);
+    report.duration = started.elapsed();
+    report
+}
+
+/// Sends `requests` (pipelined) and never reads; ends when the node closes
+/// the connection (the write then fails) or when aborted.
+async fn never_read(addr: String, requests: std::sync::Arc<[u8]>) {
+    let Ok(address) = addr.parse() else { return };
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return;
+    };
+    // A small window, so the node's writes are refused early.
+    let _ = socket.set_recv_buffer_size(4096);
+    let Ok(mut stream) = socket.connect(address).await else {
+        return;
+    };
+    let _ = stream.write_all(&requests).await;
+    std::future::pending::<()>().await;
 }
 
 fn ms(duration: Duration) -> f64 {

@@ -11,6 +11,13 @@
 //!   being written, so a slow but live reader is not cut off while a client
 //!   that stops reading its response is.
 //!
+//! Across phases, the **response write budget** bounds how long one
+//! response may wait on a client that does not take it: the time the socket
+//! refused more bytes (writes pending), summed from the request's head on.
+//! A client that reads its answer at a trickle keeps the idle clock alive,
+//! so without this budget it could hold a connection and its unsent answer
+//! (up to the largest result) for as long as it likes.
+//!
 //! hyper's own header timer is not used: it starts when a connection turns
 //! idle, so it cannot tell an idle keep-alive connection from a slow head,
 //! and it would close both without saying which. One watchdog per
@@ -49,6 +56,8 @@ pub enum Expired {
     Header,
     /// Nothing happened on an idle keep-alive connection.
     Idle,
+    /// The client left a response unread for longer than its write budget.
+    ResponseWrite,
 }
 
 impl Expired {
@@ -57,6 +66,7 @@ impl Expired {
         match self {
             Expired::Header => "header",
             Expired::Idle => "idle",
+            Expired::ResponseWrite => "response_write",
         }
     }
 }
@@ -68,6 +78,11 @@ pub struct Activity {
     opened: Instant,
     /// Phase in the top two bits, its start in ms since `opened` below.
     state: AtomicU64,
+    /// Since when (ms since `opened`, plus one) the socket refuses the
+    /// current write; zero while it does not.
+    write_blocked_since: AtomicU64,
+    /// How long the current response's writes were refused before that.
+    write_blocked_ms: AtomicU64,
     changed: Notify,
 }
 
@@ -80,6 +95,8 @@ impl Activity {
         Arc::new(Self {
             opened: Instant::now(),
             state: AtomicU64::new(pack(Phase::AwaitingHead, 0)),
+            write_blocked_since: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -101,6 +118,8 @@ impl Activity {
     /// hyper parsed a request head; the returned guard marks the end of the
     /// request when the response body is done (or the request is dropped).
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        // A new response: its write budget starts afresh.
+        self.write_blocked_ms.store(0, Ordering::Release);
         self.enter(Phase::Busy);
         RequestGuard(self.clone())
     }
@@ -120,23 +139,75 @@ impl Activity {
         }
     }
 
+    /// The socket refused (part of) a write.
+    fn write_refused(&self) {
+        let now = self.now_ms() + 1;
+        if self
+            .write_blocked_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The socket took a write (or failed it): a refusal spell, if any, is
+    /// over and counts against the response's budget.
+    fn write_taken(&self) {
+        let since = self.write_blocked_since.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            let spell = (self.now_ms() + 1).saturating_sub(since);
+            self.write_blocked_ms.fetch_add(spell, Ordering::AcqRel);
+        }
+    }
+
+    /// When the current refusal spell uses up `budget`, if a write is
+    /// refused now; with the spell's start, to recognise it later.
+    fn write_deadline(&self, budget: Duration) -> Option<(Instant, u64)> {
+        let since = self.write_blocked_since.load(Ordering::Acquire);
+        if since == 0 {
+            return None;
+        }
+        let spent = Duration::from_millis(self.write_blocked_ms.load(Ordering::Acquire));
+        let left = budget.saturating_sub(spent);
+        Some((self.opened + Duration::from_millis(since - 1) + left, since))
+    }
+
     /// Resolves when a deadline passes: the head did not arrive within
-    /// `header`, or an idle spell lasted `idle`.
-    pub async fn expired(&self, header: Duration, idle: Duration) -> Expired {
+    /// `limits.header`, an idle spell lasted `limits.idle`, or the current
+    /// response's writes were refused for `limits.response_write` in all.
+    pub async fn expired(&self, limits: Deadlines) -> Expired {
         loop {
             let (phase, since) = self.load();
-            let (limit, expired) = match phase {
-                Phase::AwaitingHead => (header, Expired::Header),
-                Phase::Idle => (idle, Expired::Idle),
-                Phase::Busy => {
-                    self.changed.notified().await;
-                    continue;
-                }
+            let phase_deadline = match phase {
+                Phase::AwaitingHead => Some((limits.header, Expired::Header)),
+                Phase::Idle => Some((limits.idle, Expired::Idle)),
+                Phase::Busy => None,
+            }
+            .map(|(limit, expired)| (self.opened + Duration::from_millis(since) + limit, expired));
+            let write_deadline = self.write_deadline(limits.response_write);
+            let next = match (phase_deadline, write_deadline) {
+                (Some((at, _)), Some((write_at, _))) => Some(at.min(write_at)),
+                (Some((at, _)), None) => Some(at),
+                (None, Some((write_at, _))) => Some(write_at),
+                (None, None) => None,
             };
-            let deadline = self.opened + Duration::from_millis(since) + limit;
+            let Some(next) = next else {
+                self.changed.notified().await;
+                continue;
+            };
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.load() == (phase, since) {
+                () = tokio::time::sleep_until(next) => {
+                    if let Some((write_at, blocked_since)) = write_deadline
+                        && write_at <= Instant::now()
+                        && self.write_blocked_since.load(Ordering::Acquire) == blocked_since
+                    {
+                        return Expired::ResponseWrite;
+                    }
+                    if let Some((at, expired)) = phase_deadline
+                        && at <= Instant::now()
+                        && self.load() == (phase, since)
+                    {
                         return expired;
                     }
                 }
@@ -144,6 +215,17 @@ impl Activity {
             }
         }
     }
+}
+
+/// The deadlines one connection's watchdog keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// For a request head, from accept or its first byte.
+    pub header: Duration,
+    /// For an idle keep-alive connection.
+    pub idle: Duration,
+    /// For the time one response's writes may be refused, in all.
+    pub response_write: Duration,
 }
 
 fn pack(phase: Phase, since_ms: u64) -> u64 {
@@ -222,6 +304,18 @@ impl TrackedStream {
     pub fn into_inner(self) -> TcpStream {
         self.stream
     }
+
+    fn note_write(&self, poll: &Poll<io::Result<usize>>) {
+        match poll {
+            Poll::Pending => self.activity.write_refused(),
+            Poll::Ready(result) => {
+                self.activity.write_taken();
+                if matches!(result, Ok(n) if *n > 0) {
+                    self.activity.bytes_written();
+                }
+            }
+        }
+    }
 }
 
 impl AsyncRead for TrackedStream {
@@ -246,9 +340,7 @@ impl AsyncWrite for TrackedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.bytes_written();
-        }
+        self.note_write(&poll);
         poll
     }
 
@@ -258,9 +350,7 @@ impl AsyncWrite for TrackedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.bytes_written();
-        }
+        self.note_write(&poll);
         poll
     }
 
@@ -285,12 +375,18 @@ mod tests {
     // busy machine cannot break.
     const HEADER: Duration = Duration::from_millis(200);
     const IDLE: Duration = Duration::from_millis(400);
+    const WRITE: Duration = Duration::from_millis(300);
+    const LIMITS: Deadlines = Deadlines {
+        header: HEADER,
+        idle: IDLE,
+        response_write: WRITE,
+    };
 
     #[tokio::test]
     async fn a_head_that_never_arrives_expires_after_the_header_deadline() {
         let activity = Activity::new();
         let started = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Header);
+        assert_eq!(activity.expired(LIMITS).await, Expired::Header);
         assert!(started.elapsed() >= HEADER);
     }
 
@@ -298,7 +394,7 @@ mod tests {
     async fn a_busy_connection_has_no_deadline_and_idles_after_its_request() {
         let activity = Activity::new();
         let request = activity.request_started();
-        let watch = activity.expired(HEADER, IDLE);
+        let watch = activity.expired(LIMITS);
         tokio::pin!(watch);
         assert!(
             tokio::time::timeout(IDLE * 3, &mut watch).await.is_err(),
@@ -317,7 +413,41 @@ mod tests {
         tokio::time::sleep(IDLE / 2).await;
         activity.bytes_read();
         let head_from = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Header);
+        assert_eq!(activity.expired(LIMITS).await, Expired::Header);
         assert!(head_from.elapsed() >= HEADER);
+    }
+
+    #[tokio::test]
+    async fn refused_writes_add_up_to_the_response_write_budget() {
+        let activity = Activity::new();
+        let _request = activity.request_started();
+        let watch = activity.expired(LIMITS);
+        tokio::pin!(watch);
+        // Two refusal spells of about half the budget each, separated by a
+        // taken write: the budget is the sum, not each spell.
+        let started = Instant::now();
+        activity.write_refused();
+        tokio::time::sleep(WRITE / 2).await;
+        activity.write_taken();
+        activity.write_refused();
+        assert_eq!(watch.await, Expired::ResponseWrite);
+        assert!(started.elapsed() >= WRITE);
+    }
+
+    #[tokio::test]
+    async fn a_new_request_gets_a_fresh_write_budget() {
+        let activity = Activity::new();
+        let first = activity.request_started();
+        activity.write_refused();
+        tokio::time::sleep(WRITE * 2 / 3).await;
+        activity.write_taken();
+        drop(first);
+        let _second = activity.request_started();
+        let watch = activity.expired(LIMITS);
+        tokio::pin!(watch);
+        let refused_from = Instant::now();
+        activity.write_refused();
+        assert_eq!(watch.await, Expired::ResponseWrite);
+        assert!(refused_from.elapsed() >= WRITE);
     }
 }

@@ -94,6 +94,9 @@ pub struct EdgeSettings {
     pub body_read_timeout: Duration,
     /// How long a keep-alive connection may sit idle between requests.
     pub keep_alive_timeout: Duration,
+    /// How long, in all, one response may wait on a client that does not
+    /// read it (the time its writes were refused).
+    pub response_write_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     /// Most request headers.
@@ -103,6 +106,9 @@ pub struct EdgeSettings {
     /// How long a connection the node closes after answering keeps reading
     /// (and discarding) what the client still sends.
     pub lingering_close: Duration,
+    /// Bytes of task answers the node holds, node-wide, for clients that
+    /// have not taken them yet (see `server::unsent_answers`).
+    pub max_unsent_answer_bytes: u64,
 }
 
 impl Default for EdgeSettings {
@@ -111,10 +117,12 @@ impl Default for EdgeSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(60),
+            response_write_timeout: Duration::from_secs(60),
             max_header_bytes: 16 << 10,
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
             max_connections: 4096,
             lingering_close: Duration::from_secs(2),
+            max_unsent_answer_bytes: 256 << 20,
         }
     }
 }
@@ -281,10 +289,11 @@ impl Connection {
         };
         let io = TokioIo::new(TrackedStream::new(stream, activity.clone()));
         let mut connection = self.builder.serve_connection(io, service);
-        let expired = activity.expired(
-            self.settings.header_read_timeout,
-            self.settings.keep_alive_timeout,
-        );
+        let expired = activity.expired(connection::Deadlines {
+            header: self.settings.header_read_timeout,
+            idle: self.settings.keep_alive_timeout,
+            response_write: self.settings.response_write_timeout,
+        });
         tokio::pin!(expired);
         let drain = self.drain.started();
         tokio::pin!(drain);
