@@ -124,11 +124,14 @@ impl OciLocation {
     }
 
     /// Whether the registry is on this machine (`localhost`, 127.0.0.0/8,
-    /// `[::1]`): like docker, we speak plain HTTP to those.
+    /// `[::1]`, and 127.0.0.0/8 written as an IPv4-mapped IPv6 address):
+    /// like docker, we speak plain HTTP to those.
     pub fn is_loopback(&self) -> bool {
         let host = self.host();
         host.eq_ignore_ascii_case("localhost")
-            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
     }
 }
 
@@ -228,8 +231,14 @@ mod tests {
         let both = OciLocation::parse(&format!("oci://localhost/echo:v2@{DIGEST}")).unwrap();
         assert_eq!(both.tag.as_deref(), Some("v2"));
         assert!(both.is_loopback());
+        for local in [
+            "oci://[::1]:5000/echo:1",
+            "oci://[::ffff:127.0.0.1]:5000/echo:1",
+        ] {
+            assert!(OciLocation::parse(local).unwrap().is_loopback(), "{local}");
+        }
         assert!(
-            OciLocation::parse("oci://[::1]:5000/echo:1")
+            !OciLocation::parse("oci://[::ffff:10.0.0.1]:5000/echo:1")
                 .unwrap()
                 .is_loopback()
         );
