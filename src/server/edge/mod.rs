@@ -298,21 +298,31 @@ impl Connection {
         let drain = self.drain.started();
         tokio::pin!(drain);
         let mut draining = false;
+        let mut deadline_passed = None;
         loop {
             tokio::select! {
                 // hyper is done (the client left, or the node answered and
                 // ends the connection): keep the socket for a lingering close.
                 _ = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break,
                 kind = &mut expired => {
-                    self.metrics.timeout(kind.label()).inc();
-                    // Dropping the connection closes the socket.
-                    return;
+                    deadline_passed = Some(kind);
+                    break;
                 }
                 () = &mut drain, if !draining => {
                     draining = true;
                     Pin::new(&mut connection).graceful_shutdown();
                 }
             }
+        }
+        if let Some(kind) = deadline_passed {
+            self.metrics.timeout(kind.label()).inc();
+            // Dropping the connection closes the socket and frees what the
+            // slow client made the node hold (buffers, an unsent answer);
+            // give that back to the kernel (throttled, so a flood of such
+            // closes costs a few trims a second).
+            drop(connection);
+            heap::return_free_memory_in_background();
+            return;
         }
         let stream = connection.into_parts().io.into_inner().into_inner();
         if !linger(stream, self.settings.lingering_close).await {
