@@ -110,7 +110,11 @@ fn run_once(
     let output = Command::new("wrk")
         .arg(format!("-t{threads}"))
         .arg(format!("-c{concurrency}"))
-        .arg(format!("-d{}ms", length.as_millis().max(1)))
+        // wrk takes whole seconds (it refuses `ms`): round up.
+        .arg(format!(
+            "-d{}s",
+            length.as_secs_f64().ceil().max(1.0) as u64
+        ))
         .args(["--timeout", "10s", "-s"])
         .arg(&path)
         .arg(format!("http://{addr}/v1/task"))
