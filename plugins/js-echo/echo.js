@@ -4,6 +4,8 @@
 //   shape with the last user message as the assistant's reply, and counts
 //   whitespace-separated words as tokens.
 // * `urn:iicp:intent:util:echo:v1`: returns the payload unchanged.
+// * config value `also_declare` (intents, comma-separated): declared too, and
+//   answered like the echo intent.
 //
 // The payload is read with the rules the Rust plugin gets from serde, so both
 // accept and refuse the same payloads:
@@ -17,6 +19,7 @@
 //
 // Build: `./build.sh` (componentize-js; see that file).
 
+import { get as configValue } from 'iicp:plugin/config@0.1.0';
 import { log } from 'iicp:plugin/log@0.1.0';
 
 const NAME = 'js-echo';
@@ -314,7 +317,18 @@ function chat(payload) {
   };
 }
 
+/** The intents config value `also_declare` names. */
+function alsoDeclared() {
+  return (configValue('also_declare') ?? '')
+    .split(',')
+    .map((intent) => intent.trim())
+    .filter((intent) => intent !== '');
+}
+
 function handleTask(task) {
+  if (alsoDeclared().includes(task.intent)) {
+    return { resultJson: task.payload, usage: undefined, modelUsed: undefined };
+  }
   switch (task.intent) {
     case CHAT_INTENT:
       return chat(task.payload);
@@ -334,7 +348,9 @@ export const handler = {
     return {
       name: NAME,
       version: VERSION,
-      capabilities: [capability(CHAT_INTENT), capability(ECHO_INTENT)],
+      capabilities: [capability(CHAT_INTENT), capability(ECHO_INTENT)].concat(
+        alsoDeclared().map(capability),
+      ),
     };
   },
 

@@ -4,6 +4,8 @@
   with the last user message as the assistant's reply, and counts
   whitespace-separated words as tokens.
 * `urn:iicp:intent:util:echo:v1`: returns the payload unchanged.
+* config value `also_declare` (intents, comma-separated): declared too, and
+  answered like the echo intent.
 
 The payload is read with the rules the Rust plugin gets from serde, so both
 accept and refuse the same payloads:
@@ -23,7 +25,7 @@ import math
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import log
+from wit_world.imports import config, log
 from wit_world.imports.types import (
     Capability,
     Descriptor,
@@ -230,10 +232,16 @@ def chat(payload: str) -> TaskOutput:
     )
 
 
+def _also_declared() -> list:
+    """The intents config value `also_declare` names."""
+    value = config.get("also_declare") or ""
+    return [intent.strip() for intent in value.split(",") if intent.strip()]
+
+
 def _handle(task: Task) -> TaskOutput:
     if task.intent == CHAT_INTENT:
         return chat(task.payload)
-    if task.intent == ECHO_INTENT:
+    if task.intent == ECHO_INTENT or task.intent in _also_declared():
         return TaskOutput(result_json=task.payload, usage=None, model_used=None)
     raise Err(
         TaskError(
@@ -255,7 +263,8 @@ class Handler(exports.Handler):
         return Descriptor(
             name=NAME,
             version=VERSION,
-            capabilities=[_capability(CHAT_INTENT), _capability(ECHO_INTENT)],
+            capabilities=[_capability(CHAT_INTENT), _capability(ECHO_INTENT)]
+            + [_capability(intent) for intent in _also_declared()],
         )
 
     def handle(self, task: Task) -> TaskOutput:

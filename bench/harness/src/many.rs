@@ -40,11 +40,16 @@ fn config_text(plugin: &Path, plugins: usize, changed_timeout_ms: u32) -> String
             "\n[[plugin]]\nid = \"p{i}\"\npath = \"{}\"\n",
             plugin.display()
         ));
-        if i > 0 {
-            text.push_str(&format!("intents = [\"urn:iicp:intent:bench:p{i}:v1\"]\n"));
-        }
         if i + 1 == plugins && plugins > 1 {
             text.push_str(&format!("timeout_ms = {changed_timeout_ms}\n"));
+        }
+        if i > 0 {
+            // The echo plugins declare what `also_declare` names: a node
+            // refuses to route an intent its plugin does not declare.
+            let intent = format!("urn:iicp:intent:bench:p{i}:v1");
+            text.push_str(&format!(
+                "intents = [\"{intent}\"]\n[plugin.config]\nalso_declare = \"{intent}\"\n"
+            ));
         }
     }
     text

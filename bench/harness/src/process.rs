@@ -133,9 +133,22 @@ impl Server {
             if self.answer(path).await.is_some() {
                 return Some(since.elapsed());
             }
+            if self.exited() {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         None
+    }
+
+    /// Whether the server process has ended (a refused configuration, say),
+    /// read from `/proc` so that waiting needs no `&mut`.
+    fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
     }
 
     /// The body of one successful answer to the chat task.
