@@ -251,6 +251,28 @@ async fn counter(node: &Node) -> u64 {
     body["result"]["calls"].as_u64().unwrap()
 }
 
+/// Bytes of misbehave's initialised static that an earlier task changed, as
+/// the task sees them before it changes 40 scattered pages of it again.
+async fn scribbled_bytes(node: &Node) -> u64 {
+    let (status, body) = run_case(node, "scribble", json!(null), 10_000).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["changed_bytes"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_instance_starts_from_the_pristine_memory_image() {
+    // One task at a time: each fresh instance takes the pool slot the last
+    // one dirtied, with more scattered dirty pages than one reset scan holds.
+    let node = misbehave_node(&[]);
+    for _ in 0..4 {
+        assert_eq!(scribbled_bytes(&node).await, 0);
+    }
+    // The check sees writes when they are there: a reused instance does.
+    let reused = misbehave_node(&["--instance-reuse", "2"]);
+    assert_eq!(scribbled_bytes(&reused).await, 0);
+    assert_eq!(scribbled_bytes(&reused).await, 40 * 64);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_task_gets_a_fresh_instance_by_default() {
     let node = misbehave_node(&[]);

@@ -22,6 +22,9 @@
 //! | escape       | tries to reach env, args, files, `payload.port` on TCP,    |
 //! |              | a DNS lookup and `payload.url` over wasi:http              |
 //! | counter      | counts calls in a global: 1 on every fresh instance        |
+//! | scribble     | counts the bytes of a 320 KiB initialised static that are  |
+//! |              | no longer as initialised, then overwrites every other page |
+//! |              | of it (40 scattered dirty pages): 0 on every fresh instance|
 //! | config       | returns its config, and whether secret `payload.secret`    |
 //! |              | equals `payload.expect` (the secret itself never leaves)   |
 //! | http-get     | fetches `payload.url` over wasi:http (through the SDK)     |
@@ -49,12 +52,32 @@ const CASES: &[&str] = &[
     "inspect",
     "escape",
     "counter",
+    "scribble",
     "config",
     "http-get",
 ];
 
 /// Calls served by this instance; only a reused instance ever gets past 1.
 static CALLS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Pages of [`SCRIBBLED`]: enough that overwriting every other one leaves
+/// more disjoint dirty regions than the host's reset scans in one pass.
+const SCRIBBLE_PAGES: usize = 80;
+const PAGE: usize = 4096;
+/// Initialised (not zero) data, so it lives in the component's memory image.
+static SCRIBBLED: std::sync::Mutex<[u8; SCRIBBLE_PAGES * PAGE]> =
+    std::sync::Mutex::new([0x5a; SCRIBBLE_PAGES * PAGE]);
+
+/// Bytes of [`SCRIBBLED`] that differ from their initial value, then
+/// overwrites the first bytes of every other page.
+fn scribble() -> usize {
+    let mut pages = SCRIBBLED.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = pages.iter().filter(|&&b| b != 0x5a).count();
+    for page in pages.chunks_mut(PAGE).step_by(2) {
+        page[..64].fill(0xa5);
+    }
+    changed
+}
 
 struct Misbehave;
 
@@ -286,6 +309,7 @@ impl Guest for Misbehave {
                     }),
                 }
             }
+            "scribble" => output(format!("{{\"changed_bytes\":{}}}", scribble())),
             "counter" => {
                 let calls = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
                 output(format!("{{\"calls\":{calls}}}"))
