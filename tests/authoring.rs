@@ -36,7 +36,8 @@ fn check_reports_what_a_plugin_declares_and_imports() {
         "{report}"
     );
     assert!(
-        report.contains("imports:\n  iicp:plugin/types@0.1.0"),
+        // The echo reads its config (`also_declare`), so it imports that too.
+        report.contains("imports:\n  iicp:plugin/config@0.1.0\n  iicp:plugin/types@0.1.0"),
         "{report}"
     );
     assert!(
