@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Node, client, error_of, health, join_all, metrics, plugin, post_task, spawn_post, task,
-    wait_idle,
+    Node, client, error_of, health, join_all, metrics, plugin, post_task, sample, spawn_post, task,
+    wait_for_sample, wait_idle,
 };
 use serde_json::json;
 
@@ -138,28 +138,6 @@ async fn slots_come_back_after_failures_and_timeouts() {
     assert_eq!(status, 200);
 }
 
-/// The value of the sample `name` in a Prometheus exposition (0 when absent).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn wait_for_metric(node: &Node, name: &str, value: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = metrics(node).await;
-        if sample(&text, name) == value {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never became {value}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn interactive_tasks_wait_for_a_slot_and_batch_tasks_do_not() {
     // A long QoS wait, so only the task's own deadline, the waiting room
@@ -179,7 +157,10 @@ async fn interactive_tasks_wait_for_a_slot_and_batch_tasks_do_not() {
     let mut long = sleep_task("holder", 120_000, "batch");
     long["constraints"]["timeout_ms"] = json!(180_000);
     let holder = spawn_post(url.clone(), long);
-    wait_for_metric(&node, "iicp_active_jobs", 1.0).await;
+    wait_for_sample(&node, "iicp_active_jobs", Duration::from_secs(30), |v| {
+        v == 1.0
+    })
+    .await;
 
     // An interactive task whose own deadline ends first waits until then.
     let mut short = sleep_task("short-deadline", 10, "interactive");
@@ -196,7 +177,10 @@ async fn interactive_tasks_wait_for_a_slot_and_batch_tasks_do_not() {
 
     // An interactive task waits for the slot, holding none.
     let waiter = spawn_post(url.clone(), sleep_task("waiter", 10, "interactive"));
-    wait_for_metric(&node, "iicp_qos_waiting", 1.0).await;
+    wait_for_sample(&node, "iicp_qos_waiting", Duration::from_secs(30), |v| {
+        v == 1.0
+    })
+    .await;
     assert_eq!(health(&node).await["active_jobs"], 1);
 
     // Batch fails fast; another interactive task finds the waiting room full.

@@ -16,7 +16,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, client, message, metrics, plugin, post_task, raw_http, task};
+use common::{
+    Node, client, message, metrics, plugin, post_task, raw_http, sample, task, wait_for_sample,
+};
+use iicp_reliability::traffic::{closed_by_server, raise_open_file_limit};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,26 +30,6 @@ const BIG_OUTPUT: &str = "urn:iicp:intent:test:big-output:v1";
 const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
 /// What a deadline may overrun by on a busy machine before a test fails.
 const MARGIN: Duration = Duration::from_secs(5);
-
-/// Raises this process's soft open-file limit to its hard limit.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
-}
-
-/// The value of one sample line in a Prometheus exposition, 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// One HTTP/1.1 response read off a raw socket.
 struct RawResponse {
@@ -114,21 +97,6 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawRespo
         headers,
         body,
     })
-}
-
-/// Waits until the server closes `stream` (EOF or reset); returns when.
-async fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> Option<Instant> {
-    let mut sink = [0u8; 1024];
-    tokio::time::timeout(timeout, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .ok()
 }
 
 fn task_head(length: usize) -> String {
@@ -356,29 +324,6 @@ async fn unread_client(
     (reader, writing)
 }
 
-/// Waits until the node's metric `series` reaches `at_least`.
-async fn metric_reaches(node: &Node, series: &str, at_least: f64, limit: Duration) -> Instant {
-    tokio::time::timeout(limit, async {
-        while sample(&metrics(node).await, series) < at_least {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Instant::now()
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{series} did not reach {at_least} within {limit:?}"))
-}
-
-/// Waits until the node's metric `series` falls to `at_most`.
-async fn metric_falls(node: &Node, series: &str, at_most: f64, limit: Duration) {
-    tokio::time::timeout(limit, async {
-        while sample(&metrics(node).await, series) > at_most {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{series} did not fall to {at_most} within {limit:?}"))
-}
-
 const RESPONSE_WRITE_TIMEOUTS: &str =
     r#"iicp_connection_timeouts_total{kind="response_write",listener="public"}"#;
 
@@ -395,11 +340,11 @@ async fn a_client_that_stops_reading_its_answers_is_closed_by_the_response_write
     let not_reading_from = Instant::now();
     let (mut reader, writing) = unread_client(&node, &echo, REQUESTS).await;
     let write_budget = Duration::from_millis(WRITE_MS);
-    let closed_at = metric_reaches(
+    let closed_at = wait_for_sample(
         &node,
         RESPONSE_WRITE_TIMEOUTS,
-        1.0,
         write_budget + MARGIN * 2,
+        |v| v >= 1.0,
     )
     .await;
     writing.abort();
@@ -439,7 +384,7 @@ async fn answers_waiting_on_clients_are_bounded_node_wide_and_released_when_thei
         unread_client(&node, &big("stuck-1"), 2).await,
         unread_client(&node, &big("stuck-2"), 2).await,
     ];
-    metric_reaches(&node, HELD, (2 * ANSWER_BYTES) as f64, MARGIN * 2).await;
+    wait_for_sample(&node, HELD, MARGIN * 2, |v| v >= (2 * ANSWER_BYTES) as f64).await;
     // A third large answer does not fit: 503, and the node says why.
     let (status, headers, body) = post_task(&node, &big("third")).await;
     assert_eq!(status, 503, "{body}");
@@ -456,11 +401,11 @@ async fn answers_waiting_on_clients_are_bounded_node_wide_and_released_when_thei
     assert_eq!(status, 200);
     // The write budget closes the stuck connections; their answers go.
     let limit = Duration::from_millis(WRITE_MS) + MARGIN * 2;
-    metric_reaches(&node, RESPONSE_WRITE_TIMEOUTS, 2.0, limit).await;
+    wait_for_sample(&node, RESPONSE_WRITE_TIMEOUTS, limit, |v| v >= 2.0).await;
     for (_, writing) in stuck {
         writing.abort();
     }
-    metric_falls(&node, HELD, 0.0, MARGIN).await;
+    wait_for_sample(&node, HELD, MARGIN, |v| v <= 0.0).await;
     let (status, _, body) = post_task(&node, &big("later")).await;
     assert_eq!(status, 200);
     assert_eq!(

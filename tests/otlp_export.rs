@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, client, metrics, plugin, post_task, task};
+use common::{Node, client, metrics, plugin, post_task, sample, task};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -192,12 +192,6 @@ fn fetch(id: &str, backend: SocketAddr) -> Value {
         "urn:iicp:intent:test:http-get:v1",
         json!({"url": format!("http://{backend}/")}),
     )
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 const QUEUED: &str = r#"iicp_otlp_spans_total{result="queued"}"#;

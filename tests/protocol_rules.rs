@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::fake_directory::FakeDirectory;
-use common::{Node, client, error_of, health, metrics, plugin, post_task, task};
+use common::{Node, client, error_of, health, metrics, plugin, post_task, sample, task};
 use serde_json::{Value, json};
 
 const CHAT: &str = "urn:iicp:intent:llm:chat:v1";
@@ -283,12 +283,6 @@ fn counted_node(dir: &Path, counter: &RunCounter, extra: &[&str]) -> Node {
     )
     .unwrap();
     Node::start_config(&path, extra)
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,6 +54,18 @@ pub struct RssFigures {
     pub after: u64,
 }
 
+impl RssFigures {
+    /// `before` and `after` as measured; the peak is the highest of the
+    /// `samples` taken during the case (`before` when there are none).
+    pub fn from_samples(before: u64, samples: &[(Duration, u64)], after: u64) -> Self {
+        Self {
+            before,
+            peak: samples.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
+            after,
+        }
+    }
+}
+
 /// One assertion a case makes about what it saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -91,6 +103,16 @@ pub struct CaseReport {
 }
 
 impl CaseReport {
+    /// The case's RSS figures, and its samples as the series its family's
+    /// chart draws.
+    pub fn record_rss(&mut self, before: u64, samples: &[(Duration, u64)], after: u64) {
+        self.rss = RssFigures::from_samples(before, samples, after);
+        self.rss_series = samples
+            .iter()
+            .map(|&(at, rss)| (at.as_secs_f64(), rss))
+            .collect();
+    }
+
     /// A report for `family` / `name` with nothing recorded yet.
     pub fn new(family: &str, name: &str) -> Self {
         Self {

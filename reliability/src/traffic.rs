@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::report::LatencyStats;
@@ -136,4 +138,33 @@ pub async fn baseline(url: &str, clients: usize, requests: u64) -> LatencyStats 
     HealthyLoad::start(url.to_string(), clients, requests, Duration::from_secs(120))
         .join()
         .await
+}
+
+/// Waits until the server closes `stream` (EOF or reset); returns when.
+pub async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> Option<Instant> {
+    let mut sink = [0u8; 256];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Raises this process's soft open-file limit to its hard limit, for
+/// callers that open thousands of sockets.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
 }

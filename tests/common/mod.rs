@@ -194,6 +194,37 @@ pub async fn metrics(node: &Node) -> String {
         .expect("metrics text")
 }
 
+/// The value of the sample `series` (name and labels, as exposed) in a
+/// Prometheus exposition; 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the node's metrics until the sample `series` satisfies `done`,
+/// for at most `limit`; returns when it did, and panics naming the series
+/// (with the last exposition) when it never does.
+pub async fn wait_for_sample(
+    node: &Node,
+    series: &str,
+    limit: Duration,
+    done: impl Fn(f64) -> bool,
+) -> Instant {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = metrics(node).await;
+        if done(sample(&text, series)) {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not reach its value within {limit:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A configuration file serving the echo plugin, followed by `extra`
 /// (TOML tables), in a fresh directory.
 pub fn echo_config(extra: &str) -> PathBuf {

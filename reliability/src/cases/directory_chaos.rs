@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::directory::{Behaviour, StandInDirectory};
 use crate::memory::{QUIET_AFTER_TASKS, RssSampler, settled_rss};
-use crate::report::{CaseReport, RssFigures};
+use crate::report::CaseReport;
 use crate::traffic::HealthyLoad;
 use crate::{Context, Scale};
 
@@ -229,15 +229,7 @@ async fn one_mode(
         ),
     );
     report.healthy = served;
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(at, rss)| (at.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, after);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
     report

@@ -360,11 +360,11 @@ async fn prime(target: &Target<'_>, abuses: &[Abuse], scale: Scale) -> CaseRepor
         format!("{} tasks", report.tries),
     );
     let series = sampler.finish();
-    report.rss = RssFigures {
+    report.rss = RssFigures::from_samples(
         before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after: settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10)),
-    };
+        &series,
+        settled_rss(pid, QUIET_AFTER_TASKS, Duration::from_secs(10)),
+    );
     report.duration = started.elapsed();
     report
 }
@@ -443,15 +443,7 @@ async fn run_abuse(target: &Target<'_>, abuse: &Abuse, scale: Scale) -> CaseRepo
         format!("{} of {} failed", healthy.failures, healthy.count),
     );
     report.healthy = healthy;
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(t, rss)| (t.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, after);
     report.check_memory(0);
     report.duration = started.elapsed();
     report

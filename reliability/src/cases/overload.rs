@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::memory::{QUIET_AFTER_CONNECTIONS, RssSampler, settled_rss};
-use crate::report::{CaseReport, LatencyStats, RssFigures};
+use crate::report::{CaseReport, LatencyStats};
 use crate::traffic;
 use crate::{Context, Scale};
 
@@ -141,15 +141,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         format!("{served_after}/{SLOTS} tasks sent at once right after were served"),
     );
     report.healthy = LatencyStats::from_latencies(total.latencies, 0);
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(at, rss)| (at.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, after);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
     vec![report]

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::directory::{Behaviour, StandInDirectory};
 use crate::memory::{RssSampler, rss_bytes};
 use crate::node::message;
-use crate::report::{CaseReport, LatencyStats, RssFigures};
+use crate::report::{CaseReport, LatencyStats};
 use crate::traffic;
 use crate::{Context, Scale};
 
@@ -166,15 +166,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         format!("{exit:?}"),
     );
     report.healthy = LatencyStats::from_latencies(total.latencies, 0);
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after: 0,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(at, rss)| (at.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, 0);
     report.duration = started.elapsed();
     vec![report]
 }

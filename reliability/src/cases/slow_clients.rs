@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::memory::{QUIET_AFTER_CONNECTIONS, RssSampler, settled_rss};
-use crate::report::{CaseReport, RssFigures};
+use crate::report::CaseReport;
 use crate::traffic::{self, ECHO_INTENT, HealthyLoad};
 use crate::{Context, Scale};
 
@@ -35,7 +35,7 @@ const PER_CONNECTION_BOUND: u64 = 64 << 10;
 
 /// Runs the cases.
 pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
-    raise_open_file_limit();
+    traffic::raise_open_file_limit();
     vec![
         slow_senders(ctx, scale).await,
         unread_answers(ctx, scale).await,
@@ -85,7 +85,7 @@ async fn slow_senders(ctx: &Context, scale: Scale) -> CaseReport {
                     .write_all(b"POST /v1/task HTTP/1.1\r\nHost: slow\r\n")
                     .await;
                 waits.push(tokio::spawn(async move {
-                    closed_by_server(&mut stream, header * 2 + MARGIN * 2)
+                    traffic::closed_by_server(&mut stream, header * 2 + MARGIN * 2)
                         .await
                         .map(|closed| closed - opened)
                 }));
@@ -162,15 +162,7 @@ async fn slow_senders(ctx: &Context, scale: Scale) -> CaseReport {
         report.check("healthy p99 within 2× its baseline", ratio <= 2.0, latency);
     }
     report.healthy = during;
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(at, rss)| (at.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, after);
     report.rss_bound = Some(before + (heads + tricklers) as u64 * PER_CONNECTION_BOUND);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
@@ -277,15 +269,7 @@ async fn unread_answers(ctx: &Context, scale: Scale) -> CaseReport {
         format!("{} sent, {} failed", during.count, during.failures),
     );
     report.healthy = during;
-    report.rss = RssFigures {
-        before,
-        peak: series.iter().map(|&(_, rss)| rss).max().unwrap_or(before),
-        after,
-    };
-    report.rss_series = series
-        .iter()
-        .map(|&(at, rss)| (at.as_secs_f64(), rss))
-        .collect();
+    report.record_rss(before, &series, after);
     report.check_memory(16 << 20);
     report.duration = started.elapsed();
     report
@@ -349,33 +333,4 @@ async fn trickle(addr: String, body: Vec<u8>, deadline: Duration) -> Option<(Dur
         .parse()
         .ok()?;
     Some((opened.elapsed(), status))
-}
-
-/// Waits until the server closes `stream` (EOF or reset); returns when.
-async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> Option<Instant> {
-    let mut sink = [0u8; 256];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .ok()
-}
-
-/// Raises this process's soft open-file limit to its hard limit: the case
-/// opens thousands of sockets.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
 }
