@@ -69,8 +69,9 @@ pub fn return_free_memory_throttled() {
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
     let throttle_ms = crate::clock::whole_ms(THROTTLE);
     let now_ms = crate::clock::whole_ms(EPOCH.elapsed()).max(1);
-    let since_last = now_ms.saturating_sub(LAST_MS.load(Ordering::Relaxed));
-    if LAST_MS.load(Ordering::Relaxed) != 0 && since_last < throttle_ms {
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let since_last = now_ms.saturating_sub(last);
+    if last != 0 && since_last < throttle_ms {
         trim_later(Duration::from_millis(throttle_ms - since_last));
         return;
     }

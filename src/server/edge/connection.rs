@@ -154,6 +154,11 @@ impl Activity {
     /// The socket took a write (or failed it): a refusal spell, if any, is
     /// over and counts against the response's budget.
     fn write_taken(&self) {
+        // Almost every write is taken at once: a load keeps that path free
+        // of a read-modify-write.
+        if self.write_blocked_since.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let since = self.write_blocked_since.swap(0, Ordering::AcqRel);
         if since != 0 {
             let spell = (self.now_ms() + 1).saturating_sub(since);
@@ -186,12 +191,13 @@ impl Activity {
             }
             .map(|(limit, expired)| (self.opened + Duration::from_millis(since) + limit, expired));
             let write_deadline = self.write_deadline(limits.response_write);
-            let next = match (phase_deadline, write_deadline) {
-                (Some((at, _)), Some((write_at, _))) => Some(at.min(write_at)),
-                (Some((at, _)), None) => Some(at),
-                (None, Some((write_at, _))) => Some(write_at),
-                (None, None) => None,
-            };
+            let next = [
+                phase_deadline.map(|(at, _)| at),
+                write_deadline.map(|(at, _)| at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let Some(next) = next else {
                 self.changed.notified().await;
                 continue;
