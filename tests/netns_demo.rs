@@ -276,6 +276,14 @@ fn an_interrupted_demo_leaves_no_namespace_and_no_process() {
     demo.terminate();
     let (ok, output) = demo.wait(Duration::from_secs(120));
     assert!(!ok, "an interrupted run reports failure:\n{output}");
-    assert_eq!(namespaces(&tag), Vec::<String>::new(), "namespaces left");
-    assert_eq!(processes(&tag), Vec::<u32>::new(), "processes left");
+    assert_eq!(
+        namespaces(&tag),
+        Vec::<String>::new(),
+        "namespaces left:\n{output}"
+    );
+    assert_eq!(
+        processes(&tag),
+        Vec::<u32>::new(),
+        "processes left:\n{output}"
+    );
 }
