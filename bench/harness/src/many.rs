@@ -77,12 +77,15 @@ async fn reload(admin: SocketAddr) -> Option<(Duration, f64)> {
     }
     let prepare_ms = text
         .split("\"prepare_ms\":")
-        .nth(1)?
-        .split([',', '}'])
-        .next()?
-        .parse()
-        .ok()?;
-    Some((took, prepare_ms))
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next()?.parse().ok());
+    if prepare_ms.is_none() {
+        eprintln!(
+            "reload answer without prepare_ms: {}",
+            text.lines().last().unwrap_or_default()
+        );
+    }
+    Some((took, prepare_ms?))
 }
 
 /// Measures `plugin` served under `plugins` tables.
@@ -106,9 +109,16 @@ pub async fn measure(
     };
     let started = Instant::now();
     let server = Server::spawn(&kind, 64);
-    let startup = server
+    let Some(startup) = server
         .wait_first_success(started, Duration::from_secs(600))
-        .await?;
+        .await
+    else {
+        eprintln!(
+            "many plugins: {name} N={plugins}: the node did not serve: {}",
+            server.stderr_tail(3)
+        );
+        return None;
+    };
     let rss_kib = process::rss_kib(server.pid());
     let mut reloads = Vec::new();
     for (round, timeout_ms) in [11_000, 12_000, 13_000].into_iter().enumerate() {

@@ -11,6 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// Where the server's stderr goes (removed with the server), so a
+    /// server that refuses to start can say why.
+    stderr_log: PathBuf,
 }
 
 /// Which server to start.
@@ -102,13 +105,27 @@ impl Server {
                 c
             }
         };
+        let stderr_log =
+            std::env::temp_dir().join(format!("iicp-bench-{}-{addr}.stderr", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_log).map_or_else(|_| Stdio::null(), Stdio::from);
         let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start server");
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            stderr_log,
+        }
+    }
+
+    /// The last `lines` lines the server wrote to stderr, joined by " | ".
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        all[all.len().saturating_sub(lines)..].join(" | ")
     }
 
     pub fn pid(&self) -> u32 {
@@ -178,6 +195,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_log);
     }
 }
 
