@@ -96,6 +96,9 @@ pub async fn measure(
     cache_dir: &Path,
     plugins: usize,
 ) -> Option<ManyRow> {
+    // A configuration's paths are relative to its own directory, not to
+    // where bench/run was started.
+    let plugin = &std::path::absolute(plugin).ok()?;
     let dir = process::fresh_dir(&format!("many-{name}-{plugins}"));
     let config: PathBuf = dir.join("node.toml");
     std::fs::write(&config, config_text(plugin, plugins, 10_000)).ok()?;

@@ -71,6 +71,41 @@ pub struct Report {
     pub flood: Option<(LoadResult, Vec<(u64, u64)>)>,
     pub many: Vec<ManyRow>,
     pub sandbox: String,
+    /// CPU time counters when the run began, for the steal figure.
+    started_cpu: Option<CpuTimes>,
+}
+
+/// The machine's CPU time counters (`/proc/stat`, all cores, in ticks).
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already inside user and nice).
+        Some(Self {
+            total: fields.iter().take(8).sum(),
+            steal: *fields.get(7)?,
+        })
+    }
+
+    /// The share of CPU time the hypervisor took from this machine since `self`.
+    fn steal_since(self) -> Option<f64> {
+        let now = Self::now()?;
+        let total = now.total.checked_sub(self.total).filter(|&t| t > 0)?;
+        Some(now.steal.saturating_sub(self.steal) as f64 / total as f64)
+    }
 }
 
 /// One many-plugins figure as a line.
@@ -98,6 +133,7 @@ impl Report {
             flood: None,
             many: Vec::new(),
             sandbox: String::new(),
+            started_cpu: CpuTimes::now(),
         }
     }
 
@@ -326,6 +362,16 @@ impl Report {
             if self.quick { " --quick" } else { "" }
         );
         let _ = writeln!(out, "## Machine\n\n{}\n", machine());
+        if let Some(steal) = self.started_cpu.and_then(CpuTimes::steal_since) {
+            // A virtual machine's neighbours take CPU time the figures cannot
+            // see; every ratio below is within interleaved rounds, but the
+            // absolute figures move with this.
+            let _ = writeln!(
+                out,
+                "CPU time taken by the hypervisor (steal) during the load measurements: {:.1} %.\n",
+                steal * 100.0
+            );
+        }
         let _ = writeln!(
             out,
             "## Method\n\n\
