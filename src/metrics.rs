@@ -808,7 +808,9 @@ impl Metrics {
             .plugin_info_served
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for gone in exported.iter().filter(|labels| !served.contains(labels)) {
+        // A set, not a scan: a node may serve thousands of plugins.
+        let serving: std::collections::HashSet<&PluginInfoLabels> = served.iter().collect();
+        for gone in exported.iter().filter(|labels| !serving.contains(labels)) {
             let _ = self.plugin_info.remove_label_values(&label_refs(gone));
         }
         for labels in &served {

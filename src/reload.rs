@@ -10,6 +10,8 @@
 //! address, node slots, directory, admin listener, identity) are reported as
 //! needing a restart and left as they are.
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -188,8 +190,11 @@ impl Reloader {
         let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> =
             Vec::with_capacity(next.plugins.len());
         let (mut loaded, mut kept) = (Vec::new(), Vec::new());
+        // Many plugins may share one file (or one OCI reference): read its
+        // digest once per reload, not once per plugin.
+        let mut digests = HashMap::new();
         for spec in next.plugins.iter().cloned() {
-            match self.reusable(&current, &spec).await {
+            match self.reusable(&current, &spec, &mut digests).await {
                 Some(plugin) => {
                     kept.push(plugin.id.to_string());
                     plugins.push((plugin, spec));
@@ -206,11 +211,12 @@ impl Reloader {
                 }
             }
         }
+        let next_ids: HashSet<&str> = plugins.iter().map(|(p, _)| &*p.id).collect();
         let removed = current
             .entries()
             .iter()
+            .filter(|e| !next_ids.contains(&*e.plugin.id))
             .map(|e| e.plugin.id.to_string())
-            .filter(|id| !plugins.iter().any(|(p, _)| &*p.id == id))
             .collect();
         let table = PluginTable::build(
             plugins,
@@ -232,13 +238,28 @@ impl Reloader {
 
     /// The loaded plugin to keep for `spec`: same settings, same content
     /// (an `oci://` tag is resolved again, so a moved tag reloads).
+    /// `digests` remembers each location's digest for this reload.
     async fn reusable(
         &self,
         current: &PluginTable,
         spec: &PluginSpec,
+        digests: &mut HashMap<PathBuf, Option<String>>,
     ) -> Option<Arc<LoadedPlugin>> {
-        let entry: &Arc<PluginEntry> = current.entries().iter().find(|e| e.spec == *spec)?;
-        let sha256 = self.state.runtime.current_sha256(&spec.source.path).await?;
+        // A plugin without an operator id is called by its own name, which
+        // only a load would tell; those few are found by a scan.
+        let entry: &Arc<PluginEntry> = match &spec.source.id {
+            Some(id) => current.entry(id).filter(|e| e.spec == *spec)?,
+            None => current.entries().iter().find(|e| e.spec == *spec)?,
+        };
+        let path = &spec.source.path;
+        let sha256 = match digests.get(path) {
+            Some(known) => known.clone(),
+            None => {
+                let read = self.state.runtime.current_sha256(path).await;
+                digests.insert(path.clone(), read.clone());
+                read
+            }
+        }?;
         (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
     }
 }

@@ -6,7 +6,7 @@
 //! Relative paths are relative to the file's directory. Secrets never live
 //! in the file: it names environment variables that hold them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -341,29 +341,30 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
     }
     let mut plugins: Vec<PluginSpec> = Vec::with_capacity(file.plugins.len());
+    // Ids and intents already claimed, with the claiming table's index:
+    // a configuration of thousands of tables is checked in linear time.
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut claimed: HashMap<String, usize> = HashMap::new();
     for (index, plugin) in file.plugins.into_iter().enumerate() {
         let spec = plugin_spec(plugin, index, &defaults, max_concurrent, base)?;
         if let Some(id) = &spec.source.id
-            && plugins.iter().any(|p| p.source.id.as_ref() == Some(id))
+            && !ids.insert(id.clone())
         {
             return Err(format!(
                 "plugin {id:?}: the id is used by two [[plugin]] tables"
             ));
         }
         for intent in spec.intents.iter().flatten() {
-            if let Some(other) = plugins
-                .iter()
-                .find(|p| p.intents.iter().flatten().any(|i| i == intent))
-            {
+            if let Some(&other) = claimed.get(intent) {
                 return Err(format!(
                     "{}: intent {intent} is also claimed by {}",
                     plugin_name(&spec.source.id, index),
-                    plugin_name(
-                        &other.source.id,
-                        plugins.iter().position(|p| p == other).unwrap_or(0)
-                    )
+                    plugin_name(&plugins[other].source.id, other)
                 ));
             }
+        }
+        for intent in spec.intents.iter().flatten() {
+            claimed.entry(intent.clone()).or_insert(index);
         }
         plugins.push(spec);
     }

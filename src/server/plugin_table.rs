@@ -65,6 +65,9 @@ pub struct Route {
 #[derive(Default)]
 pub struct PluginTable {
     entries: Vec<Arc<PluginEntry>>,
+    /// Index into `entries` by plugin id: a reload of one plugin among
+    /// thousands looks every kept plugin up, so this must not be a scan.
+    by_id: HashMap<Arc<str>, usize>,
     routes: HashMap<Box<str>, Route>,
 }
 
@@ -116,7 +119,7 @@ impl PluginTable {
     ) -> Result<Self, String> {
         let mut table = Self::default();
         for (plugin, spec) in plugins {
-            if table.entries.iter().any(|e| e.plugin.id == plugin.id) {
+            if table.by_id.contains_key(&plugin.id) {
                 return Err(format!(
                     "two plugins are called {:?}; give them distinct ids",
                     plugin.id
@@ -146,7 +149,9 @@ impl PluginTable {
                 access,
                 drain: before.map_or_else(Default::default, |e| e.drain.clone()),
                 counters: before.map_or_else(Default::default, |e| e.counters.clone()),
-                metrics: metrics.plugin(&plugin.id),
+                // Resolved series are kept across reloads: resolving them
+                // again is most of what rebuilding a large table costs.
+                metrics: before.map_or_else(|| metrics.plugin(&plugin.id), |e| e.metrics.clone()),
                 plugin,
                 spec,
             });
@@ -158,12 +163,20 @@ impl PluginTable {
                         other.entry.plugin.id, entry.plugin.id
                     ));
                 }
+                let kept_metrics = previous
+                    .and_then(|p| p.route(intent))
+                    .filter(|r| r.entry.plugin.id == entry.plugin.id)
+                    .map(|r| r.metrics.clone());
                 let route = Route {
                     entry: entry.clone(),
-                    metrics: metrics.intent(&entry.plugin.id, intent),
+                    metrics: kept_metrics
+                        .unwrap_or_else(|| metrics.intent(&entry.plugin.id, intent)),
                 };
                 table.routes.insert(intent.into(), route);
             }
+            table
+                .by_id
+                .insert(entry.plugin.id.clone(), table.entries.len());
             table.entries.push(entry);
         }
         Ok(table)
@@ -195,7 +208,7 @@ impl PluginTable {
 
     /// The plugin called `id`.
     pub fn entry(&self, id: &str) -> Option<&Arc<PluginEntry>> {
-        self.entries.iter().find(|e| &*e.plugin.id == id)
+        self.by_id.get(id).map(|&index| &self.entries[index])
     }
 
     /// Every plugin, in configuration order.
