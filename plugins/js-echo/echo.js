@@ -326,15 +326,16 @@ function alsoDeclared() {
 }
 
 function handleTask(task) {
-  if (alsoDeclared().includes(task.intent)) {
-    return { resultJson: task.payload, usage: undefined, modelUsed: undefined };
-  }
   switch (task.intent) {
     case CHAT_INTENT:
       return chat(task.payload);
     case ECHO_INTENT:
       return { resultJson: task.payload, usage: undefined, modelUsed: undefined };
     default:
+      // Read only here: the chat and echo tasks make no config call.
+      if (alsoDeclared().includes(task.intent)) {
+        return { resultJson: task.payload, usage: undefined, modelUsed: undefined };
+      }
       throw taskError('unsupported-intent', `${NAME} does not serve ${task.intent}`);
   }
 }

@@ -354,17 +354,16 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
                 "plugin {id:?}: the id is used by two [[plugin]] tables"
             ));
         }
+        // One table never lists an intent twice (`plugin_spec` refuses it),
+        // so an intent already claimed is another table's.
         for intent in spec.intents.iter().flatten() {
-            if let Some(&other) = claimed.get(intent) {
+            if let Some(other) = claimed.insert(intent.clone(), index) {
                 return Err(format!(
                     "{}: intent {intent} is also claimed by {}",
                     plugin_name(&spec.source.id, index),
                     plugin_name(&plugins[other].source.id, other)
                 ));
             }
-        }
-        for intent in spec.intents.iter().flatten() {
-            claimed.entry(intent.clone()).or_insert(index);
         }
         plugins.push(spec);
     }
