@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use iicp_host::config::file::PluginFileCache;
 use iicp_host::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
@@ -399,10 +400,13 @@ struct RunArgs {
 
 impl RunArgs {
     /// The configuration: the file (or the single plugin) with the flags
-    /// applied. Called again for every hot reload.
-    fn to_config(&self) -> Result<NodeConfig, String> {
+    /// applied. Called again for every hot reload; `plugin_files` keeps the
+    /// plugin directories' parsed files between calls.
+    fn to_config(&self, plugin_files: &PluginFileCache) -> Result<NodeConfig, String> {
         let mut config = match (&self.config, &self.plugin) {
-            (Some(path), _) => config::file::load(path).map_err(|e| e.to_string())?,
+            (Some(path), _) => {
+                config::file::load_cached(path, plugin_files).map_err(|e| e.to_string())?
+            }
             (None, Some(plugin)) => NodeConfig::with_plugin(plugin.clone()),
             (None, None) => return Err("give --plugin or --config".to_string()),
         };
@@ -685,7 +689,8 @@ fn main() -> ExitCode {
         }
     };
     let log_format = args.log_format;
-    let config = match args.to_config() {
+    let plugin_files = PluginFileCache::default();
+    let config = match args.to_config(&plugin_files) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("iicp-host: error: {error}");
@@ -697,7 +702,7 @@ fn main() -> ExitCode {
     let telemetry = telemetry::init(log_format, &config.telemetry);
     let code = match runtime() {
         Ok(runtime) => runtime.block_on(async move {
-            let reload_source: ConfigSource = Arc::new(move || args.to_config());
+            let reload_source: ConfigSource = Arc::new(move || args.to_config(&plugin_files));
             match iicp_host::node::run(
                 config,
                 Some(reload_source),

@@ -525,6 +525,86 @@ async fn a_plugin_file_rewritten_in_place_is_loaded_anew_on_reload() {
     assert_eq!(version_of(&node).await, "1");
 }
 
+/// The intents a node serves, from its health answer.
+async fn served_intents(node: &Node) -> Vec<Value> {
+    health(node).await["intents"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_directories_add_change_and_remove_plugins_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins_d = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins_d).unwrap();
+    // A directory file's relative paths start from its own directory.
+    std::fs::copy(plugin("misbehave"), plugins_d.join("misbehave.wasm")).unwrap();
+    write(
+        &plugins_d,
+        "tools.toml",
+        "[[plugin]]\nid = \"tools\"\npath = \"misbehave.wasm\"\nmax_concurrent = 2\n",
+    );
+    write(&plugins_d, ".editor-swap.toml", "not toml at all [");
+    write(&plugins_d, "notes.txt", "not a configuration file");
+    let config = write(
+        dir.path(),
+        "node.toml",
+        &format!(
+            "[node]\nplugin_dirs = [\"plugins.d\"]\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"echo\"\npath = \"{}\"\n",
+            plugin("echo").display()
+        ),
+    );
+    let node = start(&config, &admin_env());
+    assert_eq!(post_task(&node, &chat("c")).await.0, 200);
+    let (status, _, body) = post_task(&node, &task("t", &case("ok"), json!({"x": 1}))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A new file adds a plugin; the others are kept.
+    let svc = |version: u8| {
+        format!(
+            "[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
+            plugin(&format!("versioned-v{version}")).display()
+        )
+    };
+    write(&plugins_d, "svc.toml", &svc(1));
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["loaded"], json!(["svc"]), "{body}");
+    assert_eq!(body["kept"], json!(["echo", "tools"]), "{body}");
+    assert_eq!(version_of(&node).await, "1");
+
+    // Rewritten at once with the same size (the file times may not move
+    // within one tick of the filesystem clock): still read again.
+    write(&plugins_d, "svc.toml", &svc(2));
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["loaded"], json!(["svc"]), "{body}");
+    assert_eq!(version_of(&node).await, "2");
+
+    // A broken file fails the reload, names itself, and changes nothing.
+    write(
+        &plugins_d,
+        "broken.toml",
+        "[node]\nlisten = \"0.0.0.0:1\"\n",
+    );
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("broken.toml") && message.contains("node"),
+        "{message}"
+    );
+    assert!(served_intents(&node).await.contains(&json!(case("ok"))));
+
+    // Removing files removes their plugins.
+    std::fs::remove_file(plugins_d.join("broken.toml")).unwrap();
+    std::fs::remove_file(plugins_d.join("tools.toml")).unwrap();
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], json!(["tools"]), "{body}");
+    assert!(!served_intents(&node).await.contains(&json!(case("ok"))));
+    assert_eq!(post_task(&node, &chat("c2")).await.0, 200);
+    assert_eq!(version_of(&node).await, "2");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_reload_keeps_the_old_version_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -647,7 +727,7 @@ fn configuration_errors_name_the_file_the_field_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let echo = plugin("echo").display().to_string();
     // (file name, contents, every fragment the one error line must carry)
-    let cases: [(&str, String, &[&str]); 6] = [
+    let cases: [(&str, String, &[&str]); 7] = [
         (
             "unknown.toml",
             format!("[[plugin]]\npth = \"{echo}\"\n"),
@@ -694,6 +774,11 @@ fn configuration_errors_name_the_file_the_field_and_the_problem() {
             &[
                 r#"plugin "s": secrets.key: environment variable IICP_TEST_NOT_SET_ANYWHERE is not set"#,
             ],
+        ),
+        (
+            "nodir.toml",
+            "[node]\nplugin_dirs = [\"absent.d\"]\n".to_string(),
+            &["nodir.toml", "node.plugin_dirs", "absent.d", "No such file"],
         ),
     ];
     for (name, contents, fragments) in cases {

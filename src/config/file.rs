@@ -10,9 +10,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::file_cache::ParsedFileCache;
 
 use super::{
     AdminSettings, AuthSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER,
@@ -143,6 +146,9 @@ struct NodeSection {
     max_unsent_answers_mib: Option<u64>,
     #[serde(default)]
     memory_overcommit: bool,
+    /// Directories whose `*.toml` files hold more `[[plugin]]` tables.
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -205,7 +211,20 @@ struct AdminSection {
     max_connections: Option<usize>,
 }
 
+/// A file of a plugin directory: `[[plugin]]` tables and nothing else.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginFile {
+    #[serde(default, rename = "plugin")]
+    plugins: Vec<PluginSection>,
+}
+
+/// The parsed files of `node.plugin_dirs`, kept between hot reloads so
+/// that only changed files are parsed again (see [`super::file_cache`]).
+#[derive(Default)]
+pub struct PluginFileCache(ParsedFileCache<PluginFile>);
+
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct PluginSection {
     id: Option<String>,
@@ -231,7 +250,7 @@ struct PluginSection {
     http: Option<HttpSection>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     #[serde(default)]
@@ -246,26 +265,84 @@ struct HttpSection {
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const MAX_PLUGIN_ID_BYTES: usize = 64;
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file and the files of its
+/// `node.plugin_dirs`.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+    load_cached(path, &PluginFileCache::default())
+}
+
+/// [`load`], parsing again only the plugin-directory files that changed
+/// since `cache` last saw them (hot reloads).
+pub fn load_cached(path: &Path, cache: &PluginFileCache) -> Result<NodeConfig, ConfigError> {
     let error = |message: String| ConfigError {
         path: path.to_path_buf(),
         message,
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
-    let mut config = parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(error)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut file = parse_file(&text).map_err(error)?;
+    let dirs: Vec<PathBuf> = std::mem::take(&mut file.node.plugin_dirs)
+        .into_iter()
+        .map(|dir| resolve(base, dir))
+        .collect();
+    let mut plugins = located(std::mem::take(&mut file.plugins), base);
+    let listing = cache
+        .0
+        .read_dirs(&dirs, |text| {
+            toml::from_str::<PluginFile>(text).map_err(|e| one_line(&e.to_string()))
+        })
+        .map_err(|e| error(format!("node.plugin_dirs: {e}")))?;
+    for (file_path, parsed) in listing.files {
+        let dir: Arc<Path> = file_path.parent().unwrap_or(base).into();
+        let file_path: Arc<Path> = file_path.into();
+        plugins.extend(parsed.plugins.iter().map(|section| LocatedPlugin {
+            section: section.clone(),
+            base: dir.clone(),
+            file: Some(file_path.clone()),
+        }));
+    }
+    let mut config = build(file, base, plugins).map_err(error)?;
     config.config_path = Some(path.to_path_buf());
     Ok(config)
 }
 
 /// Parses and validates configuration text, resolving relative paths
-/// against `base_dir`. Touches no file; reads only the environment
-/// variables the text names for secrets, and the cache directory's
-/// defaults (`XDG_CACHE_HOME`, `HOME`).
+/// against `base_dir`. Touches no file (a `node.plugin_dirs` is refused:
+/// it needs [`load`]); reads only the environment variables the text names
+/// for secrets, and the cache directory's defaults (`XDG_CACHE_HOME`,
+/// `HOME`).
 pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
-    build(file, base_dir)
+    let mut file = parse_file(text)?;
+    if !file.node.plugin_dirs.is_empty() {
+        return Err("node.plugin_dirs: only a configuration file read from disk may name plugin directories".to_string());
+    }
+    let plugins = located(std::mem::take(&mut file.plugins), base_dir);
+    build(file, base_dir, plugins)
+}
+
+/// A `[[plugin]]` table, the directory its relative paths start from, and
+/// the plugin-directory file it came from (none for the main file).
+struct LocatedPlugin {
+    section: PluginSection,
+    base: Arc<Path>,
+    file: Option<Arc<Path>>,
+}
+
+fn located(sections: Vec<PluginSection>, base: &Path) -> Vec<LocatedPlugin> {
+    let base: Arc<Path> = base.into();
+    sections
+        .into_iter()
+        .map(|section| LocatedPlugin {
+            section,
+            base: base.clone(),
+            file: None,
+        })
+        .collect()
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| one_line(&e.to_string()))
 }
 
 /// toml's messages span lines (a source excerpt); keep the gist on one.
@@ -300,7 +377,13 @@ fn env_secret(variable: &str, key: &str) -> Result<String, String> {
     }
 }
 
-fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
+/// The node's configuration from the main file's sections and every
+/// `[[plugin]]` table with the directory its relative paths start from.
+fn build(
+    file: FileConfig,
+    base: &Path,
+    plugin_tables: Vec<LocatedPlugin>,
+) -> Result<NodeConfig, String> {
     let node = file.node;
     if let Some(id) = &node.node_id
         && !valid_node_id(id)
@@ -337,16 +420,20 @@ fn build(file: FileConfig, base: &Path) -> Result<NodeConfig, String> {
     }
     .apply(&mut edge, |field| format!("node.{field}"))?;
     let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;
-    if file.plugins.is_empty() {
+    if plugin_tables.is_empty() {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
     }
-    let mut plugins: Vec<PluginSpec> = Vec::with_capacity(file.plugins.len());
+    let mut plugins: Vec<PluginSpec> = Vec::with_capacity(plugin_tables.len());
     // Ids and intents already claimed, with the claiming table's index:
     // a configuration of thousands of tables is checked in linear time.
     let mut ids: HashSet<String> = HashSet::new();
     let mut claimed: HashMap<String, usize> = HashMap::new();
-    for (index, plugin) in file.plugins.into_iter().enumerate() {
-        let spec = plugin_spec(plugin, index, &defaults, max_concurrent, base)?;
+    for (index, table) in plugin_tables.into_iter().enumerate() {
+        let spec = plugin_spec(table.section, index, &defaults, max_concurrent, &table.base)
+            .map_err(|e| match &table.file {
+                Some(file) => format!("{}: {e}", file.display()),
+                None => e,
+            })?;
         if let Some(id) = &spec.source.id
             && !ids.insert(id.clone())
         {

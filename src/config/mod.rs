@@ -5,6 +5,7 @@
 //! whichever way a value arrives.
 
 pub mod file;
+pub mod file_cache;
 pub mod reach;
 
 use std::net::SocketAddr;
