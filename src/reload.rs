@@ -128,8 +128,11 @@ impl Reloader {
                 let before = self.served_intents();
                 report.in_flight = self.state.gate.active();
                 let swap = Instant::now();
-                self.state.plugins.store(Arc::new(table));
+                let replaced = self.state.plugins.swap(Arc::new(table));
                 report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
+                // Freeing a table of thousands of plugins takes milliseconds;
+                // not on the reload's answer.
+                tokio::task::spawn_blocking(move || drop(replaced));
                 self.state.plugins.load().publish_info(&self.state.metrics);
                 let after = self.served_intents();
                 report.intents_changed = before != after;
@@ -137,9 +140,11 @@ impl Reloader {
                     (self.on_intents_changed)();
                 }
                 self.state.metrics.reloads.with_label_values(&["ok"]).inc();
+                // Kept plugins by count: a node of thousands would log them
+                // all on every reload (the admin API's report names them).
                 tracing::info!(
                     loaded = ?report.loaded,
-                    kept = ?report.kept,
+                    kept = report.kept.len(),
                     removed = ?report.removed,
                     in_flight = report.in_flight,
                     prepare_ms = report.prepare_ms,
@@ -185,15 +190,15 @@ impl Reloader {
     /// Reads the configuration and builds the next table without touching
     /// the serving one.
     async fn prepare(&self) -> Result<(PluginTable, ReloadReport), String> {
-        let next = (self.source)()?;
+        let mut next = (self.source)()?;
+        let specs = std::mem::take(&mut next.plugins);
         let current = self.state.plugins.load_full();
-        let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> =
-            Vec::with_capacity(next.plugins.len());
+        let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> = Vec::with_capacity(specs.len());
         let (mut loaded, mut kept) = (Vec::new(), Vec::new());
         // Many plugins may share one file (or one OCI reference): read its
         // digest once per reload, not once per plugin.
         let mut digests = HashMap::new();
-        for spec in next.plugins.iter().cloned() {
+        for spec in specs {
             match self.reusable(&current, &spec, &mut digests).await {
                 Some(plugin) => {
                     kept.push(plugin.id.to_string());
