@@ -73,11 +73,14 @@ struct Options {
     report: Option<PathBuf>,
     reuse: Option<u32>,
     sandbox_report: Option<PathBuf>,
+    /// A compiled-artifact cache kept between runs (else a fresh one,
+    /// removed at the end).
+    cache_dir: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN \
      [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
-     [--js-plugin WASM]\n       \
+     [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
      iicp-bench charts REPORT.md";
@@ -100,6 +103,7 @@ fn parse_options() -> Options {
         report: None,
         reuse: None,
         sandbox_report: None,
+        cache_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -118,6 +122,7 @@ fn parse_options() -> Options {
             "--js-plugin" => options.js_plugin = Some(value()),
             "--report" => options.report = Some(value()),
             "--sandbox-report" => options.sandbox_report = Some(value()),
+            "--cache-dir" => options.cache_dir = Some(value()),
             "--reuse" => {
                 let n = value();
                 options.reuse = Some(
@@ -429,12 +434,21 @@ async fn main() {
         _ => {}
     }
     let options = parse_options();
+    // --quick is one round of short points: a look at the figures in a few
+    // minutes, without the interleaved rounds that make a full run's best-of
+    // comparable between cases.
     let (rounds, warmup, measure) = if options.quick {
-        (2, Duration::from_millis(500), Duration::from_secs(2))
+        (1, Duration::from_millis(500), Duration::from_secs(2))
     } else {
         (3, Duration::from_secs(1), Duration::from_secs(8))
     };
-    let cache_dir = process::fresh_dir("cache");
+    let cache_dir = match &options.cache_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).expect("create the artifact cache directory");
+            dir.clone()
+        }
+        None => process::fresh_dir("cache"),
+    };
     let host = |extra: Vec<String>| ServerKind::Host {
         binary: options.host.clone(),
         plugin: options.plugin.clone(),
@@ -610,7 +624,9 @@ async fn main() {
         charts::write(&report, path.parent().unwrap_or(std::path::Path::new(".")))
             .expect("write charts");
     }
-    process::remove_dir(&cache_dir);
+    if options.cache_dir.is_none() {
+        process::remove_dir(&cache_dir);
+    }
     if let Some(dir) = floor_body.parent() {
         process::remove_dir(dir);
     }

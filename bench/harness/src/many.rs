@@ -1,10 +1,13 @@
-//! Many plugins per node, the multi-tenant case: one configuration with N
-//! `[[plugin]]` tables on the same artifact (distinct ids and intents; the
-//! first keeps the plugin's own intents and answers the chat task). For
-//! each artifact and N: time from process start to the first served task,
-//! resident memory once serving, and the time to reload one changed plugin
-//! through the admin API (median of three; each reload changes the last
-//! plugin's timeout, so exactly one plugin is loaded anew).
+//! Many plugins per node, the multi-tenant case: N `[[plugin]]` tables on
+//! the same artifact (distinct ids and intents; the first keeps the
+//! plugin's own intents and answers the chat task). For each artifact and
+//! N: time from process start to the first served task, resident memory
+//! once serving, and the time to reload one changed plugin through the
+//! admin API (median of three; each reload changes the last plugin's
+//! timeout, so exactly one plugin is loaded anew) in both layouts an
+//! operator can use: every table in one file, which a reload parses whole,
+//! and one file per plugin in a `node.plugin_dirs` directory, of which a
+//! reload parses only the changed file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,19 @@ use crate::process::{self, Server, ServerKind};
 
 /// The token the benchmark's admin API is opened with (loopback only).
 const TOKEN: (&str, &str) = ("IICP_BENCH_ADMIN_TOKEN", "bench-admin-token");
+/// The node trusts a plugin-directory file's stamp only once the file is
+/// this much older than its last read (`config::file_cache::RACY_WINDOW`,
+/// plus a margin); until then every reload parses it again.
+const SETTLE: Duration = Duration::from_millis(2_100);
+
+/// One reload's wall time and the node's own `prepare_ms` for it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadFigure {
+    pub wall: Duration,
+    /// Reading the configuration, checking kept plugins, loading the
+    /// changed one.
+    pub prepare_ms: f64,
+}
 
 /// One artifact at one N.
 #[derive(Debug, Clone)]
@@ -24,39 +40,85 @@ pub struct ManyRow {
     pub plugins: usize,
     pub startup: Duration,
     pub rss_kib: u64,
-    pub reload: Duration,
-    /// The node's own figure for preparing the reload (reading the
-    /// configuration, checking kept plugins, loading the changed one).
-    pub reload_prepare_ms: f64,
+    /// Every table in the main file.
+    pub one_file: ReloadFigure,
+    /// One file per plugin in a plugin directory.
+    pub plugin_dir: ReloadFigure,
 }
 
-fn config_text(plugin: &Path, plugins: usize, changed_timeout_ms: u32) -> String {
-    let mut text = format!(
-        "[node]\nmax_concurrent = 64\n\n[admin]\ntoken_env = \"{}\"\n",
+/// How the N tables are laid out on disk.
+#[derive(Clone, Copy)]
+enum Layout {
+    OneFile,
+    PluginDir,
+}
+
+const PLUGIN_DIR: &str = "plugins.d";
+
+fn main_text(layout: Layout) -> String {
+    let dirs = match layout {
+        Layout::OneFile => String::new(),
+        Layout::PluginDir => format!("plugin_dirs = [\"{PLUGIN_DIR}\"]\n"),
+    };
+    format!(
+        "[node]\nmax_concurrent = 64\n{dirs}\n[admin]\ntoken_env = \"{}\"\n",
         TOKEN.0
+    )
+}
+
+fn plugin_table(plugin: &Path, index: usize, plugins: usize, changed_timeout_ms: u32) -> String {
+    let mut text = format!(
+        "\n[[plugin]]\nid = \"p{index}\"\npath = \"{}\"\n",
+        plugin.display()
     );
-    for i in 0..plugins {
+    if index + 1 == plugins && plugins > 1 {
+        text.push_str(&format!("timeout_ms = {changed_timeout_ms}\n"));
+    }
+    if index > 0 {
+        // The echo plugins declare what `also_declare` names: a node
+        // refuses to route an intent its plugin does not declare.
+        let intent = format!("urn:iicp:intent:bench:p{index}:v1");
         text.push_str(&format!(
-            "\n[[plugin]]\nid = \"p{i}\"\npath = \"{}\"\n",
-            plugin.display()
+            "intents = [\"{intent}\"]\n[plugin.config]\nalso_declare = \"{intent}\"\n"
         ));
-        if i + 1 == plugins && plugins > 1 {
-            text.push_str(&format!("timeout_ms = {changed_timeout_ms}\n"));
-        }
-        if i > 0 {
-            // The echo plugins declare what `also_declare` names: a node
-            // refuses to route an intent its plugin does not declare.
-            let intent = format!("urn:iicp:intent:bench:p{i}:v1");
-            text.push_str(&format!(
-                "intents = [\"{intent}\"]\n[plugin.config]\nalso_declare = \"{intent}\"\n"
-            ));
-        }
     }
     text
 }
 
+fn plugin_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(PLUGIN_DIR).join(format!("p{index:05}.toml"))
+}
+
+/// Writes the configuration in `layout`; with `only_last`, rewrites just
+/// the last plugin's file (the plugin-directory layout's edit of one
+/// plugin).
+fn write_config(
+    dir: &Path,
+    layout: Layout,
+    plugin: &Path,
+    plugins: usize,
+    changed_timeout_ms: u32,
+    only_last: bool,
+) -> std::io::Result<()> {
+    let table = |i| plugin_table(plugin, i, plugins, changed_timeout_ms);
+    match layout {
+        Layout::OneFile => {
+            let tables: String = (0..plugins).map(table).collect();
+            std::fs::write(dir.join("node.toml"), main_text(layout) + &tables)
+        }
+        Layout::PluginDir => {
+            if !only_last {
+                std::fs::create_dir_all(dir.join(PLUGIN_DIR))?;
+                std::fs::write(dir.join("node.toml"), main_text(layout))?;
+            }
+            let first = if only_last { plugins - 1 } else { 0 };
+            (first..plugins).try_for_each(|i| std::fs::write(plugin_file(dir, i), table(i)))
+        }
+    }
+}
+
 /// `POST /admin/reload`; the wall time and the node's `prepare_ms`.
-async fn reload(admin: SocketAddr) -> Option<(Duration, f64)> {
+async fn reload(admin: SocketAddr) -> Option<ReloadFigure> {
     let request = format!(
         "POST /admin/reload HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         TOKEN.1
@@ -85,10 +147,35 @@ async fn reload(admin: SocketAddr) -> Option<(Duration, f64)> {
             text.lines().last().unwrap_or_default()
         );
     }
-    Some((took, prepare_ms?))
+    Some(ReloadFigure {
+        wall: took,
+        prepare_ms: prepare_ms?,
+    })
 }
 
-/// Measures `plugin` served under `plugins` tables.
+/// Three reloads, each after `edit` changed the last plugin's timeout to
+/// the next of `timeouts`; the median.
+async fn median_reload(
+    admin: SocketAddr,
+    timeouts: [u32; 3],
+    edit: impl Fn(u32) -> std::io::Result<()>,
+) -> Option<ReloadFigure> {
+    let mut reloads = Vec::new();
+    for (round, timeout_ms) in timeouts.into_iter().enumerate() {
+        edit(timeout_ms).ok()?;
+        match reload(admin).await {
+            Some(figure) => reloads.push(figure),
+            None if round == 0 => return None,
+            None => {}
+        }
+    }
+    reloads.sort_by_key(|figure| figure.wall);
+    reloads.get(reloads.len() / 2).copied()
+}
+
+/// Measures `plugin` served under `plugins` tables: started with one file
+/// per plugin, reloaded in that layout, then switched to one file (a
+/// reload that keeps every plugin) and reloaded in that layout.
 pub async fn measure(
     host: &Path,
     plugin: &Path,
@@ -101,11 +188,12 @@ pub async fn measure(
     let plugin = &std::path::absolute(plugin).ok()?;
     let dir = process::fresh_dir(&format!("many-{name}-{plugins}"));
     let config: PathBuf = dir.join("node.toml");
-    std::fs::write(&config, config_text(plugin, plugins, 10_000)).ok()?;
+    write_config(&dir, Layout::PluginDir, plugin, plugins, 10_000, false).ok()?;
+    let written = Instant::now();
     let admin: SocketAddr = format!("127.0.0.1:{}", process::free_port()).parse().ok()?;
     let kind = ServerKind::HostConfig {
         binary: host.to_path_buf(),
-        config: config.clone(),
+        config,
         cache_dir: cache_dir.to_path_buf(),
         admin,
         token: (TOKEN.0.to_string(), TOKEN.1.to_string()),
@@ -123,25 +211,27 @@ pub async fn measure(
         return None;
     };
     let rss_kib = process::rss_kib(server.pid());
-    let mut reloads = Vec::new();
-    for (round, timeout_ms) in [11_000, 12_000, 13_000].into_iter().enumerate() {
-        std::fs::write(&config, config_text(plugin, plugins, timeout_ms)).ok()?;
-        match reload(admin).await {
-            Some(figures) => reloads.push(figures),
-            None if round == 0 => return None,
-            None => {}
-        }
-    }
+    // Measure the steady state an operator sees, not the first seconds
+    // after writing every file (when each reload parses all of them).
+    tokio::time::sleep(SETTLE.saturating_sub(written.elapsed())).await;
+    let plugin_dir = median_reload(admin, [11_000, 12_000, 13_000], |timeout| {
+        write_config(&dir, Layout::PluginDir, plugin, plugins, timeout, true)
+    })
+    .await?;
+    write_config(&dir, Layout::OneFile, plugin, plugins, 13_000, false).ok()?;
+    reload(admin).await?;
+    let one_file = median_reload(admin, [14_000, 15_000, 16_000], |timeout| {
+        write_config(&dir, Layout::OneFile, plugin, plugins, timeout, false)
+    })
+    .await?;
     drop(server);
     process::remove_dir(&dir);
-    reloads.sort_by_key(|a| a.0);
-    let (reload, reload_prepare_ms) = reloads.get(reloads.len() / 2).copied()?;
     Some(ManyRow {
         artifact: name.to_string(),
         plugins,
         startup,
         rss_kib,
-        reload,
-        reload_prepare_ms,
+        one_file,
+        plugin_dir,
     })
 }

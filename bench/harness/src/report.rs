@@ -108,16 +108,22 @@ impl CpuTimes {
     }
 }
 
+fn ratio(large: Duration, small: Duration) -> f64 {
+    large.as_secs_f64() / small.as_secs_f64().max(1e-9)
+}
+
 /// One many-plugins figure as a line.
 pub fn many_line(row: &ManyRow) -> String {
     format!(
-        "many plugins: {} N={}: ready in {:.1} ms, RSS {:.1} MiB, reload of one plugin {:.1} ms (node's prepare {:.1} ms)",
+        "many plugins: {} N={}: ready in {:.1} ms, RSS {:.1} MiB, reload of one plugin: plugin dir {:.1} ms (node's prepare {:.1} ms), one file {:.1} ms ({:.1} ms)",
         row.artifact,
         row.plugins,
         row.startup.as_secs_f64() * 1000.0,
         row.rss_kib as f64 / 1024.0,
-        row.reload.as_secs_f64() * 1000.0,
-        row.reload_prepare_ms
+        row.plugin_dir.wall.as_secs_f64() * 1000.0,
+        row.plugin_dir.prepare_ms,
+        row.one_file.wall.as_secs_f64() * 1000.0,
+        row.one_file.prepare_ms
     )
 }
 
@@ -330,13 +336,14 @@ impl Report {
                 let (small, large) = (rows.first()?, rows.last()?);
                 let extra = large.plugins.checked_sub(small.plugins).filter(|&n| n > 0)?;
                 Some(format!(
-                    "many plugins: {artifact}: {:.1} KiB RSS per additional plugin (N={} -> {}), reload N={} / N={} = {:.2}",
+                    "many plugins: {artifact}: {:.1} KiB RSS per additional plugin (N={} -> {}), reload N={} / N={} = {:.2} (plugin dir), {:.2} (one file)",
                     large.rss_kib.saturating_sub(small.rss_kib) as f64 / extra as f64,
                     small.plugins,
                     large.plugins,
                     large.plugins,
                     small.plugins,
-                    large.reload.as_secs_f64() / small.reload.as_secs_f64().max(1e-9)
+                    ratio(large.plugin_dir.wall, small.plugin_dir.wall),
+                    ratio(large.one_file.wall, small.one_file.wall)
                 ))
             })
             .collect()
@@ -438,7 +445,8 @@ impl Report {
                 out,
                 "\n## Many plugins per node\n\nN `[[plugin]]` tables on one artifact (distinct ids and intents); \
                  ready = process start to the first served task; RSS once serving; reload = one changed plugin \
-                 through the admin API (median of three).\n"
+                 through the admin API (median of three), with one file per plugin in a `node.plugin_dirs` \
+                 directory (only the changed file is parsed) and with every table in one file (parsed whole).\n"
             );
             for row in &self.many {
                 let _ = writeln!(out, "- {}", many_line(row));
