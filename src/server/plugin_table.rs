@@ -127,59 +127,91 @@ impl PluginTable {
             }
             let capacity = spec.max_concurrent.unwrap_or(node_capacity);
             let before = previous.and_then(|p| p.entry(&plugin.id));
-            let gate = before
-                .filter(|e| e.gate.capacity() == capacity)
-                .map_or_else(
-                    || Arc::new(AdmissionGate::new(capacity)),
-                    |e| e.gate.clone(),
-                );
-            let access = if spec.tenants.is_empty() {
-                AccessPolicy::Open
-            } else {
-                AccessPolicy::Tenants(
-                    spec.tenants
-                        .iter()
-                        .map(|(name, token)| Tenant::new(name, token))
-                        .collect(),
-                )
-            };
-            let entry = Arc::new(PluginEntry {
-                capabilities: effective_capabilities(&plugin, &spec)?,
-                gate,
-                access,
-                drain: before.map_or_else(Default::default, |e| e.drain.clone()),
-                counters: before.map_or_else(Default::default, |e| e.counters.clone()),
-                // Resolved series are kept across reloads: resolving them
-                // again is most of what rebuilding a large table costs.
-                metrics: before.map_or_else(|| metrics.plugin(&plugin.id), |e| e.metrics.clone()),
-                plugin,
-                spec,
+            // A plugin kept as it was keeps its whole entry: a reload of one
+            // plugin among thousands rebuilds one entry, and freeing the
+            // replaced table frees only what changed.
+            let unchanged = before.filter(|e| {
+                Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
             });
-            for capability in &entry.capabilities {
-                let intent = capability.intent.as_str();
-                if let Some(other) = table.routes.get(intent) {
-                    return Err(format!(
-                        "plugins {:?} and {:?} both serve intent {intent}",
-                        other.entry.plugin.id, entry.plugin.id
-                    ));
-                }
-                let kept_metrics = previous
-                    .and_then(|p| p.route(intent))
-                    .filter(|r| r.entry.plugin.id == entry.plugin.id)
-                    .map(|r| r.metrics.clone());
-                let route = Route {
-                    entry: entry.clone(),
-                    metrics: kept_metrics
-                        .unwrap_or_else(|| metrics.intent(&entry.plugin.id, intent)),
-                };
-                table.routes.insert(intent.into(), route);
-            }
+            let entry = match unchanged {
+                Some(entry) => entry.clone(),
+                None => Arc::new(Self::new_entry(plugin, spec, capacity, before, metrics)?),
+            };
+            table.add_routes(&entry, previous, metrics)?;
             table
                 .by_id
                 .insert(entry.plugin.id.clone(), table.entries.len());
             table.entries.push(entry);
         }
         Ok(table)
+    }
+
+    /// An entry for `plugin`, with the gate, counters, drain switch and
+    /// metric series of the entry it replaces (`before`), if any.
+    fn new_entry(
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+        capacity: u32,
+        before: Option<&Arc<PluginEntry>>,
+        metrics: &Metrics,
+    ) -> Result<PluginEntry, String> {
+        let gate = before
+            .filter(|e| e.gate.capacity() == capacity)
+            .map_or_else(
+                || Arc::new(AdmissionGate::new(capacity)),
+                |e| e.gate.clone(),
+            );
+        let access = if spec.tenants.is_empty() {
+            AccessPolicy::Open
+        } else {
+            AccessPolicy::Tenants(
+                spec.tenants
+                    .iter()
+                    .map(|(name, token)| Tenant::new(name, token))
+                    .collect(),
+            )
+        };
+        Ok(PluginEntry {
+            capabilities: effective_capabilities(&plugin, &spec)?,
+            gate,
+            access,
+            drain: before.map_or_else(Default::default, |e| e.drain.clone()),
+            counters: before.map_or_else(Default::default, |e| e.counters.clone()),
+            // Resolved series are kept across reloads: resolving them
+            // again is most of what rebuilding a large table costs.
+            metrics: before.map_or_else(|| metrics.plugin(&plugin.id), |e| e.metrics.clone()),
+            plugin,
+            spec,
+        })
+    }
+
+    /// Routes `entry`'s intents to it, keeping each intent's metric series
+    /// when the same plugin served it before.
+    fn add_routes(
+        &mut self,
+        entry: &Arc<PluginEntry>,
+        previous: Option<&PluginTable>,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        for capability in &entry.capabilities {
+            let intent = capability.intent.as_str();
+            if let Some(other) = self.routes.get(intent) {
+                return Err(format!(
+                    "plugins {:?} and {:?} both serve intent {intent}",
+                    other.entry.plugin.id, entry.plugin.id
+                ));
+            }
+            let kept_metrics = previous
+                .and_then(|p| p.route(intent))
+                .filter(|r| r.entry.plugin.id == entry.plugin.id)
+                .map(|r| r.metrics.clone());
+            let route = Route {
+                entry: entry.clone(),
+                metrics: kept_metrics.unwrap_or_else(|| metrics.intent(&entry.plugin.id, intent)),
+            };
+            self.routes.insert(intent.into(), route);
+        }
+        Ok(())
     }
 
     /// Shows this table's plugin versions, and only those, in
