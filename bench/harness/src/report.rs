@@ -445,7 +445,7 @@ impl Report {
                 out,
                 "\n## Many plugins per node\n\nN `[[plugin]]` tables on one artifact (distinct ids and intents); \
                  ready = process start to the first served task; RSS once serving; reload = one changed plugin \
-                 through the admin API (median of three), with one file per plugin in a `node.plugin_dirs` \
+                 through the admin API (median of seven after one unmeasured), with one file per plugin in a `node.plugin_dirs` \
                  directory (only the changed file is parsed) and with every table in one file (parsed whole).\n"
             );
             for row in &self.many {
