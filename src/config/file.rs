@@ -293,6 +293,13 @@ pub fn load_cached(path: &Path, cache: &PluginFileCache) -> Result<NodeConfig, C
             toml::from_str::<PluginFile>(text).map_err(|e| one_line(&e.to_string()))
         })
         .map_err(|e| error(format!("node.plugin_dirs: {e}")))?;
+    if !dirs.is_empty() {
+        tracing::debug!(
+            parsed = listing.stats.parsed,
+            reused = listing.stats.reused,
+            "plugin directories read"
+        );
+    }
     for (file_path, parsed) in listing.files {
         let dir: Arc<Path> = file_path.parent().unwrap_or(base).into();
         let file_path: Arc<Path> = file_path.into();

@@ -16,11 +16,11 @@
 //!
 //! Bounds: at most [`MAX_FILES`] files over all directories,
 //! [`MAX_FILE_BYTES`] per file and [`MAX_TOTAL_BYTES`] in all (each an error
-//! naming the directory or file);
-//! the cache holds one entry per file last listed, nothing for files that
-//! are gone.
+//! naming the directory or file); the cache holds one entry per file last
+//! listed, nothing for files that are gone.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -173,8 +173,12 @@ fn read_entry<T>(
             stamp.len
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
-    // A file that grew past the bound since its stamp is refused too.
+    // Read at most one byte past the bound: a file that grew since its
+    // stamp is refused without being read whole.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("{name}: cannot read: {e}"))?;
     if text.len() as u64 > MAX_FILE_BYTES {
         return Err(format!(
             "{name}: more than the {MAX_FILE_BYTES} bytes a configuration file may hold"
@@ -332,5 +336,33 @@ mod tests {
             .read_dirs(&[d.path().join("absent")], |t| Ok(t.len()))
             .unwrap_err();
         assert!(missing.contains("absent"), "{missing}");
+    }
+
+    #[test]
+    fn too_many_files_or_bytes_in_all_are_refused() {
+        let many = dir();
+        for i in 0..=MAX_FILES {
+            std::fs::write(many.path().join(format!("{i}.toml")), "").unwrap();
+        }
+        let cache = ParsedFileCache::<usize>::default();
+        let error = cache
+            .read_dirs(&[many.path().into()], |t| Ok(t.len()))
+            .unwrap_err();
+        assert!(error.contains(&format!("more than {MAX_FILES}")), "{error}");
+        // Each file within its own bound, all of them past the total.
+        let big = dir();
+        let files = MAX_TOTAL_BYTES / MAX_FILE_BYTES + 1;
+        for i in 0..files {
+            let file = std::fs::File::create(big.path().join(format!("{i}.toml"))).unwrap();
+            file.set_len(MAX_FILE_BYTES).unwrap();
+        }
+        let error = cache
+            .read_dirs(&[big.path().into()], |t| Ok(t.len()))
+            .unwrap_err();
+        assert!(
+            error.contains(&format!("more than {MAX_TOTAL_BYTES}")),
+            "{error}"
+        );
+        assert!(cache.entries.lock().unwrap().is_empty());
     }
 }
