@@ -238,10 +238,20 @@ async fn unread_answers(ctx: &Context, scale: Scale) -> CaseReport {
     for client in clients {
         client.abort();
     }
-    let held_after = traffic::metric(&metrics_url, HELD)
-        .await
-        .unwrap_or(f64::NAN);
+    // The gauge also counts the healthy clients' answers for the moment they
+    // are in flight, so it is read once that load has stopped, and waited on
+    // (bounded) rather than sampled once.
     let during = healthy.finish().await;
+    let release_deadline = Instant::now() + MARGIN;
+    let held_after = loop {
+        let held = traffic::metric(&metrics_url, HELD)
+            .await
+            .unwrap_or(f64::NAN);
+        if held < 1.0 || Instant::now() >= release_deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let series = sampler.finish();
     let after = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(10));
     report.tries = readers as u64;
