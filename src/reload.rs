@@ -190,7 +190,12 @@ impl Reloader {
     /// Reads the configuration and builds the next table without touching
     /// the serving one.
     async fn prepare(&self) -> Result<(PluginTable, ReloadReport), String> {
-        let mut next = (self.source)()?;
+        // Reading the configuration is file I/O (a plugin directory of
+        // thousands of files, or a filesystem that hangs): not on a worker.
+        let source = self.source.clone();
+        let mut next = tokio::task::spawn_blocking(move || source())
+            .await
+            .map_err(|e| format!("reading the configuration failed: {e}"))??;
         let specs = std::mem::take(&mut next.plugins);
         let current = self.state.plugins.load_full();
         let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> = Vec::with_capacity(specs.len());
