@@ -72,6 +72,8 @@ impl Stamp {
 struct Entry<T> {
     stamp: Stamp,
     read_at: SystemTime,
+    /// Bytes read, counted against [`MAX_TOTAL_BYTES`].
+    bytes: u64,
     parsed: Arc<T>,
 }
 
@@ -118,25 +120,15 @@ impl<T> ParsedFileCache<T> {
     ) -> Result<Listing<T>, String> {
         let mut files: Vec<(PathBuf, Stamp)> = Vec::new();
         for dir in dirs {
-            let mut listed = list_toml_files(dir)?;
-            if files.len() + listed.len() > MAX_FILES {
-                return Err(format!(
-                    "{}: more than {MAX_FILES} configuration files in node.plugin_dirs",
-                    dir.display()
-                ));
-            }
-            files.append(&mut listed);
-        }
-        let total: u64 = files.iter().map(|(_, stamp)| stamp.len).sum();
-        if total > MAX_TOTAL_BYTES {
-            return Err(format!(
-                "the files of node.plugin_dirs hold {total} bytes, more than {MAX_TOTAL_BYTES}"
-            ));
+            list_toml_files(dir, &mut files)?;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut kept = HashMap::with_capacity(files.len());
         let mut read = Vec::with_capacity(files.len());
         let mut stats = ListingStats::default();
+        // Counted from what was read, not from the listing's sizes: a file
+        // may grow between its stat and its read.
+        let mut held: u64 = 0;
         for (path, stamp) in files {
             let entry = match entries.remove(&path) {
                 Some(entry) if entry.stamp == stamp && stamp.settled_before(entry.read_at) => {
@@ -148,6 +140,13 @@ impl<T> ParsedFileCache<T> {
                     read_entry(&path, stamp, &parse)?
                 }
             };
+            held += entry.bytes;
+            if held > MAX_TOTAL_BYTES {
+                return Err(format!(
+                    "{}: the files of node.plugin_dirs hold more than {MAX_TOTAL_BYTES} bytes",
+                    path.display()
+                ));
+            }
             read.push((path.clone(), entry.parsed.clone()));
             kept.insert(path, entry);
         }
@@ -188,14 +187,17 @@ fn read_entry<T>(
     Ok(Entry {
         stamp,
         read_at,
+        bytes: text.len() as u64,
         parsed: Arc::new(parsed),
     })
 }
 
-/// The `*.toml` files of `dir` with their stamps, in name order.
-fn list_toml_files(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, String> {
+/// Appends the `*.toml` files of `dir` with their stamps, in name order,
+/// to `files` (those of the directories before it), which may hold at most
+/// [`MAX_FILES`].
+fn list_toml_files(dir: &Path, files: &mut Vec<(PathBuf, Stamp)>) -> Result<(), String> {
     let listing = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files = Vec::new();
+    let first = files.len();
     for item in listing {
         let item = item.map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = item.file_name();
@@ -219,15 +221,15 @@ fn list_toml_files(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, String> {
         }
         if files.len() > MAX_FILES {
             return Err(format!(
-                "{}: more than {MAX_FILES} configuration files",
+                "{}: more than {MAX_FILES} configuration files in node.plugin_dirs",
                 dir.display()
             ));
         }
     }
     // All in one directory: the names alone order them (comparing whole
     // paths component by component costs more than the listing).
-    files.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
-    Ok(files)
+    files[first..].sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -341,14 +343,19 @@ mod tests {
     #[test]
     fn too_many_files_or_bytes_in_all_are_refused() {
         let many = dir();
-        for i in 0..=MAX_FILES {
+        for i in 0..MAX_FILES {
             std::fs::write(many.path().join(format!("{i}.toml")), "").unwrap();
         }
         let cache = ParsedFileCache::<usize>::default();
-        let error = cache
-            .read_dirs(&[many.path().into()], |t| Ok(t.len()))
-            .unwrap_err();
+        let read = |dirs: &[PathBuf]| cache.read_dirs(dirs, |t| Ok(t.len()));
+        assert_eq!(read(&[many.path().into()]).unwrap().files.len(), MAX_FILES);
+        // The bound is over all directories together, and one alone.
+        let error = read(&[many.path().into(), many.path().into()]).unwrap_err();
         assert!(error.contains(&format!("more than {MAX_FILES}")), "{error}");
+        std::fs::write(many.path().join("last.toml"), "").unwrap();
+        let error = read(&[many.path().into()]).unwrap_err();
+        assert!(error.contains(&format!("more than {MAX_FILES}")), "{error}");
+        cache.entries.lock().unwrap().clear();
         // Each file within its own bound, all of them past the total.
         let big = dir();
         let files = MAX_TOTAL_BYTES / MAX_FILE_BYTES + 1;
