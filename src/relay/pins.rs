@@ -30,8 +30,10 @@
 //!   is too large or damaged stops the start rather than being dropped,
 //!   since dropping it would reopen the takeover. Without a state
 //!   directory pins live in memory only.
-//! * A pin's bind time is refreshed at most once a day, so the file is
-//!   rewritten when a pin is made or changed, and rarely otherwise.
+//! * A pin's time is refreshed at most once a day, at a bind or (checked
+//!   hourly) while its worker stays bound with the pinned key, so a worker
+//!   bound for longer than the expiry keeps its pin; the file is rewritten
+//!   when a pin is made or changed, and rarely otherwise.
 //!
 //! Metrics: `iicp_relay_pinned_workers` (gauge); refusals in
 //! `iicp_relay_refusals_total{reason="pin_mismatch"|"pins_full"|"key_required"}`.
@@ -209,14 +211,20 @@ impl Pins {
         Ok(true)
     }
 
-    /// Pins held now.
-    pub fn len(&self) -> usize {
-        self.table().len()
-    }
-
-    /// Whether no pin is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Refreshes the time of `worker_id`'s pin if `key_digest` is the
+    /// pinned key and the time is a day old; returns whether it did.
+    pub fn refresh(&self, worker_id: &str, key_digest: &[u8; 32], now_s: i64) -> bool {
+        let mut table = self.table();
+        match table.get_mut(worker_id) {
+            Some(pin)
+                if bool::from(pin.key_digest.ct_eq(key_digest))
+                    && now_s - pin.bound_s >= REFRESH_S =>
+            {
+                pin.bound_s = now_s;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes the current table to the pins file (blocking; call it off
@@ -303,8 +311,16 @@ mod tests {
         // w-1 expires at 1_100 and makes room; w-2 is still pinned.
         assert_eq!(again.check("w-1", None, 1_100), PinCheck::Unpinned);
         assert!(again.has_room("w-3", 1_100));
-        assert_eq!(again.len(), 1);
+        assert_eq!(again.table().len(), 1);
         assert_eq!(again.check("w-2", Some(&a), 1_100), PinCheck::Mismatch);
+
+        // A bound worker's pin is refreshed (with its own key only).
+        let long = Pins::load(2, 2 * REFRESH_S, None, 0, gauge()).unwrap();
+        assert_eq!(long.pin("w-1", a, 0), Ok(true));
+        assert!(!long.refresh("w-1", &a, REFRESH_S - 1), "not a day old yet");
+        assert!(!long.refresh("w-1", &b, REFRESH_S), "another key");
+        assert!(long.refresh("w-1", &a, REFRESH_S));
+        assert_eq!(long.check("w-1", Some(&a), 2 * REFRESH_S), PinCheck::Proven);
 
         // A smaller bound refuses the larger file unread; a damaged one too.
         assert!(Pins::load(0, 100, Some(path.clone()), 1_060, gauge()).is_err());

@@ -24,7 +24,8 @@
 //! the liveness window; a reaper ends dead sessions, so nothing a vanished
 //! worker held outlives the window. Session tokens are 256-bit random
 //! values; the relay keeps only their SHA-256 and finds a session by that
-//! digest, comparing it in constant time.
+//! digest, comparing it in constant time. Who may bind under a worker id
+//! when no alive session holds it is the rule of [`super::pins`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -767,6 +768,22 @@ impl Relay {
         dead.len()
     }
 
+    /// Keeps the pins of bound workers from expiring while they stay bound
+    /// (a pin's time is otherwise only its last bind); returns whether the
+    /// pins file needs writing.
+    pub fn refresh_pins(&self) -> bool {
+        let now_s = (now_unix_ms() / 1000) as i64;
+        let keyed: Vec<(String, [u8; 32])> = self
+            .table()
+            .by_worker
+            .values()
+            .filter_map(|s| Some((s.worker_id.clone(), s.rebind_digest?)))
+            .collect();
+        keyed.iter().fold(false, |changed, (id, key)| {
+            self.pins.refresh(id, key, now_s) || changed
+        })
+    }
+
     /// Refuses new binds and ends every session (shutdown).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -787,13 +804,29 @@ impl Relay {
     }
 }
 
-/// Ends silent sessions every `period` until the relay stops.
+/// How often the pins of bound workers are refreshed.
+const PIN_REFRESH_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Ends silent sessions every `period` until the relay stops, and hourly
+/// refreshes the pins of the workers still bound.
 pub async fn reap_silent_sessions(relay: Arc<Relay>, period: Duration) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshed = Instant::now();
     while !relay.is_stopping() {
         ticks.tick().await;
         relay.reap();
+        if refreshed.elapsed() >= PIN_REFRESH_PERIOD {
+            refreshed = Instant::now();
+            if relay.refresh_pins() {
+                let saving = relay.clone();
+                if let Ok(Err(error)) =
+                    tokio::task::spawn_blocking(move || saving.save_pins()).await
+                {
+                    tracing::error!(%error, "cannot write the relay's pins file");
+                }
+            }
+        }
     }
 }
 
