@@ -382,6 +382,12 @@ struct RunArgs {
     /// Refuse relay binds without a valid bind ticket.
     #[arg(long, env = "IICP_HOST_RELAY_REQUIRE_BIND_TICKET")]
     relay_require_bind_ticket: bool,
+    /// Refuse relay binds that present neither a rebind key nor a bind ticket.
+    #[arg(long, env = "IICP_HOST_RELAY_REFUSE_KEYLESS_BINDS")]
+    relay_refuse_keyless_binds: bool,
+    /// Worker ids the relay pins to their rebind keys at most [default: 16384].
+    #[arg(long, value_name = "N", env = "IICP_HOST_RELAY_MAX_PINNED_WORKERS")]
+    relay_max_pinned_workers: Option<u32>,
     /// Gossip peers (POST /v1/peers) with the [peers] settings or their defaults.
     #[arg(long, env = "IICP_HOST_PEERS")]
     peers: bool,
@@ -640,7 +646,9 @@ impl RunArgs {
             || self.relay_bind_rate_limit.is_some()
             || self.relay_liveness_ms.is_some()
             || self.relay_bind_ticket_key.is_some()
-            || self.relay_require_bind_ticket;
+            || self.relay_require_bind_ticket
+            || self.relay_refuse_keyless_binds
+            || self.relay_max_pinned_workers.is_some();
         if self.relay_capable || (tuned && reach.relay_capable.is_some()) {
             let relay = reach
                 .relay_capable
@@ -661,6 +669,12 @@ impl RunArgs {
             }
             if self.relay_require_bind_ticket {
                 relay.require_bind_ticket = true;
+            }
+            if self.relay_refuse_keyless_binds {
+                relay.refuse_keyless_binds = true;
+            }
+            if let Some(max) = self.relay_max_pinned_workers {
+                relay.max_pinned_workers = max;
             }
             relay
                 .validate()

@@ -28,11 +28,13 @@
 //! when it is on (`4 × otlp_queue_bytes + 8 MiB`, see
 //! `telemetry::otlp::ExportSettings::worst_case_bytes`), and a fixed 64 MiB
 //! for the process itself and its loaded plugins' code. Reach adds, when
-//! configured: as a relay, `2 × max_bytes_total` (copies of held tasks on
-//! their way to workers; workers' results being read — the held tasks
-//! themselves are bodies the connections term counts) plus its tables
-//! (calls, sessions, bind windows, spent ticket ids); as a worker, one pull
-//! answer per puller; for peer gossip, the peer and replay tables, one
+//! configured: as a relay, `3 × max_bytes_total` — workers' results being
+//! read (reserved before a byte is read), the consumer answers built from
+//! them and the pull answers built from held tasks, each until it is
+//! charged to the unsent-answer budget (whose term then counts it; the
+//! held tasks themselves are bodies the connections term counts) — plus
+//! its tables (calls, sessions, bind windows, spent ticket ids, pinned
+//! worker ids); as a worker, one pull answer per puller; for peer gossip, the peer and replay tables, one
 //! outgoing exchange as read and parsed, and incoming exchange bodies beyond
 //! `max_body_bytes`.
 //!
@@ -78,6 +80,9 @@ const RELAY_SESSION_BYTES: u64 = 20 << 10;
 const BIND_SOURCE_BYTES: u64 = 64;
 /// A spent ticket id (32 hex characters and its expiry).
 const TICKET_ID_BYTES: u64 = 96;
+/// A pinned worker id: its table entry, and its copy and JSON while the
+/// pins file is written.
+const PIN_BYTES: u64 = 3 * crate::relay::pins::PIN_FILE_BYTES as u64;
 /// A peer: id, endpoint (at most 512 bytes), region, key, contact time.
 const PEER_BYTES: u64 = 1536;
 /// A spent gossip signature (its SHA-256 and time).
@@ -216,14 +221,17 @@ impl WorstCase {
                 .min(connections);
             self.terms.push(Term {
                 name: format!(
-                    "relay: task copies to workers and results being read (2 × max_bytes_total),                      {calls} calls, {} sessions, bind windows, spent tickets",
-                    relay.max_sessions
+                    "relay: results being read, and answers built before they are charged \
+                     (3 × max_bytes_total), {calls} calls, {} sessions, bind windows, spent \
+                     tickets, {} pinned workers",
+                    relay.max_sessions, relay.max_pinned_workers
                 ),
-                bytes: 2 * relay.max_bytes_total as u64
+                bytes: 3 * relay.max_bytes_total as u64
                     + calls * RELAY_CALL_BYTES
                     + u64::from(relay.max_sessions) * RELAY_SESSION_BYTES
                     + u64::from(relay.bind_rate_sources) * BIND_SOURCE_BYTES
-                    + u64::from(relay.max_ticket_ids) * TICKET_ID_BYTES,
+                    + u64::from(relay.max_ticket_ids) * TICKET_ID_BYTES
+                    + u64::from(relay.max_pinned_workers) * PIN_BYTES,
             });
         }
         if let Some(worker) = &config.reach.relay {
@@ -420,14 +428,14 @@ mod tests {
         config.reach.relay_capable = Some(RelaySettings::default());
         let relay = WorstCase::of(&config);
         let relay_term = relay.total() - base;
-        // 2 × 128 MiB of bytes plus tables of a few MiB.
-        assert!(relay_term > 256 << 20 && relay_term < 280 << 20, "{relay}");
+        // 3 × 128 MiB of bytes plus tables of a few MiB.
+        assert!(relay_term > 384 << 20 && relay_term < 420 << 20, "{relay}");
         assert!(relay.to_string().contains("relay: "));
         config.reach.relay_capable = Some(RelaySettings {
             max_bytes_total: 16 << 20,
             ..RelaySettings::default()
         });
-        assert!(WorstCase::of(&config).total() - base < relay_term - (200 << 20));
+        assert!(WorstCase::of(&config).total() - base < relay_term - (300 << 20));
         config.reach.relay_capable = None;
         config.reach.relay = Some(WorkerSettings::new("http://relay:8080".into()));
         assert!(WorstCase::of(&config).total() > base);

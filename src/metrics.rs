@@ -180,6 +180,8 @@ pub struct RelayMetrics {
     pub refusals: IntCounterVec,
     /// `iicp_relay_binds_total{result}`: new, rebound.
     pub binds: IntCounterVec,
+    /// `iicp_relay_pinned_workers`: worker ids pinned to their rebind keys.
+    pub pinned_workers: IntGauge,
     /// `iicp_relay_worker_bound`: 1 while this worker holds a relay session.
     pub worker_bound: IntGauge,
     /// `iicp_relay_worker_binds_total{result}`: ok, refused, failed.
@@ -237,6 +239,11 @@ impl RelayMetrics {
                 "iicp_relay_binds_total",
                 "Worker binds accepted, by kind (new, rebound).",
                 &["result"],
+            ),
+            pinned_workers: gauge(
+                r,
+                "iicp_relay_pinned_workers",
+                "Worker ids this relay pinned to the rebind key they first bound with.",
             ),
             worker_bound: gauge(
                 r,

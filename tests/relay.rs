@@ -642,3 +642,474 @@ async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
         (404, json!("IICP-E030"))
     );
 }
+
+/// The relay node for the identity tests: `--relay-capable` on a fixed
+/// port with its own state directory, so it can be killed and started
+/// again as the same relay.
+struct RestartableRelay {
+    listen: String,
+    state: PathBuf,
+    source: Vec<String>,
+}
+
+impl RestartableRelay {
+    fn new(source: &[&str]) -> Self {
+        Self {
+            listen: format!("127.0.0.1:{}", free_port()),
+            state: fresh_state_dir(),
+            source: source.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn start(&self, extra: &[&str]) -> Node {
+        let source: Vec<&str> = self.source.iter().map(String::as_str).collect();
+        Node::start_at(&source, &self.listen, &self.state, extra)
+    }
+}
+
+/// Issue 19, part 2, as an attacker plays it: the relay restarts (its
+/// sessions were in memory), and before the victim worker is back the
+/// attacker binds under the victim's id, with no key or with a key of its
+/// own, hoping to receive the victim's consumers' tasks and credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_relay_restart_only_the_worker_itself_binds_under_its_id() {
+    let echo = plugin("echo").display().to_string();
+    let relay_node = RestartableRelay::new(&["--plugin", &echo]);
+    let relay = relay_node.start(&["--relay-capable"]);
+    let victim_state = fresh_state_dir().display().to_string();
+    let victim_args = ["--state-dir", victim_state.as_str()];
+    let victim = worker(&relay, "echo", "w-victim", &victim_args);
+    assert_eq!(
+        relayed(&relay, "w-victim", &echo_task("before", "a"))
+            .await
+            .0,
+        200
+    );
+    // The victim is down for a moment (a crash, an upgrade) when the relay
+    // restarts: the attacker is first at the bind route.
+    drop(victim);
+    drop(relay); // SIGKILL: every session is gone
+    let relay = relay_node.start(&["--relay-capable"]);
+
+    let attempts = [
+        json!({"worker_id": "w-victim"}),
+        json!({"worker_id": "w-victim", "rebind_key": "f".repeat(64)}),
+        json!({"worker_id": "w-victim", "rebind_key": "", "intent": CHAT}),
+    ];
+    for attempt in attempts {
+        let (status, body) = raw_bind(&relay, attempt.clone()).await;
+        if status == 200 {
+            // What the attacker gets: the victim's consumers' next task,
+            // with their credentials.
+            let impostor = RawWorker {
+                base: format!("http://{}", relay.addr),
+                token: body["session_token"].as_str().unwrap().to_string(),
+            };
+            let mut stolen = echo_task("stolen", "private");
+            stolen["constraints"] = json!({"timeout_ms": 1000});
+            let consumer = client()
+                .post(relay_for(&relay, "w-victim", "/v1/task"))
+                .header("authorization", "Bearer consumer-secret")
+                .json(&stolen)
+                .send();
+            let (pulled, _) = tokio::join!(impostor.pull(), consumer);
+            panic!(
+                "{attempt} bound as the victim; its pull got the consumer's task {} with \
+                 authorization {}",
+                pulled.1["task"]["task_id"], pulled.1["headers"]["authorization"]
+            );
+        }
+        assert_eq!(status, 401, "{attempt}: {body}");
+        assert_eq!(error_of(&body)["code"], "IICP-E040", "{attempt}");
+    }
+
+    // The real worker (same state directory, so the same key) binds and
+    // serves its consumers end to end, credentials and all.
+    let victim = worker(&relay, "echo", "w-victim", &victim_args);
+    let response = client()
+        .post(relay_for(&relay, "w-victim", "/v1/task"))
+        .header("authorization", "Bearer consumer-secret")
+        .json(&echo_task("after", "b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(chat_content(&response.json().await.unwrap()), "b");
+    let text = metrics(&relay).await;
+    assert_eq!(
+        metric_value(&text, r#"iicp_relay_refusals_total{reason="pin_mismatch"}"#),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, "iicp_relay_pinned_workers "), 1.0);
+    assert!(
+        !relay.log_text().contains(&"f".repeat(64)),
+        "a presented key reached the log"
+    );
+    drop(victim);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyless_workers_still_bind_and_the_pin_table_is_bounded() {
+    let config = relay_config("max_pinned_workers = 2\npoll_timeout_ms = 500");
+    let config = config.display().to_string();
+    let relay_node = RestartableRelay::new(&["--config", &config]);
+    let relay = relay_node.start(&[]);
+    let bind = |relay: &Node, body: Value| {
+        let relay_addr = relay.addr.clone();
+        async move {
+            let response = client()
+                .post(format!("http://{relay_addr}/v1/relay/bind"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let key = |n: u8| format!("{n:0>64}");
+    // A keyless worker (the reference's long-poll body) binds and pins
+    // nothing; keyed workers pin until the table is full.
+    let keyless = json!({"worker_id": "w-keyless", "intent": CHAT, "models": []});
+    assert_eq!(bind(&relay, keyless.clone()).await.0, 200);
+    for (id, n) in [("w-k1", 1), ("w-k2", 2)] {
+        let (status, body) = bind(&relay, json!({"worker_id": id, "rebind_key": key(n)})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = bind(&relay, json!({"worker_id": "w-k3", "rebind_key": key(3)})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (503, json!("IICP-E039")),
+        "{body}"
+    );
+    let text = metrics(&relay).await;
+    assert_eq!(metric_value(&text, "iicp_relay_pinned_workers "), 2.0);
+    assert_eq!(
+        metric_value(&text, r#"iicp_relay_refusals_total{reason="pins_full"}"#),
+        1.0
+    );
+
+    // After a restart the pins are back, the keyless worker binds again,
+    // and a pinned id needs its key.
+    drop(relay);
+    let relay = relay_node.start(&[]);
+    assert_eq!(
+        metric_value(&metrics(&relay).await, "iicp_relay_pinned_workers "),
+        2.0
+    );
+    assert_eq!(bind(&relay, keyless.clone()).await.0, 200);
+    let (status, _) = bind(&relay, json!({"worker_id": "w-k1", "rebind_key": key(1)})).await;
+    assert_eq!(status, 200);
+    let (status, body) = bind(&relay, json!({"worker_id": "w-k2"})).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (401, json!("IICP-E040"))
+    );
+
+    // The operator may refuse keyless binds altogether.
+    drop(relay);
+    let relay = relay_node.start(&["--relay-refuse-keyless-binds"]);
+    let (status, body) = bind(&relay, keyless).await;
+    assert_eq!(
+        (status, error_of(&body)["code"].clone()),
+        (401, json!("IICP-E040"))
+    );
+    assert_eq!(
+        metric_value(
+            &metrics(&relay).await,
+            r#"iicp_relay_refusals_total{reason="key_required"}"#
+        ),
+        1.0
+    );
+    let (status, _) = bind(&relay, json!({"worker_id": "w-k1", "rebind_key": key(1)})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_lost_its_state_gets_its_id_back_with_a_bind_ticket() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[43; 32]);
+    let key_hex = hex::encode(key.verifying_key().to_bytes());
+    let relay = Node::start(
+        &plugin("echo"),
+        &[
+            "--relay-capable",
+            "--relay-bind-ticket-key",
+            &key_hex,
+            "--node-id",
+            "relay-2",
+        ],
+    );
+    let fake = FakeDirectory::start().await;
+    fake.state.lock().unwrap().ticket_key = Some(key);
+    let directory = fake.url();
+    // Bound with its key and no ticket (tickets are optional here): pinned.
+    let first = worker(&relay, "echo", "w-lost", &["--directory", &directory]);
+    assert!(fake.requests("/v1/relay/ticket").is_empty());
+    first.terminate();
+    first
+        .wait_for_log(WAIT, |e| message(e) == "unbound from the relay")
+        .unwrap_or_else(|| panic!("no unbind; log:\n{}", first.log_text()));
+    // A new state directory: a new key. The pin refuses it (401 IICP-E040),
+    // the worker asks its directory for a ticket, and the ticket re-pins.
+    let second = worker(&relay, "echo", "w-lost", &["--directory", &directory]);
+    assert!(!fake.requests("/v1/relay/ticket").is_empty());
+    let (status, _, body) = relayed(&relay, "w-lost", &echo_task("back", "c")).await;
+    assert_eq!(status, 200, "{body}");
+    let text = metrics(&relay).await;
+    assert_eq!(
+        metric_value(&text, r#"iicp_relay_refusals_total{reason="pin_mismatch"}"#),
+        1.0
+    );
+    drop(second);
+}
+
+const BIG_OUTPUT: &str = "urn:iicp:intent:test:big-output:v1";
+
+/// The value of `series` in a Prometheus exposition; a missing series
+/// fails the test (a renamed metric must not read as zero).
+fn present_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} series in:\n{text}"))
+}
+
+/// The JSON body of the rest of an HTTP/1.1 answer whose status line was
+/// read, by its Content-Length (the connection stays open).
+async fn read_json_answer(stream: &mut tokio::net::TcpStream) -> Value {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a Content-Length");
+            if buffer.len() >= end + 4 + length {
+                return serde_json::from_slice(&buffer[end + 4..end + 4 + length])
+                    .expect("a JSON body");
+            }
+        }
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the answer arrives")
+            .unwrap();
+        assert!(read > 0, "closed mid-answer");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Resident and peak resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue 19, part 3, as an attacker plays it: many consumers ask a relayed
+/// worker for large answers and never read them. The relay holds each
+/// answer until its consumer takes it, so those answers must count
+/// against the node's unsent-answer budget like direct ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answer_budget() {
+    const BUDGET_MIB: u64 = 10;
+    const ANSWER_BYTES: u64 = 3_900_000;
+    const CONSUMERS: usize = 16;
+    const HELD: &str = "iicp_unsent_answer_bytes ";
+    let config = relay_config(
+        "max_bytes_per_session = 134217728\nmax_bytes_total = 134217728\n\
+         poll_timeout_ms = 1000",
+    );
+    let relay = Node::start_config(
+        &config,
+        &[
+            "--max-unsent-answers-mib",
+            &BUDGET_MIB.to_string(),
+            "--response-write-timeout-ms",
+            "600000",
+        ],
+    );
+    // Slots for every consumer, so none is refused by the worker itself.
+    let worker = worker(&relay, "misbehave", "w-big", &["--max-concurrent", "16"]);
+    let (rss_before, _) = rss_kib(relay.pid());
+
+    // Each consumer: one task, a 4 KiB receive window, and no reads.
+    let mut body = task("unread", BIG_OUTPUT, json!({ "bytes": ANSWER_BYTES }));
+    body["constraints"] = json!({"timeout_ms": 120_000});
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut consumers = Vec::new();
+    for _ in 0..CONSUMERS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(relay.addr.parse().unwrap()).await.unwrap();
+        let head = format!(
+            "POST /v1/relay-for/w-big/v1/task HTTP/1.1\r\nHost: relay\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        consumers.push(stream);
+    }
+    wait_until("every relayed task answered", || async {
+        metric_value(
+            &metrics(&relay).await,
+            r#"iicp_relay_tasks_total{outcome="answered"}"#,
+        ) >= CONSUMERS as f64
+    })
+    .await;
+    let (rss_held, _) = rss_kib(relay.pid());
+    let text = metrics(&relay).await;
+    let held = present_sample(&text, HELD);
+    eprintln!(
+        "relay RSS: {rss_before} KiB before, {rss_held} KiB with {CONSUMERS} unread answers \
+         of {ANSWER_BYTES} B ({held} B charged)"
+    );
+    assert!(held <= (BUDGET_MIB << 20) as f64, "{held} over the budget");
+    assert!(
+        held >= ANSWER_BYTES as f64,
+        "the unread answers are not charged: {held}"
+    );
+
+    // The consumers whose answers did not fit got the 503 envelope (small
+    // enough to arrive through the 4 KiB window).
+    let mut refused = 0;
+    let mut answered = 0;
+    for stream in &mut consumers {
+        let mut head = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(stream, &mut head)
+            .await
+            .unwrap();
+        match &head {
+            b"HTTP/1.1 503" => {
+                let envelope = read_json_answer(stream).await;
+                assert_eq!(error_of(&envelope)["code"], "unavailable", "{envelope}");
+                assert_eq!(envelope["task_id"], "unread");
+                refused += 1;
+            }
+            b"HTTP/1.1 200" => answered += 1,
+            other => panic!("unexpected answer {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert_eq!(refused + answered, CONSUMERS);
+    // Two answers fill the budget; a few more may slip into kernel buffers
+    // and leave the budget early, but most must be refused.
+    assert!(refused >= CONSUMERS / 2, "only {refused} refused");
+    assert!(
+        present_sample(&metrics(&relay).await, "iicp_unsent_answer_refusals_total ")
+            >= refused as f64
+    );
+
+    // The consumers leave; every charge returns, and the relay serves on.
+    drop(consumers);
+    wait_until("the unsent answers to be released", || async {
+        present_sample(&metrics(&relay).await, HELD) == 0.0
+    })
+    .await;
+    let (rss_after, rss_peak) = rss_kib(relay.pid());
+    eprintln!("relay RSS: {rss_after} KiB after the consumers left, peak {rss_peak} KiB");
+    let mut small = task("small", BIG_OUTPUT, json!({ "bytes": 10 }));
+    small["constraints"] = json!({"timeout_ms": 30_000});
+    let (status, _, body) = relayed(&relay, "w-big", &small).await;
+    assert_eq!(status, 200, "{body}");
+    drop(worker);
+}
+
+/// A worker that opens pulls and never reads them makes the relay hold
+/// a copy of each task it hands out: those copies count against the
+/// unsent-answer budget too. A pull that does not fit answers 204 and
+/// leaves its task queued for a later pull.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_budget() {
+    const TASK_TEXT: usize = 3_900_000;
+    const HELD: &str = "iicp_unsent_answer_bytes ";
+    let config = relay_config("poll_timeout_ms = 1000\nliveness_ms = 60000");
+    let relay = Node::start_config(
+        &config,
+        &[
+            "--max-body-bytes",
+            "4194304",
+            "--max-unsent-answers-mib",
+            "10",
+            "--response-write-timeout-ms",
+            "600000",
+        ],
+    );
+    let hoarder = RawWorker::bind(&relay, "w-hoarder").await;
+    let consumer = |id: &str| {
+        let url = relay_for(&relay, "w-hoarder", "/v1/task");
+        let mut body = echo_task(id, &"x".repeat(TASK_TEXT));
+        body["constraints"] = json!({"timeout_ms": 60_000});
+        tokio::spawn(async move { client().post(url).json(&body).send().await })
+    };
+    // Two pulls with a 4 KiB window that the worker never reads.
+    let mut stuck = Vec::new();
+    let mut consumers = Vec::new();
+    for i in 1..=2 {
+        consumers.push(consumer(&format!("c-{i}")));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(relay.addr.parse().unwrap()).await.unwrap();
+        let head = format!(
+            "GET /v1/relay/pull HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {}\r\n\r\n",
+            hoarder.token
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
+            .await
+            .unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200");
+        stuck.push(stream);
+    }
+    let held = present_sample(&metrics(&relay).await, HELD);
+    assert!(
+        held >= (2 * TASK_TEXT) as f64,
+        "pull answers not charged: {held}"
+    );
+
+    // The third task's pull answer does not fit: 204, the task stays queued.
+    consumers.push(consumer("c-3"));
+    wait_until("the third task to queue", || async {
+        metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
+    })
+    .await;
+    assert_eq!(hoarder.pull().await.0, 204);
+    let text = metrics(&relay).await;
+    assert_eq!(metric_value(&text, "iicp_relay_tasks_queued "), 1.0);
+    assert!(
+        metric_value(
+            &text,
+            r#"iicp_relay_refusals_total{reason="pull_unsent_budget"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(present_sample(&text, HELD) <= (10 << 20) as f64);
+
+    // The hoarded pulls go away: their charges return and the task is
+    // handed out whole.
+    drop(stuck);
+    wait_until("the pull answers to be released", || async {
+        present_sample(&metrics(&relay).await, HELD) == 0.0
+    })
+    .await;
+    let (status, call) = hoarder.pull().await;
+    assert_eq!(status, 200);
+    assert_eq!(call["task"]["task_id"], "c-3");
+    let answer = json!({"call_id": call["call_id"], "result": {"result": {"text": "ok"}}});
+    assert_eq!(hoarder.post("/v1/relay/result", &answer).await.0, 204);
+    let third = consumers.pop().unwrap().await.unwrap().unwrap();
+    assert_eq!(third.status(), 200);
+    for waiting in consumers {
+        waiting.abort();
+    }
+}

@@ -132,6 +132,16 @@ pub struct RelaySettings {
     pub bind_ticket_key: Option<String>,
     /// Ticket ids remembered against replay (each until its ticket expires).
     pub max_ticket_ids: u32,
+    /// Worker ids pinned to the rebind key they first bound with, kept in
+    /// the state directory across restarts (`crate::relay::pins`); a full
+    /// table refuses keyed binds of new ids with 503 `IICP-E039`.
+    pub max_pinned_workers: u32,
+    /// A pin not bound for this many days expires.
+    pub pin_expiry_days: u32,
+    /// Refuse binds that present neither a rebind key nor a valid bind
+    /// ticket (such workers' ids can be taken by whoever binds first while
+    /// their session is dead).
+    pub refuse_keyless_binds: bool,
 }
 
 impl Default for RelaySettings {
@@ -152,6 +162,9 @@ impl Default for RelaySettings {
             require_bind_ticket: false,
             bind_ticket_key: None,
             max_ticket_ids: 65_536,
+            max_pinned_workers: 16_384,
+            pin_expiry_days: 30,
+            refuse_keyless_binds: false,
         }
     }
 }
@@ -204,6 +217,12 @@ impl RelaySettings {
             &(1024..=(1 << 30)),
         )?;
         check_range("max_ticket_ids", self.max_ticket_ids, &(1..=10_000_000))?;
+        check_range(
+            "max_pinned_workers",
+            self.max_pinned_workers,
+            &(1..=1_000_000),
+        )?;
+        check_range("pin_expiry_days", self.pin_expiry_days, &(1..=3650))?;
         match (&self.bind_ticket_key, self.require_bind_ticket) {
             (Some(key), _) if !is_ed25519_hex(key) => Err(format!(
                 "bind_ticket_key must be 64 hex characters (an Ed25519 public key), got {} characters",

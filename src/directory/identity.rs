@@ -143,6 +143,11 @@ impl StateDir {
         }
     }
 
+    /// Where `file` lives in the state directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
     /// A random 256-bit secret (hex) stored in `file`: the stored one, else
     /// a new one stored for the next start. A stored value that is not 64
     /// hex characters is replaced.

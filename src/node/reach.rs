@@ -22,6 +22,7 @@ use crate::relay::routes::RelayRoutes;
 use crate::relay::sessions::{Relay, reap_silent_sessions};
 use crate::relay::worker::{self, TicketSource, WorkerHandle, WorkerParts};
 use crate::server::state::AppState;
+use crate::server::unsent_answers::UnsentAnswers;
 
 /// Where the worker keeps the key that lets a restarted node take its
 /// relay session over.
@@ -48,6 +49,7 @@ pub struct Reach {
 /// Running.
 pub struct Reaching {
     relay: Option<Arc<Relay>>,
+    unsent_answers: UnsentAnswers,
     reaper: Option<tokio::task::JoinHandle<()>>,
     worker: Option<WorkerHandle>,
     peers: Option<Arc<Peers>>,
@@ -68,9 +70,18 @@ impl Reach {
             .relay_capable
             .clone()
             .map(|settings: RelaySettings| {
-                Relay::new(settings, &identity.node_id, Arc::new(metrics.relay.clone()))
-                    .map(Arc::new)
-                    .map_err(|e| StartError::Config(format!("relay_capable: {e}")))
+                let pins_file = identity
+                    .state_dir
+                    .as_ref()
+                    .map(|state| state.path(crate::relay::pins::PINS_FILE));
+                Relay::new(
+                    settings,
+                    &identity.node_id,
+                    pins_file,
+                    Arc::new(metrics.relay.clone()),
+                )
+                .map(Arc::new)
+                .map_err(|e| StartError::Config(format!("relay_capable: {e}")))
             })
             .transpose()?;
         let worker = match config.reach.relay.clone() {
@@ -151,6 +162,7 @@ impl Reach {
         });
         Ok(Reaching {
             relay: self.relay,
+            unsent_answers: state.unsent_answers.clone(),
             reaper,
             worker,
             peers: self.peers,
@@ -215,6 +227,7 @@ impl Reaching {
                     relay.clone(),
                     config.max_body_bytes,
                     config.edge.body_read_timeout,
+                    self.unsent_answers.clone(),
                 )
                 .router(),
             );

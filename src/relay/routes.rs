@@ -5,6 +5,16 @@
 //! worker's own response; CORS comes from the node's router, as on every
 //! route (the reference answers relay routes with the same headers).
 //!
+//! Every answer body the relay holds for a peer that has not taken it — a
+//! task copied into a pull answer for a worker, a worker's result turned
+//! into the consumer's answer — is charged to the node's unsent-answer
+//! budget (`server::unsent_answers`) like a direct task's answer, until
+//! its last byte is written. A consumer's answer that does not fit is
+//! replaced by the same 503 `unavailable` envelope; a pull answer that
+//! does not fit puts its task back at the head of the queue and answers
+//! 204, so the worker polls again. A worker's result is walked field by
+//! field (`wire::for_each_field`), never parsed into a tree.
+//!
 //! A relayed task keeps its `timeout_ms` budget end to end: the relay waits
 //! at most the budget (plus `result_grace_ms`, so the worker's own 504
 //! arrives first), tells the worker how long the task already waited, and
@@ -22,13 +32,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::sessions::{Answer, BindRefusal, CallSpec, QueueRefusal, Relay, ResultRefusal, Session};
 use super::wire::{
     BindAnswer, BindRequest, FORWARDED_REQUEST_HEADERS, FORWARDED_RESPONSE_HEADERS, MAX_BIND_BYTES,
-    ResultPost, header_map, pick_headers,
+    ReceivedResult, allowed_headers, for_each_field, header_map, pick_headers,
 };
 use crate::clock::whole_ms;
 use crate::protocol::task::TIMEOUT_MS_RANGE;
@@ -36,6 +45,7 @@ use crate::protocol::{ApiError, json_response};
 use crate::server::access::bearer;
 use crate::server::admission::RETRY_AFTER_MS;
 use crate::server::body::read_limited;
+use crate::server::unsent_answers::UnsentAnswers;
 
 /// What the relay routes share.
 #[derive(Clone)]
@@ -43,16 +53,24 @@ pub struct RelayRoutes {
     relay: Arc<Relay>,
     max_task_bytes: usize,
     body_read_timeout: Duration,
+    answers: UnsentAnswers,
 }
 
 impl RelayRoutes {
     /// Routes for `relay`; consumer bodies are bounded by `max_task_bytes`,
-    /// every body by `body_read_timeout` (408 beyond, as on `/v1/task`).
-    pub fn new(relay: Arc<Relay>, max_task_bytes: usize, body_read_timeout: Duration) -> Self {
+    /// every body by `body_read_timeout` (408 beyond, as on `/v1/task`),
+    /// and answers not yet taken by `answers`, the node's budget.
+    pub fn new(
+        relay: Arc<Relay>,
+        max_task_bytes: usize,
+        body_read_timeout: Duration,
+        answers: UnsentAnswers,
+    ) -> Self {
         Self {
             relay,
             max_task_bytes,
             body_read_timeout,
+            answers,
         }
     }
 
@@ -120,6 +138,15 @@ async fn bind(State(routes): State<RelayRoutes>, request: Request) -> Response {
     let settings = &routes.relay.settings;
     match routes.relay.bind(&bind, source) {
         Ok(bound) => {
+            if bound.pins_changed {
+                // Written before the answer: a relay killed right after it
+                // still knows the pin when it starts again.
+                let relay = routes.relay.clone();
+                let saved = tokio::task::spawn_blocking(move || relay.save_pins()).await;
+                if let Ok(Err(error)) | Err(error) = saved.map_err(std::io::Error::other) {
+                    tracing::error!(%error, "cannot write the relay's pins file; this pin lasts until the relay restarts");
+                }
+            }
             let kind = if bound.replaced { "rebound" } else { "new" };
             routes.relay.metrics.binds.with_label_values(&[kind]).inc();
             tracing::info!(worker_id = %bind.worker_id, kind, "relay worker bound");
@@ -146,6 +173,17 @@ async fn bind(State(routes): State<RelayRoutes>, request: Request) -> Response {
                 }
                 BindRefusal::TicketReplayed => ApiError::relay_ticket_replayed(),
                 BindRefusal::Alive => ApiError::relay_worker_bound(),
+                BindRefusal::PinMismatch => ApiError::relay_ticket_refused(
+                    "this worker id is pinned to another rebind key: present that key, \
+                     or a bind ticket from the directory",
+                ),
+                BindRefusal::KeyRequired => ApiError::relay_ticket_refused(
+                    "this relay refuses binds without a rebind key or a bind ticket",
+                ),
+                BindRefusal::PinsFull => ApiError::relay_at_capacity(
+                    "the relay's table of pinned workers is full; try another relay",
+                    RETRY_AFTER_MS,
+                ),
                 BindRefusal::RateLimited => {
                     ApiError::relay_bind_rate_limited(super::bind_limit::WINDOW.as_millis() as u64)
                 }
@@ -196,6 +234,15 @@ async fn pull(State(routes): State<RelayRoutes>, headers: HeaderMap) -> Response
             .into_bytes();
             body.extend_from_slice(&task);
             body.push(b'}');
+            let Ok(body) = routes.answers.charge(Bytes::from(body)) else {
+                session.requeue(&call_id, &relay.metrics);
+                relay
+                    .metrics
+                    .refusals
+                    .with_label_values(&["pull_unsent_budget"])
+                    .inc();
+                return StatusCode::NO_CONTENT.into_response();
+            };
             relay
                 .metrics
                 .bytes
@@ -251,26 +298,50 @@ async fn result(State(routes): State<RelayRoutes>, headers: HeaderMap, body: Bod
         Ok(body) => body,
         Err(error) => return routes.refuse("result_malformed", error),
     };
-    let Ok(post) = serde_json::from_slice::<ResultPost<Box<RawValue>>>(&body) else {
+    let Ok(post) = serde_json::from_slice::<ReceivedResult<'_>>(&body) else {
         return routes.refuse(
             "result_malformed",
             ApiError::relay_input("call_id and result are required"),
         );
     };
     let answer = match post.http_status {
-        Some(code) => worker_response(code, post.result.get(), &post.headers),
+        Some(code) => {
+            let Ok(headers) = allowed_headers(post.headers, FORWARDED_RESPONSE_HEADERS) else {
+                return routes.refuse(
+                    "result_malformed",
+                    ApiError::relay_input("headers must be an object"),
+                );
+            };
+            worker_response(code, post.result.get(), &headers)
+        }
         None => {
-            let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(post.result.get()) else {
+            let task_id = session.task_id_of(post.call_id).unwrap_or_default();
+            let Some(answer) = merged_response(&task_id, post.result.get()) else {
                 return routes.refuse(
                     "result_malformed",
                     ApiError::relay_input("result must be an object"),
                 );
             };
-            let task_id = session.task_id_of(&post.call_id).unwrap_or_default();
-            merged_response(&task_id, fields)
+            answer
         }
     };
-    if !session.deliver(&post.call_id, answer, &relay.metrics) {
+    // Held for the consumer until written: charged like a direct answer.
+    let answer = match answer {
+        Answer::Result {
+            status,
+            body,
+            headers,
+        } => match routes.answers.charge(body) {
+            Ok(body) => Answer::Result {
+                status,
+                body,
+                headers,
+            },
+            Err(full) => Answer::Failed(full),
+        },
+        other => other,
+    };
+    if !session.deliver(post.call_id, answer, &relay.metrics) {
         // Answered after its budget, or a call this worker never held.
         relay
             .metrics
@@ -307,22 +378,47 @@ fn worker_response(
 }
 
 /// A reference worker's answer: its result object merged into
-/// `{task_id, status:"success"}` (its own `status` wins).
-fn merged_response(task_id: &str, fields: Map<String, Value>) -> Answer {
-    let mut envelope = Map::new();
-    envelope.insert("task_id".into(), json!(task_id));
-    envelope.insert("status".into(), json!("success"));
-    envelope.extend(fields);
+/// `{task_id, status:"success"}` (its own `task_id` and `status` win),
+/// written field by field; `None` when `result` is not an object.
+fn merged_response(task_id: &str, result: &str) -> Option<Answer> {
+    let (mut has_task_id, mut has_status) = (false, false);
+    for_each_field(result, |key, _| {
+        has_task_id |= key == "task_id";
+        has_status |= key == "status";
+    })
+    .ok()?;
+    let mut body = Vec::with_capacity(result.len() + task_id.len() + 48);
+    body.push(b'{');
+    if !has_task_id {
+        body.extend_from_slice(br#""task_id":"#);
+        serde_json::to_writer(&mut body, task_id).ok()?;
+    }
+    if !has_status {
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(br#""status":"success""#);
+    }
+    for_each_field(result, |key, value| {
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut body, key);
+        body.push(b':');
+        body.extend_from_slice(value.get().as_bytes());
+    })
+    .ok()?;
+    body.push(b'}');
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Answer::Result {
+    Some(Answer::Result {
         status: StatusCode::OK,
-        body: Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
+        body: Bytes::from(body),
         headers,
-    }
+    })
 }
 
 async fn unbind(State(routes): State<RelayRoutes>, headers: HeaderMap) -> Response {
@@ -456,5 +552,38 @@ async fn relay_health(
             }),
         ),
         None => routes.refuse("no_session", ApiError::relay_target_unknown()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(task_id: &str, result: &str) -> Option<serde_json::Value> {
+        match merged_response(task_id, result)? {
+            Answer::Result { status, body, .. } => {
+                assert_eq!(status, StatusCode::OK);
+                Some(serde_json::from_slice(&body).expect("merged answers are JSON"))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_reference_result_is_merged_field_by_field_and_its_own_fields_win() {
+        assert_eq!(
+            merged("t-1", r#"{"result":{"text":"hi"}}"#),
+            Some(json!({"task_id": "t-1", "status": "success", "result": {"text": "hi"}}))
+        );
+        assert_eq!(
+            merged("t-\"2", r#"{"status":"completed","task_id":"own"}"#),
+            Some(json!({"task_id": "own", "status": "completed"}))
+        );
+        assert_eq!(
+            merged("t-3", "{}"),
+            Some(json!({"task_id": "t-3", "status": "success"}))
+        );
+        assert_eq!(merged("t-4", "[1]"), None);
+        assert_eq!(merged("t-4", r#""text""#), None);
     }
 }

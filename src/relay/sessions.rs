@@ -24,7 +24,8 @@
 //! the liveness window; a reaper ends dead sessions, so nothing a vanished
 //! worker held outlives the window. Session tokens are 256-bit random
 //! values; the relay keeps only their SHA-256 and finds a session by that
-//! digest, comparing it in constant time.
+//! digest, comparing it in constant time. Who may bind under a worker id
+//! when no alive session holds it is the rule of [`super::pins`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -39,6 +40,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, oneshot};
 
 use super::bind_limit::BindLimiter;
+use super::pins::{PinCheck, Pins};
 use super::ticket::{TicketRefusal, TicketVerifier};
 use super::wire::BindRequest;
 use crate::clock::now_unix_ms;
@@ -255,6 +257,17 @@ impl Session {
         None
     }
 
+    /// Puts a handed-out call back at the head of the queue (its pull
+    /// answer could not be sent); a no-op when it was answered meanwhile.
+    pub fn requeue(&self, call_id: &str, metrics: &RelayMetrics) {
+        let mut held = self.lock();
+        if let Some(call) = held.in_flight.remove(call_id) {
+            metrics.tasks_in_flight.dec();
+            held.queue.push_front(call);
+            metrics.tasks_queued.inc();
+        }
+    }
+
     /// Delivers the worker's answer to `call_id`; false when nobody waits
     /// for it any more (answered late, or never handed out).
     pub fn deliver(&self, call_id: &str, answer: Answer, metrics: &RelayMetrics) -> bool {
@@ -363,6 +376,12 @@ pub enum BindRefusal {
     TicketReplayed,
     /// An alive session holds this worker id.
     Alive,
+    /// The id is pinned to another rebind key and no valid ticket came.
+    PinMismatch,
+    /// Neither a rebind key nor a ticket came, and the relay refuses that.
+    KeyRequired,
+    /// The table of pinned worker ids is full.
+    PinsFull,
     /// Too many binds from this source.
     RateLimited,
     /// The relay holds its maximum of sessions (or of spent tickets).
@@ -380,6 +399,9 @@ impl BindRefusal {
             BindRefusal::TicketInvalid => "ticket_invalid",
             BindRefusal::TicketReplayed => "ticket_replayed",
             BindRefusal::Alive => "alive_rebind",
+            BindRefusal::PinMismatch => "pin_mismatch",
+            BindRefusal::KeyRequired => "key_required",
+            BindRefusal::PinsFull => "pins_full",
             BindRefusal::RateLimited => "bind_rate_limited",
             BindRefusal::AtCapacity => "at_capacity",
             BindRefusal::Stopping => "stopping",
@@ -393,6 +415,8 @@ pub struct Bound {
     pub token: String,
     /// Whether it replaced an earlier session of the same worker.
     pub replaced: bool,
+    /// Whether the pins changed, so the pins file needs writing.
+    pub pins_changed: bool,
 }
 
 /// Why a task could not be queued.
@@ -430,6 +454,7 @@ pub struct Relay {
     result_bytes: Arc<AtomicUsize>,
     binds: BindLimiter,
     tickets: Option<TicketVerifier>,
+    pins: Pins,
     stopping: AtomicBool,
     /// Its metrics.
     pub metrics: Arc<RelayMetrics>,
@@ -440,10 +465,12 @@ fn digest(secret: &str) -> [u8; 32] {
 }
 
 impl Relay {
-    /// A relay for node `node_id` (the audience of bind tickets).
+    /// A relay for node `node_id` (the audience of bind tickets), keeping
+    /// its worker pins in `pins_file` (in memory only without one).
     pub fn new(
         settings: RelaySettings,
         node_id: &str,
+        pins_file: Option<std::path::PathBuf>,
         metrics: Arc<RelayMetrics>,
     ) -> Result<Self, String> {
         let tickets = settings
@@ -451,7 +478,15 @@ impl Relay {
             .as_deref()
             .map(|key| TicketVerifier::new(key, node_id, settings.max_ticket_ids as usize))
             .transpose()?;
+        let pins = Pins::load(
+            settings.max_pinned_workers as usize,
+            i64::from(settings.pin_expiry_days) * 86_400,
+            pins_file,
+            (now_unix_ms() / 1000) as i64,
+            metrics.pinned_workers.clone(),
+        )?;
         Ok(Self {
+            pins,
             binds: BindLimiter::new(
                 settings.bind_rate_limit,
                 settings.bind_rate_sources as usize,
@@ -496,19 +531,43 @@ impl Relay {
             _ if self.settings.require_bind_ticket => return Err(BindRefusal::TicketRequired),
             _ => None,
         };
+        let key_digest = request
+            .rebind_key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+            .map(digest);
         let liveness = self.settings.liveness();
         let mut table = self.table();
         let existing = table.by_worker.get(&request.worker_id).cloned();
         if let Some(existing) = &existing
             && existing.is_alive(liveness)
         {
-            let proven = match (&existing.rebind_digest, &request.rebind_key) {
-                (Some(stored), Some(key)) => bool::from(stored.ct_eq(&digest(key))),
+            let proven = match (&existing.rebind_digest, &key_digest) {
+                (Some(stored), Some(key)) => bool::from(stored.ct_eq(key)),
                 _ => false,
             };
             if !proven {
                 return Err(BindRefusal::Alive);
             }
+        }
+        // Who may bind under this id when no alive session holds it
+        // (`pins`): the pinned key's holder, or a ticket's.
+        match self
+            .pins
+            .check(&request.worker_id, key_digest.as_ref(), now_s)
+        {
+            PinCheck::Mismatch if ticket.is_none() => return Err(BindRefusal::PinMismatch),
+            PinCheck::Unpinned
+                if key_digest.is_none()
+                    && ticket.is_none()
+                    && self.settings.refuse_keyless_binds =>
+            {
+                return Err(BindRefusal::KeyRequired);
+            }
+            _ => {}
+        }
+        if key_digest.is_some() && !self.pins.has_room(&request.worker_id, now_s) {
+            return Err(BindRefusal::PinsFull);
         }
         // Recovering a worker the relay knows is exempt from the rate
         // limit and the cap (§7.3): a reconnect must not lock itself out.
@@ -528,12 +587,19 @@ impl Relay {
                     TicketRefusal::TableFull => BindRefusal::AtCapacity,
                 })?;
         }
+        let pins_changed = match key_digest {
+            Some(key) => self
+                .pins
+                .pin(&request.worker_id, key, now_s)
+                .map_err(|_| BindRefusal::PinsFull)?,
+            None => false,
+        };
         let token = random_secret();
         let session = Arc::new(Session {
             worker_id: request.worker_id.clone(),
             models: request.models.clone(),
             token_digest: digest(&token),
-            rebind_digest: request.rebind_key.as_deref().map(digest),
+            rebind_digest: key_digest,
             held: Mutex::new(Held::default()),
             held_bytes: Arc::new(AtomicUsize::new(0)),
             result_bytes: Arc::new(AtomicUsize::new(0)),
@@ -552,7 +618,16 @@ impl Relay {
             .insert(session.worker_id.clone(), session.clone());
         table.by_token.insert(session.token_digest, session);
         self.metrics.sessions.set(table.by_worker.len() as i64);
-        Ok(Bound { token, replaced })
+        Ok(Bound {
+            token,
+            replaced,
+            pins_changed,
+        })
+    }
+
+    /// Writes the pins file (blocking: call it off the async runtime).
+    pub fn save_pins(&self) -> std::io::Result<()> {
+        self.pins.save()
     }
 
     /// The session a bearer token belongs to.
@@ -693,6 +768,22 @@ impl Relay {
         dead.len()
     }
 
+    /// Keeps the pins of bound workers from expiring while they stay bound
+    /// (a pin's time is otherwise only its last bind); returns whether the
+    /// pins file needs writing.
+    pub fn refresh_pins(&self) -> bool {
+        let now_s = (now_unix_ms() / 1000) as i64;
+        let keyed: Vec<(String, [u8; 32])> = self
+            .table()
+            .by_worker
+            .values()
+            .filter_map(|s| Some((s.worker_id.clone(), s.rebind_digest?)))
+            .collect();
+        keyed.iter().fold(false, |changed, (id, key)| {
+            self.pins.refresh(id, key, now_s) || changed
+        })
+    }
+
     /// Refuses new binds and ends every session (shutdown).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -713,13 +804,29 @@ impl Relay {
     }
 }
 
-/// Ends silent sessions every `period` until the relay stops.
+/// How often the pins of bound workers are refreshed.
+const PIN_REFRESH_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Ends silent sessions every `period` until the relay stops, and hourly
+/// refreshes the pins of the workers still bound.
 pub async fn reap_silent_sessions(relay: Arc<Relay>, period: Duration) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshed = Instant::now();
     while !relay.is_stopping() {
         ticks.tick().await;
         relay.reap();
+        if refreshed.elapsed() >= PIN_REFRESH_PERIOD {
+            refreshed = Instant::now();
+            if relay.refresh_pins() {
+                let saving = relay.clone();
+                if let Ok(Err(error)) =
+                    tokio::task::spawn_blocking(move || saving.save_pins()).await
+                {
+                    tracing::error!(%error, "cannot write the relay's pins file");
+                }
+            }
+        }
     }
 }
 
@@ -729,7 +836,13 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn relay(settings: RelaySettings) -> Relay {
-        Relay::new(settings, "relay-1", Arc::new(Metrics::new().relay.clone())).unwrap()
+        Relay::new(
+            settings,
+            "relay-1",
+            None,
+            Arc::new(Metrics::new().relay.clone()),
+        )
+        .unwrap()
     }
 
     fn bind_request(worker_id: &str, rebind_key: Option<&str>) -> BindRequest {
@@ -871,6 +984,46 @@ mod tests {
         assert_eq!(relay.result_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(relay.metrics.result_bytes.get(), 0);
         assert!(relay.reserve_result(&w1, 1024).is_ok());
+    }
+
+    #[test]
+    fn a_pinned_id_needs_its_key_or_a_ticket_which_re_pins_it() {
+        use super::super::ticket::tests::sign;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let relay = relay(RelaySettings {
+            bind_ticket_key: Some(hex::encode(key.verifying_key().to_bytes())),
+            ..RelaySettings::default()
+        });
+        let bound = relay.bind(&bind_request("w-1", Some("k")), SOURCE).unwrap();
+        assert!(bound.pins_changed);
+        relay.unbind(&relay.session_by_token(&bound.token).unwrap());
+        for stranger in [None, Some(""), Some("other")] {
+            assert_eq!(
+                relay.bind(&bind_request("w-1", stranger), SOURCE).err(),
+                Some(BindRefusal::PinMismatch)
+            );
+        }
+        let again = relay.bind(&bind_request("w-1", Some("k")), SOURCE).unwrap();
+        assert!(!again.pins_changed, "nothing new to write");
+        relay.unbind(&relay.session_by_token(&again.token).unwrap());
+        // The worker lost its key: its directory's ticket proves the id.
+        let exp = (now_unix_ms() / 1000) as i64 + 60;
+        let mut lost = bind_request("w-1", Some("new"));
+        lost.bind_ticket = Some(sign(&key, "w-1", "relay-1", &"a".repeat(32), exp));
+        let recovered = relay.bind(&lost, SOURCE).unwrap();
+        assert!(recovered.pins_changed);
+        relay.unbind(&relay.session_by_token(&recovered.token).unwrap());
+        assert_eq!(
+            relay.bind(&bind_request("w-1", Some("k")), SOURCE).err(),
+            Some(BindRefusal::PinMismatch),
+            "the old key no longer proves the id"
+        );
+        assert!(
+            relay
+                .bind(&bind_request("w-1", Some("new")), SOURCE)
+                .is_ok()
+        );
+        assert_eq!(relay.metrics.pinned_workers.get(), 1);
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@
 //!   session ends, its tasks are answered `IICP-E031`) instead of being
 //!   refused with `IICP-E038`, so a restarted worker is back at once rather
 //!   than after the liveness window. Without the key the reference's
-//!   non-displacement rule (§7.2) holds.
+//!   non-displacement rule (§7.2) holds. The relay also pins each worker
+//!   id to the key it first bound with, across restarts (`pins`).
 //! * bind answer `liveness_s` — the window after which a silent worker is
 //!   dropped.
 //! * pulled call `elapsed_ms` and `headers` — how long the task already
@@ -27,8 +28,10 @@
 //!   spec and our direct path say (`protocol.md` §10 #7).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -116,6 +119,83 @@ pub struct ResultPost<R> {
     pub headers: BTreeMap<String, String>,
 }
 
+/// `POST /v1/relay/result` as the relay reads it: borrowed from the body,
+/// so a large result is never copied or parsed into a tree while read.
+#[derive(Debug, Deserialize)]
+pub struct ReceivedResult<'a> {
+    /// The call answered (a relay-made hex id: no escapes to unfold).
+    pub call_id: &'a str,
+    /// The response body (ours) or the handler's result object (reference).
+    #[serde(borrow)]
+    pub result: &'a RawValue,
+    /// Ours: the HTTP status to answer the consumer with.
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// Ours: response headers, read field by field with [`for_each_field`]
+    /// so only the forwarded ones are kept.
+    #[serde(default, borrow)]
+    pub headers: Option<&'a RawValue>,
+}
+
+/// Calls `each` with every key and raw value of the JSON object `object`,
+/// in order, holding one key at a time: a huge object is walked, never
+/// built. Fails when `object` is not one JSON object.
+pub fn for_each_field<'a>(
+    object: &'a str,
+    mut each: impl FnMut(&str, &'a RawValue),
+) -> Result<(), serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(object);
+    Fields(&mut each).deserialize(&mut deserializer)?;
+    deserializer.end()
+}
+
+struct Fields<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(&str, &'de RawValue)> DeserializeSeed<'de> for Fields<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(&str, &'de RawValue)> Visitor<'de> for Fields<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            let value: &'de RawValue = map.next_value()?;
+            (self.0)(&key, value);
+        }
+        Ok(())
+    }
+}
+
+/// The forwarded response headers (`allowed`) of a posted `headers`
+/// object; anything else in it is skipped unread.
+pub fn allowed_headers(
+    headers: Option<&RawValue>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, serde_json::Error> {
+    let mut kept = BTreeMap::new();
+    if let Some(headers) = headers {
+        for_each_field(headers.get(), |name, value| {
+            let name = name.to_ascii_lowercase();
+            if allowed.contains(&name.as_str())
+                && value.get().len() <= MAX_HEADER_VALUE_BYTES + 2
+                && let Ok(value) = serde_json::from_str::<String>(value.get())
+            {
+                kept.insert(name, value);
+            }
+        })?;
+    }
+    Ok(kept)
+}
+
 /// The headers of `headers` named in `allowed`, lower-cased, with values
 /// that are visible ASCII and not too long.
 pub fn pick_headers(headers: &HeaderMap, allowed: &[&str]) -> BTreeMap<String, String> {
@@ -151,6 +231,34 @@ pub fn header_map(carried: &BTreeMap<String, String>, allowed: &[&str]) -> Heade
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_are_walked_field_by_field_and_only_allowed_headers_are_kept() {
+        let mut seen = Vec::new();
+        for_each_field(r#"{"a":1,"b\"c":{"d":[1,2]},"a":"x"}"#, |key, value| {
+            seen.push((key.to_string(), value.get().to_string()));
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("a".into(), "1".into()),
+                ("b\"c".into(), r#"{"d":[1,2]}"#.into()),
+                ("a".into(), r#""x""#.into())
+            ]
+        );
+        assert!(for_each_field("[1]", |_, _| {}).is_err());
+        assert!(for_each_field("{} {}", |_, _| {}).is_err());
+        let received: ReceivedResult<'_> = serde_json::from_str(
+            r#"{"call_id":"c","result":{},"headers":{"Retry-After":"2","set-cookie":"x","x-iicp-trace-id":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(received.call_id, "c");
+        assert_eq!(
+            allowed_headers(received.headers, FORWARDED_RESPONSE_HEADERS).unwrap(),
+            BTreeMap::from([("retry-after".to_string(), "2".to_string())])
+        );
+    }
 
     #[test]
     fn only_allowed_headers_cross() {

@@ -16,7 +16,9 @@
 //!   tasks fail with `IICP-E031` on the relay) instead of waiting out the
 //!   liveness window.
 //! * When the relay requires bind tickets (`IICP-E040`), each bind carries a
-//!   fresh one from the directory, asked for with the node's token.
+//!   fresh one from the directory, asked for with the node's token. The
+//!   same answer comes when the relay pinned this id to another key (this
+//!   node lost its state directory): the ticket proves the id and re-pins it.
 //! * Relayed tasks running at once are bounded by the node's slots; a task
 //!   pulled beyond that is answered at once by the node's own admission
 //!   (429), so a relay cannot make the worker hold more than it serves.
@@ -324,7 +326,8 @@ impl Worker {
     async fn fetch_ticket(&self) -> Result<String, BindError> {
         let Some(source) = &self.parts.tickets else {
             return Err(BindError::Retry(
-                "the relay requires bind tickets, which come from a directory (configure one)"
+                "the relay asks for a bind ticket (it requires them, or pinned this node id to \
+                 another rebind key); tickets come from a directory (configure one)"
                     .into(),
                 None,
             ));
