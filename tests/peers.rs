@@ -324,14 +324,17 @@ async fn private_peers_are_never_contacted_unless_allowed() {
     );
 }
 
+/// The exchanges a test-side peer was sent.
+type Recorded = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
 /// What a scripted peer answers: headers and body, given how many
 /// exchanges it has answered before.
 type Script = Arc<dyn Fn(usize) -> (Vec<(String, String)>, String) + Send + Sync>;
 
 /// A peer played by the test that answers every exchange by `script` and
 /// records what it was sent.
-async fn scripted_peer(script: Script) -> (String, Arc<Mutex<Vec<(HeaderMap, Bytes)>>>) {
-    let seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+async fn scripted_peer(script: Script) -> (String, Recorded) {
+    let seen: Recorded = Arc::default();
     let record = seen.clone();
     let app = axum::Router::new().route(
         "/v1/peers",
@@ -400,7 +403,7 @@ fn directory_knows(fake: &FakeDirectory, node_id: &str, key: &SigningKey) {
 }
 
 /// Waits until every recorder holds at least `count` exchanges.
-async fn wait_exchanged(recorders: &[&Arc<Mutex<Vec<(HeaderMap, Bytes)>>>], count: usize) {
+async fn wait_exchanged(recorders: &[&Recorded], count: usize) {
     let deadline = std::time::Instant::now() + WAIT;
     while recorders.iter().any(|r| r.lock().unwrap().len() < count) {
         assert!(
