@@ -425,7 +425,8 @@ async fn gossiped_by(node: &Node, asker: &SigningKey, asker_id: &str) -> Vec<Val
 }
 
 /// The attack of issue 19 part 5: peers the node asks answer with unsigned
-/// entries, entries signed by a key that is not the answerer's, a flood of
+/// entries, entries signed by a key that is not the answerer's, a captured
+/// answer played back after six minutes, a flood of
 /// entries stamped "now" and a known node id re-pointed at the attacker's
 /// endpoint. Nothing of that is merged or gossiped on; the configured peer
 /// and its trusted key stay.
@@ -466,6 +467,21 @@ async fn hostile_answers_merge_nothing_they_should_not() {
         }) as Script
     };
     let (forged, forged_seen) = scripted_peer(forger).await;
+    // A captured answer of the friend's, six minutes old, played back.
+    let replayer = {
+        let key = friend_key.clone();
+        Arc::new(move |_| {
+            let body = json!({
+                "new_peers": [entry("replayed-9", "http://127.0.0.1:9")],
+                "receiver_id": "friend-1",
+                "timestamp_ms": now_ms() - 360_000,
+            })
+            .to_string();
+            let signature = hex::encode(key.sign(body.as_bytes()).to_bytes());
+            (vec![("x-iicp-signature".to_string(), signature)], body)
+        }) as Script
+    };
+    let (replayed, replayed_seen) = scripted_peer(replayer).await;
     // A peer the directory knows, validly signing a flood of fresh entries
     // and the friend's id re-pointed at itself.
     let hostile_url: Arc<Mutex<String>> = Arc::default();
@@ -486,14 +502,20 @@ async fn hostile_answers_merge_nothing_they_should_not() {
     let config = peers_config(&format!(
         "max_peers = 64\nmin_sender_interval_ms = 0\ngossip_interval_ms = 200\n\
          merge_window_ms = 3600000\nmerge_entries_per_window = 8\n\
-         seeds = [{friend:?}, {unsigned:?}, {forged:?}, {hostile:?}]\n\
+         seeds = [{friend:?}, {unsigned:?}, {forged:?}, {replayed:?}, {hostile:?}]\n\
          [peers.trusted_keys]\nfriend-1 = {:?}\n",
         hex::encode(friend_key.verifying_key().to_bytes())
     ));
     let directory = fake.url();
     let node = Node::start_config(&config, &["--directory", &directory, "--node-id", "victim"]);
     wait_exchanged(
-        &[&friend_seen, &unsigned_seen, &forged_seen, &hostile_seen],
+        &[
+            &friend_seen,
+            &unsigned_seen,
+            &forged_seen,
+            &replayed_seen,
+            &hostile_seen,
+        ],
         1,
     )
     .await;
@@ -507,8 +529,9 @@ async fn hostile_answers_merge_nothing_they_should_not() {
         .map(|p| p["node_id"].as_str().unwrap())
         .collect();
     assert!(
-        !ids.iter()
-            .any(|id| id.starts_with("unsigned") || id.starts_with("forged")),
+        !ids.iter().any(|id| ["unsigned", "forged", "replayed"]
+            .iter()
+            .any(|p| id.starts_with(p))),
         "entries without a valid signature were merged: {ids:?}"
     );
     let friend_entry = gossiped
@@ -534,6 +557,7 @@ async fn hostile_answers_merge_nothing_they_should_not() {
         ) >= 1.0
     );
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="bad_signature"}"#) >= 1.0);
+    assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="stale"}"#) >= 1.0);
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="repoint"}"#) >= 1.0);
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="merge_rate"}"#) >= 1.0);
     assert!(
