@@ -560,10 +560,6 @@ async fn hostile_answers_merge_nothing_they_should_not() {
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="stale"}"#) >= 1.0);
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="repoint"}"#) >= 1.0);
     assert!(metric_value(&text, r#"iicp_peer_refusals_total{reason="merge_rate"}"#) >= 1.0);
-    assert!(
-        friend_seen.lock().unwrap().len() >= 1 && hostile_seen.lock().unwrap().len() >= 3,
-        "the node kept gossiping"
-    );
 
     // The friend's configured key still verifies its exchanges.
     let body =
