@@ -629,4 +629,27 @@ async fn a_captured_hmac_body_is_refused_after_the_replay_window() {
         metric_value(&metrics(&node).await, "iicp_peers_active "),
         2.0
     );
+
+    // The operator may opt in to the SDK's untimed bodies; each is still
+    // taken once within the window.
+    let lenient = Node::start_config_env(
+        &peers_config(
+            "min_sender_interval_ms = 0\nhmac_key_env = \"IICP_TEST_MESH_KEY\"\naccept_untimed_hmac = true",
+        ),
+        &["--node-id", "receiver-3"],
+        &[("IICP_TEST_MESH_KEY", MESH_KEY)],
+    );
+    let signature = hmac_hex(MESH_KEY, &untimed);
+    assert_eq!(
+        exchange(&lenient, untimed.as_bytes(), Some(&signature))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        exchange(&lenient, untimed.as_bytes(), Some(&signature))
+            .await
+            .0,
+        409
+    );
 }

@@ -277,11 +277,6 @@ impl PeerTable {
         self.lock().peers.len()
     }
 
-    /// Learned gossip keys held (configured ones aside).
-    pub fn learned_keys(&self) -> usize {
-        self.lock().keys.len()
-    }
-
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
