@@ -34,9 +34,9 @@
 //! charged to the unsent-answer budget (whose term then counts it; the
 //! held tasks themselves are bodies the connections term counts) — plus
 //! its tables (calls, sessions, bind windows, spent ticket ids, pinned
-//! worker ids); as a worker, one pull answer per puller; for peer gossip, the peer and replay tables, one
-//! outgoing exchange as read and parsed, and incoming exchange bodies beyond
-//! `max_body_bytes`.
+//! worker ids); as a worker, one pull answer per puller; for peer gossip,
+//! the peer, replay and merge-sender tables, one outgoing exchange as read
+//! and parsed, and incoming exchange bodies beyond `max_body_bytes`.
 //!
 //! At start the total is compared with the machine's memory (the smaller
 //! of `MemTotal` and the cgroup limit): a configuration that could exceed
@@ -245,11 +245,12 @@ impl WorstCase {
             let body = peers.max_body_bytes as u64;
             self.terms.push(Term {
                 name: format!(
-                    "peers: {} peers, {} spent signatures, one outgoing exchange,                      incoming exchanges beyond max_body_bytes",
-                    peers.max_peers, peers.max_signatures
+                    "peers: {} peers, {} spent signatures, {} merge senders, one outgoing exchange,                      incoming exchanges beyond max_body_bytes",
+                    peers.max_peers, peers.max_signatures, peers.max_merge_senders
                 ),
                 bytes: u64::from(peers.max_peers) * PEER_BYTES
                     + u64::from(peers.max_signatures) * SIGNATURE_BYTES
+                    + u64::from(peers.max_merge_senders) * crate::peers::budget::SENDER_BYTES
                     + body * (1 + PARSED_JSON_FACTOR)
                     + connections * body.saturating_sub(config.max_body_bytes as u64),
             });

@@ -135,8 +135,12 @@ pub struct PeerMetrics {
     pub active: IntGauge,
     /// `iicp_peer_exchanges_total{direction,result}`.
     pub exchanges: IntCounterVec,
-    /// `iicp_peer_refusals_total{reason}`: exchanges this node refused.
+    /// `iicp_peer_refusals_total{reason}`: exchanges, answers and listed
+    /// entries this node refused.
     pub refusals: IntCounterVec,
+    /// `iicp_peer_merge_senders`: senders whose merge windows are
+    /// remembered.
+    pub merge_senders: IntGauge,
 }
 
 impl PeerMetrics {
@@ -152,8 +156,13 @@ impl PeerMetrics {
             refusals: counter_vec(
                 r,
                 "iicp_peer_refusals_total",
-                "Peer exchanges this node refused, by reason.",
+                "Peer exchanges, answers and listed entries this node refused, by reason.",
                 &["reason"],
+            ),
+            merge_senders: gauge(
+                r,
+                "iicp_peer_merge_senders",
+                "Senders whose per-window merge budgets are remembered.",
             ),
         }
     }

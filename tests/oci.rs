@@ -1,8 +1,9 @@
 //! Plugins by OCI reference, against a real registry (Debian's
 //! `docker-registry`, distribution 2.8) on loopback: push, pull by tag and
-//! by digest, verification, basic auth from the environment and from a
-//! docker config, offline starts, a moved tag picked up by reload, and a
-//! wrong digest or an unreachable registry that change nothing serving.
+//! by digest, verification, basic auth from the environment (scoped to the
+//! registry) and from a docker config, offline starts, a moved tag picked up
+//! by reload, and a wrong digest or an unreachable registry that change
+//! nothing serving.
 
 mod common;
 
@@ -24,6 +25,7 @@ fn host(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("XDG_CACHE_HOME", common::shared_cache_dir())
         .env_remove("IICP_HOST_REGISTRY_USERNAME")
         .env_remove("IICP_HOST_REGISTRY_PASSWORD")
+        .env_remove("IICP_HOST_REGISTRY_HOST")
         .env("DOCKER_CONFIG", "/nonexistent")
         .envs(env.iter().copied())
         .output()
@@ -82,6 +84,7 @@ fn serve(reference: &str, cache: &Path, env: &[(&str, &str)]) -> Node {
         .arg(state)
         .env_remove("IICP_HOST_REGISTRY_USERNAME")
         .env_remove("IICP_HOST_REGISTRY_PASSWORD")
+        .env_remove("IICP_HOST_REGISTRY_HOST")
         .env("DOCKER_CONFIG", "/nonexistent")
         .envs(env.iter().copied());
     Node::spawn_command(&mut command, "info")
@@ -204,6 +207,7 @@ async fn basic_auth_comes_from_the_environment_or_a_docker_config() {
     let creds = [
         ("IICP_HOST_REGISTRY_USERNAME", "alice"),
         ("IICP_HOST_REGISTRY_PASSWORD", "s3cret"),
+        ("IICP_HOST_REGISTRY_HOST", registry.addr.as_str()),
     ];
 
     let wasm = plugin("echo");
@@ -236,6 +240,7 @@ async fn basic_auth_comes_from_the_environment_or_a_docker_config() {
     let wrong = [
         ("IICP_HOST_REGISTRY_USERNAME", "alice"),
         ("IICP_HOST_REGISTRY_PASSWORD", "guess"),
+        ("IICP_HOST_REGISTRY_HOST", registry.addr.as_str()),
     ];
     let fresh = tempfile::tempdir().unwrap();
     let line = refused(

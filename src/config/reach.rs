@@ -279,6 +279,19 @@ pub struct PeerSettings {
     /// Gossip with peers at private, loopback and other non-public
     /// addresses too (a local mesh); off, such peers are kept but skipped.
     pub allow_private_endpoints: bool,
+    /// Take HMAC-form exchanges without `timestamp_ms` (the reference
+    /// SDK's): a captured one then replays after the 5-minute window.
+    pub accept_untimed_hmac: bool,
+    /// The per-sender merge window, in ms.
+    pub merge_window_ms: u64,
+    /// Entries one sender's lists may offer per window; the rest of a list
+    /// is dropped.
+    pub merge_entries_per_window: u32,
+    /// Their bytes (id, endpoint and region) per window.
+    pub merge_bytes_per_window: u64,
+    /// Senders whose windows are remembered at most; beyond, lists from new
+    /// senders are dropped until a window ends.
+    pub max_merge_senders: u32,
 }
 
 impl Default for PeerSettings {
@@ -295,6 +308,11 @@ impl Default for PeerSettings {
             max_signatures: 65_536,
             key_lookups_per_minute: 60,
             allow_private_endpoints: false,
+            accept_untimed_hmac: false,
+            merge_window_ms: 60_000,
+            merge_entries_per_window: 256,
+            merge_bytes_per_window: 128 << 10,
+            max_merge_senders: 1024,
         }
     }
 }
@@ -319,6 +337,26 @@ impl PeerSettings {
             "key_lookups_per_minute",
             self.key_lookups_per_minute,
             &(0..=100_000),
+        )?;
+        check_range(
+            "merge_window_ms",
+            self.merge_window_ms,
+            &(1_000..=86_400_000),
+        )?;
+        check_range(
+            "merge_entries_per_window",
+            self.merge_entries_per_window,
+            &(1..=100_000),
+        )?;
+        check_range(
+            "merge_bytes_per_window",
+            self.merge_bytes_per_window,
+            &(1024..=(64 << 20)),
+        )?;
+        check_range(
+            "max_merge_senders",
+            self.max_merge_senders,
+            &(1..=1_000_000),
         )?;
         if self.seeds.len() > 64 {
             return Err("seeds: at most 64".to_string());

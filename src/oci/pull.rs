@@ -248,16 +248,35 @@ impl Puller {
         location: &OciLocation,
     ) -> Result<Option<HeaderValue>, OciError> {
         let reference = location.reference();
+        let scheme = if self.plain_http(location) {
+            "http"
+        } else {
+            "https"
+        };
+        let timeout = self.settings.timeout;
+        let credentials = tokio::time::timeout(
+            timeout,
+            auth::offer(
+                &session.credentials,
+                scheme,
+                &reference,
+                RegistryOperation::Pull,
+                timeout,
+            ),
+        )
+        .await
+        .map_err(|_| self.deadline("authorizing"))?
+        .map_err(OciError::Refused)?;
         let token = tokio::time::timeout(
-            self.settings.timeout,
+            timeout,
             session
                 .client
-                .auth(&reference, &session.credentials, RegistryOperation::Pull),
+                .auth(&reference, &credentials, RegistryOperation::Pull),
         )
         .await
         .map_err(|_| self.deadline("authorizing"))?
         .map_err(classify)?;
-        let header = match (token, &session.credentials) {
+        let header = match (token, &credentials) {
             (Some(token), _) => Some(format!("Bearer {token}")),
             (None, RegistryAuth::Basic(user, password)) => {
                 use base64::Engine as _;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageManifest;
 
@@ -59,7 +60,7 @@ pub async fn push(
             ClientProtocol::Https
         };
     let client = oci_client::Client::new(ClientConfig {
-        protocol,
+        protocol: protocol.clone(),
         connect_timeout: Some(settings.timeout),
         read_timeout: Some(settings.timeout),
         ..ClientConfig::default()
@@ -72,6 +73,24 @@ pub async fn push(
             settings.timeout.as_millis()
         ))
     };
+    let scheme = if matches!(protocol, ClientProtocol::Https) {
+        "https"
+    } else {
+        "http"
+    };
+    let credentials = tokio::time::timeout(
+        settings.timeout,
+        auth::offer(
+            &credentials,
+            scheme,
+            &reference,
+            RegistryOperation::Push,
+            settings.timeout,
+        ),
+    )
+    .await
+    .map_err(|_| deadline("authorizing"))?
+    .map_err(OciError::Refused)?;
     tokio::time::timeout(
         settings.timeout,
         client.push(&reference, &[layer], config, &credentials, Some(manifest)),

@@ -1,7 +1,7 @@
 //! Answering and starting peer exchanges.
 //!
 //! Answering (`POST /v1/peers`), cheapest checks first: size, signature
-//! form, body shape and (Ed25519) freshness; then the signature — against a
+//! form, body shape and freshness; then the signature — against a
 //! configured key, a key the directory served (`GET /v1/node/{id}`, at most
 //! `key_lookups_per_minute`), or the shared HMAC key; then the replay table;
 //! then one exchange per sender per `min_sender_interval_ms`. Codes: the
@@ -16,16 +16,53 @@
 //! address check is made by the client's resolver as it connects (an IP
 //! literal is checked before), so a gossiped name that resolves to a
 //! public address first and a private one later gains nothing.
+//!
+//! Decisions the spec and the reference leave open (issue 19, part 5):
+//!
+//! * **Answers are signed and checked like exchanges.** §3.6 signs only
+//!   the exchange; this node also signs its answer, in the form it was
+//!   asked in, with `timestamp_ms` inside (Ed25519 by its gossip key for
+//!   `{new_peers, receiver_id, timestamp_ms}`, HMAC by the mesh key for
+//!   `{peers, timestamp_ms}`), and merges an answer to its own exchange
+//!   only when it is signed in the form it asked in, by `receiver_id`'s
+//!   trusted key (and `receiver_id` is the peer it meant to ask, when it
+//!   knew the id), within ±60 s, and not seen before. The reference SDK
+//!   signs no answer, so its answers are not merged: with SDK nodes, this
+//!   node learns from the exchanges they send it.
+//! * **An entry's signature is the signature of the message that lists
+//!   it.** Neither form signs entries one by one, so a listed entry is only
+//!   ever vouched for by its sender. An entry is the node's *own* only when
+//!   the signer is that node: the `receiver_id` of a verified Ed25519
+//!   answer, at the endpoint this node reached. Own entries (and the
+//!   directory's) may place or move an id; every other entry is relayed and
+//!   may add unknown ids only (see [`super::table`]). The HMAC key is
+//!   shared by the whole mesh and names no one, so nothing HMAC-signed is
+//!   ever anyone's own.
+//! * **Per-sender budget.** Entries offered by one sender (its node id; for
+//!   the HMAC form the address they came from) count against
+//!   `merge_entries_per_window` and `merge_bytes_per_window` per
+//!   `merge_window_ms`, from at most `max_merge_senders` senders
+//!   ([`super::budget`]); the rest of a list is dropped.
+//! * **HMAC replay.** The reference SDK's body carries no timestamp, so a
+//!   captured one would verify forever and replay as soon as the replay
+//!   table forgets it (5 minutes). This node puts `timestamp_ms` in the
+//!   HMAC bodies and answers it sends and refuses an HMAC body without one
+//!   (`IICP-E012 timestamp_required`) or more than 60 s off; a signature
+//!   stays spent for 5 minutes, longer than any body it signs can be
+//!   accepted. `accept_untimed_hmac = true` takes the SDK's untimed bodies
+//!   anyway, knowing a capture replays after 5 minutes; what it can then
+//!   add is bounded by the rules above (relayed, budgeted, never evicting
+//!   pinned entries).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ed25519_dalek::SigningKey;
@@ -33,18 +70,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::budget::{BudgetBounds, MergeBudget, Spent};
 use super::signature::{
     Form, SpendRefusal, SpentSignatures, form_of, parse_public_key, sign_ed25519, sign_hmac,
     verify_ed25519, verify_hmac,
 };
-use super::table::{Peer, PeerTable};
+use super::table::{Merged, Origin, Peer, PeerTable};
 use crate::clock::now_unix_ms;
 use crate::config::reach::PeerSettings;
 use crate::directory::client::DirectoryClient;
 use crate::directory::identity::valid_node_id;
 use crate::directory::receipts::rfc3339;
 use crate::metrics::PeerMetrics;
-use crate::protocol::{ApiError, json_response};
+use crate::protocol::{ApiError, json_bytes_response};
 use crate::runtime::host::http::{PolicyResolver, is_public, refused_by_resolver};
 use crate::server::body::read_limited;
 
@@ -91,6 +129,7 @@ pub struct Peers {
     spent: SpentSignatures,
     senders: Mutex<HashMap<String, u64>>,
     lookups: Mutex<(u64, u32)>,
+    budget: MergeBudget,
     http: reqwest::Client,
 }
 
@@ -107,6 +146,7 @@ struct SignedExchange {
 #[derive(Deserialize)]
 struct HmacExchange {
     known_peers: Vec<Value>,
+    timestamp_ms: Option<u64>,
 }
 
 impl Peers {
@@ -121,16 +161,28 @@ impl Peers {
             .build()
             .map_err(|e| format!("cannot build the gossip client: {e}"))?;
         let settings = &parts.settings;
-        let table = PeerTable::new(&parts.node_id, settings.max_peers as usize);
+        let mut configured = HashMap::new();
         for (node_id, key) in &settings.trusted_keys {
             let key = parse_public_key(key).ok_or(format!("peers.trusted_keys.{node_id}"))?;
-            table.set_key(node_id, key);
+            configured.insert(node_id.clone(), key);
         }
+        let table = PeerTable::new(
+            &parts.node_id,
+            settings.max_peers as usize,
+            configured,
+            &settings.seeds,
+        );
         Ok(Self {
             signing: SigningKey::from_bytes(&parts.signing_seed),
             spent: SpentSignatures::new(settings.max_signatures as usize),
             senders: Mutex::new(HashMap::new()),
             lookups: Mutex::new((0, 0)),
+            budget: MergeBudget::new(BudgetBounds {
+                window_ms: settings.merge_window_ms,
+                entries: settings.merge_entries_per_window,
+                bytes: settings.merge_bytes_per_window,
+                senders: settings.max_merge_senders as usize,
+            }),
             table,
             http,
             parts,
@@ -155,12 +207,16 @@ impl Peers {
     }
 
     fn refused(&self, refusal: Refusal) -> Response {
+        self.note_refusal(refusal.1);
+        refusal.0.into_response()
+    }
+
+    fn note_refusal(&self, reason: &str) {
         self.parts
             .metrics
             .refusals
-            .with_label_values(&[refusal.1])
+            .with_label_values(&[reason])
             .inc();
-        refusal.0.into_response()
     }
 
     fn count(&self, direction: &str, result: &str) {
@@ -172,16 +228,22 @@ impl Peers {
         self.parts.metrics.active.set(self.table.len() as i64);
     }
 
-    /// Answers one exchange.
-    async fn answer(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
+    /// Answers one exchange from `source`: the answer and the form to sign
+    /// it in.
+    async fn answer(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        source: IpAddr,
+    ) -> Result<(Value, Form), Refusal> {
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .unwrap_or_default();
         match form_of(signature) {
-            Some(Form::Ed25519) => self.answer_signed(body, signature).await,
-            Some(Form::Hmac) => self.answer_hmac(body, signature),
+            Some(Form::Ed25519) => Ok((self.answer_signed(body, signature).await?, Form::Ed25519)),
+            Some(Form::Hmac) => Ok((self.answer_hmac(body, signature, source)?, Form::Hmac)),
             None => Err(Refusal(
                 ApiError::unauthorized("X-IICP-Signature is missing or malformed"),
                 "unsigned",
@@ -221,7 +283,7 @@ impl Peers {
                 "bad_signature",
             ));
         }
-        self.spend(signature, now)?;
+        self.spend(signature, now).map_err(spend_refusal)?;
         self.pace(&exchange.sender_id, now)?;
         let mut except: Vec<&str> = exchange.known_peers.iter().map(String::as_str).collect();
         except.push(&exchange.sender_id);
@@ -241,7 +303,7 @@ impl Peers {
         Ok(json!({ "new_peers": new_peers, "receiver_id": self.parts.node_id }))
     }
 
-    fn answer_hmac(&self, body: &[u8], signature: &str) -> Result<Value, Refusal> {
+    fn answer_hmac(&self, body: &[u8], signature: &str, source: IpAddr) -> Result<Value, Refusal> {
         let Some(key) = &self.parts.hmac_key else {
             return Err(Refusal(
                 ApiError::peers_hmac_refused("this node accepts no HMAC-signed gossip"),
@@ -267,12 +329,23 @@ impl Peers {
             ));
         }
         let now = now_unix_ms();
-        self.spend(signature, now)?;
-        for listed in &exchange.known_peers {
-            if let Some(peer) = listed_peer(listed, now) {
-                self.table.merge(peer);
+        match exchange.timestamp_ms {
+            Some(sent) if sent.abs_diff(now) > MAX_SKEW_MS => {
+                return Err(Refusal(
+                    ApiError::peers_hmac_refused("stale_timestamp"),
+                    "stale",
+                ));
             }
+            None if !self.parts.settings.accept_untimed_hmac => {
+                return Err(Refusal(
+                    ApiError::peers_hmac_refused("timestamp_required"),
+                    "untimed",
+                ));
+            }
+            _ => {}
         }
+        self.spend(signature, now).map_err(spend_refusal)?;
+        self.merge_relayed(&exchange.known_peers, &format!("hmac@{source}"), now);
         let peers: Vec<Value> = self
             .table
             .fresh(&[], MAX_ANSWERED)
@@ -290,19 +363,53 @@ impl Peers {
         Ok(json!({ "peers": peers }))
     }
 
-    fn spend(&self, signature: &str, now: u64) -> Result<(), Refusal> {
-        self.spent
-            .spend(signature, now)
-            .map_err(|refusal| match refusal {
-                SpendRefusal::Replayed => Refusal(
-                    ApiError::conflict("this signature was used within the last 5 minutes"),
-                    "replayed",
-                ),
-                SpendRefusal::Full => Refusal(
-                    ApiError::unavailable("the replay table is full; retry later", 60_000),
-                    "replay_table_full",
-                ),
-            })
+    fn spend(&self, signature: &str, now: u64) -> Result<(), SpendRefusal> {
+        self.spent.spend(signature, now)
+    }
+
+    /// Merges entries `sender` relayed, within its budget.
+    fn merge_relayed(&self, listed: &[Value], sender: &str, now: u64) {
+        for entry in listed.iter().take(MAX_LISTED) {
+            let Some(peer) = listed_peer(entry, now) else {
+                continue;
+            };
+            let bytes = (peer.node_id.len() + peer.endpoint.len() + peer.region.len()) as u64;
+            match self.budget.take(sender, bytes, now) {
+                Ok(()) => {}
+                Err(Spent::Sender) => {
+                    self.note_refusal("merge_rate");
+                    break;
+                }
+                Err(Spent::Senders) => {
+                    self.note_refusal("merge_senders_full");
+                    break;
+                }
+            }
+            if self.table.merge(peer, Origin::Relayed) == Merged::Repointed {
+                self.note_refusal("repoint");
+            }
+        }
+        self.parts
+            .metrics
+            .merge_senders
+            .set(self.budget.senders() as i64);
+    }
+
+    /// The answer in `form`, with `timestamp_ms`, signed.
+    fn signed_answer(&self, mut answer: Value, form: Form) -> Response {
+        answer["timestamp_ms"] = json!(now_unix_ms());
+        let Ok(bytes) = serde_json::to_vec(&answer) else {
+            return ApiError::internal("cannot encode the answer").into_response();
+        };
+        let signature = match (form, &self.parts.hmac_key) {
+            (Form::Hmac, Some(key)) => sign_hmac(key, &bytes),
+            _ => sign_ed25519(&self.signing, &bytes),
+        };
+        let mut response = json_bytes_response(StatusCode::OK, bytes.into());
+        if let Ok(value) = HeaderValue::from_str(&signature) {
+            response.headers_mut().insert(SIGNATURE_HEADER, value);
+        }
+        response
     }
 
     /// One exchange per sender per interval; a bounded map of senders.
@@ -354,7 +461,7 @@ impl Peers {
                 Peer::checked(node_id, endpoint, region, now_unix_ms())
             })
         {
-            self.table.merge(peer);
+            self.table.merge(peer, Origin::Directory);
         }
         Some(key)
     }
@@ -373,12 +480,13 @@ impl Peers {
 
     async fn gossip_round(&self) {
         if let Some(peer) = self.table.next_to_contact() {
-            self.exchange_with(&peer.endpoint).await;
+            self.exchange_with(&peer.endpoint, Some(&peer.node_id))
+                .await;
             return;
         }
         self.bootstrap().await;
         for seed in &self.parts.settings.seeds {
-            self.exchange_with(seed.trim_end_matches('/')).await;
+            self.exchange_with(seed.trim_end_matches('/'), None).await;
         }
     }
 
@@ -399,18 +507,19 @@ impl Peers {
             .take(50)
         {
             if let Some(peer) = listed_peer(listed, now_unix_ms()) {
-                self.table.merge(peer);
+                self.table.merge(peer, Origin::Directory);
             }
         }
     }
 
-    /// One exchange with the node at `endpoint`.
-    async fn exchange_with(&self, endpoint: &str) {
+    /// One exchange with the node at `endpoint`, which is `expected` when
+    /// this node knows its id.
+    async fn exchange_with(&self, endpoint: &str, expected: Option<&str>) {
         if !self.parts.allow_private && names_a_private_address(endpoint) {
             self.count("out", "private_address");
             return;
         }
-        let (body, signature) = self.signed_body();
+        let (body, signature, form) = self.signed_body();
         let sent = self
             .http
             .post(format!("{endpoint}/v1/peers"))
@@ -429,29 +538,105 @@ impl Peers {
         if !response.status().is_success() {
             return self.count("out", "refused");
         }
-        let Ok(answer) = read_json(response, self.parts.settings.max_body_bytes).await else {
+        let signature = response
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string());
+        let Ok(bytes) = read_bounded(response, self.parts.settings.max_body_bytes).await else {
             return self.count("out", "bad_answer");
         };
         let now = now_unix_ms();
-        let listed = answer
-            .get("new_peers")
-            .or_else(|| answer.get("peers"))
-            .and_then(Value::as_array);
-        for entry in listed.into_iter().flatten().take(MAX_LISTED) {
-            if let Some(peer) = listed_peer(entry, now) {
-                self.table.merge(peer);
+        let checked = self
+            .check_answer(endpoint, expected, form, &bytes, signature.as_deref(), now)
+            .await;
+        let (answer, sender) = match checked {
+            Ok(checked) => checked,
+            Err(reason) => {
+                self.note_refusal(reason);
+                return self.count("out", "bad_answer");
             }
-        }
-        if let Some(receiver) = answer.get("receiver_id").and_then(Value::as_str)
-            && let Some(peer) = Peer::checked(receiver, endpoint, "", now)
-        {
-            self.table.merge(peer);
+        };
+        let listed = match form {
+            Form::Ed25519 => answer.get("new_peers"),
+            Form::Hmac => answer.get("peers"),
+        };
+        if let Some(listed) = listed.and_then(Value::as_array) {
+            self.merge_relayed(listed, &sender, now);
         }
         self.count("out", "ok");
     }
 
-    /// The outgoing body and its signature, in the configured form.
-    fn signed_body(&self) -> (Vec<u8>, String) {
+    /// Checks an answer to this node's exchange (see the module docs);
+    /// returns it and who vouches for its entries, having merged the
+    /// answering node's own entry. The error is the refusal's label.
+    async fn check_answer(
+        &self,
+        endpoint: &str,
+        expected: Option<&str>,
+        form: Form,
+        body: &[u8],
+        signature: Option<&str>,
+        now: u64,
+    ) -> Result<(Value, String), &'static str> {
+        let signature = signature
+            .filter(|s| !s.is_empty())
+            .ok_or("unsigned_answer")?;
+        if form_of(signature) != Some(form) {
+            return Err("wrong_form");
+        }
+        let answer: Value = serde_json::from_slice(body).map_err(|_| "bad_answer")?;
+        match answer.get("timestamp_ms").and_then(Value::as_u64) {
+            None => return Err("untimed"),
+            Some(sent) if sent.abs_diff(now) > MAX_SKEW_MS => return Err("stale"),
+            Some(_) => {}
+        }
+        let sender = match form {
+            Form::Ed25519 => {
+                let receiver = answer
+                    .get("receiver_id")
+                    .and_then(Value::as_str)
+                    .filter(|id| valid_node_id(id))
+                    .ok_or("bad_answer")?;
+                if expected.is_some_and(|id| id != receiver) {
+                    return Err("wrong_signer");
+                }
+                let key = self.gossip_key(receiver).await.ok_or("unknown_key")?;
+                if !verify_ed25519(&key, body, signature) {
+                    return Err("bad_signature");
+                }
+                receiver.to_string()
+            }
+            Form::Hmac => {
+                let key = self.parts.hmac_key.as_deref().ok_or("hmac_off")?;
+                if !verify_hmac(key, body, signature) {
+                    return Err("bad_signature");
+                }
+                let host = reqwest::Url::parse(endpoint)
+                    .ok()
+                    .and_then(|url| url.host_str().map(str::to_string))
+                    .unwrap_or_default();
+                format!("hmac@{host}")
+            }
+        };
+        self.spend(signature, now)
+            .map_err(|refusal| match refusal {
+                SpendRefusal::Replayed => "replayed",
+                SpendRefusal::Full => "replay_table_full",
+            })?;
+        // Stamped after the key lookup, which may have merged the
+        // directory's (older) entry for the same id.
+        if form == Form::Ed25519
+            && let Some(own) = Peer::checked(&sender, endpoint, "", now_unix_ms())
+        {
+            self.table.merge(own, Origin::SelfSigned);
+            self.table.pin_seed(endpoint, &sender);
+        }
+        Ok((answer, sender))
+    }
+
+    /// The outgoing body, its signature and their form, as configured.
+    fn signed_body(&self) -> (Vec<u8>, String, Form) {
         let parts = &self.parts;
         match (&parts.hmac_key, parts.settings.send_hmac) {
             (Some(key), true) => {
@@ -468,9 +653,11 @@ impl Peers {
                         "region": parts.region,
                     }));
                 }
-                let body = json!({ "known_peers": known }).to_string().into_bytes();
+                let body = json!({ "known_peers": known, "timestamp_ms": now_unix_ms() })
+                    .to_string()
+                    .into_bytes();
                 let signature = sign_hmac(key, &body);
-                (body, signature)
+                (body, signature, Form::Hmac)
             }
             _ => {
                 let body = json!({
@@ -482,17 +669,21 @@ impl Peers {
                 .to_string()
                 .into_bytes();
                 let signature = sign_ed25519(&self.signing, &body);
-                (body, signature)
+                (body, signature, Form::Ed25519)
             }
         }
     }
 }
 
-async fn answer_exchange(
-    State(peers): State<Arc<Peers>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn answer_exchange(State(peers): State<Arc<Peers>>, request: Request) -> Response {
+    // The socket's peer: the only source an HMAC-signed list can be
+    // charged to (the shared key names no one).
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let limit = peers.parts.settings.max_body_bytes;
     let deadline = peers.parts.body_read_timeout;
     let body = match tokio::time::timeout(deadline, read_limited(body, &headers, limit)).await {
@@ -503,12 +694,26 @@ async fn answer_exchange(
             return peers.refused(Refusal(error, "slow_body"));
         }
     };
-    match peers.answer(&headers, &body).await {
-        Ok(answer) => {
+    match peers.answer(&headers, &body, source).await {
+        Ok((answer, form)) => {
             peers.count("in", "ok");
-            json_response(StatusCode::OK, &answer)
+            peers.signed_answer(answer, form)
         }
         Err(refusal) => peers.refused(refusal),
+    }
+}
+
+/// The refusal of a signature already spent, or of a full replay table.
+fn spend_refusal(refusal: SpendRefusal) -> Refusal {
+    match refusal {
+        SpendRefusal::Replayed => Refusal(
+            ApiError::conflict("this signature was used within the last 5 minutes"),
+            "replayed",
+        ),
+        SpendRefusal::Full => Refusal(
+            ApiError::unavailable("the replay table is full; retry later", 60_000),
+            "replay_table_full",
+        ),
     }
 }
 
@@ -542,7 +747,7 @@ fn names_a_private_address(endpoint: &str) -> bool {
     literal.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip))
 }
 
-async fn read_json(mut response: reqwest::Response, limit: usize) -> Result<Value, ()> {
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ()> {
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|_| ())? {
         if bytes.len() + chunk.len() > limit {
@@ -550,5 +755,5 @@ async fn read_json(mut response: reqwest::Response, limit: usize) -> Result<Valu
         }
         bytes.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&bytes).map_err(|_| ())
+    Ok(bytes)
 }
