@@ -305,6 +305,9 @@ pub struct IdempotencyMetrics {
     pub conflict: IntCounter,
     /// Same id, answer no longer kept: 409.
     pub forgotten: IntCounter,
+    /// An anonymous task no scope could be vouched for (a relayed clear
+    /// task): run without claiming its id.
+    pub unscoped: IntCounter,
     /// `iicp_idempotency_entries` (set at scrape time).
     pub entries: IntGauge,
     /// `iicp_idempotency_bytes` (set at scrape time).
@@ -730,7 +733,7 @@ impl Metrics {
                 let outcomes = counter_vec(
                     &r,
                     "iicp_idempotency_total",
-                    "Duplicate task ids, by outcome (replayed, waited, conflict, forgotten).",
+                    "Duplicate task ids, by outcome (replayed, waited, conflict, forgotten), and anonymous tasks run unscoped.",
                     &["outcome"],
                 );
                 let evictions = counter_vec(
@@ -744,6 +747,7 @@ impl Metrics {
                     waited: outcomes.with_label_values(&["waited"]),
                     conflict: outcomes.with_label_values(&["conflict"]),
                     forgotten: outcomes.with_label_values(&["forgotten"]),
+                    unscoped: outcomes.with_label_values(&["unscoped"]),
                     entries: gauge(
                         &r,
                         "iicp_idempotency_entries",
