@@ -46,6 +46,7 @@ pub struct Metrics {
     memory: HistogramVec,
     host_memory: HistogramVec,
     idle_instances: IntGaugeVec,
+    instances_retired: IntCounterVec,
     traps: IntCounterVec,
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
@@ -371,6 +372,9 @@ pub struct PluginMetrics {
     pub host_memory_bytes: Histogram,
     /// Reused instances waiting for a task (set at scrape time).
     pub idle_instances: IntGauge,
+    /// Reused instances retired because they ended a task still holding
+    /// host resources.
+    pub retired_holding_resources: IntCounter,
     /// Log lines dropped by the per-task budget.
     pub log_lines_dropped: IntCounter,
     /// Tasks refused with 429 for lack of a slot.
@@ -516,6 +520,12 @@ impl Metrics {
                     .expect("unique metric name");
                 metric
             },
+            instances_retired: counter_vec(
+                &r,
+                "iicp_plugin_instances_retired_total",
+                "Reused instances not given another task, by reason (held_resources: it ended a task still holding host resources).",
+                &["plugin", "reason"],
+            ),
             traps: counter_vec(
                 &r,
                 "iicp_plugin_traps_total",
@@ -793,6 +803,9 @@ impl Metrics {
             memory_bytes: self.memory.with_label_values(&[plugin]),
             host_memory_bytes: self.host_memory.with_label_values(&[plugin]),
             idle_instances: self.idle_instances.with_label_values(&[plugin]),
+            retired_holding_resources: self
+                .instances_retired
+                .with_label_values(&[plugin, "held_resources"]),
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
             qos_waits_admitted: self.qos_waits.with_label_values(&[plugin, "admitted"]),

@@ -634,6 +634,9 @@ fn record(
     plugin_metrics
         .host_memory_bytes
         .observe(report.host_bytes as f64);
+    if report.retired_holding_resources {
+        plugin_metrics.retired_holding_resources.inc();
+    }
     if report.log_lines_dropped > 0 {
         plugin_metrics
             .log_lines_dropped
