@@ -100,6 +100,8 @@ pub struct Metrics {
     pub receipts: IntCounterVec,
     /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
     pub receipt_queue_bytes: IntGauge,
+    /// Plugins' name lookups (`runtime::host::dns`).
+    pub dns: crate::runtime::host::dns::DnsMetrics,
     /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
     /// `IICP-E024`.
     pub drain_refusals: IntCounterVec,
@@ -727,6 +729,18 @@ impl Metrics {
                 "iicp_credit_receipt_queue_bytes",
                 "Bytes (task ids and results) of credit receipts waiting to be sent.",
             ),
+            dns: crate::runtime::host::dns::DnsMetrics {
+                in_flight: gauge(
+                    &r,
+                    "iicp_dns_lookups_in_flight",
+                    "Plugins' name lookups holding a blocking thread now (at most max_dns_lookups).",
+                ),
+                waits: counter(
+                    &r,
+                    "iicp_dns_lookup_waits_total",
+                    "Plugins' name lookups that found max_dns_lookups in flight and waited.",
+                ),
+            },
             receipts: counter_vec(
                 &r,
                 "iicp_credit_receipts_total",
