@@ -105,7 +105,7 @@ pub struct Metrics {
     /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
     /// `IICP-E024`.
     pub drain_refusals: IntCounterVec,
-    /// `iicp_reloads_total{result}`: ok, error.
+    /// `iicp_reloads_total{result}`: ok, partial, error.
     pub reloads: IntCounterVec,
     /// `iicp_task_auth_total{result}`: tasks accepted by the auth mode
     /// (by how: operator, directory_token, consumer) or refused (by reason).
@@ -591,8 +591,8 @@ impl Metrics {
             reloads: result_counter(
                 &r,
                 "iicp_reloads_total",
-                "Configuration reloads, by result.",
-                &["ok", "error"],
+                "Configuration reloads, by result (partial: applied without the plugins that failed).",
+                &["ok", "partial", "error"],
             ),
             oci_pulls: result_counter(
                 &r,
