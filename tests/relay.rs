@@ -293,6 +293,53 @@ async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext
     assert!(!carried[0].contains(secret), "the hop read: {}", carried[0]);
 }
 
+/// Every consumer of a relay reaches the worker from the relay's address,
+/// so an anonymous clear task id cannot be told from another consumer's:
+/// the worker runs each one (never another consumer's cached answer); an
+/// encrypted one is scoped by its envelope's key, and its consumer's retry
+/// gets the first answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let fake = FakeDirectory::start().await;
+    let directory = fake.url();
+    let worker = worker(
+        &relay,
+        "echo",
+        "w-idem",
+        &["--directory", &directory, "--idempotency"],
+    );
+    let register = fake.registrations(1, WAIT).await.remove(0);
+
+    for text in ["mine", "yours"] {
+        let (status, _, body) = relayed(&relay, "w-idem", &echo_task("same-id", text)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(chat_content(&body), text, "another consumer's answer");
+    }
+    let (sealed_task, shared) = encrypted_task(
+        &register["cx_public_key"],
+        "sealed-id",
+        &json!({"messages": [{"role": "user", "content": "sealed"}]}),
+    );
+    for _ in 0..2 {
+        let (status, _, sealed) = relayed(&relay, "w-idem", &sealed_task).await;
+        assert_eq!(status, 200, "{sealed}");
+        assert_eq!(
+            chat_content(&open_response(&sealed, &shared, "sealed-id")),
+            "sealed"
+        );
+    }
+    let text = metrics(&worker).await;
+    assert_eq!(
+        metric_value(&text, r#"iicp_idempotency_total{outcome="unscoped"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&text, r#"iicp_idempotency_total{outcome="replayed"}"#),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
     let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
