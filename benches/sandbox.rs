@@ -90,6 +90,7 @@ async fn main() {
             },
             cache_dir,
             oci: Default::default(),
+            max_dns_lookups: iicp_host::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
         },
         std::sync::Arc::new(iicp_host::metrics::Metrics::new()),
     )

@@ -155,7 +155,8 @@ async fn list_plugins(State(admin): State<Admin>) -> Response {
 
 async fn reload(State(admin): State<Admin>) -> Response {
     let report = admin.reloader.reload().await;
-    if report.ok {
+    // Applied, perhaps without some plugins (`ok: false`, `failed`): 200.
+    if report.applied {
         json_response(StatusCode::OK, &report)
     } else {
         json_response(

@@ -340,6 +340,10 @@ struct RunArgs {
     /// the kernel supports PAGEMAP_SCAN, else 64].
     #[arg(long, env = "IICP_HOST_KEEP_RESIDENT_KIB")]
     keep_resident_kib: Option<u32>,
+    /// Plugins' DNS lookups in flight at once, node-wide (each holds a
+    /// blocking thread until the resolver answers), 1-256 [default: 32].
+    #[arg(long, env = "IICP_HOST_MAX_DNS_LOOKUPS")]
+    max_dns_lookups: Option<usize>,
     /// Directory base URL to register with, e.g. https://iicp.network/api.
     #[arg(long, env = "IICP_HOST_DIRECTORY")]
     directory: Option<String>,
@@ -545,6 +549,10 @@ impl RunArgs {
         }
         if let Some(kib) = self.keep_resident_kib {
             config.runtime.engine.keep_resident_bytes = Some((kib as usize) << 10);
+        }
+        if let Some(lookups) = self.max_dns_lookups {
+            config.runtime.max_dns_lookups =
+                check_range("--max-dns-lookups", lookups, &config::MAX_DNS_LOOKUPS_RANGE)?;
         }
         if self.state_dir.is_some() {
             config.state_dir.clone_from(&self.state_dir);

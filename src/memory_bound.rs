@@ -26,7 +26,9 @@
 //! idempotency cache and the credit-receipt queue (their byte bounds), the
 //! per-Origin limiter (`origin_limit_tracked × 320 B`), the OTLP span export
 //! when it is on (`4 × otlp_queue_bytes + 8 MiB`, see
-//! `telemetry::otlp::ExportSettings::worst_case_bytes`), and a fixed 64 MiB
+//! `telemetry::otlp::ExportSettings::worst_case_bytes`), the blocking
+//! threads plugins' DNS lookups may hold (`max_dns_lookups × 2 MiB`,
+//! `runtime::host::dns`), and a fixed 64 MiB
 //! for the process itself and its loaded plugins' code. Reach adds, when
 //! configured: as a relay, `3 × max_bytes_total` — workers' results being
 //! read (reserved before a byte is read), the consumer answers built from
@@ -50,6 +52,7 @@ use std::path::Path;
 use crate::config::NodeConfig;
 use crate::relay::worker::PULL_ENVELOPE_BYTES;
 use crate::runtime::engine::PoolShape;
+use crate::runtime::host::dns::LOOKUP_THREAD_BYTES;
 use crate::runtime::host::http::DEFAULT_MAX_IN_FLIGHT;
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::store::{HOST_CALL_MARGIN_BYTES, MAX_COMPONENT_HANDLES};
@@ -202,6 +205,13 @@ impl WorstCase {
                 } else {
                     0
                 },
+            },
+            Term {
+                name: format!(
+                    "{} DNS lookup threads × 2 MiB stack (max_dns_lookups)",
+                    config.runtime.max_dns_lookups
+                ),
+                bytes: config.runtime.max_dns_lookups as u64 * LOOKUP_THREAD_BYTES,
             },
             Term {
                 name: "the process and its plugins' code".to_string(),

@@ -46,6 +46,7 @@ pub struct Metrics {
     memory: HistogramVec,
     host_memory: HistogramVec,
     idle_instances: IntGaugeVec,
+    instances_retired: IntCounterVec,
     traps: IntCounterVec,
     log_dropped: IntCounterVec,
     capacity_rejections: IntCounterVec,
@@ -99,10 +100,12 @@ pub struct Metrics {
     pub receipts: IntCounterVec,
     /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
     pub receipt_queue_bytes: IntGauge,
+    /// Plugins' name lookups (`runtime::host::dns`).
+    pub dns: crate::runtime::host::dns::DnsMetrics,
     /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
     /// `IICP-E024`.
     pub drain_refusals: IntCounterVec,
-    /// `iicp_reloads_total{result}`: ok, error.
+    /// `iicp_reloads_total{result}`: ok, partial, error.
     pub reloads: IntCounterVec,
     /// `iicp_task_auth_total{result}`: tasks accepted by the auth mode
     /// (by how: operator, directory_token, consumer) or refused (by reason).
@@ -321,6 +324,9 @@ pub struct IdempotencyMetrics {
     pub conflict: IntCounter,
     /// Same id, answer no longer kept: 409.
     pub forgotten: IntCounter,
+    /// An anonymous task no scope could be vouched for (a relayed clear
+    /// task): run without claiming its id.
+    pub unscoped: IntCounter,
     /// `iicp_idempotency_entries` (set at scrape time).
     pub entries: IntGauge,
     /// `iicp_idempotency_bytes` (set at scrape time).
@@ -384,6 +390,9 @@ pub struct PluginMetrics {
     pub host_memory_bytes: Histogram,
     /// Reused instances waiting for a task (set at scrape time).
     pub idle_instances: IntGauge,
+    /// Reused instances retired because they ended a task still holding
+    /// host resources.
+    pub retired_holding_resources: IntCounter,
     /// Log lines dropped by the per-task budget.
     pub log_lines_dropped: IntCounter,
     /// Tasks refused with 429 for lack of a slot.
@@ -529,6 +538,12 @@ impl Metrics {
                     .expect("unique metric name");
                 metric
             },
+            instances_retired: counter_vec(
+                &r,
+                "iicp_plugin_instances_retired_total",
+                "Reused instances not given another task, by reason (held_resources: it ended a task still holding host resources).",
+                &["plugin", "reason"],
+            ),
             traps: counter_vec(
                 &r,
                 "iicp_plugin_traps_total",
@@ -592,8 +607,8 @@ impl Metrics {
             reloads: result_counter(
                 &r,
                 "iicp_reloads_total",
-                "Configuration reloads, by result.",
-                &["ok", "error"],
+                "Configuration reloads, by result (partial: applied without the plugins that failed).",
+                &["ok", "partial", "error"],
             ),
             oci_pulls: result_counter(
                 &r,
@@ -730,6 +745,18 @@ impl Metrics {
                 "iicp_credit_receipt_queue_bytes",
                 "Bytes (task ids and results) of credit receipts waiting to be sent.",
             ),
+            dns: crate::runtime::host::dns::DnsMetrics {
+                in_flight: gauge(
+                    &r,
+                    "iicp_dns_lookups_in_flight",
+                    "Plugins' name lookups holding a blocking thread now (at most max_dns_lookups).",
+                ),
+                waits: counter(
+                    &r,
+                    "iicp_dns_lookup_waits_total",
+                    "Plugins' name lookups that found max_dns_lookups in flight and waited.",
+                ),
+            },
             receipts: counter_vec(
                 &r,
                 "iicp_credit_receipts_total",
@@ -746,7 +773,7 @@ impl Metrics {
                 let outcomes = counter_vec(
                     &r,
                     "iicp_idempotency_total",
-                    "Duplicate task ids, by outcome (replayed, waited, conflict, forgotten).",
+                    "Duplicate task ids, by outcome (replayed, waited, conflict, forgotten), and anonymous tasks run unscoped.",
                     &["outcome"],
                 );
                 let evictions = counter_vec(
@@ -760,6 +787,7 @@ impl Metrics {
                     waited: outcomes.with_label_values(&["waited"]),
                     conflict: outcomes.with_label_values(&["conflict"]),
                     forgotten: outcomes.with_label_values(&["forgotten"]),
+                    unscoped: outcomes.with_label_values(&["unscoped"]),
                     entries: gauge(
                         &r,
                         "iicp_idempotency_entries",
@@ -805,6 +833,9 @@ impl Metrics {
             memory_bytes: self.memory.with_label_values(&[plugin]),
             host_memory_bytes: self.host_memory.with_label_values(&[plugin]),
             idle_instances: self.idle_instances.with_label_values(&[plugin]),
+            retired_holding_resources: self
+                .instances_retired
+                .with_label_values(&[plugin, "held_resources"]),
             log_lines_dropped: self.log_dropped.with_label_values(&[plugin]),
             capacity_rejections: self.capacity_rejections.with_label_values(&[plugin]),
             qos_waits_admitted: self.qos_waits.with_label_values(&[plugin, "admitted"]),

@@ -3,14 +3,28 @@
 //! it to describe itself) while the old set keeps serving, then swap the
 //! whole routing table in one atomic store. Tasks already running finish on
 //! the version they started with (they hold it); plugins that did not change
-//! keep their loaded code, gates and counters. If anything fails to load,
-//! nothing is swapped and the error is logged, counted and reported.
+//! keep their loaded code, gates and counters.
+//!
+//! One plugin's failure is that plugin's alone (one tenant's moved OCI tag
+//! or broken file must not hold back every other tenant's update): a plugin
+//! whose new version does not load, or cannot join the table (an intent
+//! another plugin serves, an intent it does not declare, a taken id), keeps
+//! its previous version — code *and* settings, never one without the other
+//! — and a new plugin that fails is absent. Failed plugins are named with
+//! their errors in the report (`failed`, answer 200 with `ok: false`) and
+//! the log, and counted as `iicp_reloads_total{result="partial"}`. The
+//! previous version of a plugin is the one with the same id (or, for a
+//! plugin without an operator id, the same path); if it now collides with
+//! another plugin's new version it is left out too, and reported. An error
+//! in the configuration itself (a file that does not parse, a bad value)
+//! fails the whole reload: nothing is swapped, 422 `reload_failed`,
+//! `result="error"`.
 //!
 //! Only plugin-level settings are reloadable; node-level ones (listen
 //! address, node slots, directory, admin listener, identity) are reported as
 //! needing a restart and left as they are.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,11 +40,25 @@ use crate::server::state::AppState;
 /// Reads the configuration as the node was started (file and flags).
 pub type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
 
+/// A plugin a reload could not apply.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginFailure {
+    /// Its id (or path, when it has no id and never loaded).
+    pub plugin: String,
+    /// Why.
+    pub error: String,
+    /// Whether its previous version keeps serving (else it is absent).
+    pub kept_previous: bool,
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ReloadReport {
-    /// Whether the new set is serving.
+    /// Whether the whole new configuration is serving (no plugin failed).
     pub ok: bool,
+    /// Whether a new routing table was swapped in (false only when the
+    /// configuration itself failed).
+    pub applied: bool,
     /// When the reload ended, ms since the Unix epoch.
     pub at_unix_ms: u64,
     /// Plugins loaded anew (new or changed).
@@ -39,6 +67,8 @@ pub struct ReloadReport {
     pub kept: Vec<String>,
     /// Plugins no longer served.
     pub removed: Vec<String>,
+    /// Plugins whose new version could not be applied.
+    pub failed: Vec<PluginFailure>,
     /// Tasks in flight when the table was swapped.
     pub in_flight: u32,
     /// Time to read the configuration and load the plugins, in ms.
@@ -139,7 +169,20 @@ impl Reloader {
                 if report.intents_changed {
                     (self.on_intents_changed)();
                 }
-                self.state.metrics.reloads.with_label_values(&["ok"]).inc();
+                let result = if report.ok { "ok" } else { "partial" };
+                self.state
+                    .metrics
+                    .reloads
+                    .with_label_values(&[result])
+                    .inc();
+                for failure in &report.failed {
+                    tracing::warn!(
+                        plugin = %failure.plugin,
+                        error = %failure.error,
+                        kept_previous = failure.kept_previous,
+                        "a plugin failed to reload; the others are applied"
+                    );
+                }
                 // Kept plugins by count: a node of thousands would log them
                 // all on every reload (the admin API's report names them).
                 tracing::info!(
@@ -198,48 +241,110 @@ impl Reloader {
             .map_err(|e| format!("reading the configuration failed: {e}"))??;
         let specs = std::mem::take(&mut next.plugins);
         let current = self.state.plugins.load_full();
-        let mut plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)> = Vec::with_capacity(specs.len());
-        let (mut loaded, mut kept) = (Vec::new(), Vec::new());
+        let (mut loaded, mut kept, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        // Kept plugins and the previous versions of those whose new version
+        // failed to load coexisted in the serving table, so they go in
+        // first; new versions join after them, one by one.
+        let mut settled: Vec<(Arc<LoadedPlugin>, PluginSpec)> = Vec::with_capacity(specs.len());
+        let mut fresh: Vec<(Arc<LoadedPlugin>, PluginSpec, Option<Arc<PluginEntry>>)> = Vec::new();
         // Many plugins may share one file (or one OCI reference): read its
         // digest once per reload, not once per plugin.
         let mut digests = HashMap::new();
+        // Configuration order, restored once the table is built.
+        let mut rank: HashMap<Arc<str>, usize> = HashMap::with_capacity(specs.len());
         for spec in specs {
-            match self.reusable(&current, &spec, &mut digests).await {
-                Some(plugin) => {
-                    kept.push(plugin.id.to_string());
-                    plugins.push((plugin, spec));
+            let position = rank.len();
+            if let Some(plugin) = self.reusable(&current, &spec, &mut digests).await {
+                rank.entry(plugin.id.clone()).or_insert(position);
+                kept.push(plugin.id.to_string());
+                settled.push((plugin, spec));
+                continue;
+            }
+            let previous = previous_version(&current, &spec);
+            match self.state.runtime.load_plugin(&spec.source).await {
+                Ok(plugin) => {
+                    rank.entry(plugin.id.clone()).or_insert(position);
+                    if let Some(previous) = &previous {
+                        rank.entry(previous.plugin.id.clone()).or_insert(position);
+                    }
+                    fresh.push((Arc::new(plugin), spec, previous));
                 }
-                None => {
-                    let plugin = self
-                        .state
-                        .runtime
-                        .load_plugin(&spec.source)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    loaded.push(plugin.id.to_string());
-                    plugins.push((Arc::new(plugin), spec));
+                Err(error) => {
+                    failed.push(PluginFailure {
+                        plugin: spec.source.id.clone().unwrap_or_else(|| {
+                            previous.as_ref().map_or_else(
+                                || spec.source.path.display().to_string(),
+                                |p| p.plugin.id.to_string(),
+                            )
+                        }),
+                        error: error.to_string(),
+                        kept_previous: previous.is_some(),
+                    });
+                    if let Some(previous) = previous {
+                        rank.entry(previous.plugin.id.clone()).or_insert(position);
+                        settled.push((previous.plugin.clone(), previous.spec.clone()));
+                    }
                 }
             }
         }
-        let next_ids: HashSet<&str> = plugins.iter().map(|(p, _)| &*p.id).collect();
+        let capacity = self.state.gate.capacity();
+        let metrics = &self.state.metrics;
+        let mut table = PluginTable::default();
+        for (plugin, spec) in settled {
+            let id = plugin.id.to_string();
+            // These served together until now, so this fails only when two
+            // specs name one serving plugin; the second is then out.
+            if let Err(error) = table.add(plugin, spec, metrics, capacity, Some(&current)) {
+                kept.retain(|k| *k != id);
+                match failed.iter_mut().find(|f| f.plugin == id) {
+                    Some(failure) => failure.kept_previous = false,
+                    None => failed.push(PluginFailure {
+                        plugin: id,
+                        error,
+                        kept_previous: false,
+                    }),
+                }
+            }
+        }
+        for (plugin, spec, previous) in fresh {
+            let id = plugin.id.to_string();
+            match table.add(plugin, spec, metrics, capacity, Some(&current)) {
+                Ok(()) => loaded.push(id),
+                Err(error) => {
+                    let kept_previous = previous.is_some_and(|previous| {
+                        table
+                            .add(
+                                previous.plugin.clone(),
+                                previous.spec.clone(),
+                                metrics,
+                                capacity,
+                                Some(&current),
+                            )
+                            .is_ok()
+                    });
+                    failed.push(PluginFailure {
+                        plugin: id,
+                        error,
+                        kept_previous,
+                    });
+                }
+            }
+        }
+        table.order_by(|id| rank.get(id).copied().unwrap_or(usize::MAX));
         let removed = current
             .entries()
             .iter()
-            .filter(|e| !next_ids.contains(&*e.plugin.id))
+            .filter(|e| table.entry(&e.plugin.id).is_none())
             .map(|e| e.plugin.id.to_string())
             .collect();
-        let table = PluginTable::build(
-            plugins,
-            &self.state.metrics,
-            self.state.gate.capacity(),
-            Some(&current),
-        )?;
         let report = ReloadReport {
-            ok: true,
+            ok: failed.is_empty(),
+            applied: true,
             at_unix_ms: now_unix_ms(),
             loaded,
             kept,
             removed,
+            failed,
             restart_needed: restart_needed(&self.running, &next),
             ..ReloadReport::default()
         };
@@ -271,5 +376,18 @@ impl Reloader {
             }
         }?;
         (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
+    }
+}
+
+/// The serving entry `spec` replaces: the plugin with its id, or, without
+/// an operator id, the one loaded from the same path.
+fn previous_version(current: &PluginTable, spec: &PluginSpec) -> Option<Arc<PluginEntry>> {
+    match &spec.source.id {
+        Some(id) => current.entry(id).cloned(),
+        None => current
+            .entries()
+            .iter()
+            .find(|e| e.spec.source.id.is_none() && e.spec.source.path == spec.source.path)
+            .cloned(),
     }
 }

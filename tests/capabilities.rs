@@ -281,3 +281,119 @@ fn malformed_allow_list_patterns_are_config_errors() {
         "{stderr}"
     );
 }
+
+/// A name server that never answers, on a loopback address of its own;
+/// records the first label of every name asked.
+async fn silent_name_server() -> (
+    std::net::IpAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let pid = std::process::id();
+    let address = std::net::IpAddr::from([127, 53, (pid >> 8) as u8, pid as u8 | 1]);
+    let socket = tokio::net::UdpSocket::bind((address, 53))
+        .await
+        .expect("bind a name server on port 53 (the test needs root)");
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = asked.clone();
+    tokio::spawn(async move {
+        let mut packet = [0u8; 512];
+        while let Ok((len, _)) = socket.recv_from(&mut packet).await {
+            // The question's name starts after the 12-byte header.
+            let label_len = usize::from(*packet.get(12).unwrap_or(&0));
+            if let Some(label) = packet
+                .get(13..13 + label_len)
+                .filter(|_| 13 + label_len <= len)
+            {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(label).into_owned());
+            }
+        }
+    });
+    (address, asked)
+}
+
+/// A plugin asks for names whose name server never answers: each lookup
+/// would hold a blocking thread for minutes, past its task's deadline. At
+/// most `max_dns_lookups` are ever in flight, the tasks end at their
+/// deadline while those threads are still stuck, and the node serves on.
+/// Needs root: the node runs in a mount namespace of its own, whose
+/// `resolv.conf` names the silent server.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_name_lookups_hold_at_most_max_dns_lookups_threads() {
+    let (server, asked) = silent_name_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 5 attempts × 30 s: the threads are stuck for the whole test.
+    let resolv = write(
+        dir.path(),
+        "resolv.conf",
+        &format!("nameserver {server}\noptions timeout:30 attempts:5\n"),
+    );
+    let wrapper = write(
+        dir.path(),
+        "in-namespace.sh",
+        &format!(
+            "#!/bin/sh\nexec unshare --mount sh -c 'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' {} {} \"$@\"\n",
+            resolv.display(),
+            env!("CARGO_BIN_EXE_iicp-host")
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[node]\nmax_dns_lookups = 2\n[[plugin]]\npath = \"{}\"\n[plugin.http]\nallow = [\"http://*.dns.test:*\"]\n",
+            plugin("misbehave").display()
+        ),
+    );
+    let node = Node::start_config_wrapped(&wrapper, &config);
+
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let mut body = task(
+                &format!("dns-{i}"),
+                "urn:iicp:intent:test:http-get:v1",
+                json!({"url": format!("http://slow-{i}.dns.test:8080/")}),
+            );
+            body["constraints"] = json!({"timeout_ms": 1000});
+            let url = node.url("/v1/task");
+            tokio::spawn(async move {
+                let response = common::client().post(url).json(&body).send().await.unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    for answer in tasks {
+        let status = answer.await.unwrap();
+        assert!(status == 504 || status == 502, "status {status}");
+    }
+    // Every task has answered; the lookups that got a thread are still in
+    // getaddrinfo, and no other lookup ever started.
+    let text = common::metrics(&node).await;
+    assert_eq!(
+        common::sample(&text, "iicp_dns_lookups_in_flight"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        common::sample(&text, "iicp_dns_lookup_waits_total"),
+        4.0,
+        "{text}"
+    );
+    let mut names = asked.lock().unwrap().clone();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 2, "lookups started: {names:?}");
+    let (status, _, _) = post_task(
+        &node,
+        &task("after", "urn:iicp:intent:test:ok:v1", json!(1)),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

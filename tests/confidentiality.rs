@@ -1,7 +1,8 @@
 //! IICP-CX end to end: the node advertises its key at REGISTER, opens tasks
 //! a consumer encrypted for that key (one of them made by the reference
-//! Python consumer), seals the response when asked, keeps its key across
-//! restarts, and answers broken envelopes with the protocol's error envelope.
+//! Python consumer), seals the response of every encrypted task (asked or
+//! not), keeps its key across restarts, and answers broken envelopes with
+//! the protocol's error envelope.
 
 mod common;
 
@@ -66,13 +67,17 @@ async fn an_envelope_made_by_the_reference_consumer_is_opened_and_the_answer_sea
     assert_eq!(chat_content(&opened), "sealed hello");
     assert!(opened["metrics"]["latency_ms"].is_u64(), "{opened}");
 
-    // Without the request for a sealed answer, the answer is in clear.
+    // A hop that deletes the request for a sealed answer still gets only
+    // the sealed answer: the field is outside the envelope's AAD.
     body.as_object_mut()
         .unwrap()
         .remove("cx_response_encryption");
-    let (status, _, clear) = post_task(&node, &body).await;
-    assert_eq!(status, 200, "{clear}");
-    assert_eq!(chat_content(&clear), "sealed hello");
+    let (status, _, sealed) = post_task(&node, &body).await;
+    assert_eq!(status, 200, "{sealed}");
+    assert_eq!(
+        chat_content(&open_response(&sealed, &shared, task_id)),
+        "sealed hello"
+    );
 
     // The envelope is bound to its own task id and intent.
     body["task_id"] = json!("another-task");
@@ -145,4 +150,52 @@ async fn turned_off_it_advertises_no_key_and_refuses_encrypted_tasks() {
     let someone_else = json!({"key": B64.encode([9u8; 32]), "key_id": "cx-0000000000000000"});
     let (body, _) = encrypted_task(&someone_else, "cx-off", &json!({"messages": []}));
     assert_refused(&node, &body, "IICP-CX-02", "turned off").await;
+}
+
+/// A hop on the path strips `cx_response_encryption` to read the answer, and
+/// sends a payload the plugin refuses with a message quoting it: the answer
+/// is sealed all the same, and the error envelope, which travels in clear,
+/// does not quote the payload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hop_stripping_the_response_encryption_request_reads_nothing() {
+    let fake = FakeDirectory::start().await;
+    let node = directory_node(&fake, &fresh_state_dir(), &[]);
+    let advertised = fake.registrations(1, WAIT).await[0]["cx_public_key"].clone();
+    let secret = "the hop must not read this";
+
+    let payload = json!({"messages": [{"role": "user", "content": secret}]});
+    let (mut body, shared) = encrypted_task(&advertised, "cx-strip-1", &payload);
+    body.as_object_mut()
+        .unwrap()
+        .remove("cx_response_encryption");
+    let (status, _, answer) = post_task(&node, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !answer.to_string().contains(secret),
+        "read by the hop: {answer}"
+    );
+    assert_eq!(
+        chat_content(&open_response(&answer, &shared, "cx-strip-1")),
+        secret
+    );
+
+    // The echo plugin refuses a chat payload whose `messages` is a string,
+    // and its message quotes the string.
+    let refused_payload = json!({"messages": secret});
+    let (mut body, _) = encrypted_task(&advertised, "cx-strip-2", &refused_payload);
+    body.as_object_mut()
+        .unwrap()
+        .remove("cx_response_encryption");
+    let (status, _, refused) = post_task(&node, &body).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        !refused.to_string().contains(secret),
+        "read by the hop: {refused}"
+    );
+    assert_eq!(error_of(&refused)["code"], "validation_error");
+    assert_eq!(refused["task_id"], "cx-strip-2");
+    // The same payload in clear keeps the plugin's message.
+    let (status, _, clear) = post_task(&node, &task("cx-strip-3", CHAT, refused_payload)).await;
+    assert_eq!(status, 422, "{clear}");
+    assert!(clear.to_string().contains(secret), "{clear}");
 }

@@ -121,6 +121,47 @@ async fn idle_reused_instances_are_dropped_without_waiting_for_a_task() {
     }
 }
 
+/// A reused instance ends each task still holding a 120 KiB header map:
+/// the host budget is per task, so without a check the instance piles up
+/// maps across tasks far past it. An instance that ends a task holding host
+/// resources is retired instead of reused; one that holds none is reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_cannot_carry_host_resources_into_the_next_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reuse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugin]]\nid = \"hoarder\"\npath = \"{}\"\ninstance_reuse = 100\nhost_memory_kib = 512\n",
+            plugin("hoarder").display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_config(&config, &[]);
+    // 512 KiB holds four 120 KiB maps; twelve tasks would hold twelve.
+    for i in 0..12 {
+        let body = task(&format!("keep-{i}"), &hoard("keep-fields"), Value::Null);
+        let (status, _, answer) = post_task(&node, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["result"]["kept"], 1,
+            "task {i} began with maps an earlier task left"
+        );
+    }
+    assert_eq!(idle_instances(&node, "hoarder").await, Some(0));
+    let text = metrics(&node).await;
+    assert!(
+        text.contains(
+            r#"iicp_plugin_instances_retired_total{plugin="hoarder",reason="held_resources"} 12"#
+        ),
+        "{text}"
+    );
+    // An instance that lets go of everything is reused.
+    let (status, _, _) = post_task(&node, &task("ok", &hoard("ok"), Value::Null)).await;
+    assert_eq!(status, 200);
+    assert_eq!(idle_instances(&node, "hoarder").await, Some(1));
+}
+
 fn input<'a>(task_id: &'a str, intent: &'a str, payload: &'a str) -> TaskInput<'a> {
     let timeout = Duration::from_secs(60);
     TaskInput {
@@ -150,6 +191,7 @@ async fn idle_instances_give_way_when_the_pool_is_full() {
         },
         cache_dir: Some(common::shared_cache_dir()),
         oci: iicp_host::oci::OciSettings::default(),
+        max_dns_lookups: iicp_host::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
     };
     let runtime = Arc::new(Runtime::new(&settings, Arc::new(Metrics::new())).unwrap());
     let mut reused = PluginSource::new(plugin("misbehave"));

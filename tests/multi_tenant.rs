@@ -613,10 +613,12 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
     let core_module = write(dir.path(), "core.wasm", "\0asm\u{1}\0\0\0");
     svc_config(dir.path(), &core_module, 8);
     let (status, body) = reload(&node).await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(body["error"]["code"], "reload_failed");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["failed"][0]["plugin"], "svc", "{body}");
+    assert_eq!(body["failed"][0]["kept_previous"], true, "{body}");
     assert!(
-        body["error"]["message"]
+        body["failed"][0]["error"]
             .as_str()
             .unwrap()
             .contains("core WebAssembly module"),
@@ -625,6 +627,22 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
     assert_eq!(version_of(&node).await, "1");
     let (_, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
     assert_eq!(list["last_reload"]["ok"], false);
+    assert!(
+        metrics(&node)
+            .await
+            .contains(r#"iicp_reloads_total{result="partial"} 1"#)
+    );
+    assert!(
+        node.log_entries()
+            .iter()
+            .any(|e| message(e) == "a plugin failed to reload; the others are applied")
+    );
+    // A configuration that does not parse fails the whole reload.
+    write(dir.path(), "versioned.toml", "[[plugin]\n");
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "reload_failed");
+    assert_eq!(version_of(&node).await, "1");
     assert!(
         metrics(&node)
             .await
@@ -662,6 +680,108 @@ async fn a_broken_reload_keeps_the_old_version_serving() {
     let served_sha = list["plugins"][0]["sha256"].as_str().unwrap();
     assert_eq!(info.len(), 1, "{info:?}");
     assert!(info[0].contains(served_sha), "{info:?} vs {served_sha}");
+}
+
+/// Tenants share a node. One tenant's plugin is replaced by a file that no
+/// longer loads (a moved tag, a bad build) and gets new settings with it,
+/// another adds a plugin that fails, a third one that claims an intent
+/// already served, and a fourth adds a good plugin: the good one is served,
+/// each failure keeps its previous version whole (code and settings) or is
+/// absent, and the answer names every failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenants_broken_plugin_does_not_hold_back_the_others_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = |id: &str, path: &Path, extra: &str| {
+        format!(
+            "[[plugin]]\nid = {id:?}\npath = {:?}\n{extra}\n",
+            path.display().to_string()
+        )
+    };
+    let head = "[node]\nmax_concurrent = 8\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n";
+    let before = format!(
+        "{head}{}{}",
+        table("svc", &plugin("versioned-v1"), "max_concurrent = 4"),
+        table("echo", &plugin("echo"), "")
+    );
+    let config = write(dir.path(), "tenants.toml", &before);
+    let node = start(&config, &admin_env());
+    assert_eq!(version_of(&node).await, "1");
+
+    let broken = write(dir.path(), "broken.wasm", "\0asm\u{1}\0\0\0");
+    let after = format!(
+        "{head}{}{}{}{}{}",
+        table("svc", &broken, "max_concurrent = 2"),
+        table("tools", &plugin("misbehave"), ""),
+        table("echo-twin", &plugin("echo"), ""),
+        table("echo", &plugin("echo"), ""),
+        table("ghost", &broken, "")
+    );
+    write(dir.path(), "tenants.toml", &after);
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["loaded"], json!(["tools"]), "{body}");
+    assert_eq!(body["kept"], json!(["echo"]), "{body}");
+    let failed: Vec<(String, bool, String)> = body["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["plugin"].as_str().unwrap().to_string(),
+                f["kept_previous"].as_bool().unwrap(),
+                f["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let failure = |id: &str| {
+        failed
+            .iter()
+            .find(|(plugin, _, _)| plugin == id)
+            .unwrap_or_else(|| panic!("{id} not reported: {body}"))
+    };
+    assert!(failure("svc").1 && failure("svc").2.contains("core WebAssembly module"));
+    assert!(!failure("ghost").1 && failure("ghost").2.contains("core WebAssembly module"));
+    assert!(!failure("echo-twin").1 && failure("echo-twin").2.contains("both serve intent"));
+    assert_eq!(failed.len(), 3, "{body}");
+
+    // Served: the new plugin, the kept one, and svc's previous version with
+    // its previous settings; not the failed new ones.
+    assert_eq!(version_of(&node).await, "1");
+    assert_eq!(post_task(&node, &chat("c")).await.0, 200);
+    let (status, _, _) = post_task(&node, &task("t", &case("ok"), json!(1))).await;
+    assert_eq!(status, 200);
+    let (_, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
+    let ids: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    // In configuration order; a new plugin colliding with one that serves
+    // unchanged is the one left out, wherever it is listed.
+    assert_eq!(ids, ["svc", "tools", "echo"], "{list}");
+    assert_eq!(list["plugins"][0]["limits"]["max_concurrent"], 4, "{list}");
+    assert_eq!(list["last_reload"]["failed"].as_array().unwrap().len(), 3);
+    assert!(
+        metrics(&node)
+            .await
+            .contains(r#"iicp_reloads_total{result="partial"} 1"#)
+    );
+
+    // Fixed: the next reload applies everything.
+    std::fs::copy(plugin("versioned-v2"), &broken).unwrap();
+    let fixed = format!(
+        "{head}{}{}{}",
+        table("svc", &broken, "max_concurrent = 2"),
+        table("echo", &plugin("echo"), ""),
+        table("tools", &plugin("misbehave"), "")
+    );
+    write(dir.path(), "tenants.toml", &fixed);
+    let (status, body) = reload(&node).await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    assert_eq!(body["loaded"], json!(["svc"]), "{body}");
+    assert_eq!(version_of(&node).await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -364,6 +364,83 @@ async fn a_task_id_runs_once_and_duplicates_get_its_answer() {
     assert_eq!(counter.runs(), 4);
 }
 
+/// With open auth, an attacker who knows a task id (they travel in clear)
+/// sends it again with a guessed payload, from its own address or under its
+/// own envelope: it must neither get the first caller's answer nor learn
+/// from `content_differs` that its guess was wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_caller_cannot_read_or_probe_another_callers_task_ids() {
+    use common::cx::{encrypted_task_for, node_key_in, open_response};
+    let counter = RunCounter::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let node_key = node_key_in(&state);
+    let state = state.display().to_string();
+    let node = counted_node(
+        dir.path(),
+        &counter,
+        &["--idempotency", "--state-dir", &state],
+    );
+    // Another loopback address: another anonymous caller.
+    let attacker = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let attack = |body: Value| {
+        let (attacker, url) = (attacker.clone(), node.url("/v1/task"));
+        async move {
+            let response = attacker.post(url).json(&body).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    // The same id and the right guess: a run of its own, not the answer.
+    let (status, _, first) = post_task(&node, &counter.task("anon-1", "?secret")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["result"]["body"], "run 1");
+    let (status, stolen) = attack(counter.task("anon-1", "?secret")).await;
+    assert_eq!(status, 200, "{stolen}");
+    assert_eq!(
+        stolen["result"]["body"], "run 2",
+        "read the first caller's answer"
+    );
+    // A wrong guess: no `content_differs` to tell it so.
+    let (status, _, second) = post_task(&node, &counter.task("anon-2", "?secret")).await;
+    assert_eq!(status, 200, "{second}");
+    let (status, probe) = attack(counter.task("anon-2", "?wrong-guess")).await;
+    assert_eq!(status, 200, "a guessing oracle: {probe}");
+    // The first caller's own retries still get its answer, without a run.
+    let runs = counter.runs();
+    let (status, _, again) = post_task(&node, &counter.task("anon-1", "?secret")).await;
+    assert_eq!((status, &again), (200, &first));
+    assert_eq!(counter.runs(), runs);
+
+    // Encrypted, from the same address: the envelope's key is the caller.
+    let intent = "urn:iicp:intent:test:http-get:v1";
+    let payload = counter.task("x", "?sealed")["payload"].clone();
+    let (sealed, shared) = encrypted_task_for(&node_key, "anon-cx", intent, &payload);
+    let (status, _, answer) = post_task(&node, &sealed).await;
+    assert_eq!(status, 200, "{answer}");
+    let first = open_response(&answer, &shared, "anon-cx")["result"]["body"].clone();
+    let (guess, guess_shared) = encrypted_task_for(&node_key, "anon-cx", intent, &payload);
+    let (status, _, answer) = post_task(&node, &guess).await;
+    assert_eq!(status, 200, "{answer}");
+    let stolen = open_response(&answer, &guess_shared, "anon-cx")["result"]["body"].clone();
+    assert_ne!(stolen, first, "read the first caller's sealed answer");
+    // The consumer's retry resends its body: its own answer, no run.
+    let runs = counter.runs();
+    let (status, _, answer) = post_task(&node, &sealed).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        open_response(&answer, &shared, "anon-cx")["result"]["body"],
+        first
+    );
+    assert_eq!(counter.runs(), runs);
+}
+
 const OPS_TOKEN: &str = "ops-token-for-tests-0123456789";
 
 /// A node serving the echo plugin with `[auth] mode`, an operator token
@@ -570,6 +647,65 @@ mod consumer_tokens {
             !node
                 .log_text()
                 .contains(&sign(&key, &node_id, CHAT, soon)[..40])
+        );
+    }
+
+    /// A consumer names another node as the task's source to have the
+    /// directory book the task against it: a receipt names the source only
+    /// when a verified consumer token says the caller is that node.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_receipt_names_only_the_source_node_the_caller_proved_to_be() {
+        let fake = FakeDirectory::start().await;
+        let key = SigningKey::from_bytes(&[42u8; 32]);
+        publish(&fake, &key);
+        let dir = tempfile::tempdir().unwrap();
+        let node = auth_node(dir.path(), &fake, "consumer-token", "");
+        let node_id = registered_node_id(&fake).await;
+        wait_for_key(&node).await;
+        let token = sign(&key, &node_id, CHAT, now() + 300);
+
+        // (task id, source_node_id claimed, consumer token, operator token)
+        let calls = [
+            ("src-proved", "consumer-7", Some(&token), None),
+            ("src-forged", "victim-node", Some(&token), None),
+            ("src-operator", "victim-node", None, Some(OPS_TOKEN)),
+        ];
+        for (task_id, source, consumer_token, node_token) in calls {
+            let mut body = chat(task_id);
+            body["source_node_id"] = json!(source);
+            if let Some(node_token) = node_token {
+                body["auth"] = json!({ "node_token": node_token });
+            }
+            let mut request = client().post(node.url("/v1/task")).json(&body);
+            if let Some(consumer_token) = consumer_token {
+                request = request.header("X-IICP-Consumer-Token", consumer_token.as_str());
+            }
+            assert_eq!(request.send().await.unwrap().status(), 200, "{task_id}");
+        }
+        assert!(
+            fake.wait_for(WAIT, |state| state.receipt_checks.len() >= calls.len())
+                .await,
+            "the receipts never arrived"
+        );
+        let awards = fake.requests("/v1/credits/award");
+        let querying = |task_id: &str| {
+            let award = awards
+                .iter()
+                .find(|award| award.body["task_id"] == task_id)
+                .unwrap_or_else(|| panic!("no receipt for {task_id}"));
+            award.body.get("querying_node_id").cloned()
+        };
+        assert_eq!(querying("src-proved"), Some(json!("consumer-7")));
+        assert_eq!(querying("src-forged"), None);
+        assert_eq!(querying("src-operator"), None);
+        // Every receipt is still signed over what it carries.
+        assert!(
+            fake.state
+                .lock()
+                .unwrap()
+                .receipt_checks
+                .iter()
+                .all(|ok| *ok)
         );
     }
 

@@ -221,6 +221,125 @@ async fn a_worker_serves_plain_and_encrypted_tasks_through_the_relay() {
     );
 }
 
+/// A hop between the consumer and the relay, as a hostile network path
+/// would be: it deletes `cx_response_encryption` from every CALL, forwards
+/// it to `upstream` and keeps the answer it carried back.
+struct StrippingHop {
+    url: String,
+    carried: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn stripping_hop(upstream: String) -> StrippingHop {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+
+    type Carried = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    async fn forward(
+        State((upstream, carried)): State<(String, Carried)>,
+        body: Bytes,
+    ) -> (StatusCode, String) {
+        let mut call: Value = serde_json::from_slice(&body).unwrap();
+        call.as_object_mut()
+            .unwrap()
+            .remove("cx_response_encryption");
+        let response = client().post(&upstream).json(&call).send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let text = response.text().await.unwrap();
+        carried.lock().unwrap().push(text.clone());
+        (status, text)
+    }
+
+    let carried = Carried::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/task", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/v1/task", axum::routing::post(forward))
+        .with_state((upstream, carried.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    StrippingHop { url, carried }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let fake = FakeDirectory::start().await;
+    let directory = fake.url();
+    let _worker = worker(&relay, "echo", "w-strip", &["--directory", &directory]);
+    let register = fake.registrations(1, WAIT).await.remove(0);
+    let hop = stripping_hop(relay_for(&relay, "w-strip", "/v1/task")).await;
+
+    let secret = "neither the hop nor the relay may read this";
+    let (sealed_task, shared) = encrypted_task(
+        &register["cx_public_key"],
+        "strip-1",
+        &json!({"messages": [{"role": "user", "content": secret}]}),
+    );
+    assert_eq!(sealed_task["cx_response_encryption"], "required");
+    let response = client()
+        .post(&hop.url)
+        .json(&sealed_task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        chat_content(&open_response(&answer, &shared, "strip-1")),
+        secret
+    );
+    let carried = hop.carried.lock().unwrap().clone();
+    assert_eq!(carried.len(), 1);
+    assert!(!carried[0].contains(secret), "the hop read: {}", carried[0]);
+}
+
+/// Every consumer of a relay reaches the worker from the relay's address,
+/// so an anonymous clear task id cannot be told from another consumer's:
+/// the worker runs each one (never another consumer's cached answer); an
+/// encrypted one is scoped by its envelope's key, and its consumer's retry
+/// gets the first answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
+    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let fake = FakeDirectory::start().await;
+    let directory = fake.url();
+    let worker = worker(
+        &relay,
+        "echo",
+        "w-idem",
+        &["--directory", &directory, "--idempotency"],
+    );
+    let register = fake.registrations(1, WAIT).await.remove(0);
+
+    for text in ["mine", "yours"] {
+        let (status, _, body) = relayed(&relay, "w-idem", &echo_task("same-id", text)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(chat_content(&body), text, "another consumer's answer");
+    }
+    let (sealed_task, shared) = encrypted_task(
+        &register["cx_public_key"],
+        "sealed-id",
+        &json!({"messages": [{"role": "user", "content": "sealed"}]}),
+    );
+    for _ in 0..2 {
+        let (status, _, sealed) = relayed(&relay, "w-idem", &sealed_task).await;
+        assert_eq!(status, 200, "{sealed}");
+        assert_eq!(
+            chat_content(&open_response(&sealed, &shared, "sealed-id")),
+            "sealed"
+        );
+    }
+    let text = metrics(&worker).await;
+    assert_eq!(
+        metric_value(&text, r#"iicp_idempotency_total{outcome="unscoped"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&text, r#"iicp_idempotency_total{outcome="replayed"}"#),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
     let relay = Node::start(&plugin("echo"), &["--relay-capable"]);

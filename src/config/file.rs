@@ -22,10 +22,10 @@ use super::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
-    IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_RESOURCES_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE, OTLP_MS_RANGE, OTLP_SPANS_RANGE, PluginSpec,
-    QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range,
-    default_cache_dir,
+    IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_DNS_LOOKUPS_RANGE,
+    MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE, OTLP_MS_RANGE,
+    OTLP_SPANS_RANGE, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings,
+    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
@@ -39,6 +39,7 @@ use crate::directory::settings::{
 use crate::oci::{OciLocation, OciSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::host::http::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns,
 };
@@ -135,6 +136,7 @@ struct NodeSection {
     no_cache: bool,
     allocator: Option<AllocatorChoice>,
     keep_resident_kib: Option<u32>,
+    max_dns_lookups: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
@@ -576,6 +578,11 @@ fn build(
                     .or_else(default_cache_dir)
             },
             oci,
+            max_dns_lookups: node
+                .max_dns_lookups
+                .map(|n| check_range("node.max_dns_lookups", n, &MAX_DNS_LOOKUPS_RANGE))
+                .transpose()?
+                .unwrap_or(DEFAULT_MAX_DNS_LOOKUPS),
         },
         plugins,
     })

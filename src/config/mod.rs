@@ -19,6 +19,7 @@ use crate::directory::settings::DirectorySettings;
 use crate::oci::OciSettings;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
@@ -39,6 +40,9 @@ pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 pub const MAX_RESOURCES_RANGE: RangeInclusive<u32> = 64..=1_000_000;
 /// Host memory per task in KiB (64 KiB .. 4 GiB).
 pub const HOST_MEMORY_KIB_RANGE: RangeInclusive<u32> = 64..=4 << 20;
+/// Bounds on `max_dns_lookups`: at least one lookup, at most half of
+/// tokio's blocking pool (512 threads).
+pub const MAX_DNS_LOOKUPS_RANGE: RangeInclusive<usize> = 1..=256;
 /// Default request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Default cap on remembered nonces (~18 bytes each).
@@ -342,6 +346,7 @@ impl NodeConfig {
                     store_dir: default_cache_dir().map(|dir| dir.join(OCI_STORE_SUBDIR)),
                     ..OciSettings::default()
                 },
+                max_dns_lookups: DEFAULT_MAX_DNS_LOOKUPS,
             },
             plugins: vec![PluginSpec::new(PluginSource::new(path))],
             admin: None,

@@ -34,7 +34,9 @@ pub struct ReceiptJob {
     pub tokens_used: u64,
     /// The result the consumer received (hashed into `response_hash`).
     pub result: Box<RawValue>,
-    /// The consumer's `source_node_id`, if it sent one.
+    /// The consumer's `source_node_id`, only when the caller proved to be
+    /// that node (a verified consumer token's `sub`): an unverified claim
+    /// could pin a task on another node at the directory.
     pub querying_node_id: Option<String>,
 }
 

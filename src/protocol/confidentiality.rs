@@ -1,6 +1,6 @@
 //! IICP-CX, the task confidentiality layer (`protocol.md` §1.6): the node's
-//! X25519 key, opening an encrypted CALL (`iicp_conf`) and sealing the
-//! RESPONSE when the consumer asks for it (`cx_response_encryption`).
+//! X25519 key, opening an encrypted CALL (`iicp_conf`) and sealing its
+//! RESPONSE.
 //!
 //! Default consumers send tasks only to nodes that advertise a key, and then
 //! always encrypt, so this is what lets a node receive their traffic.
@@ -20,7 +20,52 @@
 //! * unlike the SDK, the AAD must name the CALL's own `task_id` and `intent`
 //!   (§10 #19), an envelope addressed to another key id is refused, and a
 //!   low-order ephemeral key (an all-zero shared secret) is refused;
-//! * error responses stay in clear, as with the SDK: they carry no payload.
+//! * an encrypted CALL is always answered sealed, whether or not it carries
+//!   `cx_response_encryption: "required"`. The SDK node seals only when that
+//!   field is present, but it lies outside the AAD: a relay deleting it would
+//!   read the answer. Both reference clients send the field whenever the
+//!   key advertises `response_encryption_v1` (ours always does) and then
+//!   insist on `iicp_conf_resp`, so they see no difference;
+//! * error responses stay in clear, as with the SDK (both reference clients
+//!   read a non-2xx body unsealed). An encrypted task's error carries no
+//!   plugin-written message, which might quote the payload: code, status,
+//!   `retryable` and the node's own fixed texts only.
+//!
+//! # What a hop can still change
+//!
+//! A relay (or any hop) sees and may rewrite everything outside the
+//! envelope. Field by field, what the node does about it:
+//! * `task_id`, `intent`: in the AAD and the key derivation; a changed one
+//!   fails to open (400 `IICP-CX-02`). Both travel in clear.
+//! * `iicp_conf`: authenticated by AES-GCM; a hop cannot read or alter it.
+//!   It can replace the whole CALL with one it sealed itself to the node's
+//!   public key, but the answer is then sealed for the hop's session, which
+//!   the consumer's session cannot open: a consumer detects it.
+//! * `payload`: a hop that adds one beside `iicp_conf` turns the CALL into a
+//!   clear task of its own choosing (the envelope is then ignored, as the SDK
+//!   node does); the consumer's sealed payload is never read, and a consumer
+//!   expecting `iicp_conf_resp` refuses the clear answer.
+//! * `cx_response_encryption`: ignored on an encrypted CALL (above); added to
+//!   a clear one it only gets that task refused (400 `IICP-CX-03`).
+//! * `nonce`: not bound to the envelope; a hop can strip it, and the same
+//!   sealed CALL replayed then runs again. The answer is still sealed for
+//!   the consumer's session only. (Binding the envelope's own nonce would
+//!   refuse the reference clients' retries, which resend the same body.)
+//! * `constraints` (`timeout_ms`, `max_tokens`, `model`, `qos`): a hop can
+//!   change them; the operator's ceilings bound them as for any consumer.
+//!   They change the answer, not who can read it.
+//! * `traceparent`, `tracestate`, `trace.trace_id`: telemetry only.
+//! * `auth`, `Authorization`, `X-IICP-Consumer-Token`: readable by the hop,
+//!   so it can replay them here within their lifetime (a consumer token
+//!   names this node and intent) or strip them (the task is then refused).
+//! * `source_node_id`: credit attribution; forwarded to the directory only
+//!   when a verified consumer token names the same node
+//!   (`directory::receipts`).
+//! * the task id cache: scoped by the caller, so a hop replaying a sealed
+//!   CALL gets only the sealed answer (`server::idempotency`).
+//!
+//! The answer's status, size, timing, `task_id` and error envelopes are
+//! visible to every hop.
 
 use std::borrow::Cow;
 
@@ -171,13 +216,20 @@ impl CxKey {
             .ok()
             .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
             .ok_or_else(|| ApiError::cx_open_failed("the decrypted payload is not JSON"))?;
-        Ok((payload, CxSession { shared }))
+        Ok((
+            payload,
+            CxSession {
+                shared,
+                consumer_key: ephemeral,
+            },
+        ))
     }
 }
 
 /// The key agreement of one encrypted CALL, kept to seal its RESPONSE.
 pub struct CxSession {
     shared: SharedSecret,
+    consumer_key: [u8; 32],
 }
 
 /// `iicp_conf_resp`: a sealed response.
@@ -192,6 +244,13 @@ pub struct SealedResponse {
 }
 
 impl CxSession {
+    /// The consumer's ephemeral public key (`kem_ciphertext`). An envelope
+    /// that opens proves its sender holds the matching secret, so the key
+    /// names an anonymous consumer no other caller can impersonate.
+    pub fn consumer_key(&self) -> &[u8; 32] {
+        &self.consumer_key
+    }
+
     /// Seals `response` (the whole plain response body) for `task_id`.
     pub fn seal(&self, response: &[u8], task_id: &str) -> Result<SealedResponse, ApiError> {
         let mut nonce = [0u8; NONCE_BYTES];

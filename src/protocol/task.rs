@@ -122,8 +122,6 @@ pub struct TaskRequest<'a> {
     /// The IICP-CX envelope carrying the payload, when the CALL is encrypted
     /// (`payload` absent or null, as the SDK decides).
     pub iicp_conf: Option<&'a RawValue>,
-    /// `cx_response_encryption: "required"`: the response must be sealed.
-    pub seal_response: bool,
     /// `constraints.timeout_ms`, if the consumer set it (already range-checked).
     pub timeout_ms: Option<u64>,
     /// `constraints.max_tokens`.
@@ -160,6 +158,9 @@ impl<'a> TaskRequest<'a> {
             check_id("source_node_id", source)?;
         }
         let iicp_conf = raw.iicp_conf.filter(|_| raw.payload.is_none());
+        // Only checked, never obeyed: an encrypted CALL is always answered
+        // sealed, so a hop that deletes the field changes nothing
+        // (`confidentiality` module docs).
         let seal_response = raw.cx_response_encryption.as_deref() == Some("required");
         if seal_response && iicp_conf.is_none() {
             return Err(ApiError::cx_response_without_request());
@@ -187,7 +188,6 @@ impl<'a> TaskRequest<'a> {
             intent: raw.intent,
             payload: Cow::Borrowed(raw.payload.map_or("null", RawValue::get)),
             iicp_conf,
-            seal_response,
             timeout_ms: constraints.timeout_ms,
             max_tokens: constraints.max_tokens,
             model: constraints.model,
@@ -327,7 +327,6 @@ mod tests {
             "cx_response_encryption":"required"}"#;
         let task = TaskRequest::parse(encrypted).unwrap();
         assert_eq!(task.iicp_conf.map(RawValue::get), Some(r#"{"v":1}"#));
-        assert!(task.seal_response);
         let clear = br#"{"task_id":"t","intent":"i","payload":{},"iicp_conf":{"v":1}}"#;
         assert!(TaskRequest::parse(clear).unwrap().iicp_conf.is_none());
         let error = TaskRequest::parse(

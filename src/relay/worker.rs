@@ -451,7 +451,7 @@ impl Worker {
             HeaderValue::from_static("application/json"),
         );
         let body = Body::from(call.task.get().to_owned());
-        let response = serve_task(&self.parts.state, &headers, body, received).await;
+        let response = serve_task(&self.parts.state, &headers, body, received, None).await;
         let status = response.status();
         let response_headers = pick_headers(response.headers(), FORWARDED_RESPONSE_HEADERS);
         let bytes = match response.into_body().collect().await {

@@ -153,6 +153,9 @@ pub struct TaskReport {
     pub memory_bytes: usize,
     /// Host bytes charged to the task's host budget.
     pub host_bytes: u64,
+    /// A reused instance was retired because it ended the task still
+    /// holding host resources.
+    pub retired_holding_resources: bool,
 }
 
 /// Runs `input` in a fresh instance of `plugin` (or, when the plugin opted
@@ -232,11 +235,12 @@ pub async fn run_task(
     // covers time spent waiting in host calls, where no guest code runs.
     let outcome = tokio::time::timeout_at(input.deadline.into(), call).await;
     let state = store.data();
-    let report = TaskReport {
+    let mut report = TaskReport {
         instantiate: instantiated.unwrap_or_default(),
         log_lines_dropped: state.task_log().finish(),
         memory_bytes: state.limiter().in_use_bytes(),
         host_bytes: state.host_budget().used(),
+        retired_holding_resources: false,
     };
     // The guest's answer is copied into host strings; an oversized one is
     // refused below but its pages stay in the host's heap once freed.
@@ -266,7 +270,15 @@ pub async fn run_task(
             .err()
             .and_then(TaskFailure::trap_kind)
             .is_some();
-    // Only an instance whose call returned normally may serve again.
+    // Only an instance whose call returned normally, and that let go of
+    // every host resource, may serve again.
+    let instance = match instance {
+        Some(_) if plugin.reuse.is_some() && store.data().holds_resources() => {
+            report.retired_holding_resources = true;
+            None
+        }
+        instance => instance,
+    };
     if let (Some(pool), Some(instance)) = (&plugin.reuse, instance) {
         pool.give_back(WarmInstance::new(store, instance, uses + 1));
         if reclaim {

@@ -53,6 +53,9 @@ pub struct RuntimeSettings {
     pub cache_dir: Option<PathBuf>,
     /// How plugins given by OCI reference are pulled.
     pub oci: OciSettings,
+    /// Plugins' name lookups in flight at once, node-wide
+    /// ([`host::dns`]).
+    pub max_dns_lookups: usize,
 }
 
 /// The engine, the linker with every host capability, and the artifact cache.
@@ -65,6 +68,7 @@ pub struct Runtime {
     teardown: Teardown,
     oci: Puller,
     warm: WarmRegistry,
+    dns: Arc<host::dns::DnsLookups>,
 }
 
 impl Runtime {
@@ -85,6 +89,7 @@ impl Runtime {
         });
         let oci = Puller::new(&settings.oci, metrics.oci_pulls.clone());
         let artifacts = ArtifactRegistry::new(engine.clone(), linker, cache.clone());
+        let dns = host::dns::DnsLookups::new(settings.max_dns_lookups, metrics.dns.clone());
         Ok(Self {
             oci,
             engine,
@@ -94,6 +99,7 @@ impl Runtime {
             allocator,
             teardown: Teardown::default(),
             warm: WarmRegistry::default(),
+            dns: Arc::new(dns),
         })
     }
 
@@ -106,7 +112,15 @@ impl Runtime {
     /// `oci://` reference).
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
         let file = self.local_file(&source.path).await?;
-        plugin::load(&self.artifacts, &self.metrics, &self.warm, source, &file).await
+        plugin::load(
+            &self.artifacts,
+            &self.metrics,
+            &self.warm,
+            &self.dns,
+            source,
+            &file,
+        )
+        .await
     }
 
     /// The file to load for `location`: itself, or the verified component an

@@ -18,6 +18,7 @@ use wasmtime::component::{Component, Linker};
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::CacheOutcome;
 use super::host::config::PluginConfig;
+use super::host::dns::{DnsLookups, DnsMetrics};
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
 use super::reuse::{InstancePool, WarmRegistry};
@@ -205,6 +206,7 @@ pub(super) async fn load(
     registry: &Arc<ArtifactRegistry>,
     metrics: &Metrics,
     warm: &WarmRegistry,
+    dns: &Arc<DnsLookups>,
     source: &PluginSource,
     file: &Path,
 ) -> Result<LoadedPlugin, LoadError> {
@@ -238,7 +240,7 @@ pub(super) async fn load(
     let info = validate_descriptor(descriptor)
         .map_err(|why| LoadError::BadDescriptor(path.clone(), why))?;
     let id: Arc<str> = Arc::from(source.id.clone().unwrap_or_else(|| info.name.clone()));
-    let http = HttpPolicy::new(&source.http, metrics.plugin_http(&id))
+    let http = HttpPolicy::new(&source.http, metrics.plugin_http(&id), dns.clone())
         .map_err(|why| LoadError::BadSettings(path.clone(), why))?;
     Ok(LoadedPlugin {
         id,
@@ -300,8 +302,13 @@ async fn describe(
     let reach = PluginReach {
         config,
         http: Arc::new(
-            HttpPolicy::new(&HttpSettings::default(), PluginHttpMetrics::detached())
-                .map_err(|why| LoadError::BadSettings(path.clone(), why))?,
+            HttpPolicy::new(
+                &HttpSettings::default(),
+                PluginHttpMetrics::detached(),
+                // Describing may send no request, so resolves no name.
+                Arc::new(DnsLookups::new(1, DnsMetrics::detached())),
+            )
+            .map_err(|why| LoadError::BadSettings(path.clone(), why))?,
         ),
     };
     let mut store = task_store(

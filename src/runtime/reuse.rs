@@ -5,7 +5,11 @@
 //! Between tasks the host-side state is reset — log budget and task id,
 //! memory-cap flag, deadline — but the guest's linear memory and globals are
 //! not: a task can observe what an earlier task of the *same plugin* left
-//! behind. An instance that trapped or timed out is never reused, and an
+//! behind. An instance that trapped or timed out is never reused, nor one
+//! that ended its task still holding host resources (resource-table
+//! entries: header maps, requests, streams): the host budget restarts with
+//! each task, so such an instance could pile up host memory across tasks
+//! past any one task's budget (`iicp_plugin_instances_retired_total`). An
 //! idle instance is dropped after its plugin's idle timeout (default
 //! [`DEFAULT_IDLE_TIMEOUT`]) so its memory goes back.
 //!

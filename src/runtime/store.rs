@@ -73,6 +73,14 @@ impl TaskState {
     pub fn host_budget(&self) -> &HostBudget {
         &self.host_budget
     }
+
+    /// Whether the guest still holds host resources (resource-table
+    /// entries: header maps, requests, streams, pollables). The host budget
+    /// starts again with each task, so a reused instance that kept them
+    /// could pile them up across tasks; it is retired instead.
+    pub fn holds_resources(&self) -> bool {
+        !self.table.is_empty()
+    }
 }
 
 impl WasiView for TaskState {

@@ -28,8 +28,16 @@
 //! `max_tokens` — what decides the result — hashed with SHA-256. It is taken
 //! after an encrypted CALL is opened, since a retry re-encrypts the same
 //! payload into different bytes; and a cached success is sealed again for
-//! the retry's own session. Ids are scoped by the authenticated caller, so
-//! one consumer cannot read another's answer by guessing its task id.
+//! the retry's own session. Ids are scoped by the caller, so one consumer
+//! can neither read another's answer by guessing its task id and payload
+//! nor probe it through `content_differs`. An authenticated caller is
+//! scoped by the identity it proved; an anonymous one (open auth) by what
+//! the node can vouch for (`task_route::id_scope`): an encrypted task by
+//! its envelope's ephemeral key (a retry that resends the same body is
+//! recognised; one that re-encrypts is a new caller and runs again), a
+//! clear one by the address it connected from (callers behind one NAT
+//! share it), and a clear one a relay brought is not cached at all, since
+//! every consumer of the relay shares the relay's address.
 //!
 //! Memory: at most `capacity` answered entries and `max_bytes` of keys and
 //! answers. The oldest answers are dropped first when the bytes run out

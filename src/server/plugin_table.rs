@@ -119,31 +119,46 @@ impl PluginTable {
     ) -> Result<Self, String> {
         let mut table = Self::default();
         for (plugin, spec) in plugins {
-            if table.by_id.contains_key(&plugin.id) {
-                return Err(format!(
-                    "two plugins are called {:?}; give them distinct ids",
-                    plugin.id
-                ));
-            }
-            let capacity = spec.max_concurrent.unwrap_or(node_capacity);
-            let before = previous.and_then(|p| p.entry(&plugin.id));
-            // A plugin kept as it was keeps its whole entry: a reload of one
-            // plugin among thousands rebuilds one entry, and freeing the
-            // replaced table frees only what changed.
-            let unchanged = before.filter(|e| {
-                Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
-            });
-            let entry = match unchanged {
-                Some(entry) => entry.clone(),
-                None => Arc::new(Self::new_entry(plugin, spec, capacity, before, metrics)?),
-            };
-            table.add_routes(&entry, previous, metrics)?;
-            table
-                .by_id
-                .insert(entry.plugin.id.clone(), table.entries.len());
-            table.entries.push(entry);
+            table.add(plugin, spec, metrics, node_capacity, previous)?;
         }
         Ok(table)
+    }
+
+    /// Adds one plugin, or nothing: an id taken, an intent served by a
+    /// plugin already added or an intent the plugin does not declare is an
+    /// error, and the table is then as it was (a reload leaves that plugin
+    /// out, or keeps its previous version, and applies the rest).
+    pub fn add(
+        &mut self,
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+        metrics: &Metrics,
+        node_capacity: u32,
+        previous: Option<&PluginTable>,
+    ) -> Result<(), String> {
+        if self.by_id.contains_key(&plugin.id) {
+            return Err(format!(
+                "two plugins are called {:?}; give them distinct ids",
+                plugin.id
+            ));
+        }
+        let capacity = spec.max_concurrent.unwrap_or(node_capacity);
+        let before = previous.and_then(|p| p.entry(&plugin.id));
+        // A plugin kept as it was keeps its whole entry: a reload of one
+        // plugin among thousands rebuilds one entry, and freeing the
+        // replaced table frees only what changed.
+        let unchanged = before.filter(|e| {
+            Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
+        });
+        let entry = match unchanged {
+            Some(entry) => entry.clone(),
+            None => Arc::new(Self::new_entry(plugin, spec, capacity, before, metrics)?),
+        };
+        self.add_routes(&entry, previous, metrics)?;
+        self.by_id
+            .insert(entry.plugin.id.clone(), self.entries.len());
+        self.entries.push(entry);
+        Ok(())
     }
 
     /// An entry for `plugin`, with the gate, counters, drain switch and
@@ -185,6 +200,18 @@ impl PluginTable {
         })
     }
 
+    /// Puts the entries in the order of `rank` (their configuration order,
+    /// when a reload added them in another).
+    pub fn order_by(&mut self, rank: impl Fn(&str) -> usize) {
+        self.entries.sort_by_key(|e| rank(&e.plugin.id));
+        self.by_id = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(index, e)| (e.plugin.id.clone(), index))
+            .collect();
+    }
+
     /// Routes `entry`'s intents to it, keeping each intent's metric series
     /// when the same plugin served it before.
     fn add_routes(
@@ -193,6 +220,8 @@ impl PluginTable {
         previous: Option<&PluginTable>,
         metrics: &Metrics,
     ) -> Result<(), String> {
+        // Every intent is checked before any is routed, so a refused plugin
+        // leaves no route behind.
         for capability in &entry.capabilities {
             let intent = capability.intent.as_str();
             if let Some(other) = self.routes.get(intent) {
@@ -201,6 +230,9 @@ impl PluginTable {
                     other.entry.plugin.id, entry.plugin.id
                 ));
             }
+        }
+        for capability in &entry.capabilities {
+            let intent = capability.intent.as_str();
             let kept_metrics = previous
                 .and_then(|p| p.route(intent))
                 .filter(|r| r.entry.plugin.id == entry.plugin.id)

@@ -74,13 +74,14 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// A name that scopes the caller's task ids (empty for anyone).
-    pub fn scope(&self) -> String {
+    /// A name that scopes the caller's task ids; `None` for anyone, who
+    /// proved nothing (the task route scopes those by what it can vouch for).
+    pub fn scope(&self) -> Option<String> {
         match self {
-            Caller::Anyone => String::new(),
-            Caller::Operator(name) => format!("operator:{name}"),
-            Caller::DirectoryToken => "node".to_string(),
-            Caller::Consumer(sub) => format!("consumer:{sub}"),
+            Caller::Anyone => None,
+            Caller::Operator(name) => Some(format!("operator:{name}")),
+            Caller::DirectoryToken => Some("node".to_string()),
+            Caller::Consumer(sub) => Some(format!("consumer:{sub}")),
         }
     }
 }

@@ -24,23 +24,26 @@
 //! 9. [`open_encrypted`] — IICP-CX, after both, so a flood at capacity costs
 //!    no key agreement (400);
 //! 10. [`claim_task_id`] — when idempotency is on, a task id seen inside the
-//!     window gets its first answer instead of a second run, or 409
-//!     `IICP-E010`. The reference node checks it before decrypting; we check
+//!     window (in the caller's own scope, [`id_scope`]) gets its first
+//!     answer instead of a second run, or 409 `IICP-E010`. The reference node checks it before decrypting; we check
 //!     after, because "same content" means the same plaintext (a retry
 //!     re-encrypts it) and a replayed answer is sealed for the retry's own
 //!     session (see [`super::idempotency`]);
 //! 11. [`execute`] — a fresh instance, bounded by the task's deadline;
-//! 12. [`respond`] — the answer, sealed when the consumer asked.
+//! 12. [`respond`] — the answer, sealed whenever the CALL was encrypted.
 //!
 //! The `timeout_ms` budget runs from receipt of the request: time spent
 //! waiting for a slot is part of it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -73,22 +76,26 @@ pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-iicp-trace-i
 /// The `POST /v1/task` handler.
 pub async fn submit_task(
     State(state): State<Arc<AppState>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve_task(&state, &headers, body, Instant::now()).await
+    let peer = peer.map(|Extension(ConnectInfo(address))| address.ip());
+    serve_task(&state, &headers, body, Instant::now(), peer).await
 }
 
 /// Serves one CALL, from whichever entry received it: the `POST /v1/task`
 /// route, or a task the relay worker pulled (`crate::relay::worker`), so
 /// both take exactly the same steps. `received` is when the consumer's
 /// request reached the mesh: the `timeout_ms` budget and the latency run
-/// from it.
+/// from it. `peer` is the consumer's address when it connected here
+/// directly (`None` for a relayed task: its peer is the relay).
 pub async fn serve_task(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     received: Instant,
+    peer: Option<IpAddr>,
 ) -> Response {
     // Until a task is parsed, the trace comes from the headers only.
     let mut trace = TraceContext::from_request(
@@ -96,7 +103,7 @@ pub async fn serve_task(
         header_str(headers, "tracestate"),
         None,
     );
-    let result = steps(state, headers, body, received, &mut trace).await;
+    let result = steps(state, headers, body, received, peer, &mut trace).await;
     answer(result, &trace)
 }
 
@@ -106,6 +113,7 @@ async fn steps(
     headers: &HeaderMap,
     body: Body,
     received: Instant,
+    peer: Option<IpAddr>,
     trace: &mut TraceContext,
 ) -> Result<Response, ApiError> {
     check_origin(state, headers, received)?;
@@ -126,7 +134,7 @@ async fn steps(
         iicp.intent = Empty
     );
     otlp::join(&validate_span, trace, None);
-    let admitted = validate(state, headers, parsed?, received)
+    let admitted = validate(state, headers, parsed?, received, peer)
         .instrument(validate_span.clone())
         .await?;
     let Admitted {
@@ -135,8 +143,9 @@ async fn steps(
         slots,
         session,
         caller,
+        id_scope,
     } = admitted;
-    let running = match claim_task_id(state, &caller, &task, &route, received)
+    let running = match claim_task_id(state, id_scope.as_deref(), &task, &route, received)
         .instrument(validate_span.clone())
         .await?
     {
@@ -145,7 +154,17 @@ async fn steps(
         }
         Claimed::Run(running) => running,
     };
-    let outcome = execute(state, &task, &route, trace, &validate_span, received).await;
+    let querying_node = querying_node(&caller, &task);
+    let outcome = execute(
+        state,
+        &task,
+        &route,
+        querying_node,
+        trace,
+        &validate_span,
+        received,
+    )
+    .await;
     drop(slots);
     if let Some(running) = running {
         running.finish(cacheable(&outcome));
@@ -180,8 +199,11 @@ struct Admitted<'b> {
     route: Route,
     slots: Slots,
     session: Option<CxSession>,
-    /// Who the caller proved to be, scoping its task ids.
-    caller: String,
+    /// Who the caller proved to be.
+    caller: Caller,
+    /// The scope of its task ids; `None` when nothing can tell this
+    /// anonymous caller from another ([`id_scope`]).
+    id_scope: Option<String>,
 }
 
 /// Steps 3–9: everything between parsing the body and claiming the id.
@@ -190,24 +212,27 @@ async fn validate<'b>(
     headers: &HeaderMap,
     mut task: TaskRequest<'b>,
     received: Instant,
+    peer: Option<IpAddr>,
 ) -> Result<Admitted<'b>, ApiError> {
     let span = tracing::Span::current();
     span.record("iicp.task_id", &*task.task_id);
     span.record("iicp.intent", &*task.intent);
     check_tool_gate(state, &task)?;
     let route = route(state, &task)?;
-    let caller = authenticate(state, &route, &task, headers)?;
+    let (caller, tenant) = authenticate(state, &route, &task, headers)?;
     check_drain(state, &route)?;
     let slots = take_slots(state, &route, &task, received).await?;
     tracing::debug!(plugin = &*route.entry.plugin.id, "task admitted");
     check_nonce(state, &task)?;
     let session = open_encrypted(state, &mut task)?;
+    let id_scope = id_scope(&caller, tenant.as_deref(), session.as_ref(), peer);
     Ok(Admitted {
         task,
         route,
         slots,
         session,
         caller,
+        id_scope,
     })
 }
 
@@ -254,13 +279,13 @@ fn route(state: &AppState, task: &TaskRequest<'_>) -> Result<Route, ApiError> {
 }
 
 /// Step 5: the node's auth mode (TASK-1), then the plugin's tenants.
-/// Returns the scope of the caller's task ids.
+/// Returns who the caller proved to be, and its tenant's name.
 fn authenticate(
     state: &AppState,
     route: &Route,
     task: &TaskRequest<'_>,
     headers: &HeaderMap,
-) -> Result<String, ApiError> {
+) -> Result<(Caller, Option<String>), ApiError> {
     let token = task
         .auth_token
         .as_deref()
@@ -292,8 +317,44 @@ fn authenticate(
             .inc(),
         Caller::Consumer(_) => outcomes.with_label_values(&["accepted_consumer"]).inc(),
     }
-    let tenant = check_tenant(route, token)?;
-    Ok(tenant.map_or_else(|| caller.scope(), |name| format!("tenant:{name}")))
+    let tenant = check_tenant(route, token)?.map(str::to_string);
+    Ok((caller, tenant))
+}
+
+/// The scope of a caller's task ids, so that no caller can read or probe
+/// another's: its tenant, or the identity it proved; an anonymous caller
+/// (open auth) by its envelope's ephemeral key when the task is encrypted
+/// (only its sender can make an envelope under that key that opens, and a
+/// retry resending the same body keeps it), else by the address it
+/// connected from. A relayed anonymous clear task has neither (the peer is
+/// the relay, shared by all its consumers): `None`, and its id is not
+/// claimed.
+fn id_scope(
+    caller: &Caller,
+    tenant: Option<&str>,
+    session: Option<&CxSession>,
+    peer: Option<IpAddr>,
+) -> Option<String> {
+    if let Some(tenant) = tenant {
+        return Some(format!("tenant:{tenant}"));
+    }
+    caller.scope().or_else(|| match (session, peer) {
+        (Some(session), _) => Some(format!("cx:{}", hex::encode(session.consumer_key()))),
+        (None, Some(address)) => Some(format!("peer:{address}")),
+        (None, None) => None,
+    })
+}
+
+/// The `source_node_id` a credit receipt may name: only the node the caller
+/// proved to be with a consumer token. Anyone else's claim is unchecked and
+/// would let a consumer attribute its tasks to another node (`protocol.md`
+/// §5.5, the directory's self-query check), so it is left out.
+fn querying_node<'t>(caller: &Caller, task: &'t TaskRequest<'_>) -> Option<&'t str> {
+    let claimed = task.source_node_id.as_deref()?;
+    match caller {
+        Caller::Consumer(sub) if sub == claimed => Some(claimed),
+        _ => None,
+    }
 }
 
 /// A plugin with tenants serves only callers holding a tenant token.
@@ -400,7 +461,9 @@ fn check_nonce(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError>
 }
 
 /// Step 9: replaces an encrypted CALL's payload with its plaintext; the
-/// session seals the response.
+/// session seals the response. Whether or not the CALL still carries
+/// `cx_response_encryption`: that field is outside the envelope's AAD, so a
+/// hop could delete it to read the answer.
 fn open_encrypted(
     state: &AppState,
     task: &mut TaskRequest<'_>,
@@ -413,7 +476,7 @@ fn open_encrypted(
     })?;
     let (payload, session) = key.open(envelope, &task.task_id, &task.intent)?;
     task.payload = payload.into();
-    Ok(task.seal_response.then_some(session))
+    Ok(Some(session))
 }
 
 /// What [`claim_task_id`] decided.
@@ -429,12 +492,16 @@ enum Claimed<'c> {
 /// own deadline.
 async fn claim_task_id<'s>(
     state: &'s AppState,
-    caller: &str,
+    id_scope: Option<&str>,
     task: &TaskRequest<'_>,
     route: &Route,
     received: Instant,
 ) -> Result<Claimed<'s>, ApiError> {
     let Some(cache) = &state.idempotency else {
+        return Ok(Claimed::Run(None));
+    };
+    let Some(id_scope) = id_scope else {
+        state.metrics.idempotency.unscoped.inc();
         return Ok(Claimed::Run(None));
     };
     let content = fingerprint(
@@ -446,7 +513,7 @@ async fn claim_task_id<'s>(
     let metrics = &state.metrics.idempotency;
     let deadline = tokio::time::Instant::from(received + budget(task, route));
     loop {
-        let key = IdempotencyCache::key(caller, &task.task_id);
+        let key = IdempotencyCache::key(id_scope, &task.task_id);
         match cache.claim(key, content) {
             Claim::Run(running) => return Ok(Claimed::Run(Some(running))),
             Claim::Replay(answer) => {
@@ -485,6 +552,7 @@ async fn execute(
     state: &AppState,
     task: &TaskRequest<'_>,
     route: &Route,
+    querying_node: Option<&str>,
     trace: &mut TraceContext,
     validate_span: &tracing::Span,
     received: Instant,
@@ -523,14 +591,28 @@ async fn execute(
                     task_id: task.task_id.to_string(),
                     tokens_used: success.usage.map_or(0, |u| u64::from(u.total_tokens)),
                     result: success.result.clone(),
-                    querying_node_id: task.source_node_id.as_deref().map(str::to_string),
+                    querying_node_id: querying_node.map(str::to_string),
                 });
             }
             success_body(&task.task_id, &success, latency)
         }
-        Err(failure) => Err(failure_error(failure, timeout, task).for_task(&task.task_id)),
+        Err(mut failure) => {
+            if task.iicp_conf.is_some()
+                && let TaskFailure::Plugin { message, .. } = &mut failure
+            {
+                *message = WITHHELD_FROM_CLEAR.to_string();
+            }
+            Err(failure_error(failure, timeout, task).for_task(&task.task_id))
+        }
     }
 }
+
+/// What an encrypted task's failure says instead of its plugin's own
+/// message:
+/// error envelopes travel in clear (the reference consumers read them
+/// unsealed), and a plugin's message may quote the payload.
+const WITHHELD_FROM_CLEAR: &str =
+    "the task failed; its message is withheld because the task was encrypted (IICP-CX)";
 
 fn record(
     route: &Route,
@@ -552,6 +634,9 @@ fn record(
     plugin_metrics
         .host_memory_bytes
         .observe(report.host_bytes as f64);
+    if report.retired_holding_resources {
+        plugin_metrics.retired_holding_resources.inc();
+    }
     if report.log_lines_dropped > 0 {
         plugin_metrics
             .log_lines_dropped
@@ -620,7 +705,7 @@ fn encode_answer(body: &impl serde::Serialize) -> Result<Bytes, ApiError> {
 }
 
 /// Step 12: the answer; a 200 is sealed under `iicp_conf_resp` when the
-/// session asks for it (`protocol.md` §1.4: `status:"encrypted"`, no
+/// CALL was encrypted (`protocol.md` §1.4: `status:"encrypted"`, no
 /// `result`). It is charged to the unsent-answer budget until its client
 /// has taken it.
 fn respond(

@@ -28,6 +28,7 @@ pub fn runtime() -> Result<Runtime, String> {
             store_dir: default_cache_dir().map(|dir| dir.join("oci")),
             ..OciSettings::default()
         },
+        max_dns_lookups: crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
     };
     Runtime::new(&settings, Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))

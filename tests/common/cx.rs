@@ -26,6 +26,29 @@ fn aead(shared: &[u8], salt: &[u8], info: &str) -> Aes256Gcm {
 /// What a default consumer sends for `payload` to a node advertising
 /// `cx_public_key`; returns the body and the session secret.
 pub fn encrypted_task(cx_public_key: &Value, task_id: &str, payload: &Value) -> (Value, Vec<u8>) {
+    encrypted_task_for(cx_public_key, task_id, CHAT, payload)
+}
+
+/// Gives the node started with `state_dir` a fresh key (before it starts)
+/// and returns the `cx_public_key` it will advertise.
+pub fn node_key_in(state_dir: &std::path::Path) -> Value {
+    use sha2::Digest;
+    let secret = StaticSecret::random_from_rng(OsRng);
+    std::fs::create_dir_all(state_dir).unwrap();
+    let file = json!({"algorithm": "X25519", "private_key": B64.encode(secret.to_bytes())});
+    std::fs::write(state_dir.join("cx_key.json"), file.to_string()).unwrap();
+    let public = PublicKey::from(&secret);
+    let digest = hex::encode(sha2::Sha256::digest(public.as_bytes()));
+    json!({"key": B64.encode(public.as_bytes()), "key_id": format!("cx-{}", &digest[..16])})
+}
+
+/// Like [`encrypted_task`], for `intent`.
+pub fn encrypted_task_for(
+    cx_public_key: &Value,
+    task_id: &str,
+    intent: &str,
+    payload: &Value,
+) -> (Value, Vec<u8>) {
     let node_key: [u8; 32] = B64
         .decode(cx_public_key["key"].as_str().unwrap())
         .unwrap()
@@ -35,12 +58,12 @@ pub fn encrypted_task(cx_public_key: &Value, task_id: &str, payload: &Value) -> 
     let shared = ephemeral.diffie_hellman(&PublicKey::from(node_key));
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
-    let aad = format!("{task_id}|{CHAT}");
+    let aad = format!("{task_id}|{intent}");
     let plaintext = payload.to_string();
     let ciphertext = aead(
         shared.as_bytes(),
         &nonce,
-        &format!("IICP-CX-v1{task_id}{CHAT}"),
+        &format!("IICP-CX-v1{task_id}{intent}"),
     )
     .encrypt(
         Nonce::from_slice(&nonce),
@@ -52,7 +75,7 @@ pub fn encrypted_task(cx_public_key: &Value, task_id: &str, payload: &Value) -> 
     .unwrap();
     let body = json!({
         "task_id": task_id,
-        "intent": CHAT,
+        "intent": intent,
         "iicp_conf": {
             "version": 1,
             "recipient_key_id": cx_public_key["key_id"],

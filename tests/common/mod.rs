@@ -106,6 +106,17 @@ impl Node {
         Self::start_config_env(config, extra, &[])
     }
 
+    /// Like [`Node::start_config`], run through `wrapper`: an executable
+    /// that gets the node's arguments and runs the node binary with them in
+    /// a set-up of its own (e.g. another mount namespace).
+    pub fn start_config_wrapped(wrapper: &Path, config: &Path) -> Node {
+        let launcher = iicp_reliability::node::Launcher {
+            binary: wrapper.to_path_buf(),
+            ..launcher()
+        };
+        Node(launcher.start_config(config, &[], &[]))
+    }
+
     /// Like [`Node::start_config`] with extra environment variables.
     pub fn start_config_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
         Node(launcher().start_config(config, extra, env))

@@ -19,6 +19,8 @@
 //! | big-log          | 1 MiB log lines (must not accumulate)                       |
 //! | huge-call        | one 8 MiB log line: more than one host call may carry       |
 //! | model-used       | a result whose `model_used` is 4 MiB                        |
+//! | keep-fields      | one 120 KiB `fields` map per task, kept across tasks of a   |
+//! |                  | reused instance; answers how many it holds (`{"kept":n}`)   |
 //! | ok               | nothing: returns `{"ok":true}`                              |
 
 use serde::Deserialize;
@@ -44,6 +46,7 @@ const CLASSES: &[&str] = &[
     "big-log",
     "huge-call",
     "model-used",
+    "keep-fields",
     "ok",
 ];
 
@@ -162,6 +165,19 @@ fn hoard(class: &str, params: &Params) -> ! {
     }
 }
 
+/// Adds a filled `fields` map to those kept from earlier tasks of this
+/// instance; returns how many are kept now.
+fn keep_fields() -> usize {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Vec<Fields>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        kept.push(filled_fields(60 << 10, 2));
+        kept.len()
+    })
+}
+
 impl Guest for Hoarder {
     fn describe() -> Descriptor {
         Descriptor {
@@ -189,6 +205,11 @@ impl Guest for Hoarder {
         match class {
             "ok" => Ok(TaskOutput {
                 result_json: "{\"ok\":true}".to_string(),
+                usage: None,
+                model_used: None,
+            }),
+            "keep-fields" => Ok(TaskOutput {
+                result_json: format!("{{\"kept\":{}}}", keep_fields()),
                 usage: None,
                 model_used: None,
             }),

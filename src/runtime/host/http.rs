@@ -16,7 +16,8 @@
 //! collected only up to what is left of the budget, at most `max_in_flight`
 //! requests of a task are on the wire at once, and a plugin keeps at most
 //! [`IDLE_CONNECTIONS_PER_HOST`] idle connections per destination, for
-//! [`IDLE_CONNECTION_TIMEOUT`].
+//! [`IDLE_CONNECTION_TIMEOUT`]. Name lookups take a node-wide permit
+//! ([`super::dns`]), so slow names cannot tie up the blocking pool.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +31,7 @@ use prometheus::IntCounter;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::budget::HostBudget;
+use super::dns::{DEFAULT_MAX_DNS_LOOKUPS, DnsLookups, DnsMetrics};
 use crate::metrics::PluginHttpMetrics;
 
 /// Bytes per chunk a guest may write into an outgoing body at once.
@@ -317,12 +319,23 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
 /// a private one when connected.
 pub(crate) struct PolicyResolver {
     allow_private: bool,
+    lookups: Arc<DnsLookups>,
 }
 
 impl PolicyResolver {
-    /// A resolver that keeps only public addresses unless `allow_private`.
+    /// A resolver that keeps only public addresses unless `allow_private`,
+    /// with lookup permits of its own.
     pub(crate) fn new(allow_private: bool) -> Self {
-        Self { allow_private }
+        let lookups = DnsLookups::new(DEFAULT_MAX_DNS_LOOKUPS, DnsMetrics::detached());
+        Self::with_lookups(allow_private, Arc::new(lookups))
+    }
+
+    /// Like [`PolicyResolver::new`], taking permits from `lookups`.
+    pub(crate) fn with_lookups(allow_private: bool, lookups: Arc<DnsLookups>) -> Self {
+        Self {
+            allow_private,
+            lookups,
+        }
     }
 }
 
@@ -341,10 +354,10 @@ impl std::error::Error for ProhibitedAddress {}
 impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
+        let lookups = self.lookups.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved = lookups.lookup(host.clone()).await?;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| allow_private || is_public(addr.ip()))
@@ -386,8 +399,13 @@ enum Refusal {
 }
 
 impl HttpPolicy {
-    /// Builds the policy; a malformed pattern is an error naming it.
-    pub fn new(settings: &HttpSettings, metrics: PluginHttpMetrics) -> Result<Self, String> {
+    /// Builds the policy, resolving names with permits from `lookups`; a
+    /// malformed pattern is an error naming it.
+    pub fn new(
+        settings: &HttpSettings,
+        metrics: PluginHttpMetrics,
+        lookups: Arc<DnsLookups>,
+    ) -> Result<Self, String> {
         let rules = settings
             .allow
             .iter()
@@ -401,7 +419,10 @@ impl HttpPolicy {
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
             .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver::new(settings.allow_private)))
+            .dns_resolver(Arc::new(PolicyResolver::with_lookups(
+                settings.allow_private,
+                lookups,
+            )))
             .user_agent(concat!("iicp-host-plugin/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;

@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod dns;
 pub mod http;
 pub mod http_accounting;
 pub mod log;
