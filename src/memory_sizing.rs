@@ -24,7 +24,8 @@
 //! machine keeps every default; a small one gets smaller ones. Settings
 //! the operator gave are never changed: a configuration whose worst case
 //! exceeds the memory itself is refused with the formula, unless
-//! `memory_overcommit` is set. The relay's and the OTLP export's byte
+//! `memory_overcommit` is set (then nothing is sized either: the operator
+//! takes the worst case on, and the defaults stay as documented). The relay's and the OTLP export's byte
 //! budgets are not sized: both are off unless configured, and when on they
 //! count in the worst case and the sized settings make room for them.
 
@@ -362,6 +363,11 @@ impl fmt::Display for Sizing {
 /// A pure function of its arguments: the start-up ([`size`]) and the unit
 /// tests use it alike.
 pub fn fit(config: &mut NodeConfig, memory: &Memory) -> Vec<Lowered> {
+    // An operator who allows overcommit takes the worst case on: the
+    // defaults stay as documented rather than shrink around what was given.
+    if config.memory_overcommit {
+        return Vec::new();
+    }
     let budget = memory.budget();
     // The worst case's per-task term is the largest of any plugin's: two
     // stand-ins (the largest plugin with its memory given, the largest
@@ -605,6 +611,11 @@ mod tests {
         assert!(error.contains("256 MiB of memory"), "{error}");
         config.memory_overcommit = true;
         assert!(check(&config, &memory(256)).is_ok());
+        // Overcommit sizes nothing: the defaults stay around what was given.
+        let mut overcommitted = NodeConfig::with_plugin("x.wasm".into());
+        overcommitted.memory_overcommit = true;
+        assert!(fit(&mut overcommitted, &memory(256)).is_empty());
+        assert_eq!(overcommitted.edge.max_connections, 4096);
     }
 
     #[test]
