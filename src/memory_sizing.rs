@@ -19,15 +19,22 @@
 //! fragmentation.
 //!
 //! **Sizing**: start from the defaults; while the worst case exceeds the
-//! budget, halve the setting the operator did not give whose halving frees
-//! the most, down to a floor that still serves (see [`Setting`]). A large
-//! machine keeps every default; a small one gets smaller ones. Settings
+//! budget, scale every memory-driven setting the operator did not give down
+//! one step together (÷√2; connections and unsent answers ÷2, their
+//! defaults serving many slots and slow clients), each stopping at a floor
+//! that still serves (see [`Setting`]); only when all are at their floors
+//! halve the task memory of plugins that set none, whose need the node
+//! cannot know. Scaling together keeps the defaults' proportions, so a
+//! smaller machine gets a smaller copy of the node rather than one setting
+//! cut to nothing. A large machine keeps every default; settings
 //! the operator gave are never changed: a configuration whose worst case
 //! exceeds the memory itself is refused with the formula, unless
 //! `memory_overcommit` is set (then nothing is sized either: the operator
-//! takes the worst case on, and the defaults stay as documented). The relay's and the OTLP export's byte
-//! budgets are not sized: both are off unless configured, and when on they
-//! count in the worst case and the sized settings make room for them.
+//! takes the worst case on, and the defaults stay as documented). The
+//! relay's and the OTLP export's byte budgets are not sized: both are off
+//! unless configured, and when on they count in the worst case and the
+//! sized settings make room for them (OTLP's exporter starts before the
+//! node sizes anything).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -316,7 +323,7 @@ pub struct Lowered {
 pub struct Sizing {
     /// The memory assumed.
     pub memory: Memory,
-    /// The settings lowered to fit, in the order first lowered.
+    /// The settings lowered to fit.
     pub lowered: Vec<Lowered>,
     /// The worst case of the configuration as sized.
     pub worst: WorstCase,
