@@ -581,6 +581,35 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_of_sized_defaults_holds() {
+        // README, "What machine it needs": memory → slots, task memory in
+        // MiB, connections, unsent answers in MiB, keep-resident in KiB,
+        // nonces, worst case in MiB.
+        let table = [
+            (256, [1, 64, 32, 10, 64, 65_536, 220]),
+            (512, [2, 128, 32, 10, 64, 88_064, 443]),
+            (2048, [8, 128, 256, 16, 256, 249_856, 1_692]),
+            (8192, [22, 128, 2048, 128, 704, 706_560, 6_164]),
+            (24 << 10, [32, 128, 4096, 256, 1024, 1_000_000, 10_310]),
+        ];
+        for (mib, row) in table {
+            let mut config = NodeConfig::with_plugin("x.wasm".into());
+            fit(&mut config, &memory(mib));
+            let value = |s: Setting| s.value(&config).unwrap();
+            let got = [
+                value(Setting::MaxConcurrent),
+                value(Setting::PluginMemory) >> 20,
+                value(Setting::MaxConnections),
+                value(Setting::UnsentAnswers) >> 20,
+                value(Setting::KeepResident) >> 10,
+                value(Setting::NonceCache),
+                WorstCase::of(&config).total().div_ceil(1 << 20),
+            ];
+            assert_eq!(got, row, "{mib} MiB");
+        }
+    }
+
+    #[test]
     fn given_settings_are_never_changed() {
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         config.max_concurrent = 3;
