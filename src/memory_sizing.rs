@@ -71,6 +71,16 @@ impl Memory {
             .ok()
             .and_then(|membership| cgroup_limit(&membership, Path::new("/sys/fs/cgroup")))
             .map(|(bytes, file)| (bytes, format!("cgroup limit {}", file.display())));
+        Self::of_readings(setting, cgroup, total)
+    }
+
+    /// The smallest of what was set and read, each with where it came
+    /// from; [`UNSEEN_MEMORY`] when there is none.
+    fn of_readings(
+        setting: Option<u64>,
+        cgroup: Option<(u64, String)>,
+        total: Option<(u64, String)>,
+    ) -> Self {
         let set = setting.map(|bytes| (bytes, "memory_limit_mib".to_string()));
         match [set, cgroup, total].into_iter().flatten().min() {
             Some((bytes, source)) => Self {
@@ -667,6 +677,23 @@ mod tests {
             config.runtime.engine.keep_resident_bytes = Some(keep_resident_for(scan));
             assert!(WorstCase::of(&config).total() <= unset, "scan {scan}");
         }
+    }
+
+    #[test]
+    fn the_memory_is_the_smallest_seen_or_set_else_an_assumed_gib() {
+        let seen = |bytes: u64, what: &str| Some((bytes, what.to_string()));
+        let memory = Memory::of_readings(
+            Some(256 << 20),
+            seen(1 << 30, "cgroup"),
+            seen(8 << 30, "MemTotal"),
+        );
+        assert_eq!((memory.bytes, memory.known), (256 << 20, true));
+        assert_eq!(memory.source, "memory_limit_mib");
+        // A setting above what the kernel enforces does not count.
+        let memory = Memory::of_readings(Some(4 << 30), seen(1 << 30, "cgroup"), None);
+        assert_eq!((memory.bytes, memory.source.as_str()), (1 << 30, "cgroup"));
+        let unseen = Memory::of_readings(None, None, None);
+        assert_eq!((unseen.bytes, unseen.known), (UNSEEN_MEMORY, false));
     }
 
     #[test]
