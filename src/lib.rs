@@ -18,6 +18,7 @@ pub mod config;
 pub mod directory;
 pub mod heap;
 pub mod memory_bound;
+pub mod memory_sizing;
 pub mod metrics;
 pub mod node;
 pub mod oci;

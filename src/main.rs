@@ -361,6 +361,12 @@ struct RunArgs {
     /// "Memory bounds") exceeds this machine's memory.
     #[arg(long, env = "IICP_HOST_MEMORY_OVERCOMMIT")]
     memory_overcommit: bool,
+    /// The memory the node may assume, in MiB, where its limit is not
+    /// visible (a container or sandbox); the smaller of this and its
+    /// cgroup limit or the machine's memory counts. Settings not given are
+    /// sized to fit it [default: what the node sees].
+    #[arg(long, env = "IICP_HOST_MEMORY_LIMIT_MIB")]
+    memory_limit_mib: Option<u64>,
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
@@ -427,6 +433,7 @@ impl RunArgs {
             config.max_concurrent =
                 check_range("--max-concurrent", max, &config::MAX_CONCURRENT_RANGE)?;
             config.runtime.engine.max_instances = config.max_concurrent;
+            config.memory.given.max_concurrent = true;
         }
         if let Some(ms) = self.qos_wait_ms {
             config.qos_wait = Duration::from_millis(check_range(
@@ -444,6 +451,7 @@ impl RunArgs {
                 plugin.source.limits.memory_bytes =
                     (check_range("--memory-mb", memory_mb, &config::MEMORY_MB_RANGE)? as usize)
                         << 20;
+                plugin.memory_given = true;
             }
             if let Some(timeout_ms) = self.timeout_ms {
                 plugin.source.limits.default_timeout = Duration::from_millis(check_range(
@@ -496,6 +504,7 @@ impl RunArgs {
         }
         if let Some(capacity) = self.nonce_cache_capacity {
             config.nonce_capacity = capacity;
+            config.memory.given.nonce_cache_capacity = true;
         }
         if self.idempotency && config.idempotency.is_none() {
             config.idempotency = Some(config::IdempotencyBounds::default());
@@ -506,6 +515,7 @@ impl RunArgs {
             }
             if let Some(max_bytes) = self.idempotency_max_bytes {
                 bounds.max_bytes = max_bytes;
+                config.memory.given.idempotency_max_bytes = true;
             }
         } else if self.idempotency_capacity.is_some() || self.idempotency_max_bytes.is_some() {
             return Err(
@@ -528,6 +538,9 @@ impl RunArgs {
         self.edge.apply(&mut config.edge, |field| {
             format!("--{}", field.replace('_', "-"))
         })?;
+        let given = &mut config.memory.given;
+        given.max_connections |= self.edge.max_connections.is_some();
+        given.max_unsent_answers |= self.edge.max_unsent_answers_mib.is_some();
         if let Some(ms) = self.drain_retry_after_ms {
             config.drain_retry_after = Duration::from_millis(check_range(
                 "--drain-retry-after-ms",
@@ -568,6 +581,9 @@ impl RunArgs {
         }
         if self.memory_overcommit {
             config.memory_overcommit = true;
+        }
+        if let Some(mib) = self.memory_limit_mib {
+            config.memory.set_limit_mib("--memory-limit-mib", mib)?;
         }
         if let Some(endpoint) = &self.endpoint {
             validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;

@@ -1,5 +1,5 @@
 //! The most memory a configuration lets the node hold, as a sum of named
-//! terms, and the start-up check against the machine's memory.
+//! terms.
 //!
 //! Every task is bounded on its own (see `runtime::limits`, `runtime::host`):
 //!
@@ -40,22 +40,20 @@
 //! the peer, replay and merge-sender tables, one outgoing exchange as read
 //! and parsed, and incoming exchange bodies beyond `max_body_bytes`.
 //!
-//! At start the total is compared with the machine's memory (the smaller
-//! of `MemTotal` and the cgroup limit): a configuration that could exceed
-//! it is refused, naming the terms, unless the operator accepts the risk
-//! with `memory_overcommit`; then the node starts and, under attack at
-//! full concurrency, the kernel's OOM killer is what ends it.
+//! The instance pool is counted at the larger of the kernels'
+//! keep-resident defaults (1 MiB with PAGEMAP_SCAN, 64 KiB without) unless
+//! `keep_resident_kib` is set, so the figure is the same on every kernel.
+//! `crate::memory_sizing` sizes the settings the operator did not give so
+//! that this total fits the machine, and refuses one that cannot fit.
 
-use std::fmt;
-use std::path::Path;
-
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, PluginSpec};
 use crate::relay::worker::PULL_ENVELOPE_BYTES;
-use crate::runtime::engine::PoolShape;
+use crate::runtime::engine::{KEEP_RESIDENT_WITH_SCAN, PoolShape};
 use crate::runtime::host::dns::LOOKUP_THREAD_BYTES;
 use crate::runtime::host::http::DEFAULT_MAX_IN_FLIGHT;
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::store::{HOST_CALL_MARGIN_BYTES, MAX_COMPONENT_HANDLES};
+use std::fmt;
 
 /// Host bytes per resource-table entry, counted generously (entry, boxed
 /// value, bookkeeping).
@@ -130,22 +128,25 @@ pub fn per_task(limits: &PluginLimits, in_flight: u32) -> u64 {
     .sum()
 }
 
+/// The worst case of one task of the plugin `spec` configures.
+pub fn spec_per_task(spec: &PluginSpec) -> u64 {
+    let in_flight = match spec.source.http.max_in_flight {
+        0 => DEFAULT_MAX_IN_FLIGHT,
+        n => n,
+    };
+    per_task(&spec.source.limits, in_flight)
+}
+
 impl WorstCase {
     /// The worst case of `config`.
     pub fn of(config: &NodeConfig) -> Self {
-        let per_task = config
-            .plugins
-            .iter()
-            .map(|spec| {
-                let in_flight = match spec.source.http.max_in_flight {
-                    0 => DEFAULT_MAX_IN_FLIGHT,
-                    n => n,
-                };
-                per_task(&spec.source.limits, in_flight)
-            })
-            .max()
-            .unwrap_or(0);
-        let pool = PoolShape::of(&config.runtime.engine);
+        let per_task = config.plugins.iter().map(spec_per_task).max().unwrap_or(0);
+        let mut pool = PoolShape::of(&config.runtime.engine);
+        pool.keep_resident = config
+            .runtime
+            .engine
+            .keep_resident_bytes
+            .unwrap_or(KEEP_RESIDENT_WITH_SCAN);
         let slots = u64::from(config.max_concurrent);
         let terms = vec![
             Term {
@@ -154,10 +155,10 @@ impl WorstCase {
             },
             Term {
                 name: format!(
-                    "instance pool kept resident ({} memories + {} tables × {})",
+                    "instance pool kept resident ({} memories + {} tables × {} KiB)",
                     pool.memories,
                     pool.tables,
-                    mib(pool.keep_resident as u64)
+                    pool.keep_resident >> 10
                 ),
                 bytes: u64::from(pool.memories + pool.tables) * pool.keep_resident as u64,
             },
@@ -283,96 +284,9 @@ impl fmt::Display for WorstCase {
     }
 }
 
-fn mib(bytes: u64) -> String {
+/// `bytes` in MiB, rounded up, for messages.
+pub fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes.div_ceil(1 << 20))
-}
-
-/// The memory this process may use: the smaller of the machine's
-/// `MemTotal` and the memory limit of its own cgroup (or of one above it),
-/// when either can be read. The cgroup is the one `/proc/self/cgroup` names:
-/// a systemd unit's `MemoryMax=` sits on `system.slice/<unit>`, not on the
-/// root of the hierarchy, which only a container's own namespace shows.
-pub fn machine_memory() -> Option<u64> {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-                .map(|kib| kib * 1024)
-        });
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|membership| cgroup_limit(&membership, Path::new("/sys/fs/cgroup")));
-    match (total, cgroup) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Limits at or above this mean "none": cgroup v1 writes an unlimited
-/// group as `i64::MAX` rounded down to a page.
-const CGROUP_UNLIMITED: u64 = 1 << 62;
-
-/// The smallest memory limit from this process's cgroup up to the root of
-/// the hierarchy mounted at `root`, given `/proc/self/cgroup` as
-/// `membership`: cgroup v2 (`0::/path`, `<root>/path/memory.max`) and v1's
-/// memory controller (`N:memory:/path`, possibly comma-joined with others,
-/// `<root>/memory/path/memory.limit_in_bytes`). `max` means no limit.
-fn cgroup_limit(membership: &str, root: &Path) -> Option<u64> {
-    let mut files = Vec::new();
-    for line in membership.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let (base, file) = if id == "0" && controllers.is_empty() {
-            (root.to_path_buf(), "memory.max")
-        } else if controllers.split(',').any(|c| c == "memory") {
-            (root.join("memory"), "memory.limit_in_bytes")
-        } else {
-            continue;
-        };
-        let own = Path::new(path.trim_start_matches('/'));
-        files.extend(own.ancestors().map(|dir| base.join(dir).join(file)));
-    }
-    files
-        .iter()
-        .filter_map(|file| {
-            std::fs::read_to_string(file)
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .filter(|&limit| limit < CGROUP_UNLIMITED)
-        .min()
-}
-
-/// Refuses `config` when its worst case exceeds the machine's memory,
-/// unless the operator allowed overcommit (then it warns).
-pub fn check(config: &NodeConfig) -> Result<WorstCase, String> {
-    let worst = WorstCase::of(config);
-    let Some(available) = machine_memory() else {
-        return Ok(worst);
-    };
-    if worst.total() <= available {
-        return Ok(worst);
-    }
-    let advice = format!(
-        "the configuration could make the node hold {worst}, more than this machine's {}: \
-         lower max_concurrent, memory_mb, host_memory_kib or max_output_bytes, or set \
-         memory_overcommit = true (--memory-overcommit) to start anyway",
-        mib(available)
-    );
-    if config.memory_overcommit {
-        tracing::warn!("{advice}");
-        Ok(worst)
-    } else {
-        Err(advice)
-    }
 }
 
 #[cfg(test)]
@@ -386,49 +300,6 @@ mod tests {
         assert!(task > limits.memory_bytes as u64);
         // 128 MiB + (4+1) + 8 + 0.5 + 0.6 + 4 + 8 + 0.06 + 2 MiB.
         assert!(task < (160 << 20), "{task}");
-    }
-
-    fn write(root: &Path, file: &str, text: &str) {
-        let path = root.join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    #[test]
-    fn the_cgroup_limit_is_the_smallest_on_the_path_of_our_own_group() {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path();
-        // cgroup v2, as in a systemd service with MemoryMax=2G.
-        let membership = "0::/system.slice/iicp-host.service\n";
-        write(root, "memory.max", "max\n");
-        write(root, "system.slice/memory.max", "max\n");
-        write(
-            root,
-            "system.slice/iicp-host.service/memory.max",
-            "2147483648\n",
-        );
-        assert_eq!(cgroup_limit(membership, root), Some(2 << 30));
-        // A lower limit on the slice above it binds too.
-        write(root, "system.slice/memory.max", "1073741824\n");
-        assert_eq!(cgroup_limit(membership, root), Some(1 << 30));
-        // No limit anywhere; or a group whose files cannot be read.
-        assert_eq!(cgroup_limit("0::/user.slice\n", root), None);
-
-        // cgroup v1's memory controller, beside others; "unlimited" is none.
-        let membership = "5:devices:/\n4:cpu,memory:/process_api/abc\n0::/\n";
-        write(
-            root,
-            "memory/memory.limit_in_bytes",
-            "9223372036854771712\n",
-        );
-        assert_eq!(cgroup_limit(membership, root), None);
-        write(
-            root,
-            "memory/process_api/abc/memory.limit_in_bytes",
-            "536870912\n",
-        );
-        assert_eq!(cgroup_limit(membership, root), Some(512 << 20));
-        assert_eq!(cgroup_limit("garbage\n\n4:memory\n", root), None);
     }
 
     #[test]

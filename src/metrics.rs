@@ -86,6 +86,11 @@ pub struct Metrics {
     pub max_concurrent: IntGauge,
     /// `iicp_memory_worst_case_bytes`: the configuration's worst case.
     pub memory_worst_case: IntGauge,
+    /// `iicp_memory_limit_bytes`: the memory the node sized itself to.
+    pub memory_limit: IntGauge,
+    /// `iicp_memory_setting{setting}`: each memory-driven setting in force
+    /// (sized or given), in the unit its name says.
+    pub memory_setting: IntGaugeVec,
     /// `iicp_heartbeat_failures_total`.
     pub heartbeat_failures: IntCounter,
     /// `iicp_heartbeats_total` (accepted).
@@ -714,6 +719,24 @@ impl Metrics {
                 "iicp_memory_worst_case_bytes",
                 "The most memory this configuration lets the node hold (README, Memory bounds).",
             ),
+            memory_limit: gauge(
+                &r,
+                "iicp_memory_limit_bytes",
+                "The memory the node sized its defaults to (its cgroup limit, the machine's, or memory_limit_mib).",
+            ),
+            memory_setting: {
+                let metric = IntGaugeVec::new(
+                    Opts::new(
+                        "iicp_memory_setting",
+                        "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
+                    ),
+                    &["setting"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(metric.clone()))
+                    .expect("unique metric name");
+                metric
+            },
             heartbeat_failures: counter(
                 &r,
                 "iicp_heartbeat_failures_total",

@@ -239,6 +239,7 @@ impl Reloader {
         let mut next = tokio::task::spawn_blocking(move || source())
             .await
             .map_err(|e| format!("reading the configuration failed: {e}"))??;
+        crate::memory_sizing::carry_over(&self.running, &mut next)?;
         let specs = std::mem::take(&mut next.plugins);
         let current = self.state.plugins.load_full();
         let (mut loaded, mut kept, mut failed) = (Vec::new(), Vec::new(), Vec::new());

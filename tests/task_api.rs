@@ -347,11 +347,19 @@ async fn metrics_expose_tasks_latency_tokens_and_instantiation() {
         r#"iicp_plugin_instantiation_seconds_count{plugin="echo"} 3"#.to_string(),
         "iicp_active_jobs 0".to_string(),
         "iicp_nonce_cache_entries 0".to_string(),
-        "iicp_max_concurrent 32".to_string(),
     ];
     for line in expect {
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
+    // The default 32 slots, or fewer the node sized for a smaller machine.
+    let slots = text
+        .lines()
+        .find_map(|line| line.strip_prefix("iicp_max_concurrent "))
+        .unwrap_or_else(|| panic!("no iicp_max_concurrent in\n{text}"));
+    assert!((1..=32).contains(&slots.parse::<u32>().unwrap()), "{slots}");
+    assert!(text.contains(&format!(
+        "iicp_memory_setting{{setting=\"max_concurrent\"}} {slots}"
+    )));
     for bucket in [
         "10", "50", "100", "250", "500", "1000", "2500", "5000", "30000",
     ] {

@@ -27,6 +27,7 @@ use super::{
     OTLP_SPANS_RANGE, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings,
     TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
+use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::valid_node_id;
@@ -148,6 +149,7 @@ struct NodeSection {
     max_unsent_answers_mib: Option<u64>,
     #[serde(default)]
     memory_overcommit: bool,
+    memory_limit_mib: Option<u64>,
     /// Directories whose `*.toml` files hold more `[[plugin]]` tables.
     #[serde(default)]
     plugin_dirs: Vec<PathBuf>,
@@ -438,11 +440,18 @@ fn build(
     let mut ids: HashSet<String> = HashSet::new();
     let mut claimed: HashMap<String, usize> = HashMap::new();
     for (index, table) in plugin_tables.into_iter().enumerate() {
-        let spec = plugin_spec(table.section, index, &defaults, max_concurrent, &table.base)
-            .map_err(|e| match &table.file {
-                Some(file) => format!("{}: {e}", file.display()),
-                None => e,
-            })?;
+        let spec = plugin_spec(
+            table.section,
+            index,
+            &defaults,
+            file.defaults.memory_mb.is_some(),
+            max_concurrent,
+            &table.base,
+        )
+        .map_err(|e| match &table.file {
+            Some(file) => format!("{}: {e}", file.display()),
+            None => e,
+        })?;
         if let Some(id) = &spec.source.id
             && !ids.insert(id.clone())
         {
@@ -462,6 +471,20 @@ fn build(
             }
         }
         plugins.push(spec);
+    }
+    let mut memory = MemorySettings {
+        limit_bytes: None,
+        given: GivenKnobs {
+            max_concurrent: node.max_concurrent.is_some(),
+            max_connections: node.max_connections.is_some(),
+            max_unsent_answers: node.max_unsent_answers_mib.is_some(),
+            nonce_cache_capacity: node.nonce_cache_capacity.is_some(),
+            idempotency_max_bytes: node.idempotency_max_bytes.is_some(),
+        },
+        sized_plugin_memory_bytes: None,
+    };
+    if let Some(mib) = node.memory_limit_mib {
+        memory.set_limit_mib("node.memory_limit_mib", mib)?;
     }
     let admin = file.admin.map(admin).transpose()?;
     let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
@@ -563,6 +586,7 @@ fn build(
         admin,
         reach,
         memory_overcommit: node.memory_overcommit,
+        memory,
         config_path: None,
         runtime: RuntimeSettings {
             engine: EngineSettings {
@@ -637,6 +661,7 @@ fn plugin_spec(
     plugin: PluginSection,
     index: usize,
     defaults: &PluginLimits,
+    defaults_memory_given: bool,
     node_max_concurrent: u32,
     base: &Path,
 ) -> Result<PluginSpec, String> {
@@ -652,6 +677,7 @@ fn plugin_spec(
             "{name}: id must be 1-64 letters, digits, '.', '_' or '-'"
         ));
     }
+    let memory_given = plugin.memory_mb.is_some() || defaults_memory_given;
     let section = LimitsSection {
         memory_mb: plugin.memory_mb,
         timeout_ms: plugin.timeout_ms,
@@ -757,6 +783,7 @@ fn plugin_spec(
         models: plugin.models,
         max_concurrent,
         tenants,
+        memory_given,
     })
 }
 
@@ -1185,6 +1212,28 @@ mod tests {
         assert_eq!(
             config.plugins[1].source.limits.default_timeout,
             Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn the_memory_settings_given_are_recorded_for_the_sizing() {
+        let config = parse(
+            "[node]\nmemory_limit_mib = 300\nmax_concurrent = 4\n\
+             [[plugin]]\nid = \"a\"\npath = \"a\"\nmemory_mb = 32\n\
+             [[plugin]]\nid = \"b\"\npath = \"b\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.memory.limit_bytes, Some(300 << 20));
+        assert!(config.memory.given.max_concurrent);
+        assert!(!config.memory.given.max_connections && !config.memory.given.nonce_cache_capacity);
+        assert!(config.plugins[0].memory_given && !config.plugins[1].memory_given);
+        let defaults = parse("[defaults]\nmemory_mb = 64\n[[plugin]]\npath = \"a\"\n").unwrap();
+        assert!(defaults.plugins[0].memory_given);
+        assert_eq!(defaults.memory.limit_bytes, None);
+        let small = parse("[node]\nmemory_limit_mib = 64\n[[plugin]]\npath = \"a\"\n").unwrap_err();
+        assert!(
+            small.starts_with("node.memory_limit_mib must be between 128"),
+            "{small}"
         );
     }
 

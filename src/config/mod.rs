@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod file_cache;
+pub mod memory;
 pub mod reach;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use self::memory::MemorySettings;
 use self::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
@@ -164,6 +166,9 @@ pub struct NodeConfig {
     /// Start even when the worst-case memory exceeds the machine's (see
     /// `memory_bound`).
     pub memory_overcommit: bool,
+    /// The memory the node may assume and which memory-driven settings
+    /// were given (the others are sized to it, see `memory_sizing`).
+    pub memory: MemorySettings,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -275,6 +280,9 @@ pub struct PluginSpec {
     pub max_concurrent: Option<u32>,
     /// Tenants allowed to call it (name, token); empty means open.
     pub tenants: Vec<(String, String)>,
+    /// Whether the operator set its `memory_mb` (here, in `[defaults]` or
+    /// with `--memory-mb`); if not, the node may size it to its memory.
+    pub memory_given: bool,
 }
 
 impl PluginSpec {
@@ -286,6 +294,7 @@ impl PluginSpec {
             models: None,
             max_concurrent: None,
             tenants: Vec::new(),
+            memory_given: false,
         }
     }
 }
@@ -352,6 +361,7 @@ impl NodeConfig {
             admin: None,
             reach: ReachSettings::default(),
             memory_overcommit: false,
+            memory: MemorySettings::default(),
             config_path: None,
         }
     }

@@ -32,11 +32,12 @@ use self::listeners::Listeners;
 use self::reach::Reach;
 use crate::config::{NONCE_WINDOW, NodeConfig};
 use crate::directory::lifecycle::{NodeView, ServiceState};
-use crate::memory_bound;
+use crate::memory_sizing::{self, Setting, Sizing};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
 use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
+use crate::runtime::engine::PoolShape;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::{AdmissionGate, QosAdmission};
@@ -98,18 +99,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     crate::heap::return_large_blocks_promptly();
-    let worst_case = memory_bound::check(&config).map_err(StartError::Config)?;
+    let sizing = memory_sizing::size(&mut config).map_err(StartError::Config)?;
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());
-    metrics
-        .memory_worst_case
-        .set(i64::try_from(worst_case.total()).unwrap_or(i64::MAX));
     let (runtime, table) = plugins::load(&config, &metrics).await?;
     descriptors::fit_connection_caps(&mut config);
+    publish_memory(&config, &sizing, &metrics);
     let listeners = Listeners::bind(&config).await?;
     plugins::log_loaded(&table);
     ToolGate::new(config.allow_tool_execution).warn_unreachable(&table);
-    tracing::info!(worst_case = %worst_case, "memory bound");
+    tracing::info!(sizing = %sizing, worst_case = %sizing.worst, "memory bound");
     let reach = Reach::prepare(&mut config, &identity, &metrics)?;
     let directory = DirectoryJoin::prepare(&config, &identity, &metrics)?;
     let cx_key = identity.cx_key.take();
@@ -254,5 +253,28 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// Exports the memory the node sized itself to, the settings in force and
+/// the worst case they allow.
+fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {
+    let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+    metrics.memory_worst_case.set(gauge(sizing.worst.total()));
+    metrics.memory_limit.set(gauge(sizing.memory.bytes));
+    for setting in Setting::ALL {
+        let value = match setting {
+            // What the engine keeps, not the larger figure the bound counts.
+            Setting::KeepResident => {
+                Some(PoolShape::of(&config.runtime.engine).keep_resident as u64)
+            }
+            _ => setting.value(config),
+        };
+        if let Some(value) = value {
+            metrics
+                .memory_setting
+                .with_label_values(&[setting.name()])
+                .set(gauge(value));
+        }
     }
 }

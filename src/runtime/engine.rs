@@ -149,23 +149,37 @@ fn pooling_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-/// Without the ticker a CPU-bound plugin would never be interrupted, so
-/// failing to start it fails the engine.
-/// Keep-resident default: 1 MiB when the kernel can tell which pages a task
-/// dirtied (then only those are reset), else 64 KiB, since without the scan
-/// every kept byte is rewritten on every teardown.
+/// Keep-resident default when the kernel can tell which pages a task
+/// dirtied (PAGEMAP_SCAN, Linux 6.7+): then only those are reset.
+pub const KEEP_RESIDENT_WITH_SCAN: usize = 1 << 20;
+/// Keep-resident default without the scan: every kept byte is rewritten on
+/// every teardown.
+pub const KEEP_RESIDENT_WITHOUT_SCAN: usize = 64 << 10;
+// The memory bound counts the with-scan figure for every kernel.
+const _: () = assert!(KEEP_RESIDENT_WITHOUT_SCAN <= KEEP_RESIDENT_WITH_SCAN);
+
+/// Keep-resident default of this kernel (see [`keep_resident_for`]).
+pub fn default_keep_resident() -> usize {
+    keep_resident_for(PoolingAllocationConfig::is_pagemap_scan_available())
+}
+
+/// Keep-resident default with or without PAGEMAP_SCAN. The memory bound
+/// counts the larger one whatever the kernel (`memory_bound`), so a
+/// configuration that fits one kernel fits every kernel.
 ///
 /// Measured with the echo plugin at 16 connections (bench/run): without the
 /// scan, 64 KiB gave 23.9k req/s and 1 MiB 19.2k; with it, 64 KiB gave 54.3k
 /// and 1 MiB 55.5k.
-pub fn default_keep_resident() -> usize {
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
-        1 << 20
+pub fn keep_resident_for(pagemap_scan: bool) -> usize {
+    if pagemap_scan {
+        KEEP_RESIDENT_WITH_SCAN
     } else {
-        64 << 10
+        KEEP_RESIDENT_WITHOUT_SCAN
     }
 }
 
+/// Without the ticker a CPU-bound plugin would never be interrupted, so
+/// failing to start it fails the engine.
 fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()

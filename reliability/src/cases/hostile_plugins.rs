@@ -28,7 +28,7 @@ const HOSTILE_SLOTS: usize = 4;
 /// The hostile plugin's memory cap.
 const HOSTILE_MEMORY_MB: u32 = 16;
 /// The hostile plugins' task budget.
-const HOSTILE_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const HOSTILE_TIMEOUT_MS: u64 = 5_000;
 /// The hoarder's host memory: small, so hoarding ends fast (and the
 /// setting is shown to hold).
 const HOARDER_HOST_MEMORY_KIB: u32 = 2048;
@@ -36,17 +36,17 @@ const HOARDER_HOST_MEMORY_KIB: u32 = 2048;
 const HEALTHY_CLIENTS: usize = 2;
 
 /// One way to abuse the host, and how it must end.
-struct Abuse {
-    name: &'static str,
+pub(crate) struct Abuse {
+    pub(crate) name: &'static str,
     /// The intent's middle, `test:<case>` (misbehave) or `hoard:<class>`
     /// (hoarder): the intent is `urn:iicp:intent:<this>:v1`.
-    case: &'static str,
+    pub(crate) case: &'static str,
     /// The task payload at each scale, given the URL of a server that
     /// accepts connections and never answers.
-    payload: fn(Scale, &str) -> Value,
+    pub(crate) payload: fn(Scale, &str) -> Value,
     /// What the consumer must get, in words.
-    expected: &'static str,
-    accept: fn(u16, &Value) -> bool,
+    pub(crate) expected: &'static str,
+    pub(crate) accept: fn(u16, &Value) -> bool,
 }
 
 fn error_code(body: &Value) -> &str {
@@ -59,7 +59,7 @@ fn error_says(body: &Value, words: &str) -> bool {
         .is_some_and(|m| m.contains(words))
 }
 
-fn abuses() -> Vec<Abuse> {
+pub(crate) fn abuses() -> Vec<Abuse> {
     vec![
         Abuse {
             name: "endless loop",
@@ -195,7 +195,7 @@ fn hoarding() -> Vec<Abuse> {
     ]
 }
 
-fn intent(abuse: &Abuse) -> String {
+pub(crate) fn intent(abuse: &Abuse) -> String {
     format!("urn:iicp:intent:{}:v1", abuse.case)
 }
 
@@ -268,15 +268,15 @@ struct Target<'a> {
 /// A server that accepts connections, reads nothing and answers nothing;
 /// it holds at most [`Sink::MAX_HELD`] connections and closes them when
 /// dropped.
-struct Sink {
-    url: String,
+pub(crate) struct Sink {
+    pub(crate) url: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sink {
     const MAX_HELD: usize = 1024;
 
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the sink");

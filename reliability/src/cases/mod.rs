@@ -3,6 +3,7 @@
 
 pub mod directory_chaos;
 pub mod hostile_plugins;
+pub mod memory_limit;
 pub mod overload;
 pub mod shutdown;
 pub mod slow_clients;
@@ -17,6 +18,7 @@ pub const FAMILIES: &[&str] = &[
     overload::FAMILY,
     directory_chaos::FAMILY,
     shutdown::FAMILY,
+    memory_limit::FAMILY,
 ];
 
 /// Runs the family called `name`.
@@ -27,6 +29,7 @@ pub async fn run(name: &str, ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         overload::FAMILY => overload::run(ctx, scale).await,
         directory_chaos::FAMILY => directory_chaos::run(ctx, scale).await,
         shutdown::FAMILY => shutdown::run(ctx, scale).await,
+        memory_limit::FAMILY => memory_limit::run(ctx, scale).await,
         other => panic!("no case family called {other:?}; families: {FAMILIES:?}"),
     }
 }

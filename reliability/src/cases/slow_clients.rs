@@ -287,7 +287,7 @@ async fn unread_answers(ctx: &Context, scale: Scale) -> CaseReport {
 
 /// Sends `requests` (pipelined) and never reads; ends when the node closes
 /// the connection (the write then fails) or when aborted.
-async fn never_read(addr: String, requests: std::sync::Arc<[u8]>) {
+pub(crate) async fn never_read(addr: String, requests: std::sync::Arc<[u8]>) {
     let Ok(address) = addr.parse() else { return };
     let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
         return;

@@ -1,0 +1,52 @@
+//! What the node is told about memory: how much it may assume
+//! (`[node] memory_limit_mib`, `--memory-limit-mib`), and which of the
+//! memory-driven settings the operator gave. The given ones are honoured
+//! (or the start refused); the others are sized to the memory by
+//! `crate::memory_sizing`.
+
+use std::ops::RangeInclusive;
+
+/// Bounds of `memory_limit_mib`: at least what the process itself is
+/// counted at (64 MiB) plus room to serve; at most 64 TiB.
+pub const MEMORY_LIMIT_MIB_RANGE: RangeInclusive<u64> = 128..=64 << 20;
+
+/// The memory settings of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemorySettings {
+    /// The memory the node may assume, in bytes, when the operator set it;
+    /// the node uses the smaller of this and what it can see (its cgroup
+    /// limit, else the machine's memory).
+    pub limit_bytes: Option<u64>,
+    /// Which memory-driven settings the operator gave.
+    pub given: GivenKnobs,
+    /// The `memory_mb` the node chose at start for plugins that set none,
+    /// when it lowered the default; a hot reload gives it to such plugins
+    /// too.
+    pub sized_plugin_memory_bytes: Option<usize>,
+}
+
+/// The memory-driven node settings the operator gave explicitly, in the
+/// file, the environment or a flag (a plugin's `memory_mb` is recorded on
+/// its `PluginSpec`, `keep_resident_kib` by its `Option`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GivenKnobs {
+    /// `max_concurrent`.
+    pub max_concurrent: bool,
+    /// `max_connections`.
+    pub max_connections: bool,
+    /// `max_unsent_answers_mib`.
+    pub max_unsent_answers: bool,
+    /// `nonce_cache_capacity`.
+    pub nonce_cache_capacity: bool,
+    /// `idempotency_max_bytes`.
+    pub idempotency_max_bytes: bool,
+}
+
+impl MemorySettings {
+    /// Sets the limit from `mib`, checked against its bounds; `name` is
+    /// what the operator typed.
+    pub fn set_limit_mib(&mut self, name: &str, mib: u64) -> Result<(), String> {
+        self.limit_bytes = Some(super::check_range(name, mib, &MEMORY_LIMIT_MIB_RANGE)? << 20);
+        Ok(())
+    }
+}
