@@ -566,6 +566,7 @@ impl RunArgs {
         if let Some(lookups) = self.max_dns_lookups {
             config.runtime.max_dns_lookups =
                 check_range("--max-dns-lookups", lookups, &config::MAX_DNS_LOOKUPS_RANGE)?;
+            config.memory.given.max_dns_lookups = true;
         }
         if self.state_dir.is_some() {
             config.state_dir.clone_from(&self.state_dir);

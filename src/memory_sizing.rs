@@ -179,11 +179,14 @@ pub enum Setting {
     NonceCache,
     /// `idempotency_max_bytes`, when idempotency is on, at least 4 MiB.
     IdempotencyBytes,
+    /// `max_dns_lookups`, at least 2 (each may hold a blocking thread's
+    /// stack while the resolver answers).
+    DnsLookups,
 }
 
 impl Setting {
     /// Every sized setting.
-    pub const ALL: [Setting; 7] = [
+    pub const ALL: [Setting; 8] = [
         Setting::MaxConcurrent,
         Setting::PluginMemory,
         Setting::MaxConnections,
@@ -191,6 +194,7 @@ impl Setting {
         Setting::KeepResident,
         Setting::NonceCache,
         Setting::IdempotencyBytes,
+        Setting::DnsLookups,
     ];
 
     /// The setting's name (also its `iicp_memory_setting` label).
@@ -203,15 +207,17 @@ impl Setting {
             Setting::KeepResident => "keep_resident_bytes",
             Setting::NonceCache => "nonce_cache_capacity",
             Setting::IdempotencyBytes => "idempotency_max_bytes",
+            Setting::DnsLookups => "max_dns_lookups",
         }
     }
 
     /// `value` as the start-up line shows it.
     pub fn show(self, value: u64) -> String {
         match self {
-            Setting::MaxConcurrent | Setting::MaxConnections | Setting::NonceCache => {
-                value.to_string()
-            }
+            Setting::MaxConcurrent
+            | Setting::MaxConnections
+            | Setting::NonceCache
+            | Setting::DnsLookups => value.to_string(),
             Setting::KeepResident => format!("{} KiB", value >> 10),
             Setting::PluginMemory | Setting::UnsentAnswers | Setting::IdempotencyBytes => {
                 mib(value)
@@ -228,6 +234,7 @@ impl Setting {
             Setting::KeepResident => 64 << 10,
             Setting::NonceCache => 65_536,
             Setting::IdempotencyBytes => 4 << 20,
+            Setting::DnsLookups => 2,
         }
     }
 
@@ -242,7 +249,7 @@ impl Setting {
             _ => step,
         };
         let grain: u64 = match self {
-            Setting::MaxConcurrent | Setting::MaxConnections => 1,
+            Setting::MaxConcurrent | Setting::MaxConnections | Setting::DnsLookups => 1,
             Setting::KeepResident => 64 << 10,
             Setting::NonceCache => 1024,
             Setting::PluginMemory | Setting::UnsentAnswers | Setting::IdempotencyBytes => 1 << 20,
@@ -274,6 +281,7 @@ impl Setting {
             ),
             Setting::NonceCache => Some(config.nonce_capacity as u64),
             Setting::IdempotencyBytes => config.idempotency.map(|b| b.max_bytes as u64),
+            Setting::DnsLookups => Some(config.runtime.max_dns_lookups as u64),
         }
     }
 
@@ -288,6 +296,7 @@ impl Setting {
             Setting::KeepResident => config.runtime.engine.keep_resident_bytes.is_some(),
             Setting::NonceCache => given.nonce_cache_capacity,
             Setting::IdempotencyBytes => given.idempotency_max_bytes,
+            Setting::DnsLookups => given.max_dns_lookups,
         }
     }
 
@@ -313,6 +322,7 @@ impl Setting {
                     bounds.max_bytes = count(value);
                 }
             }
+            Setting::DnsLookups => config.runtime.max_dns_lookups = count(value),
         }
     }
 }
@@ -596,11 +606,11 @@ mod tests {
         // MiB, connections, unsent answers in MiB, keep-resident in KiB,
         // nonces, worst case in MiB.
         let table = [
-            (256, [1, 64, 32, 10, 64, 65_536, 220]),
-            (512, [2, 128, 32, 10, 64, 88_064, 443]),
-            (2048, [8, 128, 256, 16, 256, 249_856, 1_692]),
-            (8192, [22, 128, 2048, 128, 704, 706_560, 6_164]),
-            (24 << 10, [32, 128, 4096, 256, 1024, 1_000_000, 10_310]),
+            (256, [1, 64, 32, 10, 64, 65_536, 224]),
+            (512, [2, 128, 32, 10, 64, 88_064, 447]),
+            (2048, [8, 128, 256, 16, 256, 249_856, 1_708]),
+            (8192, [22, 128, 2048, 128, 704, 706_560, 6_208]),
+            (24 << 10, [32, 128, 4096, 256, 1024, 1_000_000, 10_374]),
         ];
         for (mib, row) in table {
             let mut config = NodeConfig::with_plugin("x.wasm".into());
@@ -632,7 +642,7 @@ mod tests {
         let mut unset = PluginSpec::new(PluginSource::new("y.wasm".into()));
         unset.source.id = Some("y".to_string());
         config.plugins.push(unset);
-        let lowered = sized(640, &mut config);
+        let lowered = sized(672, &mut config);
         assert_eq!(config.max_concurrent, 3);
         assert_eq!(config.edge.max_connections, 100);
         assert_eq!(config.runtime.engine.keep_resident_bytes, Some(256 << 10));

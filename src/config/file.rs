@@ -480,6 +480,7 @@ fn build(
             max_unsent_answers: node.max_unsent_answers_mib.is_some(),
             nonce_cache_capacity: node.nonce_cache_capacity.is_some(),
             idempotency_max_bytes: node.idempotency_max_bytes.is_some(),
+            max_dns_lookups: node.max_dns_lookups.is_some(),
         },
         sized_plugin_memory_bytes: None,
     };

@@ -40,6 +40,8 @@ pub struct GivenKnobs {
     pub nonce_cache_capacity: bool,
     /// `idempotency_max_bytes`.
     pub idempotency_max_bytes: bool,
+    /// `max_dns_lookups`.
+    pub max_dns_lookups: bool,
 }
 
 impl MemorySettings {
