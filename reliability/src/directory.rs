@@ -47,6 +47,8 @@ struct Shared {
     heartbeat_ms: u64,
     received: Vec<Received>,
     registered: bool,
+    /// The body of the last registration accepted.
+    last_registration: Option<Value>,
 }
 
 /// A running stand-in; `stop` takes it down (the port refuses connections),
@@ -75,6 +77,7 @@ impl StandInDirectory {
                 heartbeat_ms: 30_000,
                 received: Vec::new(),
                 registered: false,
+                last_registration: None,
             })),
             server: None,
         };
@@ -97,6 +100,7 @@ impl StandInDirectory {
                 heartbeat_ms: 30_000,
                 received: Vec::new(),
                 registered: false,
+                last_registration: None,
             })),
             server: None,
         }
@@ -162,6 +166,12 @@ impl StandInDirectory {
             .filter(|r| r.at >= since)
             .cloned()
             .collect()
+    }
+
+    /// The body of the last registration it accepted (what the node
+    /// advertised: endpoint, intents, `cx_public_key`, ...).
+    pub fn last_registration(&self) -> Option<Value> {
+        self.shared.lock().unwrap().last_registration.clone()
     }
 
     /// Whether the last registration is standing (not yet refused or
@@ -230,7 +240,11 @@ async fn register(State(shared): SharedState, body: Bytes) -> Response {
         return answer;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.lock().unwrap().registered = true;
+    {
+        let mut shared = shared.lock().unwrap();
+        shared.registered = true;
+        shared.last_registration = Some(body.clone());
+    }
     json_answer(
         StatusCode::CREATED,
         json!({

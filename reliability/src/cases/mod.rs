@@ -6,6 +6,7 @@ pub mod hostile_plugins;
 pub mod overload;
 pub mod shutdown;
 pub mod slow_clients;
+pub mod trust_boundaries;
 
 use crate::report::CaseReport;
 use crate::{Context, Scale};
@@ -17,6 +18,7 @@ pub const FAMILIES: &[&str] = &[
     overload::FAMILY,
     directory_chaos::FAMILY,
     shutdown::FAMILY,
+    trust_boundaries::FAMILY,
 ];
 
 /// Runs the family called `name`.
@@ -27,6 +29,7 @@ pub async fn run(name: &str, ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         overload::FAMILY => overload::run(ctx, scale).await,
         directory_chaos::FAMILY => directory_chaos::run(ctx, scale).await,
         shutdown::FAMILY => shutdown::run(ctx, scale).await,
+        trust_boundaries::FAMILY => trust_boundaries::run(ctx, scale).await,
         other => panic!("no case family called {other:?}; families: {FAMILIES:?}"),
     }
 }
