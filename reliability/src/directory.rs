@@ -15,6 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+/// The route recorded for a connection a down directory closed unanswered.
+pub const CLOSED_UNANSWERED: &str = "connection closed unanswered";
+
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
@@ -85,15 +88,18 @@ impl StandInDirectory {
         directory
     }
 
-    /// A port nothing listens on yet, for a directory that is down at the
-    /// node's start: [`StandInDirectory::start_again`] brings it up there.
+    /// A directory that is down when the node starts: its port accepts
+    /// connections and closes each at once without a byte of answer — to
+    /// the node the same failure as a refused connection — and counts each
+    /// as a request (route `"connection closed unanswered"`), so a case can
+    /// check how often a node tries a directory that is down.
+    /// [`StandInDirectory::start_again`] brings it up there.
     pub async fn down() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("reserve a port");
+            .expect("bind the stand-in directory");
         let addr = listener.local_addr().expect("local address");
-        drop(listener);
-        Self {
+        let mut directory = Self {
             addr,
             shared: Arc::new(Mutex::new(Shared {
                 behaviour: Behaviour::Healthy,
@@ -103,7 +109,27 @@ impl StandInDirectory {
                 last_registration: None,
             })),
             server: None,
-        }
+        };
+        let shared = directory.shared.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => {
+                        if let Ok((connection, _)) = accepted {
+                            shared.lock().unwrap().received.push(Received {
+                                route: CLOSED_UNANSWERED.to_string(),
+                                at: Instant::now(),
+                            });
+                            drop(connection);
+                        }
+                    }
+                }
+            }
+        });
+        directory.server = Some((stop, server));
+        directory
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
@@ -150,6 +176,8 @@ impl StandInDirectory {
 
     /// Comes back up on the same port.
     pub async fn start_again(&mut self) {
+        // A down directory's acceptor lets the port go first.
+        self.stop().await;
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .expect("rebind the stand-in directory");
