@@ -35,5 +35,8 @@ reference-consumer:
 serve: rust-plugins
 	cargo run --release -- run --plugin $(PLUGIN_DIR)/echo.wasm
 
+# The plugin SDK's own unit tests run on the host (the plugins' workspace
+# builds for wasm32-wasip2 only when asked).
 test: plugins reference-consumer
+	cargo test --manifest-path plugins/Cargo.toml -p iicp-plugin-sdk
 	cargo test --workspace

@@ -127,18 +127,53 @@ fn inconsistent_relay_flags_are_refused() {
     }
 }
 
+/// A backend on loopback whose one answer waits until the test releases
+/// it: a task fetching it runs exactly as long as the test wants.
+async fn held_backend() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let app = axum::Router::new().route(
+        "/held",
+        axum::routing::get(move || {
+            let released = released.clone();
+            async move {
+                if let Some(wait) = released.lock().await.take() {
+                    let _ = wait.await;
+                }
+                "released"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, release)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_tasks_then_exits_zero() {
-    let mut node = Node::start(&plugin("misbehave"), &[]);
+    // The in-flight task fetches a backend that answers only when the test
+    // says so: it outlasts the checks below however slow the machine is.
+    let (backend, release) = held_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("drain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugin]]\nid = \"fetcher\"\npath = {:?}\n[plugin.http]\nallow = [\"http://{backend}\"]\n",
+            plugin("misbehave").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start_config(&config, &[]);
     let url = node.url("/v1/task");
     let in_flight = tokio::spawn(async move {
-        // Long enough to outlast the checks below on a busy machine.
         let mut body = task(
             "draining",
-            "urn:iicp:intent:test:sleep:v1",
-            json!({"ms": 5000}),
+            "urn:iicp:intent:test:http-get:v1",
+            json!({"url": format!("http://{backend}/held")}),
         );
-        body["constraints"] = json!({"timeout_ms": 20_000});
+        body["constraints"] = json!({"timeout_ms": 120_000});
         let response = client().post(url).json(&body).send().await.unwrap();
         (
             response.status().as_u16(),
@@ -166,6 +201,7 @@ async fn sigterm_drains_in_flight_tasks_then_exits_zero() {
         "the drain ended before the listener closed"
     );
 
+    release.send(()).unwrap();
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["task_id"], "draining");

@@ -1,8 +1,10 @@
 //! The operator's monitoring kit in `deploy/`: the alert rules pass
 //! `promtool check rules` and their unit tests; every metric the Grafana
 //! dashboard queries is in a live node's `/metrics` (read from the node,
-//! never from a list, since metrics are added all the time); and a real
-//! Prometheus scraping a real node fires the trap alert for real traps.
+//! never from a list, since metrics are added all the time), and so is
+//! every metric an alert rule reads; and a real Prometheus scraping a real
+//! node fires the trap alert for real traps and the node-down alert when
+//! the node is killed.
 
 mod common;
 
@@ -132,11 +134,23 @@ impl Prometheus {
         let binary = tool("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        // The rules as shipped, with every `for:` shortened to 2 s so a
+        // test sees them fire (promtool's unit tests check the real ones).
+        let rules = dir.path().join("alerts.yml");
+        let shipped = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+        let quick: Vec<String> = shipped
+            .lines()
+            .map(|line| match line.trim_start().strip_prefix("for: ") {
+                Some(_) => format!("{}for: 2s", &line[..line.len() - line.trim_start().len()]),
+                None => line.to_string(),
+            })
+            .collect();
+        std::fs::write(&rules, quick.join("\n")).unwrap();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: iicp-host\n    static_configs:\n      - targets: ['{target}']\n",
-                deploy("prometheus/alerts.yml").display()
+                rules.display()
             ),
         )
         .unwrap();
@@ -199,6 +213,28 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// Waits until the alert `name` fires; returns it.
+    async fn wait_firing(&self, name: &str) -> Value {
+        let alerts = self
+            .wait_for(Duration::from_secs(60), "alerts", &[], |data| {
+                data["alerts"].as_array().is_some_and(|alerts| {
+                    alerts
+                        .iter()
+                        .any(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+                })
+            })
+            .await;
+        alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+            .unwrap()
+            .clone()
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -236,31 +272,98 @@ async fn a_real_prometheus_fires_the_trap_alert_for_real_traps() {
         assert_eq!(answer["status"], "success", "{query}: {answer}");
     }
 
-    // A plugin traps: the alert fires, naming the plugin and the kind.
-    let (status, _, body) = post_task(&node, &task("trap", TRAP, json!({}))).await;
-    assert_eq!(status, 502, "{body}");
-    let alerts = prometheus
-        .wait_for(Duration::from_secs(60), "alerts", &[], |data| {
-            data["alerts"].as_array().is_some_and(|alerts| {
-                alerts.iter().any(|a| {
-                    a["labels"]["alertname"] == "IicpPluginTrapsOrTimeouts"
-                        && a["state"] == "firing"
-                })
-            })
-        })
-        .await;
-    let alert = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["alertname"] == "IicpPluginTrapsOrTimeouts")
-        .unwrap()
-        .clone();
+    // A plugin keeps trapping: the alert fires, naming the plugin and the
+    // kind.
+    for n in 0..3 {
+        let (status, _, body) =
+            post_task(&node, &task(&format!("trap-{n}"), TRAP, json!({}))).await;
+        assert_eq!(status, 502, "{body}");
+    }
+    let alert = prometheus.wait_firing("IicpPluginTrapsOrTimeouts").await;
     assert_eq!(alert["labels"]["plugin"], "misbehave", "{alert}");
     assert_eq!(alert["labels"]["kind"], "unreachable", "{alert}");
     assert_eq!(
         alert["annotations"]["summary"],
-        format!("{}: plugin misbehave stopped by unreachable", node.addr)
+        format!(
+            "{}: plugin misbehave keeps stopping by unreachable",
+            node.addr
+        )
     );
     eprintln!("fired: {alert}");
+
+    // The node goes away: the one failure it cannot report itself.
+    let addr = node.addr.clone();
+    drop(node);
+    let alert = prometheus.wait_firing("IicpNodeDown").await;
+    assert_eq!(alert["labels"]["instance"], addr, "{alert}");
+    eprintln!("fired: {alert}");
+}
+
+/// Every metric an alert rule reads is in the `/metrics` of a live node
+/// that joined a directory, reloaded, refused a task over capacity and
+/// trapped (labelled counters appear at their first event): a rule over a
+/// misspelt or renamed metric would never fire.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_alert_rule_reads_metrics_a_live_node_exports() {
+    let fake = common::fake_directory::FakeDirectory::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nmax_concurrent = 1\n[directory]\nurl = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"IICP_OBSERVABILITY_ADMIN\"\n\
+             [[plugin]]\nid = \"misbehave\"\npath = {:?}\n",
+            fake.url(),
+            plugin("misbehave").display().to_string()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_config_env(&config, &[], &[("IICP_OBSERVABILITY_ADMIN", "admin")]);
+    fake.registrations(1, Duration::from_secs(60)).await;
+    let reload = client()
+        .post(node.admin_url("/admin/reload"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    let (status, _, body) = post_task(&node, &task("trap", TRAP, json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    // One slot, held by a sleeping task: a batch task is refused at once.
+    let sleeper = {
+        let url = node.url("/v1/task");
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .json(&task(
+                    "sleep",
+                    "urn:iicp:intent:test:sleep:v1",
+                    json!({"ms": 3000}),
+                ))
+                .send()
+                .await
+        })
+    };
+    let mut batch = task("over", TRAP, json!({}));
+    batch["constraints"] = json!({"qos": "batch"});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while post_task(&node, &batch).await.0 != 429 {
+        assert!(
+            Instant::now() < deadline,
+            "no task was refused over capacity"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = sleeper.await;
+
+    let exported = exported_names(&common::metrics(&node).await);
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let used: BTreeSet<String> = names_in(&rules).into_iter().collect();
+    assert!(used.len() >= 8, "the rules read little: {used:?}");
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "alert rules read metrics the node does not export: {missing:?}\nexported: {exported:?}"
+    );
 }

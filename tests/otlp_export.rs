@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CONSUMER_SPAN: &str = "00f067aa0ba902b7";
+/// Marks a task's payload and credential: neither may reach a collector.
+const PAYLOAD_MARK: &str = "payload-the-collector-must-not-see";
+const TOKEN_MARK: &str = "token-the-collector-must-not-see";
 
 type Spans = Arc<Mutex<Vec<Span>>>;
 
@@ -216,10 +219,13 @@ async fn wait_metric(node: &Node, name: &str, at_least: f64) -> String {
 /// the collector gets both spans as children of the consumer's span; returns
 /// the execute span.
 async fn consumer_trace_reaches(node: &Node, collector: &Collector, backend: SocketAddr) -> Span {
+    let mut task = fetch("traced-1", backend);
+    task["payload"]["note"] = json!(PAYLOAD_MARK);
     let response = client()
         .post(node.url("/v1/task"))
         .header("traceparent", format!("00-{TRACE}-{CONSUMER_SPAN}-01"))
-        .json(&fetch("traced-1", backend))
+        .bearer_auth(TOKEN_MARK)
+        .json(&task)
         .send()
         .await
         .unwrap();
@@ -242,6 +248,12 @@ async fn consumer_trace_reaches(node: &Node, collector: &Collector, backend: Soc
         attribute(execute, "iicp.intent"),
         "urn:iicp:intent:test:http-get:v1"
     );
+    // The collector sees ids, intents and timings: never the payload or
+    // the consumer's credential (docs/security.md, OTLP collector).
+    let exported = format!("{spans:?}");
+    for secret in [PAYLOAD_MARK, TOKEN_MARK] {
+        assert!(!exported.contains(secret), "{secret} reached the collector");
+    }
     execute.clone()
 }
 

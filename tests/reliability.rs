@@ -60,6 +60,11 @@ async fn memory_limit() {
     run_family(cases::memory_limit::FAMILY).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_boundaries() {
+    run_family(cases::trust_boundaries::FAMILY).await;
+}
+
 #[test]
 fn every_family_has_a_fast_test() {
     let this_file = include_str!("reliability.rs");

@@ -15,6 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+/// The route recorded for a connection a down directory closed unanswered.
+pub const CLOSED_UNANSWERED: &str = "connection closed unanswered";
+
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
@@ -47,6 +50,8 @@ struct Shared {
     heartbeat_ms: u64,
     received: Vec<Received>,
     registered: bool,
+    /// The body of the last registration accepted.
+    last_registration: Option<Value>,
 }
 
 /// A running stand-in; `stop` takes it down (the port refuses connections),
@@ -75,6 +80,7 @@ impl StandInDirectory {
                 heartbeat_ms: 30_000,
                 received: Vec::new(),
                 registered: false,
+                last_registration: None,
             })),
             server: None,
         };
@@ -82,24 +88,48 @@ impl StandInDirectory {
         directory
     }
 
-    /// A port nothing listens on yet, for a directory that is down at the
-    /// node's start: [`StandInDirectory::start_again`] brings it up there.
+    /// A directory that is down when the node starts: its port accepts
+    /// connections and closes each at once without a byte of answer — to
+    /// the node the same failure as a refused connection — and counts each
+    /// as a request (route `"connection closed unanswered"`), so a case can
+    /// check how often a node tries a directory that is down.
+    /// [`StandInDirectory::start_again`] brings it up there.
     pub async fn down() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("reserve a port");
+            .expect("bind the stand-in directory");
         let addr = listener.local_addr().expect("local address");
-        drop(listener);
-        Self {
+        let mut directory = Self {
             addr,
             shared: Arc::new(Mutex::new(Shared {
                 behaviour: Behaviour::Healthy,
                 heartbeat_ms: 30_000,
                 received: Vec::new(),
                 registered: false,
+                last_registration: None,
             })),
             server: None,
-        }
+        };
+        let shared = directory.shared.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => {
+                        if let Ok((connection, _)) = accepted {
+                            shared.lock().unwrap().received.push(Received {
+                                route: CLOSED_UNANSWERED.to_string(),
+                                at: Instant::now(),
+                            });
+                            drop(connection);
+                        }
+                    }
+                }
+            }
+        });
+        directory.server = Some((stop, server));
+        directory
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
@@ -146,6 +176,8 @@ impl StandInDirectory {
 
     /// Comes back up on the same port.
     pub async fn start_again(&mut self) {
+        // A down directory's acceptor lets the port go first.
+        self.stop().await;
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .expect("rebind the stand-in directory");
@@ -162,6 +194,12 @@ impl StandInDirectory {
             .filter(|r| r.at >= since)
             .cloned()
             .collect()
+    }
+
+    /// The body of the last registration it accepted (what the node
+    /// advertised: endpoint, intents, `cx_public_key`, ...).
+    pub fn last_registration(&self) -> Option<Value> {
+        self.shared.lock().unwrap().last_registration.clone()
     }
 
     /// Whether the last registration is standing (not yet refused or
@@ -230,7 +268,11 @@ async fn register(State(shared): SharedState, body: Bytes) -> Response {
         return answer;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.lock().unwrap().registered = true;
+    {
+        let mut shared = shared.lock().unwrap();
+        shared.registered = true;
+        shared.last_registration = Some(body.clone());
+    }
     json_answer(
         StatusCode::CREATED,
         json!({

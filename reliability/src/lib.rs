@@ -9,6 +9,8 @@
 //! ([`report::CaseReport`]).
 //!
 //! * [`directory`] — a directory stand-in that misbehaves on demand;
+//! * [`registry`] — a real OCI registry, pushed to with raw API calls;
+//! * [`cx`] — IICP-CX sealing as a consumer does it;
 //! * [`node`] — starting and stopping a node process, reading its log;
 //! * [`memory`] — the node's resident memory, sampled;
 //! * [`traffic`] — healthy traffic and its latencies;
@@ -19,9 +21,11 @@
 
 pub mod cases;
 pub mod charts;
+pub mod cx;
 pub mod directory;
 pub mod memory;
 pub mod node;
+pub mod registry;
 pub mod report;
 pub mod traffic;
 

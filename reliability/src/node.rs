@@ -72,6 +72,28 @@ impl Launcher {
         Node::spawn_command(&mut command, filter)
     }
 
+    /// Starts `iicp-host run <source> <extra>` listening on `listen` with
+    /// the state directory `state_dir`: a node that can be killed and
+    /// started again as the same node, at the same address.
+    pub fn start_at(
+        &self,
+        source: &[&str],
+        listen: &str,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Node {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("run")
+            .args(source)
+            .args(["--listen", listen, "--log-format", "json", "--cache-dir"])
+            .arg(&self.cache_dir)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(extra);
+        Node::spawn_command(&mut command, "info")
+    }
+
     /// A new, empty state directory under `state_root`.
     pub fn fresh_state_dir(&self) -> PathBuf {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -207,6 +229,17 @@ impl Node {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the process where it is (SIGSTOP) or lets it go on (SIGCONT):
+    /// a worker that cannot act while a case plays an impostor.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     /// Sends SIGTERM.

@@ -205,6 +205,15 @@ async fn one_mode(
         _ => timing.ceiling(window),
     };
     report.tries = in_window as u64;
+    if matches!(chaos, Chaos::DownAtStart) {
+        // A node that never tried would pass the ceiling too: it must have
+        // tried, and been refused, while the directory was down.
+        report.check(
+            "the node tried the directory while it was down",
+            in_window >= 1,
+            format!("{in_window} connections closed unanswered"),
+        );
+    }
     report.check(
         "requests to the directory under the documented ceiling",
         in_window <= ceiling,

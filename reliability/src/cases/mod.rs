@@ -7,6 +7,7 @@ pub mod memory_limit;
 pub mod overload;
 pub mod shutdown;
 pub mod slow_clients;
+pub mod trust_boundaries;
 
 use crate::report::CaseReport;
 use crate::{Context, Scale};
@@ -19,6 +20,7 @@ pub const FAMILIES: &[&str] = &[
     directory_chaos::FAMILY,
     shutdown::FAMILY,
     memory_limit::FAMILY,
+    trust_boundaries::FAMILY,
 ];
 
 /// Runs the family called `name`.
@@ -30,6 +32,7 @@ pub async fn run(name: &str, ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         directory_chaos::FAMILY => directory_chaos::run(ctx, scale).await,
         shutdown::FAMILY => shutdown::run(ctx, scale).await,
         memory_limit::FAMILY => memory_limit::run(ctx, scale).await,
+        trust_boundaries::FAMILY => trust_boundaries::run(ctx, scale).await,
         other => panic!("no case family called {other:?}; families: {FAMILIES:?}"),
     }
 }

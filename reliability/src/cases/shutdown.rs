@@ -3,13 +3,18 @@
 //! (200), every request that reaches it after the drain began must get the
 //! protocol's refusal (503 `IICP-E024` with `Retry-After`) or find the port
 //! closed, the node must deregister from its directory and exit 0, having
-//! logged that it drained (nothing abandoned).
+//! logged that it drained (nothing abandoned). Requests whose bodies are
+//! still on their way when SIGTERM arrives complete during the drain and
+//! must get 503 `IICP-E024` — so the refusal itself is seen every run, not
+//! only a closed port.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::directory::{Behaviour, StandInDirectory};
 use crate::memory::{RssSampler, rss_bytes};
@@ -25,6 +30,8 @@ pub const FAMILY: &str = "shutdown";
 const SLEEPY_INTENT: &str = "urn:iicp:intent:test:versioned:v1";
 /// Slots of the node.
 const SLOTS: usize = 8;
+/// Requests whose body is half sent when SIGTERM arrives.
+const MID_REQUEST: usize = 4;
 
 /// How one request ended.
 #[derive(Debug, Default)]
@@ -109,7 +116,26 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         })
         .collect();
     tokio::time::sleep(load_for).await;
+    let mut halves = Vec::new();
+    for n in 0..MID_REQUEST {
+        halves.push(half_sent(&node.addr, n).await);
+    }
     node.terminate();
+    let draining = node
+        .wait_for_log(Duration::from_secs(30), |e| {
+            message(e).starts_with("shutting down")
+        })
+        .is_some();
+    let mut mid_request_refused = 0;
+    for half in halves {
+        if let Some((stream, rest)) = half
+            && finish_and_read(stream, &rest).await.is_some_and(|answer| {
+                answer.starts_with("HTTP/1.1 503") && answer.contains("IICP-E024")
+            })
+        {
+            mid_request_refused += 1;
+        }
+    }
     let exit = node.wait_exit(Duration::from_secs(60));
     stop.store(true, Ordering::Relaxed);
     let mut total = Outcomes::default();
@@ -137,7 +163,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         + total.port_closed
         + total.dropped
         + total.wrong;
-    report.failures = total.wrong + total.dropped;
+    report.failures = total.wrong + total.dropped + (MID_REQUEST - mid_request_refused) as u64;
     report.check(
         "registered before the test",
         registered,
@@ -159,6 +185,13 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
             total.refused_draining, total.port_closed, total.dropped, total.wrong
         ),
     );
+    report.check(
+        "requests still arriving when the drain began get 503 IICP-E024",
+        draining && mid_request_refused == MID_REQUEST,
+        format!(
+            "{mid_request_refused}/{MID_REQUEST} bodies finished after SIGTERM were refused with IICP-E024"
+        ),
+    );
     report.check("deregistered", deregistered, "DELETE /v1/register received");
     report.check(
         "exited 0",
@@ -169,6 +202,51 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     report.record_rss(before, &series, 0);
     report.duration = started.elapsed();
     vec![report]
+}
+
+/// A task request whose head and half its body are sent: the connection
+/// and the rest of the body, or `None` when the node did not take it.
+async fn half_sent(addr: &str, n: usize) -> Option<(TcpStream, Vec<u8>)> {
+    let body = traffic::task(&format!("mid-{n}"), SLEEPY_INTENT, json!({ "ms": 0 })).to_string();
+    let head = format!(
+        "POST /v1/task HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(first).await.ok()?;
+    Some((stream, rest.to_vec()))
+}
+
+/// Sends the rest of a half-sent request and reads the answer to its end.
+async fn finish_and_read(mut stream: TcpStream, rest: &[u8]) -> Option<String> {
+    stream.write_all(rest).await.ok()?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+            // One answer is all this connection gets.
+            if let Some(text) = std::str::from_utf8(&answer).ok()
+                && let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Some(length) = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                && body.len() >= length
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    read.ok()?;
+    String::from_utf8(answer).ok()
 }
 
 /// Why a request got no HTTP answer.

@@ -377,8 +377,9 @@ impl AsyncWrite for TrackedStream {
 mod tests {
     use super::*;
 
-    // Real time, short limits: only lower bounds are asserted, which a
-    // busy machine cannot break.
+    // Tokio's paused clock: time moves only when every task waits, so a
+    // busy machine cannot stretch one step past the next deadline (on the
+    // real clock, a 200 ms stall between two steps broke these).
     const HEADER: Duration = Duration::from_millis(200);
     const IDLE: Duration = Duration::from_millis(400);
     const WRITE: Duration = Duration::from_millis(300);
@@ -388,7 +389,7 @@ mod tests {
         response_write: WRITE,
     };
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_head_that_never_arrives_expires_after_the_header_deadline() {
         let activity = Activity::new();
         let started = Instant::now();
@@ -396,7 +397,7 @@ mod tests {
         assert!(started.elapsed() >= HEADER);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_busy_connection_has_no_deadline_and_idles_after_its_request() {
         let activity = Activity::new();
         let request = activity.request_started();
@@ -412,7 +413,7 @@ mod tests {
         assert!(idle_from.elapsed() >= IDLE);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_byte_after_an_idle_spell_starts_the_head_clock() {
         let activity = Activity::new();
         drop(activity.request_started());
@@ -423,7 +424,7 @@ mod tests {
         assert!(head_from.elapsed() >= HEADER);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn refused_writes_add_up_to_the_response_write_budget() {
         let activity = Activity::new();
         let _request = activity.request_started();
@@ -440,7 +441,7 @@ mod tests {
         assert!(started.elapsed() >= WRITE);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_new_request_gets_a_fresh_write_budget() {
         let activity = Activity::new();
         let first = activity.request_started();
