@@ -618,6 +618,11 @@ async fn a_reload_to_a_wrongly_signed_version_keeps_the_signed_one_serving() {
         "{error}"
     );
     assert_eq!(version_of(&node).await, "1", "the signed version serves on");
+    let metrics = common::metrics(&node).await;
+    assert!(
+        metrics.contains(r#"iicp_oci_refusals_total{reason="signature"} 1"#),
+        "{metrics}"
+    );
 
     // Signed by the trusted key: the reload takes it.
     signer

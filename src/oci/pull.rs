@@ -23,6 +23,9 @@ use super::store::Store;
 use super::{OciError, OciSettings, auth, one_line};
 use crate::wasm_kind::WasmKind;
 
+/// The labels of `iicp_oci_refusals_total{reason}`.
+pub const REFUSAL_REASONS: [&str; 3] = ["not_component", "signature", "unpinned"];
+
 /// Connecting gets at most this much of a call's deadline.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -55,6 +58,7 @@ pub struct Puller {
     store: std::sync::OnceLock<Result<Store, String>>,
     http: reqwest::Client,
     pulls: IntCounterVec,
+    refusals: IntCounterVec,
 }
 
 /// One registry conversation: the OCI client (it keeps the token) and the
@@ -66,8 +70,9 @@ struct Session {
 
 impl Puller {
     /// A puller with `settings`, counting into `pulls`
-    /// (`iicp_oci_pulls_total{result}`).
-    pub fn new(settings: &OciSettings, pulls: IntCounterVec) -> Self {
+    /// (`iicp_oci_pulls_total{result}`) and `refusals`
+    /// (`iicp_oci_refusals_total{reason}`, see [`REFUSAL_REASONS`]).
+    pub fn new(settings: &OciSettings, pulls: IntCounterVec, refusals: IntCounterVec) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
             .timeout(settings.timeout)
@@ -78,7 +83,16 @@ impl Puller {
             store: std::sync::OnceLock::new(),
             http,
             pulls,
+            refusals,
         }
+    }
+
+    /// Counts a refusal for `reason` and passes `error` on.
+    fn refused(&self, reason: &str, error: OciError) -> OciError {
+        if matches!(error, OciError::Refused(_)) {
+            self.refusals.with_label_values(&[reason]).inc();
+        }
+        error
     }
 
     fn store(&self) -> Result<&Store, OciError> {
@@ -165,21 +179,23 @@ impl Puller {
         policy: &SignaturePolicy,
     ) -> Result<Fetched, OciError> {
         if policy.require_digest && location.digest.is_none() {
-            return Err(OciError::Refused(
+            return Err(self.refused("unpinned", OciError::Refused(
                 "the reference must pin a digest (oci.require_digest): oci://REGISTRY/REPOSITORY@sha256:DIGEST".to_string(),
-            ));
+            )));
         }
         let store = self.store()?;
         let session = self.session(location)?;
         let resolved = self.resolve_in(&session, location).await?;
         if policy.requires_signature() {
             self.verify_signature(&session, location, &resolved, policy)
-                .await?;
+                .await
+                .map_err(|error| self.refused("signature", error))?;
         }
         let (path, downloaded) = match store.blob(&resolved.layer.digest) {
             Some(path) => {
                 // Stored by an earlier version that did not check.
-                only_components(&path, &resolved.layer).map_err(OciError::Refused)?;
+                only_components(&path, &resolved.layer)
+                    .map_err(|why| self.refused("not_component", OciError::Refused(why)))?;
                 (path, false)
             }
             None if resolved.offline => {
@@ -406,7 +422,10 @@ impl Puller {
         .await
         .unwrap_or_else(|_| Err(self.deadline("downloading the component")));
         let committed = written
-            .and_then(|()| only_components(&temp, layer).map_err(OciError::Refused))
+            .and_then(|()| {
+                only_components(&temp, layer)
+                    .map_err(|why| self.refused("not_component", OciError::Refused(why)))
+            })
             .and_then(|()| {
                 store
                     .commit_blob(&temp, &layer.digest)

@@ -83,7 +83,11 @@ impl Runtime {
                 })
                 .ok()
         });
-        let oci = Puller::new(&settings.oci, metrics.oci_pulls.clone());
+        let oci = Puller::new(
+            &settings.oci,
+            metrics.oci_pulls.clone(),
+            metrics.oci_refusals.clone(),
+        );
         let artifacts = ArtifactRegistry::new(engine.clone(), linker, cache.clone());
         Ok(Self {
             oci,
