@@ -27,7 +27,8 @@
 //! per-Origin limiter (`origin_limit_tracked × 320 B`), the OTLP span export
 //! when it is on (`4 × otlp_queue_bytes + 8 MiB`, see
 //! `telemetry::otlp::ExportSettings::worst_case_bytes`), and a fixed 64 MiB
-//! for the process itself and its loaded plugins' code. Reach adds, when
+//! for the process itself and its loaded plugins' code; with `oci://`
+//! plugins, a manifest and a signature payload being read and parsed. Reach adds, when
 //! configured: as a relay, `2 × max_bytes_total` (copies of held tasks on
 //! their way to workers; workers' results being read — the held tasks
 //! themselves are bodies the connections term counts) plus its tables
@@ -205,7 +206,25 @@ impl WorstCase {
         ];
         let mut worst = Self { terms, per_task };
         worst.add_reach(config);
+        worst.add_registry(config);
         worst
+    }
+
+    /// Pulling `oci://` plugins, where any: a manifest and one signature
+    /// payload read at a time (each under `oci.max_manifest_kib`), parsed.
+    /// Components stream to disk, never whole in memory.
+    fn add_registry(&mut self, config: &NodeConfig) {
+        let pulls = config
+            .plugins
+            .iter()
+            .any(|spec| crate::oci::OciLocation::from_path(&spec.source.path).is_some());
+        if pulls {
+            let manifest = config.runtime.oci.max_manifest_bytes as u64;
+            self.terms.push(Term {
+                name: "registry pulls: a manifest and a signature payload (2 × oci.max_manifest_kib), parsed".to_string(),
+                bytes: 2 * manifest * (1 + PARSED_JSON_FACTOR),
+            });
+        }
     }
 
     /// The relay, worker and peer-gossip terms of `config`, where set.
@@ -410,6 +429,20 @@ mod tests {
         );
         assert_eq!(cgroup_limit(membership, root), Some(512 << 20));
         assert_eq!(cgroup_limit("garbage\n\n4:memory\n", root), None);
+    }
+
+    #[test]
+    fn registry_pulls_add_their_term_only_with_oci_plugins() {
+        let local = NodeConfig::with_plugin("x.wasm".into());
+        let remote = NodeConfig::with_plugin("oci://127.0.0.1:5000/x:1".into());
+        let term = WorstCase::of(&remote).total() - WorstCase::of(&local).total();
+        // 2 × 4 MiB of manifest and payload, parsed (× 5).
+        assert_eq!(term, 40 << 20);
+        assert!(
+            WorstCase::of(&remote)
+                .to_string()
+                .contains("registry pulls")
+        );
     }
 
     #[test]
