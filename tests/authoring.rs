@@ -206,6 +206,28 @@ async fn compiled_artifacts_are_served_by_run_only_when_opted_in() {
         )]
     );
 
+    // The tools, likewise: refused without the opt-in, run with it.
+    let echo_call = [
+        "--intent",
+        "urn:iicp:intent:util:echo:v1",
+        "--payload",
+        "{}",
+    ];
+    for (tool, extra) in [("check", &[][..]), ("call", &echo_call[..])] {
+        let mut args = vec![tool, artifact.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let refused = host(&args);
+        assert!(!refused.status.success(), "{tool}");
+        assert!(
+            text(&refused.stderr).contains("is a compiled artifact (native code"),
+            "{tool}: {}",
+            text(&refused.stderr)
+        );
+        args.push("--precompiled");
+        let run = host(&args);
+        assert!(run.status.success(), "{tool}: {}", text(&run.stderr));
+    }
+
     let node = Node::start(&artifact, &["--precompiled"]);
     let loaded = node
         .log_entries()
