@@ -32,3 +32,4 @@ pub mod server;
 pub mod systemd;
 pub mod telemetry;
 pub mod tools;
+pub mod wasm_kind;

@@ -12,6 +12,7 @@ use iicp_host::config::file::PluginFileCache;
 use iicp_host::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
+use iicp_host::oci::signature::SignatureKey;
 use iicp_host::oci::{OciLocation, OciSettings};
 use iicp_host::reload::ConfigSource;
 use iicp_host::runtime::engine::AllocatorChoice;
@@ -40,16 +41,24 @@ enum Command {
 enum ToolCommand {
     /// Check that a plugin fits the iicp:plugin world; show what it declares and imports.
     Check {
-        /// The plugin (.wasm component or compiled artifact).
+        /// The plugin (.wasm component, or a compiled artifact with --precompiled).
         plugin: PathBuf,
         /// A config value the plugin reads (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
+        /// The plugin may be a compiled artifact (`iicp-host compile`): native
+        /// code run as this user; only for files you compiled yourself.
+        #[arg(long)]
+        precompiled: bool,
     },
     /// Run one task through a plugin, without HTTP; print the result and the time taken.
     Call {
-        /// The plugin (.wasm component or compiled artifact).
+        /// The plugin (.wasm component, or a compiled artifact with --precompiled).
         plugin: PathBuf,
+        /// The plugin may be a compiled artifact (`iicp-host compile`): native
+        /// code run as this user; only for files you compiled yourself.
+        #[arg(long)]
+        precompiled: bool,
         /// The intent [default: the plugin's first].
         #[arg(long)]
         intent: Option<String>,
@@ -412,6 +421,24 @@ struct RunArgs {
     peer_seeds: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// The plugin files may be compiled artifacts (`iicp-host compile`):
+    /// native code the node runs as itself, for every local plugin; only
+    /// for files you compiled yourself. Never applies to oci:// plugins.
+    #[arg(long, env = "IICP_HOST_PRECOMPILED")]
+    precompiled: bool,
+    /// A public key (PEM, ECDSA P-256, as cosign makes) one of which must
+    /// have signed every oci:// plugin, cosign-style (repeatable; replaces
+    /// the keys of the file).
+    #[arg(
+        long = "oci-signature-key",
+        value_name = "PEM_FILE",
+        env = "IICP_HOST_OCI_SIGNATURE_KEY",
+        value_delimiter = ','
+    )]
+    oci_signature_keys: Vec<PathBuf>,
+    /// oci:// plugins must be pinned: oci://REGISTRY/REPO@sha256:DIGEST.
+    #[arg(long, env = "IICP_HOST_OCI_REQUIRE_DIGEST")]
+    oci_require_digest: bool,
 }
 
 impl RunArgs {
@@ -446,7 +473,21 @@ impl RunArgs {
             config.qos_max_waiting =
                 check_range("--qos-max-waiting", waiting, &config::QOS_MAX_WAITING_RANGE)?;
         }
+        let signature_keys = self
+            .oci_signature_keys
+            .iter()
+            .map(|path| SignatureKey::load(path).map_err(|e| format!("--oci-signature-key: {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
         for plugin in &mut config.plugins {
+            let source = &mut plugin.source;
+            if OciLocation::from_path(&source.path).is_some() {
+                if !signature_keys.is_empty() {
+                    source.signatures.keys.clone_from(&signature_keys);
+                }
+                source.signatures.require_digest |= self.oci_require_digest;
+            } else if self.precompiled {
+                source.precompiled = true;
+            }
             if let Some(memory_mb) = self.memory_mb {
                 plugin.source.limits.memory_bytes =
                     (check_range("--memory-mb", memory_mb, &config::MEMORY_MB_RANGE)? as usize)
@@ -776,15 +817,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// Runs a command other than `run`.
 async fn tool(command: ToolCommand) -> ExitCode {
     match command {
-        ToolCommand::Check { plugin, config } => {
+        ToolCommand::Check {
+            plugin,
+            config,
+            precompiled,
+        } => {
             let outcome = match tools::key_values(&config, "--config") {
-                Ok(config) => tools::check::check(&plugin, config).await,
+                Ok(config) => tools::check::check(&plugin, config, precompiled).await,
                 Err(error) => Err(format!("error: {error}")),
             };
             finish(outcome)
         }
         ToolCommand::Call {
             plugin,
+            precompiled,
             intent,
             payload,
             config,
@@ -795,6 +841,7 @@ async fn tool(command: ToolCommand) -> ExitCode {
             let args = tools::key_values(&config, "--config").and_then(|config| {
                 Ok(CallArgs {
                     plugin,
+                    precompiled,
                     intent,
                     payload,
                     config,

@@ -29,8 +29,9 @@
 //! `telemetry::otlp::ExportSettings::worst_case_bytes`), the blocking
 //! threads plugins' DNS lookups may hold (`max_dns_lookups × 2 MiB`,
 //! `runtime::host::dns`), and a fixed 64 MiB
-//! for the process itself and its loaded plugins' code. Reach adds, when
-//! configured: as a relay, `3 × max_bytes_total` — workers' results being
+//! for the process itself and its loaded plugins' code; with `oci://`
+//! plugins, a manifest and a signature payload being read and parsed. Reach
+//! adds, when configured: as a relay, `3 × max_bytes_total` — workers' results being
 //! read (reserved before a byte is read), the consumer answers built from
 //! them and the pull answers built from held tasks, each until it is
 //! charged to the unsent-answer budget (whose term then counts it; the
@@ -221,7 +222,25 @@ impl WorstCase {
         ];
         let mut worst = Self { terms, per_task };
         worst.add_reach(config);
+        worst.add_registry(config);
         worst
+    }
+
+    /// Pulling `oci://` plugins, where any: a manifest and one signature
+    /// payload read at a time (each under `oci.max_manifest_kib`), parsed.
+    /// Components stream to disk, never whole in memory.
+    fn add_registry(&mut self, config: &NodeConfig) {
+        let pulls = config
+            .plugins
+            .iter()
+            .any(|spec| crate::oci::OciLocation::from_path(&spec.source.path).is_some());
+        if pulls {
+            let manifest = config.runtime.oci.max_manifest_bytes as u64;
+            self.terms.push(Term {
+                name: "registry pulls: a manifest and a signature payload (2 × oci.max_manifest_kib), parsed".to_string(),
+                bytes: 2 * manifest * (1 + PARSED_JSON_FACTOR),
+            });
+        }
     }
 
     /// The relay, worker and peer-gossip terms of `config`, where set.
@@ -300,6 +319,20 @@ mod tests {
         assert!(task > limits.memory_bytes as u64);
         // 128 MiB + (4+1) + 8 + 0.5 + 0.6 + 4 + 8 + 0.06 + 2 MiB.
         assert!(task < (160 << 20), "{task}");
+    }
+
+    #[test]
+    fn registry_pulls_add_their_term_only_with_oci_plugins() {
+        let local = NodeConfig::with_plugin("x.wasm".into());
+        let remote = NodeConfig::with_plugin("oci://127.0.0.1:5000/x:1".into());
+        let term = WorstCase::of(&remote).total() - WorstCase::of(&local).total();
+        // 2 × 4 MiB of manifest and payload, parsed (× 5).
+        assert_eq!(term, 40 << 20);
+        assert!(
+            WorstCase::of(&remote)
+                .to_string()
+                .contains("registry pulls")
+        );
     }
 
     #[test]

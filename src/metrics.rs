@@ -123,6 +123,10 @@ pub struct Metrics {
     pub artifact_cache_rejected: IntCounterVec,
     /// `iicp_oci_pulls_total{result}`: pulled, stored, offline, failed.
     pub oci_pulls: IntCounterVec,
+    /// `iicp_oci_refusals_total{reason}`: plugins from registries refused
+    /// for what they are (`not_component`), their signatures (`signature`)
+    /// or an unpinned reference (`unpinned`).
+    pub oci_refusals: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     connection_timeouts: IntCounterVec,
@@ -621,6 +625,18 @@ impl Metrics {
                 "Plugins fetched by OCI reference, by result (pulled, stored, offline, failed).",
                 &["pulled", "stored", "offline", "failed"],
             ),
+            oci_refusals: {
+                let metric = counter_vec(
+                    &r,
+                    "iicp_oci_refusals_total",
+                    "Plugins from registries refused, by reason (not_component, signature, unpinned).",
+                    &["reason"],
+                );
+                for reason in crate::oci::pull::REFUSAL_REASONS {
+                    metric.with_label_values(&[reason]);
+                }
+                metric
+            },
             plugin_info: {
                 let metric = IntGaugeVec::new(
                     Opts::new("iicp_plugin_info", "Loaded plugins (value 1)."),

@@ -172,7 +172,7 @@ fn call_runs_one_task_and_prints_result_and_time() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn compiled_artifacts_are_served_by_run() {
+async fn compiled_artifacts_are_served_by_run_only_when_opted_in() {
     let dir = tempfile::tempdir().unwrap();
     let artifact = dir.path().join("echo.cwasm");
     let echo = plugin("echo");
@@ -190,7 +190,45 @@ async fn compiled_artifacts_are_served_by_run() {
     );
     assert!(std::fs::metadata(&artifact).unwrap().len() > 0);
 
-    let node = Node::start(&artifact, &[]);
+    // Native code runs only where the operator opted in for the file.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+    command
+        .args(["run", "--listen", "127.0.0.1:0", "--plugin"])
+        .arg(&artifact)
+        .arg("--state-dir")
+        .arg(common::fresh_state_dir());
+    let lines = common::refused_to_start(&mut command);
+    assert_eq!(
+        lines,
+        [format!(
+            "iicp-host: error: {} is a compiled artifact (native code the node would run as itself), not a .wasm component: load it only if you compiled it, with `precompiled = true` in its [[plugin]] table or --precompiled",
+            artifact.display()
+        )]
+    );
+
+    // The tools, likewise: refused without the opt-in, run with it.
+    let echo_call = [
+        "--intent",
+        "urn:iicp:intent:util:echo:v1",
+        "--payload",
+        "{}",
+    ];
+    for (tool, extra) in [("check", &[][..]), ("call", &echo_call[..])] {
+        let mut args = vec![tool, artifact.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let refused = host(&args);
+        assert!(!refused.status.success(), "{tool}");
+        assert!(
+            text(&refused.stderr).contains("is a compiled artifact (native code"),
+            "{tool}: {}",
+            text(&refused.stderr)
+        );
+        args.push("--precompiled");
+        let run = host(&args);
+        assert!(run.status.success(), "{tool}: {}", text(&run.stderr));
+    }
+
+    let node = Node::start(&artifact, &["--precompiled"]);
     let loaded = node
         .log_entries()
         .into_iter()

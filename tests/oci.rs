@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::registry::Registry;
+use common::signing::{KeyPair, Skopeo, oci_layout, signature_tag};
 use common::{Node, client, message, plugin, post_task, task};
 use serde_json::{Value, json};
 
@@ -56,28 +57,34 @@ fn push(plugin_name: &str, reference: &str, env: &[(&str, &str)]) -> String {
 
 /// `iicp-host run` that must refuse to start; returns its one stderr line.
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut all = vec!["run", "--listen", "127.0.0.1:0", "--state-dir"];
     let state = common::fresh_state_dir();
-    all.push(state.to_str().unwrap());
-    all.extend_from_slice(args);
-    let output = host(&all, env);
-    assert!(
-        !output.status.success(),
-        "started: {}",
-        text(&output.stderr)
-    );
-    let stderr = text(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line:\n{stderr}");
-    lines[0].to_string()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+    command
+        .args(["run", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .env("XDG_CACHE_HOME", common::shared_cache_dir())
+        .env_remove("IICP_HOST_REGISTRY_USERNAME")
+        .env_remove("IICP_HOST_REGISTRY_PASSWORD")
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .envs(env.iter().copied());
+    let lines = common::refused_to_start(&mut command);
+    assert_eq!(lines.len(), 1, "expected one line:\n{}", lines.join("\n"));
+    lines[0].clone()
 }
 
 /// Starts a node serving `reference`, its pulled plugins kept in `cache`.
 fn serve(reference: &str, cache: &Path, env: &[(&str, &str)]) -> Node {
+    serve_with(reference, cache, &[], env)
+}
+
+/// [`serve`] with more flags.
+fn serve_with(reference: &str, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
     let state = common::fresh_state_dir();
     let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
     command
         .args(["run", "--plugin", reference, "--listen", "127.0.0.1:0"])
+        .args(args)
         .args(["--log-format", "json", "--cache-dir"])
         .arg(cache)
         .arg("--state-dir")
@@ -358,5 +365,295 @@ async fn reload_follows_a_moved_tag_and_a_bad_registry_changes_nothing() {
             == "registry unreachable; using the copy pulled before")
             .is_some()
     );
+    assert_eq!(version_of(&node).await, "2");
+}
+
+/// Issue 19's attack: a compiled wasmtime artifact (native code, what
+/// `iicp-host compile` writes) published as the `application/wasm` layer of
+/// a Wasm OCI artifact with plain registry API calls, as anyone who
+/// controls a registry, a moved tag or a plain-HTTP hop can.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compiled_artifact_published_as_a_plugin_is_refused() {
+    let mut registry = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let native = dir.path().join("echo.cwasm");
+    let output = host(
+        &[
+            "compile",
+            plugin("echo").to_str().unwrap(),
+            "-o",
+            native.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let evil = std::fs::read(&native).unwrap();
+    assert!(evil.starts_with(b"\x7fELF"), "a compiled artifact is ELF");
+    let cache = tempfile::tempdir().unwrap();
+
+    // The same API calls publishing the component make an artifact that serves.
+    let component = std::fs::read(plugin("echo")).unwrap();
+    registry
+        .push_wasm_artifact("good/echo", "1", &component)
+        .await;
+    let node = serve(&registry.reference("good/echo:1"), cache.path(), &[]);
+    echo_works(&node).await;
+    drop(node);
+
+    let reference = registry.reference("evil/echo:1");
+    let pinned = format!(
+        "{}@{}",
+        registry.reference("evil/echo"),
+        registry.push_wasm_artifact("evil/echo", "1", &evil).await
+    );
+    let evil_layer = format!("sha256:{}", common::file_sha256(&native));
+    let cache_dir = cache.path().to_str().unwrap();
+    for opt_in in [&[][..], &["--precompiled"][..]] {
+        let mut args = vec!["--plugin", &reference, "--cache-dir", cache_dir];
+        args.extend_from_slice(opt_in);
+        let line = refused(&args, &[]);
+        assert_eq!(
+            line,
+            format!(
+                "iicp-host: error: cannot pull {reference}: the layer {evil_layer} is a compiled wasmtime artifact (native code, ELF), not a WebAssembly component: a plugin from a registry must be the .wasm component, which this node compiles itself"
+            )
+        );
+    }
+    let stored = cache
+        .path()
+        .join("oci/blobs/sha256")
+        .join(format!("{}.wasm", &evil_layer["sha256:".len()..]));
+    assert!(!stored.exists(), "the refused layer is not kept");
+
+    // Planted in the store under its digest (as a version that did not check
+    // would have kept it), with the registry gone: still refused.
+    std::fs::write(&stored, &evil).unwrap();
+    registry.stop();
+    let line = refused(&["--plugin", &pinned, "--cache-dir", cache_dir], &[]);
+    assert!(
+        line.contains(
+            "is a compiled wasmtime artifact (native code, ELF), not a WebAssembly component"
+        ),
+        "{line}"
+    );
+}
+
+/// Publishes test plugins with skopeo (from an OCI layout directory) and
+/// signs them with OpenSSL keys, cosign's way (see `common::signing`).
+struct Signer {
+    dir: tempfile::TempDir,
+    skopeo: Skopeo,
+}
+
+impl Signer {
+    fn new() -> Signer {
+        Signer {
+            dir: tempfile::tempdir().unwrap(),
+            skopeo: Skopeo::new(),
+        }
+    }
+
+    fn key(&self, name: &str) -> KeyPair {
+        KeyPair::generate(self.dir.path(), name)
+    }
+
+    /// Copies `plugin_name`'s component to `repository:tag` with skopeo,
+    /// signed by `key` if given; returns the manifest digest.
+    async fn publish(
+        &self,
+        registry: &Registry,
+        plugin_name: &str,
+        repository: &str,
+        tag: &str,
+        key: Option<&KeyPair>,
+    ) -> String {
+        let layout = self.dir.path().join(format!("layout-{plugin_name}"));
+        let component = std::fs::read(plugin(plugin_name)).unwrap();
+        let digest = oci_layout(&layout, "v", &component);
+        let destination = format!("{}/{repository}:{tag}", registry.addr);
+        self.skopeo
+            .copy(&format!("oci:{}:v", layout.display()), &destination);
+        if let Some(key) = key {
+            common::signing::sign(registry, repository, &destination, &digest, key).await;
+        }
+        digest
+    }
+}
+
+fn path_of(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_plugins_serve_and_unsigned_or_wrongly_signed_ones_are_refused() {
+    let registry = Registry::start(None);
+    let signer = Signer::new();
+    let trusted = signer.key("trusted");
+    let other = signer.key("other");
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = path_of(cache.path());
+    let key_flag = ["--oci-signature-key", path_of(&trusted.public_key)];
+
+    // Signed by the trusted key: pulled, verified, served.
+    let signed = signer
+        .publish(&registry, "echo", "signed/echo", "1", Some(&trusted))
+        .await;
+    let node = serve_with(
+        &registry.reference("signed/echo:1"),
+        cache.path(),
+        &key_flag,
+        &[],
+    );
+    let verified = node
+        .log_entries()
+        .into_iter()
+        .find(|e| message(e) == "plugin signature verified")
+        .unwrap_or_else(|| panic!("{}", node.log_text()));
+    assert_eq!(verified["fields"]["digest"], signed.as_str());
+    echo_works(&node).await;
+    drop(node);
+
+    let refused_with_key = |reference: &str| {
+        let mut args = vec!["--plugin", reference, "--cache-dir", cache_dir];
+        args.extend_from_slice(&key_flag);
+        refused(&args, &[])
+    };
+    // Unsigned.
+    signer
+        .publish(&registry, "echo", "plain/echo", "1", None)
+        .await;
+    let line = refused_with_key(&registry.reference("plain/echo:1"));
+    assert!(line.contains("the plugin is not signed"), "{line}");
+    // Signed, by a key the node does not trust.
+    signer
+        .publish(&registry, "echo", "other/echo", "1", Some(&other))
+        .await;
+    let line = refused_with_key(&registry.reference("other/echo:1"));
+    assert!(
+        line.contains("verifies under") && line.contains("a signature by none of the trusted keys"),
+        "{line}"
+    );
+    // The trusted signature of another artifact copied to this one's
+    // signature tag (the registry's operator can do that).
+    let versioned = signer
+        .publish(&registry, "versioned-v1", "swap/echo", "a", Some(&trusted))
+        .await;
+    let echo = signer
+        .publish(&registry, "echo", "swap/echo", "b", None)
+        .await;
+    let theirs = registry
+        .get_manifest("swap/echo", &signature_tag(&versioned))
+        .await;
+    registry
+        .put_manifest("swap/echo", &signature_tag(&echo), &theirs)
+        .await;
+    let line = refused_with_key(&registry.reference("swap/echo:b"));
+    assert!(
+        line.contains(&format!("the signature is for {versioned}, not {echo}")),
+        "{line}"
+    );
+
+    // A digest-pinning policy refuses a tag, and takes the pinned signed digest.
+    let tagged = registry.reference("signed/echo:1");
+    let args = [
+        "--plugin",
+        &tagged,
+        "--cache-dir",
+        cache_dir,
+        "--oci-require-digest",
+    ];
+    let line = refused(&args, &[]);
+    assert!(line.contains("must pin a digest"), "{line}");
+    let pinned = format!("{}@{signed}", registry.reference("signed/echo"));
+    let node = serve_with(
+        &pinned,
+        cache.path(),
+        &[key_flag[0], key_flag[1], "--oci-require-digest"],
+        &[],
+    );
+    echo_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_to_a_wrongly_signed_version_keeps_the_signed_one_serving() {
+    let mut registry = Registry::start(None);
+    let signer = Signer::new();
+    let trusted = signer.key("trusted");
+    let other = signer.key("other");
+    let live = registry.reference("svc/versioned:live");
+    signer
+        .publish(
+            &registry,
+            "versioned-v1",
+            "svc/versioned",
+            "live",
+            Some(&trusted),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ncache_dir = \"{}\"\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n[[plugin]]\nid = \"svc\"\npath = \"{live}\"\nsignature_keys = [\"{}\"]\n",
+            dir.path().join("cache").display(),
+            trusted.public_key.display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_config_env(
+        &config,
+        &["--admin-listen", "127.0.0.1:0"],
+        &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    assert_eq!(version_of(&node).await, "1");
+
+    // The tag moves to a version signed by another key: the reload fails.
+    signer
+        .publish(
+            &registry,
+            "versioned-v2",
+            "svc/versioned",
+            "live",
+            Some(&other),
+        )
+        .await;
+    let report = reload(&node).await;
+    assert_eq!(report["error"]["code"], "reload_failed", "{report}");
+    let error = report["error"]["message"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("cannot pull {live}: no signature of sha256:")),
+        "{error}"
+    );
+    assert_eq!(version_of(&node).await, "1", "the signed version serves on");
+    let metrics = common::metrics(&node).await;
+    assert!(
+        metrics.contains(r#"iicp_oci_refusals_total{reason="signature"} 1"#),
+        "{metrics}"
+    );
+
+    // Signed by the trusted key: the reload takes it.
+    signer
+        .publish(
+            &registry,
+            "versioned-v2",
+            "svc/versioned",
+            "live",
+            Some(&trusted),
+        )
+        .await;
+    let report = reload(&node).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(version_of(&node).await, "2");
+
+    // Offline, the kept signature still verifies: a restart serves.
+    drop(node);
+    registry.stop();
+    let node = Node::start_config_env(
+        &config,
+        &["--admin-listen", "127.0.0.1:0"],
+        &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    assert!(warned_unreachable(&node), "{}", node.log_text());
     assert_eq!(version_of(&node).await, "2");
 }

@@ -37,6 +37,7 @@ use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
     validate_http_url,
 };
+use crate::oci::signature::{SignatureKey, SignaturePolicy};
 use crate::oci::{OciLocation, OciSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
@@ -108,6 +109,13 @@ struct OciSection {
     max_store_mib: Option<u32>,
     #[serde(default)]
     insecure_registries: Vec<String>,
+    /// Public keys one of which must have signed every `oci://` plugin
+    /// without its own `signature_keys`.
+    #[serde(default)]
+    signature_keys: Vec<PathBuf>,
+    #[serde(default)]
+    require_digest: bool,
+    max_signatures: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -252,6 +260,12 @@ struct PluginSection {
     #[serde(default)]
     tenants: BTreeMap<String, String>,
     http: Option<HttpSection>,
+    /// The local file may be a compiled artifact.
+    #[serde(default)]
+    precompiled: bool,
+    /// Public keys one of which must have signed this `oci://` plugin
+    /// (instead of `[oci] signature_keys`).
+    signature_keys: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -319,8 +333,8 @@ pub fn load_cached(path: &Path, cache: &PluginFileCache) -> Result<NodeConfig, C
 }
 
 /// Parses and validates configuration text, resolving relative paths
-/// against `base_dir`. Touches no file (a `node.plugin_dirs` is refused:
-/// it needs [`load`]); reads only the environment variables the text names
+/// against `base_dir`. Touches no file but the public keys it names (a
+/// `node.plugin_dirs` is refused: it needs [`load`]); reads only the environment variables the text names
 /// for secrets, and the cache directory's defaults (`XDG_CACHE_HOME`,
 /// `HOME`).
 pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
@@ -434,6 +448,10 @@ fn build(
     if plugin_tables.is_empty() {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
     }
+    let signatures = SignaturePolicy {
+        keys: signature_keys(&file.oci.signature_keys, base, "oci.signature_keys")?,
+        require_digest: file.oci.require_digest,
+    };
     let mut plugins: Vec<PluginSpec> = Vec::with_capacity(plugin_tables.len());
     // Ids and intents already claimed, with the claiming table's index:
     // a configuration of thousands of tables is checked in linear time.
@@ -447,6 +465,7 @@ fn build(
             file.defaults.memory_mb.is_some(),
             max_concurrent,
             &table.base,
+            &signatures,
         )
         .map_err(|e| match &table.file {
             Some(file) => format!("{}: {e}", file.display()),
@@ -648,7 +667,22 @@ fn oci_settings(section: &OciSection, cache_dir: Option<PathBuf>) -> Result<OciS
         max_store_bytes: store_mib.map_or(defaults.max_store_bytes, |mib| u64::from(mib) << 20),
         timeout: timeout_ms.map_or(defaults.timeout, Duration::from_millis),
         insecure_registries: section.insecure_registries.clone(),
+        max_signatures: section
+            .max_signatures
+            .map(|n| check_range("oci.max_signatures", n, &(1..=1024)))
+            .transpose()?
+            .unwrap_or(defaults.max_signatures),
     })
+}
+
+/// Reads the public keys named by `key`, relative to `base`.
+fn signature_keys(paths: &[PathBuf], base: &Path, key: &str) -> Result<Vec<SignatureKey>, String> {
+    paths
+        .iter()
+        .map(|path| {
+            SignatureKey::load(&resolve(base, path.clone())).map_err(|e| format!("{key}: {e}"))
+        })
+        .collect()
 }
 
 fn plugin_name(id: &Option<String>, index: usize) -> String {
@@ -665,6 +699,7 @@ fn plugin_spec(
     defaults_memory_given: bool,
     node_max_concurrent: u32,
     base: &Path,
+    node_signatures: &SignaturePolicy,
 ) -> Result<PluginSpec, String> {
     let name = plugin_name(&plugin.id, index);
     if let Some(id) = &plugin.id
@@ -689,9 +724,29 @@ fn plugin_spec(
         host_memory_kib: plugin.host_memory_kib,
     };
     let limits = limits(defaults, &section, &name)?;
-    if let Some(Err(why)) = OciLocation::from_path(&plugin.path) {
-        return Err(format!("{name}: path: {why}"));
+    let from_registry = match OciLocation::from_path(&plugin.path) {
+        Some(Err(why)) => return Err(format!("{name}: path: {why}")),
+        Some(Ok(_)) => true,
+        None => false,
+    };
+    if from_registry && plugin.precompiled {
+        return Err(format!(
+            "{name}: precompiled: a plugin from a registry is always a .wasm component this node compiles; precompiled = true is for a local file you compiled"
+        ));
     }
+    if !from_registry && plugin.signature_keys.is_some() {
+        return Err(format!(
+            "{name}: signature_keys: only a plugin from a registry (oci://) is checked for signatures"
+        ));
+    }
+    let signatures = match (&plugin.signature_keys, from_registry) {
+        (_, false) => SignaturePolicy::default(),
+        (None, true) => node_signatures.clone(),
+        (Some(paths), true) => SignaturePolicy {
+            keys: signature_keys(paths, base, &format!("{name}: signature_keys"))?,
+            require_digest: node_signatures.require_digest,
+        },
+    };
     if let Some(intents) = &plugin.intents {
         if intents.is_empty() {
             return Err(format!(
@@ -779,6 +834,8 @@ fn plugin_spec(
             config,
             secrets,
             http,
+            precompiled: plugin.precompiled,
+            signatures,
         },
         intents: plugin.intents,
         models: plugin.models,
@@ -1099,6 +1156,56 @@ mod tests {
         );
         assert_eq!(config.max_concurrent, DEFAULT_MAX_CONCURRENT);
         assert!(config.directory.is_none());
+    }
+
+    #[test]
+    fn content_trust_keys_apply_where_they_mean_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = p256::ecdsa::SigningKey::from_slice(&[3; 32]).unwrap();
+        let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
+            key.verifying_key(),
+            p256::pkcs8::LineEnding::LF,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("node.pub"), &pem).unwrap();
+        std::fs::write(dir.path().join("tenant.pub"), &pem).unwrap();
+        std::fs::write(dir.path().join("not-a-key.pub"), "hello").unwrap();
+        let parse = |text: &str| super::parse(text, dir.path());
+        let reg = "oci://127.0.0.1:5000/echo:1";
+        let config = parse(&format!(
+            "[oci]\nsignature_keys = [\"node.pub\"]\nrequire_digest = true\n\
+             [[plugin]]\nid = \"a\"\npath = \"{reg}\"\n\
+             [[plugin]]\nid = \"b\"\npath = \"{reg}\"\nsignature_keys = [\"tenant.pub\"]\n\
+             [[plugin]]\nid = \"c\"\npath = \"c.cwasm\"\nprecompiled = true\n"
+        ))
+        .unwrap();
+        let [a, b, c] = [0, 1, 2].map(|i| &config.plugins[i].source);
+        assert!(a.signatures.keys[0].name().ends_with("node.pub"));
+        assert!(
+            b.signatures.keys[0].name().ends_with("tenant.pub"),
+            "its own keys instead"
+        );
+        assert!(a.signatures.require_digest && b.signatures.require_digest);
+        assert!(c.precompiled && c.signatures.keys.is_empty());
+
+        let remote = parse(&format!(
+            "[[plugin]]\npath = \"{reg}\"\nprecompiled = true\n"
+        ));
+        assert!(
+            remote
+                .unwrap_err()
+                .contains("precompiled: a plugin from a registry")
+        );
+        let local = parse("[[plugin]]\npath = \"a.wasm\"\nsignature_keys = [\"node.pub\"]\n");
+        assert!(
+            local
+                .unwrap_err()
+                .contains("signature_keys: only a plugin from a registry")
+        );
+        let bad = parse(&format!(
+            "[oci]\nsignature_keys = [\"not-a-key.pub\"]\n[[plugin]]\npath = \"{reg}\"\n"
+        ));
+        assert!(bad.unwrap_err().starts_with("oci.signature_keys: "));
     }
 
     #[test]

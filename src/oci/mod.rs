@@ -21,6 +21,15 @@
 //! serving what it served. A registry that *answers* — not found, refused
 //! credentials, a wrong digest, an unexpected media type — is an error.
 //!
+//! A plugin from a registry is always a WebAssembly component, compiled by
+//! this node: the layer's first bytes are checked before it is stored or
+//! loaded, and a core module, a compiled wasmtime artifact (native code)
+//! or anything else is refused, naming what the bytes are. Whoever
+//! controls a registry, a moved tag or a plain-HTTP hop can at most offer
+//! wasm for the sandbox, never native code. Beyond that, a plugin may have
+//! to be signed by a key the operator trusts, and its reference pinned to
+//! a digest ([`signature`]).
+//!
 //! Known limit: the bearer-token exchange is done by `oci-client`, which
 //! reads the token response without a byte bound; it is still under the
 //! deadline, and the token endpoint is one the operator's registry names.
@@ -30,6 +39,7 @@ pub mod manifest;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod signature;
 pub mod store;
 
 use std::fmt;
@@ -64,6 +74,8 @@ pub struct OciSettings {
     /// Registries (`host[:port]`) spoken to over plain HTTP although not on
     /// loopback.
     pub insecure_registries: Vec<String>,
+    /// Signature layers looked at per signed manifest, at most.
+    pub max_signatures: usize,
 }
 
 impl Default for OciSettings {
@@ -75,6 +87,7 @@ impl Default for OciSettings {
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             timeout: DEFAULT_TIMEOUT,
             insecure_registries: Vec::new(),
+            max_signatures: signature::DEFAULT_MAX_SIGNATURES,
         }
     }
 }

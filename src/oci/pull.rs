@@ -18,8 +18,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::manifest::{MANIFEST_TYPES, WasmLayer, wasm_layer};
 use super::reference::OciLocation;
+use super::signature::{self, SignaturePolicy};
 use super::store::Store;
 use super::{OciError, OciSettings, auth, one_line};
+use crate::wasm_kind::WasmKind;
+
+/// The labels of `iicp_oci_refusals_total{reason}`.
+pub const REFUSAL_REASONS: [&str; 3] = ["not_component", "signature", "unpinned"];
 
 /// Connecting gets at most this much of a call's deadline.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -53,6 +58,7 @@ pub struct Puller {
     store: std::sync::OnceLock<Result<Store, String>>,
     http: reqwest::Client,
     pulls: IntCounterVec,
+    refusals: IntCounterVec,
 }
 
 /// One registry conversation: the OCI client (it keeps the token) and the
@@ -64,8 +70,9 @@ struct Session {
 
 impl Puller {
     /// A puller with `settings`, counting into `pulls`
-    /// (`iicp_oci_pulls_total{result}`).
-    pub fn new(settings: &OciSettings, pulls: IntCounterVec) -> Self {
+    /// (`iicp_oci_pulls_total{result}`) and `refusals`
+    /// (`iicp_oci_refusals_total{reason}`, see [`REFUSAL_REASONS`]).
+    pub fn new(settings: &OciSettings, pulls: IntCounterVec, refusals: IntCounterVec) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
             .timeout(settings.timeout)
@@ -76,7 +83,16 @@ impl Puller {
             store: std::sync::OnceLock::new(),
             http,
             pulls,
+            refusals,
         }
+    }
+
+    /// Counts a refusal for `reason` and passes `error` on.
+    fn refused(&self, reason: &str, error: OciError) -> OciError {
+        if matches!(error, OciError::Refused(_)) {
+            self.refusals.with_label_values(&[reason]).inc();
+        }
+        error
     }
 
     fn store(&self) -> Result<&Store, OciError> {
@@ -127,10 +143,15 @@ impl Puller {
     }
 
     /// Resolves `location` and returns its component on disk, downloading
-    /// it unless the store has it.
-    pub async fn fetch(&self, location: &OciLocation) -> Result<Fetched, OciError> {
+    /// it unless the store has it; with `policy`'s keys, only once a
+    /// signature by one of them verifies for the manifest.
+    pub async fn fetch(
+        &self,
+        location: &OciLocation,
+        policy: &SignaturePolicy,
+    ) -> Result<Fetched, OciError> {
         let started = Instant::now();
-        let outcome = self.fetch_inner(location).await;
+        let outcome = self.fetch_inner(location, policy).await;
         let result = match &outcome {
             Ok(fetched) if fetched.downloaded => "pulled",
             Ok(fetched) if fetched.resolved.offline => "offline",
@@ -152,12 +173,31 @@ impl Puller {
         outcome
     }
 
-    async fn fetch_inner(&self, location: &OciLocation) -> Result<Fetched, OciError> {
+    async fn fetch_inner(
+        &self,
+        location: &OciLocation,
+        policy: &SignaturePolicy,
+    ) -> Result<Fetched, OciError> {
+        if policy.require_digest && location.digest.is_none() {
+            return Err(self.refused("unpinned", OciError::Refused(
+                "the reference must pin a digest (oci.require_digest): oci://REGISTRY/REPOSITORY@sha256:DIGEST".to_string(),
+            )));
+        }
         let store = self.store()?;
         let session = self.session(location)?;
         let resolved = self.resolve_in(&session, location).await?;
+        if policy.requires_signature() {
+            self.verify_signature(&session, location, &resolved, policy)
+                .await
+                .map_err(|error| self.refused("signature", error))?;
+        }
         let (path, downloaded) = match store.blob(&resolved.layer.digest) {
-            Some(path) => (path, false),
+            Some(path) => {
+                // Stored by an earlier version that did not check.
+                only_components(&path, &resolved.layer)
+                    .map_err(|why| self.refused("not_component", OciError::Refused(why)))?;
+                (path, false)
+            }
             None if resolved.offline => {
                 return Err(OciError::Unreachable(format!(
                     "{} is not stored and the registry is unreachable",
@@ -201,7 +241,7 @@ impl Puller {
                 offline: false,
             });
         }
-        match self.manifest(session, location).await {
+        match self.manifest(session, location, "the manifest").await {
             Ok((digest, body, content_type)) => {
                 let layer =
                     wasm_layer(&body, content_type.as_deref(), max).map_err(OciError::Refused)?;
@@ -298,29 +338,34 @@ impl Puller {
             .transpose()
     }
 
-    /// GETs the manifest, reading at most the manifest bound; returns its
-    /// digest (checked against a pinned one and the registry's header), body
-    /// and content type.
-    async fn manifest(
-        &self,
-        session: &Session,
-        location: &OciLocation,
-    ) -> Result<(String, Vec<u8>, Option<String>), OciError> {
-        let authorization = self.authorize(session, location).await?;
+    fn url(&self, location: &OciLocation, path: &str) -> String {
         let scheme = if self.plain_http(location) {
             "http"
         } else {
             "https"
         };
+        format!(
+            "{scheme}://{}/v2/{}/{path}",
+            location.registry, location.repository
+        )
+    }
+
+    /// GETs the manifest, reading at most the manifest bound; returns its
+    /// digest (checked against a pinned one and the registry's header), body
+    /// and content type. `what` names it in errors.
+    async fn manifest(
+        &self,
+        session: &Session,
+        location: &OciLocation,
+        what: &str,
+    ) -> Result<(String, Vec<u8>, Option<String>), OciError> {
+        let authorization = self.authorize(session, location).await?;
         let reference = location
             .digest
             .clone()
             .or_else(|| location.tag.clone())
             .unwrap_or_default();
-        let url = format!(
-            "{scheme}://{}/v2/{}/manifests/{reference}",
-            location.registry, location.repository
-        );
+        let url = self.url(location, &format!("manifests/{reference}"));
         let mut request = self
             .http
             .get(&url)
@@ -331,12 +376,12 @@ impl Puller {
         let mut response = request.send().await.map_err(|e| transport(&e))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(status_error(status, "the manifest"));
+            return Err(status_error(status, what));
         }
         let max = self.settings.max_manifest_bytes;
         let too_big = || {
             OciError::Refused(format!(
-                "the manifest is larger than {max} bytes (oci.max_manifest_kib)"
+                "{what} is larger than {max} bytes (oci.max_manifest_kib)"
             ))
         };
         if response.content_length().is_some_and(|n| n > max as u64) {
@@ -395,11 +440,16 @@ impl Puller {
         )
         .await
         .unwrap_or_else(|_| Err(self.deadline("downloading the component")));
-        let committed = written.and_then(|()| {
-            store
-                .commit_blob(&temp, &layer.digest)
-                .map_err(|e| OciError::Refused(format!("cannot store the component: {e}")))
-        });
+        let committed = written
+            .and_then(|()| {
+                only_components(&temp, layer)
+                    .map_err(|why| self.refused("not_component", OciError::Refused(why)))
+            })
+            .and_then(|()| {
+                store
+                    .commit_blob(&temp, &layer.digest)
+                    .map_err(|e| OciError::Refused(format!("cannot store the component: {e}")))
+            });
         if committed.is_err() {
             let _ = std::fs::remove_file(&temp);
         }
@@ -478,6 +528,119 @@ impl Puller {
         Ok(())
     }
 
+    /// Requires a signature of the resolved manifest by one of `policy`'s
+    /// keys: the one kept from an earlier pull if it still verifies, else
+    /// those the registry stores beside the manifest (see [`signature`]).
+    async fn verify_signature(
+        &self,
+        session: &Session,
+        location: &OciLocation,
+        resolved: &Resolved,
+        policy: &SignaturePolicy,
+    ) -> Result<(), OciError> {
+        let store = self.store()?;
+        let digest = &resolved.manifest_digest;
+        let repository = format!("{}/{}", location.registry, location.repository);
+        let max = self.settings.max_manifest_bytes;
+        if let Some((payload, signed)) = store.signature(digest, 2 * max + 1024)
+            && signature::check(&payload, &signed, &policy.keys, digest, &repository).is_ok()
+        {
+            return Ok(());
+        }
+        if resolved.offline {
+            return Err(OciError::Unreachable(format!(
+                "no signature of {digest} kept from an earlier pull verifies, and the registry is unreachable"
+            )));
+        }
+        let tag = signature::signature_tag(digest);
+        let at_signatures = OciLocation {
+            tag: Some(tag.clone()),
+            digest: None,
+            ..location.clone()
+        };
+        let (_, body, _) = self
+            .manifest(session, &at_signatures, &format!("the signature tag {tag}"))
+            .await
+            .map_err(|error| match error {
+                OciError::Refused(why) if why.contains("(404") => {
+                    OciError::Refused(format!("the plugin is not signed: {why}"))
+                }
+                other => other,
+            })?;
+        let listed = signature::listed_signatures(&body, self.settings.max_signatures, max as u64)
+            .map_err(OciError::Refused)?;
+        let mut why_not = None;
+        for entry in &listed {
+            let payload = self.payload(session, location, entry).await?;
+            match signature::check(
+                &payload,
+                &entry.signature,
+                &policy.keys,
+                digest,
+                &repository,
+            ) {
+                Ok(key) => {
+                    tracing::info!(location = %location, digest = %digest, key = key.name(), "plugin signature verified");
+                    if let Err(error) = store.put_signature(digest, &payload, &entry.signature) {
+                        tracing::warn!(%error, "cannot keep a verified signature; offline starts will not find it");
+                    }
+                    return Ok(());
+                }
+                Err(why) => {
+                    why_not.get_or_insert(why);
+                }
+            }
+        }
+        Err(OciError::Refused(format!(
+            "no signature of {digest} verifies under {} ({} signature(s) in {tag}{})",
+            policy.key_names(),
+            listed.len(),
+            why_not
+                .map(|why| format!("; the first: {why}"))
+                .unwrap_or_default()
+        )))
+    }
+
+    /// GETs a signature's payload blob: at most its declared size (itself
+    /// bounded), and only if it hashes to its digest.
+    async fn payload(
+        &self,
+        session: &Session,
+        location: &OciLocation,
+        entry: &signature::ListedSignature,
+    ) -> Result<Vec<u8>, OciError> {
+        let authorization = self.authorize(session, location).await?;
+        let mut request = self
+            .http
+            .get(self.url(location, &format!("blobs/{}", entry.digest)));
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let mut response = request.send().await.map_err(|e| transport(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status_error(status, "a signature payload"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
+            if (body.len() + chunk.len()) as u64 > entry.size {
+                return Err(OciError::Refused(format!(
+                    "the registry sends more than the {} bytes declared for a signature payload",
+                    entry.size
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if actual != entry.digest {
+            return Err(OciError::Refused(format!(
+                "wrong digest: a signature payload hashes to {actual}, not {}",
+                entry.digest
+            )));
+        }
+        Ok(body)
+    }
+
     fn deadline(&self, doing: &str) -> OciError {
         OciError::Unreachable(format!(
             "no answer within {} ms while {doing} (oci.timeout_ms)",
@@ -492,6 +655,31 @@ async fn private_file(path: &std::path::Path) -> std::io::Result<tokio::fs::File
     #[cfg(unix)]
     options.mode(0o600);
     options.open(path).await
+}
+
+/// Refuses a layer that is not a WebAssembly component — above all a
+/// compiled wasmtime artifact, native code the node would run as itself.
+fn only_components(path: &std::path::Path, layer: &WasmLayer) -> Result<(), String> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| format!("cannot read the component: {e}");
+    let mut header = Vec::with_capacity(WasmKind::HEADER_BYTES);
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(WasmKind::HEADER_BYTES as u64)
+                .read_to_end(&mut header)
+        })
+        .map_err(unreadable)?;
+    if WasmKind::of(&header) == WasmKind::Component {
+        return Ok(());
+    }
+    // Only a refusal reads the whole (bounded, verified) file, to say
+    // exactly what it is.
+    let kind = WasmKind::of(&std::fs::read(path).map_err(unreadable)?);
+    Err(format!(
+        "the layer {} is {}, not a WebAssembly component: a plugin from a registry must be the .wasm component, which this node compiles itself",
+        layer.digest,
+        kind.description()
+    ))
 }
 
 fn wrong_layer(expected: &str, actual: &str) -> OciError {

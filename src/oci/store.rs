@@ -4,7 +4,11 @@
 //! * `blobs/sha256/<hex>.wasm` — components, named by their digest;
 //! * `manifests/sha256/<hex>.json` — the manifests that named them;
 //! * `tags/<sha256 of the tag reference>` — the manifest digest a tag had
-//!   when last resolved, so the node starts offline with what it pulled.
+//!   when last resolved, so the node starts offline with what it pulled;
+//! * `signatures/sha256/<manifest hex>.json` — the payload and signature
+//!   that last verified for a manifest, so a node that requires signatures
+//!   also starts offline (they are verified again under the keys of the
+//!   moment: the store vouches for nothing).
 //!
 //! Everything read back is checked against its name: a corrupt or
 //! truncated entry is a miss (and removed), never a plugin. Components are
@@ -31,7 +35,12 @@ impl Store {
     /// Opens (creating, mode 0700) the store at `dir`, holding at most
     /// `max_bytes` of components.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        for sub in ["blobs/sha256", "manifests/sha256", "tags"] {
+        for sub in [
+            "blobs/sha256",
+            "manifests/sha256",
+            "signatures/sha256",
+            "tags",
+        ] {
             private_files::create_dir(&dir.join(sub))?;
         }
         Ok(Self {
@@ -84,6 +93,44 @@ impl Store {
             Some(path) => private_files::write(&path, &[bytes]),
             None => Ok(()),
         }
+    }
+
+    fn signature_path(&self, manifest_digest: &str) -> Option<PathBuf> {
+        Some(
+            self.dir
+                .join("signatures/sha256")
+                .join(format!("{}.json", Self::hex(manifest_digest)?)),
+        )
+    }
+
+    /// Keeps the payload and base64 signature that verified for a manifest.
+    pub fn put_signature(
+        &self,
+        manifest_digest: &str,
+        payload: &[u8],
+        signature: &str,
+    ) -> std::io::Result<()> {
+        use base64::Engine as _;
+        let Some(path) = self.signature_path(manifest_digest) else {
+            return Ok(());
+        };
+        let entry = serde_json::json!({
+            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+            "signature": signature,
+        });
+        private_files::write(&path, &[entry.to_string().as_bytes()])
+    }
+
+    /// The payload and base64 signature kept for a manifest, if any (at
+    /// most `max_bytes` of entry).
+    pub fn signature(&self, manifest_digest: &str, max_bytes: usize) -> Option<(Vec<u8>, String)> {
+        use base64::Engine as _;
+        let bytes = read_at_most(&self.signature_path(manifest_digest)?, max_bytes as u64)?;
+        let entry: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(entry["payload"].as_str()?)
+            .ok()?;
+        Some((payload, entry["signature"].as_str()?.to_string()))
     }
 
     /// The manifest digest `location`'s tag had when last resolved.

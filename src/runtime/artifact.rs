@@ -11,44 +11,25 @@ use wasmtime::{Engine, Precompiled};
 
 use super::cache::{self, ArtifactCache, CacheOutcome};
 use super::plugin::LoadError;
-
-enum FileKind {
-    Component,
-    CoreModule,
-    Precompiled,
-    NotWasm,
-}
-
-/// Classifies a file by its header: `\0asm` then a version/layer word that
-/// is 1 for core modules and 0x0001000d for components.
-fn file_kind(bytes: &[u8]) -> FileKind {
-    if Engine::detect_precompiled(bytes).is_some() {
-        return FileKind::Precompiled;
-    }
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => FileKind::CoreModule,
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => FileKind::Component,
-        _ => FileKind::NotWasm,
-    }
-}
+use crate::wasm_kind::WasmKind;
 
 /// Whether `bytes` are a component's `.wasm` (not a core module, not a
 /// compiled artifact).
 pub fn is_component(bytes: &[u8]) -> bool {
-    matches!(file_kind(bytes), FileKind::Component)
+    WasmKind::of(bytes) == WasmKind::Component
 }
 
 /// Reads `path`, refusing anything but a component (as `.wasm`).
 fn read_component(path: &Path) -> Result<Vec<u8>, LoadError> {
     let bytes = read(path)?;
-    match file_kind(&bytes) {
-        FileKind::Component => Ok(bytes),
-        FileKind::CoreModule => Err(LoadError::CoreModule(path.to_path_buf())),
-        FileKind::Precompiled => Err(LoadError::Invalid(
+    match WasmKind::of(&bytes) {
+        WasmKind::Component => Ok(bytes),
+        WasmKind::CoreModule => Err(LoadError::CoreModule(path.to_path_buf())),
+        WasmKind::Precompiled => Err(LoadError::Invalid(
             path.to_path_buf(),
             "this is already a compiled artifact; compile the .wasm it came from".to_string(),
         )),
-        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+        WasmKind::OtherNative | WasmKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
     }
 }
 
@@ -79,30 +60,48 @@ fn read_and_compile(
     engine: &Engine,
     cache: Option<&ArtifactCache>,
     path: &Path,
+    precompiled: PrecompiledPolicy,
 ) -> Result<(Component, String), LoadError> {
     let bytes = read(path)?;
     let sha256 = plugin_sha256(&bytes);
-    let (component, _) = compile_bytes(engine, cache, path, &bytes, &sha256)?;
+    let (component, _) = compile_bytes(engine, cache, path, &bytes, &sha256, precompiled)?;
     Ok((component, sha256))
 }
 
+/// Whether a plugin file may be a compiled artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecompiledPolicy {
+    /// Only a `.wasm` component: the default, and always for a plugin
+    /// pulled from a registry.
+    Refuse,
+    /// The operator named this local file as one they compiled
+    /// (`precompiled = true`, `--precompiled`).
+    Allow,
+}
+
 /// Compiles a plugin file's bytes: a `.wasm` component through the artifact
-/// cache, or a compiled artifact from `iicp-host compile` as it is.
+/// cache, or — only with [`PrecompiledPolicy::Allow`] — a compiled artifact
+/// from `iicp-host compile` as it is.
 ///
 /// A compiled artifact is native code that wasmtime cannot validate the way
-/// it validates wasm: it is trusted. Load only artifacts you compiled
-/// yourself with the same build of iicp-host.
+/// it validates wasm: it runs with the node's full power. Hence the opt-in,
+/// per local file: load only artifacts you compiled yourself with the same
+/// build of iicp-host.
 pub(super) fn compile_bytes(
     engine: &Engine,
     cache: Option<&ArtifactCache>,
     path: &Path,
     bytes: &[u8],
     sha256: &str,
+    precompiled: PrecompiledPolicy,
 ) -> Result<(Component, CacheOutcome), LoadError> {
-    match file_kind(bytes) {
-        FileKind::Component => cache::load_or_compile(engine, cache, bytes, sha256)
+    match WasmKind::of(bytes) {
+        WasmKind::Component => cache::load_or_compile(engine, cache, bytes, sha256)
             .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}"))),
-        FileKind::Precompiled
+        WasmKind::Precompiled if precompiled == PrecompiledPolicy::Refuse => {
+            Err(LoadError::PrecompiledNotAllowed(path.to_path_buf()))
+        }
+        WasmKind::Precompiled
             if Engine::detect_precompiled(bytes) == Some(Precompiled::Component) =>
         {
             // SAFETY: see above — the operator vouches for the artifact.
@@ -116,10 +115,10 @@ pub(super) fn compile_bytes(
             })?;
             Ok((component, CacheOutcome::Precompiled))
         }
-        FileKind::Precompiled | FileKind::CoreModule => {
+        WasmKind::Precompiled | WasmKind::CoreModule => {
             Err(LoadError::CoreModule(path.to_path_buf()))
         }
-        FileKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
+        WasmKind::OtherNative | WasmKind::NotWasm => Err(LoadError::NotWasm(path.to_path_buf())),
     }
 }
 
@@ -141,8 +140,9 @@ pub(super) fn inspect(
     engine: &Engine,
     cache: Option<&ArtifactCache>,
     path: &Path,
+    precompiled: PrecompiledPolicy,
 ) -> Result<ComponentFacts, LoadError> {
-    let (component, sha256) = read_and_compile(engine, cache, path)?;
+    let (component, sha256) = read_and_compile(engine, cache, path, precompiled)?;
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let component_type = component.component_type();
     Ok(ComponentFacts {
@@ -157,23 +157,4 @@ pub(super) fn inspect(
             .map(|(name, _)| name.to_string())
             .collect(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_classification() {
-        assert!(matches!(
-            file_kind(b"\0asm\x01\0\0\0"),
-            FileKind::CoreModule
-        ));
-        assert!(matches!(
-            file_kind(b"\0asm\x0d\0\x01\0rest"),
-            FileKind::Component
-        ));
-        assert!(matches!(file_kind(b"hello world"), FileKind::NotWasm));
-        assert!(matches!(file_kind(b""), FileKind::NotWasm));
-    }
 }

@@ -30,6 +30,12 @@
 //! written by an older format), `unloadable` (verified, yet refused by
 //! wasmtime).
 //!
+//! Entries are looked up only by the SHA-256 of a `.wasm` component (see
+//! `artifact::compile_bytes`), so a plugin from a registry — always a
+//! component, checked at the OCI boundary — cannot name native code here:
+//! the only native code loaded is what this cache wrote, or a local file
+//! the operator marked `precompiled`.
+//!
 //! This protects against other local users — a `cache_dir` on a shared or
 //! loosely permitted path, a directory or file planted at the predictable
 //! default path, a swapped or edited entry — and against corruption and

@@ -87,7 +87,11 @@ impl Runtime {
                 })
                 .ok()
         });
-        let oci = Puller::new(&settings.oci, metrics.oci_pulls.clone());
+        let oci = Puller::new(
+            &settings.oci,
+            metrics.oci_pulls.clone(),
+            metrics.oci_refusals.clone(),
+        );
         let artifacts = ArtifactRegistry::new(engine.clone(), linker, cache.clone());
         let dns = host::dns::DnsLookups::new(settings.max_dns_lookups, metrics.dns.clone());
         Ok(Self {
@@ -111,7 +115,7 @@ impl Runtime {
     /// Loads and checks a plugin (pulling it first when its path is an
     /// `oci://` reference).
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
-        let file = self.local_file(&source.path).await?;
+        let file = self.local_file(source).await?;
         plugin::load(
             &self.artifacts,
             &self.metrics,
@@ -123,15 +127,17 @@ impl Runtime {
         .await
     }
 
-    /// The file to load for `location`: itself, or the verified component an
-    /// `oci://` reference names, pulled unless stored.
-    async fn local_file(&self, location: &Path) -> Result<PathBuf, LoadError> {
+    /// The file to load for `source`: its path, or the verified component
+    /// (signed as its policy asks) an `oci://` reference names, pulled
+    /// unless stored.
+    async fn local_file(&self, source: &PluginSource) -> Result<PathBuf, LoadError> {
+        let location = &source.path;
         match OciLocation::from_path(location) {
             None => Ok(location.to_path_buf()),
             Some(parsed) => {
                 let fetch_error = |why: String| LoadError::Fetch(location.to_path_buf(), why);
                 let oci = parsed.map_err(fetch_error)?;
-                let fetched = self.oci.fetch(&oci).await;
+                let fetched = self.oci.fetch(&oci, &source.signatures).await;
                 Ok(fetched.map_err(|e| fetch_error(e.to_string()))?.path)
             }
         }
@@ -164,9 +170,14 @@ impl Runtime {
         artifact::precompile(&self.engine, path)
     }
 
-    /// Lists a component's imports and exports.
-    pub fn inspect(&self, path: &std::path::Path) -> Result<artifact::ComponentFacts, LoadError> {
-        artifact::inspect(&self.engine, self.cache.as_ref(), path)
+    /// Lists a component's imports and exports (a compiled artifact's only
+    /// with [`artifact::PrecompiledPolicy::Allow`]).
+    pub fn inspect(
+        &self,
+        path: &std::path::Path,
+        precompiled: artifact::PrecompiledPolicy,
+    ) -> Result<artifact::ComponentFacts, LoadError> {
+        artifact::inspect(&self.engine, self.cache.as_ref(), path, precompiled)
     }
 
     /// Runs one task in a fresh instance of `plugin`.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use super::artifact::PrecompiledPolicy;
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::CacheOutcome;
 use super::host::config::PluginConfig;
@@ -25,6 +26,8 @@ use super::reuse::{InstancePool, WarmRegistry};
 use super::shared::{ArtifactRegistry, DescribeInput, SharedArtifact};
 use super::store::{PluginReach, TaskState, task_store};
 use crate::metrics::{Metrics, PluginHttpMetrics};
+use crate::oci::OciLocation;
+use crate::oci::signature::SignaturePolicy;
 
 /// The export every plugin must provide.
 pub const HANDLER_EXPORT: &str = "iicp:plugin/handler@0.1.0";
@@ -49,6 +52,12 @@ pub struct PluginSource {
     pub secrets: BTreeMap<String, String>,
     /// Where it may send HTTP requests.
     pub http: HttpSettings,
+    /// Whether the local file may be a compiled artifact (`precompiled =
+    /// true`): native code the operator vouches for. Never for `oci://`.
+    pub precompiled: bool,
+    /// Who must have signed an `oci://` plugin, and whether its reference
+    /// must pin a digest.
+    pub signatures: SignaturePolicy,
 }
 
 impl PluginSource {
@@ -61,6 +70,19 @@ impl PluginSource {
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
             http: HttpSettings::default(),
+            precompiled: false,
+            signatures: SignaturePolicy::default(),
+        }
+    }
+
+    /// Whether its file may be a compiled artifact: only a local path the
+    /// operator opted in for.
+    pub fn precompiled_policy(&self) -> PrecompiledPolicy {
+        let local = OciLocation::from_path(&self.path).is_none();
+        if self.precompiled && local {
+            PrecompiledPolicy::Allow
+        } else {
+            PrecompiledPolicy::Refuse
         }
     }
 }
@@ -74,6 +96,8 @@ impl fmt::Debug for PluginSource {
             .field("config", &self.config)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("http", &self.http)
+            .field("precompiled", &self.precompiled)
+            .field("signatures", &self.signatures)
             .finish()
     }
 }
@@ -155,6 +179,8 @@ pub enum LoadError {
     CoreModule(PathBuf),
     /// Wasm that does not validate or compile.
     Invalid(PathBuf, String),
+    /// A compiled artifact (native code) at a path not opted in for one.
+    PrecompiledNotAllowed(PathBuf),
     /// A component that does not target the `iicp:plugin` world.
     WrongWorld(PathBuf, String),
     /// `describe` trapped, timed out or returned nonsense.
@@ -182,6 +208,13 @@ impl fmt::Display for LoadError {
             LoadError::Invalid(path, why) => {
                 write!(f, "{} is not a valid component: {why}", path.display())
             }
+            LoadError::PrecompiledNotAllowed(path) => write!(
+                f,
+                "{} is a compiled artifact (native code the node would run as itself), not a \
+                 .wasm component: load it only if you compiled it, with `precompiled = true` in \
+                 its [[plugin]] table or --precompiled",
+                path.display()
+            ),
             LoadError::WrongWorld(path, why) => write!(
                 f,
                 "{} does not fit the iicp:plugin world: {why}",
@@ -216,7 +249,8 @@ pub(super) async fn load(
     // keep them off the async workers.
     let (artifact, cache_outcome) = {
         let (registry, file) = (registry.clone(), file.to_path_buf());
-        tokio::task::spawn_blocking(move || registry.resolve(&file))
+        let precompiled = source.precompiled_policy();
+        tokio::task::spawn_blocking(move || registry.resolve(&file, precompiled))
             .await
             .map_err(|e| LoadError::Invalid(path.clone(), e.to_string()))??
     };

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use super::artifact::{compile_bytes, plugin_sha256, read};
+use super::artifact::{PrecompiledPolicy, compile_bytes, plugin_sha256, read};
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{ArtifactCache, CacheOutcome};
 use super::host::config::PluginConfig;
@@ -73,6 +73,8 @@ pub const MAX_REMEMBERED_DESCRIPTIONS: usize = 64;
 pub struct SharedArtifact {
     /// SHA-256 of the file, hex.
     pub sha256: String,
+    /// Whether it was loaded as a compiled artifact (not compiled here).
+    pub precompiled: bool,
     /// Its imports resolved against the host's linker (holds the component).
     pub pre: PluginPre<TaskState>,
     /// What it said when asked to describe itself, per configuration and
@@ -198,9 +200,18 @@ impl ArtifactRegistry {
     /// The artifact for the file at `path`: the one already loaded from the
     /// same bytes ([`CacheOutcome::Shared`]), or a newly compiled (or
     /// cache-loaded) and linked one. Blocking: reads, hashes and compiles.
-    pub fn resolve(&self, path: &Path) -> Result<(Arc<SharedArtifact>, CacheOutcome), LoadError> {
+    pub fn resolve(
+        &self,
+        path: &Path,
+        precompiled: PrecompiledPolicy,
+    ) -> Result<(Arc<SharedArtifact>, CacheOutcome), LoadError> {
         let (_, remembered, bytes) = self.identify(path)?;
         if let Some(shared) = self.live(&remembered) {
+            // The same bytes loaded as a compiled artifact for a plugin that
+            // opted in are still refused to one that did not.
+            if shared.precompiled && precompiled == PrecompiledPolicy::Refuse {
+                return Err(LoadError::PrecompiledNotAllowed(path.to_path_buf()));
+            }
             return Ok((shared, CacheOutcome::Shared));
         }
         // A remembered hash whose artifact is gone: read the file again, and
@@ -212,12 +223,19 @@ impl ArtifactRegistry {
                 (plugin_sha256(&bytes), bytes)
             }
         };
-        let (component, cache_outcome) =
-            compile_bytes(&self.engine, self.cache.as_ref(), path, &bytes, &sha256)?;
+        let (component, cache_outcome) = compile_bytes(
+            &self.engine,
+            self.cache.as_ref(),
+            path,
+            &bytes,
+            &sha256,
+            precompiled,
+        )?;
         let pre = link(&self.engine, &self.linker, &component)
             .map_err(|why| LoadError::WrongWorld(path.to_path_buf(), why))?;
         let shared = Arc::new(SharedArtifact {
             sha256: sha256.clone(),
+            precompiled: cache_outcome == CacheOutcome::Precompiled,
             pre,
             descriptions: Mutex::default(),
         });

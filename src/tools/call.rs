@@ -21,6 +21,8 @@ use crate::runtime::plugin::PluginSource;
 pub struct CallArgs {
     /// The plugin.
     pub plugin: PathBuf,
+    /// Whether it may be a compiled artifact (`--precompiled`).
+    pub precompiled: bool,
     /// The intent; default: the plugin's first.
     pub intent: Option<String>,
     /// Payload JSON text, or `@file`.
@@ -76,6 +78,7 @@ pub async fn call(args: CallArgs) -> Result<String, String> {
     let mut source = PluginSource::new(args.plugin.clone());
     source.config = args.config;
     source.secrets = args.secrets;
+    source.precompiled = args.precompiled;
     source.http = HttpSettings {
         allow: args.allow_http,
         ..HttpSettings::default()

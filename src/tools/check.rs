@@ -51,11 +51,19 @@ fn facts_text(facts: &ComponentFacts) -> String {
 }
 
 /// Checks `plugin`; `Ok` is the report, `Err` the explanation.
-pub async fn check(plugin: &Path, config: BTreeMap<String, String>) -> Result<String, String> {
+/// (`precompiled`: it may be a compiled artifact).
+pub async fn check(
+    plugin: &Path,
+    config: BTreeMap<String, String>,
+    precompiled: bool,
+) -> Result<String, String> {
     let runtime = super::runtime()?;
-    let facts = runtime.inspect(plugin).map_err(|e| format!("error: {e}"))?;
     let mut source = PluginSource::new(plugin.to_path_buf());
     source.config = config;
+    source.precompiled = precompiled;
+    let facts = runtime
+        .inspect(plugin, source.precompiled_policy())
+        .map_err(|e| format!("error: {e}"))?;
     let loaded = match runtime.load_plugin(&source).await {
         Ok(loaded) => loaded,
         Err(error) => {

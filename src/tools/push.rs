@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::oci::manifest::ComponentSummary;
 use crate::oci::{OciLocation, OciSettings, push};
-use crate::runtime::artifact::is_component;
+use crate::runtime::artifact::{PrecompiledPolicy, is_component};
 use crate::runtime::plugin::HANDLER_EXPORT;
 
 /// The world a plugin targets, recorded when it exports the handler.
@@ -24,7 +24,9 @@ pub async fn push(file: &Path, reference: &str, settings: &OciSettings) -> Resul
             file.display()
         ));
     }
-    let facts = super::runtime()?.inspect(file).map_err(|e| e.to_string())?;
+    let facts = super::runtime()?
+        .inspect(file, PrecompiledPolicy::Refuse)
+        .map_err(|e| e.to_string())?;
     let target = facts
         .exports
         .iter()

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod cx;
 pub mod fake_directory;
 pub mod registry;
+pub mod signing;
 
 /// Builds `plugins/` for wasm32-wasip2 (a no-op when up to date) and returns
 /// the directory holding the `.wasm` files.
@@ -357,4 +358,36 @@ pub fn file_sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(
         std::fs::read(path).expect("read file"),
     ))
+}
+
+/// Runs `command` (an `iicp-host run` expected to refuse to start) and
+/// returns the non-empty lines of its stderr. A node that starts serving
+/// instead (it logs `listening`) is stopped and the test fails: an attack
+/// that succeeds fails the test rather than hanging it.
+pub fn refused_to_start(command: &mut Command) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iicp-host");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line.contains("listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the node started and served instead of refusing:\n{}\n{line}",
+                lines.join("\n")
+            );
+        }
+        if !line.trim().is_empty() {
+            lines.push(line);
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "exited 0:\n{}", lines.join("\n"));
+    lines
 }

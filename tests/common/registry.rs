@@ -107,6 +107,81 @@ impl Registry {
             .join("data")
     }
 
+    /// Uploads a blob to `repository` with plain registry API calls (a
+    /// monolithic upload: POST, then PUT with the digest); returns its digest.
+    pub async fn put_blob(&self, repository: &str, bytes: &[u8]) -> String {
+        use sha2::Digest;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        let client = reqwest::Client::new();
+        let started = client
+            .post(format!(
+                "http://{}/v2/{repository}/blobs/uploads/",
+                self.addr
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 202, "starting an upload");
+        let location = started.headers()["location"].to_str().unwrap().to_string();
+        let location = if location.starts_with('/') {
+            format!("http://{}{location}", self.addr)
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = client
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201, "finishing an upload");
+        digest
+    }
+
+    /// PUTs an OCI image manifest at `repository:reference`; returns its digest.
+    pub async fn put_manifest(&self, repository: &str, reference: &str, body: &[u8]) -> String {
+        use sha2::Digest;
+        let response = reqwest::Client::new()
+            .put(format!(
+                "http://{}/v2/{repository}/manifests/{reference}",
+                self.addr
+            ))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "putting a manifest");
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
+    }
+
+    /// The manifest at `repository:reference`, as stored.
+    pub async fn get_manifest(&self, repository: &str, reference: &str) -> Vec<u8> {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v2/{repository}/manifests/{reference}",
+                self.addr
+            ))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "getting a manifest");
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// Publishes `layer` as the one `application/wasm` layer of a Wasm OCI
+    /// artifact at `repository:tag`, with plain API calls (what anyone
+    /// controlling the registry can do); returns the manifest digest.
+    pub async fn push_wasm_artifact(&self, repository: &str, tag: &str, layer: &[u8]) -> String {
+        let (manifest, config) = super::signing::wasm_artifact(layer);
+        self.put_blob(repository, layer).await;
+        self.put_blob(repository, &config).await;
+        self.put_manifest(repository, tag, &manifest).await
+    }
+
     /// Stops it: its port then refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
