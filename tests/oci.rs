@@ -608,7 +608,8 @@ async fn a_reload_to_a_wrongly_signed_version_keeps_the_signed_one_serving() {
     );
     assert_eq!(version_of(&node).await, "1");
 
-    // The tag moves to a version signed by another key: the reload fails.
+    // The tag moves to a version signed by another key: the plugin's
+    // reload fails and its previous version is kept.
     signer
         .publish(
             &registry,
@@ -619,8 +620,11 @@ async fn a_reload_to_a_wrongly_signed_version_keeps_the_signed_one_serving() {
         )
         .await;
     let report = reload(&node).await;
-    assert_eq!(report["error"]["code"], "reload_failed", "{report}");
-    let error = report["error"]["message"].as_str().unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    let failed = &report["failed"][0];
+    assert_eq!(failed["plugin"], "svc", "{report}");
+    assert_eq!(failed["kept_previous"], true, "{report}");
+    let error = failed["error"].as_str().unwrap();
     assert!(
         error.starts_with(&format!("cannot pull {live}: no signature of sha256:")),
         "{error}"

@@ -444,8 +444,10 @@ async fn unread_consumer(relay_addr: &str, worker_id: &str, n: u64) -> Option<Tc
 
 async fn hostile_relay_worker(ctx: &Context, scale: Scale) -> CaseReport {
     const BUDGET_MIB: u64 = 16;
-    const RESULT_BYTES: usize = 2 << 20;
-    let consumers = scale.pick(24, 96);
+    // Larger than a loopback socket's send buffer (up to 4 MiB), so an
+    // answer to a consumer that does not read stays unsent in the node.
+    const RESULT_BYTES: usize = 6 << 20;
+    let consumers = scale.pick(12, 48);
     let started = Instant::now();
     let mut report = CaseReport::new(
         FAMILY,
