@@ -436,6 +436,32 @@ async fn a_connection_over_the_cap_gets_a_503_envelope_and_room_comes_back() {
     assert_eq!(refusal.json()["error"]["code"], "unavailable");
     assert!(closed_by_server(&mut over, MARGIN).await.is_some());
 
+    // Clients that send a whole task at once, still unread when the node
+    // answers and closes: each gets its 503, never a reset that destroys it
+    // (a close with unread bytes resets the connection).
+    let body =
+        serde_json::to_vec(&task("over", ECHO, json!({"text": "x".repeat(200 << 10)}))).unwrap();
+    let mut refused = 0;
+    let mut lost = Vec::new();
+    for _ in 0..40 {
+        let answer = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+            .post(node.url("/v1/task"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status() == 503 => refused += 1,
+            Ok(response) => lost.push(response.status().to_string()),
+            Err(error) => lost.push(format!("{error:?}")),
+        }
+    }
+    assert_eq!(refused, 40, "answers lost to a reset: {lost:?}");
+
     held.clear();
     let mut served = false;
     let started = Instant::now();

@@ -7,7 +7,10 @@
 //!
 //! * a **connection cap** — a connection over it is answered at once with a
 //!   complete 503 error envelope (`Retry-After`, `Connection: close`)
-//!   written without reading anything, then closed. We answer rather than
+//!   once its request head is read (hyper clients take an answer that comes
+//!   before their request for a protocol error), then closed after a
+//!   lingering close (below); beyond [`REFUSAL_LINGERS`] such refusals at
+//!   once, written without reading anything and closed. We answer rather than
 //!   close silently or leave connections in the kernel's backlog, so a
 //!   consumer learns in one round trip that this node is full and moves on
 //!   (a reset or a connect timeout says nothing); the answer costs one
@@ -83,6 +86,11 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 const BODY_BUFFER_BYTES: usize = 64 << 10;
 /// The most a lingering close reads and discards before it closes anyway.
 pub const LINGER_MAX_BYTES: u64 = 256 << 10;
+/// Refusals at the connection cap served at once (each a socket, a task,
+/// a read buffer of at most the head limit, for at most the header
+/// deadline and `lingering_close`); a flood beyond them gets the bare
+/// answer and an immediate close.
+pub const REFUSAL_LINGERS: usize = 64;
 
 /// Bounds on every connection of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +190,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let capacity = settings.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(capacity));
+    let refusal_lingers = Arc::new(Semaphore::new(REFUSAL_LINGERS));
     let refusal: Arc<[u8]> = ApiError::unavailable(
         "the node is at its connection limit",
         REFUSAL_RETRY_AFTER_MS,
@@ -212,9 +221,24 @@ pub async fn serve(
         };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
             metrics.refused.inc();
-            // Non-blocking: a fresh socket's send buffer takes the whole
-            // answer, and if it does not, the close alone must do.
-            let _ = stream.try_write(&refusal);
+            // A client that has not sent its request yet takes an answer
+            // that comes first for a protocol error, and one whose request
+            // is unread at the close loses it to the kernel's reset: while
+            // at most REFUSAL_LINGERS refusals do, read the request head
+            // first, answer, then linger as after a 408. Beyond them (a
+            // flood), the bare answer and an immediate close must do.
+            match refusal_lingers.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let builder = builder.clone();
+                    tokio::spawn(async move {
+                        refuse_after_the_head(stream, builder, settings).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let _ = stream.try_write(&refusal);
+                }
+            }
             continue;
         };
         // Small JSON answers must not wait for Nagle's algorithm.
@@ -328,6 +352,34 @@ impl Connection {
         if !linger(stream, self.settings.lingering_close).await {
             self.metrics.timeout("lingering_close").inc();
         }
+    }
+}
+
+/// Answers a connection over the cap with the 503 envelope after reading
+/// its request head (under the header deadline), closes it, and lingers so
+/// the client reads the answer before any reset.
+async fn refuse_after_the_head(
+    stream: TcpStream,
+    mut builder: http1::Builder,
+    settings: EdgeSettings,
+) {
+    builder.keep_alive(false);
+    let answer = hyper::service::service_fn(|_request: Request<Incoming>| async {
+        let mut response = ApiError::unavailable(
+            "the node is at its connection limit",
+            REFUSAL_RETRY_AFTER_MS,
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    let served = builder
+        .serve_connection(TokioIo::new(stream), answer)
+        .without_shutdown();
+    if let Ok(Ok(parts)) = tokio::time::timeout(settings.header_read_timeout, served).await {
+        linger(parts.io.into_inner(), settings.lingering_close).await;
     }
 }
 
