@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::fake_directory::FakeDirectory;
 use common::{
-    Node, client, error_of, health, join_all, message, metrics, plugin, post_task, spawn_post, task,
+    Node, client, error_of, health, join_all, message, metrics, plugin, post_task, sample,
+    spawn_post, task,
 };
 use serde_json::{Value, json};
 
@@ -939,7 +940,14 @@ async fn the_example_configuration_starts_and_registers() {
     );
     let register = &fake.requests("/v1/register")[0].body;
     assert_eq!(register["region"], "eu-central");
-    assert_eq!(register["limits"]["max_concurrent"], 64);
+    // The example leaves max_concurrent to the sizing: the node advertises
+    // what it chose for this machine's memory.
+    let chosen = sample(
+        &metrics(&node).await,
+        r#"iicp_memory_setting{setting="max_concurrent"}"#,
+    );
+    assert!(chosen >= 1.0);
+    assert_eq!(register["limits"]["max_concurrent"], chosen as u64);
     assert_eq!(register["policy"]["max_concurrent_remote"], 2);
     assert_eq!(register["transport_method"], "direct");
     let (status, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
