@@ -407,7 +407,7 @@ async fn sealed_in_sealed_out(ctx: &Context, scale: Scale) -> CaseReport {
     report.check(
         "the node advertised its IICP-CX key",
         advertised,
-        format!("last registration {:?}", directory.last_registration()),
+        format!("cx_public_key {key}"),
     );
     report.check(
         "every answer to a sealed task is sealed for its consumer",
