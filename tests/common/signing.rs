@@ -135,36 +135,7 @@ pub fn signature_tag(manifest_digest: &str) -> String {
     format!("{}.sig", manifest_digest.replacen(':', "-", 1))
 }
 
-fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// The Wasm OCI artifact manifest for `component` (the shape `push`
-/// makes) and its config blob.
-pub fn wasm_artifact(component: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let config = serde_json::to_vec(&json!({
-        "architecture": "wasm",
-        "os": "wasip2",
-        "layerDigests": [digest_of(component)],
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.wasm.config.v0+json",
-            "digest": digest_of(&config),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/wasm",
-            "digest": digest_of(component),
-            "size": component.len(),
-        }],
-    }))
-    .unwrap();
-    (manifest, config)
-}
+pub use iicp_reliability::registry::{digest_of, wasm_artifact};
 
 /// Writes an OCI layout directory holding `component` as a Wasm artifact
 /// tagged `tag`; returns the manifest digest.

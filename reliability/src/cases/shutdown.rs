@@ -69,6 +69,21 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     let registered = wait_until(Duration::from_secs(30), || directory.registered()).await;
     let before = rss_bytes(node.pid());
     let sampler = RssSampler::start(node.pid());
+    // Half-sent requests, opened while the node is idle and held open
+    // across the load: accepted (not waiting in the kernel's backlog, which
+    // the drain closes unread) before SIGTERM arrives.
+    let mut halves = Vec::new();
+    for n in 0..MID_REQUEST {
+        halves.push(half_sent(&node.addr, n).await);
+    }
+    let metrics = node.url("/metrics");
+    let accepted = wait_until_async(Duration::from_secs(30), || async {
+        // The scrape's own connection is open too.
+        traffic::metric(&metrics, r#"iicp_connections_open{listener="public"}"#)
+            .await
+            .is_some_and(|open| open >= (MID_REQUEST + 1) as f64)
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let url = node.url("/v1/task");
     let workers: Vec<_> = (0..clients)
@@ -116,10 +131,6 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
         })
         .collect();
     tokio::time::sleep(load_for).await;
-    let mut halves = Vec::new();
-    for n in 0..MID_REQUEST {
-        halves.push(half_sent(&node.addr, n).await);
-    }
     node.terminate();
     let draining = node
         .wait_for_log(Duration::from_secs(30), |e| {
@@ -187,7 +198,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     );
     report.check(
         "requests still arriving when the drain began get 503 IICP-E024",
-        draining && mid_request_refused == MID_REQUEST,
+        accepted && draining && mid_request_refused == MID_REQUEST,
         format!(
             "{mid_request_refused}/{MID_REQUEST} bodies finished after SIGTERM were refused with IICP-E024"
         ),
@@ -272,6 +283,22 @@ async fn post(
     let status = response.status().as_u16();
     let text = response.text().await.map_err(|_| Unanswered::Dropped)?;
     Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+}
+
+/// Polls the async `condition` every 50 ms until it holds or `limit` passes.
+async fn wait_until_async<F, Fut>(limit: Duration, condition: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition().await
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes.

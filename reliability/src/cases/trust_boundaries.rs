@@ -116,7 +116,8 @@ async fn registry_native_code(ctx: &Context, scale: Scale) -> CaseReport {
     let dir = ctx
         .work_dir
         .join(format!("registry-{}", std::process::id()));
-    let registry = Registry::start(&dir).await;
+    std::fs::create_dir_all(&dir).expect("case directory");
+    let registry = Registry::start(None);
     let native = precompile(
         &ctx.host_binary,
         &ctx.plugin("versioned-v1"),
@@ -124,8 +125,12 @@ async fn registry_native_code(ctx: &Context, scale: Scale) -> CaseReport {
     );
     let native = std::fs::read(native).expect("read the precompiled artifact");
     let component = std::fs::read(ctx.plugin("versioned-v1")).expect("read the component");
-    registry.push_raw("evil/versioned", "1", &native).await;
-    registry.push_raw("good/versioned", "1", &component).await;
+    registry
+        .push_wasm_artifact("evil/versioned", "1", &native)
+        .await;
+    registry
+        .push_wasm_artifact("good/versioned", "1", &component)
+        .await;
 
     let config = dir.join("node.toml");
     let echo = ctx.plugin("echo");
@@ -147,7 +152,7 @@ async fn registry_native_code(ctx: &Context, scale: Scale) -> CaseReport {
     let healthy = HealthyLoad::start(task_url.clone(), 2, 1_000_000, WAIT);
     let evil = format!(
         "[[plugin]]\nid = \"tenant\"\npath = \"{}\"\n",
-        registry.reference("evil/versioned", "1")
+        registry.reference("evil/versioned:1")
     );
     let mut served = 0;
     let mut answers = Vec::new();
@@ -166,7 +171,7 @@ async fn registry_native_code(ctx: &Context, scale: Scale) -> CaseReport {
         &echo,
         &format!(
             "[[plugin]]\nid = \"tenant\"\npath = \"{}\"\n",
-            registry.reference("good/versioned", "1")
+            registry.reference("good/versioned:1")
         ),
     );
     let (control_status, control_body) = reload(&node).await;
@@ -187,18 +192,8 @@ async fn registry_native_code(ctx: &Context, scale: Scale) -> CaseReport {
         control_served,
         format!("reload {control_status}: {control_body}"),
     );
-    report.check(
-        "healthy tasks beside it all served",
-        report.healthy.failures == 0 && report.healthy.count > 0,
-        format!(
-            "{} of {} failed",
-            report.healthy.failures, report.healthy.count
-        ),
-    );
-    report.record_rss(before, &series, after);
-    report.check_memory(16 << 20);
-    report.duration = started.elapsed();
-    report
+    check_healthy_served(&mut report, "healthy tasks beside it all served");
+    finish(report, before, &series, after, 16 << 20, started)
 }
 
 /// Keeps the node's words about a reload that should have been refused in
@@ -213,6 +208,32 @@ fn tracing_line(node: &Node, answer: &Value) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// The check that every healthy task beside the case was served.
+fn check_healthy_served(report: &mut CaseReport, claim: &str) {
+    let healthy = report.healthy.clone();
+    report.check(
+        claim,
+        healthy.failures == 0 && healthy.count > 0,
+        format!("{} of {} failed", healthy.failures, healthy.count),
+    );
+}
+
+/// Records the memory figures and their checks (back within `slack`) and
+/// the case's time; returns the finished report.
+fn finish(
+    mut report: CaseReport,
+    before: u64,
+    series: &[(Duration, u64)],
+    after: u64,
+    slack: u64,
+    started: Instant,
+) -> CaseReport {
+    report.record_rss(before, series, after);
+    report.check_memory(slack);
+    report.duration = started.elapsed();
+    report
 }
 
 fn free_port() -> u16 {
@@ -342,10 +363,7 @@ async fn relay_impostor_after_restart(ctx: &Context, scale: Scale) -> CaseReport
         rebound && failed == 0,
         format!("rebound {rebound}; {failed}/{healthy_tasks} relayed tasks failed"),
     );
-    report.record_rss(before, &series, after);
-    report.check_memory(16 << 20);
-    report.duration = started.elapsed();
-    report
+    finish(report, before, &series, after, 16 << 20, started)
 }
 
 async fn sealed_in_sealed_out(ctx: &Context, scale: Scale) -> CaseReport {
@@ -414,18 +432,8 @@ async fn sealed_in_sealed_out(ctx: &Context, scale: Scale) -> CaseReport {
         clear == 0 && other == 0 && sealed == tries,
         format!("{sealed} sealed, {clear} in clear, {other} other of {tries}"),
     );
-    report.check(
-        "healthy tasks beside it all served",
-        report.healthy.failures == 0 && report.healthy.count > 0,
-        format!(
-            "{} of {} failed",
-            report.healthy.failures, report.healthy.count
-        ),
-    );
-    report.record_rss(before, &series, after);
-    report.check_memory(16 << 20);
-    report.duration = started.elapsed();
-    report
+    check_healthy_served(&mut report, "healthy tasks beside it all served");
+    finish(report, before, &series, after, 16 << 20, started)
 }
 
 /// A consumer that sends one relayed task and never reads the answer; the
@@ -602,16 +610,9 @@ async fn hostile_relay_worker(ctx: &Context, scale: Scale) -> CaseReport {
         released,
         "iicp_unsent_answer_bytes back to 0".to_string(),
     );
-    report.check(
+    check_healthy_served(
+        &mut report,
         "full service once the hostile consumers are gone",
-        report.healthy.failures == 0 && report.healthy.count > 0,
-        format!(
-            "{} of {} failed",
-            report.healthy.failures, report.healthy.count
-        ),
     );
-    report.record_rss(before, &series, after);
-    report.check_memory(24 << 20);
-    report.duration = started.elapsed();
-    report
+    finish(report, before, &series, after, 24 << 20, started)
 }
