@@ -207,7 +207,7 @@ async fn wait_metric(node: &Node, name: &str, at_least: f64) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let text = metrics(node).await;
-        if sample(&text, name) >= at_least {
+        if common::polled_sample(&text, name) >= at_least {
             return text;
         }
         assert!(Instant::now() < deadline, "{name} never reached {at_least}");

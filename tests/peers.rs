@@ -310,7 +310,7 @@ async fn private_peers_are_never_contacted_unless_allowed() {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let text = metrics(&node).await;
-        if metric_value(&text, &series("private_address")) >= 4.0 {
+        if common::polled_sample(&text, &series("private_address")) >= 4.0 {
             assert_eq!(metric_value(&text, &series("ok")), 0.0, "{text}");
             assert_eq!(metric_value(&text, &series("unreachable")), 0.0, "{text}");
             break;

@@ -330,7 +330,7 @@ async fn a_task_id_runs_once_and_duplicates_get_its_answer() {
     }
     let duplicates: Vec<_> = (0..3).map(|_| post(counter.task("idem-2", ""))).collect();
     let waited = r#"iicp_idempotency_total{outcome="waited"}"#;
-    while sample(&metrics(&node).await, waited) < 3.0 {
+    while common::polled_sample(&metrics(&node).await, waited) < 3.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the duplicates never waited"

@@ -1080,9 +1080,9 @@ async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answe
         consumers.push(stream);
     }
     wait_until("every relayed task answered", || async {
-        metric_value(
+        common::polled_sample(
             &metrics(&relay).await,
-            r#"iicp_relay_tasks_total{outcome="answered"}"#,
+            r#"iicp_relay_tasks_total{outcome="answered"} "#,
         ) >= CONSUMERS as f64
     })
     .await;

@@ -207,11 +207,52 @@ pub async fn metrics(node: &Node) -> String {
 }
 
 /// The value of the sample `series` (name and labels, as exposed) in a
-/// Prometheus exposition; 0 when absent.
+/// Prometheus exposition; 0 when that label set is absent, a failed test
+/// when the whole metric is (see [`exported_family`]).
 pub fn sample(text: &str, series: &str) -> f64 {
+    exported_family(text, series);
+    polled_sample(text, series)
+}
+
+/// The value of the sample `series`, 0 when absent whatever the reason:
+/// for polls, where a labelled counter appears only at its first event.
+/// A test's final checks read with [`sample`].
+pub fn polled_sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Panics unless the metric family of `series` (its name before any `{`)
+/// is in the exposition `text`: a missing label set of an exported family
+/// reads as 0 (a counter child not yet touched), a missing family — a
+/// misspelt or renamed metric — fails the test instead of passing an
+/// `== 0` check.
+fn exported_family(text: &str, series: &str) {
+    let family = series
+        .split(['{', ' '])
+        .next()
+        .unwrap_or(series)
+        .trim_end_matches("_bucket")
+        .trim_end_matches("_count")
+        .trim_end_matches("_sum");
+    let exported = text.lines().any(|line| {
+        let name = line
+            .strip_prefix("# TYPE ")
+            .or_else(|| line.strip_prefix("# HELP "))
+            .unwrap_or(line)
+            .split(['{', ' '])
+            .next()
+            .unwrap_or_default();
+        name == family
+            || ["_bucket", "_count", "_sum"]
+                .iter()
+                .any(|suffix| name.strip_suffix(suffix) == Some(family))
+    });
+    assert!(
+        exported,
+        "the node exports no metric {family} (misspelt, renamed, or never created):\n{text}"
+    );
 }
 
 /// Polls the node's metrics until the sample `series` satisfies `done`,
@@ -226,7 +267,7 @@ pub async fn wait_for_sample(
     let deadline = Instant::now() + limit;
     loop {
         let text = metrics(node).await;
-        if done(sample(&text, series)) {
+        if done(polled_sample(&text, series)) {
             return Instant::now();
         }
         assert!(
@@ -251,6 +292,7 @@ pub fn echo_config(extra: &str) -> PathBuf {
 /// The value of the first metric line starting with `series` (name and
 /// labels, or name and a space), 0 when absent.
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    exported_family(text, series);
     text.lines()
         .find(|line| line.starts_with(series))
         .and_then(|line| line.rsplit(' ').next())
