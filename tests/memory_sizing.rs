@@ -12,14 +12,7 @@ use serde_json::json;
 
 /// The value of `series` in the node's metrics; a missing series fails.
 async fn gauge(node: &Process, series: &str) -> u64 {
-    let text = common::client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = common::metrics_of(node).await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("{series} not exported:\n{text}"))

@@ -196,6 +196,12 @@ pub async fn health(node: &Node) -> Value {
 
 /// `GET /metrics` as text.
 pub async fn metrics(node: &Node) -> String {
+    metrics_of(node).await
+}
+
+/// `GET /metrics` of any node process (one the suite's launcher started
+/// too), as text.
+pub async fn metrics_of(node: &iicp_reliability::node::Node) -> String {
     client()
         .get(node.url("/metrics"))
         .send()

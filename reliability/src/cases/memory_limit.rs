@@ -184,7 +184,7 @@ pub async fn run(ctx: &Context, scale: Scale) -> Vec<CaseReport> {
     let slow: Vec<JoinHandle<()>> = (0..heads)
         .map(|_| tokio::spawn(half_sent_heads(node.addr.clone(), stop.clone())))
         .collect();
-    let unread = unread_requests();
+    let unread = super::slow_clients::unread_requests(32);
     let never_reading: Vec<JoinHandle<()>> = (0..readers)
         .map(|_| tokio::spawn(never_read(node.addr.clone(), unread.clone())))
         .collect();
@@ -350,27 +350,4 @@ async fn half_sent_heads(addr: String, stop: Arc<AtomicBool>) {
                 .is_none()
         {}
     }
-}
-
-/// 32 pipelined echo tasks of 256 KiB each: their answers wait on a client
-/// that never reads them.
-fn unread_requests() -> Arc<[u8]> {
-    let body = serde_json::to_vec(&traffic::task(
-        "unread",
-        ECHO_INTENT,
-        json!({ "text": "x".repeat(256 << 10) }),
-    ))
-    .expect("encode a task");
-    let mut requests = Vec::new();
-    for _ in 0..32 {
-        requests.extend_from_slice(
-            format!(
-                "POST /v1/task HTTP/1.1\r\nHost: unread\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        requests.extend_from_slice(&body);
-    }
-    requests.into()
 }

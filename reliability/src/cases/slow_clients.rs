@@ -196,24 +196,7 @@ async fn unread_answers(ctx: &Context, scale: Scale) -> CaseReport {
     let before = settled_rss(node.pid(), QUIET_AFTER_CONNECTIONS, Duration::from_secs(5));
     let sampler = RssSampler::start(node.pid());
     let healthy = HealthyLoad::start(url, HEALTHY_CLIENTS, u64::MAX, write_budget + MARGIN * 4);
-    let body = serde_json::to_vec(&traffic::task(
-        "unread",
-        ECHO_INTENT,
-        json!({ "text": "x".repeat(256 << 10) }),
-    ))
-    .expect("encode a task");
-    let mut requests = Vec::new();
-    for _ in 0..PIPELINED {
-        requests.extend_from_slice(
-            format!(
-                "POST /v1/task HTTP/1.1\r\nHost: unread\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        requests.extend_from_slice(&body);
-    }
-    let requests = std::sync::Arc::<[u8]>::from(requests);
+    let requests = unread_requests(PIPELINED);
     let opened = Instant::now();
     let mut clients = Vec::with_capacity(readers);
     for _ in 0..readers {
@@ -343,4 +326,27 @@ async fn trickle(addr: String, body: Vec<u8>, deadline: Duration) -> Option<(Dur
         .parse()
         .ok()?;
     Some((opened.elapsed(), status))
+}
+
+/// `count` pipelined echo tasks of 256 KiB each, as one write: their
+/// answers wait on a client that never reads them.
+pub fn unread_requests(count: usize) -> std::sync::Arc<[u8]> {
+    let body = serde_json::to_vec(&traffic::task(
+        "unread",
+        ECHO_INTENT,
+        json!({ "text": "x".repeat(256 << 10) }),
+    ))
+    .expect("encode a task");
+    let mut requests = Vec::new();
+    for _ in 0..count {
+        requests.extend_from_slice(
+            format!(
+                "POST /v1/task HTTP/1.1\r\nHost: unread\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        requests.extend_from_slice(&body);
+    }
+    requests.into()
 }
