@@ -9,11 +9,12 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use iicp_host::config::file::PluginFileCache;
-use iicp_host::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use iicp_host::config::{self, NodeConfig, check_range};
 use iicp_host::directory::settings::validate_http_url;
 use iicp_host::oci::signature::SignatureKey;
 use iicp_host::oci::{OciLocation, OciSettings};
+use iicp_host::peers::settings::PeerSettings;
+use iicp_host::relay::settings::{RelaySettings, WorkerSettings};
 use iicp_host::reload::ConfigSource;
 use iicp_host::runtime::engine::AllocatorChoice;
 use iicp_host::telemetry::{self, LogFormat};

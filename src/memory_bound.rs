@@ -337,7 +337,8 @@ mod tests {
 
     #[test]
     fn reach_adds_its_terms_only_when_configured() {
-        use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
+        use crate::peers::settings::PeerSettings;
+        use crate::relay::settings::{RelaySettings, WorkerSettings};
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         let base = WorstCase::of(&config).total();
         config.reach.relay_capable = Some(RelaySettings::default());

@@ -106,7 +106,7 @@ pub struct Metrics {
     /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
     pub receipt_queue_bytes: IntGauge,
     /// Plugins' name lookups (`runtime::host::dns`).
-    pub dns: crate::runtime::host::dns::DnsMetrics,
+    pub dns: DnsMetrics,
     /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
     /// `IICP-E024`.
     pub drain_refusals: IntCounterVec,
@@ -341,7 +341,35 @@ pub struct IdempotencyMetrics {
     /// `iicp_idempotency_bytes` (set at scrape time).
     pub bytes: IntGauge,
     /// `iicp_idempotency_evictions_total{kind}`.
-    pub evictions: crate::server::idempotency::EvictionCounters,
+    pub evictions: EvictionCounters,
+}
+
+/// Where plugins' name lookups (`runtime::host::dns`) are counted.
+#[derive(Clone)]
+pub struct DnsMetrics {
+    /// `iicp_dns_lookups_in_flight`.
+    pub in_flight: IntGauge,
+    /// `iicp_dns_lookup_waits_total`.
+    pub waits: IntCounter,
+}
+
+impl DnsMetrics {
+    /// Metrics registered nowhere.
+    pub fn detached() -> Self {
+        Self {
+            in_flight: IntGauge::new("dns_in_flight", "detached").expect("valid metric"),
+            waits: IntCounter::new("dns_waits", "detached").expect("valid metric"),
+        }
+    }
+}
+
+/// Where the task-id cache (`server::idempotency`) counts what it drops.
+#[derive(Clone)]
+pub struct EvictionCounters {
+    /// Answers dropped to stay within the byte bound.
+    pub answers: IntCounter,
+    /// Entries dropped to stay within the bounds.
+    pub entries: IntCounter,
 }
 
 /// Pre-resolved metrics for one (plugin, intent) pair.
@@ -784,7 +812,7 @@ impl Metrics {
                 "iicp_credit_receipt_queue_bytes",
                 "Bytes (task ids and results) of credit receipts waiting to be sent.",
             ),
-            dns: crate::runtime::host::dns::DnsMetrics {
+            dns: DnsMetrics {
                 in_flight: gauge(
                     &r,
                     "iicp_dns_lookups_in_flight",
@@ -837,7 +865,7 @@ impl Metrics {
                         "iicp_idempotency_bytes",
                         "Bytes of remembered task ids and answers.",
                     ),
-                    evictions: crate::server::idempotency::EvictionCounters {
+                    evictions: EvictionCounters {
                         answers: evictions.with_label_values(&["answer"]),
                         entries: evictions.with_label_values(&["entry"]),
                     },

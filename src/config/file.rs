@@ -28,17 +28,17 @@ use super::{
     TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
-use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::valid_node_id;
-use crate::directory::lifecycle::Timing;
-use crate::directory::receipts::QueueBounds;
 use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
     validate_http_url,
 };
+use crate::directory::settings::{QueueBounds, Timing};
 use crate::oci::signature::{SignatureKey, SignaturePolicy};
 use crate::oci::{OciLocation, OciSettings};
+use crate::peers::settings::PeerSettings;
+use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;

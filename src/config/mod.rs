@@ -7,7 +7,6 @@
 pub mod file;
 pub mod file_cache;
 pub mod memory;
-pub mod reach;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -15,10 +14,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use self::memory::MemorySettings;
-use self::reach::{PeerSettings, RelaySettings, WorkerSettings};
 use crate::directory::directory_key::KeyRefresh;
 use crate::directory::settings::DirectorySettings;
 use crate::oci::OciSettings;
+use crate::peers::settings::PeerSettings;
+use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
@@ -27,6 +27,12 @@ use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
 use crate::server::task_auth::AuthMode;
 use crate::telemetry::otlp::ExportSettings;
+
+// A plugin's spec lives with the table that serves it; kept here too so
+// `config::PluginSpec` still names it.
+pub use crate::server::plugin_table::PluginSpec;
+// The range check every folder's `validate()` uses, under its old name.
+pub use crate::settings::check_range;
 
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
@@ -267,38 +273,6 @@ pub struct ReachSettings {
     pub peers: Option<PeerSettings>,
 }
 
-/// One plugin as the operator configured it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginSpec {
-    /// What the runtime loads.
-    pub source: PluginSource,
-    /// Intents served, replacing the plugin's own list when set.
-    pub intents: Option<Vec<String>>,
-    /// Models advertised, replacing the plugin's own when set.
-    pub models: Option<Vec<String>>,
-    /// This plugin's task slots, within the node's (default: the node's).
-    pub max_concurrent: Option<u32>,
-    /// Tenants allowed to call it (name, token); empty means open.
-    pub tenants: Vec<(String, String)>,
-    /// Whether the operator set its `memory_mb` (here, in `[defaults]` or
-    /// with `--memory-mb`); if not, the node may size it to its memory.
-    pub memory_given: bool,
-}
-
-impl PluginSpec {
-    /// A plugin with no overrides, open to everyone.
-    pub fn new(source: PluginSource) -> Self {
-        Self {
-            source,
-            intents: None,
-            models: None,
-            max_concurrent: None,
-            tenants: Vec::new(),
-            memory_given: false,
-        }
-    }
-}
-
 /// The admin API listener.
 #[derive(Clone, PartialEq)]
 pub struct AdminSettings {
@@ -467,21 +441,4 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .map(|base| base.join("iicp-host"))
-}
-
-/// Checks `value` against `range`, naming `field` in the error.
-pub fn check_range<T: PartialOrd + std::fmt::Display>(
-    field: &str,
-    value: T,
-    range: &RangeInclusive<T>,
-) -> Result<T, String> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!(
-            "{field} must be between {} and {}, got {value}",
-            range.start(),
-            range.end()
-        ))
-    }
 }

@@ -58,62 +58,19 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::answers::{Pong, Registration};
+use super::backoff::Backoff;
 use super::client::{DirectoryClient, DirectoryError};
 use super::identity::{Credentials, SharedCredentials, StateDir, snapshot};
+use super::payload::ServiceState;
 use super::payload::{BatchTracker, HeartbeatFacts, RegisterFacts, heartbeat_body, register_body};
-use super::settings::DirectorySettings;
+use super::settings::{DirectorySettings, Timing};
 use super::signing::challenge_response;
 use super::status::DirectoryStatus;
 use crate::metrics::{Metrics, TallyCounts};
 use crate::protocol::confidentiality::CxPublicKey;
 use crate::runtime::plugin::CapabilityInfo;
 
-/// Every timing of the directory relationship, in one table. The first six
-/// are the operator's (`[directory]` keys `*_ms`); the rest are fixed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// Heartbeat interval when the directory names none (the SDK's 30 s).
-    pub default_heartbeat: Duration,
-    /// Shortest heartbeat interval honoured, whatever the directory asks.
-    pub min_heartbeat: Duration,
-    /// Longest heartbeat interval honoured, and the longest `Retry-After`.
-    pub max_heartbeat: Duration,
-    /// Shortest wait before any retry, `Retry-After: 0` included.
-    pub retry_floor: Duration,
-    /// Backoff after the first failure (each wait is jittered to [d/2, d]).
-    pub backoff_initial: Duration,
-    /// Backoff never grows past this.
-    pub backoff_max: Duration,
-    /// Fewest time between two writes of the credentials file.
-    pub state_write_interval: Duration,
-    /// How long to wait for the node's own health route before registering anyway.
-    pub local_health_wait: Duration,
-    /// Bound on the deregistration call at shutdown.
-    pub deregister_timeout: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            default_heartbeat: Duration::from_secs(30),
-            min_heartbeat: Duration::from_millis(250),
-            max_heartbeat: Duration::from_secs(300),
-            retry_floor: Duration::from_millis(500),
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            state_write_interval: Duration::from_secs(10),
-            local_health_wait: Duration::from_secs(10),
-            deregister_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 impl Timing {
-    /// The shortest gap between two requests of the lifecycle.
-    pub fn request_gap(&self) -> Duration {
-        self.min_heartbeat.min(self.retry_floor)
-    }
-
     /// The wait before retrying after `error`: the backoff's next step,
     /// lengthened by `Retry-After`, never under the floor.
     fn retry_wait(&self, backoff: &mut Backoff, error: &DirectoryError) -> Duration {
@@ -141,48 +98,6 @@ pub trait NodeView: Send + Sync + 'static {
     fn service_state(&self) -> ServiceState;
     /// Notified when [`NodeView::service_state`] changes.
     fn service_changed(&self) -> &Notify;
-}
-
-/// Whether the node and its plugins take new tasks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServiceState {
-    /// The whole node drains (operator drain or shutdown).
-    pub node_draining: bool,
-    /// Plugins loaded.
-    pub plugins: usize,
-    /// Plugins drained by the operator.
-    pub drained_plugins: usize,
-}
-
-/// Exponential backoff with jitter (each wait in [d/2, d]).
-#[derive(Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubles up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// Back to the first step, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// The next wait, jittered, and one step further.
-    pub fn wait(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (current * 2).min(self.max);
-        current.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
 }
 
 /// Keeps requests `gap` apart.

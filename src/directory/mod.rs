@@ -12,9 +12,11 @@
 //! * [`signing`] — HMAC responses and signatures;
 //! * [`lifecycle`] — the register/heartbeat loop;
 //! * [`receipts`] — credit receipts off the task path;
+//! * [`backoff`] — the jittered backoff both retry with;
 //! * [`status`] — the standing shown by `/iicp/health`.
 
 pub mod answers;
+pub mod backoff;
 pub mod client;
 pub mod directory_key;
 pub mod identity;

@@ -4,7 +4,6 @@
 use serde_json::{Map, Value, json};
 
 use super::identity::Credentials;
-use super::lifecycle::ServiceState;
 use super::settings::{DirectorySettings, PricingSettings};
 use super::signing::{PricingSignature, sdk_pricing_signature, spec_pricing_signature};
 use crate::metrics::TallyCounts;
@@ -298,6 +297,17 @@ pub fn heartbeat_body(
     }
     body.insert("pricing".into(), pricing_block(pricing, credentials));
     Value::Object(body)
+}
+
+/// Whether the node and its plugins take new tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// The whole node drains (operator drain or shutdown).
+    pub node_draining: bool,
+    /// Plugins loaded.
+    pub plugins: usize,
+    /// Plugins drained by the operator.
+    pub drained_plugins: usize,
 }
 
 #[cfg(test)]

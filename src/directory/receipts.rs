@@ -16,9 +16,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::backoff::Backoff;
 use super::client::DirectoryClient;
 use super::identity::{SharedCredentials, snapshot};
-use super::lifecycle::{Backoff, Timing};
+use super::settings::{QueueBounds, Timing};
 use super::signing::{hmac_hex, receipt_message, response_hash};
 use crate::metrics::Metrics;
 
@@ -47,15 +48,6 @@ impl ReceiptJob {
             + self.result.get().len()
             + self.querying_node_id.as_ref().map_or(0, String::len)
     }
-}
-
-/// How much the queue may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueBounds {
-    /// Receipts queued at most.
-    pub count: usize,
-    /// Bytes of queued receipts (task ids and results) at most.
-    pub bytes: usize,
 }
 
 /// The task path's side of the queue.

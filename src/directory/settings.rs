@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::Timing;
-use super::receipts::QueueBounds;
 use super::signing::PricingSignature;
 
 /// Pricing models the directories accept.
@@ -231,6 +229,62 @@ pub fn validate_http_url(url: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Every timing of the directory relationship, in one table. The first six
+/// are the operator's (`[directory]` keys `*_ms`); the rest are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Heartbeat interval when the directory names none (the SDK's 30 s).
+    pub default_heartbeat: Duration,
+    /// Shortest heartbeat interval honoured, whatever the directory asks.
+    pub min_heartbeat: Duration,
+    /// Longest heartbeat interval honoured, and the longest `Retry-After`.
+    pub max_heartbeat: Duration,
+    /// Shortest wait before any retry, `Retry-After: 0` included.
+    pub retry_floor: Duration,
+    /// Backoff after the first failure (each wait is jittered to [d/2, d]).
+    pub backoff_initial: Duration,
+    /// Backoff never grows past this.
+    pub backoff_max: Duration,
+    /// Fewest time between two writes of the credentials file.
+    pub state_write_interval: Duration,
+    /// How long to wait for the node's own health route before registering anyway.
+    pub local_health_wait: Duration,
+    /// Bound on the deregistration call at shutdown.
+    pub deregister_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            default_heartbeat: Duration::from_secs(30),
+            min_heartbeat: Duration::from_millis(250),
+            max_heartbeat: Duration::from_secs(300),
+            retry_floor: Duration::from_millis(500),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            state_write_interval: Duration::from_secs(10),
+            local_health_wait: Duration::from_secs(10),
+            deregister_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timing {
+    /// The shortest gap between two requests of the lifecycle.
+    pub fn request_gap(&self) -> Duration {
+        self.min_heartbeat.min(self.retry_floor)
+    }
+}
+
+/// How much the credit-receipt queue (`receipts`) may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Receipts queued at most.
+    pub count: usize,
+    /// Bytes of queued receipts (task ids and results) at most.
+    pub bytes: usize,
 }
 
 #[cfg(test)]

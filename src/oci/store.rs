@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::reference::{OciLocation, valid_digest};
 use crate::private_files;
-use crate::runtime::cache::prune;
+use crate::prune::prune;
 
 /// The on-disk store.
 #[derive(Debug, Clone)]

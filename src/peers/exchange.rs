@@ -71,13 +71,13 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::budget::{BudgetBounds, MergeBudget, Spent};
+use super::settings::PeerSettings;
 use super::signature::{
     Form, SpendRefusal, SpentSignatures, form_of, parse_public_key, sign_ed25519, sign_hmac,
     verify_ed25519, verify_hmac,
 };
 use super::table::{Merged, Origin, Peer, PeerTable};
 use crate::clock::now_unix_ms;
-use crate::config::reach::PeerSettings;
 use crate::directory::client::DirectoryClient;
 use crate::directory::identity::valid_node_id;
 use crate::directory::receipts::rfc3339;

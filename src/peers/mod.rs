@@ -24,5 +24,6 @@
 
 pub mod budget;
 pub mod exchange;
+pub mod settings;
 pub mod signature;
 pub mod table;

@@ -38,6 +38,7 @@ mod bind_limit;
 pub mod pins;
 pub mod routes;
 pub mod sessions;
+pub mod settings;
 pub mod ticket;
 pub mod wire;
 pub mod worker;

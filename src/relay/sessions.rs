@@ -41,10 +41,10 @@ use tokio::sync::{Notify, oneshot};
 
 use super::bind_limit::BindLimiter;
 use super::pins::{PinCheck, Pins};
+use super::settings::RelaySettings;
 use super::ticket::{TicketRefusal, TicketVerifier};
 use super::wire::BindRequest;
 use crate::clock::now_unix_ms;
-use crate::config::reach::RelaySettings;
 use crate::directory::identity::{random_secret, valid_node_id};
 use crate::metrics::RelayMetrics;
 

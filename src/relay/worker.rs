@@ -36,12 +36,12 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::settings::WorkerSettings;
 use super::ticket;
 use super::wire::{
     BindAnswer, BindRequest, FORWARDED_REQUEST_HEADERS, FORWARDED_RESPONSE_HEADERS, PulledCall,
     ResultPost, header_map, pick_headers,
 };
-use crate::config::reach::WorkerSettings;
 use crate::directory::client::DirectoryClient;
 use crate::directory::identity::{SharedCredentials, snapshot};
 use crate::metrics::RelayMetrics;

@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
 use super::cache::{self, ArtifactCache, CacheOutcome};
-use super::plugin::LoadError;
+use super::load_error::LoadError;
 use crate::wasm_kind::WasmKind;
 
 /// Whether `bytes` are a component's `.wasm` (not a core module, not a

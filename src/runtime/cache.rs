@@ -60,6 +60,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::private_files;
+use crate::prune::prune;
 
 const MAGIC: &[u8; 8] = b"IICPCW02";
 /// Most bytes of compiled artifacts kept.
@@ -298,32 +299,6 @@ fn load_or_create_key(path: &Path, uid: u32) -> std::io::Result<[u8; KEY_LEN]> {
     }
 }
 
-/// Removes the least recently used `*.{extension}` files of `dir` until at
-/// most `max_bytes` of them remain.
-pub(crate) fn prune(dir: &Path, extension: &str, max_bytes: u64) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|ext| ext == extension))
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((meta.modified().ok()?, meta.len(), e.path()))
-        })
-        .collect();
-    let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
-    files.sort();
-    for (_, len, path) in files {
-        if total <= max_bytes {
-            break;
-        }
-        if fs::remove_file(&path).is_ok() {
-            total -= len;
-        }
-    }
-}
-
 /// The keyed digest of an entry, before its body: binds the bytes to this
 /// cache's key, this engine and this `.wasm` (hex strings, so the newlines
 /// frame them).
@@ -368,33 +343,6 @@ fn engine_key(engine: &Engine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pruning_removes_the_least_recently_used_first() {
-        let dir = std::env::temp_dir().join(format!("iicp-cache-prune-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for (name, age) in [("a.cwasm", 3), ("b.cwasm", 2), ("c.cwasm", 1)] {
-            let path = dir.join(name);
-            fs::write(&path, vec![0u8; 100]).unwrap();
-            let when = old + std::time::Duration::from_secs(100 * (4 - age));
-            fs::File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(when)
-                .unwrap();
-        }
-        fs::write(dir.join("keep.txt"), vec![0u8; 500]).unwrap();
-        prune(&dir, "cwasm", 250);
-        assert!(!dir.join("a.cwasm").exists());
-        assert!(dir.join("b.cwasm").exists() && dir.join("c.cwasm").exists());
-        assert!(
-            dir.join("keep.txt").exists(),
-            "only cache entries are pruned"
-        );
-        fs::remove_dir_all(&dir).unwrap();
-    }
 
     fn entry(key: &[u8; KEY_LEN], wasm_sha256: &str, body: &[u8]) -> Vec<u8> {
         let mut mac = entry_mac(key, "engine", wasm_sha256);

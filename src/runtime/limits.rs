@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
+/// How long an idle reused instance ([`super::reuse`]) is kept by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Limits applied to every task of one plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginLimits {
@@ -48,7 +51,7 @@ impl Default for PluginLimits {
             max_resources: DEFAULT_MAX_RESOURCES,
             host_memory_bytes: DEFAULT_HOST_MEMORY_BYTES,
             instance_reuse: 1,
-            instance_idle: super::reuse::DEFAULT_IDLE_TIMEOUT,
+            instance_idle: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! * [`engine`] — engine configuration, pooling allocator, epoch ticker;
 //! * [`cache`] — on-disk cache of compiled components;
 //! * [`artifact`] — plugin files: classifying, compiling, inspecting;
-//! * [`plugin`] — loading and checking a plugin;
+//! * [`plugin`] — loading and checking a plugin, [`link`] its fit to the
+//!   host's world, [`load_error`] every reason it may be refused;
 //! * [`store`] and [`limits`] — the per-task store and its limits;
 //! * [`shared`] — compiled code shared by plugins loaded from the same bytes;
 //! * [`reuse`] — opt-in reuse of instances across tasks;
@@ -20,6 +21,8 @@ pub mod engine;
 pub mod execute;
 pub mod host;
 pub mod limits;
+pub mod link;
+pub mod load_error;
 pub mod plugin;
 pub mod reuse;
 pub mod shared;

@@ -13,24 +13,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+
+pub use super::link::HANDLER_EXPORT;
+pub use super::load_error::LoadError;
 
 use super::artifact::PrecompiledPolicy;
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::CacheOutcome;
 use super::host::config::PluginConfig;
-use super::host::dns::{DnsLookups, DnsMetrics};
+use super::host::dns::DnsLookups;
 use super::host::http::{HttpPolicy, HttpSettings};
 use super::limits::PluginLimits;
 use super::reuse::{InstancePool, WarmRegistry};
 use super::shared::{ArtifactRegistry, DescribeInput, SharedArtifact};
 use super::store::{PluginReach, TaskState, task_store};
+use crate::metrics::DnsMetrics;
 use crate::metrics::{Metrics, PluginHttpMetrics};
 use crate::oci::OciLocation;
 use crate::oci::signature::SignaturePolicy;
 
-/// The export every plugin must provide.
-pub const HANDLER_EXPORT: &str = "iicp:plugin/handler@0.1.0";
 /// Time a plugin gets to answer `describe` at load time.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The input modalities the protocol knows.
@@ -166,73 +167,6 @@ impl fmt::Debug for LoadedPlugin {
     }
 }
 
-/// Why a plugin could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadError {
-    /// No file at the path.
-    NotFound(PathBuf),
-    /// The file exists but cannot be read.
-    Unreadable(PathBuf, String),
-    /// The file is not WebAssembly at all.
-    NotWasm(PathBuf),
-    /// A core module rather than a component.
-    CoreModule(PathBuf),
-    /// Wasm that does not validate or compile.
-    Invalid(PathBuf, String),
-    /// A compiled artifact (native code) at a path not opted in for one.
-    PrecompiledNotAllowed(PathBuf),
-    /// A component that does not target the `iicp:plugin` world.
-    WrongWorld(PathBuf, String),
-    /// `describe` trapped, timed out or returned nonsense.
-    BadDescriptor(PathBuf, String),
-    /// The plugin's settings are unusable (e.g. a malformed allow-list pattern).
-    BadSettings(PathBuf, String),
-    /// An `oci://` reference could not be pulled.
-    Fetch(PathBuf, String),
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadError::NotFound(path) => write!(f, "plugin file not found: {}", path.display()),
-            LoadError::Unreadable(path, why) => {
-                write!(f, "cannot read plugin {}: {why}", path.display())
-            }
-            LoadError::NotWasm(path) => write!(f, "{} is not a WebAssembly file", path.display()),
-            LoadError::CoreModule(path) => write!(
-                f,
-                "{} is a core WebAssembly module, not a component: build the plugin for the \
-                 wasm32-wasip2 target against wit/plugin.wit",
-                path.display()
-            ),
-            LoadError::Invalid(path, why) => {
-                write!(f, "{} is not a valid component: {why}", path.display())
-            }
-            LoadError::PrecompiledNotAllowed(path) => write!(
-                f,
-                "{} is a compiled artifact (native code the node would run as itself), not a \
-                 .wasm component: load it only if you compiled it, with `precompiled = true` in \
-                 its [[plugin]] table or --precompiled",
-                path.display()
-            ),
-            LoadError::WrongWorld(path, why) => write!(
-                f,
-                "{} does not fit the iicp:plugin world: {why}",
-                path.display()
-            ),
-            LoadError::BadSettings(path, why) => write!(f, "{}: {why}", path.display()),
-            LoadError::Fetch(location, why) => {
-                write!(f, "cannot pull {}: {why}", location.display())
-            }
-            LoadError::BadDescriptor(path, why) => {
-                write!(f, "{} failed to describe itself: {why}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for LoadError {}
-
 /// Reads, compiles, links and describes a plugin; the compiled code is
 /// shared with every other plugin loaded from the same bytes.
 pub(super) async fn load(
@@ -293,33 +227,6 @@ pub(super) async fn load(
             http: Arc::new(http),
         },
     })
-}
-
-/// Checks the component's exports and imports against the host's world.
-pub(super) fn link(
-    engine: &Engine,
-    linker: &Linker<TaskState>,
-    component: &Component,
-) -> Result<PluginPre<TaskState>, String> {
-    let component_type = component.component_type();
-    if component_type.get_export(engine, HANDLER_EXPORT).is_none() {
-        let exports: Vec<&str> = component_type
-            .exports(engine)
-            .map(|(name, _)| name)
-            .collect();
-        let exports = if exports.is_empty() {
-            "nothing".to_string()
-        } else {
-            exports.join(", ")
-        };
-        return Err(format!(
-            "it does not export {HANDLER_EXPORT} (it exports {exports})"
-        ));
-    }
-    let instance_pre = linker
-        .instantiate_pre(component)
-        .map_err(|e| format!("{e:#}"))?;
-    PluginPre::new(instance_pre).map_err(|e| format!("{e:#}"))
 }
 
 /// Asks the plugin to describe itself, under its own limits and with its

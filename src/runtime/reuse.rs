@@ -11,7 +11,7 @@
 //! each task, so such an instance could pile up host memory across tasks
 //! past any one task's budget (`iicp_plugin_instances_retired_total`). An
 //! idle instance is dropped after its plugin's idle timeout (default
-//! [`DEFAULT_IDLE_TIMEOUT`]) so its memory goes back.
+//! [`DEFAULT_IDLE_TIMEOUT`](super::limits::DEFAULT_IDLE_TIMEOUT)) so its memory goes back.
 //!
 //! Idle instances hold engine pool slots, which every plugin shares. So the
 //! [`WarmRegistry`] knows every pool: a sweeper thread drops expired idle
@@ -27,9 +27,6 @@ use wasmtime::Store;
 
 use super::bindings::Plugin;
 use super::store::TaskState;
-
-/// How long an idle instance is kept by default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An instance between tasks.
 pub struct WarmInstance {

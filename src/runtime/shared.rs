@@ -31,7 +31,8 @@ use super::bindings::{Descriptor, PluginPre};
 use super::cache::{ArtifactCache, CacheOutcome};
 use super::host::config::PluginConfig;
 use super::limits::PluginLimits;
-use super::plugin::{LoadError, link};
+use super::link::link;
+use super::load_error::LoadError;
 use super::store::TaskState;
 
 /// Most file identities remembered.

@@ -104,6 +104,32 @@ impl WasiHttpView for TaskState {
 
 impl super::bindings::iicp::plugin::types::Host for TaskState {}
 
+/// `iicp:plugin/config`: the plugin's own values and secrets.
+impl super::bindings::iicp::plugin::config::Host for TaskState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config().values.get(&key).cloned()
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config()
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn get_secret(&mut self, key: String) -> Option<String> {
+        self.config().secrets.get(&key).cloned()
+    }
+}
+
+/// `iicp:plugin/log`: lines into the task's bounded log.
+impl super::bindings::iicp::plugin::log::Host for TaskState {
+    fn log(&mut self, level: super::bindings::iicp::plugin::log::Level, message: String) {
+        self.task_log().emit(level, "log", &message);
+    }
+}
+
 /// What a plugin's tasks may reach beyond their own instance.
 #[derive(Clone)]
 pub struct PluginReach {

@@ -51,10 +51,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::IntCounter;
+
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::metrics::EvictionCounters;
 use crate::protocol::ApiError;
 
 /// The window of `protocol.md` §3 (`IICP-E010`: duplicate within 300 s).
@@ -148,15 +149,6 @@ struct Entries {
 struct Evictions {
     answers: u64,
     entries: u64,
-}
-
-/// Where the cache counts what it drops.
-#[derive(Clone)]
-pub struct EvictionCounters {
-    /// Answers dropped to stay within the byte bound.
-    pub answers: IntCounter,
-    /// Entries dropped to stay within the bounds.
-    pub entries: IntCounter,
 }
 
 /// The task-id cache.
@@ -436,7 +428,7 @@ mod tests {
     use super::*;
 
     fn counters() -> EvictionCounters {
-        let counter = |name: &str| IntCounter::new(name, "test").unwrap();
+        let counter = |name: &str| prometheus::IntCounter::new(name, "test").unwrap();
         EvictionCounters {
             answers: counter("answers"),
             entries: counter("entries"),

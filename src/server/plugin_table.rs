@@ -12,9 +12,40 @@ use std::sync::atomic::AtomicU64;
 use super::access::{AccessPolicy, Tenant};
 use super::admission::AdmissionGate;
 use super::drain::{Drain, DrainSwitch};
-use crate::config::PluginSpec;
 use crate::metrics::{IntentMetrics, Metrics, PluginMetrics};
-use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin};
+use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin, PluginSource};
+
+/// One plugin as the operator configured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    /// What the runtime loads.
+    pub source: PluginSource,
+    /// Intents served, replacing the plugin's own list when set.
+    pub intents: Option<Vec<String>>,
+    /// Models advertised, replacing the plugin's own when set.
+    pub models: Option<Vec<String>>,
+    /// This plugin's task slots, within the node's (default: the node's).
+    pub max_concurrent: Option<u32>,
+    /// Tenants allowed to call it (name, token); empty means open.
+    pub tenants: Vec<(String, String)>,
+    /// Whether the operator set its `memory_mb` (here, in `[defaults]` or
+    /// with `--memory-mb`); if not, the node may size it to its memory.
+    pub memory_given: bool,
+}
+
+impl PluginSpec {
+    /// A plugin with no overrides, open to everyone.
+    pub fn new(source: PluginSource) -> Self {
+        Self {
+            source,
+            intents: None,
+            models: None,
+            max_concurrent: None,
+            tenants: Vec::new(),
+            memory_given: false,
+        }
+    }
+}
 
 /// Tasks a plugin finished, across its versions.
 #[derive(Debug, Default)]

@@ -3,9 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::runtime::bindings::iicp::plugin::config::Host;
-use crate::runtime::store::TaskState;
-
 /// One plugin's configuration and secrets.
 #[derive(Default, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -21,23 +18,5 @@ impl std::fmt::Debug for PluginConfig {
             .field("values", &self.values)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish()
-    }
-}
-
-impl Host for TaskState {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.config().values.get(&key).cloned()
-    }
-
-    fn get_all(&mut self) -> Vec<(String, String)> {
-        self.config()
-            .values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    fn get_secret(&mut self, key: String) -> Option<String> {
-        self.config().secrets.get(&key).cloned()
     }
 }

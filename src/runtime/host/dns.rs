@@ -19,7 +19,9 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
+
+use crate::metrics::DnsMetrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Lookups in flight at once, node-wide, by default.
@@ -27,25 +29,6 @@ pub const DEFAULT_MAX_DNS_LOOKUPS: usize = 32;
 /// Stack of one blocking-pool thread (tokio's default), for the memory
 /// bound.
 pub const LOOKUP_THREAD_BYTES: u64 = 2 << 20;
-
-/// Where lookups are counted.
-#[derive(Clone)]
-pub struct DnsMetrics {
-    /// `iicp_dns_lookups_in_flight`.
-    pub in_flight: IntGauge,
-    /// `iicp_dns_lookup_waits_total`.
-    pub waits: IntCounter,
-}
-
-impl DnsMetrics {
-    /// Metrics registered nowhere.
-    pub fn detached() -> Self {
-        Self {
-            in_flight: IntGauge::new("dns_in_flight", "detached").expect("valid metric"),
-            waits: IntCounter::new("dns_waits", "detached").expect("valid metric"),
-        }
-    }
-}
 
 /// The node's lookup permits, shared by every plugin's resolver.
 pub struct DnsLookups {

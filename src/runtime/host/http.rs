@@ -31,7 +31,8 @@ use prometheus::IntCounter;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::budget::HostBudget;
-use super::dns::{DEFAULT_MAX_DNS_LOOKUPS, DnsLookups, DnsMetrics};
+use super::dns::{DEFAULT_MAX_DNS_LOOKUPS, DnsLookups};
+use crate::metrics::DnsMetrics;
 use crate::metrics::PluginHttpMetrics;
 
 /// Bytes per chunk a guest may write into an outgoing body at once.

@@ -10,8 +10,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::bindings::iicp::plugin::log::{Host, Level};
-use crate::runtime::store::TaskState;
+use crate::runtime::bindings::iicp::plugin::log::Level;
 
 /// Longest single line kept; the rest of a longer line is cut.
 const MAX_LINE_BYTES: usize = 4096;
@@ -135,12 +134,6 @@ fn sanitize(message: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
-}
-
-impl Host for TaskState {
-    fn log(&mut self, level: Level, message: String) {
-        self.task_log().emit(level, "log", &message);
-    }
 }
 
 #[cfg(test)]
