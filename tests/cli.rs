@@ -127,6 +127,48 @@ fn inconsistent_relay_flags_are_refused() {
     }
 }
 
+#[test]
+fn section_keys_from_the_environment_and_set_are_checked_naming_their_source() {
+    for (env, args, expected) in [
+        (
+            ("IICP_HOST_PEERS__MAX_PEERS", "0"),
+            &[][..],
+            "IICP_HOST_PEERS__MAX_PEERS: max_peers must be between 1 and 100000, got 0",
+        ),
+        (
+            ("IICP_HOST_PEERS__CALL_TIMEOUT_MS", "5"),
+            &["--set", "peers.call_timeout_ms=50"][..],
+            "--set peers.call_timeout_ms=50: call_timeout_ms must be between 100 and 120000, got 50",
+        ),
+        (
+            ("IICP_HOST_RELAY_CAPABLE__MAX_SESION", "3"),
+            &[][..],
+            "IICP_HOST_RELAY_CAPABLE__MAX_SESION: unknown field `max_sesion`",
+        ),
+        (
+            ("IICP_HOST_NOPE__X", "1"),
+            &[][..],
+            "IICP_HOST_NOPE__X: no settings section `nope`",
+        ),
+        (
+            ("IICP_HOST_UNRELATED", "1"),
+            &["--set", "relay.url=relay:8080"][..],
+            "--set relay.url=relay:8080: url:",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+            .args(["run", "--plugin", "x.wasm"])
+            .args(args)
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} {args:?}");
+        assert!(stderr.contains(expected), "{env:?} {args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
 /// A backend on loopback whose one answer waits until the test releases
 /// it: a task fetching it runs exactly as long as the test wants.
 async fn held_backend() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
@@ -486,6 +528,11 @@ fn every_run_flag_can_come_from_the_environment() {
             continue;
         }
         flags += 1;
+        if flag == "set" {
+            // Its keys come from IICP_HOST_<SECTION>__<KEY> each.
+            assert!(block.contains("IICP_HOST_<SECTION>__<KEY>"), "{block}");
+            continue;
+        }
         let variable = format!("IICP_HOST_{}", flag.replace('-', "_").to_uppercase());
         assert!(
             block.contains(&format!("[env: {variable}=")),

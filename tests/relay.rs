@@ -1232,3 +1232,28 @@ async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_bud
         waiting.abort();
     }
 }
+
+/// Settings stack file → `IICP_HOST_<SECTION>__<KEY>` → `--set`, checked
+/// once after stacking: the file's `max_sessions = 5` and `bind_rate_limit
+/// = 3`, the environment's `max_sessions = 0` (out of range alone) and
+/// `bind_rate_limit = 0` (off), `--set`'s `max_sessions = 1`. The relay then
+/// holds one session and never rate-limits binds.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_settings_stack_the_file_the_environment_and_set() {
+    let config = relay_config("max_sessions = 5\nbind_rate_limit = 3");
+    let relay = Node::start_config_env(
+        &config,
+        &["--set", "relay_capable.max_sessions=1"],
+        &[
+            ("IICP_HOST_RELAY_CAPABLE__MAX_SESSIONS", "0"),
+            ("IICP_HOST_RELAY_CAPABLE__BIND_RATE_LIMIT", "0"),
+        ],
+    );
+    let _only = RawWorker::bind(&relay, "w-only").await;
+    for attempt in 0..5 {
+        let (status, body) = raw_bind(&relay, json!({"worker_id": format!("w-{attempt}")})).await;
+        assert_eq!(status, 503, "attempt {attempt}: {body}");
+        assert_eq!(error_of(&body)["code"], "IICP-E039", "{body}");
+        assert_ne!(body["error"]["reason"], "relay_bind_rate_limited", "{body}");
+    }
+}

@@ -48,6 +48,7 @@ use crate::runtime::host::http::{
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 use crate::server::task_auth::AuthMode;
+use crate::settings::check_section;
 use crate::telemetry::otlp::ExportSettings;
 
 /// Default bound on directory calls.
@@ -532,13 +533,13 @@ fn build(
         )?),
     };
     if let Some(worker) = &file.relay {
-        worker.validate().map_err(|e| format!("relay.{e}"))?;
+        check_section(worker)?;
     }
     if let Some(relay) = &file.relay_capable {
-        relay.validate().map_err(|e| format!("relay_capable.{e}"))?;
+        check_section(relay)?;
     }
     if let Some(peers) = &file.peers {
-        peers.validate().map_err(|e| format!("peers.{e}"))?;
+        check_section(peers)?;
         if let Some(variable) = &peers.hmac_key_env {
             env_secret(variable, "peers.hmac_key_env")?;
         }

@@ -6,7 +6,9 @@
 
 pub mod file;
 pub mod file_cache;
+pub mod flags;
 pub mod memory;
+pub mod sections;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;

@@ -94,8 +94,6 @@ const MAX_SKEW_MS: u64 = 60_000;
 const MAX_ANSWERED: usize = 20;
 /// Entries one exchange may carry.
 const MAX_LISTED: usize = 4096;
-/// Bound on each outgoing call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything [`Peers::new`] needs.
 pub struct PeersParts {
@@ -153,7 +151,7 @@ impl Peers {
     /// Gossip for `parts`; configured keys are trusted from the start.
     pub fn new(parts: PeersParts) -> Result<Self, String> {
         let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
+            .timeout(Duration::from_millis(parts.settings.call_timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver::new(parts.allow_private)))

@@ -3,14 +3,14 @@
 //! checked once by `validate`; every bound here is documented in
 //! `iicp-host.example.toml`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::directory::settings::validate_http_url;
-use crate::settings::{check_range, is_ed25519_hex};
+use crate::settings::{Section, check_range, is_ed25519_hex};
 
 /// Peer gossip (`POST /v1/peers`, `iicp-dir.md` §3.6), off unless
 /// configured (`[peers]`, `--peers`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerSettings {
     /// Peers kept at most; a full table drops its stalest entry.
@@ -45,6 +45,9 @@ pub struct PeerSettings {
     pub accept_untimed_hmac: bool,
     /// The per-sender merge window, in ms.
     pub merge_window_ms: u64,
+    /// Bound on each gossip call to a peer (connection, request and answer),
+    /// in ms: a peer that stalls holds one exchange this long at most.
+    pub call_timeout_ms: u64,
     /// Entries one sender's lists may offer per window; the rest of a list
     /// is dropped.
     pub merge_entries_per_window: u32,
@@ -71,6 +74,7 @@ impl Default for PeerSettings {
             allow_private_endpoints: false,
             accept_untimed_hmac: false,
             merge_window_ms: 60_000,
+            call_timeout_ms: 5_000,
             merge_entries_per_window: 256,
             merge_bytes_per_window: 128 << 10,
             max_merge_senders: 1024,
@@ -78,9 +82,11 @@ impl Default for PeerSettings {
     }
 }
 
-impl PeerSettings {
+impl Section for PeerSettings {
+    const NAME: &'static str = "peers";
+
     /// Checks ranges, seeds and keys; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         check_range("max_peers", self.max_peers, &(1..=100_000))?;
         check_range(
             "gossip_interval_ms",
@@ -104,6 +110,7 @@ impl PeerSettings {
             self.merge_window_ms,
             &(1_000..=86_400_000),
         )?;
+        check_range("call_timeout_ms", self.call_timeout_ms, &(100..=120_000))?;
         check_range(
             "merge_entries_per_window",
             self.merge_entries_per_window,

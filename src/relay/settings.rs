@@ -7,14 +7,14 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::directory::settings::validate_http_url;
-use crate::settings::{check_range, is_ed25519_hex};
+use crate::settings::{Section, check_range, is_ed25519_hex};
 
 /// The worker role: serve tasks pulled from a relay instead of (or beside)
 /// an inbound listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// The relay's base URL, e.g. `http://relay.example:8080`.
@@ -64,20 +64,6 @@ impl WorkerSettings {
         }
     }
 
-    /// Checks the URL and ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?;
-        check_range("pullers", self.pullers, &(1..=64))?;
-        check_range("backoff_floor_ms", self.backoff_floor_ms, &(10..=60_000))?;
-        check_range(
-            "backoff_max_ms",
-            self.backoff_max_ms,
-            &(self.backoff_floor_ms..=600_000),
-        )?;
-        check_range("call_timeout_ms", self.call_timeout_ms, &(100..=120_000))?;
-        Ok(())
-    }
-
     /// The relay URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.url.trim_end_matches('/')
@@ -91,8 +77,26 @@ impl WorkerSettings {
     }
 }
 
+impl Section for WorkerSettings {
+    const NAME: &'static str = "relay";
+
+    /// Checks the URL and ranges; the error names the field.
+    fn validate(&self) -> Result<(), String> {
+        validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?;
+        check_range("pullers", self.pullers, &(1..=64))?;
+        check_range("backoff_floor_ms", self.backoff_floor_ms, &(10..=60_000))?;
+        check_range(
+            "backoff_max_ms",
+            self.backoff_max_ms,
+            &(self.backoff_floor_ms..=600_000),
+        )?;
+        check_range("call_timeout_ms", self.call_timeout_ms, &(100..=120_000))?;
+        Ok(())
+    }
+}
+
 /// The relay role: accept bound workers and forward tasks to them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelaySettings {
     /// Bound workers at once; a new bind past it gets 503 `IICP-E039`
@@ -170,9 +174,11 @@ impl Default for RelaySettings {
     }
 }
 
-impl RelaySettings {
+impl Section for RelaySettings {
+    const NAME: &'static str = "relay_capable";
+
     /// Checks ranges and the ticket key; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         check_range("max_sessions", self.max_sessions, &(1..=65_536))?;
         check_range("bind_rate_limit", self.bind_rate_limit, &(0..=100_000))?;
         check_range(
@@ -236,7 +242,9 @@ impl RelaySettings {
             _ => Ok(()),
         }
     }
+}
 
+impl RelaySettings {
     /// [`Self::poll_timeout_ms`] as a duration.
     pub fn poll_timeout(&self) -> Duration {
         Duration::from_millis(self.poll_timeout_ms)

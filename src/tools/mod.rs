@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod check;
+pub mod cli;
 pub mod compile;
 pub mod new;
 pub mod push;
