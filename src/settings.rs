@@ -27,6 +27,29 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
     }
 }
 
+/// Serde for a [`std::time::Duration`] written as whole milliseconds (the
+/// files' `*_ms` keys).
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes whole milliseconds.
+    pub fn serialize<S: Serializer>(duration: &Duration, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_u64(super::as_millis(*duration))
+    }
+
+    /// Reads whole milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Duration, D::Error> {
+        u64::deserialize(input).map(Duration::from_millis)
+    }
+}
+
+/// `duration` in whole milliseconds, for range checks of `*_ms` keys.
+pub fn as_millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Whether `key` is an Ed25519 public key in hex (64 hex characters).
 pub fn is_ed25519_hex(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())

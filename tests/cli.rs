@@ -146,6 +146,11 @@ fn section_keys_from_the_environment_and_set_are_checked_naming_their_source() {
             "IICP_HOST_RELAY_CAPABLE__MAX_SESION: unknown field `max_sesion`",
         ),
         (
+            ("IICP_HOST_TELEMETRY__OTLP_QUEUE_SPANS", "0"),
+            &[][..],
+            "IICP_HOST_TELEMETRY__OTLP_QUEUE_SPANS: otlp_queue_spans must be between 1 and 1000000, got 0",
+        ),
+        (
             ("IICP_HOST_NOPE__X", "1"),
             &[][..],
             "IICP_HOST_NOPE__X: no settings section `nope`",

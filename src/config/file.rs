@@ -23,13 +23,12 @@ use super::{
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
     IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_DNS_LOOKUPS_RANGE,
-    MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE, OTLP_MS_RANGE,
-    OTLP_SPANS_RANGE, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings,
-    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE,
+    QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::directory::directory_key::KeyRefresh;
-use crate::directory::identity::valid_node_id;
+use crate::directory::identity::check_node_id;
 use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
     validate_http_url,
@@ -92,7 +91,7 @@ struct FileConfig {
     relay: Option<WorkerSettings>,
     relay_capable: Option<RelaySettings>,
     peers: Option<PeerSettings>,
-    telemetry: Option<TelemetrySection>,
+    telemetry: Option<ExportSettings>,
     #[serde(default)]
     defaults: LimitsSection,
     #[serde(default)]
@@ -191,16 +190,6 @@ struct LimitsSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TelemetrySection {
-    otlp_queue_spans: Option<usize>,
-    otlp_queue_bytes: Option<usize>,
-    otlp_batch_spans: Option<usize>,
-    otlp_interval_ms: Option<u64>,
-    otlp_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -411,12 +400,8 @@ fn build(
     plugin_tables: Vec<LocatedPlugin>,
 ) -> Result<NodeConfig, String> {
     let node = file.node;
-    if let Some(id) = &node.node_id
-        && !valid_node_id(id)
-    {
-        return Err(format!(
-            "node.node_id: {id:?} must be 1-36 characters of letters, digits, '.', '_', ':', '-', starting with a letter or digit"
-        ));
+    if let Some(id) = &node.node_id {
+        check_node_id(id).map_err(|e| format!("node.node_id: {e}"))?;
     }
     let listen: SocketAddr = node
         .listen
@@ -509,11 +494,8 @@ fn build(
     }
     let admin = file.admin.map(admin).transpose()?;
     let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
-    let telemetry = file
-        .telemetry
-        .map(telemetry)
-        .transpose()?
-        .unwrap_or_default();
+    let telemetry = file.telemetry.unwrap_or_default();
+    check_section(&telemetry)?;
     // The tool gate follows the policy table with or without a directory.
     let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
     let cache_location = node
@@ -846,45 +828,6 @@ fn plugin_spec(
     })
 }
 
-fn telemetry(section: TelemetrySection) -> Result<ExportSettings, String> {
-    let defaults = ExportSettings::default();
-    let spans = |key: &str, value: Option<usize>, default: usize| {
-        check_range(
-            &format!("telemetry.{key}"),
-            value.unwrap_or(default),
-            &OTLP_SPANS_RANGE,
-        )
-    };
-    let ms = |key: &str, value: Option<u64>, default: Duration| {
-        value.map_or(Ok(default), |ms| {
-            check_range(&format!("telemetry.{key}"), ms, &OTLP_MS_RANGE).map(Duration::from_millis)
-        })
-    };
-    Ok(ExportSettings {
-        queue_spans: spans(
-            "otlp_queue_spans",
-            section.otlp_queue_spans,
-            defaults.queue_spans,
-        )?,
-        queue_bytes: check_range(
-            "telemetry.otlp_queue_bytes",
-            section.otlp_queue_bytes.unwrap_or(defaults.queue_bytes),
-            &OTLP_BYTES_RANGE,
-        )?,
-        batch_spans: spans(
-            "otlp_batch_spans",
-            section.otlp_batch_spans,
-            defaults.batch_spans,
-        )?,
-        interval: ms(
-            "otlp_interval_ms",
-            section.otlp_interval_ms,
-            defaults.interval,
-        )?,
-        timeout: ms("otlp_timeout_ms", section.otlp_timeout_ms, defaults.timeout)?,
-    })
-}
-
 fn auth(section: AuthSection) -> Result<AuthSettings, String> {
     let defaults = AuthSettings::default();
     let mut tokens = Vec::with_capacity(section.tokens.len());
@@ -970,18 +913,11 @@ fn limits(
             &TIMEOUT_MS_RANGE,
         )?);
     }
-    if limits.default_timeout > limits.max_timeout {
-        // A ceiling below the inherited default lowers the default; one below
-        // a default set in the same table is a contradiction.
-        if section.timeout_ms.is_some() {
-            return Err(format!(
-                "{name}: timeout_ms ({} ms) is above max_timeout_ms ({} ms)",
-                limits.default_timeout.as_millis(),
-                limits.max_timeout.as_millis()
-            ));
-        }
-        limits.default_timeout = limits.max_timeout;
-    }
+    limits
+        .fit_default_timeout(section.timeout_ms.is_some())
+        .map_err(|(default, ceiling)| {
+            format!("{name}: timeout_ms ({default} ms) is above max_timeout_ms ({ceiling} ms)")
+        })?;
     if let Some(reuse) = section.instance_reuse {
         limits.instance_reuse =
             check_range(&format!("{name}: instance_reuse"), reuse, &(1..=1_000_000))?;

@@ -20,7 +20,7 @@ use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::engine::AllocatorChoice;
 use crate::settings::{Overrides, Section};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, otlp};
 
 /// How to talk to OCI registries (shared by `run` and `push`).
 #[derive(Args, Clone)]
@@ -353,17 +353,15 @@ impl RunArgs {
                 plugin.source.limits.host_memory_bytes =
                     (check_range("--host-memory-kib", kib, &HOST_MEMORY_KIB_RANGE)? as usize) << 10;
             }
-            let limits = &mut plugin.source.limits;
-            if limits.default_timeout > limits.max_timeout {
-                if self.timeout_ms.is_some() {
-                    return Err(format!(
-                        "--timeout-ms ({} ms) is above the task budget ceiling ({} ms)",
-                        limits.default_timeout.as_millis(),
-                        limits.max_timeout.as_millis()
-                    ));
-                }
-                limits.default_timeout = limits.max_timeout;
-            }
+            plugin
+                .source
+                .limits
+                .fit_default_timeout(self.timeout_ms.is_some())
+                .map_err(|(default, ceiling)| {
+                    format!(
+                        "--timeout-ms ({default} ms) is above the task budget ceiling ({ceiling} ms)"
+                    )
+                })?;
         }
         if self.node_id.is_some() {
             config.node_id.clone_from(&self.node_id);
@@ -487,15 +485,15 @@ impl RunArgs {
         self.apply_reach(&mut config)?;
         if let Some(spans) = self.otlp_queue_spans {
             config.telemetry.queue_spans =
-                check_range("--otlp-queue-spans", spans, &OTLP_SPANS_RANGE)?;
+                check_range("--otlp-queue-spans", spans, &otlp::SPANS_RANGE)?;
         }
         if let Some(bytes) = self.otlp_queue_bytes {
             config.telemetry.queue_bytes =
-                check_range("--otlp-queue-bytes", bytes, &OTLP_BYTES_RANGE)?;
+                check_range("--otlp-queue-bytes", bytes, &otlp::BYTES_RANGE)?;
         }
         if let Some(ms) = self.otlp_timeout_ms {
             config.telemetry.timeout =
-                Duration::from_millis(check_range("--otlp-timeout-ms", ms, &OTLP_MS_RANGE)?);
+                Duration::from_millis(check_range("--otlp-timeout-ms", ms, &otlp::MS_RANGE)?);
         }
         if let Some(mode) = self.task_auth {
             config.auth.mode = mode;
@@ -504,12 +502,8 @@ impl RunArgs {
             Some(path) => format!("{}: {e}", path.display()),
             None => e,
         })?;
-        if let Some(id) = &config.node_id
-            && !crate::directory::identity::valid_node_id(id)
-        {
-            return Err(format!(
-                "--node-id: {id:?} must be 1-36 characters of letters, digits, '.', '_', ':', '-', starting with a letter or digit"
-            ));
+        if let Some(id) = &config.node_id {
+            crate::directory::identity::check_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
         }
         Ok(config)
     }

@@ -76,12 +76,6 @@ pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
 pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(3600);
 /// Default shortest time between two key fetches, whatever asks.
 pub const DEFAULT_KEY_MIN_INTERVAL: Duration = Duration::from_secs(30);
-/// Bounds on the OTLP span queue and batch.
-pub const OTLP_SPANS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
-/// Bounds on the bytes of the OTLP span queue.
-pub const OTLP_BYTES_RANGE: RangeInclusive<usize> = (64 << 10)..=(1 << 30);
-/// Bounds on the OTLP send timeout and interval, in ms.
-pub const OTLP_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin

@@ -213,6 +213,18 @@ pub fn random_secret() -> String {
     hex::encode(bytes)
 }
 
+/// [`valid_node_id`], with the rule spelled out for an operator; the caller
+/// names where the id came from (`node.node_id`, `--node-id`).
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if valid_node_id(id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1-36 characters of letters, digits, '.', '_', ':', '-', starting with a letter or digit"
+        ))
+    }
+}
+
 /// The Rust directory's node id rule: ≤ 36 chars of `[A-Za-z0-9._:-]`,
 /// starting alphanumeric.
 pub fn valid_node_id(id: &str) -> bool {

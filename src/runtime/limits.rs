@@ -39,6 +39,25 @@ pub struct PluginLimits {
     pub instance_idle: Duration,
 }
 
+impl PluginLimits {
+    /// Keeps the default budget within the ceiling: an inherited default
+    /// above it is lowered to it; a default given (`default_given`) above it
+    /// is a contradiction, returned as (default, ceiling) in ms for the
+    /// caller to name.
+    pub fn fit_default_timeout(&mut self, default_given: bool) -> Result<(), (u128, u128)> {
+        if self.default_timeout > self.max_timeout {
+            if default_given {
+                return Err((
+                    self.default_timeout.as_millis(),
+                    self.max_timeout.as_millis(),
+                ));
+            }
+            self.default_timeout = self.max_timeout;
+        }
+        Ok(())
+    }
+}
+
 impl Default for PluginLimits {
     fn default() -> Self {
         Self {

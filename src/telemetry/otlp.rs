@@ -20,6 +20,7 @@
 //! Only spans of this crate are exported, never log events: plugin log lines
 //! (which a plugin may fill with its payload) stay out of the collector.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{Layer, Registry};
@@ -38,20 +40,35 @@ use super::export_bounds::{
     BoundedProcessor, Budget, CappedHttpClient, DeadlineExporter, QueueBounds,
 };
 use crate::protocol::trace_context::TraceContext;
+use crate::settings::{Section, as_millis, check_range};
 
-/// The bounds of the export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bounds on the OTLP span queue and batch.
+pub const SPANS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds on the bytes of the OTLP span queue.
+pub const BYTES_RANGE: RangeInclusive<usize> = (64 << 10)..=(1 << 30);
+/// Bounds on the OTLP send timeout and interval, in ms.
+pub const MS_RANGE: RangeInclusive<u64> = 100..=300_000;
+
+/// The bounds of the export: the file's `[telemetry]` table (also
+/// `IICP_HOST_TELEMETRY__<KEY>` and `--set telemetry.<key>=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExportSettings {
     /// Finished spans held for export (waiting or being sent), at most;
     /// more are dropped.
+    #[serde(rename = "otlp_queue_spans")]
     pub queue_spans: usize,
     /// Estimated bytes of those spans, at most; more are dropped.
+    #[serde(rename = "otlp_queue_bytes")]
     pub queue_bytes: usize,
     /// Spans per request to the collector, at most.
+    #[serde(rename = "otlp_batch_spans")]
     pub batch_spans: usize,
     /// Time between sends.
+    #[serde(rename = "otlp_interval_ms", with = "crate::settings::millis")]
     pub interval: Duration,
     /// Bound on one send, connection included.
+    #[serde(rename = "otlp_timeout_ms", with = "crate::settings::millis")]
     pub timeout: Duration,
 }
 
@@ -64,6 +81,19 @@ impl Default for ExportSettings {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl Section for ExportSettings {
+    const NAME: &'static str = "telemetry";
+
+    fn validate(&self) -> Result<(), String> {
+        check_range("otlp_queue_spans", self.queue_spans, &SPANS_RANGE)?;
+        check_range("otlp_queue_bytes", self.queue_bytes, &BYTES_RANGE)?;
+        check_range("otlp_batch_spans", self.batch_spans, &SPANS_RANGE)?;
+        check_range("otlp_interval_ms", as_millis(self.interval), &MS_RANGE)?;
+        check_range("otlp_timeout_ms", as_millis(self.timeout), &MS_RANGE)?;
+        Ok(())
     }
 }
 
