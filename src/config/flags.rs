@@ -5,6 +5,14 @@
 //! section is settable from the environment (`IICP_HOST_<SECTION>__<KEY>`)
 //! and by `--set SECTION.KEY=VALUE` as well (see [`crate::settings`]).
 
+// The doc comments of the flags are their `--help` text, written for a
+// terminal, not for rustdoc.
+#![allow(
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::invalid_html_tags
+)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,8 +1,12 @@
 //! Node configuration: identity, listener, concurrency, request limits,
-//! the directory relationship and the plugins to serve. Built from a TOML
-//! file ([`file`]) and/or the command line; every field has a default an
-//! operator can rely on, and the bounds below are checked in one place
-//! whichever way a value arrives.
+//! the directory relationship and the plugins to serve. Built by
+//! [`flags::RunArgs::to_config`], at start and at every reload: the TOML
+//! file ([`file`]) or the single `--plugin`, then the capability sections'
+//! keys from the environment and `--set` ([`sections`]), then the dedicated
+//! flags. Every field has a default an operator can rely on. Capabilities
+//! that own their settings (`relay::settings`, `peers::settings`,
+//! `telemetry::otlp::ExportSettings`) hold their defaults and ranges
+//! themselves; the node-wide bounds below are still checked here.
 
 pub mod file;
 pub mod file_cache;

@@ -1,6 +1,14 @@
 //! Every command but `run` (plugin authoring and publishing, shell
 //! completions, man pages): its flags and what each one runs.
 
+// The doc comments of the flags are their `--help` text, written for a
+// terminal, not for rustdoc.
+#![allow(
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::invalid_html_tags
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
