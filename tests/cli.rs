@@ -115,16 +115,69 @@ fn inconsistent_relay_flags_are_refused() {
             "relay-for endpoint",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
-            .args(["run", "--plugin", "x.wasm"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_run_refused(args, None, expected);
     }
+}
+
+/// The dedicated flags of a settings section (`--relay-max-sessions`,
+/// `--otlp-queue-spans`, …) show the section's own defaults in their help:
+/// the definitions in the capability's folder, not a second copy.
+#[test]
+fn section_flags_show_the_sections_own_defaults() {
+    use iicp_host::relay::settings::RelaySettings;
+    use iicp_host::telemetry::otlp::ExportSettings;
+    let sections = [
+        (
+            "relay-",
+            "",
+            toml::Table::try_from(RelaySettings::default()).unwrap(),
+        ),
+        (
+            "otlp-",
+            "otlp_",
+            toml::Table::try_from(ExportSettings::default()).unwrap(),
+        ),
+    ];
+    let mut checked = Vec::new();
+    for (flag, block) in run_help_blocks() {
+        let Some(shown) = block
+            .split("[default: ")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+        else {
+            continue;
+        };
+        for (prefix, key_prefix, defaults) in &sections {
+            let Some(rest) = flag.strip_prefix(prefix) else {
+                continue;
+            };
+            let key = format!("{key_prefix}{}", rest.replace('-', "_"));
+            if let Some(value) = defaults.get(&key).and_then(toml::Value::as_integer) {
+                assert_eq!(
+                    shown,
+                    value.to_string(),
+                    "--{flag} shows {shown}, {key} is {value}"
+                );
+                checked.push(flag.clone());
+            }
+        }
+    }
+    assert!(checked.len() >= 7, "checked only {checked:?}");
+}
+
+/// `iicp-host run --plugin x.wasm ARGS` (with `env` set) fails with one
+/// line containing `expected`.
+fn assert_run_refused(args: &[&str], env: Option<(&str, &str)>, expected: &str) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+    command.args(["run", "--plugin", "x.wasm"]).args(args);
+    if let Some((name, value)) = env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{env:?} {args:?}");
+    assert!(stderr.contains(expected), "{env:?} {args:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 #[test]
@@ -161,16 +214,7 @@ fn section_keys_from_the_environment_and_set_are_checked_naming_their_source() {
             "--set relay.url=relay:8080: url:",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
-            .args(["run", "--plugin", "x.wasm"])
-            .args(args)
-            .env(env.0, env.1)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{env:?} {args:?}");
-        assert!(stderr.contains(expected), "{env:?} {args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_run_refused(args, Some(env), expected);
     }
 }
 
@@ -499,14 +543,14 @@ async fn a_small_address_space_falls_back_to_on_demand_allocation() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[test]
-fn every_run_flag_can_come_from_the_environment() {
+/// Each option of `iicp-host run --help`: its flag (without `--`) and its
+/// help block, from its `--flag` line up to the next option.
+fn run_help_blocks() -> Vec<(String, String)> {
     let help = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
         .args(["run", "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).to_string();
-    // Each option's help block: its `--flag` line up to the next option.
     let mut blocks: Vec<(String, String)> = Vec::new();
     for line in help.lines() {
         let trimmed = line.trim_start();
@@ -527,6 +571,12 @@ fn every_run_flag_can_come_from_the_environment() {
             block.push('\n');
         }
     }
+    blocks
+}
+
+#[test]
+fn every_run_flag_can_come_from_the_environment() {
+    let blocks = run_help_blocks();
     let mut flags = 0;
     for (flag, block) in &blocks {
         if flag == "help" {
@@ -544,7 +594,7 @@ fn every_run_flag_can_come_from_the_environment() {
             "--{flag} has no {variable}:\n{block}"
         );
     }
-    assert!(flags >= 25, "parsed only {flags} flags from:\n{help}");
+    assert!(flags >= 25, "parsed only {flags} flags from:\n{blocks:?}");
 
     // And the variables are read: a bad value is refused naming the flag.
     let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
