@@ -653,3 +653,38 @@ async fn a_captured_hmac_body_is_refused_after_the_replay_window() {
         409
     );
 }
+
+/// `peers.call_timeout_ms` bounds a call to a peer that accepts and never
+/// answers. The file says 120 s; the environment's 200 ms stacks over it, so
+/// several exchanges give up well inside the wait (at 120 s not one would).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_peer_holds_a_gossip_call_only_for_call_timeout_ms() {
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let seed = format!("http://{}", stalled.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        loop {
+            let (connection, _) = stalled.accept().await.unwrap();
+            connections.push(connection);
+        }
+    });
+    let config = peers_config(&format!(
+        "gossip_interval_ms = 100\ncall_timeout_ms = 120000\nseeds = [{seed:?}]"
+    ));
+    let node = Node::start_config_env(
+        &config,
+        &["--node-id", "patient"],
+        &[("IICP_HOST_PEERS__CALL_TIMEOUT_MS", "200")],
+    );
+    let unreachable = r#"iicp_peer_exchanges_total{direction="out",result="unreachable"}"#;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = metrics(&node).await;
+        if common::polled_sample(&text, unreachable) >= 3.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.abort();
+}
