@@ -89,7 +89,6 @@ async fn main() {
                 allocator: AllocatorChoice::Auto,
             },
             cache_dir,
-            oci: Default::default(),
             max_dns_lookups: iicp_host::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
         },
         std::sync::Arc::new(iicp_host::metrics::Metrics::new()),

@@ -8,9 +8,9 @@
 //! [`admin`] let an operator change plugins while it serves, each
 //! capability folder owns its settings and [`config`] stacks the file, the
 //! environment and the flags into them, [`oci`] pulls plugins from
-//! registries, and [`node`]
-//! starts and stops it all, telling [`systemd`] when it is ready and when it
-//! stops.
+//! registries and [`fetch`] hands the runtime only verified bytes, and
+//! [`node`] starts and stops it all, telling [`systemd`] when it is ready
+//! and when it stops.
 //!
 //! Modules sit in layers; a module uses only modules of its own or a lower
 //! layer, and no two files import each other, even through others (a
@@ -21,7 +21,7 @@
 //! 2. leaf capabilities: `telemetry`, `oci`
 //! 3. counting: `metrics`
 //! 4. the sandbox: `runtime`
-//! 5. the directory link: `directory`
+//! 5. around the sandbox: `fetch`, `directory`
 //! 6. the front door: `server`
 //! 7. node-to-node reach: `relay`, `peers`
 //! 8. assembling the settings: `config`, `memory_bound`, `memory_sizing`
@@ -35,6 +35,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod fetch;
 pub mod heap;
 pub mod memory_bound;
 pub mod memory_sizing;

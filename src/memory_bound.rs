@@ -235,7 +235,7 @@ impl WorstCase {
             .iter()
             .any(|spec| crate::oci::OciLocation::from_path(&spec.source.path).is_some());
         if pulls {
-            let manifest = config.runtime.oci.max_manifest_bytes as u64;
+            let manifest = config.oci.max_manifest_bytes as u64;
             self.terms.push(Term {
                 name: "registry pulls: a manifest and a signature payload (2 × oci.max_manifest_kib), parsed".to_string(),
                 bytes: 2 * manifest * (1 + PARSED_JSON_FACTOR),

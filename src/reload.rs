@@ -262,7 +262,12 @@ impl Reloader {
                 continue;
             }
             let previous = previous_version(&current, &spec);
-            match self.state.runtime.load_plugin(&spec.source).await {
+            match self
+                .state
+                .fetcher
+                .load(&self.state.runtime, &spec.source)
+                .await
+            {
                 Ok(plugin) => {
                     rank.entry(plugin.id.clone()).or_insert(position);
                     if let Some(previous) = &previous {
@@ -371,7 +376,11 @@ impl Reloader {
         let sha256 = match digests.get(path) {
             Some(known) => known.clone(),
             None => {
-                let read = self.state.runtime.current_sha256(path).await;
+                let read = self
+                    .state
+                    .fetcher
+                    .current_sha256(&self.state.runtime, path)
+                    .await;
                 digests.insert(path.clone(), read.clone());
                 read
             }

@@ -191,7 +191,6 @@ async fn idle_instances_give_way_when_the_pool_is_full() {
             allocator: AllocatorChoice::Pooling,
         },
         cache_dir: Some(common::shared_cache_dir()),
-        oci: iicp_host::oci::OciSettings::default(),
         max_dns_lookups: iicp_host::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
     };
     let runtime = Arc::new(Runtime::new(&settings, Arc::new(Metrics::new())).unwrap());

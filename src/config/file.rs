@@ -604,13 +604,13 @@ fn build(
                     .map(|dir| resolve(base, dir))
                     .or_else(default_cache_dir)
             },
-            oci,
             max_dns_lookups: node
                 .max_dns_lookups
                 .map(|n| check_range("node.max_dns_lookups", n, &MAX_DNS_LOOKUPS_RANGE))
                 .transpose()?
                 .unwrap_or(DEFAULT_MAX_DNS_LOOKUPS),
         },
+        oci,
         plugins,
     })
 }

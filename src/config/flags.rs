@@ -432,9 +432,9 @@ impl RunArgs {
             config.runtime.cache_dir.clone_from(&self.cache_dir);
         }
         if let Some(dir) = &self.cache_dir {
-            config.runtime.oci.store_dir = Some(dir.join(OCI_STORE_SUBDIR));
+            config.oci.store_dir = Some(dir.join(OCI_STORE_SUBDIR));
         }
-        self.registry.apply(&mut config.runtime.oci)?;
+        self.registry.apply(&mut config.oci)?;
         if let Some(allocator) = self.allocator {
             config.runtime.engine.allocator = allocator;
         }

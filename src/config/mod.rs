@@ -163,6 +163,8 @@ pub struct NodeConfig {
     pub directory: Option<DirectorySettings>,
     /// Engine and artifact-cache settings.
     pub runtime: RuntimeSettings,
+    /// How plugins given by OCI reference are pulled (`fetch`).
+    pub oci: OciSettings,
     /// The plugins to serve.
     pub plugins: Vec<PluginSpec>,
     /// The admin API, when configured.
@@ -325,11 +327,11 @@ impl NodeConfig {
                     allocator: AllocatorChoice::default(),
                 },
                 cache_dir: default_cache_dir(),
-                oci: OciSettings {
-                    store_dir: default_cache_dir().map(|dir| dir.join(OCI_STORE_SUBDIR)),
-                    ..OciSettings::default()
-                },
                 max_dns_lookups: DEFAULT_MAX_DNS_LOOKUPS,
+            },
+            oci: OciSettings {
+                store_dir: default_cache_dir().map(|dir| dir.join(OCI_STORE_SUBDIR)),
+                ..OciSettings::default()
             },
             plugins: vec![PluginSpec::new(PluginSource::new(path))],
             admin: None,

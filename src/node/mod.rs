@@ -33,6 +33,7 @@ use self::reach::Reach;
 use crate::config::{NONCE_WINDOW, NodeConfig};
 use crate::directory::lifecycle::NodeView;
 use crate::directory::payload::ServiceState;
+use crate::fetch::PluginFetcher;
 use crate::memory_sizing::{self, Setting, Sizing};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
@@ -103,7 +104,7 @@ pub async fn run(
     let sizing = memory_sizing::size(&mut config).map_err(StartError::Config)?;
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let (runtime, table) = plugins::load(&config, &metrics).await?;
+    let (runtime, fetcher, table) = plugins::load(&config, &metrics).await?;
     descriptors::fit_connection_caps(&mut config);
     publish_memory(&config, &sizing, &metrics);
     let listeners = Listeners::bind(&config).await?;
@@ -117,7 +118,7 @@ pub async fn run(
         &config,
         &identity,
         cx_key,
-        runtime,
+        (runtime, fetcher),
         table,
         &metrics,
         directory.as_ref(),
@@ -144,7 +145,7 @@ fn shared_state(
     config: &NodeConfig,
     identity: &Identity,
     cx_key: Option<CxKey>,
-    runtime: Runtime,
+    (runtime, fetcher): (Runtime, PluginFetcher),
     table: PluginTable,
     metrics: &Arc<Metrics>,
     directory: Option<&DirectoryJoin>,
@@ -158,6 +159,7 @@ fn shared_state(
             region: config.region.clone(),
         },
         runtime: Arc::new(runtime),
+        fetcher,
         plugins: ArcSwap::from_pointee(table),
         gate: AdmissionGate::new(config.max_concurrent),
         qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),

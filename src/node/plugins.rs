@@ -6,21 +6,24 @@ use std::sync::Arc;
 
 use super::StartError;
 use crate::config::NodeConfig;
+use crate::fetch::PluginFetcher;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::server::plugin_table::PluginTable;
 
-/// Builds the runtime and loads the plugins into a routing table.
+/// Builds the runtime and the fetcher and loads the plugins into a routing
+/// table.
 pub async fn load(
     config: &NodeConfig,
     metrics: &Arc<Metrics>,
-) -> Result<(Runtime, PluginTable), StartError> {
+) -> Result<(Runtime, PluginFetcher, PluginTable), StartError> {
     let runtime = Runtime::new(&config.runtime, metrics.clone())
         .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+    let fetcher = PluginFetcher::new(&config.oci, metrics);
     let mut plugins = Vec::with_capacity(config.plugins.len());
     for spec in &config.plugins {
-        match runtime.load_plugin(&spec.source).await {
+        match fetcher.load(&runtime, &spec.source).await {
             Ok(plugin) => plugins.push((Arc::new(plugin), spec.clone())),
             Err(error) if config.config_path.is_some() => {
                 return Err(StartError::Config(in_config(config, error.to_string())));
@@ -31,7 +34,7 @@ pub async fn load(
     let table = PluginTable::build(plugins, metrics, config.max_concurrent, None)
         .map_err(|e| StartError::Config(in_config(config, e)))?;
     table.publish_info(metrics);
-    Ok((runtime, table))
+    Ok((runtime, fetcher, table))
 }
 
 /// Logs one line per loaded plugin.

@@ -45,7 +45,6 @@ use self::shared::ArtifactRegistry;
 use self::store::TaskState;
 use self::teardown::Teardown;
 use crate::metrics::Metrics;
-use crate::oci::{OciLocation, OciSettings, Puller};
 
 /// How to build the runtime.
 #[derive(Debug, Clone)]
@@ -54,8 +53,6 @@ pub struct RuntimeSettings {
     pub engine: EngineSettings,
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// How plugins given by OCI reference are pulled.
-    pub oci: OciSettings,
     /// Plugins' name lookups in flight at once, node-wide
     /// ([`host::dns`]).
     pub max_dns_lookups: usize,
@@ -69,7 +66,6 @@ pub struct Runtime {
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
     teardown: Teardown,
-    oci: Puller,
     warm: WarmRegistry,
     dns: Arc<host::dns::DnsLookups>,
 }
@@ -90,15 +86,9 @@ impl Runtime {
                 })
                 .ok()
         });
-        let oci = Puller::new(
-            &settings.oci,
-            metrics.oci_pulls.clone(),
-            metrics.oci_refusals.clone(),
-        );
         let artifacts = ArtifactRegistry::new(engine.clone(), linker, cache.clone());
         let dns = host::dns::DnsLookups::new(settings.max_dns_lookups, metrics.dns.clone());
         Ok(Self {
-            oci,
             engine,
             metrics,
             artifacts: Arc::new(artifacts),
@@ -115,57 +105,41 @@ impl Runtime {
         self.allocator
     }
 
-    /// Loads and checks a plugin (pulling it first when its path is an
-    /// `oci://` reference).
+    /// Loads and checks the plugin at `source.path`, a local file; a plugin
+    /// from a registry is pulled and verified first (`fetch`), and loaded
+    /// with [`Self::load_plugin_file`].
     pub async fn load_plugin(&self, source: &PluginSource) -> Result<LoadedPlugin, LoadError> {
-        let file = self.local_file(source).await?;
+        self.load_plugin_file(source, &source.path).await
+    }
+
+    /// Loads and checks the plugin `source` describes from the local `file`
+    /// holding its bytes.
+    pub async fn load_plugin_file(
+        &self,
+        source: &PluginSource,
+        file: &Path,
+    ) -> Result<LoadedPlugin, LoadError> {
         plugin::load(
             &self.artifacts,
             &self.metrics,
             &self.warm,
             &self.dns,
             source,
-            &file,
+            file,
         )
         .await
     }
 
-    /// The file to load for `source`: its path, or the verified component
-    /// (signed as its policy asks) an `oci://` reference names, pulled
-    /// unless stored.
-    async fn local_file(&self, source: &PluginSource) -> Result<PathBuf, LoadError> {
-        let location = &source.path;
-        match OciLocation::from_path(location) {
-            None => Ok(location.to_path_buf()),
-            Some(parsed) => {
-                let fetch_error = |why: String| LoadError::Fetch(location.to_path_buf(), why);
-                let oci = parsed.map_err(fetch_error)?;
-                let fetched = self.oci.fetch(&oci, &source.signatures).await;
-                Ok(fetched.map_err(|e| fetch_error(e.to_string()))?.path)
-            }
-        }
-    }
-
-    /// The SHA-256 of the plugin `location` names now — a file's content, or
-    /// the component an `oci://` tag points to at the registry (its stored
-    /// resolution when the registry is unreachable) — `None` if unknown.
+    /// The SHA-256 of the local file at `path` now, `None` if unreadable.
     /// Reloads compare it with what is loaded. A file is read and hashed
     /// again only when it may have changed since it was last hashed (see
     /// [`shared`]), so a reload among 1,000 plugins of one artifact hashes
     /// nothing.
-    pub async fn current_sha256(&self, location: &Path) -> Option<String> {
-        match OciLocation::from_path(location) {
-            None => {
-                let (artifacts, path) = (self.artifacts.clone(), location.to_path_buf());
-                tokio::task::spawn_blocking(move || artifacts.file_sha256(&path).ok())
-                    .await
-                    .ok()?
-            }
-            Some(parsed) => {
-                let resolved = self.oci.resolve(&parsed.ok()?).await.ok()?;
-                Some(resolved.layer.sha256().to_string())
-            }
-        }
+    pub async fn file_sha256(&self, path: &Path) -> Option<String> {
+        let (artifacts, path) = (self.artifacts.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || artifacts.file_sha256(&path).ok())
+            .await
+            .ok()?
     }
 
     /// Compiles a `.wasm` component ahead of time for this engine.

@@ -18,6 +18,7 @@ use super::tool_gate::ToolGate;
 use super::unsent_answers::UnsentAnswers;
 use crate::directory::receipts::ReceiptQueue;
 use crate::directory::status::DirectoryStatus;
+use crate::fetch::PluginFetcher;
 use crate::metrics::{Metrics, TaskTally};
 use crate::protocol::confidentiality::CxKey;
 use crate::runtime::Runtime;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub node: NodeIdentity,
     /// The Wasm runtime.
     pub runtime: Arc<Runtime>,
+    /// Where plugins' bytes come from, for reloads.
+    pub fetcher: PluginFetcher,
     /// Intent routing; a reload swaps in a whole new table.
     pub plugins: ArcSwap<PluginTable>,
     /// Node-wide task slots.

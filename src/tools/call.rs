@@ -74,7 +74,7 @@ pub async fn call(args: CallArgs) -> Result<String, String> {
     };
     let payload: Box<serde_json::value::RawValue> = serde_json::from_str(&payload_text)
         .map_err(|e| format!("error: --payload is not JSON: {e}"))?;
-    let runtime = super::runtime()?;
+    let (runtime, fetcher) = (super::runtime()?, super::fetcher());
     let mut source = PluginSource::new(args.plugin.clone());
     source.config = args.config;
     source.secrets = args.secrets;
@@ -84,8 +84,8 @@ pub async fn call(args: CallArgs) -> Result<String, String> {
         ..HttpSettings::default()
     };
     let loading = Instant::now();
-    let plugin = runtime
-        .load_plugin(&source)
+    let plugin = fetcher
+        .load(&runtime, &source)
         .await
         .map_err(|e| format!("error: {e}"))?;
     let load_time = loading.elapsed();

@@ -57,14 +57,14 @@ pub async fn check(
     config: BTreeMap<String, String>,
     precompiled: bool,
 ) -> Result<String, String> {
-    let runtime = super::runtime()?;
+    let (runtime, fetcher) = (super::runtime()?, super::fetcher());
     let mut source = PluginSource::new(plugin.to_path_buf());
     source.config = config;
     source.precompiled = precompiled;
     let facts = runtime
         .inspect(plugin, source.precompiled_policy())
         .map_err(|e| format!("error: {e}"))?;
-    let loaded = match runtime.load_plugin(&source).await {
+    let loaded = match fetcher.load(&runtime, &source).await {
         Ok(loaded) => loaded,
         Err(error) => {
             return Err(format!(

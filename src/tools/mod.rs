@@ -11,6 +11,7 @@ pub mod push;
 use std::sync::Arc;
 
 use crate::config::default_cache_dir;
+use crate::fetch::PluginFetcher;
 use crate::metrics::Metrics;
 use crate::oci::OciSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
@@ -25,14 +26,19 @@ pub fn runtime() -> Result<Runtime, String> {
             allocator: AllocatorChoice::Auto,
         },
         cache_dir: default_cache_dir(),
-        oci: OciSettings {
-            store_dir: default_cache_dir().map(|dir| dir.join("oci")),
-            ..OciSettings::default()
-        },
         max_dns_lookups: crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS,
     };
     Runtime::new(&settings, Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot start the WebAssembly runtime: {e:#}"))
+}
+
+/// A fetcher like `run`'s, pulling `oci://` plugins into the default store.
+pub fn fetcher() -> PluginFetcher {
+    let oci = OciSettings {
+        store_dir: default_cache_dir().map(|dir| dir.join("oci")),
+        ..OciSettings::default()
+    };
+    PluginFetcher::new(&oci, &Metrics::new())
 }
 
 /// Parses `key=value` pairs given on the command line.
