@@ -22,8 +22,8 @@ impl PluginFetcher {
         Self {
             oci: Puller::new(
                 settings,
-                metrics.oci_pulls.clone(),
-                metrics.oci_refusals.clone(),
+                metrics.oci.pulls.clone(),
+                metrics.oci.refusals.clone(),
             ),
         }
     }

@@ -17,7 +17,7 @@
 //! folder's `mod.rs` may use its own files; `tests/import_graph.rs` checks
 //! both):
 //! <!-- layers: -->
-//! 1. foundations: `clock`, `private_files`, `prune`, `settings`, `wasm_kind`, `heap`, `protocol`
+//! 1. foundations: `clock`, `metric_families`, `private_files`, `prune`, `settings`, `wasm_kind`, `heap`, `protocol`
 //! 2. leaf capabilities: `telemetry`, `oci`
 //! 3. counting: `metrics`
 //! 4. the sandbox: `runtime`
@@ -39,6 +39,7 @@ pub mod fetch;
 pub mod heap;
 pub mod memory_bound;
 pub mod memory_sizing;
+pub mod metric_families;
 pub mod metrics;
 pub mod node;
 pub mod oci;

@@ -8,13 +8,20 @@
 //! (plugin, intent) pair are resolved once when a plugin is installed, so the
 //! task path only bumps atomics.
 
-use std::sync::Mutex;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
+
+use crate::metric_families::{
+    Part, counter, counter_vec, gauge, gauge_vec, histogram_vec, seeded_counter_vec,
+};
+use crate::oci::metrics::OciMetrics;
 
 /// Buckets of `iicp_task_latency_ms` (`iicp-dir.md` §3.8).
 const LATENCY_BUCKETS_MS: &[f64] = &[
@@ -91,20 +98,6 @@ pub struct Metrics {
     /// `iicp_memory_setting{setting}`: each memory-driven setting in force
     /// (sized or given), in the unit its name says.
     pub memory_setting: IntGaugeVec,
-    /// `iicp_heartbeat_failures_total`.
-    pub heartbeat_failures: IntCounter,
-    /// `iicp_heartbeats_total` (accepted).
-    pub heartbeats: IntCounter,
-    /// `iicp_directory_registered` (0 or 1).
-    pub directory_registered: IntGauge,
-    /// `iicp_registrations_total{result}`.
-    pub registrations: IntCounterVec,
-    /// `iicp_credential_writes_total`: writes of the stored directory credentials.
-    pub credential_writes: IntCounter,
-    /// `iicp_credit_receipts_total{result}`: sent, failed, dropped, skipped.
-    pub receipts: IntCounterVec,
-    /// `iicp_credit_receipt_queue_bytes`: bytes of receipts waiting to be sent.
-    pub receipt_queue_bytes: IntGauge,
     /// Plugins' name lookups (`runtime::host::dns`).
     pub dns: DnsMetrics,
     /// `iicp_drain_refusals_total{reason}`: tasks refused with 503
@@ -115,18 +108,12 @@ pub struct Metrics {
     /// `iicp_task_auth_total{result}`: tasks accepted by the auth mode
     /// (by how: operator, directory_token, consumer) or refused (by reason).
     pub task_auth: IntCounterVec,
-    /// `iicp_directory_key_fetches_total{result}`: ok, error.
-    pub directory_key_fetches: IntCounterVec,
     /// Idempotent task ids.
     pub idempotency: IdempotencyMetrics,
     /// `iicp_artifact_cache_rejected_total{reason}`: cache entries refused.
     pub artifact_cache_rejected: IntCounterVec,
-    /// `iicp_oci_pulls_total{result}`: pulled, stored, offline, failed.
-    pub oci_pulls: IntCounterVec,
-    /// `iicp_oci_refusals_total{reason}`: plugins from registries refused
-    /// for what they are (`not_component`), their signatures (`signature`)
-    /// or an unpinned reference (`unpinned`).
-    pub oci_refusals: IntCounterVec,
+    /// Plugins pulled from registries.
+    pub oci: OciMetrics,
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     connection_timeouts: IntCounterVec,
@@ -134,168 +121,8 @@ pub struct Metrics {
     /// `iicp_connection_timeouts_total{listener="public",kind="body"}`:
     /// task bodies that did not arrive within the body-read deadline.
     pub body_read_timeouts: IntCounter,
-    /// The relay families (both roles).
-    pub relay: RelayMetrics,
-    /// The peer gossip families.
-    pub peers: PeerMetrics,
-}
-
-/// Peer gossip (`crate::peers`).
-#[derive(Clone)]
-pub struct PeerMetrics {
-    /// `iicp_peers_active`: peers in the table (ADR-014's name).
-    pub active: IntGauge,
-    /// `iicp_peer_exchanges_total{direction,result}`.
-    pub exchanges: IntCounterVec,
-    /// `iicp_peer_refusals_total{reason}`: exchanges, answers and listed
-    /// entries this node refused.
-    pub refusals: IntCounterVec,
-    /// `iicp_peer_merge_senders`: senders whose merge windows are
-    /// remembered.
-    pub merge_senders: IntGauge,
-}
-
-impl PeerMetrics {
-    fn register(r: &Registry) -> Self {
-        Self {
-            active: gauge(r, "iicp_peers_active", "Peers in this node's table."),
-            exchanges: counter_vec(
-                r,
-                "iicp_peer_exchanges_total",
-                "Peer exchanges, by direction (in, out) and result.",
-                &["direction", "result"],
-            ),
-            refusals: counter_vec(
-                r,
-                "iicp_peer_refusals_total",
-                "Peer exchanges, answers and listed entries this node refused, by reason.",
-                &["reason"],
-            ),
-            merge_senders: gauge(
-                r,
-                "iicp_peer_merge_senders",
-                "Senders whose per-window merge budgets are remembered.",
-            ),
-        }
-    }
-}
-
-/// Relaying, in both roles (`crate::relay`).
-#[derive(Clone)]
-pub struct RelayMetrics {
-    /// `iicp_relay_sessions`: workers bound to this relay.
-    pub sessions: IntGauge,
-    /// `iicp_relay_tasks_queued`: tasks waiting for a worker's pull.
-    pub tasks_queued: IntGauge,
-    /// `iicp_relay_tasks_in_flight`: tasks a worker holds.
-    pub tasks_in_flight: IntGauge,
-    /// `iicp_relay_held_bytes`: task bytes held for workers.
-    pub held_bytes: IntGauge,
-    /// `iicp_relay_result_bytes`: result bytes reserved for results being read.
-    pub result_bytes: IntGauge,
-    /// `iicp_relay_bytes_total{direction}`: to_worker, to_consumer.
-    pub bytes: IntCounterVec,
-    /// `iicp_relay_tasks_total{outcome}`: answered, timeout, worker_gone.
-    pub tasks: IntCounterVec,
-    /// `iicp_relay_refusals_total{reason}`.
-    pub refusals: IntCounterVec,
-    /// `iicp_relay_binds_total{result}`: new, rebound.
-    pub binds: IntCounterVec,
-    /// `iicp_relay_pinned_workers`: worker ids pinned to their rebind keys.
-    pub pinned_workers: IntGauge,
-    /// `iicp_relay_worker_bound`: 1 while this worker holds a relay session.
-    pub worker_bound: IntGauge,
-    /// `iicp_relay_worker_binds_total{result}`: ok, refused, failed.
-    pub worker_binds: IntCounterVec,
-    /// `iicp_relay_worker_tasks_total{result}`: answered, answer_lost.
-    pub worker_tasks: IntCounterVec,
-    /// `iicp_relay_worker_rebind_seconds`: from losing a session to the next bind.
-    pub worker_rebind_seconds: Histogram,
-}
-
-impl RelayMetrics {
-    fn register(r: &Registry) -> Self {
-        Self {
-            sessions: gauge(r, "iicp_relay_sessions", "Workers bound to this relay."),
-            tasks_queued: gauge(
-                r,
-                "iicp_relay_tasks_queued",
-                "Relayed tasks waiting for their worker's pull.",
-            ),
-            tasks_in_flight: gauge(
-                r,
-                "iicp_relay_tasks_in_flight",
-                "Relayed tasks a worker pulled and has not answered.",
-            ),
-            held_bytes: gauge(
-                r,
-                "iicp_relay_held_bytes",
-                "Bytes of relayed tasks held for workers.",
-            ),
-            result_bytes: gauge(
-                r,
-                "iicp_relay_result_bytes",
-                "Bytes reserved for workers' results being read.",
-            ),
-            bytes: counter_vec(
-                r,
-                "iicp_relay_bytes_total",
-                "Bytes relayed, by direction (to_worker, to_consumer).",
-                &["direction"],
-            ),
-            tasks: counter_vec(
-                r,
-                "iicp_relay_tasks_total",
-                "Relayed tasks by outcome (answered, timeout, worker_gone).",
-                &["outcome"],
-            ),
-            refusals: counter_vec(
-                r,
-                "iicp_relay_refusals_total",
-                "Relay requests refused, by reason.",
-                &["reason"],
-            ),
-            binds: counter_vec(
-                r,
-                "iicp_relay_binds_total",
-                "Worker binds accepted, by kind (new, rebound).",
-                &["result"],
-            ),
-            pinned_workers: gauge(
-                r,
-                "iicp_relay_pinned_workers",
-                "Worker ids this relay pinned to the rebind key they first bound with.",
-            ),
-            worker_bound: gauge(
-                r,
-                "iicp_relay_worker_bound",
-                "1 while this node holds a session with its relay.",
-            ),
-            worker_binds: counter_vec(
-                r,
-                "iicp_relay_worker_binds_total",
-                "This worker's bind attempts, by result (ok, refused, failed).",
-                &["result"],
-            ),
-            worker_tasks: counter_vec(
-                r,
-                "iicp_relay_worker_tasks_total",
-                "Tasks this worker pulled, by result (answered, answer_lost).",
-                &["result"],
-            ),
-            worker_rebind_seconds: {
-                let opts = HistogramOpts::new(
-                    "iicp_relay_worker_rebind_seconds",
-                    "Time from losing the relay session to the next successful bind.",
-                )
-                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]);
-                let metric = Histogram::with_opts(opts).expect("valid metric definition");
-                r.register(Box::new(metric.clone()))
-                    .expect("unique metric name");
-                metric
-            },
-        }
-    }
+    /// The families of folders above this layer, by type ([`Metrics::part`]).
+    parts: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// One listener's connection metrics.
@@ -453,56 +280,6 @@ impl PluginMetrics {
     }
 }
 
-/// A counter family whose `result` label takes only `results`, each
-/// exported from the start at 0, so `increase()` sees the first event.
-fn result_counter(registry: &Registry, name: &str, help: &str, results: &[&str]) -> IntCounterVec {
-    let metric = counter_vec(registry, name, help, &["result"]);
-    for result in results {
-        metric.with_label_values(&[result]);
-    }
-    metric
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
-
-fn histogram_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-    labels: &[&str],
-) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    let metric = HistogramVec::new(opts, labels).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -562,19 +339,12 @@ impl Metrics {
                 MEMORY_BUCKETS_BYTES,
                 &["plugin"],
             ),
-            idle_instances: {
-                let metric = IntGaugeVec::new(
-                    Opts::new(
-                        "iicp_plugin_idle_instances",
-                        "Reused instances waiting for a task (plugins with instance_reuse > 1).",
-                    ),
-                    &["plugin"],
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(metric.clone()))
-                    .expect("unique metric name");
-                metric
-            },
+            idle_instances: gauge_vec(
+                &r,
+                "iicp_plugin_idle_instances",
+                "Reused instances waiting for a task (plugins with instance_reuse > 1).",
+                &["plugin"],
+            ),
             instances_retired: counter_vec(
                 &r,
                 "iicp_plugin_instances_retired_total",
@@ -635,57 +405,27 @@ impl Metrics {
                 "Task authentication outcomes: accepted_<how> (operator, directory_token, consumer) or the refusal's reason.",
                 &["result"],
             ),
-            directory_key_fetches: counter_vec(
-                &r,
-                "iicp_directory_key_fetches_total",
-                "Fetches of the directory's consumer-token key, by result.",
-                &["result"],
-            ),
-            reloads: result_counter(
+            reloads: seeded_counter_vec(
                 &r,
                 "iicp_reloads_total",
                 "Configuration reloads, by result (partial: applied without the plugins that failed).",
+                "result",
                 &["ok", "partial", "error"],
             ),
-            oci_pulls: result_counter(
+            oci: OciMetrics::register(&r),
+            plugin_info: gauge_vec(
                 &r,
-                "iicp_oci_pulls_total",
-                "Plugins fetched by OCI reference, by result (pulled, stored, offline, failed).",
-                &["pulled", "stored", "offline", "failed"],
+                "iicp_plugin_info",
+                "Loaded plugins (value 1).",
+                &["plugin", "name", "version", "sha256"],
             ),
-            oci_refusals: {
-                let metric = counter_vec(
-                    &r,
-                    "iicp_oci_refusals_total",
-                    "Plugins from registries refused, by reason (not_component, signature, unpinned).",
-                    &["reason"],
-                );
-                for reason in crate::oci::pull::REFUSAL_REASONS {
-                    metric.with_label_values(&[reason]);
-                }
-                metric
-            },
-            plugin_info: {
-                let metric = IntGaugeVec::new(
-                    Opts::new("iicp_plugin_info", "Loaded plugins (value 1)."),
-                    &["plugin", "name", "version", "sha256"],
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(metric.clone()))
-                    .expect("unique metric name");
-                metric
-            },
             plugin_info_served: Mutex::new(Vec::new()),
-            connections_open: {
-                let metric = IntGaugeVec::new(
-                    Opts::new("iicp_connections_open", "HTTP connections open now."),
-                    &["listener"],
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(metric.clone()))
-                    .expect("unique metric name");
-                metric
-            },
+            connections_open: gauge_vec(
+                &r,
+                "iicp_connections_open",
+                "HTTP connections open now.",
+                &["listener"],
+            ),
             connections_refused: counter_vec(
                 &r,
                 "iicp_connections_refused_total",
@@ -768,49 +508,11 @@ impl Metrics {
                 "iicp_memory_limit_bytes",
                 "The memory the node sized its defaults to (its cgroup limit, the machine's, or memory_limit_mib).",
             ),
-            memory_setting: {
-                let metric = IntGaugeVec::new(
-                    Opts::new(
-                        "iicp_memory_setting",
-                        "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
-                    ),
-                    &["setting"],
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(metric.clone()))
-                    .expect("unique metric name");
-                metric
-            },
-            heartbeat_failures: counter(
+            memory_setting: gauge_vec(
                 &r,
-                "iicp_heartbeat_failures_total",
-                "Heartbeats that got no valid answer from the directory.",
-            ),
-            heartbeats: counter(
-                &r,
-                "iicp_heartbeats_total",
-                "Heartbeats the directory accepted.",
-            ),
-            directory_registered: gauge(
-                &r,
-                "iicp_directory_registered",
-                "1 while the directory holds a valid registration of this node.",
-            ),
-            registrations: counter_vec(
-                &r,
-                "iicp_registrations_total",
-                "Registration attempts, by result.",
-                &["result"],
-            ),
-            credential_writes: counter(
-                &r,
-                "iicp_credential_writes_total",
-                "Writes of the stored directory credentials (only changes, rate-limited).",
-            ),
-            receipt_queue_bytes: gauge(
-                &r,
-                "iicp_credit_receipt_queue_bytes",
-                "Bytes (task ids and results) of credit receipts waiting to be sent.",
+                "iicp_memory_setting",
+                "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
+                &["setting"],
             ),
             dns: DnsMetrics {
                 in_flight: gauge(
@@ -824,12 +526,6 @@ impl Metrics {
                     "Plugins' name lookups that found max_dns_lookups in flight and waited.",
                 ),
             },
-            receipts: counter_vec(
-                &r,
-                "iicp_credit_receipts_total",
-                "Credit receipts, by outcome (sent, failed, dropped, skipped).",
-                &["result"],
-            ),
             artifact_cache_rejected: counter_vec(
                 &r,
                 "iicp_artifact_cache_rejected_total",
@@ -871,13 +567,25 @@ impl Metrics {
                     },
                 }
             },
-            relay: RelayMetrics::register(&r),
-            peers: PeerMetrics::register(&r),
+            parts: Mutex::new(HashMap::new()),
             registry: {
                 crate::telemetry::export_bounds::register(&r);
                 r
             },
         }
+    }
+
+    /// The families of a folder above this layer (relaying, peers), registered
+    /// on the first call and the same instance on every later one: the
+    /// folder defines them ([`Part`]), so this module never names it.
+    pub fn part<P: Part>(&self) -> Arc<P> {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let part = parts
+            .entry(TypeId::of::<P>())
+            .or_insert_with(|| Arc::new(P::register(&self.registry)));
+        Arc::clone(part)
+            .downcast::<P>()
+            .expect("parts are keyed by their type")
     }
 
     /// The connection metrics of the listener called `listener`.

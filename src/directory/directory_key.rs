@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::client::{DirectoryClient, DirectoryError};
-use crate::metrics::Metrics;
+use crate::directory::metrics::DirectoryMetrics;
 use crate::protocol::consumer_token::parse_key;
 
 /// When the key is fetched again.
@@ -70,7 +70,7 @@ impl Drop for DirectoryKey {
 pub fn start(
     client: DirectoryClient,
     timing: KeyRefresh,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DirectoryMetrics>,
 ) -> Arc<DirectoryKey> {
     let key = Arc::new(DirectoryKey::default());
     let (weak, refetch) = (Arc::downgrade(&key), key.refetch.clone());

@@ -66,7 +66,8 @@ use super::payload::{BatchTracker, HeartbeatFacts, RegisterFacts, heartbeat_body
 use super::settings::{DirectorySettings, Timing};
 use super::signing::challenge_response;
 use super::status::DirectoryStatus;
-use crate::metrics::{Metrics, TallyCounts};
+use crate::directory::metrics::DirectoryMetrics;
+use crate::metrics::TallyCounts;
 use crate::protocol::confidentiality::CxPublicKey;
 use crate::runtime::plugin::CapabilityInfo;
 
@@ -171,7 +172,7 @@ pub struct Lifecycle {
     credentials: SharedCredentials,
     state_dir: Option<StateDir>,
     status: Arc<DirectoryStatus>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DirectoryMetrics>,
     node: Arc<dyn NodeView>,
     reregister: Notify,
 }
@@ -195,7 +196,7 @@ pub struct LifecycleParts {
     /// Shared status.
     pub status: Arc<DirectoryStatus>,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<DirectoryMetrics>,
     /// The serving node.
     pub node: Arc<dyn NodeView>,
 }

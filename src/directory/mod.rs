@@ -21,6 +21,7 @@ pub mod client;
 pub mod directory_key;
 pub mod identity;
 pub mod lifecycle;
+pub mod metrics;
 pub mod payload;
 pub mod receipts;
 pub mod settings;

@@ -21,7 +21,7 @@ use super::client::DirectoryClient;
 use super::identity::{SharedCredentials, snapshot};
 use super::settings::{QueueBounds, Timing};
 use super::signing::{hmac_hex, receipt_message, response_hash};
-use crate::metrics::Metrics;
+use crate::directory::metrics::DirectoryMetrics;
 
 /// How long a receipt stays valid.
 const RECEIPT_TTL: Duration = Duration::from_secs(300);
@@ -56,7 +56,7 @@ pub struct ReceiptQueue {
     sender: mpsc::Sender<ReceiptJob>,
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DirectoryMetrics>,
 }
 
 impl ReceiptQueue {
@@ -79,7 +79,7 @@ impl ReceiptQueue {
 pub fn start(
     client: DirectoryClient,
     credentials: SharedCredentials,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DirectoryMetrics>,
     bounds: QueueBounds,
     timing: Timing,
 ) -> ReceiptQueue {

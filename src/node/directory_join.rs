@@ -64,14 +64,13 @@ impl DirectoryJoin {
         let receipts = receipts::start(
             client.clone(),
             credentials.clone(),
-            metrics.clone(),
+            metrics.part(),
             settings.receipt_queue,
             settings.timing,
         );
         let status = Arc::new(DirectoryStatus::new(&settings.url));
-        let directory_key = (config.auth.mode == AuthMode::ConsumerToken).then(|| {
-            directory_key::start(client.clone(), config.auth.key_refresh, metrics.clone())
-        });
+        let directory_key = (config.auth.mode == AuthMode::ConsumerToken)
+            .then(|| directory_key::start(client.clone(), config.auth.key_refresh, metrics.part()));
         Ok(Some(Self {
             settings,
             client,
@@ -105,7 +104,7 @@ impl DirectoryJoin {
             credentials: self.credentials,
             state_dir: identity.state_dir.clone(),
             status: self.status,
-            metrics: metrics.clone(),
+            metrics: metrics.part(),
             node,
         }))
     }

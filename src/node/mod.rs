@@ -32,11 +32,14 @@ use self::listeners::Listeners;
 use self::reach::Reach;
 use crate::config::{NONCE_WINDOW, NodeConfig};
 use crate::directory::lifecycle::NodeView;
+use crate::directory::metrics::DirectoryMetrics;
 use crate::directory::payload::ServiceState;
 use crate::fetch::PluginFetcher;
 use crate::memory_sizing::{self, Setting, Sizing};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
+use crate::peers::metrics::PeerMetrics;
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
+use crate::relay::metrics::RelayMetrics;
 use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
 use crate::runtime::engine::PoolShape;
@@ -104,6 +107,7 @@ pub async fn run(
     let sizing = memory_sizing::size(&mut config).map_err(StartError::Config)?;
     let mut identity = Identity::establish(&config)?;
     let metrics = Arc::new(Metrics::new());
+    register_folder_metrics(&metrics);
     let (runtime, fetcher, table) = plugins::load(&config, &metrics).await?;
     descriptors::fit_connection_caps(&mut config);
     publish_memory(&config, &sizing, &metrics);
@@ -261,6 +265,15 @@ pub async fn shutdown_signal() {
 
 /// Exports the memory the node sized itself to, the settings in force and
 /// the worst case they allow.
+/// Registers the families of the folders above the metrics layer now, so
+/// every node exports them (at 0 when it neither relays, gossips nor joins a
+/// directory) and dashboards and alerts find them.
+fn register_folder_metrics(metrics: &Metrics) {
+    metrics.part::<DirectoryMetrics>();
+    metrics.part::<RelayMetrics>();
+    metrics.part::<PeerMetrics>();
+}
+
 fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {
     let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
     metrics.memory_worst_case.set(gauge(sizing.worst.total()));

@@ -17,7 +17,9 @@ use crate::directory::client::DirectoryClient;
 use crate::directory::identity::random_secret;
 use crate::metrics::Metrics;
 use crate::peers::exchange::{Peers, PeersParts};
+use crate::peers::metrics::PeerMetrics;
 use crate::peers::settings::PeerSettings;
+use crate::relay::metrics::RelayMetrics;
 use crate::relay::routes::RelayRoutes;
 use crate::relay::sessions::{Relay, reap_silent_sessions};
 use crate::relay::settings::{RelaySettings, WorkerSettings};
@@ -79,7 +81,7 @@ impl Reach {
                     settings,
                     &identity.node_id,
                     pins_file,
-                    Arc::new(metrics.relay.clone()),
+                    metrics.part::<RelayMetrics>(),
                 )
                 .map(Arc::new)
                 .map_err(|e| StartError::Config(format!("relay_capable: {e}")))
@@ -210,7 +212,7 @@ fn peers(
         signing_seed,
         hmac_key,
         directory,
-        metrics: metrics.peers.clone(),
+        metrics: PeerMetrics::clone(&metrics.part()),
         allow_private: settings.allow_private_endpoints,
         body_read_timeout: config.edge.body_read_timeout,
     })

@@ -36,6 +36,7 @@
 
 pub mod auth;
 pub mod manifest;
+pub mod metrics;
 pub mod pull;
 pub mod push;
 pub mod reference;

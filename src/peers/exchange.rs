@@ -81,7 +81,7 @@ use crate::clock::now_unix_ms;
 use crate::directory::client::DirectoryClient;
 use crate::directory::identity::valid_node_id;
 use crate::directory::receipts::rfc3339;
-use crate::metrics::PeerMetrics;
+use crate::peers::metrics::PeerMetrics;
 use crate::protocol::{ApiError, json_bytes_response};
 use crate::runtime::host::http::{PolicyResolver, is_public, refused_by_resolver};
 use crate::server::body::read_limited;

@@ -24,6 +24,7 @@
 
 pub mod budget;
 pub mod exchange;
+pub mod metrics;
 pub mod settings;
 pub mod signature;
 pub mod table;

@@ -46,7 +46,7 @@ use super::ticket::{TicketRefusal, TicketVerifier};
 use super::wire::BindRequest;
 use crate::clock::now_unix_ms;
 use crate::directory::identity::{random_secret, valid_node_id};
-use crate::metrics::RelayMetrics;
+use crate::relay::metrics::RelayMetrics;
 
 /// Why a session ended; the consumers it held are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -840,7 +840,7 @@ mod tests {
             settings,
             "relay-1",
             None,
-            Arc::new(Metrics::new().relay.clone()),
+            Metrics::new().part::<RelayMetrics>(),
         )
         .unwrap()
     }

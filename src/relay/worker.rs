@@ -44,7 +44,7 @@ use super::wire::{
 };
 use crate::directory::client::DirectoryClient;
 use crate::directory::identity::{SharedCredentials, snapshot};
-use crate::metrics::RelayMetrics;
+use crate::relay::metrics::RelayMetrics;
 use crate::server::state::AppState;
 use crate::server::task_route::serve_task;
 
@@ -132,7 +132,7 @@ pub fn start(parts: WorkerParts) -> Result<WorkerHandle, String> {
     let slots = parts.state.gate.capacity().max(1);
     let (stop, stopped) = watch::channel(false);
     let worker = Arc::new(Worker {
-        metrics: parts.state.metrics.relay.clone(),
+        metrics: RelayMetrics::clone(&parts.state.metrics.part()),
         running: Arc::new(Semaphore::new(slots as usize)),
         slots,
         http,
