@@ -43,12 +43,14 @@ use crate::relay::metrics::RelayMetrics;
 use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
 use crate::runtime::engine::PoolShape;
+use crate::runtime::metrics::RuntimeMetrics;
 use crate::runtime::plugin::CapabilityInfo;
 use crate::runtime::plugin::LoadError;
 use crate::server::admission::{AdmissionGate, QosAdmission};
 use crate::server::drain::DrainSwitch;
 use crate::server::edge::DrainSignal;
 use crate::server::idempotency::IdempotencyCache;
+use crate::server::metrics::ServerMetrics;
 use crate::server::nonce_cache::NonceCache;
 use crate::server::origin_limit::OriginLimiter;
 use crate::server::plugin_table::PluginTable;
@@ -154,7 +156,8 @@ fn shared_state(
     metrics: &Arc<Metrics>,
     directory: Option<&DirectoryJoin>,
 ) -> Arc<AppState> {
-    metrics
+    let server_metrics = metrics.part::<ServerMetrics>();
+    server_metrics
         .nonce_cache_capacity
         .set(i64::try_from(config.nonce_capacity).unwrap_or(i64::MAX));
     Arc::new(AppState {
@@ -183,21 +186,22 @@ fn shared_state(
             IdempotencyCache::new(
                 bounds.capacity,
                 bounds.max_bytes,
-                metrics.idempotency.evictions.clone(),
+                server_metrics.idempotency.evictions.clone(),
             )
         }),
         nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
         origin_limit: OriginLimiter::new(
             config.origin_rate_limit,
             config.origin_limit_tracked,
-            metrics.origin_windows_forgotten.clone(),
+            server_metrics.origin_windows_forgotten.clone(),
         ),
         metrics: metrics.clone(),
+        server_metrics: server_metrics.clone(),
         tally: TaskTally::default(),
         unsent_answers: UnsentAnswers::new(
             config.edge.max_unsent_answer_bytes,
-            metrics.unsent_answer_bytes.clone(),
-            metrics.unsent_answer_refusals.clone(),
+            server_metrics.unsent_answer_bytes.clone(),
+            server_metrics.unsent_answer_refusals.clone(),
         ),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.edge.body_read_timeout,
@@ -272,6 +276,8 @@ fn register_folder_metrics(metrics: &Metrics) {
     metrics.part::<DirectoryMetrics>();
     metrics.part::<RelayMetrics>();
     metrics.part::<PeerMetrics>();
+    metrics.part::<RuntimeMetrics>();
+    metrics.part::<ServerMetrics>();
 }
 
 fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {

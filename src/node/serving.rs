@@ -56,7 +56,7 @@ pub fn start(
         listeners.public,
         crate::server::router_with(state.clone(), extra_routes),
         config.edge,
-        state.metrics.edge("public"),
+        state.server_metrics.edge("public"),
         state.drain.clone(),
     ));
     let link = directory.map(|join| {
@@ -78,7 +78,7 @@ pub fn start(
                 listener,
                 router,
                 edge,
-                state.metrics.edge("admin"),
+                state.server_metrics.edge("admin"),
                 state.drain.clone(),
             )))
         }

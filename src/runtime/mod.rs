@@ -23,6 +23,7 @@ pub mod host;
 pub mod limits;
 pub mod link;
 pub mod load_error;
+pub mod metrics;
 pub mod plugin;
 pub mod reuse;
 pub mod shared;
@@ -45,6 +46,7 @@ use self::shared::ArtifactRegistry;
 use self::store::TaskState;
 use self::teardown::Teardown;
 use crate::metrics::Metrics;
+use crate::runtime::metrics::RuntimeMetrics;
 
 /// How to build the runtime.
 #[derive(Debug, Clone)]
@@ -61,7 +63,7 @@ pub struct RuntimeSettings {
 /// The engine, the linker with every host capability, and the artifact cache.
 pub struct Runtime {
     engine: Engine,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RuntimeMetrics>,
     artifacts: Arc<ArtifactRegistry>,
     cache: Option<ArtifactCache>,
     allocator: AllocatorKind,
@@ -73,6 +75,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and links the host capabilities.
     pub fn new(settings: &RuntimeSettings, metrics: Arc<Metrics>) -> wasmtime::Result<Self> {
+        let metrics = metrics.part::<RuntimeMetrics>();
         let (engine, allocator) = engine::build_engine(&settings.engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

@@ -27,10 +27,9 @@ use super::limits::PluginLimits;
 use super::reuse::{InstancePool, WarmRegistry};
 use super::shared::{ArtifactRegistry, DescribeInput, SharedArtifact};
 use super::store::{PluginReach, TaskState, task_store};
-use crate::metrics::DnsMetrics;
-use crate::metrics::{Metrics, PluginHttpMetrics};
 use crate::oci::OciLocation;
 use crate::oci::signature::SignaturePolicy;
+use crate::runtime::metrics::{DnsMetrics, PluginHttpMetrics, RuntimeMetrics};
 
 /// Time a plugin gets to answer `describe` at load time.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,7 +170,7 @@ impl fmt::Debug for LoadedPlugin {
 /// shared with every other plugin loaded from the same bytes.
 pub(super) async fn load(
     registry: &Arc<ArtifactRegistry>,
-    metrics: &Metrics,
+    metrics: &RuntimeMetrics,
     warm: &WarmRegistry,
     dns: &Arc<DnsLookups>,
     source: &PluginSource,

@@ -55,8 +55,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::metrics::EvictionCounters;
 use crate::protocol::ApiError;
+use crate::server::metrics::EvictionCounters;
 
 /// The window of `protocol.md` §3 (`IICP-E010`: duplicate within 300 s).
 pub const WINDOW: Duration = Duration::from_secs(300);

@@ -11,7 +11,7 @@ use super::state::AppState;
 /// The `GET /metrics` handler. Gauges that mirror live state are refreshed
 /// here rather than on the task path.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let metrics = &state.metrics;
+    let metrics = &state.server_metrics;
     metrics.active_jobs.set(i64::from(state.gate.active()));
     metrics.max_concurrent.set(i64::from(state.gate.capacity()));
     metrics.qos_waiting.set(i64::from(state.qos.waiting()));
@@ -43,7 +43,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        metrics.render(),
+        state.metrics.render(),
     )
         .into_response()
 }

@@ -18,6 +18,7 @@ pub mod drain;
 pub mod edge;
 pub mod health_route;
 pub mod idempotency;
+pub mod metrics;
 pub mod metrics_route;
 pub mod nonce_cache;
 pub mod origin_limit;

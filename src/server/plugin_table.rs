@@ -12,8 +12,9 @@ use std::sync::atomic::AtomicU64;
 use super::access::{AccessPolicy, Tenant};
 use super::admission::AdmissionGate;
 use super::drain::{Drain, DrainSwitch};
-use crate::metrics::{IntentMetrics, Metrics, PluginMetrics};
+use crate::metrics::Metrics;
 use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin, PluginSource};
+use crate::server::metrics::{IntentMetrics, PluginMetrics, ServerMetrics};
 
 /// One plugin as the operator configured it.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +226,10 @@ impl PluginTable {
             counters: before.map_or_else(Default::default, |e| e.counters.clone()),
             // Resolved series are kept across reloads: resolving them
             // again is most of what rebuilding a large table costs.
-            metrics: before.map_or_else(|| metrics.plugin(&plugin.id), |e| e.metrics.clone()),
+            metrics: before.map_or_else(
+                || metrics.part::<ServerMetrics>().plugin(&plugin.id),
+                |e| e.metrics.clone(),
+            ),
             plugin,
             spec,
         })
@@ -270,7 +274,11 @@ impl PluginTable {
                 .map(|r| r.metrics.clone());
             let route = Route {
                 entry: entry.clone(),
-                metrics: kept_metrics.unwrap_or_else(|| metrics.intent(&entry.plugin.id, intent)),
+                metrics: kept_metrics.unwrap_or_else(|| {
+                    metrics
+                        .part::<ServerMetrics>()
+                        .intent(&entry.plugin.id, intent)
+                }),
             };
             self.routes.insert(intent.into(), route);
         }
@@ -280,7 +288,7 @@ impl PluginTable {
     /// Shows this table's plugin versions, and only those, in
     /// `iicp_plugin_info`; call once the table serves.
     pub fn publish_info(&self, metrics: &Metrics) {
-        metrics.plugins_served(
+        metrics.part::<ServerMetrics>().plugins_served(
             self.entries
                 .iter()
                 .map(|e| {

@@ -22,6 +22,7 @@ use crate::fetch::PluginFetcher;
 use crate::metrics::{Metrics, TaskTally};
 use crate::protocol::confidentiality::CxKey;
 use crate::runtime::Runtime;
+use crate::server::metrics::ServerMetrics;
 
 /// Who this node is.
 #[derive(Debug, Clone)]
@@ -64,8 +65,10 @@ pub struct AppState {
     pub nonces: NonceCache,
     /// The per-Origin task limit, unless turned off.
     pub origin_limit: Option<OriginLimiter>,
-    /// Prometheus metrics.
+    /// Prometheus metrics: the registry every folder's families are on.
     pub metrics: Arc<Metrics>,
+    /// This folder's families, resolved once from `metrics`.
+    pub server_metrics: Arc<ServerMetrics>,
     /// Task outcomes for the directory's metrics batches.
     pub tally: TaskTally,
     /// Answers waiting on their clients, bounded in bytes.

@@ -179,7 +179,7 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     tokio::time::timeout(state.body_read_timeout, read)
         .await
         .unwrap_or_else(|_| {
-            state.metrics.body_read_timeouts.inc();
+            state.server_metrics.body_read_timeouts.inc();
             Err(ApiError::request_timeout(whole_ms(state.body_read_timeout)))
         })
 }
@@ -255,7 +255,7 @@ fn check_origin(state: &AppState, headers: &HeaderMap, received: Instant) -> Res
     if let (Some(limiter), Some(origin)) = (&state.origin_limit, header_str(headers, "origin"))
         && let Err(wait) = limiter.check(origin, received)
     {
-        state.metrics.origin_rate_limited.inc();
+        state.server_metrics.origin_rate_limited.inc();
         return Err(ApiError::origin_rate_limited(whole_ms(wait)));
     }
     Ok(())
@@ -264,7 +264,7 @@ fn check_origin(state: &AppState, headers: &HeaderMap, received: Instant) -> Res
 /// Step 3: tool-domain intents run only where the policy allows them.
 fn check_tool_gate(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError> {
     state.tool_gate.check(&task.intent).inspect_err(|_| {
-        state.metrics.tool_execution_denied.inc();
+        state.server_metrics.tool_execution_denied.inc();
     })
 }
 
@@ -298,7 +298,7 @@ fn authenticate(
         token,
         consumer_token: header_str(headers, "x-iicp-consumer-token"),
     };
-    let outcomes = &state.metrics.task_auth;
+    let outcomes = &state.server_metrics.task_auth;
     let caller = state
         .auth
         .check(presented, &task.intent, tenants, now_unix_ms() / 1000)
@@ -386,7 +386,7 @@ fn check_drain(state: &AppState, route: &Route) -> Result<(), ApiError> {
         None => Ok(()),
         Some(drain) => {
             state
-                .metrics
+                .server_metrics
                 .drain_refusals
                 .with_label_values(&[drain.reason.as_str()])
                 .inc();
@@ -450,11 +450,11 @@ fn check_nonce(state: &AppState, task: &TaskRequest<'_>) -> Result<(), ApiError>
     match state.nonces.check_and_insert(nonce) {
         NonceCheck::Fresh => Ok(()),
         NonceCheck::Replay => {
-            state.metrics.replays.inc();
+            state.server_metrics.replays.inc();
             Err(ApiError::replay_detected())
         }
         NonceCheck::Full { retry_after } => {
-            state.metrics.nonce_cache_full.inc();
+            state.server_metrics.nonce_cache_full.inc();
             Err(ApiError::nonce_cache_full(whole_ms(retry_after)))
         }
     }
@@ -501,7 +501,7 @@ async fn claim_task_id<'s>(
         return Ok(Claimed::Run(None));
     };
     let Some(id_scope) = id_scope else {
-        state.metrics.idempotency.unscoped.inc();
+        state.server_metrics.idempotency.unscoped.inc();
         return Ok(Claimed::Run(None));
     };
     let content = fingerprint(
@@ -510,7 +510,7 @@ async fn claim_task_id<'s>(
         task.model.as_deref(),
         task.max_tokens,
     );
-    let metrics = &state.metrics.idempotency;
+    let metrics = &state.server_metrics.idempotency;
     let deadline = tokio::time::Instant::from(received + budget(task, route));
     loop {
         let key = IdempotencyCache::key(id_scope, &task.task_id);

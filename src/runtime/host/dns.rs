@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use prometheus::IntGauge;
 
-use crate::metrics::DnsMetrics;
+use crate::runtime::metrics::DnsMetrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Lookups in flight at once, node-wide, by default.

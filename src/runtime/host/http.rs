@@ -32,8 +32,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::budget::HostBudget;
 use super::dns::{DEFAULT_MAX_DNS_LOOKUPS, DnsLookups};
-use crate::metrics::DnsMetrics;
-use crate::metrics::PluginHttpMetrics;
+use crate::runtime::metrics::{DnsMetrics, PluginHttpMetrics};
 
 /// Bytes per chunk a guest may write into an outgoing body at once.
 pub const OUTGOING_BODY_CHUNK_BYTES: usize = 64 << 10;

@@ -66,8 +66,8 @@ use tower_service::Service;
 
 use self::connection::{Activity, TrackedBody, TrackedStream};
 use crate::heap::{self, BurstEnd};
-use crate::metrics::EdgeMetrics;
 use crate::protocol::ApiError;
+use crate::server::metrics::EdgeMetrics;
 
 /// A burst of at least this many connections, once mostly closed, gives
 /// its memory back to the kernel ([`heap`]).
