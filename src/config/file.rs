@@ -34,8 +34,9 @@ use crate::directory::settings::{
     validate_http_url,
 };
 use crate::directory::settings::{QueueBounds, Timing};
+use crate::oci::OciLocation;
+use crate::oci::settings::OciSection;
 use crate::oci::signature::{SignatureKey, SignaturePolicy};
-use crate::oci::{OciLocation, OciSettings};
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
@@ -98,24 +99,6 @@ struct FileConfig {
     oci: OciSection,
     #[serde(default, rename = "plugin")]
     plugins: Vec<PluginSection>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct OciSection {
-    timeout_ms: Option<u64>,
-    max_manifest_kib: Option<u32>,
-    max_plugin_mib: Option<u32>,
-    max_store_mib: Option<u32>,
-    #[serde(default)]
-    insecure_registries: Vec<String>,
-    /// Public keys one of which must have signed every `oci://` plugin
-    /// without its own `signature_keys`.
-    #[serde(default)]
-    signature_keys: Vec<PathBuf>,
-    #[serde(default)]
-    require_digest: bool,
-    max_signatures: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -503,7 +486,10 @@ fn build(
         .clone()
         .map(|dir| resolve(base, dir))
         .or_else(default_cache_dir);
-    let oci = oci_settings(&file.oci, cache_location)?;
+    check_section(&file.oci)?;
+    let oci = file
+        .oci
+        .settings(cache_location.map(|dir| dir.join(super::OCI_STORE_SUBDIR)));
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -612,49 +598,6 @@ fn build(
         },
         oci,
         plugins,
-    })
-}
-
-fn oci_settings(section: &OciSection, cache_dir: Option<PathBuf>) -> Result<OciSettings, String> {
-    let defaults = OciSettings::default();
-    let timeout_ms = section
-        .timeout_ms
-        .map(|ms| check_range("oci.timeout_ms", ms, &(100..=3_600_000)))
-        .transpose()?;
-    let manifest_kib = section
-        .max_manifest_kib
-        .map(|kib| check_range("oci.max_manifest_kib", kib, &(1..=65_536)))
-        .transpose()?;
-    let plugin_mib = section
-        .max_plugin_mib
-        .map(|mib| check_range("oci.max_plugin_mib", mib, &(1..=4096)))
-        .transpose()?;
-    let store_mib = section
-        .max_store_mib
-        .map(|mib| check_range("oci.max_store_mib", mib, &(1..=1_048_576)))
-        .transpose()?;
-    if let Some(bad) = section
-        .insecure_registries
-        .iter()
-        .find(|r| OciLocation::parse(&format!("oci://{r}/x:y")).is_err())
-    {
-        return Err(format!(
-            "oci.insecure_registries: {bad:?} is not HOST or HOST:PORT"
-        ));
-    }
-    Ok(OciSettings {
-        store_dir: cache_dir.map(|dir| dir.join(super::OCI_STORE_SUBDIR)),
-        max_manifest_bytes: manifest_kib
-            .map_or(defaults.max_manifest_bytes, |kib| (kib as usize) << 10),
-        max_plugin_bytes: plugin_mib.map_or(defaults.max_plugin_bytes, |mib| u64::from(mib) << 20),
-        max_store_bytes: store_mib.map_or(defaults.max_store_bytes, |mib| u64::from(mib) << 20),
-        timeout: timeout_ms.map_or(defaults.timeout, Duration::from_millis),
-        insecure_registries: section.insecure_registries.clone(),
-        max_signatures: section
-            .max_signatures
-            .map(|n| check_range("oci.max_signatures", n, &(1..=1024)))
-            .transpose()?
-            .unwrap_or(defaults.max_signatures),
     })
 }
 

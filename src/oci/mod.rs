@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod settings;
 pub mod signature;
 pub mod store;
 
