@@ -27,7 +27,6 @@ use super::{
     QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
-use crate::directory::directory_key::KeyRefresh;
 use crate::directory::identity::check_node_id;
 use crate::directory::settings::{
     CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
@@ -47,7 +46,7 @@ use crate::runtime::host::http::{
 };
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
-use crate::server::task_auth::AuthMode;
+use crate::server::settings::AuthSection;
 use crate::settings::check_section;
 use crate::telemetry::otlp::ExportSettings;
 
@@ -173,19 +172,6 @@ struct LimitsSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthSection {
-    #[serde(default)]
-    mode: AuthMode,
-    /// Token name → environment variable holding the token.
-    #[serde(default)]
-    tokens: BTreeMap<String, String>,
-    accept_directory_token: Option<bool>,
-    directory_key_refresh_s: Option<u64>,
-    directory_key_min_interval_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -772,42 +758,17 @@ fn plugin_spec(
 }
 
 fn auth(section: AuthSection) -> Result<AuthSettings, String> {
-    let defaults = AuthSettings::default();
+    check_section(&section)?;
     let mut tokens = Vec::with_capacity(section.tokens.len());
-    for (name, variable) in section.tokens {
-        let token = env_secret(&variable, &format!("auth.tokens.{name}"))?;
-        tokens.push((name, token));
-    }
-    let seconds = |key: &str, value: Option<u64>, default: Duration| {
-        value.map_or(Ok(default), |s| {
-            check_range(&format!("auth.{key}"), s, &(1..=86_400)).map(Duration::from_secs)
-        })
-    };
-    let key_refresh = KeyRefresh {
-        refresh: seconds(
-            "directory_key_refresh_s",
-            section.directory_key_refresh_s,
-            defaults.key_refresh.refresh,
-        )?,
-        min_interval: seconds(
-            "directory_key_min_interval_s",
-            section.directory_key_min_interval_s,
-            defaults.key_refresh.min_interval,
-        )?,
-    };
-    if key_refresh.min_interval > key_refresh.refresh {
-        return Err(
-            "auth.directory_key_min_interval_s must not exceed auth.directory_key_refresh_s"
-                .to_string(),
-        );
+    for (name, variable) in &section.tokens {
+        let token = env_secret(variable, &format!("auth.tokens.{name}"))?;
+        tokens.push((name.clone(), token));
     }
     Ok(AuthSettings {
         mode: section.mode,
         tokens,
-        accept_directory_token: section
-            .accept_directory_token
-            .unwrap_or(defaults.accept_directory_token),
-        key_refresh,
+        accept_directory_token: section.accept_directory_token,
+        key_refresh: section.key_refresh(),
     })
 }
 

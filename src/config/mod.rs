@@ -31,6 +31,7 @@ use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
+use crate::server::settings::AuthSection;
 use crate::server::task_auth::AuthMode;
 use crate::telemetry::otlp::ExportSettings;
 
@@ -76,10 +77,6 @@ pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
 pub const DEFAULT_IDEMPOTENCY_CAPACITY: usize = 100_000;
 /// Default bound on the bytes of remembered task ids and their answers.
 pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
-/// Default interval between fetches of the directory's consumer-token key.
-pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(3600);
-/// Default shortest time between two key fetches, whatever asks.
-pub const DEFAULT_KEY_MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
 /// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
@@ -197,14 +194,12 @@ pub struct AuthSettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
+        let section = AuthSection::default();
         Self {
-            mode: AuthMode::Open,
+            mode: section.mode,
             tokens: Vec::new(),
-            accept_directory_token: true,
-            key_refresh: KeyRefresh {
-                refresh: DEFAULT_KEY_REFRESH,
-                min_interval: DEFAULT_KEY_MIN_INTERVAL,
-            },
+            accept_directory_token: section.accept_directory_token,
+            key_refresh: section.key_refresh(),
         }
     }
 }

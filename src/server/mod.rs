@@ -23,6 +23,7 @@ pub mod metrics_route;
 pub mod nonce_cache;
 pub mod origin_limit;
 pub mod plugin_table;
+pub mod settings;
 pub mod state;
 pub mod task_auth;
 pub mod task_route;

@@ -37,7 +37,17 @@ use crate::protocol::ApiError;
 use crate::protocol::consumer_token::{self, TokenError};
 
 /// The node-wide task authentication mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
     /// No credential needed.
