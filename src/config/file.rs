@@ -29,10 +29,9 @@ use super::{
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::directory::identity::check_node_id;
 use crate::directory::settings::{
-    CipPolicy, DirectorySettings, PricingSettings, ReachAdvert, TransportSettings,
+    CipPolicy, DirectorySection, DirectorySettings, PricingSettings, TransportSettings,
     validate_http_url,
 };
-use crate::directory::settings::{QueueBounds, Timing};
 use crate::oci::OciLocation;
 use crate::oci::settings::OciSection;
 use crate::oci::signature::{SignatureKey, SignaturePolicy};
@@ -49,16 +48,6 @@ use crate::runtime::plugin::PluginSource;
 use crate::server::settings::AuthSection;
 use crate::settings::check_section;
 use crate::telemetry::otlp::ExportSettings;
-
-/// Default bound on directory calls.
-const DEFAULT_DIRECTORY_TIMEOUT_MS: u64 = 10_000;
-/// Default `limits.tokens_per_min` (the reference SDK's).
-const DEFAULT_TOKENS_PER_MIN: u32 = 10_000;
-/// Default credit-receipt queue: 1024 receipts, 16 MiB.
-const DEFAULT_RECEIPT_QUEUE: QueueBounds = QueueBounds {
-    count: 1024,
-    bytes: 16 << 20,
-};
 
 /// A configuration error: which file, and what is wrong in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,23 +132,6 @@ struct NodeSection {
     /// Directories whose `*.toml` files hold more `[[plugin]]` tables.
     #[serde(default)]
     plugin_dirs: Vec<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DirectorySection {
-    url: String,
-    timeout_ms: Option<u64>,
-    tokens_per_min: Option<u32>,
-    hmac_key_env: Option<String>,
-    receipt_queue: Option<usize>,
-    receipt_queue_bytes: Option<usize>,
-    default_heartbeat_ms: Option<u64>,
-    min_heartbeat_ms: Option<u64>,
-    max_heartbeat_ms: Option<u64>,
-    retry_floor_ms: Option<u64>,
-    backoff_initial_ms: Option<u64>,
-    backoff_max_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -858,8 +830,7 @@ fn directory(
     policy: Option<CipPolicy>,
     transport: Option<TransportSettings>,
 ) -> Result<DirectorySettings, String> {
-    validate_http_url(&section.url).map_err(|e| format!("directory.url: {e}"))?;
-    let timing = timing(&section)?;
+    check_section(&section)?;
     let pricing = pricing.unwrap_or_default();
     pricing.validate().map_err(|e| format!("pricing.{e}"))?;
     if let Some(policy) = &policy {
@@ -873,111 +844,17 @@ fn directory(
         .map(|variable| env_secret(variable, "directory.hmac_key_env"))
         .transpose()?;
     Ok(DirectorySettings {
-        url: section.url,
-        endpoint: node.endpoint.clone(),
-        timeout: Duration::from_millis(check_range(
-            "directory.timeout_ms",
-            section.timeout_ms.unwrap_or(DEFAULT_DIRECTORY_TIMEOUT_MS),
-            &(100..=120_000),
-        )?),
-        tokens_per_min: check_range(
-            "directory.tokens_per_min",
-            section.tokens_per_min.unwrap_or(DEFAULT_TOKENS_PER_MIN),
-            &(1..=u32::MAX),
-        )?,
         pricing,
         policy,
         transport,
         operator_hmac_key,
-        receipt_queue: QueueBounds {
-            count: check_range(
-                "directory.receipt_queue",
-                section.receipt_queue.unwrap_or(DEFAULT_RECEIPT_QUEUE.count),
-                &(1..=1_000_000),
-            )?,
-            bytes: check_range(
-                "directory.receipt_queue_bytes",
-                section
-                    .receipt_queue_bytes
-                    .unwrap_or(DEFAULT_RECEIPT_QUEUE.bytes),
-                &(1 << 16..=1 << 32),
-            )?,
-        },
-        timing,
-        reach: ReachAdvert::default(),
+        ..section.settings(node.endpoint.clone())
     })
-}
-
-/// Bounds of the directory timings, in ms: from 100 ms (at most ten
-/// requests a second, however the operator sets it) to an hour.
-const DIRECTORY_TIMING_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
-
-/// The operator's part of the directory timing table.
-fn timing(section: &DirectorySection) -> Result<Timing, String> {
-    let defaults = Timing::default();
-    let ms = |key: &str, value: Option<u64>, default: Duration| {
-        value.map_or(Ok(default), |ms| {
-            check_range(&format!("directory.{key}"), ms, &DIRECTORY_TIMING_MS_RANGE)
-                .map(Duration::from_millis)
-        })
-    };
-    let timing = Timing {
-        default_heartbeat: ms(
-            "default_heartbeat_ms",
-            section.default_heartbeat_ms,
-            defaults.default_heartbeat,
-        )?,
-        min_heartbeat: ms(
-            "min_heartbeat_ms",
-            section.min_heartbeat_ms,
-            defaults.min_heartbeat,
-        )?,
-        max_heartbeat: ms(
-            "max_heartbeat_ms",
-            section.max_heartbeat_ms,
-            defaults.max_heartbeat,
-        )?,
-        retry_floor: ms(
-            "retry_floor_ms",
-            section.retry_floor_ms,
-            defaults.retry_floor,
-        )?,
-        backoff_initial: ms(
-            "backoff_initial_ms",
-            section.backoff_initial_ms,
-            defaults.backoff_initial,
-        )?,
-        backoff_max: ms(
-            "backoff_max_ms",
-            section.backoff_max_ms,
-            defaults.backoff_max,
-        )?,
-        ..defaults
-    };
-    if timing.max_heartbeat < timing.min_heartbeat {
-        return Err("directory.max_heartbeat_ms must not be below min_heartbeat_ms".to_string());
-    }
-    if timing.backoff_max < timing.backoff_initial {
-        return Err("directory.backoff_max_ms must not be below backoff_initial_ms".to_string());
-    }
-    Ok(timing)
 }
 
 /// Directory settings with defaults, for `--directory URL` without a file.
 pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySettings {
-    DirectorySettings {
-        url,
-        endpoint,
-        timeout: Duration::from_millis(DEFAULT_DIRECTORY_TIMEOUT_MS),
-        tokens_per_min: DEFAULT_TOKENS_PER_MIN,
-        pricing: PricingSettings::default(),
-        policy: None,
-        transport: TransportSettings::default(),
-        operator_hmac_key: None,
-        receipt_queue: DEFAULT_RECEIPT_QUEUE,
-        timing: Timing::default(),
-        reach: ReachAdvert::default(),
-    }
+    DirectorySection::new(url).settings(endpoint)
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! directory is, what the node advertises (endpoint, transport, CIP policy,
 //! pricing), and how declarations are signed. Plain data, validated once.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::signing::PricingSignature;
+use crate::settings::{Section, as_millis, check_range};
 
 /// Pricing models the directories accept.
 pub const PRICING_MODELS: &[&str] = &["per_token", "per_request", "flat"];
@@ -287,6 +289,167 @@ pub struct QueueBounds {
     pub bytes: usize,
 }
 
+/// The `[directory]` table, in the units the file writes; `url` is
+/// required, every other key has its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySection {
+    /// The directory's base URL.
+    pub url: String,
+    /// Bound on each directory call, in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consumer tokens the directory may issue for this node per minute.
+    #[serde(default = "default_tokens_per_min")]
+    pub tokens_per_min: u32,
+    /// The environment variable holding the operator's HMAC key, if any.
+    #[serde(default)]
+    pub hmac_key_env: Option<String>,
+    /// Credit receipts queued at most.
+    #[serde(default = "default_receipt_queue")]
+    pub receipt_queue: usize,
+    /// Bytes of queued credit receipts at most.
+    #[serde(default = "default_receipt_queue_bytes")]
+    pub receipt_queue_bytes: usize,
+    /// [`Timing::default_heartbeat`], in ms.
+    #[serde(default = "default_heartbeat_ms")]
+    pub default_heartbeat_ms: u64,
+    /// [`Timing::min_heartbeat`], in ms.
+    #[serde(default = "default_min_heartbeat_ms")]
+    pub min_heartbeat_ms: u64,
+    /// [`Timing::max_heartbeat`], in ms.
+    #[serde(default = "default_max_heartbeat_ms")]
+    pub max_heartbeat_ms: u64,
+    /// [`Timing::retry_floor`], in ms.
+    #[serde(default = "default_retry_floor_ms")]
+    pub retry_floor_ms: u64,
+    /// [`Timing::backoff_initial`], in ms.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// [`Timing::backoff_max`], in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+/// The reference SDK's `limits.tokens_per_min`.
+fn default_tokens_per_min() -> u32 {
+    10_000
+}
+fn default_receipt_queue() -> usize {
+    1024
+}
+fn default_receipt_queue_bytes() -> usize {
+    16 << 20
+}
+fn default_heartbeat_ms() -> u64 {
+    as_millis(Timing::default().default_heartbeat)
+}
+fn default_min_heartbeat_ms() -> u64 {
+    as_millis(Timing::default().min_heartbeat)
+}
+fn default_max_heartbeat_ms() -> u64 {
+    as_millis(Timing::default().max_heartbeat)
+}
+fn default_retry_floor_ms() -> u64 {
+    as_millis(Timing::default().retry_floor)
+}
+fn default_backoff_initial_ms() -> u64 {
+    as_millis(Timing::default().backoff_initial)
+}
+fn default_backoff_max_ms() -> u64 {
+    as_millis(Timing::default().backoff_max)
+}
+
+/// Bounds of the directory timings, in ms: from 100 ms (at most ten
+/// requests a second, however the operator sets it) to an hour.
+const TIMING_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
+
+impl Section for DirectorySection {
+    const NAME: &'static str = "directory";
+
+    fn validate(&self) -> Result<(), String> {
+        validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?;
+        for (key, ms) in [
+            ("default_heartbeat_ms", self.default_heartbeat_ms),
+            ("min_heartbeat_ms", self.min_heartbeat_ms),
+            ("max_heartbeat_ms", self.max_heartbeat_ms),
+            ("retry_floor_ms", self.retry_floor_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
+        ] {
+            check_range(key, ms, &TIMING_MS_RANGE)?;
+        }
+        if self.max_heartbeat_ms < self.min_heartbeat_ms {
+            return Err("max_heartbeat_ms must not be below min_heartbeat_ms".to_string());
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err("backoff_max_ms must not be below backoff_initial_ms".to_string());
+        }
+        check_range("timeout_ms", self.timeout_ms, &(100..=120_000))?;
+        check_range("tokens_per_min", self.tokens_per_min, &(1..=u32::MAX))?;
+        check_range("receipt_queue", self.receipt_queue, &(1..=1_000_000))?;
+        check_range(
+            "receipt_queue_bytes",
+            self.receipt_queue_bytes,
+            &(1 << 16..=1 << 32),
+        )?;
+        Ok(())
+    }
+}
+
+impl DirectorySection {
+    /// Defaults for `--directory URL`.
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            timeout_ms: default_timeout_ms(),
+            tokens_per_min: default_tokens_per_min(),
+            hmac_key_env: None,
+            receipt_queue: default_receipt_queue(),
+            receipt_queue_bytes: default_receipt_queue_bytes(),
+            default_heartbeat_ms: default_heartbeat_ms(),
+            min_heartbeat_ms: default_min_heartbeat_ms(),
+            max_heartbeat_ms: default_max_heartbeat_ms(),
+            retry_floor_ms: default_retry_floor_ms(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+
+    /// The directory settings these keys give, advertising `endpoint`, with
+    /// the default pricing and transport, no CIP policy and no operator key.
+    pub fn settings(&self, endpoint: Option<String>) -> DirectorySettings {
+        let ms = Duration::from_millis;
+        DirectorySettings {
+            url: self.url.clone(),
+            endpoint,
+            timeout: ms(self.timeout_ms),
+            tokens_per_min: self.tokens_per_min,
+            pricing: PricingSettings::default(),
+            policy: None,
+            transport: TransportSettings::default(),
+            operator_hmac_key: None,
+            receipt_queue: QueueBounds {
+                count: self.receipt_queue,
+                bytes: self.receipt_queue_bytes,
+            },
+            timing: Timing {
+                default_heartbeat: ms(self.default_heartbeat_ms),
+                min_heartbeat: ms(self.min_heartbeat_ms),
+                max_heartbeat: ms(self.max_heartbeat_ms),
+                retry_floor: ms(self.retry_floor_ms),
+                backoff_initial: ms(self.backoff_initial_ms),
+                backoff_max: ms(self.backoff_max_ms),
+                ..Timing::default()
+            },
+            reach: ReachAdvert::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +478,31 @@ mod tests {
         assert!(transport.validate().unwrap_err().contains("nat_type"));
         assert!(validate_http_url("ftp://x").is_err());
         assert!(validate_http_url("https://iicp.network/api").is_ok());
+    }
+
+    #[test]
+    fn the_directory_table_defaults_to_the_fixed_timings_and_checks_its_rules() {
+        let section = DirectorySection::new("http://dir.example".into());
+        assert_eq!(section.validate(), Ok(()));
+        assert_eq!(section.settings(None).timing, Timing::default());
+        let inverted = DirectorySection {
+            min_heartbeat_ms: 2000,
+            max_heartbeat_ms: 1000,
+            ..section.clone()
+        };
+        assert_eq!(
+            crate::settings::check_section(&inverted).unwrap_err(),
+            "directory.max_heartbeat_ms must not be below min_heartbeat_ms"
+        );
+        let tiny_queue = DirectorySection {
+            receipt_queue_bytes: 1,
+            ..section
+        };
+        assert!(
+            tiny_queue
+                .validate()
+                .unwrap_err()
+                .starts_with("receipt_queue_bytes must be between 65536")
+        );
     }
 }
