@@ -5,8 +5,13 @@
 //! keys from the environment and `--set` ([`sections`]), then the dedicated
 //! flags. Every field has a default an operator can rely on. Capabilities
 //! that own their settings (`relay::settings`, `peers::settings`,
-//! `telemetry::otlp::ExportSettings`) hold their defaults and ranges
-//! themselves; the node-wide bounds below are still checked here.
+//! `telemetry::otlp::ExportSettings`, `oci::settings`, `server::settings`
+//! for `[auth]`, `directory::settings::DirectorySection`) hold their
+//! defaults and ranges themselves; the node-wide bounds below (`[node]`,
+//! `[defaults]`, `[admin]`) are still checked here. `[oci]`, `[auth]` and
+//! `[directory]` are read from the file only: they name files and
+//! environment variables the build resolves, so they are not in
+//! [`sections::SECTIONS`] yet.
 
 pub mod file;
 pub mod file_cache;

@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn each_bound_is_checked_and_named() {
-        let cases: [(fn(&mut OciSection), &str); 4] = [
+        type Spoil = fn(&mut OciSection);
+        let cases: [(Spoil, &str); 4] = [
             (|s| s.timeout_ms = 99, "timeout_ms must be between 100"),
             (|s| s.max_plugin_mib = 0, "max_plugin_mib must be between 1"),
             (
