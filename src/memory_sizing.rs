@@ -39,8 +39,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use prometheus::{IntGauge, IntGaugeVec, Registry};
+
 use crate::config::NodeConfig;
 use crate::memory_bound::{WorstCase, mib};
+use crate::metric_families::{Part, gauge, gauge_vec};
 use crate::runtime::engine::{KEEP_RESIDENT_WITH_SCAN, PoolShape, default_keep_resident};
 
 /// The memory assumed when no limit can be read at all.
@@ -544,6 +547,41 @@ pub fn carry_over(running: &NodeConfig, next: &mut NodeConfig) -> Result<(), Str
     }
     next.runtime.engine.keep_resident_bytes = running.runtime.engine.keep_resident_bytes;
     check(next, &Memory::find(next.memory.limit_bytes)).map(drop)
+}
+
+/// What the sizing publishes: the memory it sized to, the worst case of
+/// the configuration, and each memory-driven setting in force.
+pub struct MemoryMetrics {
+    /// `iicp_memory_worst_case_bytes`: the configuration's worst case.
+    pub worst_case: IntGauge,
+    /// `iicp_memory_limit_bytes`: the memory the node sized itself to.
+    pub limit: IntGauge,
+    /// `iicp_memory_setting{setting}`: each memory-driven setting in force
+    /// (sized or given), in the unit its name says.
+    pub setting: IntGaugeVec,
+}
+
+impl Part for MemoryMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            worst_case: gauge(
+                r,
+                "iicp_memory_worst_case_bytes",
+                "The most memory this configuration lets the node hold (README, Memory bounds).",
+            ),
+            limit: gauge(
+                r,
+                "iicp_memory_limit_bytes",
+                "The memory the node sized its defaults to (its cgroup limit, the machine's, or memory_limit_mib).",
+            ),
+            setting: gauge_vec(
+                r,
+                "iicp_memory_setting",
+                "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
+                &["setting"],
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,37 +2,27 @@
 //! own families.
 //!
 //! A folder at or below this layer (`oci`, `telemetry`) is composed here by
-//! name. A folder above it (`runtime`, `directory`, `server`, `relay`,
-//! `peers`) defines its families as a [`Part`] in its own `metrics.rs`, and
-//! asks for them with [`Metrics::part`]: this module never names it, so no
-//! import runs upward. The node registers every part at start, so the
-//! exposition lists each family from the first scrape. What is left here
-//! belongs to the assembling and operating layers, which have no folder of
-//! their own: the memory sizing and reloads.
+//! name. A module above it (`runtime`, `directory`, `server`, `relay` and
+//! `peers` in their `metrics.rs`; `memory_sizing`, `reload`) defines its
+//! families as a [`Part`] and asks for them with [`Metrics::part`]: this
+//! module never names it, so no import runs upward. The node registers
+//! every part at start, so the exposition lists each family from the first
+//! scrape.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder};
+use prometheus::{Encoder, Registry, TextEncoder};
 
-use crate::metric_families::{Part, gauge, gauge_vec, seeded_counter_vec};
+use crate::metric_families::Part;
 use crate::oci::metrics::OciMetrics;
 
 /// The node's registry, the families of the folders at or below this
 /// layer, and the parts of the folders above it.
 pub struct Metrics {
     registry: Registry,
-    /// `iicp_memory_worst_case_bytes`: the configuration's worst case.
-    pub memory_worst_case: IntGauge,
-    /// `iicp_memory_limit_bytes`: the memory the node sized itself to.
-    pub memory_limit: IntGauge,
-    /// `iicp_memory_setting{setting}`: each memory-driven setting in force
-    /// (sized or given), in the unit its name says.
-    pub memory_setting: IntGaugeVec,
-    /// `iicp_reloads_total{result}`: ok, partial, error.
-    pub reloads: IntCounterVec,
     /// Plugins pulled from registries.
     pub oci: OciMetrics,
     /// The families of folders above this layer, by type ([`Metrics::part`]).
@@ -46,35 +36,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every family. Definitions are static, so registration
-    /// cannot fail at run time.
+    /// Registers the families composed here; the parts register on first
+    /// use. Definitions are static, so registration cannot fail at run time.
     pub fn new() -> Self {
         let r = Registry::new();
         Self {
-            reloads: seeded_counter_vec(
-                &r,
-                "iicp_reloads_total",
-                "Configuration reloads, by result (partial: applied without the plugins that failed).",
-                "result",
-                &["ok", "partial", "error"],
-            ),
             oci: OciMetrics::register(&r),
-            memory_worst_case: gauge(
-                &r,
-                "iicp_memory_worst_case_bytes",
-                "The most memory this configuration lets the node hold (README, Memory bounds).",
-            ),
-            memory_limit: gauge(
-                &r,
-                "iicp_memory_limit_bytes",
-                "The memory the node sized its defaults to (its cgroup limit, the machine's, or memory_limit_mib).",
-            ),
-            memory_setting: gauge_vec(
-                &r,
-                "iicp_memory_setting",
-                "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
-                &["setting"],
-            ),
             parts: Mutex::new(HashMap::new()),
             registry: {
                 crate::telemetry::export_bounds::register(&r);

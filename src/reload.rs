@@ -29,10 +29,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus::{IntCounterVec, Registry};
 use serde::Serialize;
 
 use crate::clock::now_unix_ms;
 use crate::config::{NodeConfig, PluginSpec};
+use crate::metric_families::{Part, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
 use crate::server::plugin_table::{PluginEntry, PluginTable};
 use crate::server::state::AppState;
@@ -172,6 +174,7 @@ impl Reloader {
                 let result = if report.ok { "ok" } else { "partial" };
                 self.state
                     .metrics
+                    .part::<ReloadMetrics>()
                     .reloads
                     .with_label_values(&[result])
                     .inc();
@@ -203,6 +206,7 @@ impl Reloader {
             Err(error) => {
                 self.state
                     .metrics
+                    .part::<ReloadMetrics>()
                     .reloads
                     .with_label_values(&["error"])
                     .inc();
@@ -399,5 +403,25 @@ fn previous_version(current: &PluginTable, spec: &PluginSpec) -> Option<Arc<Plug
             .iter()
             .find(|e| e.spec.source.id.is_none() && e.spec.source.path == spec.source.path)
             .cloned(),
+    }
+}
+
+/// What reloading counts.
+pub struct ReloadMetrics {
+    /// `iicp_reloads_total{result}`: ok, partial, error.
+    pub reloads: IntCounterVec,
+}
+
+impl Part for ReloadMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            reloads: seeded_counter_vec(
+                r,
+                "iicp_reloads_total",
+                "Configuration reloads, by result (partial: applied without the plugins that failed).",
+                "result",
+                &["ok", "partial", "error"],
+            ),
+        }
     }
 }

@@ -35,12 +35,12 @@ use crate::directory::lifecycle::NodeView;
 use crate::directory::metrics::DirectoryMetrics;
 use crate::directory::payload::ServiceState;
 use crate::fetch::PluginFetcher;
-use crate::memory_sizing::{self, Setting, Sizing};
+use crate::memory_sizing::{self, MemoryMetrics, Setting, Sizing};
 use crate::metrics::{Metrics, TallyCounts, TaskTally};
 use crate::peers::metrics::PeerMetrics;
 use crate::protocol::confidentiality::{CxKey, CxPublicKey};
 use crate::relay::metrics::RelayMetrics;
-use crate::reload::ConfigSource;
+use crate::reload::{ConfigSource, ReloadMetrics};
 use crate::runtime::Runtime;
 use crate::runtime::engine::PoolShape;
 use crate::runtime::metrics::RuntimeMetrics;
@@ -278,12 +278,15 @@ fn register_folder_metrics(metrics: &Metrics) {
     metrics.part::<PeerMetrics>();
     metrics.part::<RuntimeMetrics>();
     metrics.part::<ServerMetrics>();
+    metrics.part::<MemoryMetrics>();
+    metrics.part::<ReloadMetrics>();
 }
 
 fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {
     let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
-    metrics.memory_worst_case.set(gauge(sizing.worst.total()));
-    metrics.memory_limit.set(gauge(sizing.memory.bytes));
+    let metrics = metrics.part::<MemoryMetrics>();
+    metrics.worst_case.set(gauge(sizing.worst.total()));
+    metrics.limit.set(gauge(sizing.memory.bytes));
     for setting in Setting::ALL {
         let value = match setting {
             // What the engine keeps, not the larger figure the bound counts.
@@ -294,7 +297,7 @@ fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {
         };
         if let Some(value) = value {
             metrics
-                .memory_setting
+                .setting
                 .with_label_values(&[setting.name()])
                 .set(gauge(value));
         }
