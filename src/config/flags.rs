@@ -22,6 +22,7 @@ use clap::Args;
 use super::file::{self, PluginFileCache};
 use super::*;
 use crate::directory::settings::validate_http_url;
+use crate::oci::settings::{MAX_PLUGIN_MIB_RANGE, TIMEOUT_MS_RANGE, is_registry};
 use crate::oci::signature::SignatureKey;
 use crate::oci::{OciLocation, OciSettings};
 use crate::peers::settings::PeerSettings;
@@ -55,15 +56,21 @@ impl RegistryArgs {
     pub fn apply(&self, settings: &mut OciSettings) -> Result<(), String> {
         if let Some(ms) = self.oci_timeout_ms {
             settings.timeout =
-                Duration::from_millis(check_range("--oci-timeout-ms", ms, &(100..=3_600_000))?);
+                Duration::from_millis(check_range("--oci-timeout-ms", ms, &TIMEOUT_MS_RANGE)?);
         }
         if let Some(mib) = self.oci_max_plugin_mib {
-            settings.max_plugin_bytes =
-                u64::from(check_range("--oci-max-plugin-mib", mib, &(1..=4096))?) << 20;
+            settings.max_plugin_bytes = u64::from(check_range(
+                "--oci-max-plugin-mib",
+                mib,
+                &MAX_PLUGIN_MIB_RANGE,
+            )?) << 20;
         }
         for registry in &self.oci_insecure_registries {
-            OciLocation::parse(&format!("oci://{registry}/x:y"))
-                .map_err(|_| format!("--oci-insecure-registry: {registry:?} is not HOST:PORT"))?;
+            if !is_registry(registry) {
+                return Err(format!(
+                    "--oci-insecure-registry: {registry:?} is not HOST:PORT"
+                ));
+            }
             settings.insecure_registries.push(registry.clone());
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! defaults, deserialized from the configuration file and checked once by
 //! `validate`; every bound here is documented in `iicp-host.example.toml`.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +13,23 @@ use super::{
     OciLocation, OciSettings, signature,
 };
 use crate::settings::{Section, as_millis, check_range};
+
+/// `timeout_ms` (and `--oci-timeout-ms`).
+pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
+/// `max_manifest_kib`.
+pub const MAX_MANIFEST_KIB_RANGE: RangeInclusive<u32> = 1..=65_536;
+/// `max_plugin_mib` (and `--oci-max-plugin-mib`).
+pub const MAX_PLUGIN_MIB_RANGE: RangeInclusive<u32> = 1..=4096;
+/// `max_store_mib`.
+pub const MAX_STORE_MIB_RANGE: RangeInclusive<u32> = 1..=1_048_576;
+/// `max_signatures`.
+pub const MAX_SIGNATURES_RANGE: RangeInclusive<usize> = 1..=1024;
+
+/// Whether `registry` is `HOST` or `HOST:PORT` (an insecure registry's
+/// form, in the file and in `--oci-insecure-registry`).
+pub fn is_registry(registry: &str) -> bool {
+    OciLocation::parse(&format!("oci://{registry}/x:y")).is_ok()
+}
 
 /// The `[oci]` table, in the units the file writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,20 +74,20 @@ impl Section for OciSection {
     const NAME: &'static str = "oci";
 
     fn validate(&self) -> Result<(), String> {
-        check_range("timeout_ms", self.timeout_ms, &(100..=3_600_000))?;
-        check_range("max_manifest_kib", self.max_manifest_kib, &(1..=65_536))?;
-        check_range("max_plugin_mib", self.max_plugin_mib, &(1..=4096))?;
-        check_range("max_store_mib", self.max_store_mib, &(1..=1_048_576))?;
-        if let Some(bad) = self
-            .insecure_registries
-            .iter()
-            .find(|r| OciLocation::parse(&format!("oci://{r}/x:y")).is_err())
-        {
+        check_range("timeout_ms", self.timeout_ms, &TIMEOUT_MS_RANGE)?;
+        check_range(
+            "max_manifest_kib",
+            self.max_manifest_kib,
+            &MAX_MANIFEST_KIB_RANGE,
+        )?;
+        check_range("max_plugin_mib", self.max_plugin_mib, &MAX_PLUGIN_MIB_RANGE)?;
+        check_range("max_store_mib", self.max_store_mib, &MAX_STORE_MIB_RANGE)?;
+        if let Some(bad) = self.insecure_registries.iter().find(|r| !is_registry(r)) {
             return Err(format!(
                 "insecure_registries: {bad:?} is not HOST or HOST:PORT"
             ));
         }
-        check_range("max_signatures", self.max_signatures, &(1..=1024))?;
+        check_range("max_signatures", self.max_signatures, &MAX_SIGNATURES_RANGE)?;
         Ok(())
     }
 }
