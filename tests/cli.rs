@@ -218,6 +218,55 @@ fn section_keys_from_the_environment_and_set_are_checked_naming_their_source() {
     }
 }
 
+#[test]
+fn file_sections_take_keys_from_the_environment_and_set_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[[plugin]]\npath = \"x.wasm\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (env, args, expected) in [
+        (
+            ("IICP_HOST_OCI__MAX_PLUGIN_MIB", "0"),
+            &[][..],
+            "IICP_HOST_OCI__MAX_PLUGIN_MIB: max_plugin_mib must be between 1 and 4096, got 0",
+        ),
+        (
+            ("IICP_HOST_AUTH__DIRECTORY_KEY_REFRESH_S", "60"),
+            &["--set", "auth.directory_key_min_interval_s=120"][..],
+            "--set auth.directory_key_min_interval_s=120: directory_key_min_interval_s must not exceed auth.directory_key_refresh_s",
+        ),
+        (
+            ("IICP_HOST_DIRECTORY__TIMEOUT_MS", "5000"),
+            &[][..],
+            "IICP_HOST_DIRECTORY__TIMEOUT_MS: missing field `url`",
+        ),
+        // The stacked value is the one in force: node-token without a
+        // token would refuse every task.
+        (
+            ("IICP_HOST_AUTH__MODE", "node-token"),
+            &[][..],
+            "auth.mode = \"node-token\" would refuse every task",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
+            .args(["run", "--config", config])
+            .args(args)
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} {args:?}");
+        assert!(stderr.contains(expected), "{env:?} {args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // Without a file they have no table to stack over, and say so.
+    assert_run_refused(
+        &[],
+        Some(("IICP_HOST_AUTH__MODE", "node-token")),
+        "[oci], [auth], [directory] are read with --config only",
+    );
+}
+
 /// A backend on loopback whose one answer waits until the test releases
 /// it: a task fetching it runs exactly as long as the test wants.
 async fn held_backend() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {

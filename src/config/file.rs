@@ -46,7 +46,7 @@ use crate::runtime::host::http::{
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
 use crate::server::settings::AuthSection;
-use crate::settings::check_section;
+use crate::settings::{Overrides, check_section};
 use crate::telemetry::otlp::ExportSettings;
 
 /// A configuration error: which file, and what is wrong in it.
@@ -217,12 +217,16 @@ const MAX_PLUGIN_ID_BYTES: usize = 64;
 /// Reads and validates a configuration file and the files of its
 /// `node.plugin_dirs`.
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-    load_cached(path, &PluginFileCache::default())
+    load_cached(path, &PluginFileCache::default(), &Overrides::default())
 }
 
 /// [`load`], parsing again only the plugin-directory files that changed
 /// since `cache` last saw them (hot reloads).
-pub fn load_cached(path: &Path, cache: &PluginFileCache) -> Result<NodeConfig, ConfigError> {
+pub fn load_cached(
+    path: &Path,
+    cache: &PluginFileCache,
+    overrides: &Overrides,
+) -> Result<NodeConfig, ConfigError> {
     let error = |message: String| ConfigError {
         path: path.to_path_buf(),
         message,
@@ -231,6 +235,7 @@ pub fn load_cached(path: &Path, cache: &PluginFileCache) -> Result<NodeConfig, C
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut file = parse_file(&text).map_err(error)?;
+    stack_file_tables(&mut file, overrides).map_err(error)?;
     let dirs: Vec<PathBuf> = std::mem::take(&mut file.node.plugin_dirs)
         .into_iter()
         .map(|dir| resolve(base, dir))
@@ -275,6 +280,18 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
     }
     let plugins = located(std::mem::take(&mut file.plugins), base_dir);
     build(file, base_dir, plugins)
+}
+
+/// Stacks the environment's and `--set`'s keys of the sections the build
+/// resolves (`sections::FILE_SECTIONS`: they name files and variables) over
+/// the file's tables, each checked once with the source of a bad key named.
+fn stack_file_tables(file: &mut FileConfig, overrides: &Overrides) -> Result<(), String> {
+    file.oci = overrides
+        .layer(Some(std::mem::take(&mut file.oci)))?
+        .unwrap_or_default();
+    file.auth = overrides.layer(file.auth.take())?;
+    file.directory = overrides.layer(file.directory.take())?;
+    Ok(())
 }
 
 /// A `[[plugin]]` table, the directory its relative paths start from, and
@@ -863,6 +880,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<NodeConfig, String> {
         super::parse(text, Path::new("/etc/iicp"))
+    }
+
+    #[test]
+    fn file_sections_are_stacked_over_the_tables_before_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[oci]\nmax_plugin_mib = 64\ntimeout_ms = 5000\n[[plugin]]\npath = \"a.wasm\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides::default()
+            .with_flags(&["oci.max_plugin_mib=8".to_string()])
+            .unwrap();
+        let config = load_cached(&path, &PluginFileCache::default(), &overrides).unwrap();
+        assert_eq!(config.oci.max_plugin_bytes, 8 << 20);
+        assert_eq!(config.oci.timeout, Duration::from_millis(5000));
+        let plain = load(&path).unwrap();
+        assert_eq!(plain.oci.max_plugin_bytes, 64 << 20);
     }
 
     #[test]

@@ -290,9 +290,10 @@ pub struct RunArgs {
     #[arg(long, env = "IICP_HOST_OCI_REQUIRE_DIGEST")]
     oci_require_digest: bool,
     /// Set one key of a settings section ([relay], [relay_capable], [peers],
-    /// [telemetry]) over the file and the IICP_HOST_<SECTION>__<KEY>
-    /// variables, e.g. --set relay_capable.max_sessions=512 (repeatable; the
-    /// dedicated flags above still win).
+    /// [telemetry]; with --config also [oci], [auth], [directory]) over the
+    /// file and the IICP_HOST_<SECTION>__<KEY> variables, e.g. --set
+    /// relay_capable.max_sessions=512 (repeatable; the dedicated flags above
+    /// still win).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     set: Vec<String>,
 }
@@ -302,12 +303,15 @@ impl RunArgs {
     /// applied. Called again for every hot reload; `plugin_files` keeps the
     /// plugin directories' parsed files between calls.
     pub fn to_config(&self, plugin_files: &PluginFileCache) -> Result<NodeConfig, String> {
+        let overrides = Overrides::from_env(std::env::vars()).with_flags(&self.set)?;
+        sections::check_names(&overrides, self.config.is_some())?;
         let mut config = match (&self.config, &self.plugin) {
-            (Some(path), _) => file::load_cached(path, plugin_files).map_err(|e| e.to_string())?,
+            (Some(path), _) => {
+                file::load_cached(path, plugin_files, &overrides).map_err(|e| e.to_string())?
+            }
             (None, Some(plugin)) => NodeConfig::with_plugin(plugin.clone()),
             (None, None) => return Err("give --plugin or --config".to_string()),
         };
-        let overrides = Overrides::from_env(std::env::vars()).with_flags(&self.set)?;
         sections::stack(&mut config, &overrides)?;
         if let Some(listen) = self.listen {
             config.listen = listen;

@@ -9,9 +9,9 @@
 //! for `[auth]`, `directory::settings::DirectorySection`) hold their
 //! defaults and ranges themselves; the node-wide bounds below (`[node]`,
 //! `[defaults]`, `[admin]`) are still checked here. `[oci]`, `[auth]` and
-//! `[directory]` are read from the file only: they name files and
-//! environment variables the build resolves, so they are not in
-//! [`sections::SECTIONS`] yet.
+//! `[directory]` name files and environment variables the build resolves,
+//! so their keys from the environment and `--set` are stacked over the
+//! file's tables before the build ([`sections::FILE_SECTIONS`]).
 
 pub mod file;
 pub mod file_cache;

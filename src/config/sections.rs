@@ -2,10 +2,16 @@
 //! in the environment (`IICP_HOST_<SECTION>__<KEY>`) and by `--set
 //! SECTION.KEY=VALUE` ([`Overrides`]). A capability joins with its name in
 //! [`SECTIONS`] and one line in [`stack`]; a setting inside it needs none.
+//! The sections in [`FILE_SECTIONS`] are stacked over the file's tables
+//! before the file is built (`file::load_cached`), as their keys name files
+//! and variables the build resolves; they need `--config`.
 
 use super::NodeConfig;
+use crate::directory::settings::DirectorySection;
+use crate::oci::settings::OciSection;
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
+use crate::server::settings::AuthSection;
 use crate::settings::{Overrides, Section};
 use crate::telemetry::otlp::ExportSettings;
 
@@ -17,10 +23,26 @@ pub const SECTIONS: &[&str] = &[
     ExportSettings::NAME,
 ];
 
+/// The sections stacked over the file's tables, before its build.
+pub const FILE_SECTIONS: &[&str] = &[OciSection::NAME, AuthSection::NAME, DirectorySection::NAME];
+
+/// Checks that every override names a known section: without a file
+/// (`with_file` false), only those of [`SECTIONS`].
+pub fn check_names(overrides: &Overrides, with_file: bool) -> Result<(), String> {
+    if with_file {
+        return overrides.check_sections(&[SECTIONS, FILE_SECTIONS].concat());
+    }
+    overrides.check_sections(SECTIONS).map_err(|error| {
+        format!(
+            "{error}; [{}] are read with --config only",
+            FILE_SECTIONS.join("], [")
+        )
+    })
+}
+
 /// Stacks `overrides` over what the file (or the defaults) gave `config`,
 /// checking each section they touch once.
 pub fn stack(config: &mut NodeConfig, overrides: &Overrides) -> Result<(), String> {
-    overrides.check_sections(SECTIONS)?;
     let reach = &mut config.reach;
     reach.relay = overrides.layer(reach.relay.take())?;
     reach.relay_capable = overrides.layer(reach.relay_capable.take())?;
