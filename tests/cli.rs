@@ -263,7 +263,7 @@ fn file_sections_take_keys_from_the_environment_and_set_over_the_config_file() {
     assert_run_refused(
         &[],
         Some(("IICP_HOST_AUTH__MODE", "node-token")),
-        "[oci], [auth], [directory] are read with --config only",
+        "[oci], [auth], [directory], [admin] are read with --config only",
     );
 }
 

@@ -18,13 +18,13 @@ use serde::Deserialize;
 use super::file_cache::ParsedFileCache;
 
 use super::{
-    AdminSettings, AuthSettings, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_DRAIN_RETRY_AFTER,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT,
-    DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
-    DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
-    IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_DNS_LOOKUPS_RANGE,
-    MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE,
-    QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    AdminSettings, AuthSettings, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
+    DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
+    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE, IdempotencyBounds,
+    MAX_CONCURRENT_RANGE, MAX_DNS_LOOKUPS_RANGE, MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig,
+    PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE,
+    check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::directory::identity::check_node_id;
@@ -45,7 +45,7 @@ use crate::runtime::host::http::{
 };
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
-use crate::server::settings::AuthSection;
+use crate::server::settings::{AdminSection, AuthSection};
 use crate::settings::{Overrides, check_section};
 use crate::telemetry::otlp::ExportSettings;
 
@@ -146,14 +146,6 @@ struct LimitsSection {
     host_memory_kib: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdminSection {
-    listen: Option<String>,
-    token_env: String,
-    max_connections: Option<usize>,
-}
-
 /// A file of a plugin directory: `[[plugin]]` tables and nothing else.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,8 +202,6 @@ struct HttpSection {
     max_in_flight: Option<u32>,
 }
 
-/// Default admin listener: loopback only.
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const MAX_PLUGIN_ID_BYTES: usize = 64;
 
 /// Reads and validates a configuration file and the files of its
@@ -291,6 +281,7 @@ fn stack_file_tables(file: &mut FileConfig, overrides: &Overrides) -> Result<(),
         .unwrap_or_default();
     file.auth = overrides.layer(file.auth.take())?;
     file.directory = overrides.layer(file.directory.take())?;
+    file.admin = overrides.layer(file.admin.take())?;
     Ok(())
 }
 
@@ -762,22 +753,11 @@ fn auth(section: AuthSection) -> Result<AuthSettings, String> {
 }
 
 fn admin(section: AdminSection) -> Result<AdminSettings, String> {
-    let listen = section
-        .listen
-        .as_deref()
-        .unwrap_or(DEFAULT_ADMIN_LISTEN)
-        .parse()
-        .map_err(|e| format!("admin.listen: {e}"))?;
+    check_section(&section)?;
     Ok(AdminSettings {
-        listen,
+        listen: section.listen_addr()?,
         token: env_secret(&section.token_env, "admin.token_env")?,
-        max_connections: check_range(
-            "admin.max_connections",
-            section
-                .max_connections
-                .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS),
-            &MAX_CONNECTIONS_RANGE,
-        )?,
+        max_connections: section.max_connections,
     })
 }
 

@@ -290,7 +290,7 @@ pub struct RunArgs {
     #[arg(long, env = "IICP_HOST_OCI_REQUIRE_DIGEST")]
     oci_require_digest: bool,
     /// Set one key of a settings section ([relay], [relay_capable], [peers],
-    /// [telemetry]; with --config also [oci], [auth], [directory]) over the
+    /// [telemetry]; with --config also [oci], [auth], [directory], [admin]) over the
     /// file and the IICP_HOST_<SECTION>__<KEY> variables, e.g. --set
     /// relay_capable.max_sessions=512 (repeatable; the dedicated flags above
     /// still win).

@@ -6,10 +6,10 @@
 //! flags. Every field has a default an operator can rely on. Capabilities
 //! that own their settings (`relay::settings`, `peers::settings`,
 //! `telemetry::otlp::ExportSettings`, `oci::settings`, `server::settings`
-//! for `[auth]`, `directory::settings::DirectorySection`) hold their
-//! defaults and ranges themselves; the node-wide bounds below (`[node]`,
-//! `[defaults]`, `[admin]`) are still checked here. `[oci]`, `[auth]` and
-//! `[directory]` name files and environment variables the build resolves,
+//! for `[auth]` and `[admin]`, `directory::settings::DirectorySection`)
+//! hold their defaults and ranges themselves; the node-wide bounds below
+//! (`[node]`, `[defaults]`) are still checked here. `[oci]`, `[auth]`,
+//! `[directory]` and `[admin]` name files and environment variables the build resolves,
 //! so their keys from the environment and `--set` are stacked over the
 //! file's tables before the build ([`sections::FILE_SECTIONS`]).
 
@@ -37,6 +37,7 @@ use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
 use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
 use crate::server::settings::AuthSection;
+pub use crate::server::settings::MAX_CONNECTIONS_RANGE;
 use crate::server::task_auth::AuthMode;
 use crate::telemetry::otlp::ExportSettings;
 
@@ -99,14 +100,9 @@ pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
 pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
 /// Bounds of the number of origins the per-Origin limit tracks.
 pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
-/// Bounds of a listener's connection cap.
-pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 /// Unsent-answer budget in MiB: at least two of the largest answers (a
 /// result of 4 MiB in its envelope), at most 1 TiB.
 pub const MAX_UNSENT_ANSWERS_MIB_RANGE: RangeInclusive<u64> = 10..=1_048_576;
-/// Default connection cap of the admin listener (an operator's tools, not
-/// the internet).
-pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Where pulled plugins are kept, inside the cache directory.
 pub const OCI_STORE_SUBDIR: &str = "oci";
 /// Default listen address.

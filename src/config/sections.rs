@@ -11,7 +11,7 @@ use crate::directory::settings::DirectorySection;
 use crate::oci::settings::OciSection;
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
-use crate::server::settings::AuthSection;
+use crate::server::settings::{AdminSection, AuthSection};
 use crate::settings::{Overrides, Section};
 use crate::telemetry::otlp::ExportSettings;
 
@@ -24,7 +24,12 @@ pub const SECTIONS: &[&str] = &[
 ];
 
 /// The sections stacked over the file's tables, before its build.
-pub const FILE_SECTIONS: &[&str] = &[OciSection::NAME, AuthSection::NAME, DirectorySection::NAME];
+pub const FILE_SECTIONS: &[&str] = &[
+    OciSection::NAME,
+    AuthSection::NAME,
+    DirectorySection::NAME,
+    AdminSection::NAME,
+];
 
 /// Checks that every override names a known section: without a file
 /// (`with_file` false), only those of [`SECTIONS`].

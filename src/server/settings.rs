@@ -1,9 +1,11 @@
-//! What the operator configures about the front door's task authentication
-//! (`[auth]`, `--task-auth`): plain data with defaults, deserialized from the
+//! What the operator configures about the front door: task authentication
+//! (`[auth]`, `--task-auth`) and the admin listener (`[admin]`,
+//! `--admin-listen`). Plain data with defaults, deserialized from the
 //! configuration file and checked once by `validate`; every bound here is
 //! documented in `iicp-host.example.toml`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::directory::directory_key::KeyRefresh;
 use crate::server::task_auth::AuthMode;
 use crate::settings::{Section, check_range};
+
+/// Connections a listener may hold open at once (`node.max_connections`,
+/// `admin.max_connections`).
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
 /// Seconds a directory-key refresh setting may take.
 const KEY_REFRESH_S_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
@@ -78,6 +84,51 @@ impl AuthSection {
     }
 }
 
+/// The `[admin]` table: the admin API's listener and the environment
+/// variable holding its bearer token (required).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where it listens: loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The environment variable holding the bearer token.
+    pub token_env: String,
+    /// Most connections open at once (an operator's tools, not the public).
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_string()
+}
+
+/// Default connection cap of the admin listener.
+pub fn default_admin_max_connections() -> usize {
+    64
+}
+
+impl Section for AdminSection {
+    const NAME: &'static str = "admin";
+
+    fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        check_range(
+            "max_connections",
+            self.max_connections,
+            &MAX_CONNECTIONS_RANGE,
+        )?;
+        Ok(())
+    }
+}
+
+impl AdminSection {
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| format!("listen: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +154,31 @@ mod tests {
         assert_eq!(
             check_section(&min_above_refresh).unwrap_err(),
             "auth.directory_key_min_interval_s must not exceed auth.directory_key_refresh_s"
+        );
+    }
+
+    #[test]
+    fn the_admin_table_checks_its_address_and_cap() {
+        let admin: AdminSection = toml::from_str("token_env = \"T\"").unwrap();
+        assert_eq!(admin.listen_addr(), Ok("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(admin.max_connections, 64);
+        let bad = AdminSection {
+            listen: "nowhere".into(),
+            ..admin.clone()
+        };
+        assert!(
+            check_section(&bad)
+                .unwrap_err()
+                .starts_with("admin.listen: ")
+        );
+        let closed = AdminSection {
+            max_connections: 0,
+            ..admin
+        };
+        assert!(
+            check_section(&closed)
+                .unwrap_err()
+                .starts_with("admin.max_connections must be between 1 and 1000000")
         );
     }
 }
