@@ -168,8 +168,14 @@ fn section_flags_show_the_sections_own_defaults() {
 /// `iicp-host run --plugin x.wasm ARGS` (with `env` set) fails with one
 /// line containing `expected`.
 fn assert_run_refused(args: &[&str], env: Option<(&str, &str)>, expected: &str) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
-    command.args(["run", "--plugin", "x.wasm"]).args(args);
+    assert_refused(&["run", "--plugin", "x.wasm"], args, env, expected);
+}
+
+/// `iicp-host COMMAND ARGS` (with `env` set) fails with one line
+/// containing `expected`.
+fn assert_refused(command: &[&str], args: &[&str], env: Option<(&str, &str)>, expected: &str) {
+    let mut command_line = Command::new(env!("CARGO_BIN_EXE_iicp-host"));
+    let command = command_line.args(command).args(args);
     if let Some((name, value)) = env {
         command.env(name, value);
     }
@@ -248,16 +254,7 @@ fn file_sections_take_keys_from_the_environment_and_set_over_the_config_file() {
             "auth.mode = \"node-token\" would refuse every task",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
-            .args(["run", "--config", config])
-            .args(args)
-            .env(env.0, env.1)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{env:?} {args:?}");
-        assert!(stderr.contains(expected), "{env:?} {args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_refused(&["run", "--config", config], args, Some(env), expected);
     }
     // Without a file they have no table to stack over, and say so.
     assert_run_refused(
