@@ -35,6 +35,7 @@
 //! only ever holds ciphertext (§7.5).
 
 mod bind_limit;
+pub mod framing;
 pub mod pins;
 pub mod routes;
 pub mod sessions;
