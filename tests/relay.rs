@@ -33,7 +33,7 @@ fn free_port() -> u16 {
 
 /// A relay-capable node serving echo, with `[relay_capable]` set to `table`.
 fn relay_config(table: &str) -> PathBuf {
-    echo_config(&format!("[relay_capable]\n{table}"))
+    echo_config(&format!("[relay_capable]\naccept_port = 0\n{table}"))
 }
 
 /// A worker serving `plugin_name` through `relay` as `worker_id`.
@@ -106,7 +106,10 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_serves_plain_and_encrypted_tasks_through_the_relay() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let worker = worker(&relay, "echo", "w-nat-1", &["--directory", &directory]);
@@ -262,7 +265,10 @@ async fn stripping_hop(upstream: String) -> StrippingHop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let _worker = worker(&relay, "echo", "w-strip", &["--directory", &directory]);
@@ -300,7 +306,10 @@ async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext
 /// gets the first answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let worker = worker(
@@ -342,7 +351,10 @@ async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let state_dir = fresh_state_dir();
     let state = state_dir.display().to_string();
     let first = worker(&relay, "misbehave", "w-restart", &["--state-dir", &state]);
@@ -410,7 +422,7 @@ async fn a_restarted_relay_gets_its_worker_back() {
             &["--plugin", &echo],
             &listen,
             &relay_state,
-            &["--relay-capable"],
+            &["--relay-capable", "--relay-accept-port", "0"],
         )
     };
     let relay = start_relay();
@@ -685,6 +697,8 @@ async fn bind_tickets_are_checked_and_fetched_from_the_directory() {
         &plugin("echo"),
         &[
             "--relay-capable",
+            "--relay-accept-port",
+            "0",
             "--relay-require-bind-ticket",
             "--relay-bind-ticket-key",
             &key_hex,
@@ -728,7 +742,10 @@ async fn bind_tickets_are_checked_and_fetched_from_the_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let node = worker(&relay, "misbehave", "w-drain", &[]);
     let running = {
         let url = relay_for(&relay, "w-drain", "/v1/task");
@@ -794,7 +811,7 @@ impl RestartableRelay {
 async fn after_a_relay_restart_only_the_worker_itself_binds_under_its_id() {
     let echo = plugin("echo").display().to_string();
     let relay_node = RestartableRelay::new(&["--plugin", &echo]);
-    let relay = relay_node.start(&["--relay-capable"]);
+    let relay = relay_node.start(&["--relay-capable", "--relay-accept-port", "0"]);
     let victim_state = fresh_state_dir().display().to_string();
     let victim_args = ["--state-dir", victim_state.as_str()];
     let victim = worker(&relay, "echo", "w-victim", &victim_args);
@@ -808,7 +825,7 @@ async fn after_a_relay_restart_only_the_worker_itself_binds_under_its_id() {
     // restarts: the attacker is first at the bind route.
     drop(victim);
     drop(relay); // SIGKILL: every session is gone
-    let relay = relay_node.start(&["--relay-capable"]);
+    let relay = relay_node.start(&["--relay-capable", "--relay-accept-port", "0"]);
 
     let attempts = [
         json!({"worker_id": "w-victim"}),
@@ -953,6 +970,8 @@ async fn a_worker_that_lost_its_state_gets_its_id_back_with_a_bind_ticket() {
         &plugin("echo"),
         &[
             "--relay-capable",
+            "--relay-accept-port",
+            "0",
             "--relay-bind-ticket-key",
             &key_hex,
             "--node-id",

@@ -142,6 +142,18 @@ pub struct RelaySettings {
     /// ticket (such workers' ids can be taken by whoever binds first while
     /// their session is dead).
     pub refuse_keyless_binds: bool,
+    /// Port of the native IICP framed accept listener, on the listen
+    /// address's host, where the reference's workers bind
+    /// (`relay_accept_port`, default 9485); 0 turns it off.
+    pub accept_port: u16,
+    /// Connections on the accept port at once, binding or bound; more are
+    /// closed at once.
+    pub max_framed_connections: u32,
+    /// INIT and RELAY_BIND must both arrive within this, in ms.
+    pub handshake_timeout_ms: u64,
+    /// Tasks sent to one framed worker and not yet answered; more wait in
+    /// its queue (never more than `max_tasks_per_session` anyway).
+    pub max_calls_in_flight: u32,
 }
 
 impl Default for RelaySettings {
@@ -165,6 +177,10 @@ impl Default for RelaySettings {
             max_pinned_workers: 16_384,
             pin_expiry_days: 30,
             refuse_keyless_binds: false,
+            accept_port: 9485,
+            max_framed_connections: 512,
+            handshake_timeout_ms: 10_000,
+            max_calls_in_flight: 64,
         }
     }
 }
@@ -223,6 +239,21 @@ impl RelaySettings {
             &(1..=1_000_000),
         )?;
         check_range("pin_expiry_days", self.pin_expiry_days, &(1..=3650))?;
+        check_range(
+            "max_framed_connections",
+            self.max_framed_connections,
+            &(1..=65_536),
+        )?;
+        check_range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            &(100..=120_000),
+        )?;
+        check_range(
+            "max_calls_in_flight",
+            self.max_calls_in_flight,
+            &(1..=100_000),
+        )?;
         match (&self.bind_ticket_key, self.require_bind_ticket) {
             (Some(key), _) if !is_ed25519_hex(key) => Err(format!(
                 "bind_ticket_key must be 64 hex characters (an Ed25519 public key), got {} characters",

@@ -167,7 +167,10 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: usize) -> Result<Head
     if len > max_payload {
         return Err(FrameError::TooLarge);
     }
-    Ok(Header { kind: bytes[5], len })
+    Ok(Header {
+        kind: bytes[5],
+        len,
+    })
 }
 
 /// One frame of `kind` carrying `payload`.
@@ -183,6 +186,16 @@ pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// One frame of `kind` carrying the map `entries`.
 pub fn map_frame(kind: u8, entries: Vec<(i64, Value)>) -> Vec<u8> {
     frame(kind, &encode_map(entries))
+}
+
+/// A map of text to text, as forwarded headers travel.
+pub fn text_map(pairs: &std::collections::BTreeMap<String, String>) -> Value {
+    Value::Map(
+        pairs
+            .iter()
+            .map(|(k, v)| (Value::Text(k.clone()), Value::Text(v.clone())))
+            .collect(),
+    )
 }
 
 /// Reads a header within `within` and checks it against `max_payload`.
@@ -470,7 +483,9 @@ mod tests {
         )]);
         assert_eq!(IntMap::decode(&cbor(&wide)), Err(FrameError::BadPayload));
         // A declared length far past the data allocates nothing.
-        let lying = [0xa1, 0x01, 0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let lying = [
+            0xa1, 0x01, 0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
         assert_eq!(IntMap::decode(&lying), Err(FrameError::BadPayload));
         let lying_bytes = [0xa1, 0x01, 0x5a, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(IntMap::decode(&lying_bytes), Err(FrameError::BadPayload));
@@ -512,7 +527,10 @@ mod tests {
         let (kind, map) = read_frame(&mut ours, 1024, Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!((kind, map.bytes(key::ECHO)), (kind::PING, Some(&[1u8, 2][..])));
+        assert_eq!(
+            (kind, map.bytes(key::ECHO)),
+            (kind::PING, Some(&[1u8, 2][..]))
+        );
         // A header announcing more than ever comes.
         theirs.write_all(&whole[..whole.len() - 1]).await.unwrap();
         drop(theirs);

@@ -34,6 +34,7 @@
 //! bodies it forwards, so consumers that care use IICP-CX: the relay then
 //! only ever holds ciphertext (§7.5).
 
+pub mod accept;
 mod bind_limit;
 pub mod framing;
 pub mod pins;

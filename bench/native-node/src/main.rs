@@ -1,7 +1,7 @@
 //! The native reference node for `bench/run`: the protocol SDK's own
 //! `IicpNode` (crates.io `iicp-client =0.7.109`) serving `/v1/task` with an
 //! in-process echo handler whose result equals the echo plugin's for
-//! `urn:iicp:intent:llm:chat:v1`.
+//! `urn:iicp:intent:llm:chat:v1` (after `payload.sleep_ms`, when set).
 //!
 //! Usage:
 //! * `native-node LISTEN_ADDR MAX_CONCURRENT` — a node serving `/v1/task`;
@@ -107,7 +107,13 @@ async fn main() -> iicp_client::Result<()> {
     };
     let node = IicpNode::new(config);
     node.serve(
-        |task| async move { echo(&task.payload).map_err(iicp_client::IicpError::Node) },
+        |task| async move {
+            // Tests hold tasks on the worker with `payload.sleep_ms`.
+            if let Some(ms) = task.payload["sleep_ms"].as_u64() {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            echo(&task.payload).map_err(iicp_client::IicpError::Node)
+        },
         &listen,
         None,
     )
