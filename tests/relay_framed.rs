@@ -308,26 +308,37 @@ async fn our_worker_serves_through_the_reference_relay() {
     })
     .await;
     let base = format!("http://{http}");
-    for (worker_id, relay_url) in [("ours-http", base.clone())] {
-        let worker = Node::start(
-            &plugin("echo"),
-            &["--relay", &relay_url, "--node-id", worker_id],
-        );
+    let transports = [
+        ("ours-http", format!("url = \"{base}\"")),
+        (
+            "ours-framed",
+            format!("url = \"iicp://127.0.0.1:{accept_port}\"\nhttp_url = \"{base}\""),
+        ),
+    ];
+    for (worker_id, relay_table) in transports {
+        let config = echo_config(&format!("[relay]\n{relay_table}\n"));
+        let worker = Node::start_config(&config, &["--node-id", worker_id]);
         worker
             .wait_for_log(WAIT, |e| {
                 common::message(e).starts_with("bound to the relay")
             })
             .unwrap_or_else(|| panic!("never bound; log:\n{}", worker.log_text()));
-        let (status, body) = post(
-            format!("{base}/v1/relay-for/{worker_id}/v1/task"),
-            &echo_task("via-reference", "through their relay"),
-        )
-        .await;
-        assert_eq!(status, 200, "{worker_id}: {body}");
+        for i in 0..3 {
+            let text = format!("through their relay {i}");
+            let (status, body) = post(
+                format!("{base}/v1/relay-for/{worker_id}/v1/task"),
+                &echo_task(&format!("via-reference-{i}"), &text),
+            )
+            .await;
+            assert_eq!(status, 200, "{worker_id}: {body}");
+            assert_eq!(chat_content(&body), text, "{worker_id}: {body}");
+            assert_eq!(body["task_id"], format!("via-reference-{i}"));
+        }
+        let text = metrics(&worker).await;
         assert_eq!(
-            chat_content(&body),
-            "through their relay",
-            "{worker_id}: {body}"
+            metric_value(&text, r#"iicp_relay_worker_tasks_total{result="answered"}"#),
+            3.0,
+            "{worker_id}"
         );
     }
 }
@@ -476,4 +487,28 @@ async fn a_hostile_framed_peer_holds_only_what_the_bounds_allow() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_framed_worker_keeps_its_status_and_headers_through_our_relay() {
+    let accept_port = free_port();
+    let relay = our_relay(accept_port);
+    let config = echo_config(&format!(
+        "[relay]\nurl = \"iicp://127.0.0.1:{accept_port}\"\nhttp_url = \"http://{}\"\n",
+        relay.addr
+    ));
+    let worker = Node::start_config(&config, &["--node-id", "ours-framed-2"]);
+    worker
+        .wait_for_log(WAIT, |e| {
+            common::message(e).starts_with("bound to the relay")
+        })
+        .unwrap_or_else(|| panic!("never bound; log:\n{}", worker.log_text()));
+    let url = relay_for(&relay, "ours-framed-2", "/v1/task");
+    let (status, body) = post(url.clone(), &echo_task("ok-1", "framed both ways")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(chat_content(&body), "framed both ways");
+    // Our worker's own error status crosses the framing (ours: key 1004).
+    let (status, body) = post(url, &task("no-such", "urn:iicp:intent:none:v1", json!({}))).await;
+    assert!((400..500).contains(&status), "{status}: {body}");
+    assert_eq!(error_of(&body)["code"], "unknown_intent", "{body}");
 }

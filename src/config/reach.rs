@@ -16,8 +16,17 @@ use crate::directory::settings::validate_http_url;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// The relay's base URL, e.g. `http://relay.example:8080`.
+    /// The relay: its base URL for the HTTP long-poll transport, e.g.
+    /// `http://relay.example:8080`, or `iicp://relay.example:9485` for the
+    /// native IICP framing to its accept port (the reference's workers'
+    /// transport, which every reference relay serves).
     pub url: String,
+    /// For an `iicp://` relay: the base URL consumers reach it at, which
+    /// the directory lists (`{http_url}/v1/relay-for/{id}`); unset, the
+    /// relay's host on the reference's HTTP port 9484. The worker warns
+    /// when the relay names another port at bind.
+    #[serde(default)]
+    pub http_url: Option<String>,
     /// Long polls kept open at once. More than one keeps tasks flowing while
     /// a pull is being answered.
     #[serde(default = "default_pullers")]
@@ -55,6 +64,7 @@ impl WorkerSettings {
     pub fn new(url: String) -> Self {
         Self {
             url,
+            http_url: None,
             pullers: default_pullers(),
             relay_node_id: None,
             backoff_floor_ms: default_backoff_floor_ms(),
@@ -65,7 +75,20 @@ impl WorkerSettings {
 
     /// Checks the URL and ranges; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?;
+        match self.framed_addr() {
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err()) =>
+            {
+                return Err(format!("url: {:?} must be iicp://host:port", self.url));
+            }
+            Some(_) => {}
+            None => validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?,
+        }
+        if let Some(http_url) = &self.http_url {
+            validate_http_url(http_url).map_err(|e| format!("http_url: {e}"))?;
+        }
         check_range("pullers", self.pullers, &(1..=64))?;
         check_range("backoff_floor_ms", self.backoff_floor_ms, &(10..=60_000))?;
         check_range(
@@ -77,9 +100,24 @@ impl WorkerSettings {
         Ok(())
     }
 
-    /// The relay URL without a trailing slash.
-    pub fn base_url(&self) -> &str {
-        self.url.trim_end_matches('/')
+    /// `host:port` of an `iicp://` relay (the framed transport).
+    pub fn framed_addr(&self) -> Option<&str> {
+        self.url
+            .strip_prefix("iicp://")
+            .map(|rest| rest.trim_end_matches('/'))
+    }
+
+    /// The relay's HTTP base URL, without a trailing slash: the URL itself,
+    /// or for an `iicp://` relay `http_url` (or its host on port 9484).
+    pub fn base_url(&self) -> String {
+        match (self.framed_addr(), &self.http_url) {
+            (Some(_), Some(http_url)) => http_url.trim_end_matches('/').to_string(),
+            (Some(addr), None) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                format!("http://{host}:{REFERENCE_HTTP_PORT}")
+            }
+            (None, _) => self.url.trim_end_matches('/').to_string(),
+        }
     }
 
     /// `{relay}/v1/relay-for/{worker_id}`: the endpoint this worker
@@ -89,6 +127,9 @@ impl WorkerSettings {
         format!("{}/v1/relay-for/{worker_id}", self.base_url())
     }
 }
+
+/// The reference relay's HTTP port when an `iicp://` relay names none.
+pub const REFERENCE_HTTP_PORT: u16 = 9484;
 
 /// The relay role: accept bound workers and forward tasks to them.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -108,7 +108,7 @@ impl Reach {
             directory.reach.gossip_public_key = peers.as_ref().map(|p| p.public_key_hex());
             if let Some((settings, _)) = &worker {
                 directory.endpoint = Some(settings.relay_for_endpoint(&identity.node_id));
-                directory.reach.relayed_by = Some(settings.base_url().to_string());
+                directory.reach.relayed_by = Some(settings.base_url());
                 let transport = &mut directory.transport;
                 transport
                     .method

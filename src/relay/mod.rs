@@ -43,3 +43,4 @@ pub mod sessions;
 pub mod ticket;
 pub mod wire;
 pub mod worker;
+mod worker_framed;
