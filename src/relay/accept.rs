@@ -23,7 +23,13 @@
 //! * the **writer** sends queued tasks as CALL frames while fewer than
 //!   `max_calls_in_flight` are unanswered, one frame at a time, each
 //!   within the body read deadline (a worker that does not read is cut
-//!   off).
+//!   off). A frame is charged to the node's unsent-answer budget until
+//!   written, like a pull answer; when it does not fit, its task goes back
+//!   to the head of the queue.
+//!
+//! A RESPONSE is decoded at most [`RESPONSES_DECODED_AT_ONCE`] at a time
+//! relay-wide (decoding copies its body once), so a relay holds at most
+//! its result budgets plus that many copies of `max_result_bytes`.
 //!
 //! When the connection closes, fails, falls silent or breaks the framing,
 //! the session ends at once and every task it held or queued is answered
@@ -53,10 +59,14 @@ use crate::server::unsent_answers::UnsentAnswers;
 
 /// Bytes of a CALL or RESPONSE map besides its body (call id, elapsed
 /// time, forwarded headers, status).
-const ENVELOPE_BYTES: usize = 64 << 10;
+pub const ENVELOPE_BYTES: usize = 64 << 10;
 /// How often the writer looks again when it cannot send (calls in flight
-/// withdrawn by their consumers free their slots without a frame).
+/// withdrawn by their consumers free their slots without a frame, and the
+/// unsent-answer budget frees itself as answers are written).
 const RECHECK: Duration = Duration::from_secs(1);
+/// RESPONSE payloads decoded at once relay-wide: decoding copies the body
+/// once beside the reserved payload, so this bounds those copies.
+pub const RESPONSES_DECODED_AT_ONCE: usize = 4;
 
 /// What the accept port needs.
 #[derive(Clone)]
@@ -66,6 +76,7 @@ pub struct FramedAccept {
     http_port: u16,
     frame_timeout: Duration,
     connections: Arc<Semaphore>,
+    decoding: Arc<Semaphore>,
 }
 
 /// What the reader tells the writer.
@@ -95,6 +106,7 @@ impl FramedAccept {
             http_port,
             frame_timeout,
             connections,
+            decoding: Arc::new(Semaphore::new(RESPONSES_DECODED_AT_ONCE)),
         }
     }
 
@@ -260,11 +272,17 @@ impl FramedAccept {
                     return;
                 }
             };
+            let _decoding = if header.kind == kind::RESPONSE {
+                self.decoding.acquire().await.ok()
+            } else {
+                None
+            };
             let Ok(map) = IntMap::decode(&payload) else {
                 // As the reference: an undecodable frame is skipped.
                 self.refuse(FrameError::BadPayload.label());
                 continue;
             };
+            drop(payload);
             let event = match header.kind {
                 kind::PING => Event::Pong(map.bytes(key::ECHO).unwrap_or_default().to_vec()),
                 kind::RESPONSE => {
@@ -329,11 +347,19 @@ impl FramedAccept {
                 let _ = tokio::time::timeout(self.frame_timeout, writer.write_all(&close)).await;
                 return;
             }
+            let mut budget_full = false;
             while session.in_flight() < max_in_flight {
                 let Some((call_id, task, meta)) = session.take_next(&relay.metrics) else {
                     break;
                 };
                 let call = call_frame(&call_id, &task, meta.elapsed, &meta.headers);
+                // Held until written: charged like a pull answer.
+                let Ok(call) = self.answers.charge(Bytes::from(call)) else {
+                    session.requeue(&call_id, &relay.metrics);
+                    self.refuse("pull_unsent_budget");
+                    budget_full = true;
+                    break;
+                };
                 if !self.write(&mut writer, &call).await {
                     return;
                 }
@@ -343,7 +369,7 @@ impl FramedAccept {
                     .with_label_values(&["to_worker"])
                     .inc_by(call.len() as u64);
             }
-            let room = session.in_flight() < max_in_flight;
+            let room = session.in_flight() < max_in_flight && !budget_full;
             let until = tokio::time::Instant::now() + RECHECK;
             tokio::select! {
                 event = events.recv() => match event {
