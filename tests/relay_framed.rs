@@ -3,8 +3,9 @@
 //! as `bench/target/debug/native-node`; `make test` and `.ci/run` build
 //! it): reference workers bound to our relay serve plain and IICP-CX tasks,
 //! fail their tasks with `IICP-E031` when killed mid-load and bind again
-//! after our relay restarts; our worker serves through the reference
-//! relay; a hostile framed peer holds only what the bounds allow.
+//! after our relay restarts; the PyPI package's relay worker binds the same
+//! way; our worker serves through the reference relay over both transports;
+//! a hostile framed peer holds only what the bounds allow.
 
 mod common;
 
@@ -206,6 +207,31 @@ async fn a_reference_worker_serves_plain_and_sealed_tasks_through_our_relay() {
         2.0
     );
     assert_eq!(metric_value(&text, "iicp_relay_sessions "), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pypi_reference_worker_serves_through_our_relay() {
+    let accept_port = free_port();
+    let relay = our_relay(accept_port);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer/worker.py");
+    let mut worker = Command::new(common::reference_python())
+        .arg(script)
+        .args(["py-worker-1", "127.0.0.1", &accept_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the PyPI worker starts");
+    wait_bound(&relay, "py-worker-1", WAIT).await;
+    let (status, body) = post(
+        relay_for(&relay, "py-worker-1", "/v1/task"),
+        &echo_task("py-1", "from python"),
+    )
+    .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task_id"], "py-1");
+    assert_eq!(merged_chat_content(&body), "from python");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -439,3 +439,23 @@ pub fn refused_to_start(command: &mut Command) -> Vec<String> {
     assert!(!status.success(), "exited 0:\n{}", lines.join("\n"));
     lines
 }
+
+/// The python of the PyPI reference package's venv
+/// (`tests/reference-consumer/`), which its `setup.sh` installs on the
+/// first run (`make test` runs it first; python3 with `venv`, and PyPI
+/// access once; never skipped).
+pub fn reference_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer/setup.sh");
+        let output = Command::new(setup)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run tests/reference-consumer/setup.sh");
+        assert!(
+            output.status.success(),
+            "tests/reference-consumer/setup.sh failed (see its error above)"
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
