@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::{FakeDirectory, relay_bind_ticket};
+use common::relaying::{echo_task, free_port, relay_for, wait_until};
 use common::{
     Node, client, echo_config, error_of, fresh_state_dir, message, metric_value, metrics, plugin,
     task,
@@ -22,14 +23,6 @@ use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(30);
 const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A relay-capable node serving echo, with `[relay_capable]` set to `table`.
 fn relay_config(table: &str) -> PathBuf {
@@ -49,10 +42,6 @@ fn worker(relay: &Node, plugin_name: &str, worker_id: &str, extra: &[&str]) -> N
 fn wait_bound(node: &Node) -> Value {
     node.wait_for_log(WAIT, |e| message(e).starts_with("bound to the relay"))
         .unwrap_or_else(|| panic!("worker never bound; log:\n{}", node.log_text()))
-}
-
-fn relay_for(relay: &Node, worker_id: &str, path: &str) -> String {
-    relay.url(&format!("/v1/relay-for/{worker_id}{path}"))
 }
 
 /// Posts a task through the relay; status, headers, JSON body.
@@ -78,30 +67,10 @@ async fn relayed(
     (status, headers, json)
 }
 
-fn echo_task(task_id: &str, text: &str) -> Value {
-    task(
-        task_id,
-        CHAT,
-        json!({"messages": [{"role": "user", "content": text}]}),
-    )
-}
-
 fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {
     let mut body = task(task_id, SLEEP, json!({"ms": ms}));
     body["constraints"] = json!({"timeout_ms": timeout_ms});
     body
-}
-
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,7 +340,7 @@ async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
             })
         })
         .collect();
-    wait_until("four tasks running on the worker", || async {
+    wait_until("four tasks running on the worker", WAIT, || async {
         common::health(&first).await["active_jobs"] == 4
     })
     .await;
@@ -571,7 +540,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
             )
         })
     };
-    wait_until("the first task to queue", || async {
+    wait_until("the first task to queue", WAIT, || async {
         metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
     })
     .await;
@@ -613,7 +582,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     let reserved = || async { metric_value(&metrics(&relay).await, "iicp_relay_result_bytes ") };
-    wait_until("the trickled result's reservation", || async {
+    wait_until("the trickled result's reservation", WAIT, || async {
         reserved().await == 1000.0
     })
     .await;
@@ -623,7 +592,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
         (503, json!("IICP-E039"))
     );
     drop(slow);
-    wait_until("the reservation to return", || async {
+    wait_until("the reservation to return", WAIT, || async {
         reserved().await == 0.0
     })
     .await;
@@ -762,7 +731,7 @@ async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
             )
         })
     };
-    wait_until("the task to run on the worker", || async {
+    wait_until("the task to run on the worker", WAIT, || async {
         common::health(&node).await["active_jobs"] == 1
     })
     .await;
@@ -1098,7 +1067,7 @@ async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answe
         stream.write_all(&body).await.unwrap();
         consumers.push(stream);
     }
-    wait_until("every relayed task answered", || async {
+    wait_until("every relayed task answered", WAIT, || async {
         common::polled_sample(
             &metrics(&relay).await,
             r#"iicp_relay_tasks_total{outcome="answered"} "#,
@@ -1149,7 +1118,7 @@ async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answe
 
     // The consumers leave; every charge returns, and the relay serves on.
     drop(consumers);
-    wait_until("the unsent answers to be released", || async {
+    wait_until("the unsent answers to be released", WAIT, || async {
         present_sample(&metrics(&relay).await, HELD) == 0.0
     })
     .await;
@@ -1217,7 +1186,7 @@ async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_bud
 
     // The third task's pull answer does not fit: 204, the task stays queued.
     consumers.push(consumer("c-3"));
-    wait_until("the third task to queue", || async {
+    wait_until("the third task to queue", WAIT, || async {
         metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
     })
     .await;
@@ -1236,7 +1205,7 @@ async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_bud
     // The hoarded pulls go away: their charges return and the task is
     // handed out whole.
     drop(stuck);
-    wait_until("the pull answers to be released", || async {
+    wait_until("the pull answers to be released", WAIT, || async {
         present_sample(&metrics(&relay).await, HELD) == 0.0
     })
     .await;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value as Cbor;
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
+use common::relaying::{echo_task, free_port, relay_for, wait_until};
 use common::{Node, client, echo_config, error_of, metric_value, metrics, plugin, task};
 use iicp_host::relay::framing::{self, IntMap, key, kind, map_frame};
 use serde_json::{Value, json};
@@ -25,14 +26,6 @@ use tokio::net::TcpStream;
 const WAIT: Duration = Duration::from_secs(30);
 /// The reference worker reconnects with backoff from 2 s doubling to 60 s.
 const REBIND_WAIT: Duration = Duration::from_secs(150);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A reference node process (`native-node <args>`), killed on drop.
 struct Reference {
@@ -104,22 +97,6 @@ fn our_relay(accept_port: u16) -> Node {
     )
 }
 
-fn relay_for(relay: &Node, worker_id: &str, path: &str) -> String {
-    relay.url(&format!("/v1/relay-for/{worker_id}{path}"))
-}
-
-async fn wait_until<F, Fut>(what: &str, within: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn wait_bound(relay: &Node, worker_id: &str, within: Duration) {
     let url = relay_for(relay, worker_id, "/iicp/health");
     wait_until(&format!("{worker_id} bound to the relay"), within, || {
@@ -151,14 +128,6 @@ async fn post(url: String, body: &Value) -> (u16, Value) {
     (
         status,
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
-    )
-}
-
-fn echo_task(task_id: &str, text: &str) -> Value {
-    task(
-        task_id,
-        CHAT,
-        json!({"messages": [{"role": "user", "content": text}]}),
     )
 }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod cx;
 pub mod fake_directory;
 pub mod registry;
+pub mod relaying;
 pub mod signing;
 
 /// Builds `plugins/` for wasm32-wasip2 (a no-op when up to date) and returns

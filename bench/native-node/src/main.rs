@@ -102,7 +102,10 @@ async fn main() -> iicp_client::Result<()> {
             config.max_concurrent = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(256);
             (listen.to_string(), config)
         }
-        [] => ("127.0.0.1:8020".to_string(), config("native-reference", "127.0.0.1:8020")),
+        [] => (
+            "127.0.0.1:8020".to_string(),
+            config("native-reference", "127.0.0.1:8020"),
+        ),
         _ => usage(),
     };
     let node = IicpNode::new(config);
