@@ -379,8 +379,9 @@ struct RunArgs {
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
-    /// Serve from behind NAT through this relay (its base URL); the
-    /// directory then lists the relay's /v1/relay-for/<node id> endpoint.
+    /// Serve from behind NAT through this relay (its base URL, or
+    /// iicp://host:port for the native IICP framing to its accept port);
+    /// the directory then lists the relay's /v1/relay-for/<node id> endpoint.
     #[arg(long, value_name = "URL", env = "IICP_HOST_RELAY")]
     relay: Option<String>,
     /// Act as a relay for workers behind NAT.
