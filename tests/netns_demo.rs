@@ -52,34 +52,28 @@ fn require_tools() {
     }
 }
 
+/// Builds `bench/`'s package `package` and returns its binary `name`.
+fn bench_binary(package: &str, name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(root().join("bench/Cargo.toml"))
+        .args(["-p", package, "--bin", name])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building bench/'s {name} failed");
+    root().join("bench/target/debug").join(name)
+}
+
 /// `bench/`'s load generator, built once per test binary.
 fn load_generator() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(root().join("bench/Cargo.toml"))
-            .args(["-p", "bench-harness", "--bin", "iicp-bench"])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building bench/'s load generator failed");
-        root().join("bench/target/debug/iicp-bench")
-    })
+    BINARY.get_or_init(|| bench_binary("bench-harness", "iicp-bench"))
 }
 
 /// The reference node (`bench/native-node`), built once per test binary.
 fn reference_node() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(root().join("bench/Cargo.toml"))
-            .args(["-p", "native-node"])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building bench/'s reference node failed");
-        root().join("bench/target/debug/native-node")
-    })
+    BINARY.get_or_init(|| bench_binary("native-node", "native-node"))
 }
 
 /// Namespaces whose names start with `tag-`.

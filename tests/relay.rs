@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::{FakeDirectory, relay_bind_ticket};
-use common::relaying::{echo_task, free_port, relay_for, wait_until};
+use common::relaying::{echo_task, free_port, post_traced, relay_for, wait_until};
 use common::{
     Node, client, echo_config, error_of, fresh_state_dir, message, metric_value, metrics, plugin,
     task,
@@ -50,21 +50,7 @@ async fn relayed(
     worker_id: &str,
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let response = client()
-        .post(relay_for(relay, worker_id, "/v1/task"))
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .json(body)
-        .send()
-        .await
-        .expect("the relay answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
-    (status, headers, json)
+    post_traced(relay_for(relay, worker_id, "/v1/task"), body).await
 }
 
 fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {

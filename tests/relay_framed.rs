@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value as Cbor;
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
-use common::relaying::{echo_task, free_port, relay_for, wait_until};
+use common::relaying::{echo_task, free_port, post_traced, relay_for, wait_until};
 use common::{Node, client, echo_config, error_of, metric_value, metrics, plugin, task};
 use iicp_host::relay::framing::{self, IntMap, key, kind, map_frame};
 use serde_json::{Value, json};
@@ -113,22 +113,8 @@ async fn wait_bound(relay: &Node, worker_id: &str, within: Duration) {
 }
 
 async fn post(url: String, body: &Value) -> (u16, Value) {
-    let response = client()
-        .post(url)
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .json(body)
-        .send()
-        .await
-        .expect("the relay answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
-    )
+    let (status, _, body) = post_traced(url, body).await;
+    (status, body)
 }
 
 /// The reference worker's answer merged as the reference relay merges it:
@@ -167,15 +153,14 @@ async fn a_reference_worker_serves_plain_and_sealed_tasks_through_our_relay() {
     assert_eq!(chat_content(&opened), "sealed words");
 
     let text = metrics(&relay).await;
-    assert_eq!(
-        metric_value(&text, r#"iicp_relay_binds_total{result="new"}"#),
-        1.0
+    common::assert_metrics(
+        &text,
+        &[
+            (r#"iicp_relay_binds_total{result="new"}"#, 1.0),
+            (r#"iicp_relay_tasks_total{outcome="answered"}"#, 2.0),
+            ("iicp_relay_sessions ", 1.0),
+        ],
     );
-    assert_eq!(
-        metric_value(&text, r#"iicp_relay_tasks_total{outcome="answered"}"#),
-        2.0
-    );
-    assert_eq!(metric_value(&text, "iicp_relay_sessions "), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,12 +223,14 @@ async fn a_reference_worker_killed_mid_load_fails_its_tasks_at_once() {
         assert!(body["task_id"].as_str().unwrap().starts_with("slow-"));
     }
     let text = metrics(&relay).await;
-    assert_eq!(
-        metric_value(&text, r#"iicp_relay_tasks_total{outcome="worker_gone"}"#),
-        4.0
+    common::assert_metrics(
+        &text,
+        &[
+            (r#"iicp_relay_tasks_total{outcome="worker_gone"}"#, 4.0),
+            ("iicp_relay_tasks_in_flight ", 0.0),
+            ("iicp_relay_sessions ", 0.0),
+        ],
     );
-    assert_eq!(metric_value(&text, "iicp_relay_tasks_in_flight "), 0.0);
-    assert_eq!(metric_value(&text, "iicp_relay_sessions "), 0.0);
     let (status, body) = post(
         relay_for(&relay, "ref-worker-2", "/v1/task"),
         &echo_task("after", "gone"),

@@ -460,3 +460,10 @@ pub fn reference_python() -> &'static Path {
         PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
     })
 }
+
+/// Asserts each `(series, value)` of `/metrics` text `text`.
+pub fn assert_metrics(text: &str, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(metric_value(text, series), *value, "{series}");
+    }
+}

@@ -43,3 +43,23 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Posts `body` to `url` with a `traceparent`, as a traced consumer does;
+/// status, headers, JSON body.
+pub async fn post_traced(url: String, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = super::client()
+        .post(url)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(body)
+        .send()
+        .await
+        .expect("the relay answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
+    (status, headers, json)
+}
