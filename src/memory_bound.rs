@@ -350,15 +350,27 @@ mod tests {
         use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         let base = WorstCase::of(&config).total();
-        config.reach.relay_capable = Some(RelaySettings::default());
+        let long_poll_only = RelaySettings {
+            accept_port: 0,
+            ..RelaySettings::default()
+        };
+        config.reach.relay_capable = Some(long_poll_only.clone());
         let relay = WorstCase::of(&config);
         let relay_term = relay.total() - base;
         // 3 × 128 MiB of bytes plus tables of a few MiB.
         assert!(relay_term > 384 << 20 && relay_term < 420 << 20, "{relay}");
         assert!(relay.to_string().contains("relay: "));
+        // The framed accept port: 512 handshakes of two 16 KiB frames, and
+        // 4 responses of 8 MiB + 64 KiB decoded at once.
+        config.reach.relay_capable = Some(RelaySettings::default());
+        let framed_term = WorstCase::of(&config).total() - base - relay_term;
+        assert_eq!(
+            framed_term,
+            512 * 2 * (16 << 10) + 4 * ((8 << 20) + (64 << 10))
+        );
         config.reach.relay_capable = Some(RelaySettings {
             max_bytes_total: 16 << 20,
-            ..RelaySettings::default()
+            ..long_poll_only
         });
         assert!(WorstCase::of(&config).total() - base < relay_term - (300 << 20));
         config.reach.relay_capable = None;

@@ -459,6 +459,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_iicp_relay_url_picks_the_framed_transport_and_its_http_base() {
+        let mut framed = WorkerSettings::new("iicp://relay.example:9485".into());
+        framed.validate().unwrap();
+        assert_eq!(framed.framed_addr(), Some("relay.example:9485"));
+        assert_eq!(
+            framed.relay_for_endpoint("w-1"),
+            "http://relay.example:9484/v1/relay-for/w-1"
+        );
+        framed.http_url = Some("https://relay.example/".into());
+        assert_eq!(framed.base_url(), "https://relay.example");
+        for bad in [
+            "iicp://relay.example",
+            "iicp://relay.example:x",
+            "tcp://r:1",
+        ] {
+            assert!(WorkerSettings::new(bad.into()).validate().is_err(), "{bad}");
+        }
+        assert_eq!(WorkerSettings::new("http://r:1".into()).framed_addr(), None);
+    }
+
+    #[test]
     fn defaults_are_valid_and_errors_name_the_field() {
         RelaySettings::default().validate().unwrap();
         WorkerSettings::new("http://relay:8080".into())
