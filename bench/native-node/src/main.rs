@@ -1,9 +1,17 @@
 //! The native reference node for `bench/run`: the protocol SDK's own
 //! `IicpNode` (crates.io `iicp-client =0.7.109`) serving `/v1/task` with an
 //! in-process echo handler whose result equals the echo plugin's for
-//! `urn:iicp:intent:llm:chat:v1`.
+//! `urn:iicp:intent:llm:chat:v1` (after `payload.sleep_ms`, when set).
 //!
-//! Usage: `native-node LISTEN_ADDR MAX_CONCURRENT`
+//! Usage:
+//! * `native-node LISTEN_ADDR MAX_CONCURRENT` — a node serving `/v1/task`;
+//! * `native-node relay LISTEN_ADDR ACCEPT_PORT` — the same node as a relay
+//!   (`relay_capable`): HTTP long-poll binds on LISTEN_ADDR, native IICP
+//!   framed binds on ACCEPT_PORT;
+//! * `native-node worker LISTEN_ADDR WORKER_ID RELAY_HOST:ACCEPT_PORT` — the
+//!   same node as a relay worker (`relay_worker_endpoint`), binding over the
+//!   native framing. Its IICP-CX key lives under `$IICP_CX_KEY_DIR`; the
+//!   node prints `cx_public_key=<json>` on stdout before it serves.
 
 use iicp_client::node::{IicpNode, NodeConfig};
 use serde_json::{json, Value};
@@ -49,17 +57,66 @@ fn echo(payload: &Value) -> Result<Value, String> {
     }))
 }
 
+/// A directory address that refuses at once: the reference worker
+/// re-registers after each bind, and the tests run without a directory.
+const NO_DIRECTORY: &str = "http://127.0.0.1:9";
+
+fn config(node_id: &str, listen: &str) -> NodeConfig {
+    let mut config = NodeConfig::new(node_id, format!("http://{listen}"), CHAT);
+    config.model = Some("echo".to_string());
+    config.directory_url = NO_DIRECTORY.to_string();
+    config
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: native-node LISTEN_ADDR [MAX_CONCURRENT]\n       \
+         native-node relay LISTEN_ADDR ACCEPT_PORT\n       \
+         native-node worker LISTEN_ADDR WORKER_ID RELAY_HOST:ACCEPT_PORT"
+    );
+    std::process::exit(2)
+}
+
 #[tokio::main]
 async fn main() -> iicp_client::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let listen = args.next().unwrap_or_else(|| "127.0.0.1:8020".to_string());
-    let max_concurrent = args.next().and_then(|n| n.parse().ok()).unwrap_or(256);
-    let mut config = NodeConfig::new("native-reference", format!("http://{listen}"), CHAT);
-    config.model = Some("echo".to_string());
-    config.max_concurrent = max_concurrent;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (listen, config) = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["relay", listen, accept_port] => {
+            let mut config = config("native-relay", listen);
+            config.relay_capable = true;
+            config.relay_accept_port = accept_port.parse().unwrap_or_else(|_| usage());
+            config.max_concurrent = 256;
+            (listen.to_string(), config)
+        }
+        ["worker", listen, worker_id, relay] => {
+            let mut config = config(worker_id, listen);
+            config.relay_worker_endpoint = Some(relay.to_string());
+            config.max_concurrent = 256;
+            let (public, _) =
+                iicp_client::confidentiality::load_or_create_node_cx_key(worker_id, "")?;
+            println!("cx_public_key={}", serde_json::to_string(&public)?);
+            (listen.to_string(), config)
+        }
+        [listen] | [listen, _] => {
+            let mut config = config("native-reference", listen);
+            config.max_concurrent = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(256);
+            (listen.to_string(), config)
+        }
+        [] => (
+            "127.0.0.1:8020".to_string(),
+            config("native-reference", "127.0.0.1:8020"),
+        ),
+        _ => usage(),
+    };
     let node = IicpNode::new(config);
     node.serve(
-        |task| async move { echo(&task.payload).map_err(iicp_client::IicpError::Node) },
+        |task| async move {
+            // Tests hold tasks on the worker with `payload.sleep_ms`.
+            if let Some(ms) = task.payload["sleep_ms"].as_u64() {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            echo(&task.payload).map_err(iicp_client::IicpError::Node)
+        },
         &listen,
         None,
     )
