@@ -2,7 +2,7 @@
 //! how a reachable node helps it.
 //!
 //! * The **worker role** ([`worker`]) binds outbound to a relay and pulls
-//!   tasks with long polls, or (`iicp://` relays, `worker_framed`) over the
+//!   tasks with long polls, or (`iicp://` relays, `worker::framed`) over the
 //!   native IICP framing; consumers reach it at the relay's
 //!   `/v1/relay-for/{worker_id}` and the directory lists that endpoint.
 //! * The **relay role** ([`sessions`], [`routes`], [`accept`]) accepts
@@ -49,4 +49,3 @@ pub mod settings;
 pub mod ticket;
 pub mod wire;
 pub mod worker;
-mod worker_framed;

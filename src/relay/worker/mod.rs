@@ -25,6 +25,8 @@
 //! * At shutdown the pulls stop, running tasks finish (within the drain
 //!   bound) and post their answers, then the worker unbinds.
 
+mod framed;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +115,7 @@ struct Bound {
 /// A bound session of either transport.
 enum Session {
     LongPoll(Bound),
-    Framed(super::worker_framed::Connection),
+    Framed(framed::Connection),
 }
 
 pub(super) enum BindError {
@@ -215,7 +217,7 @@ impl Worker {
         while !self.stopping() {
             let bound = match self.parts.settings.framed_addr() {
                 Some(addr) => match self.bind_request(ticket_needed).await {
-                    Ok(request) => super::worker_framed::bind(&self, addr, &request)
+                    Ok(request) => framed::bind(&self, addr, &request)
                         .await
                         .map(Session::Framed),
                     Err(error) => Err(error),
@@ -246,8 +248,7 @@ impl Worker {
                             end
                         }
                         Session::Framed(connection) => {
-                            let end =
-                                super::worker_framed::serve(&self, connection, &mut backoff).await;
+                            let end = framed::serve(&self, connection, &mut backoff).await;
                             self.metrics.worker_bound.set(0);
                             end
                         }

@@ -2,7 +2,7 @@
 //! iicp://host:port`), so this node can serve behind NAT through any
 //! reference relay's accept port, as the reference's own workers do
 //! (`iicp-client` 0.7.109 `src/relay_worker_client.rs`; wire facts in
-//! [`super::framing`]).
+//! [`crate::relay::framing`]).
 //!
 //! INIT → ACK, RELAY_BIND (with our rebind key, and a ticket when the
 //! relay asks for one) → RELAY_ACK; then each CALL runs through the very
@@ -13,7 +13,7 @@
 //! for two pings as lost. Calls beyond the node's slots are answered at
 //! once by the node's own admission (429). At shutdown it stops reading,
 //! lets running tasks answer within the drain bound, then sends CLOSE.
-//! Every frame it reads is bounded ([`super::framing`]): a CALL by the
+//! Every frame it reads is bounded ([`crate::relay::framing`]): a CALL by the
 //! node's task body limit plus an envelope, anything else by the bind
 //! body limit; every read and write by the call timeout.
 
@@ -27,9 +27,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use super::framing::{self, FrameError, IntMap, key, kind, map_frame};
-use super::wire::{BindRequest, MAX_BIND_BYTES};
-use super::worker::{Backoff, BindError, PULL_ENVELOPE_BYTES, SessionEnd, Worker};
+use super::{Backoff, BindError, PULL_ENVELOPE_BYTES, SessionEnd, Worker};
+use crate::relay::framing::{self, FrameError, IntMap, key, kind, map_frame};
+use crate::relay::wire::{BindRequest, MAX_BIND_BYTES};
 
 /// How often the worker pings the relay (the reference's period).
 const PING_EVERY: Duration = Duration::from_secs(30);
