@@ -66,7 +66,7 @@ pub enum XScale {
 }
 
 impl XScale {
-    fn to_axis(self, x: f64) -> f64 {
+    fn axis_at(self, x: f64) -> f64 {
         match self {
             XScale::Linear => x,
             XScale::Log2 => x.log2(),
@@ -74,7 +74,7 @@ impl XScale {
         }
     }
 
-    fn from_axis(self, x: f64) -> f64 {
+    fn value_at(self, x: f64) -> f64 {
         match self {
             XScale::Linear => x,
             XScale::Log2 => x.exp2(),
@@ -163,7 +163,7 @@ pub fn render_svg(chart: &LineChart) -> Result<String, String> {
     if scale != XScale::Linear && points.iter().any(|(x, _)| *x <= 0.0) {
         return Err(format!("{}: a log-scale x must be positive", chart.title));
     }
-    let (x_min, x_max) = bounds(points.iter().map(|(x, _)| scale.to_axis(*x)));
+    let (x_min, x_max) = bounds(points.iter().map(|(x, _)| scale.axis_at(*x)));
     let (_, y_max) = bounds(points.iter().map(|(_, y)| *y));
     let y_top = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
     let (x_min, x_max) = if x_max > x_min {
@@ -194,7 +194,7 @@ pub fn render_svg(chart: &LineChart) -> Result<String, String> {
             .x_desc(&chart.x_label)
             .y_desc(&chart.y_label)
             .x_labels(x_ticks)
-            .x_label_formatter(&|x| compact(scale.from_axis(*x)))
+            .x_label_formatter(&|x| compact(scale.value_at(*x)))
             .y_label_formatter(&|y| compact(*y))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
@@ -204,7 +204,7 @@ pub fn render_svg(chart: &LineChart) -> Result<String, String> {
         for (index, series) in chart.series.iter().enumerate() {
             let (colour, marker) = (PALETTE[index], MARKERS[index]);
             let line: Vec<(f64, f64)> = (series.points.iter())
-                .map(|(x, y)| (scale.to_axis(*x), *y))
+                .map(|(x, y)| (scale.axis_at(*x), *y))
                 .collect();
             plot.draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
                 .map_err(|e| e.to_string())?;

@@ -19,7 +19,7 @@ use crate::report::CaseReport;
 const MAX_POINTS: usize = 200;
 
 /// A family's picture as the report embeds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RssPicture {
     /// The SVG's file name, beside the report.
     pub file: String,

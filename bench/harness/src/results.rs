@@ -122,10 +122,7 @@ impl Results {
                 r.requests as f64,
             ];
             for (metric, value) in LOAD_METRICS.iter().zip(values) {
-                results.set(
-                    load_key(r.generator, &r.case, r.concurrency, metric),
-                    value,
-                );
+                results.set(load_key(r.generator, &r.case, r.concurrency, metric), value);
             }
             results
                 .layout
