@@ -18,7 +18,7 @@ use std::time::Instant;
 use iicp_reliability::cases::{self, FAMILIES};
 use iicp_reliability::charts::write_rss_charts;
 use iicp_reliability::report::CaseReport;
-use iicp_reliability::results::{RunInfo, RunResults, load_runs, now_utc, page};
+use iicp_reliability::results::{RunInfo, RunResults, load_runs, page};
 use iicp_reliability::{Context, Scale};
 
 struct Args {
@@ -105,7 +105,7 @@ async fn main() -> ExitCode {
         work_dir: work_dir.clone(),
     };
     let started = Instant::now();
-    let started_at = now_utc();
+    let started_at = iicp_run_info::now_utc();
     let mut reports: Vec<CaseReport> = Vec::new();
     for family in FAMILIES
         .iter()

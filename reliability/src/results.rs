@@ -26,7 +26,7 @@ pub struct RunInfo {
     pub date: String,
     /// The commit measured (`-dirty` when the tree had changes).
     pub commit: String,
-    /// CPU, memory, kernel: one line each.
+    /// CPU, memory, kernel, compiler: one line each.
     pub machine: Vec<String>,
     /// Cores the run saw.
     pub cores: usize,
@@ -43,55 +43,17 @@ pub struct RunInfo {
 impl RunInfo {
     /// This machine and checkout, now.
     pub fn here(scale: &str, date: String, elapsed_s: f64) -> Self {
-        let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
-        let dirty =
-            !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines().find_map(|l| {
-                    l.strip_prefix("model name")
-                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-                })
-            })
-            .unwrap_or_default();
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .next()
-                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            })
-            .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Self {
             scale: scale.to_string(),
             date,
-            commit: if dirty {
-                format!("{commit}-dirty")
-            } else {
-                commit
-            },
-            machine: vec![cpu, memory, format!("kernel {}", kernel.trim())],
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            commit: iicp_run_info::commit(),
+            machine: iicp_run_info::machine(),
+            cores: iicp_run_info::cores(),
             elapsed_s,
             note: String::new(),
             imported_from: None,
         }
     }
-}
-
-/// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
-pub fn now_utc() -> String {
-    command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// One run's results file.
@@ -126,14 +88,7 @@ impl RunResults {
 
     /// The file name this run's results go under.
     pub fn file_name(&self) -> String {
-        let stamp: String = (self.run.date.trim_end_matches(" UTC").chars())
-            .filter_map(|c| match c {
-                ' ' => Some('-'),
-                ':' => None,
-                c => Some(c),
-            })
-            .collect();
-        format!("reliability-{stamp}.json")
+        iicp_run_info::results_file_name("reliability", &self.run.date)
     }
 }
 

@@ -656,18 +656,14 @@ async fn main() {
 
 /// `docs/results/benchmarks-<date>-<time>.json` beside `report`'s directory.
 fn results_path(report: &Path, results: &Results) -> PathBuf {
-    let stamp: String = (results.run.date.trim_end_matches(" UTC").chars())
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            ':' => None,
-            c => Some(c),
-        })
-        .collect();
     report
         .parent()
         .unwrap_or(Path::new("."))
         .join("results")
-        .join(format!("benchmarks-{stamp}.json"))
+        .join(iicp_run_info::results_file_name(
+            "benchmarks",
+            &results.run.date,
+        ))
 }
 
 fn write_results(results: &Results, path: &Path) -> Result<(), String> {

@@ -146,7 +146,7 @@ impl Report {
             many: Vec::new(),
             sandbox: String::new(),
             started_cpu: CpuTimes::now(),
-            started_at: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            started_at: iicp_run_info::now_utc(),
         }
     }
 
@@ -157,18 +157,11 @@ impl Report {
 
     /// Who ran, where, when and on which commit.
     pub fn run(&self) -> crate::results::Run {
-        let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
-        let dirty =
-            !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
         crate::results::Run {
             tool: format!("bench/run{}", if self.quick { " --quick" } else { "" }),
             date: self.started_at.clone(),
-            commit: if dirty {
-                format!("{commit}-dirty")
-            } else {
-                commit
-            },
-            machine: machine(),
+            commit: iicp_run_info::commit(),
+            machine: iicp_run_info::machine(),
             rounds: self.rounds,
             warmup_s: self.warmup.as_secs_f64(),
             measure_s: self.measure.as_secs_f64(),
@@ -176,44 +169,4 @@ impl Report {
             imported_from: None,
         }
     }
-}
-
-/// A command's trimmed standard output ("" when it cannot run).
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// CPU and cores, memory, kernel and compiler, one line each.
-fn machine() -> Vec<String> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_default();
-    vec![
-        format!("CPU: {cpu}, {cores} cores"),
-        memory,
-        format!("kernel {}", kernel.trim()),
-        command_output("rustc", &["-V"]),
-    ]
 }

@@ -728,16 +728,8 @@ impl Results {
                 break;
             };
             let conc: usize = conc.parse().map_err(|_| format!("bad row {line}"))?;
-            let metrics = [
-                "req_per_s",
-                "p50_ms",
-                "p99_ms",
-                "p999_ms",
-                "errors",
-                "cpu_us_per_request",
-                "peak_rss_mib",
-            ];
-            for (metric, cell) in metrics.iter().zip(rest) {
+            // The table's columns: every load metric but the last two.
+            for (metric, cell) in LOAD_METRICS[..7].iter().zip(rest) {
                 let value = cell
                     .parse()
                     .map_err(|_| format!("bad cell {cell} in {line}"))?;
