@@ -23,9 +23,9 @@ use super::{
     DEFAULT_NONCE_CAPACITY, DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT,
     DEFAULT_REGION, DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE,
     IdempotencyBounds, MAX_CONCURRENT_RANGE, MAX_CONNECTIONS_RANGE, MAX_DNS_LOOKUPS_RANGE,
-    MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE, OTLP_MS_RANGE,
-    OTLP_SPANS_RANGE, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings,
-    TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    MAX_OUTPUT_KIB_RANGE, MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig, OTLP_BYTES_RANGE,
+    OTLP_MS_RANGE, OTLP_SPANS_RANGE, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
+    ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::config::reach::{PeerSettings, RelaySettings, WorkerSettings};
@@ -43,7 +43,8 @@ use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::host::http::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, IDLE_CONNECTIONS_RANGE,
+    check_patterns,
 };
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
@@ -190,6 +191,7 @@ struct LimitsSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
+    max_output_kib: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +253,7 @@ struct PluginSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
+    max_output_kib: Option<u32>,
     #[serde(default)]
     config: toml::Table,
     /// Secret name → environment variable holding the value.
@@ -277,6 +280,7 @@ struct HttpSection {
     allow_private: bool,
     max_response_kib: Option<u32>,
     max_in_flight: Option<u32>,
+    max_idle_connections: Option<u32>,
 }
 
 /// Default admin listener: loopback only.
@@ -722,6 +726,7 @@ fn plugin_spec(
         instance_idle_ms: plugin.instance_idle_ms,
         max_resources: plugin.max_resources,
         host_memory_kib: plugin.host_memory_kib,
+        max_output_kib: plugin.max_output_kib,
     };
     let limits = limits(defaults, &section, &name)?;
     let from_registry = match OciLocation::from_path(&plugin.path) {
@@ -816,6 +821,16 @@ fn plugin_spec(
                     section.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                     &(1..=1024),
                 )?,
+                max_idle_connections: section
+                    .max_idle_connections
+                    .map(|n| {
+                        check_range(
+                            &format!("{name}: http.max_idle_connections"),
+                            n,
+                            &IDLE_CONNECTIONS_RANGE,
+                        )
+                    })
+                    .transpose()?,
             }
         }
     };
@@ -1004,6 +1019,14 @@ fn limits(
             &format!("{name}: host_memory_kib"),
             kib,
             &HOST_MEMORY_KIB_RANGE,
+        )? as usize)
+            << 10;
+    }
+    if let Some(kib) = section.max_output_kib {
+        limits.max_output_bytes = (check_range(
+            &format!("{name}: max_output_kib"),
+            kib,
+            &MAX_OUTPUT_KIB_RANGE,
         )? as usize)
             << 10;
     }
@@ -1382,7 +1405,8 @@ mod tests {
     fn host_limits_are_read_checked_and_inherited() {
         let config = parse(
             "[node]\nmemory_overcommit = true\n[defaults]\nhost_memory_kib = 1024\nmax_resources = 256\n\
-             [[plugin]]\npath = \"a\"\nmax_timeout_ms = 2000\ninstance_idle_ms = 500\n[plugin.http]\nmax_in_flight = 2\n",
+             max_output_kib = 512\n[[plugin]]\npath = \"a\"\nmax_timeout_ms = 2000\ninstance_idle_ms = 500\n\
+             [[plugin]]\npath = \"b\"\nmax_output_kib = 64\n[plugin.http]\nmax_in_flight = 2\n",
         )
         .unwrap();
         let plugin = &config.plugins[0].source;
@@ -1392,8 +1416,15 @@ mod tests {
         assert_eq!(plugin.limits.max_timeout, Duration::from_secs(2));
         assert_eq!(plugin.limits.default_timeout, Duration::from_secs(2));
         assert_eq!(plugin.limits.instance_idle, Duration::from_millis(500));
-        assert_eq!(plugin.http.max_in_flight, 2);
+        assert_eq!(plugin.limits.max_output_bytes, 512 << 10, "from [defaults]");
+        let second = &config.plugins[1].source;
+        assert_eq!(second.limits.max_output_bytes, 64 << 10, "the plugin's own");
+        assert_eq!(second.http.max_in_flight, 2);
         for (text, error) in [
+            (
+                "[[plugin]]\npath = \"a\"\nmax_output_kib = 0\n",
+                "[[plugin]] #1: max_output_kib must be between 1 and 65536, got 0",
+            ),
             (
                 "[[plugin]]\npath = \"a\"\nmax_resources = 10\n",
                 "[[plugin]] #1: max_resources must be between 64 and 1000000, got 10",

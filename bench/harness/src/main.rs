@@ -13,6 +13,7 @@
 //!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
+mod llm;
 mod load;
 mod many;
 mod process;
@@ -83,6 +84,8 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
+     iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
+     [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
      iicp-bench charts REPORT.md";
 
 /// Prints `problem` and the usage, then exits with status 2.
@@ -422,6 +425,7 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
+        Some("llm") => return llm::run(std::env::args().skip(2)).await,
         Some("charts") => {
             let report = std::env::args()
                 .nth(2)
