@@ -1014,21 +1014,14 @@ fn limits(
             &MAX_RESOURCES_RANGE,
         )?;
     }
+    let kib_bytes = |key: &str, kib: u32, range: &std::ops::RangeInclusive<u32>| {
+        check_range(&format!("{name}: {key}"), kib, range).map(|kib| (kib as usize) << 10)
+    };
     if let Some(kib) = section.host_memory_kib {
-        limits.host_memory_bytes = (check_range(
-            &format!("{name}: host_memory_kib"),
-            kib,
-            &HOST_MEMORY_KIB_RANGE,
-        )? as usize)
-            << 10;
+        limits.host_memory_bytes = kib_bytes("host_memory_kib", kib, &HOST_MEMORY_KIB_RANGE)?;
     }
     if let Some(kib) = section.max_output_kib {
-        limits.max_output_bytes = (check_range(
-            &format!("{name}: max_output_kib"),
-            kib,
-            &MAX_OUTPUT_KIB_RANGE,
-        )? as usize)
-            << 10;
+        limits.max_output_bytes = kib_bytes("max_output_kib", kib, &MAX_OUTPUT_KIB_RANGE)?;
     }
     Ok(limits)
 }

@@ -98,15 +98,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Options {
             other => usage_error(&format!("llm: unknown argument {other}")),
         }
     }
-    if [
+    if crate::any_missing(&[
         &options.host,
         &options.plugin,
         &options.native,
         &options.mock,
-    ]
-    .iter()
-    .any(|p| p.as_os_str().is_empty())
-    {
+    ]) {
         usage_error("llm needs --host, --plugin, --native and --mock");
     }
     options
@@ -381,10 +378,14 @@ fn summarise(options: &Options, best: &[Point]) -> String {
                 let ratio = point.completed_per_second() / n.completed_per_second().max(1e-9);
                 worst_ratio = worst_ratio.min(ratio);
                 worst_p99 = worst_p99.max(point.overhead_ms(0.99));
-                (
-                    format!("{ratio:.2}"),
-                    format!("{:.2}", point.cpu_us_per_task / n.cpu_us_per_task.max(1e-9)),
-                )
+                // CPU time is read in clock ticks (10 ms): a point of a few
+                // tasks may read 0 and has no ratio.
+                let cpu_ratio = if n.cpu_us_per_task > 0.0 {
+                    format!("{:.2}", point.cpu_us_per_task / n.cpu_us_per_task)
+                } else {
+                    String::new()
+                };
+                (format!("{ratio:.2}"), cpu_ratio)
             }
             _ => (String::new(), String::new()),
         };

@@ -94,6 +94,11 @@ fn usage_error(problem: &str) -> ! {
     std::process::exit(2)
 }
 
+/// Whether any of the required `paths` was not given.
+pub fn any_missing(paths: &[&PathBuf]) -> bool {
+    paths.iter().any(|p| p.as_os_str().is_empty())
+}
+
 fn parse_options() -> Options {
     let mut options = Options {
         host: PathBuf::new(),
@@ -138,15 +143,12 @@ fn parse_options() -> Options {
             other => usage_error(&format!("unknown argument {other}")),
         }
     }
-    if [
+    if any_missing(&[
         &options.host,
         &options.plugin,
         &options.native,
         &options.floor,
-    ]
-    .iter()
-    .any(|p| p.as_os_str().is_empty())
-    {
+    ]) {
         usage_error("--host, --plugin, --native and --floor are required");
     }
     options

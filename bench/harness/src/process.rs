@@ -53,6 +53,17 @@ pub enum ServerKind {
     },
 }
 
+/// `iicp-host run --config CONFIG --listen ADDR --cache-dir DIR`.
+fn host_with_config(binary: &Path, config: &Path, addr: SocketAddr, cache_dir: &Path) -> Command {
+    let mut c = Command::new(binary);
+    c.args(["run", "--config"])
+        .arg(config)
+        .args(["--listen", &addr.to_string()])
+        .arg("--cache-dir")
+        .arg(cache_dir);
+    c
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -89,13 +100,8 @@ impl Server {
                 cache_dir,
                 extra,
             } => {
-                let mut c = Command::new(binary);
-                c.args(["run", "--config"])
-                    .arg(config)
-                    .args(["--listen", &addr.to_string()])
-                    .arg("--cache-dir")
-                    .arg(cache_dir)
-                    .args(extra);
+                let mut c = host_with_config(binary, config, addr, cache_dir);
+                c.args(extra);
                 c
             }
             ServerKind::HostConfig {
@@ -105,13 +111,8 @@ impl Server {
                 admin,
                 token,
             } => {
-                let mut c = Command::new(binary);
-                c.args(["run", "--config"])
-                    .arg(config)
-                    .args(["--listen", &addr.to_string()])
-                    .args(["--admin-listen", &admin.to_string()])
-                    .arg("--cache-dir")
-                    .arg(cache_dir)
+                let mut c = host_with_config(binary, config, addr, cache_dir);
+                c.args(["--admin-listen", &admin.to_string()])
                     .env(&token.0, &token.1);
                 c
             }
