@@ -1395,6 +1395,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_run_up_to_4096_tasks_at_once() {
+        let config = parse(
+            "[node]\nmax_concurrent = 4096\nmemory_overcommit = true\n[[plugin]]\npath = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_concurrent, 4096);
+        assert_eq!(config.runtime.engine.max_instances, 4096);
+        assert_eq!(
+            parse("[node]\nmax_concurrent = 4097\n[[plugin]]\npath = \"a\"\n").unwrap_err(),
+            "node.max_concurrent must be between 1 and 4096, got 4097"
+        );
+    }
+
+    #[test]
     fn host_limits_are_read_checked_and_inherited() {
         let config = parse(
             "[node]\nmemory_overcommit = true\n[defaults]\nhost_memory_kib = 1024\nmax_resources = 256\n\
