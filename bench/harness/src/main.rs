@@ -13,6 +13,7 @@
 //!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
+mod llm;
 mod load;
 mod many;
 mod process;
@@ -85,6 +86,8 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
+     iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
+     [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
      iicp-bench render RESULTS.json [REPORT.md]\n       \
      iicp-bench import REPORT.md COMMIT [RESULTS.json]";
 
@@ -92,6 +95,11 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
 fn usage_error(problem: &str) -> ! {
     eprintln!("iicp-bench: {problem}\n{USAGE}");
     std::process::exit(2)
+}
+
+/// Whether any of the required `paths` was not given.
+pub fn any_missing(paths: &[&PathBuf]) -> bool {
+    paths.iter().any(|p| p.as_os_str().is_empty())
 }
 
 fn parse_options() -> Options {
@@ -138,15 +146,12 @@ fn parse_options() -> Options {
             other => usage_error(&format!("unknown argument {other}")),
         }
     }
-    if [
+    if any_missing(&[
         &options.host,
         &options.plugin,
         &options.native,
         &options.floor,
-    ]
-    .iter()
-    .any(|p| p.as_os_str().is_empty())
-    {
+    ]) {
         usage_error("--host, --plugin, --native and --floor are required");
     }
     options
@@ -425,6 +430,7 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
+        Some("llm") => return llm::run(std::env::args().skip(2)).await,
         Some("render") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             let [results, rest @ ..] = &args[..] else {

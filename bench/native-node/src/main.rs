@@ -5,6 +5,12 @@
 //!
 //! Usage:
 //! * `native-node LISTEN_ADDR MAX_CONCURRENT` — a node serving `/v1/task`;
+//! * `native-node LISTEN_ADDR MAX_CONCURRENT BACKEND_BASE_URL [MODEL]` — the
+//!   LLM gateway's handler instead of the echo: it forwards the task to that
+//!   OpenAI-compatible backend the way `plugins/openai-chat` does (the
+//!   payload with the model set, streaming off, `max_tokens` from the
+//!   constraints) through one client shared by all tasks, and answers the
+//!   backend's completion.
 //! * `native-node relay LISTEN_ADDR ACCEPT_PORT` — the same node as a relay
 //!   (`relay_capable`): HTTP long-poll binds on LISTEN_ADDR, native IICP
 //!   framed binds on ACCEPT_PORT;
@@ -57,6 +63,54 @@ fn echo(payload: &Value) -> Result<Value, String> {
     }))
 }
 
+/// What the LLM-gateway handler needs: the backend and its model.
+struct Backend {
+    client: reqwest::Client,
+    endpoint: String,
+    model: String,
+}
+
+/// The openai-chat plugin's backend call, natively.
+async fn complete(
+    backend: &Backend,
+    payload: &Value,
+    max_tokens: Option<u32>,
+) -> Result<Value, String> {
+    let mut body = payload
+        .as_object()
+        .cloned()
+        .ok_or("the payload is not an object")?;
+    if !body.get("messages").is_some_and(Value::is_array) {
+        return Err("payload.messages must be a list of chat messages".into());
+    }
+    body.insert("model".into(), Value::from(backend.model.as_str()));
+    body.insert("stream".into(), Value::Bool(false));
+    if let Some(max_tokens) = max_tokens {
+        body.entry("max_tokens").or_insert(Value::from(max_tokens));
+    }
+    let response = backend
+        .client
+        .post(&backend.endpoint)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("the model backend failed: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "the model backend failed with HTTP {}",
+            response.status()
+        ));
+    }
+    let completion: Value = response
+        .json()
+        .await
+        .map_err(|_| "the model backend answered something that is not a chat completion")?;
+    if completion["choices"].as_array().is_none_or(Vec::is_empty) {
+        return Err("the model backend answered a completion without choices".into());
+    }
+    Ok(completion)
+}
+
 /// A directory address that refuses at once: the reference worker
 /// re-registers after each bind, and the tests run without a directory.
 const NO_DIRECTORY: &str = "http://127.0.0.1:9";
@@ -70,7 +124,7 @@ fn config(node_id: &str, listen: &str) -> NodeConfig {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: native-node LISTEN_ADDR [MAX_CONCURRENT]\n       \
+        "usage: native-node LISTEN_ADDR [MAX_CONCURRENT [BACKEND_BASE_URL [MODEL]]]\n       \
          native-node relay LISTEN_ADDR ACCEPT_PORT\n       \
          native-node worker LISTEN_ADDR WORKER_ID RELAY_HOST:ACCEPT_PORT"
     );
@@ -97,7 +151,7 @@ async fn main() -> iicp_client::Result<()> {
             println!("cx_public_key={}", serde_json::to_string(&public)?);
             (listen.to_string(), config)
         }
-        [listen] | [listen, _] => {
+        [listen, ..] if args.len() <= 4 => {
             let mut config = config("native-reference", listen);
             config.max_concurrent = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(256);
             (listen.to_string(), config)
@@ -108,7 +162,45 @@ async fn main() -> iicp_client::Result<()> {
         ),
         _ => usage(),
     };
+    let backend = match args.first().map(String::as_str) {
+        Some("relay" | "worker") => None,
+        _ => args.get(2).map(|base_url| Backend {
+            // reqwest keeps every idle connection by default: one per task in flight.
+            client: reqwest::Client::new(),
+            endpoint: format!("{}/v1/chat/completions", base_url.trim_end_matches('/')),
+            model: args
+                .get(3)
+                .cloned()
+                .unwrap_or_else(|| "bench-llm".to_string()),
+        }),
+    };
+    let mut config = config;
+    if let Some(backend) = &backend {
+        config.model = Some(backend.model.clone());
+    }
     let node = IicpNode::new(config);
+    if let Some(backend) = backend {
+        let backend = std::sync::Arc::new(backend);
+        return node
+            .serve(
+                move |task| {
+                    let backend = backend.clone();
+                    async move {
+                        let max_tokens = task
+                            .constraints
+                            .as_ref()
+                            .and_then(|c| c["max_tokens"].as_u64())
+                            .and_then(|n| u32::try_from(n).ok());
+                        complete(&backend, &task.payload, max_tokens)
+                            .await
+                            .map_err(iicp_client::IicpError::Node)
+                    }
+                },
+                &listen,
+                None,
+            )
+            .await;
+    }
     node.serve(
         |task| async move {
             // Tests hold tasks on the worker with `payload.sleep_ms`.
