@@ -48,6 +48,8 @@
 //! that this total fits the machine, and refuses one that cannot fit.
 
 use crate::config::{NodeConfig, PluginSpec};
+use crate::relay::accept::{ENVELOPE_BYTES as FRAMED_ENVELOPE_BYTES, RESPONSES_DECODED_AT_ONCE};
+use crate::relay::wire::MAX_BIND_BYTES;
 use crate::relay::worker::PULL_ENVELOPE_BYTES;
 use crate::runtime::engine::{KEEP_RESIDENT_WITH_SCAN, PoolShape};
 use crate::runtime::host::dns::LOOKUP_THREAD_BYTES;
@@ -249,14 +251,22 @@ impl WorstCase {
         if let Some(relay) = &config.reach.relay_capable {
             let calls = (u64::from(relay.max_sessions) * u64::from(relay.max_tasks_per_session))
                 .min(connections);
+            let framed = if relay.accept_port == 0 {
+                0
+            } else {
+                u64::from(relay.max_framed_connections) * 2 * MAX_BIND_BYTES as u64
+                    + RESPONSES_DECODED_AT_ONCE as u64
+                        * (relay.max_result_bytes + FRAMED_ENVELOPE_BYTES) as u64
+            };
             self.terms.push(Term {
                 name: format!(
                     "relay: results being read, and answers built before they are charged \
                      (3 × max_bytes_total), {calls} calls, {} sessions, bind windows, spent \
-                     tickets, {} pinned workers",
+                     tickets, {} pinned workers, framed handshakes and decoded responses",
                     relay.max_sessions, relay.max_pinned_workers
                 ),
-                bytes: 3 * relay.max_bytes_total as u64
+                bytes: framed
+                    + 3 * relay.max_bytes_total as u64
                     + calls * RELAY_CALL_BYTES
                     + u64::from(relay.max_sessions) * RELAY_SESSION_BYTES
                     + u64::from(relay.bind_rate_sources) * BIND_SOURCE_BYTES
@@ -341,15 +351,27 @@ mod tests {
         use crate::relay::settings::{RelaySettings, WorkerSettings};
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         let base = WorstCase::of(&config).total();
-        config.reach.relay_capable = Some(RelaySettings::default());
+        let long_poll_only = RelaySettings {
+            accept_port: 0,
+            ..RelaySettings::default()
+        };
+        config.reach.relay_capable = Some(long_poll_only.clone());
         let relay = WorstCase::of(&config);
         let relay_term = relay.total() - base;
         // 3 × 128 MiB of bytes plus tables of a few MiB.
         assert!(relay_term > 384 << 20 && relay_term < 420 << 20, "{relay}");
         assert!(relay.to_string().contains("relay: "));
+        // The framed accept port: 512 handshakes of two 16 KiB frames, and
+        // 4 responses of 8 MiB + 64 KiB decoded at once.
+        config.reach.relay_capable = Some(RelaySettings::default());
+        let framed_term = WorstCase::of(&config).total() - base - relay_term;
+        assert_eq!(
+            framed_term,
+            512 * 2 * (16 << 10) + 4 * ((8 << 20) + (64 << 10))
+        );
         config.reach.relay_capable = Some(RelaySettings {
             max_bytes_total: 16 << 20,
-            ..RelaySettings::default()
+            ..long_poll_only
         });
         assert!(WorstCase::of(&config).total() - base < relay_term - (300 << 20));
         config.reach.relay_capable = None;

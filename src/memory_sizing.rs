@@ -512,7 +512,7 @@ pub fn check(config: &NodeConfig, memory: &Memory) -> Result<WorstCase, String> 
     let advice = format!(
         "the configuration could make the node hold {worst}, more than the {} of memory it may \
          assume ({}): lower max_concurrent, memory_mb, max_connections, host_memory_kib or \
-         max_output_bytes, raise memory_limit_mib (--memory-limit-mib) if the memory is there, \
+         max_output_kib, raise memory_limit_mib (--memory-limit-mib) if the memory is there, \
          or set memory_overcommit = true (--memory-overcommit) to start anyway",
         mib(memory.bytes),
         memory.source

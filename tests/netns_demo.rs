@@ -52,19 +52,28 @@ fn require_tools() {
     }
 }
 
+/// Builds `bench/`'s package `package` and returns its binary `name`.
+fn bench_binary(package: &str, name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(root().join("bench/Cargo.toml"))
+        .args(["-p", package, "--bin", name])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building bench/'s {name} failed");
+    root().join("bench/target/debug").join(name)
+}
+
 /// `bench/`'s load generator, built once per test binary.
 fn load_generator() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--manifest-path"])
-            .arg(root().join("bench/Cargo.toml"))
-            .args(["-p", "bench-harness", "--bin", "iicp-bench"])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building bench/'s load generator failed");
-        root().join("bench/target/debug/iicp-bench")
-    })
+    BINARY.get_or_init(|| bench_binary("bench-harness", "iicp-bench"))
+}
+
+/// The reference node (`bench/native-node`), built once per test binary.
+fn reference_node() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| bench_binary("native-node", "native-node"))
 }
 
 /// Namespaces whose names start with `tag-`.
@@ -114,6 +123,8 @@ impl Demo {
             .arg(common::plugin("echo"))
             .arg("--load")
             .arg(load_generator())
+            .arg("--reference")
+            .arg(reference_node())
             .args(["--tag", tag])
             .env("IICP_HOST_CACHE_DIR", common::shared_cache_dir())
             .stdout(log.try_clone().unwrap())
@@ -241,6 +252,17 @@ fn many_nodes_serve_in_namespaces_and_natted_workers_only_through_the_relay() {
     assert!(
         output.contains("http://[fd77::11]:8080"),
         "direct-1 listed by IPv6:\n{output}"
+    );
+    assert!(
+        output.contains("ref-worker (192.168.77.50, the reference's worker, native framing): direct connections fail; through the relay: ok"),
+        "{output}"
+    );
+    assert!(
+        output.contains("ref-worker through the relay (native framing): ")
+            && output
+                .lines()
+                .any(|l| l.starts_with("ref-worker: bound again ")),
+        "the reference worker did not serve and bind again:\n{output}"
     );
     for point in ["c=1   p50:", "c=1   p99:", "c=2   p50:", "c=2   p99:"] {
         assert!(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
@@ -24,6 +24,8 @@ struct Seen {
     bodies: Vec<Value>,
     authorization: Vec<Option<String>>,
     traceparents: Vec<Option<String>>,
+    /// The node's end of the connection each completion came on.
+    peers: Vec<SocketAddr>,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -43,11 +45,13 @@ fn remember(seen: &Shared, headers: &HeaderMap, body: &Value) {
 
 async fn working(
     State(seen): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> impl IntoResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     remember(&seen, &headers, &body);
+    seen.lock().unwrap().peers.push(peer);
     let last = body["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -84,6 +88,18 @@ async fn backend() -> (SocketAddr, Shared) {
             }),
         )
         .route(
+            "/long/v1/chat/completions",
+            post(|| async {
+                let content = "word ".repeat(1000);
+                json!({
+                    "object": "chat.completion",
+                    "model": "fake-llm",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
+                })
+                .to_string()
+            }),
+        )
+        .route(
             "/garbage/v1/chat/completions",
             post(|| async { "<html>this is not a completion</html>" }),
         )
@@ -99,11 +115,18 @@ async fn backend() -> (SocketAddr, Shared) {
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, seen)
 }
 
 fn node_for(dir: &Path, addr: SocketAddr, mode: &str) -> Node {
+    node_with(dir, addr, mode, "", "")
+}
+
+/// A node for backend `mode` with `limits` (TOML lines) in its plugin table
+/// and `http_limits` in its `[plugin.http]`.
+fn node_with(dir: &Path, addr: SocketAddr, mode: &str, limits: &str, http_limits: &str) -> Node {
     let config = dir.join(format!("{mode}.toml"));
     std::fs::write(
         &config,
@@ -112,6 +135,7 @@ fn node_for(dir: &Path, addr: SocketAddr, mode: &str) -> Node {
 [[plugin]]
 id = "llm"
 path = "{plugin}"
+{limits}
 [plugin.config]
 base_url = "http://{addr}/{mode}"
 model = "fake-llm"
@@ -119,6 +143,7 @@ model = "fake-llm"
 api_key = "TEST_OPENAI_KEY"
 [plugin.http]
 allow = ["http://{addr}"]
+{http_limits}
 "#,
             plugin = plugin("openai-chat").display()
         ),
@@ -256,4 +281,59 @@ async fn a_backend_outside_the_allow_list_is_refused() {
         "{message}"
     );
     assert_eq!(body["error"]["retryable"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completion_above_max_output_kib_is_refused_and_the_node_keeps_serving() {
+    let (addr, _) = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The long completion is ~5 KiB of JSON; 4 KiB is the plugin's cap.
+    let node = node_with(dir.path(), addr, "long", "max_output_kib = 4", "");
+    let (status, _, body) = post_task(&node, &chat("long", 5000)).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "backend_error");
+    assert_eq!(
+        body["error"]["message"],
+        "plugin result exceeds the 4096-byte limit"
+    );
+    let (status, _, body) = post_task(&node, &chat("long-again", 5000)).await;
+    assert_eq!(status, 502, "the node still answers: {body}");
+
+    // Under the default cap (4 MiB) the same completion is served.
+    let roomy = node_with(dir.path(), addr, "long", "", "");
+    let (status, _, body) = post_task(&roomy, &chat("long-roomy", 5000)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Tasks one after another: how many backend connections the node opened.
+async fn connections_for(http_limits: &str, mode_dir: &str) -> usize {
+    let (addr, seen) = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().join(mode_dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = node_with(&dir, addr, "ok", "", http_limits);
+    for i in 0..3 {
+        let (status, _, body) = post_task(&node, &chat(&format!("reuse-{i}"), 5000)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let peers = seen.lock().unwrap().peers.clone();
+    assert_eq!(peers.len(), 3);
+    peers
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_connections_are_reused_across_fresh_instances_as_max_idle_connections_allows() {
+    assert_eq!(
+        connections_for("", "default").await,
+        1,
+        "by default, one kept connection serves every task in turn"
+    );
+    assert_eq!(
+        connections_for("max_idle_connections = 0", "none").await,
+        3,
+        "with none kept, each task opens its own"
+    );
 }

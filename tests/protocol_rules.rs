@@ -747,27 +747,13 @@ mod reference_consumer {
     use common::fresh_state_dir;
     use ed25519_dalek::SigningKey;
     use std::process::Command;
-    use std::sync::OnceLock;
 
     fn here() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer")
     }
 
-    /// The python of the reference consumer's venv, which `setup.sh`
-    /// installs on the first run (`make test` runs it first).
     fn python() -> &'static Path {
-        static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-        PYTHON.get_or_init(|| {
-            let output = Command::new(here().join("setup.sh"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("run tests/reference-consumer/setup.sh");
-            assert!(
-                output.status.success(),
-                "tests/reference-consumer/setup.sh failed (see its error above)"
-            );
-            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-        })
+        common::reference_python()
     }
 
     /// Runs the consumer with `spec` (see consumer.py) and returns what it printed.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::{FakeDirectory, relay_bind_ticket};
+use common::relaying::{echo_task, free_port, post_traced, relay_for, wait_until};
 use common::{
     Node, client, echo_config, error_of, fresh_state_dir, message, metric_value, metrics, plugin,
     task,
@@ -23,17 +24,9 @@ use tokio::io::AsyncWriteExt;
 const WAIT: Duration = Duration::from_secs(30);
 const SLEEP: &str = "urn:iicp:intent:test:sleep:v1";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A relay-capable node serving echo, with `[relay_capable]` set to `table`.
 fn relay_config(table: &str) -> PathBuf {
-    echo_config(&format!("[relay_capable]\n{table}"))
+    echo_config(&format!("[relay_capable]\naccept_port = 0\n{table}"))
 }
 
 /// A worker serving `plugin_name` through `relay` as `worker_id`.
@@ -51,39 +44,13 @@ fn wait_bound(node: &Node) -> Value {
         .unwrap_or_else(|| panic!("worker never bound; log:\n{}", node.log_text()))
 }
 
-fn relay_for(relay: &Node, worker_id: &str, path: &str) -> String {
-    relay.url(&format!("/v1/relay-for/{worker_id}{path}"))
-}
-
 /// Posts a task through the relay; status, headers, JSON body.
 async fn relayed(
     relay: &Node,
     worker_id: &str,
     body: &Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let response = client()
-        .post(relay_for(relay, worker_id, "/v1/task"))
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .json(body)
-        .send()
-        .await
-        .expect("the relay answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
-    (status, headers, json)
-}
-
-fn echo_task(task_id: &str, text: &str) -> Value {
-    task(
-        task_id,
-        CHAT,
-        json!({"messages": [{"role": "user", "content": text}]}),
-    )
+    post_traced(relay_for(relay, worker_id, "/v1/task"), body).await
 }
 
 fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {
@@ -92,21 +59,12 @@ fn sleep_task(task_id: &str, ms: u64, timeout_ms: u64) -> Value {
     body
 }
 
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_serves_plain_and_encrypted_tasks_through_the_relay() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let worker = worker(&relay, "echo", "w-nat-1", &["--directory", &directory]);
@@ -262,7 +220,10 @@ async fn stripping_hop(upstream: String) -> StrippingHop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let _worker = worker(&relay, "echo", "w-strip", &["--directory", &directory]);
@@ -300,7 +261,10 @@ async fn a_hop_stripping_the_response_encryption_request_carries_only_ciphertext
 /// gets the first answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let fake = FakeDirectory::start().await;
     let directory = fake.url();
     let worker = worker(
@@ -342,7 +306,10 @@ async fn relayed_anonymous_task_ids_are_never_shared_between_consumers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let state_dir = fresh_state_dir();
     let state = state_dir.display().to_string();
     let first = worker(&relay, "misbehave", "w-restart", &["--state-dir", &state]);
@@ -359,7 +326,7 @@ async fn a_worker_killed_mid_load_fails_its_tasks_and_is_back_at_once() {
             })
         })
         .collect();
-    wait_until("four tasks running on the worker", || async {
+    wait_until("four tasks running on the worker", WAIT, || async {
         common::health(&first).await["active_jobs"] == 4
     })
     .await;
@@ -410,7 +377,7 @@ async fn a_restarted_relay_gets_its_worker_back() {
             &["--plugin", &echo],
             &listen,
             &relay_state,
-            &["--relay-capable"],
+            &["--relay-capable", "--relay-accept-port", "0"],
         )
     };
     let relay = start_relay();
@@ -559,7 +526,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
             )
         })
     };
-    wait_until("the first task to queue", || async {
+    wait_until("the first task to queue", WAIT, || async {
         metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
     })
     .await;
@@ -601,7 +568,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     let reserved = || async { metric_value(&metrics(&relay).await, "iicp_relay_result_bytes ") };
-    wait_until("the trickled result's reservation", || async {
+    wait_until("the trickled result's reservation", WAIT, || async {
         reserved().await == 1000.0
     })
     .await;
@@ -611,7 +578,7 @@ async fn relay_limits_answer_with_the_protocol_errors() {
         (503, json!("IICP-E039"))
     );
     drop(slow);
-    wait_until("the reservation to return", || async {
+    wait_until("the reservation to return", WAIT, || async {
         reserved().await == 0.0
     })
     .await;
@@ -685,6 +652,8 @@ async fn bind_tickets_are_checked_and_fetched_from_the_directory() {
         &plugin("echo"),
         &[
             "--relay-capable",
+            "--relay-accept-port",
+            "0",
             "--relay-require-bind-ticket",
             "--relay-bind-ticket-key",
             &key_hex,
@@ -728,7 +697,10 @@ async fn bind_tickets_are_checked_and_fetched_from_the_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
-    let relay = Node::start(&plugin("echo"), &["--relay-capable"]);
+    let relay = Node::start(
+        &plugin("echo"),
+        &["--relay-capable", "--relay-accept-port", "0"],
+    );
     let node = worker(&relay, "misbehave", "w-drain", &[]);
     let running = {
         let url = relay_for(&relay, "w-drain", "/v1/task");
@@ -745,7 +717,7 @@ async fn a_stopping_worker_finishes_its_relayed_tasks_then_unbinds() {
             )
         })
     };
-    wait_until("the task to run on the worker", || async {
+    wait_until("the task to run on the worker", WAIT, || async {
         common::health(&node).await["active_jobs"] == 1
     })
     .await;
@@ -794,7 +766,7 @@ impl RestartableRelay {
 async fn after_a_relay_restart_only_the_worker_itself_binds_under_its_id() {
     let echo = plugin("echo").display().to_string();
     let relay_node = RestartableRelay::new(&["--plugin", &echo]);
-    let relay = relay_node.start(&["--relay-capable"]);
+    let relay = relay_node.start(&["--relay-capable", "--relay-accept-port", "0"]);
     let victim_state = fresh_state_dir().display().to_string();
     let victim_args = ["--state-dir", victim_state.as_str()];
     let victim = worker(&relay, "echo", "w-victim", &victim_args);
@@ -808,7 +780,7 @@ async fn after_a_relay_restart_only_the_worker_itself_binds_under_its_id() {
     // restarts: the attacker is first at the bind route.
     drop(victim);
     drop(relay); // SIGKILL: every session is gone
-    let relay = relay_node.start(&["--relay-capable"]);
+    let relay = relay_node.start(&["--relay-capable", "--relay-accept-port", "0"]);
 
     let attempts = [
         json!({"worker_id": "w-victim"}),
@@ -953,6 +925,8 @@ async fn a_worker_that_lost_its_state_gets_its_id_back_with_a_bind_ticket() {
         &plugin("echo"),
         &[
             "--relay-capable",
+            "--relay-accept-port",
+            "0",
             "--relay-bind-ticket-key",
             &key_hex,
             "--node-id",
@@ -1079,7 +1053,7 @@ async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answe
         stream.write_all(&body).await.unwrap();
         consumers.push(stream);
     }
-    wait_until("every relayed task answered", || async {
+    wait_until("every relayed task answered", WAIT, || async {
         common::polled_sample(
             &metrics(&relay).await,
             r#"iicp_relay_tasks_total{outcome="answered"} "#,
@@ -1130,7 +1104,7 @@ async fn relayed_answers_that_consumers_do_not_read_stay_within_the_unsent_answe
 
     // The consumers leave; every charge returns, and the relay serves on.
     drop(consumers);
-    wait_until("the unsent answers to be released", || async {
+    wait_until("the unsent answers to be released", WAIT, || async {
         present_sample(&metrics(&relay).await, HELD) == 0.0
     })
     .await;
@@ -1198,7 +1172,7 @@ async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_bud
 
     // The third task's pull answer does not fit: 204, the task stays queued.
     consumers.push(consumer("c-3"));
-    wait_until("the third task to queue", || async {
+    wait_until("the third task to queue", WAIT, || async {
         metric_value(&metrics(&relay).await, "iicp_relay_tasks_queued ") == 1.0
     })
     .await;
@@ -1217,7 +1191,7 @@ async fn pull_answers_a_worker_does_not_read_count_against_the_unsent_answer_bud
     // The hoarded pulls go away: their charges return and the task is
     // handed out whole.
     drop(stuck);
-    wait_until("the pull answers to be released", || async {
+    wait_until("the pull answers to be released", WAIT, || async {
         present_sample(&metrics(&relay).await, HELD) == 0.0
     })
     .await;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use iicp_charts::{LineChart, Series, render_svg};
+use iicp_charts::{LineChart, Series, XScale, render_svg};
 
 use crate::report::CaseReport;
 
@@ -19,7 +19,7 @@ use crate::report::CaseReport;
 const MAX_POINTS: usize = 200;
 
 /// A family's picture as the report embeds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RssPicture {
     /// The SVG's file name, beside the report.
     pub file: String,
@@ -58,7 +58,7 @@ pub fn rss_chart(family: &str, reports: &[CaseReport]) -> Option<(LineChart, Str
         title: format!("Node RSS during the {family} cases"),
         x_label: "seconds of sampling, cases end to end".into(),
         y_label: "resident memory (MiB)".into(),
-        log2_x: false,
+        x_scale: XScale::Linear,
         series: vec![Series::new("node RSS", points)],
     };
     Some((chart, caption))

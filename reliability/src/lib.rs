@@ -15,6 +15,8 @@
 //! * [`memory`] — the node's resident memory, sampled;
 //! * [`traffic`] — healthy traffic and its latencies;
 //! * [`report`] — what a case found, as data and as markdown;
+//! * [`results`] — a run's results file, and `docs/reliability.md` drawn
+//!   from the newest run of each family;
 //! * [`charts`] — the node's RSS over time during each family, as SVG.
 
 #![deny(missing_docs)]
@@ -27,6 +29,7 @@ pub mod memory;
 pub mod node;
 pub mod registry;
 pub mod report;
+pub mod results;
 pub mod traffic;
 
 use std::path::PathBuf;

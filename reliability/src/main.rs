@@ -1,10 +1,15 @@
 //! `reliability` — runs every case family at full size against a release
-//! build and writes `docs/reliability.md`, with a picture of the node's RSS
-//! over time per family beside it (`docs/reliability-<family>-rss.svg`).
-//! Usually started by `reliability/run`, which builds what it needs first.
+//! build, writes the run's results file (`docs/results/reliability-<date>.json`:
+//! machine, date, commit, every case and figure) and a picture of the node's
+//! RSS over time per family (`docs/reliability-<family>-rss.svg`), then
+//! draws `docs/reliability.md` from the results files. Usually started by
+//! `reliability/run`, which builds what it needs first.
 //!
 //! Usage: reliability --host-binary PATH --plugin-dir DIR [--out FILE]
 //!                    [--only FAMILY]... [--fast]
+//!        reliability --render [--out FILE]      (the page again, no run)
+//!        reliability --refresh-figures [--out FILE]   (each results file's
+//!            figures again from its cases, after a new figure key; then --render)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +17,8 @@ use std::time::Instant;
 
 use iicp_reliability::cases::{self, FAMILIES};
 use iicp_reliability::charts::write_rss_charts;
-use iicp_reliability::report::{CaseReport, markdown};
+use iicp_reliability::report::CaseReport;
+use iicp_reliability::results::{RunInfo, RunResults, load_runs, page};
 use iicp_reliability::{Context, Scale};
 
 struct Args {
@@ -21,6 +27,7 @@ struct Args {
     out: PathBuf,
     only: Vec<String>,
     scale: Scale,
+    render_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
     let mut out = PathBuf::from("docs/reliability.md");
     let mut only = Vec::new();
     let mut scale = Scale::Full;
+    let mut render_only = false;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -37,6 +45,11 @@ fn parse_args() -> Result<Args, String> {
             "--out" => out = PathBuf::from(value()?),
             "--only" => only.push(value()?),
             "--fast" => scale = Scale::Fast,
+            "--render" => render_only = true,
+            "--refresh-figures" => {
+                refresh_figures(&out)?;
+                render_only = true;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -45,12 +58,23 @@ fn parse_args() -> Result<Args, String> {
             return Err(format!("no family {family:?}; families: {FAMILIES:?}"));
         }
     }
+    if render_only {
+        return Ok(Args {
+            host_binary: PathBuf::new(),
+            plugin_dir: PathBuf::new(),
+            out,
+            only,
+            scale,
+            render_only,
+        });
+    }
     Ok(Args {
         host_binary: host_binary.ok_or("--host-binary is required")?,
         plugin_dir: plugin_dir.ok_or("--plugin-dir is required")?,
         out,
         only,
         scale,
+        render_only,
     })
 }
 
@@ -63,6 +87,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.render_only {
+        return match render(&args.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("reliability: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let work_dir = std::env::temp_dir().join(format!("iicp-reliability-{}", std::process::id()));
     let absolute = |path: PathBuf| std::path::absolute(&path).unwrap_or(path);
     let ctx = Context {
@@ -72,6 +105,7 @@ async fn main() -> ExitCode {
         work_dir: work_dir.clone(),
     };
     let started = Instant::now();
+    let started_at = iicp_run_info::now_utc();
     let mut reports: Vec<CaseReport> = Vec::new();
     for family in FAMILIES
         .iter()
@@ -110,30 +144,35 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let document = format!(
-        "# Reliability\n\nProduced by `reliability/run` ({} scale) on {} cores in {:.0} s: \
-         {} cases, {} failed. Each case runs against a release build of the node with healthy \
-         traffic of another plugin beside it; RSS is the node's resident memory.\n\n{}",
-        match args.scale {
-            Scale::Fast => "fast",
-            Scale::Full => "full",
-        },
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        elapsed.as_secs_f64(),
-        reports.len(),
-        failed.len(),
-        markdown(&reports, &charts)
+    let scale = match args.scale {
+        Scale::Fast => "fast",
+        Scale::Full => "full",
+    };
+    let results = RunResults::new(
+        RunInfo::here(scale, started_at, elapsed.as_secs_f64()),
+        reports.clone(),
+        charts,
     );
-    if let Err(error) = std::fs::write(&args.out, document) {
-        eprintln!("reliability: cannot write {}: {error}", args.out.display());
+    let results_file = out_dir.join("results").join(results.file_name());
+    let written = std::fs::create_dir_all(out_dir.join("results"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| serde_json::to_string_pretty(&results).map_err(|e| e.to_string()))
+        .and_then(|json| std::fs::write(&results_file, json + "\n").map_err(|e| e.to_string()))
+        .and_then(|()| render(&args.out));
+    if let Err(error) = written {
+        eprintln!(
+            "reliability: cannot write {}: {error}",
+            results_file.display()
+        );
         return ExitCode::FAILURE;
     }
     let _ = std::fs::remove_dir_all(&work_dir);
     eprintln!(
-        "reliability: {} cases, {} failed, {:.0} s; wrote {}",
+        "reliability: {} cases, {} failed, {:.0} s; wrote {} and {}",
         reports.len(),
         failed.len(),
         elapsed.as_secs_f64(),
+        results_file.display(),
         args.out.display()
     );
     for report in &failed {
@@ -144,4 +183,29 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Draws the page at `out` from the results files in `results/` beside it.
+fn render(out: &std::path::Path) -> Result<(), String> {
+    let dir = out
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let runs = load_runs(&dir.join("results"))?;
+    std::fs::write(out, page(&runs, "results")).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// Rewrites the figures of every results file beside `out` from its cases.
+fn refresh_figures(out: &std::path::Path) -> Result<(), String> {
+    let dir = out
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .join("results");
+    for (file, mut run) in load_runs(&dir)? {
+        run.figures = iicp_reliability::results::figures(&run.cases);
+        let json = serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(&file), json + "\n").map_err(|e| format!("{file}: {e}"))?;
+    }
+    Ok(())
 }

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::charts::RssPicture;
 
 /// Latencies of healthy traffic that ran beside a case.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencyStats {
     /// Requests sent.
     pub count: u64,
@@ -44,7 +47,7 @@ impl LatencyStats {
 }
 
 /// Resident memory of the node around a case, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RssFigures {
     /// Before the case started (node warmed up).
     pub before: u64,
@@ -67,7 +70,7 @@ impl RssFigures {
 }
 
 /// One assertion a case makes about what it saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// What is claimed, e.g. "every hostile task ended with 502".
     pub claim: String,
@@ -78,7 +81,8 @@ pub struct Check {
 }
 
 /// What one case found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CaseReport {
     /// The family, e.g. `hostile plugins`.
     pub family: String,

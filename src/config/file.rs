@@ -22,9 +22,9 @@ use super::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
     DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
     DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE, IdempotencyBounds,
-    MAX_CONCURRENT_RANGE, MAX_DNS_LOOKUPS_RANGE, MAX_RESOURCES_RANGE, MEMORY_MB_RANGE, NodeConfig,
-    PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE, ReachSettings, TIMEOUT_MS_RANGE,
-    check_range, default_cache_dir,
+    MAX_CONCURRENT_RANGE, MAX_DNS_LOOKUPS_RANGE, MAX_OUTPUT_KIB_RANGE, MAX_RESOURCES_RANGE,
+    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
+    ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::directory::identity::check_node_id;
@@ -41,7 +41,8 @@ use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::{AllocatorChoice, EngineSettings};
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::host::http::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, check_patterns,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, IDLE_CONNECTIONS_RANGE,
+    check_patterns,
 };
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
@@ -144,6 +145,7 @@ struct LimitsSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
+    max_output_kib: Option<u32>,
 }
 
 /// A file of a plugin directory: `[[plugin]]` tables and nothing else.
@@ -174,6 +176,7 @@ struct PluginSection {
     instance_idle_ms: Option<u64>,
     max_resources: Option<u32>,
     host_memory_kib: Option<u32>,
+    max_output_kib: Option<u32>,
     #[serde(default)]
     config: toml::Table,
     /// Secret name → environment variable holding the value.
@@ -200,6 +203,7 @@ struct HttpSection {
     allow_private: bool,
     max_response_kib: Option<u32>,
     max_in_flight: Option<u32>,
+    max_idle_connections: Option<u32>,
 }
 
 const MAX_PLUGIN_ID_BYTES: usize = 64;
@@ -614,6 +618,7 @@ fn plugin_spec(
         instance_idle_ms: plugin.instance_idle_ms,
         max_resources: plugin.max_resources,
         host_memory_kib: plugin.host_memory_kib,
+        max_output_kib: plugin.max_output_kib,
     };
     let limits = limits(defaults, &section, &name)?;
     let from_registry = match OciLocation::from_path(&plugin.path) {
@@ -708,6 +713,16 @@ fn plugin_spec(
                     section.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                     &(1..=1024),
                 )?,
+                max_idle_connections: section
+                    .max_idle_connections
+                    .map(|n| {
+                        check_range(
+                            &format!("{name}: http.max_idle_connections"),
+                            n,
+                            &IDLE_CONNECTIONS_RANGE,
+                        )
+                    })
+                    .transpose()?,
             }
         }
     };
@@ -809,13 +824,14 @@ fn limits(
             &MAX_RESOURCES_RANGE,
         )?;
     }
+    let kib_bytes = |key: &str, kib: u32, range: &std::ops::RangeInclusive<u32>| {
+        check_range(&format!("{name}: {key}"), kib, range).map(|kib| (kib as usize) << 10)
+    };
     if let Some(kib) = section.host_memory_kib {
-        limits.host_memory_bytes = (check_range(
-            &format!("{name}: host_memory_kib"),
-            kib,
-            &HOST_MEMORY_KIB_RANGE,
-        )? as usize)
-            << 10;
+        limits.host_memory_bytes = kib_bytes("host_memory_kib", kib, &HOST_MEMORY_KIB_RANGE)?;
+    }
+    if let Some(kib) = section.max_output_kib {
+        limits.max_output_bytes = kib_bytes("max_output_kib", kib, &MAX_OUTPUT_KIB_RANGE)?;
     }
     Ok(limits)
 }
@@ -1113,10 +1129,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_run_up_to_4096_tasks_at_once() {
+        let config = parse(
+            "[node]\nmax_concurrent = 4096\nmemory_overcommit = true\n[[plugin]]\npath = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_concurrent, 4096);
+        assert_eq!(config.runtime.engine.max_instances, 4096);
+        assert_eq!(
+            parse("[node]\nmax_concurrent = 4097\n[[plugin]]\npath = \"a\"\n").unwrap_err(),
+            "node.max_concurrent must be between 1 and 4096, got 4097"
+        );
+    }
+
+    #[test]
     fn host_limits_are_read_checked_and_inherited() {
         let config = parse(
             "[node]\nmemory_overcommit = true\n[defaults]\nhost_memory_kib = 1024\nmax_resources = 256\n\
-             [[plugin]]\npath = \"a\"\nmax_timeout_ms = 2000\ninstance_idle_ms = 500\n[plugin.http]\nmax_in_flight = 2\n",
+             max_output_kib = 512\n[[plugin]]\npath = \"a\"\nmax_timeout_ms = 2000\ninstance_idle_ms = 500\n\
+             [[plugin]]\npath = \"b\"\nmax_output_kib = 64\n[plugin.http]\nmax_in_flight = 2\n",
         )
         .unwrap();
         let plugin = &config.plugins[0].source;
@@ -1126,8 +1157,15 @@ mod tests {
         assert_eq!(plugin.limits.max_timeout, Duration::from_secs(2));
         assert_eq!(plugin.limits.default_timeout, Duration::from_secs(2));
         assert_eq!(plugin.limits.instance_idle, Duration::from_millis(500));
-        assert_eq!(plugin.http.max_in_flight, 2);
+        assert_eq!(plugin.limits.max_output_bytes, 512 << 10, "from [defaults]");
+        let second = &config.plugins[1].source;
+        assert_eq!(second.limits.max_output_bytes, 64 << 10, "the plugin's own");
+        assert_eq!(second.http.max_in_flight, 2);
         for (text, error) in [
+            (
+                "[[plugin]]\npath = \"a\"\nmax_output_kib = 0\n",
+                "[[plugin]] #1: max_output_kib must be between 1 and 65536, got 0",
+            ),
             (
                 "[[plugin]]\npath = \"a\"\nmax_resources = 10\n",
                 "[[plugin]] #1: max_resources must be between 64 and 1000000, got 10",

@@ -229,8 +229,9 @@ pub struct RunArgs {
     /// Address of the admin API (needs an [admin] table with token_env).
     #[arg(long, env = "IICP_HOST_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
-    /// Serve from behind NAT through this relay (its base URL); the
-    /// directory then lists the relay's /v1/relay-for/<node id> endpoint.
+    /// Serve from behind NAT through this relay (its base URL, or
+    /// iicp://host:port for the native IICP framing to its accept port);
+    /// the directory then lists the relay's /v1/relay-for/<node id> endpoint.
     #[arg(long, value_name = "URL", env = "IICP_HOST_RELAY")]
     relay: Option<String>,
     /// Act as a relay for workers behind NAT.
@@ -257,6 +258,10 @@ pub struct RunArgs {
     /// Worker ids the relay pins to their rebind keys at most [default: 16384].
     #[arg(long, value_name = "N", env = "IICP_HOST_RELAY_MAX_PINNED_WORKERS")]
     relay_max_pinned_workers: Option<u32>,
+    /// Port where workers bind over the native IICP framing when relaying
+    /// (the reference's relay_accept_port); 0 turns it off [default: 9485].
+    #[arg(long, value_name = "PORT", env = "IICP_HOST_RELAY_ACCEPT_PORT")]
+    relay_accept_port: Option<u16>,
     /// Gossip peers (POST /v1/peers) with the [peers] settings or their defaults.
     #[arg(long, env = "IICP_HOST_PEERS")]
     peers: bool,
@@ -553,7 +558,8 @@ impl RunArgs {
             || self.relay_bind_ticket_key.is_some()
             || self.relay_require_bind_ticket
             || self.relay_refuse_keyless_binds
-            || self.relay_max_pinned_workers.is_some();
+            || self.relay_max_pinned_workers.is_some()
+            || self.relay_accept_port.is_some();
         if self.relay_capable || (tuned && reach.relay_capable.is_some()) {
             let relay = reach
                 .relay_capable
@@ -580,6 +586,9 @@ impl RunArgs {
             }
             if let Some(max) = self.relay_max_pinned_workers {
                 relay.max_pinned_workers = max;
+            }
+            if let Some(port) = self.relay_accept_port {
+                relay.accept_port = port;
             }
             relay
                 .validate()

@@ -50,8 +50,12 @@ pub use crate::settings::check_range;
 /// Default `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
 /// `max_concurrent` bounds. REGISTER advertises at most 256 (the protocol's
-/// `limits.max_concurrent` range); a multi-tenant node may run more.
-pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=1024;
+/// `limits.max_concurrent` range); a node may run more, e.g. an LLM gateway
+/// whose tasks mostly wait on a backend. The ceiling is what the instance
+/// pool can reserve: 4 linear memories per slot, each a 4 GiB reservation
+/// plus guard, is ~66 TiB of the 128 TiB of x86-64 user address space at
+/// 4,096 slots.
+pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=4096;
 /// Per-task memory bounds in MiB (wasm32 addresses 4 GiB).
 pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 1..=4096;
 /// Default task budget bounds in ms (the protocol's `timeout_ms` range).
@@ -61,6 +65,11 @@ pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
 pub const MAX_RESOURCES_RANGE: RangeInclusive<u32> = 64..=1_000_000;
 /// Host memory per task in KiB (64 KiB .. 4 GiB).
 pub const HOST_MEMORY_KIB_RANGE: RangeInclusive<u32> = 64..=4 << 20;
+/// Largest task result in KiB (1 KiB .. 64 MiB; the default is 4 MiB). The
+/// node's worst case counts it three times per task (`memory_bound`), so a
+/// plugin whose results are small (an LLM completion) may lower it to run
+/// many more tasks at once in the same memory.
+pub const MAX_OUTPUT_KIB_RANGE: RangeInclusive<u32> = 1..=64 << 10;
 /// Bounds on `max_dns_lookups`: at least one lookup, at most half of
 /// tokio's blocking pool (512 threads).
 pub const MAX_DNS_LOOKUPS_RANGE: RangeInclusive<usize> = 1..=256;

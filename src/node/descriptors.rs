@@ -12,6 +12,7 @@
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 use crate::config::NodeConfig;
+use crate::runtime::host::http::DEFAULT_IDLE_CONNECTIONS_PER_HOST;
 
 /// Descriptors kept for everything but client connections: listeners,
 /// plugin files and outbound sockets, the directory client, the artifact
@@ -22,7 +23,20 @@ pub const RESERVED_DESCRIPTORS: u64 = 1024;
 /// public cap to what the hard limit allows.
 pub fn fit_connection_caps(config: &mut NodeConfig) {
     let admin = config.admin.as_ref().map_or(0, |a| a.max_connections) as u64;
-    let wanted = config.edge.max_connections as u64 + admin + RESERVED_DESCRIPTORS;
+    // Plugins' idle backend connections are kept open between tasks.
+    let idle_outbound: u64 = config
+        .plugins
+        .iter()
+        .map(|p| {
+            u64::from(
+                p.source
+                    .http
+                    .max_idle_connections
+                    .unwrap_or(DEFAULT_IDLE_CONNECTIONS_PER_HOST),
+            )
+        })
+        .sum();
+    let wanted = config.edge.max_connections as u64 + admin + idle_outbound + RESERVED_DESCRIPTORS;
     let limit = getrlimit(Resource::Nofile);
     let current = limit.current.unwrap_or(u64::MAX);
     if current >= wanted {
@@ -47,7 +61,9 @@ pub fn fit_connection_caps(config: &mut NodeConfig) {
         );
         return;
     }
-    let fits = granted.saturating_sub(admin + RESERVED_DESCRIPTORS).max(1);
+    let fits = granted
+        .saturating_sub(admin + idle_outbound + RESERVED_DESCRIPTORS)
+        .max(1);
     tracing::warn!(
         max_connections = config.edge.max_connections,
         lowered_to = fits,

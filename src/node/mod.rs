@@ -129,7 +129,13 @@ pub async fn run(
         &metrics,
         directory.as_ref(),
     );
-    let reach = reach.start(&config, &identity, &state, directory.as_ref())?;
+    let reach = reach.start(
+        &config,
+        &identity,
+        &state,
+        directory.as_ref(),
+        listeners.public_addr.port(),
+    )?;
     let mut serving = serving::start(
         &config,
         &identity,

@@ -3,6 +3,7 @@
 //! (serve as a relay), peer gossip — prepared before the directory is told
 //! about the node, started with the shared state, stopped beside the drain.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::peers::exchange::{Peers, PeersParts};
 use crate::peers::metrics::PeerMetrics;
 use crate::peers::settings::PeerSettings;
+use crate::relay::accept::FramedAccept;
 use crate::relay::metrics::RelayMetrics;
 use crate::relay::routes::RelayRoutes;
 use crate::relay::sessions::{Relay, reap_silent_sessions};
@@ -54,6 +56,7 @@ pub struct Reaching {
     relay: Option<Arc<Relay>>,
     unsent_answers: UnsentAnswers,
     reaper: Option<tokio::task::JoinHandle<()>>,
+    framed_accept: Option<tokio::task::JoinHandle<()>>,
     worker: Option<WorkerHandle>,
     peers: Option<Arc<Peers>>,
     gossip: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
@@ -108,7 +111,7 @@ impl Reach {
             directory.reach.gossip_public_key = peers.as_ref().map(|p| p.public_key_hex());
             if let Some((settings, _)) = &worker {
                 directory.endpoint = Some(settings.relay_for_endpoint(&identity.node_id));
-                directory.reach.relayed_by = Some(settings.base_url().to_string());
+                directory.reach.relayed_by = Some(settings.base_url());
                 let transport = &mut directory.transport;
                 transport
                     .method
@@ -125,13 +128,16 @@ impl Reach {
         })
     }
 
-    /// Starts the roles: the relay's reaper, the worker's pulls.
+    /// Starts the roles: the relay's reaper and framed accept port (its
+    /// workers are told `http_port`, the public listener's), the worker's
+    /// pulls.
     pub fn start(
         self,
         config: &NodeConfig,
         identity: &Identity,
         state: &Arc<AppState>,
         directory: Option<&DirectoryJoin>,
+        http_port: u16,
     ) -> Result<Reaching, StartError> {
         let reaper = self.relay.as_ref().map(|relay| {
             let period = (relay.settings.liveness() / 4).min(Duration::from_secs(1));
@@ -142,6 +148,24 @@ impl Reach {
             );
             tokio::spawn(reap_silent_sessions(relay.clone(), period))
         });
+        let framed_accept = match &self.relay {
+            Some(relay) if relay.settings.accept_port != 0 => {
+                let addr = SocketAddr::new(config.listen.ip(), relay.settings.accept_port);
+                let listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|e| StartError::Bind(addr, e))?;
+                tracing::info!(%addr, "framed relay accept listening");
+                let accept = FramedAccept::new(
+                    relay.clone(),
+                    state.unsent_answers.clone(),
+                    http_port,
+                    config.edge.body_read_timeout,
+                );
+                Some(tokio::spawn(accept.serve(listener)))
+            }
+            _ => None,
+        };
         let worker = match self.worker {
             Some((settings, rebind_key)) => Some(
                 worker::start(WorkerParts {
@@ -167,6 +191,7 @@ impl Reach {
             relay: self.relay,
             unsent_answers: state.unsent_answers.clone(),
             reaper,
+            framed_accept,
             worker,
             peers: self.peers,
             gossip,
@@ -250,6 +275,9 @@ impl Reaching {
         }
         if let Some(reaper) = self.reaper {
             reaper.abort();
+        }
+        if let Some(accept) = self.framed_accept {
+            accept.abort();
         }
         if let Some((stop, gossip)) = self.gossip {
             let _ = stop.send(true);

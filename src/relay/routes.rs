@@ -34,7 +34,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::sessions::{Answer, BindRefusal, CallSpec, QueueRefusal, Relay, ResultRefusal, Session};
+use super::sessions::{
+    Answer, BindRefusal, Bound, CallSpec, QueueRefusal, Relay, ResultRefusal, Session,
+};
 use super::wire::{
     BindAnswer, BindRequest, FORWARDED_REQUEST_HEADERS, FORWARDED_RESPONSE_HEADERS, MAX_BIND_BYTES,
     ReceivedResult, allowed_headers, for_each_field, header_map, pick_headers,
@@ -138,18 +140,7 @@ async fn bind(State(routes): State<RelayRoutes>, request: Request) -> Response {
     let settings = &routes.relay.settings;
     match routes.relay.bind(&bind, source) {
         Ok(bound) => {
-            if bound.pins_changed {
-                // Written before the answer: a relay killed right after it
-                // still knows the pin when it starts again.
-                let relay = routes.relay.clone();
-                let saved = tokio::task::spawn_blocking(move || relay.save_pins()).await;
-                if let Ok(Err(error)) | Err(error) = saved.map_err(std::io::Error::other) {
-                    tracing::error!(%error, "cannot write the relay's pins file; this pin lasts until the relay restarts");
-                }
-            }
-            let kind = if bound.replaced { "rebound" } else { "new" };
-            routes.relay.metrics.binds.with_label_values(&[kind]).inc();
-            tracing::info!(worker_id = %bind.worker_id, kind, "relay worker bound");
+            record_bind(&routes.relay, &bind.worker_id, &bound).await;
             json_response(
                 StatusCode::OK,
                 &BindAnswer {
@@ -160,42 +151,56 @@ async fn bind(State(routes): State<RelayRoutes>, request: Request) -> Response {
                 },
             )
         }
-        Err(refusal) => {
-            let error = match refusal {
-                BindRefusal::Malformed => ApiError::relay_input(
-                    "worker_id must be a node id; intent and models must be short",
-                ),
-                BindRefusal::TicketRequired => {
-                    ApiError::relay_ticket_refused("relay bind ticket required")
-                }
-                BindRefusal::TicketInvalid => {
-                    ApiError::relay_ticket_refused("relay bind ticket invalid")
-                }
-                BindRefusal::TicketReplayed => ApiError::relay_ticket_replayed(),
-                BindRefusal::Alive => ApiError::relay_worker_bound(),
-                BindRefusal::PinMismatch => ApiError::relay_ticket_refused(
-                    "this worker id is pinned to another rebind key: present that key, \
-                     or a bind ticket from the directory",
-                ),
-                BindRefusal::KeyRequired => ApiError::relay_ticket_refused(
-                    "this relay refuses binds without a rebind key or a bind ticket",
-                ),
-                BindRefusal::PinsFull => ApiError::relay_at_capacity(
-                    "the relay's table of pinned workers is full; try another relay",
-                    RETRY_AFTER_MS,
-                ),
-                BindRefusal::RateLimited => {
-                    ApiError::relay_bind_rate_limited(super::bind_limit::WINDOW.as_millis() as u64)
-                }
-                BindRefusal::AtCapacity => ApiError::relay_at_capacity(
-                    "relay at session capacity; try another relay",
-                    RETRY_AFTER_MS,
-                ),
-                BindRefusal::Stopping => {
-                    ApiError::unavailable("the relay is shutting down", RETRY_AFTER_MS)
-                }
-            };
-            routes.refuse(refusal.label(), error)
+        Err(refusal) => routes.refuse(refusal.label(), bind_refusal_error(refusal)),
+    }
+}
+
+/// After a bind of either transport: the pins file written when it
+/// changed (before the worker hears of the bind, so a relay killed right
+/// after it still knows the pin when it starts again), metric and log.
+pub(super) async fn record_bind(relay: &Arc<Relay>, worker_id: &str, bound: &Bound) {
+    if bound.pins_changed {
+        let saving = relay.clone();
+        let saved = tokio::task::spawn_blocking(move || saving.save_pins()).await;
+        if let Ok(Err(error)) | Err(error) = saved.map_err(std::io::Error::other) {
+            tracing::error!(%error, "cannot write the relay's pins file; this pin lasts until the relay restarts");
+        }
+    }
+    let kind = if bound.replaced { "rebound" } else { "new" };
+    relay.metrics.binds.with_label_values(&[kind]).inc();
+    tracing::info!(worker_id = %worker_id, kind, "relay worker bound");
+}
+
+/// The protocol error a refused bind is answered with, on either transport.
+pub(super) fn bind_refusal_error(refusal: BindRefusal) -> ApiError {
+    match refusal {
+        BindRefusal::Malformed => {
+            ApiError::relay_input("worker_id must be a node id; intent and models must be short")
+        }
+        BindRefusal::TicketRequired => ApiError::relay_ticket_refused("relay bind ticket required"),
+        BindRefusal::TicketInvalid => ApiError::relay_ticket_refused("relay bind ticket invalid"),
+        BindRefusal::TicketReplayed => ApiError::relay_ticket_replayed(),
+        BindRefusal::Alive => ApiError::relay_worker_bound(),
+        BindRefusal::PinMismatch => ApiError::relay_ticket_refused(
+            "this worker id is pinned to another rebind key: present that key, \
+             or a bind ticket from the directory",
+        ),
+        BindRefusal::KeyRequired => ApiError::relay_ticket_refused(
+            "this relay refuses binds without a rebind key or a bind ticket",
+        ),
+        BindRefusal::PinsFull => ApiError::relay_at_capacity(
+            "the relay's table of pinned workers is full; try another relay",
+            RETRY_AFTER_MS,
+        ),
+        BindRefusal::RateLimited => {
+            ApiError::relay_bind_rate_limited(super::bind_limit::WINDOW.as_millis() as u64)
+        }
+        BindRefusal::AtCapacity => ApiError::relay_at_capacity(
+            "relay at session capacity; try another relay",
+            RETRY_AFTER_MS,
+        ),
+        BindRefusal::Stopping => {
+            ApiError::unavailable("the relay is shutting down", RETRY_AFTER_MS)
         }
     }
 }
@@ -325,13 +330,25 @@ async fn result(State(routes): State<RelayRoutes>, headers: HeaderMap, body: Bod
             answer
         }
     };
-    // Held for the consumer until written: charged like a direct answer.
+    deliver(relay, &session, &routes.answers, post.call_id, answer);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Hands a worker's answer (of either transport) to its consumer, charged
+/// to the unsent-answer budget like a direct answer until written.
+pub(super) fn deliver(
+    relay: &Relay,
+    session: &Session,
+    answers: &UnsentAnswers,
+    call_id: &str,
+    answer: Answer,
+) {
     let answer = match answer {
         Answer::Result {
             status,
             body,
             headers,
-        } => match routes.answers.charge(body) {
+        } => match answers.charge(body) {
             Ok(body) => Answer::Result {
                 status,
                 body,
@@ -341,7 +358,7 @@ async fn result(State(routes): State<RelayRoutes>, headers: HeaderMap, body: Bod
         },
         other => other,
     };
-    if !session.deliver(post.call_id, answer, &relay.metrics) {
+    if !session.deliver(call_id, answer, &relay.metrics) {
         // Answered after its budget, or a call this worker never held.
         relay
             .metrics
@@ -349,11 +366,10 @@ async fn result(State(routes): State<RelayRoutes>, headers: HeaderMap, body: Bod
             .with_label_values(&["late_result"])
             .inc();
     }
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Our worker's answer: its status, body and headers as they are.
-fn worker_response(
+pub(super) fn worker_response(
     code: u16,
     body: &str,
     headers: &std::collections::BTreeMap<String, String>,
@@ -380,7 +396,7 @@ fn worker_response(
 /// A reference worker's answer: its result object merged into
 /// `{task_id, status:"success"}` (its own `task_id` and `status` win),
 /// written field by field; `None` when `result` is not an object.
-fn merged_response(task_id: &str, result: &str) -> Option<Answer> {
+pub(super) fn merged_response(task_id: &str, result: &str) -> Option<Answer> {
     let (mut has_task_id, mut has_status) = (false, false);
     for_each_field(result, |key, _| {
         has_task_id |= key == "task_id";

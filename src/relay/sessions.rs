@@ -59,6 +59,8 @@ pub enum EndReason {
     Silent,
     /// The relay is shutting down.
     RelayStopping,
+    /// The worker's framed connection closed, failed or fell silent.
+    Disconnected,
 }
 
 impl EndReason {
@@ -69,6 +71,7 @@ impl EndReason {
             EndReason::Replaced => "the worker restarted and bound again",
             EndReason::Silent => "the worker stopped pulling",
             EndReason::RelayStopping => "the relay is shutting down",
+            EndReason::Disconnected => "the worker's connection closed",
         }
     }
 }
@@ -221,6 +224,11 @@ impl Session {
     /// Tasks waiting for a pull.
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// Tasks handed to the worker and not yet answered or withdrawn.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
     }
 
     fn withdraw(&self, call_id: &str, metrics: &RelayMetrics) {
@@ -651,6 +659,12 @@ impl Relay {
     /// Ends `session` (unbind) and forgets it.
     pub fn unbind(&self, session: &Arc<Session>) {
         self.forget(session, EndReason::Unbound);
+    }
+
+    /// Ends `session` because its framed connection is gone (a no-op when
+    /// it ended already, e.g. replaced by the worker's new bind).
+    pub fn disconnected(&self, session: &Arc<Session>) {
+        self.forget(session, EndReason::Disconnected);
     }
 
     fn forget(&self, session: &Arc<Session>, reason: EndReason) {

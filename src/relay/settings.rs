@@ -17,8 +17,17 @@ use crate::settings::{Section, check_range, is_ed25519_hex};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// The relay's base URL, e.g. `http://relay.example:8080`.
+    /// The relay: its base URL for the HTTP long-poll transport, e.g.
+    /// `http://relay.example:8080`, or `iicp://relay.example:9485` for the
+    /// native IICP framing to its accept port (the reference's workers'
+    /// transport, which every reference relay serves).
     pub url: String,
+    /// For an `iicp://` relay: the base URL consumers reach it at, which
+    /// the directory lists (`{http_url}/v1/relay-for/{id}`); unset, the
+    /// relay's host on the reference's HTTP port 9484. The worker warns
+    /// when the relay names another port at bind.
+    #[serde(default)]
+    pub http_url: Option<String>,
     /// Long polls kept open at once. More than one keeps tasks flowing while
     /// a pull is being answered.
     #[serde(default = "default_pullers")]
@@ -56,6 +65,7 @@ impl WorkerSettings {
     pub fn new(url: String) -> Self {
         Self {
             url,
+            http_url: None,
             pullers: default_pullers(),
             relay_node_id: None,
             backoff_floor_ms: default_backoff_floor_ms(),
@@ -64,9 +74,24 @@ impl WorkerSettings {
         }
     }
 
-    /// The relay URL without a trailing slash.
-    pub fn base_url(&self) -> &str {
-        self.url.trim_end_matches('/')
+    /// `host:port` of an `iicp://` relay (the framed transport).
+    pub fn framed_addr(&self) -> Option<&str> {
+        self.url
+            .strip_prefix("iicp://")
+            .map(|rest| rest.trim_end_matches('/'))
+    }
+
+    /// The relay's HTTP base URL, without a trailing slash: the URL itself,
+    /// or for an `iicp://` relay `http_url` (or its host on port 9484).
+    pub fn base_url(&self) -> String {
+        match (self.framed_addr(), &self.http_url) {
+            (Some(_), Some(http_url)) => http_url.trim_end_matches('/').to_string(),
+            (Some(addr), None) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                format!("http://{host}:{REFERENCE_HTTP_PORT}")
+            }
+            (None, _) => self.url.trim_end_matches('/').to_string(),
+        }
     }
 
     /// `{relay}/v1/relay-for/{worker_id}`: the endpoint this worker
@@ -82,7 +107,20 @@ impl Section for WorkerSettings {
 
     /// Checks the URL and ranges; the error names the field.
     fn validate(&self) -> Result<(), String> {
-        validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?;
+        match self.framed_addr() {
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err()) =>
+            {
+                return Err(format!("url: {:?} must be iicp://host:port", self.url));
+            }
+            Some(_) => {}
+            None => validate_http_url(&self.url).map_err(|e| format!("url: {e}"))?,
+        }
+        if let Some(http_url) = &self.http_url {
+            validate_http_url(http_url).map_err(|e| format!("http_url: {e}"))?;
+        }
         check_range("pullers", self.pullers, &(1..=64))?;
         check_range("backoff_floor_ms", self.backoff_floor_ms, &(10..=60_000))?;
         check_range(
@@ -94,6 +132,9 @@ impl Section for WorkerSettings {
         Ok(())
     }
 }
+
+/// The reference relay's HTTP port when an `iicp://` relay names none.
+pub const REFERENCE_HTTP_PORT: u16 = 9484;
 
 /// The relay role: accept bound workers and forward tasks to them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +188,18 @@ pub struct RelaySettings {
     /// ticket (such workers' ids can be taken by whoever binds first while
     /// their session is dead).
     pub refuse_keyless_binds: bool,
+    /// Port of the native IICP framed accept listener, on the listen
+    /// address's host, where the reference's workers bind
+    /// (`relay_accept_port`, default 9485); 0 turns it off.
+    pub accept_port: u16,
+    /// Connections on the accept port at once, binding or bound; more are
+    /// closed at once.
+    pub max_framed_connections: u32,
+    /// INIT and RELAY_BIND must both arrive within this, in ms.
+    pub handshake_timeout_ms: u64,
+    /// Tasks sent to one framed worker and not yet answered; more wait in
+    /// its queue (never more than `max_tasks_per_session` anyway).
+    pub max_calls_in_flight: u32,
 }
 
 impl Default for RelaySettings {
@@ -170,6 +223,10 @@ impl Default for RelaySettings {
             max_pinned_workers: 16_384,
             pin_expiry_days: 30,
             refuse_keyless_binds: false,
+            accept_port: 9485,
+            max_framed_connections: 512,
+            handshake_timeout_ms: 10_000,
+            max_calls_in_flight: 64,
         }
     }
 }
@@ -230,6 +287,21 @@ impl Section for RelaySettings {
             &(1..=1_000_000),
         )?;
         check_range("pin_expiry_days", self.pin_expiry_days, &(1..=3650))?;
+        check_range(
+            "max_framed_connections",
+            self.max_framed_connections,
+            &(1..=65_536),
+        )?;
+        check_range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            &(100..=120_000),
+        )?;
+        check_range(
+            "max_calls_in_flight",
+            self.max_calls_in_flight,
+            &(1..=100_000),
+        )?;
         match (&self.bind_ticket_key, self.require_bind_ticket) {
             (Some(key), _) if !is_ed25519_hex(key) => Err(format!(
                 "bind_ticket_key must be 64 hex characters (an Ed25519 public key), got {} characters",
@@ -259,6 +331,27 @@ impl RelaySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_iicp_relay_url_picks_the_framed_transport_and_its_http_base() {
+        let mut framed = WorkerSettings::new("iicp://relay.example:9485".into());
+        framed.validate().unwrap();
+        assert_eq!(framed.framed_addr(), Some("relay.example:9485"));
+        assert_eq!(
+            framed.relay_for_endpoint("w-1"),
+            "http://relay.example:9484/v1/relay-for/w-1"
+        );
+        framed.http_url = Some("https://relay.example/".into());
+        assert_eq!(framed.base_url(), "https://relay.example");
+        for bad in [
+            "iicp://relay.example",
+            "iicp://relay.example:x",
+            "tcp://r:1",
+        ] {
+            assert!(WorkerSettings::new(bad.into()).validate().is_err(), "{bad}");
+        }
+        assert_eq!(WorkerSettings::new("http://r:1".into()).framed_addr(), None);
+    }
 
     #[test]
     fn defaults_are_valid_and_errors_name_the_field() {

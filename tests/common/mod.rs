@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod cx;
 pub mod fake_directory;
 pub mod registry;
+pub mod relaying;
 pub mod signing;
 
 /// Builds `plugins/` for wasm32-wasip2 (a no-op when up to date) and returns
@@ -438,4 +439,31 @@ pub fn refused_to_start(command: &mut Command) -> Vec<String> {
     let status = child.wait().unwrap();
     assert!(!status.success(), "exited 0:\n{}", lines.join("\n"));
     lines
+}
+
+/// The python of the PyPI reference package's venv
+/// (`tests/reference-consumer/`), which its `setup.sh` installs on the
+/// first run (`make test` runs it first; python3 with `venv`, and PyPI
+/// access once; never skipped).
+pub fn reference_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-consumer/setup.sh");
+        let output = Command::new(setup)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run tests/reference-consumer/setup.sh");
+        assert!(
+            output.status.success(),
+            "tests/reference-consumer/setup.sh failed (see its error above)"
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
+
+/// Asserts each `(series, value)` of `/metrics` text `text`.
+pub fn assert_metrics(text: &str, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(metric_value(text, series), *value, "{series}");
+    }
 }

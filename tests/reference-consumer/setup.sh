@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the reference consumer (PyPI iicp-client, pinned in
-# requirements.txt) that tests/protocol_rules.rs drives through consumer.py,
-# and prints the python to run it with.
+# requirements.txt) that tests/protocol_rules.rs drives through consumer.py
+# (and tests/relay_framed.rs its relay worker through worker.py), and prints
+# the python to run it with.
 #
 # The venv lives in the tools directory the plugin builds share,
 # ${IICP_TOOLS_DIR:-${XDG_CACHE_HOME:-~/.cache}/iicp-host/tools}/iicp-client-<version>.
@@ -10,14 +11,15 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-pin="$(grep -E '^iicp-client==' "$here/requirements.txt")"
-want="${pin#iicp-client==}"
+pin="$(grep -E '^iicp-client(\[[a-z-]+\])?==' "$here/requirements.txt")"
+want="${pin#*==}"
 tools="${IICP_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/iicp-host/tools}"
 venv="$tools/iicp-client-$want"
 python="$venv/bin/python"
 
+# The iicp-tcp extra (cbor2) is what its relay worker (worker.py) needs.
 installed() {
-    [ "$("$python" -c "import importlib.metadata as m; print(m.version('iicp-client'))" 2>/dev/null)" = "$want" ]
+    [ "$("$python" -c "import cbor2, importlib.metadata as m; print(m.version('iicp-client'))" 2>/dev/null)" = "$want" ]
 }
 
 if ! installed; then

@@ -1,124 +1,179 @@
-//! The report's pictures, drawn from its own figures with `iicp-charts`:
-//! throughput and p99 against concurrency for every case, and the server's
-//! RSS during the nonce flood. They are written beside the Markdown report,
-//! which embeds them by file name.
-//!
-//! `iicp-bench charts REPORT.md` redraws them from a report's own tables
-//! (and adds the links if the report predates them), so a change of style
-//! needs no new run.
+//! The report's pictures, drawn from the results file with `iicp-charts`,
+//! one question each: throughput against concurrency, p99 against
+//! concurrency (the Rust echo's cases and the baselines, harness load), the
+//! interpreter plugins, many plugins per node, and the server's RSS during
+//! the nonce flood. They are written beside the Markdown report, which
+//! embeds them by file name; `iicp-bench render RESULTS.json` redraws them.
 
 use std::path::Path;
 
-use iicp_charts::{render_svg, LineChart, Series};
+use iicp_charts::{render_svg, LineChart, Series, XScale};
 
-use crate::report::{Report, Row};
+use crate::results::{load_key, Results};
 
 /// File names of the pictures, relative to the report.
 const THROUGHPUT: &str = "benchmarks-throughput.svg";
 const P99: &str = "benchmarks-p99.svg";
+const INTERPRETERS: &str = "benchmarks-interpreters.svg";
+const MANY: &str = "benchmarks-many-plugins.svg";
 const FLOOD_RSS: &str = "benchmarks-nonce-flood-rss.svg";
 
-/// One line per case and load generator, in the order they first appear.
-fn by_case(rows: &[Row], value: impl Fn(&Row) -> f64) -> Vec<Series> {
-    let mut series: Vec<Series> = Vec::new();
-    for row in rows {
-        let label = format!("{} [{}]", row.case, row.generator);
-        let point = (row.concurrency as f64, value(row));
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(line) => line.points.push(point),
-            None => series.push(Series::new(label, vec![point])),
-        }
-    }
-    series
+/// The load generator the concurrency charts show (wrk's figures are in the
+/// table); one generator keeps each chart to six lines.
+const CHART_GENERATOR: &str = "harness";
+
+/// One line per case of `cases` under `generator`, `metric` against
+/// concurrency; cases without figures are left out.
+fn by_case(results: &Results, generator: &str, cases: &[&str], metric: &str) -> Vec<Series> {
+    cases
+        .iter()
+        .filter_map(|case| {
+            let points: Vec<(f64, f64)> = (results.layout.points.iter())
+                .filter(|(g, c, _)| g == generator && c == case)
+                .filter_map(|(g, c, conc)| {
+                    Some((*conc as f64, results.get(&load_key(g, c, *conc, metric))?))
+                })
+                .collect();
+            let label = case.strip_prefix("iicp-host ").unwrap_or(case);
+            (!points.is_empty()).then(|| Series::new(label, points))
+        })
+        .collect()
 }
 
-/// The pictures of `report`: (file name, alt text, chart).
-fn charts(report: &Report) -> Vec<(&'static str, &'static str, LineChart)> {
+fn concurrency_chart(title: &str, y_label: &str, series: Vec<Series>) -> LineChart {
+    LineChart {
+        title: title.into(),
+        x_label: "concurrent connections".into(),
+        y_label: y_label.into(),
+        x_scale: XScale::Log2,
+        series,
+    }
+}
+
+/// The pictures of `results`: (file name, alt text, chart).
+fn charts(results: &Results) -> Vec<(&'static str, &'static str, LineChart)> {
     let mut charts = Vec::new();
-    if !report.rows.is_empty() {
+    // The Rust echo's cases and the two baselines; the interpreters have a
+    // chart of their own (their throughput is two orders of magnitude lower).
+    let mut cases = vec!["native", "http-floor"];
+    cases.extend(
+        results
+            .host_cases()
+            .into_iter()
+            .filter(|c| !c.contains("python") && !c.contains("js")),
+    );
+    let throughput = by_case(results, CHART_GENERATOR, &cases, "req_per_s");
+    if !throughput.is_empty() {
         charts.push((
             THROUGHPUT,
             "Throughput against concurrency",
-            LineChart {
-                title: "Throughput against concurrency (best round)".into(),
-                x_label: "concurrent connections".into(),
-                y_label: "tasks per second".into(),
-                log2_x: true,
-                series: by_case(&report.rows, |r| r.rps),
-            },
+            concurrency_chart(
+                "Throughput against concurrency (harness, best round)",
+                "tasks per second",
+                throughput,
+            ),
         ));
         charts.push((
             P99,
             "p99 latency against concurrency",
+            concurrency_chart(
+                "p99 latency against concurrency (harness)",
+                "p99 latency (ms)",
+                by_case(results, CHART_GENERATOR, &cases, "p99_ms"),
+            ),
+        ));
+    }
+    let interpreters = ["iicp-host python-echo", "iicp-host js-echo"];
+    let mut series = Vec::new();
+    for generator in ["harness", "wrk"] {
+        for mut line in by_case(results, generator, &interpreters, "req_per_s") {
+            line.label = format!("{} [{generator}]", line.label);
+            series.push(line);
+        }
+    }
+    if !series.is_empty() {
+        charts.push((
+            INTERPRETERS,
+            "Interpreter plugins: throughput at 1 and 16 connections",
+            concurrency_chart(
+                "Python and JS echo over HTTP, fresh instance per task",
+                "tasks per second",
+                series,
+            ),
+        ));
+    }
+    let mut many = Vec::new();
+    let mut artifacts: Vec<&str> = Vec::new();
+    for (artifact, _) in &results.layout.many {
+        if !artifacts.contains(&artifact.as_str()) {
+            artifacts.push(artifact);
+        }
+    }
+    for artifact in artifacts {
+        for (layout, label) in [("plugin_dir", "plugin dir"), ("one_file", "one file")] {
+            let points: Vec<(f64, f64)> = (results.layout.many.iter())
+                .filter(|(a, _)| a == artifact)
+                .filter_map(|(a, n)| {
+                    Some((
+                        *n as f64,
+                        results.get(&format!("many/{a}/{n}/reload_{layout}_ms"))?,
+                    ))
+                })
+                .collect();
+            if !points.is_empty() {
+                many.push(Series::new(format!("{artifact}, {label}"), points));
+            }
+        }
+    }
+    if !many.is_empty() {
+        charts.push((
+            MANY,
+            "Reload of one plugin against plugins per node",
             LineChart {
-                title: "p99 latency against concurrency".into(),
-                x_label: "concurrent connections".into(),
-                y_label: "p99 latency (ms)".into(),
-                log2_x: true,
-                series: by_case(&report.rows, |r| r.p99_ms),
+                title: "Reload of one plugin among N".into(),
+                x_label: "plugins per node (N)".into(),
+                y_label: "reload (ms)".into(),
+                x_scale: XScale::Log10,
+                series: many,
             },
         ));
     }
-    if let Some((_, samples)) = &report.flood {
-        if !samples.is_empty() {
-            charts.push((
-                FLOOD_RSS,
-                "iicp-host RSS during the nonce flood",
-                LineChart {
-                    title: "iicp-host RSS during the nonce flood".into(),
-                    x_label: "seconds".into(),
-                    y_label: "RSS (MiB)".into(),
-                    log2_x: false,
-                    series: vec![Series::new(
-                        "iicp-host",
-                        samples
-                            .iter()
-                            .map(|(s, kib)| (*s as f64, *kib as f64 / 1024.0))
-                            .collect(),
-                    )],
-                },
-            ));
-        }
+    let flood = results.flood_rss();
+    if !flood.is_empty() {
+        charts.push((
+            FLOOD_RSS,
+            "iicp-host RSS during the nonce flood",
+            LineChart {
+                title: "iicp-host RSS during the nonce flood".into(),
+                x_label: "seconds".into(),
+                y_label: "RSS (MiB)".into(),
+                x_scale: XScale::Linear,
+                series: vec![Series::new(
+                    "iicp-host",
+                    flood.iter().map(|(s, mib)| (*s as f64, *mib)).collect(),
+                )],
+            },
+        ));
     }
     charts
 }
 
 /// The Markdown that embeds the pictures.
-pub fn markdown(report: &Report) -> String {
+pub fn markdown(results: &Results) -> String {
     let mut out = String::from("## Charts\n\n");
-    for (file, alt, _) in charts(report) {
+    for (file, alt, _) in charts(results) {
         out.push_str(&format!("![{alt}]({file})\n\n"));
     }
     out
 }
 
 /// Draws the pictures into `dir`.
-pub fn write(report: &Report, dir: &Path) -> Result<(), String> {
-    for (file, _, chart) in charts(report) {
+pub fn write(results: &Results, dir: &Path) -> Result<(), String> {
+    for (file, _, chart) in charts(results) {
         let svg = render_svg(&chart)?;
         let path = dir.join(file);
         std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("chart written to {}", path.display());
-    }
-    Ok(())
-}
-
-/// `iicp-bench charts REPORT.md`: redraws the pictures from the report's
-/// throughput table and flood line; adds the links when missing.
-pub fn redraw(path: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let report = Report::from_markdown(&text);
-    if report.rows.is_empty() {
-        return Err(format!("{}: no throughput table", path.display()));
-    }
-    write(&report, path.parent().unwrap_or(Path::new(".")))?;
-    if !text.contains("## Charts") {
-        let with_links = text.replacen(
-            "## Ratios against native",
-            &format!("{}## Ratios against native", markdown(&report)),
-            1,
-        );
-        std::fs::write(path, with_links).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -13,19 +13,22 @@
 //!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
+mod llm;
 mod load;
 mod many;
 mod process;
 mod relay;
 mod report;
+mod results;
 mod wrk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use load::{LoadResult, LoadSpec, Variant};
 use process::{Server, ServerKind};
-use report::{Report, Row};
+use report::{Flood, Report, Row};
+use results::Results;
 
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
 /// Concurrencies for the interpreter plugins over HTTP: one connection and
@@ -83,12 +86,20 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
-     iicp-bench charts REPORT.md";
+     iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
+     [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
+     iicp-bench render RESULTS.json [REPORT.md]\n       \
+     iicp-bench import REPORT.md COMMIT [RESULTS.json]";
 
 /// Prints `problem` and the usage, then exits with status 2.
 fn usage_error(problem: &str) -> ! {
     eprintln!("iicp-bench: {problem}\n{USAGE}");
     std::process::exit(2)
+}
+
+/// Whether any of the required `paths` was not given.
+pub fn any_missing(paths: &[&PathBuf]) -> bool {
+    paths.iter().any(|p| p.as_os_str().is_empty())
 }
 
 fn parse_options() -> Options {
@@ -135,15 +146,12 @@ fn parse_options() -> Options {
             other => usage_error(&format!("unknown argument {other}")),
         }
     }
-    if [
+    if any_missing(&[
         &options.host,
         &options.plugin,
         &options.native,
         &options.floor,
-    ]
-    .iter()
-    .any(|p| p.as_os_str().is_empty())
-    {
+    ]) {
         usage_error("--host, --plugin, --native and --floor are required");
     }
     options
@@ -422,13 +430,32 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
-        Some("charts") => {
-            let report = std::env::args()
-                .nth(2)
-                .unwrap_or_else(|| usage_error("charts needs REPORT.md"));
-            if let Err(error) = charts::redraw(std::path::Path::new(&report)) {
+        Some("llm") => return llm::run(std::env::args().skip(2)).await,
+        Some("render") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let [results, rest @ ..] = &args[..] else {
+                usage_error("render needs RESULTS.json");
+            };
+            let report = rest.first().map_or("docs/benchmarks.md", String::as_str);
+            if let Err(error) = publish(Path::new(results), Path::new(report)) {
                 usage_error(&error);
             }
+            return;
+        }
+        Some("import") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let [report, commit, rest @ ..] = &args[..] else {
+                usage_error("import needs REPORT.md and the COMMIT it measured");
+            };
+            let text = std::fs::read_to_string(report)
+                .unwrap_or_else(|e| usage_error(&format!("{report}: {e}")));
+            let results = Results::import_markdown(&text, report, commit)
+                .unwrap_or_else(|e| usage_error(&format!("{report}: {e}")));
+            let out = rest
+                .first()
+                .map_or_else(|| results_path(Path::new(report), &results), PathBuf::from);
+            write_results(&results, &out).unwrap_or_else(|e| usage_error(&e));
+            println!("results written to {}", out.display());
             return;
         }
         _ => {}
@@ -558,7 +585,7 @@ async fn main() {
         println!("{}", row.line());
     }
     println!();
-    for line in report.ratio_lines() {
+    for line in Results::from_report(&report, report.run()).ratio_lines() {
         println!("{line}");
     }
 
@@ -589,13 +616,7 @@ async fn main() {
         Duration::from_secs(60)
     };
     let (flood_result, samples) = nonce_flood(&host(vec![]), flood, Duration::from_secs(5)).await;
-    report.flood = Some((flood_result, samples));
-    for line in report.flood_lines() {
-        println!("{line}");
-    }
-    if let Some(line) = report.memory_line() {
-        println!("{line}");
-    }
+    report.flood = Some(Flood::new(&flood_result, samples));
     println!();
     let mut artifacts = vec![("echo", options.plugin.clone())];
     if let Some(python) = &options.python_plugin {
@@ -605,24 +626,30 @@ async fn main() {
         for plugins in MANY_PLUGINS {
             match many::measure(&options.host, plugin, name, &cache_dir, plugins).await {
                 Some(row) => {
-                    println!("{}", report::many_line(&row));
+                    println!("many plugins: {name} N={plugins}: measured");
                     report.many.push(row);
                 }
                 None => println!("many plugins: {name} N={plugins}: did not serve or reload"),
             }
         }
     }
-    for line in report.many_summary_lines() {
-        println!("{line}");
-    }
     if let Some(path) = &options.sandbox_report {
         report.sandbox = std::fs::read_to_string(path).unwrap_or_default();
     }
+    let results = Results::from_report(&report, report.run());
+    for line in results
+        .memory_line()
+        .into_iter()
+        .chain(results.flood_lines())
+        .chain(results.many_lines())
+    {
+        println!("{line}");
+    }
     if let Some(path) = &options.report {
-        std::fs::write(path, report.markdown()).expect("write report");
-        println!("report written to {}", path.display());
-        charts::write(&report, path.parent().unwrap_or(std::path::Path::new(".")))
-            .expect("write charts");
+        let out = results_path(path, &results);
+        write_results(&results, &out).expect("write results");
+        println!("results written to {}", out.display());
+        publish(&out, path).expect("write report");
     }
     if options.cache_dir.is_none() {
         process::remove_dir(&cache_dir);
@@ -630,5 +657,50 @@ async fn main() {
     if let Some(dir) = floor_body.parent() {
         process::remove_dir(dir);
     }
-    println!("{}", report.summary_line());
+    println!("{}", results.summary_line());
+}
+
+/// `docs/results/benchmarks-<date>-<time>.json` beside `report`'s directory.
+fn results_path(report: &Path, results: &Results) -> PathBuf {
+    report
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("results")
+        .join(iicp_run_info::results_file_name(
+            "benchmarks",
+            &results.run.date,
+        ))
+}
+
+fn write_results(results: &Results, path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `report` and its charts from the results file at `results_file`
+/// (read back, so the page shows what the file holds).
+fn publish(results_file: &Path, report: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(results_file)
+        .map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let stored: Results =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let dir = report.parent().unwrap_or(Path::new("."));
+    let link = pathdiff(results_file, dir);
+    std::fs::write(report, stored.markdown(&link))
+        .map_err(|e| format!("{}: {e}", report.display()))?;
+    println!("report written to {}", report.display());
+    charts::write(&stored, dir)
+}
+
+/// `file` relative to `dir` when it lies under it, else as given.
+fn pathdiff(file: &Path, dir: &Path) -> String {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (file, dir) = (absolute(file), absolute(dir));
+    file.strip_prefix(&dir)
+        .unwrap_or(&file)
+        .display()
+        .to_string()
 }

@@ -32,6 +32,18 @@ pub enum ServerKind {
         admin: SocketAddr,
         token: (String, String),
     },
+    /// The native reference with its LLM-gateway handler, forwarding to
+    /// the OpenAI-compatible backend at `backend` (a base URL).
+    NativeGateway { binary: PathBuf, backend: String },
+    /// The mock model backend, answering after `latency_ms`.
+    MockLlm { binary: PathBuf, latency_ms: u64 },
+    /// iicp-host with a configuration file and extra flags.
+    HostFile {
+        binary: PathBuf,
+        config: PathBuf,
+        cache_dir: PathBuf,
+        extra: Vec<String>,
+    },
     /// iicp-host with a plugin and extra flags.
     Host {
         binary: PathBuf,
@@ -39,6 +51,17 @@ pub enum ServerKind {
         cache_dir: PathBuf,
         extra: Vec<String>,
     },
+}
+
+/// `iicp-host run --config CONFIG --listen ADDR --cache-dir DIR`.
+fn host_with_config(binary: &Path, config: &Path, addr: SocketAddr, cache_dir: &Path) -> Command {
+    let mut c = Command::new(binary);
+    c.args(["run", "--config"])
+        .arg(config)
+        .args(["--listen", &addr.to_string()])
+        .arg("--cache-dir")
+        .arg(cache_dir);
+    c
 }
 
 pub fn free_port() -> u16 {
@@ -58,6 +81,29 @@ impl Server {
                 c.arg(addr.to_string()).arg(max_concurrent.to_string());
                 c
             }
+            ServerKind::NativeGateway { binary, backend } => {
+                let mut c = Command::new(binary);
+                c.arg(addr.to_string())
+                    .arg(max_concurrent.to_string())
+                    .arg(backend)
+                    .arg(crate::llm::MODEL);
+                c
+            }
+            ServerKind::MockLlm { binary, latency_ms } => {
+                let mut c = Command::new(binary);
+                c.arg(addr.to_string()).arg(latency_ms.to_string());
+                c
+            }
+            ServerKind::HostFile {
+                binary,
+                config,
+                cache_dir,
+                extra,
+            } => {
+                let mut c = host_with_config(binary, config, addr, cache_dir);
+                c.args(extra);
+                c
+            }
             ServerKind::HostConfig {
                 binary,
                 config,
@@ -65,13 +111,8 @@ impl Server {
                 admin,
                 token,
             } => {
-                let mut c = Command::new(binary);
-                c.args(["run", "--config"])
-                    .arg(config)
-                    .args(["--listen", &addr.to_string()])
-                    .args(["--admin-listen", &admin.to_string()])
-                    .arg("--cache-dir")
-                    .arg(cache_dir)
+                let mut c = host_with_config(binary, config, addr, cache_dir);
+                c.args(["--admin-listen", &admin.to_string()])
                     .env(&token.0, &token.1);
                 c
             }
@@ -175,6 +216,18 @@ impl Server {
         Some(response[body_start..].to_vec())
     }
 
+    /// Whether the server accepts connections yet.
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.exited() {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
     /// One chat task to `path` on a fresh connection: the whole response if
     /// it is a 200.
     async fn answer(&self, path: &str) -> Option<Vec<u8>> {
@@ -209,6 +262,18 @@ fn status_kib(pid: u32, field: &str) -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+/// `GET path` from `addr` on a fresh connection: the body of a 200 answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut response = Vec::new();
+    stream.write_all(request.as_bytes()).await.ok()?;
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8(response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Peak resident set (VmHWM) in KiB.

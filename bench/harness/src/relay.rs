@@ -1,20 +1,23 @@
 //! `iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]`: what serving
 //! through a relay costs, against the direct path, on loopback.
 //!
-//! Three iicp-host processes: a direct node, a relay (`--relay-capable`)
-//! and a worker bound to it (`--relay`). The same closed-loop load goes to
-//! the direct node's `/v1/task` and to the relay's
-//! `/v1/relay-for/<worker>/v1/task`, at concurrency 1, 16 and 64, in
-//! alternating order over several rounds; each point keeps its best round
-//! by throughput. Printed per point: requests/s, p50, p99, and the relayed /
-//! direct ratios plus the added p50/p99 in ms. The relayed path pays two
-//! extra HTTP hops (consumer → relay, relay → worker by long poll, worker →
-//! relay with the answer) and two processes share the cores the direct node
-//! has to itself, so this is the whole cost on one machine. Then a fixed
-//! number of tasks at c=16 each way gives the CPU time per task the serving
-//! processes spent (direct node; relay + worker), from `/proc/PID/stat`:
-//! a figure a busy machine moves much less than latency. Last line:
-//! `relay_p50_ratio=<max over points> relay_p99_ratio=<max over points>`.
+//! Four iicp-host processes: a direct node, a relay (`--relay-capable`),
+//! a worker bound to it by HTTP long poll (`--relay http://…`) and one
+//! bound over the native IICP framing (`--relay iicp://…`, the reference
+//! workers' transport). The same closed-loop load goes to the direct
+//! node's `/v1/task` and to the relay's `/v1/relay-for/<worker>/v1/task`
+//! for each worker, at concurrency 1, 16 and 64, in rotating order over
+//! several rounds; each point keeps its best round by throughput. Printed
+//! per point: requests/s, p50, p99, and each relayed path's ratios to the
+//! direct one plus the added p50/p99 in ms. A relayed path pays extra hops
+//! (consumer → relay, relay → worker by long poll or CALL frame, worker →
+//! relay with the answer) and three processes share the cores the direct
+//! node has to itself, so this is the whole cost on one machine. Then a
+//! fixed number of tasks at c=16 each way gives the CPU time per task the
+//! serving processes spent (direct node; relay + worker), from
+//! `/proc/PID/stat`: a figure a busy machine moves much less than latency.
+//! Last line: `relay_p50_ratio=<max over points> relay_p99_ratio=<max>`
+//! (long poll) `framed_p50_ratio=<max> framed_p99_ratio=<max>`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,11 +29,21 @@ use crate::usage_error;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const MAX_CONCURRENT: u32 = 256;
 const WORKER_ID: &str = "bench-worker";
+const FRAMED_WORKER_ID: &str = "bench-worker-framed";
+/// The paths measured, by name.
+const PATHS: [&str; 3] = ["direct", "longpoll", "framed"];
 
 struct Point {
-    relayed: bool,
+    path: usize,
     concurrency: usize,
     result: LoadResult,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 fn line(name: &str, concurrency: usize, result: &LoadResult) -> String {
@@ -75,30 +88,49 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         .wait_first_success(Instant::now(), Duration::from_secs(120))
         .await
         .expect("the direct node did not start");
-    let relay = Server::spawn(&node(vec!["--relay-capable".into()]), MAX_CONCURRENT);
-    let worker_args = vec![
-        "--relay".into(),
-        format!("http://{}", relay.addr),
-        "--node-id".into(),
-        WORKER_ID.into(),
+    let accept_port = free_port();
+    let relay_args = vec![
+        "--relay-capable".into(),
+        "--relay-accept-port".into(),
+        accept_port.to_string(),
     ];
-    let worker = Server::spawn(&node(worker_args), MAX_CONCURRENT);
+    let relay = Server::spawn(&node(relay_args), MAX_CONCURRENT);
+    let worker_args =
+        |url: String, id: &str| vec!["--relay".into(), url, "--node-id".into(), id.into()];
+    let worker = Server::spawn(
+        &node(worker_args(format!("http://{}", relay.addr), WORKER_ID)),
+        MAX_CONCURRENT,
+    );
+    let framed_worker = Server::spawn(
+        &node(worker_args(
+            format!("iicp://127.0.0.1:{accept_port}"),
+            FRAMED_WORKER_ID,
+        )),
+        MAX_CONCURRENT,
+    );
     let relayed_path = format!("/v1/relay-for/{WORKER_ID}/v1/task");
-    relay
-        .wait_first_success_on(&relayed_path, Instant::now(), Duration::from_secs(120))
-        .await
-        .expect("the worker did not serve through the relay");
+    let framed_path = format!("/v1/relay-for/{FRAMED_WORKER_ID}/v1/task");
+    for path in [&relayed_path, &framed_path] {
+        relay
+            .wait_first_success_on(path, Instant::now(), Duration::from_secs(120))
+            .await
+            .expect("a worker did not serve through the relay");
+    }
+    let targets = [
+        (&direct, "/v1/task"),
+        (&relay, relayed_path.as_str()),
+        (&relay, framed_path.as_str()),
+    ];
 
-    println!("relay overhead on loopback: direct node vs relay + worker, best of {rounds} rounds");
+    println!(
+        "relay overhead on loopback: direct node vs relay + worker (long poll, framed), best of {rounds} rounds"
+    );
     let mut best: Vec<Point> = Vec::new();
     for concurrency in CONCURRENCY {
         for round in 0..rounds {
-            let mut order = [(false, &direct), (true, &relay)];
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for (relayed, server) in order {
-                let path = if relayed { &relayed_path } else { "/v1/task" };
+            for step in 0..PATHS.len() {
+                let which = (step + round) % PATHS.len();
+                let (server, path) = targets[which];
                 let result = load::run(LoadSpec {
                     addr: server.addr,
                     path: path.to_string(),
@@ -109,20 +141,19 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
                     variant: Variant::Plain,
                 })
                 .await;
-                let name = if relayed { "relayed" } else { "direct" };
                 println!(
                     "{}   (round {})",
-                    line(name, concurrency, &result),
+                    line(PATHS[which], concurrency, &result),
                     round + 1
                 );
                 match best
                     .iter_mut()
-                    .find(|p| p.relayed == relayed && p.concurrency == concurrency)
+                    .find(|p| p.path == which && p.concurrency == concurrency)
                 {
                     Some(kept) if kept.result.rps() >= result.rps() => {}
                     Some(kept) => kept.result = result,
                     None => best.push(Point {
-                        relayed,
+                        path: which,
                         concurrency,
                         result,
                     }),
@@ -131,44 +162,55 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         }
     }
     println!("\nbest per point, relayed against direct:");
-    let (mut worst_p50, mut worst_p99) = (0.0f64, 0.0f64);
+    let mut worst = [[0.0f64; 2]; PATHS.len()];
     for concurrency in CONCURRENCY {
-        let pick = |relayed: bool| {
+        let pick = |path: usize| {
             best.iter()
-                .find(|p| p.relayed == relayed && p.concurrency == concurrency)
+                .find(|p| p.path == path && p.concurrency == concurrency)
                 .map(|p| &p.result)
                 .expect("measured")
         };
-        let (d, r) = (pick(false), pick(true));
-        let p50 = r.latency_ms(0.50) / d.latency_ms(0.50);
-        let p99 = r.latency_ms(0.99) / d.latency_ms(0.99);
-        worst_p50 = worst_p50.max(p50);
-        worst_p99 = worst_p99.max(p99);
-        println!("{}", line("direct", concurrency, d));
-        println!("{}", line("relayed", concurrency, r));
-        println!(
-            "c={concurrency:<3} relayed/direct: p50 x{p50:.2} (+{:.3} ms), p99 x{p99:.2} (+{:.3} ms), throughput x{:.2}",
-            r.latency_ms(0.50) - d.latency_ms(0.50),
-            r.latency_ms(0.99) - d.latency_ms(0.99),
-            r.rps() / d.rps()
-        );
+        let d = pick(0);
+        println!("{}", line(PATHS[0], concurrency, d));
+        for (path, worst) in worst.iter_mut().enumerate().skip(1) {
+            let r = pick(path);
+            let p50 = r.latency_ms(0.50) / d.latency_ms(0.50);
+            let p99 = r.latency_ms(0.99) / d.latency_ms(0.99);
+            worst[0] = worst[0].max(p50);
+            worst[1] = worst[1].max(p99);
+            println!("{}", line(PATHS[path], concurrency, r));
+            println!(
+                "c={concurrency:<3} {}/direct: p50 x{p50:.2} (+{:.3} ms), p99 x{p99:.2} (+{:.3} ms), throughput x{:.2}",
+                PATHS[path],
+                r.latency_ms(0.50) - d.latency_ms(0.50),
+                r.latency_ms(0.99) - d.latency_ms(0.99),
+                r.rps() / d.rps()
+            );
+        }
     }
     println!("\nCPU per task at c=16, {cpu_tasks} tasks each way (user + system time of the serving processes):");
     let direct_cpu = cpu_per_task(&[&direct], "/v1/task", &direct, cpu_tasks).await;
-    let relayed_cpu = cpu_per_task(&[&relay, &worker], &relayed_path, &relay, cpu_tasks).await;
     println!("direct   {:>7.1} us (the node)", direct_cpu[0]);
-    println!(
-        "relayed  {:>7.1} us (relay {:.1} + worker {:.1}), x{:.2}",
-        relayed_cpu[0] + relayed_cpu[1],
-        relayed_cpu[0],
-        relayed_cpu[1],
-        (relayed_cpu[0] + relayed_cpu[1]) / direct_cpu[0]
-    );
-    drop((worker, relay, direct));
+    for (name, worker, path) in [
+        ("longpoll", &worker, &relayed_path),
+        ("framed", &framed_worker, &framed_path),
+    ] {
+        let cpu = cpu_per_task(&[&relay, worker], path, &relay, cpu_tasks).await;
+        println!(
+            "{name:<8} {:>7.1} us (relay {:.1} + worker {:.1}), x{:.2}",
+            cpu[0] + cpu[1],
+            cpu[0],
+            cpu[1],
+            (cpu[0] + cpu[1]) / direct_cpu[0]
+        );
+    }
+    drop((framed_worker, worker, relay, direct));
     process::remove_dir(&cache_dir);
-    println!("relay_p50_ratio={worst_p50:.3} relay_p99_ratio={worst_p99:.3}");
+    println!(
+        "relay_p50_ratio={:.3} relay_p99_ratio={:.3} framed_p50_ratio={:.3} framed_p99_ratio={:.3}",
+        worst[1][0], worst[1][1], worst[2][0], worst[2][1]
+    );
 }
-
 /// Sends `tasks` tasks to `path` at `target` (c=16, bounded by a minute);
 /// returns the CPU time per answered task each of `servers` spent, in µs.
 async fn cpu_per_task(servers: &[&Server], path: &str, target: &Server, tasks: u64) -> Vec<f64> {

@@ -15,8 +15,8 @@
 //! charged that to the task's host budget when created), a request body is
 //! collected only up to what is left of the budget, at most `max_in_flight`
 //! requests of a task are on the wire at once, and a plugin keeps at most
-//! [`IDLE_CONNECTIONS_PER_HOST`] idle connections per destination, for
-//! [`IDLE_CONNECTION_TIMEOUT`]. Name lookups take a node-wide permit
+//! `max_idle_connections` ([`DEFAULT_IDLE_CONNECTIONS_PER_HOST`]) idle
+//! connections per destination, for [`IDLE_CONNECTION_TIMEOUT`]. Name lookups take a node-wide permit
 //! ([`super::dns`]), so slow names cannot tie up the blocking pool.
 
 use std::future::Future;
@@ -44,8 +44,11 @@ pub const OUTGOING_BODY_BUFFER_BYTES: usize =
     (OUTGOING_BODY_BUFFER_CHUNKS + 1) * OUTGOING_BODY_CHUNK_BYTES;
 /// Default requests of one task on the wire at once.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
-/// Idle keep-alive connections kept per destination, per plugin.
-const IDLE_CONNECTIONS_PER_HOST: usize = 4;
+/// Default idle keep-alive connections kept per destination, per plugin.
+pub const DEFAULT_IDLE_CONNECTIONS_PER_HOST: u32 = 4;
+/// Bounds on `max_idle_connections`: none kept at all, up to the most tasks
+/// a node runs at once.
+pub const IDLE_CONNECTIONS_RANGE: std::ops::RangeInclusive<u32> = 0..=4096;
 /// How long an idle keep-alive connection is kept.
 const IDLE_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -60,6 +63,11 @@ pub struct HttpSettings {
     pub max_response_bytes: usize,
     /// Requests of one task on the wire at once (0: the default).
     pub max_in_flight: u32,
+    /// Idle keep-alive connections kept per destination across the
+    /// plugin's tasks (None: [`DEFAULT_IDLE_CONNECTIONS_PER_HOST`]). A
+    /// gateway whose tasks all call one backend wants about as many as it
+    /// runs tasks at once, or most tasks open a new connection.
+    pub max_idle_connections: Option<u32>,
 }
 
 /// Default response cap.
@@ -412,11 +420,14 @@ impl HttpPolicy {
             .map(|p| AllowRule::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
         // Idle keep-alive connections are file descriptors the plugin left
-        // behind: a few per destination, closed soon, so a plugin allowed a
-        // wildcard port cannot pile them up across its tasks.
+        // behind: a bounded number per destination, closed soon, so a plugin
+        // allowed a wildcard port cannot pile them up across its tasks.
+        let idle = settings
+            .max_idle_connections
+            .unwrap_or(DEFAULT_IDLE_CONNECTIONS_PER_HOST);
         let client = reqwest::Client::builder()
             .no_proxy()
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+            .pool_max_idle_per_host(idle as usize)
             .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(PolicyResolver::with_lookups(

@@ -25,10 +25,13 @@
 //! * At shutdown the pulls stop, running tasks finish (within the drain
 //!   bound) and post their answers, then the worker unbinds.
 
+mod framed;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -94,22 +97,28 @@ impl WorkerHandle {
     }
 }
 
-struct Worker {
-    parts: WorkerParts,
+pub(super) struct Worker {
+    pub(super) parts: WorkerParts,
     http: reqwest::Client,
-    metrics: RelayMetrics,
-    running: Arc<Semaphore>,
-    slots: u32,
-    stop: watch::Receiver<bool>,
+    pub(super) metrics: RelayMetrics,
+    pub(super) running: Arc<Semaphore>,
+    pub(super) slots: u32,
+    pub(super) stop: watch::Receiver<bool>,
 }
 
-/// A bound session.
+/// A bound long-poll session.
 struct Bound {
     token: String,
     poll_timeout: Duration,
 }
 
-enum BindError {
+/// A bound session of either transport.
+enum Session {
+    LongPoll(Bound),
+    Framed(framed::Connection),
+}
+
+pub(super) enum BindError {
     /// The relay wants a (fresh) ticket.
     TicketNeeded,
     /// Refused or unreachable; wait this long at least.
@@ -117,7 +126,7 @@ enum BindError {
 }
 
 /// Why a session stopped serving.
-enum SessionEnd {
+pub(super) enum SessionEnd {
     Lost,
     Stopping,
 }
@@ -146,7 +155,7 @@ pub fn start(parts: WorkerParts) -> Result<WorkerHandle, String> {
 }
 
 /// Exponential backoff with jitter and a floor.
-struct Backoff {
+pub(super) struct Backoff {
     floor: Duration,
     max: Duration,
     next: Duration,
@@ -162,7 +171,7 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.next = self.floor;
     }
 
@@ -183,11 +192,11 @@ impl Worker {
         format!("{}{path}", self.parts.settings.base_url())
     }
 
-    fn call_timeout(&self) -> Duration {
+    pub(super) fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.parts.settings.call_timeout_ms)
     }
 
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
 
@@ -206,7 +215,16 @@ impl Worker {
         let mut lost_at: Option<Instant> = None;
         let relay = self.parts.settings.base_url().to_string();
         while !self.stopping() {
-            match self.bind(ticket_needed).await {
+            let bound = match self.parts.settings.framed_addr() {
+                Some(addr) => match self.bind_request(ticket_needed).await {
+                    Ok(request) => framed::bind(&self, addr, &request)
+                        .await
+                        .map(Session::Framed),
+                    Err(error) => Err(error),
+                },
+                None => self.bind(ticket_needed).await.map(Session::LongPoll),
+            };
+            match bound {
                 Ok(bound) => {
                     self.metrics.worker_binds.with_label_values(&["ok"]).inc();
                     self.metrics.worker_bound.set(1);
@@ -220,13 +238,23 @@ impl Worker {
                         }
                         None => tracing::info!(%relay, "bound to the relay"),
                     }
-                    let end = self.serve(&bound, &mut backoff).await;
-                    self.metrics.worker_bound.set(0);
-                    match end {
-                        SessionEnd::Stopping => {
-                            self.finish(&bound).await;
-                            return;
+                    let end = match bound {
+                        Session::LongPoll(bound) => {
+                            let end = self.serve(&bound, &mut backoff).await;
+                            self.metrics.worker_bound.set(0);
+                            if matches!(end, SessionEnd::Stopping) {
+                                self.finish(&bound).await;
+                            }
+                            end
                         }
+                        Session::Framed(connection) => {
+                            let end = framed::serve(&self, connection, &mut backoff).await;
+                            self.metrics.worker_bound.set(0);
+                            end
+                        }
+                    };
+                    match end {
+                        SessionEnd::Stopping => return,
                         SessionEnd::Lost => {
                             tracing::warn!(%relay, "lost the relay session; binding again");
                             lost_at = Some(Instant::now());
@@ -258,7 +286,8 @@ impl Worker {
         }
     }
 
-    async fn bind(&self, with_ticket: bool) -> Result<Bound, BindError> {
+    /// What this worker binds with, on either transport.
+    async fn bind_request(&self, with_ticket: bool) -> Result<BindRequest, BindError> {
         let parts = &self.parts;
         let bind_ticket = if with_ticket {
             Some(self.fetch_ticket().await?)
@@ -266,7 +295,7 @@ impl Worker {
             None
         };
         let capabilities = parts.state.plugins.load();
-        let request = BindRequest {
+        Ok(BindRequest {
             worker_id: parts.worker_id.clone(),
             intent: capabilities
                 .intents()
@@ -281,7 +310,11 @@ impl Worker {
                 .collect(),
             bind_ticket,
             rebind_key: Some(parts.rebind_key.clone()),
-        };
+        })
+    }
+
+    async fn bind(&self, with_ticket: bool) -> Result<Bound, BindError> {
+        let request = self.bind_request(with_ticket).await?;
         let response = self
             .http
             .post(self.url("/v1/relay/bind"))
@@ -438,34 +471,62 @@ impl Worker {
         }
     }
 
-    /// Serves `call` exactly as a direct task and posts the response.
-    async fn answer(&self, call: PulledCall, token: &str) {
-        // The budget runs from the relay's receipt of the task.
-        let waited = Duration::from_millis(call.elapsed_ms.unwrap_or(0).min(300_000));
+    /// Serves a relayed task exactly as a direct one (its budget running
+    /// from the relay's receipt, `waited_ms` ago): the response's status,
+    /// forwarded headers and JSON body, or `None` when it cannot be passed on.
+    pub(super) async fn run_task(
+        &self,
+        task: Vec<u8>,
+        forwarded: &BTreeMap<String, String>,
+        waited_ms: Option<u64>,
+    ) -> Option<(StatusCode, BTreeMap<String, String>, Bytes)> {
+        let waited = Duration::from_millis(waited_ms.unwrap_or(0).min(300_000));
         let received = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
-        let mut headers = header_map(&call.headers, FORWARDED_REQUEST_HEADERS);
+        let mut headers = header_map(forwarded, FORWARDED_REQUEST_HEADERS);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let body = Body::from(call.task.get().to_owned());
-        let response = serve_task(&self.parts.state, &headers, body, received, None).await;
+        let response = serve_task(
+            &self.parts.state,
+            &headers,
+            Body::from(task),
+            received,
+            None,
+        )
+        .await;
         let status = response.status();
         let response_headers = pick_headers(response.headers(), FORWARDED_RESPONSE_HEADERS);
-        let bytes = match response.into_body().collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return self.lost("the response could not be read"),
+        let Ok(collected) = response.into_body().collect().await else {
+            self.lost("the response could not be read");
+            return None;
+        };
+        let bytes = collected.to_bytes();
+        if serde_json::from_slice::<&RawValue>(&bytes).is_err() {
+            self.lost("the response is not JSON");
+            return None;
+        }
+        Some((status, response_headers, bytes))
+    }
+
+    /// Serves `call` and posts the response.
+    async fn answer(&self, call: PulledCall, token: &str) {
+        let task = call.task.get().as_bytes().to_vec();
+        let Some((status, headers, bytes)) =
+            self.run_task(task, &call.headers, call.elapsed_ms).await
+        else {
+            return;
         };
         let Ok(result) = serde_json::from_slice::<&RawValue>(&bytes) else {
-            return self.lost("the response is not JSON");
+            return;
         };
         let post = ResultPost {
             call_id: call.call_id,
             result,
             http_status: Some(status.as_u16()),
-            headers: response_headers,
+            headers,
         };
         let sent = self
             .http
@@ -477,18 +538,20 @@ impl Worker {
             .send()
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => {
-                self.metrics
-                    .worker_tasks
-                    .with_label_values(&["answered"])
-                    .inc();
-            }
+            Ok(response) if response.status().is_success() => self.answered(),
             Ok(response) => self.lost(&format!("the relay answered HTTP {}", response.status())),
             Err(error) => self.lost(&describe(&error)),
         }
     }
 
-    fn lost(&self, why: &str) {
+    pub(super) fn answered(&self) {
+        self.metrics
+            .worker_tasks
+            .with_label_values(&["answered"])
+            .inc();
+    }
+
+    pub(super) fn lost(&self, why: &str) {
         self.metrics
             .worker_tasks
             .with_label_values(&["answer_lost"])
@@ -535,7 +598,7 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(bytes)
 }
 
-fn describe(error: &reqwest::Error) -> String {
+pub(super) fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".to_string()
     } else if error.is_connect() {
