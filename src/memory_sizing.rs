@@ -567,7 +567,7 @@ impl Part for MemoryMetrics {
             worst_case: gauge(
                 r,
                 "iicp_memory_worst_case_bytes",
-                "The most memory this configuration lets the node hold (README, Memory bounds).",
+                "The most memory this configuration lets the node hold (docs/memory.md, Memory bounds).",
             ),
             limit: gauge(
                 r,
@@ -577,7 +577,7 @@ impl Part for MemoryMetrics {
             setting: gauge_vec(
                 r,
                 "iicp_memory_setting",
-                "Memory-driven settings in force, sized to the memory or given (README, What machine it needs).",
+                "Memory-driven settings in force, sized to the memory or given (docs/memory.md, What machine it needs).",
                 &["setting"],
             ),
         }
@@ -640,7 +640,7 @@ mod tests {
 
     #[test]
     fn the_readme_table_of_sized_defaults_holds() {
-        // README, "What machine it needs": memory → slots, task memory in
+        // docs/memory.md, "What machine it needs": memory → slots, task memory in
         // MiB, connections, unsent answers in MiB, keep-resident in KiB,
         // nonces, worst case in MiB.
         let table = [

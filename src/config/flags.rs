@@ -216,8 +216,8 @@ pub struct RunArgs {
     /// consumers then skip this node.
     #[arg(long, env = "IICP_HOST_NO_CONFIDENTIALITY")]
     no_confidentiality: bool,
-    /// Start even if the configuration's worst-case memory (see README,
-    /// "Memory bounds") exceeds this machine's memory.
+    /// Start even if the configuration's worst-case memory (see
+    /// docs/memory.md, "Memory bounds") exceeds this machine's memory.
     #[arg(long, env = "IICP_HOST_MEMORY_OVERCOMMIT")]
     memory_overcommit: bool,
     /// The memory the node may assume, in MiB, where its limit is not
