@@ -38,6 +38,6 @@ serve: rust-plugins
 # The plugin SDK's own unit tests run on the host (the plugins' workspace
 # builds for wasm32-wasip2 only when asked).
 test: plugins reference-consumer
-	cargo build --manifest-path bench/Cargo.toml -p native-node
+	cargo build --manifest-path bench/Cargo.toml -p native-node -p bench-harness
 	cargo test --manifest-path plugins/Cargo.toml -p iicp-plugin-sdk
 	cargo test --workspace

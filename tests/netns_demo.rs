@@ -5,8 +5,9 @@
 //! tasks, workers only through the relay (a direct connection to them
 //! fails), and the workers bind again after the relay is killed and
 //! restarted. The script runs with this build's node and the echo plugin;
-//! the load generator is `bench/`'s, built here. An interrupted run leaves
-//! no namespace and no process behind, and neither does a failing test
+//! the load generator and the reference worker are `bench/`'s (make test
+//! builds them). An interrupted run leaves no namespace and no process
+//! behind, and neither does a failing test
 //! (a guard removes whatever carries the test's tag).
 //!
 //! Needs root and iproute2, nftables, python3, curl (`.ci/debian-packages`);
@@ -53,27 +54,27 @@ fn require_tools() {
 }
 
 /// Builds `bench/`'s package `package` and returns its binary `name`.
-fn bench_binary(package: &str, name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(root().join("bench/Cargo.toml"))
-        .args(["-p", package, "--bin", name])
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building bench/'s {name} failed");
-    root().join("bench/target/debug").join(name)
+fn bench_binary(name: &str) -> PathBuf {
+    let path = root().join("bench/target/debug").join(name);
+    assert!(
+        path.exists(),
+        "bench/'s {name} is not built ({}): run `cargo build --manifest-path bench/Cargo.toml \
+         -p native-node -p bench-harness` (make test and .ci/run do)",
+        path.display()
+    );
+    path
 }
 
-/// `bench/`'s load generator, built once per test binary.
+/// `bench/`'s load generator (make test builds it).
 fn load_generator() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| bench_binary("bench-harness", "iicp-bench"))
+    BINARY.get_or_init(|| bench_binary("iicp-bench"))
 }
 
-/// The reference node (`bench/native-node`), built once per test binary.
+/// The reference node (`bench/native-node`, make test builds it).
 fn reference_node() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| bench_binary("native-node", "native-node"))
+    BINARY.get_or_init(|| bench_binary("native-node"))
 }
 
 /// Namespaces whose names start with `tag-`.
