@@ -138,6 +138,12 @@ impl Server {
                     ])
                     .arg("--cache-dir")
                     .arg(cache_dir)
+                    // A state directory of its own: nodes sharing the
+                    // user's default one share a node id and a relay
+                    // rebind key, and a relay's pins from an earlier run
+                    // would refuse a worker whose key changed since.
+                    .arg("--state-dir")
+                    .arg(fresh_dir(&format!("state-{}", addr.port())))
                     // Many slots' worst-case memory is more than most
                     // machines have (the node refuses it by default);
                     // a benchmark's echo holds a sliver of it.
