@@ -233,14 +233,10 @@ async fn outgoing_gossip_is_signed_and_carries_no_credential() {
         "the node did not register"
     );
     let token = fake.state.lock().unwrap().nodes["gossiper"].token.clone();
-    let deadline = std::time::Instant::now() + WAIT;
-    while seen.lock().unwrap().len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no gossip reached the seed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until("gossip to reach the seed", WAIT, || async {
+        seen.lock().unwrap().len() >= 2
+    })
+    .await;
     let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
     let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap();
     for (headers, body) in seen.lock().unwrap().iter() {

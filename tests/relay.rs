@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
 use common::fake_directory::{FakeDirectory, relay_bind_ticket};
-use common::relaying::{echo_task, free_port, post_traced, relay_for, wait_until};
+use common::relaying::{echo_task, free_port, post_traced, relay_for};
+use common::wait_until;
 use common::{
     Node, client, echo_config, error_of, fresh_state_dir, message, metric_value, metrics, plugin,
     task,

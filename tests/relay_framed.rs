@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use ciborium::value::Value as Cbor;
 use common::cx::{CHAT, chat_content, encrypted_task, open_response};
-use common::relaying::{echo_task, free_port, post_traced, relay_for, wait_until};
+use common::relaying::{echo_task, free_port, post_traced, relay_for};
+use common::wait_until;
 use common::{Node, client, echo_config, error_of, metric_value, metrics, plugin, task};
 use iicp_host::relay::framing::{self, IntMap, key, kind, map_frame};
 use serde_json::{Value, json};

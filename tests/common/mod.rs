@@ -262,6 +262,19 @@ fn exported_family(text: &str, series: &str) {
     );
 }
 
+/// Polls `check` until it holds; fails naming `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Polls the node's metrics until the sample `series` satisfies `done`,
 /// for at most `limit`; returns when it did, and panics naming the series
 /// (with the last exposition) when it never does.

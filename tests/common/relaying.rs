@@ -1,6 +1,6 @@
 //! What the relay tests (`tests/relay.rs`, `tests/relay_framed.rs`) share.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -29,19 +29,6 @@ pub fn echo_task(task_id: &str, text: &str) -> Value {
         CHAT,
         json!({"messages": [{"role": "user", "content": text}]}),
     )
-}
-
-/// Polls `check` until it holds; fails naming `what` after `within`.
-pub async fn wait_until<F, Fut>(what: &str, within: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Posts `body` to `url` with a `traceparent`, as a traced consumer does;
