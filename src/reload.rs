@@ -36,7 +36,7 @@ use crate::clock::now_unix_ms;
 use crate::config::{NodeConfig, PluginSpec};
 use crate::metric_families::{Part, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
-use crate::server::plugin_table::{PluginEntry, PluginTable};
+use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder};
 use crate::server::state::AppState;
 
 /// Reads the configuration as the node was started (file and flags).
@@ -157,17 +157,22 @@ impl Reloader {
         let report = match self.prepare().await {
             Ok((table, mut report)) => {
                 report.prepare_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let before = self.served_intents();
                 report.in_flight = self.state.gate.active();
                 let swap = Instant::now();
                 let replaced = self.state.plugins.swap(Arc::new(table));
                 report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
+                let serving = self.state.plugins.load();
+                let changed = report.loaded.iter().chain(&report.removed);
+                let failed = report.failed.iter().map(|f| &f.plugin);
+                serving.publish_info_changes(
+                    &replaced,
+                    changed.chain(failed).map(String::as_str),
+                    &self.state.metrics,
+                );
+                report.intents_changed = replaced.intents() != serving.intents();
                 // Freeing a table of thousands of plugins takes milliseconds;
                 // not on the reload's answer.
                 tokio::task::spawn_blocking(move || drop(replaced));
-                self.state.plugins.load().publish_info(&self.state.metrics);
-                let after = self.served_intents();
-                report.intents_changed = before != after;
                 if report.intents_changed {
                     (self.on_intents_changed)();
                 }
@@ -224,16 +229,6 @@ impl Reloader {
         report
     }
 
-    fn served_intents(&self) -> Vec<String> {
-        self.state
-            .plugins
-            .load()
-            .intents()
-            .iter()
-            .map(|i| i.to_string())
-            .collect()
-    }
-
     /// Reads the configuration and builds the next table without touching
     /// the serving one.
     async fn prepare(&self) -> Result<(PluginTable, ReloadReport), String> {
@@ -247,22 +242,24 @@ impl Reloader {
         let specs = std::mem::take(&mut next.plugins);
         let current = self.state.plugins.load_full();
         let (mut loaded, mut kept, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-        // Kept plugins and the previous versions of those whose new version
-        // failed to load coexisted in the serving table, so they go in
-        // first; new versions join after them, one by one.
-        let mut settled: Vec<(Arc<LoadedPlugin>, PluginSpec)> = Vec::with_capacity(specs.len());
-        let mut fresh: Vec<(Arc<LoadedPlugin>, PluginSpec, Option<Arc<PluginEntry>>)> = Vec::new();
+        let capacity = self.state.gate.capacity();
+        // Each plugin's place in configuration order is reserved in turn;
+        // kept plugins and the previous versions of those whose new version
+        // failed to load coexisted in the serving table, so they join
+        // first, new versions after them, one by one.
+        let mut builder =
+            TableBuilder::new(specs.len(), &self.state.metrics, capacity, Some(&current));
+        let mut settled: Vec<(usize, Arc<PluginEntry>)> = Vec::with_capacity(specs.len());
+        let mut fresh: Vec<(usize, Arc<LoadedPlugin>, PluginSpec, Option<Arc<PluginEntry>>)> =
+            Vec::new();
         // Many plugins may share one file (or one OCI reference): read its
         // digest once per reload, not once per plugin.
         let mut digests = HashMap::new();
-        // Configuration order, restored once the table is built.
-        let mut rank: HashMap<Arc<str>, usize> = HashMap::with_capacity(specs.len());
         for spec in specs {
-            let position = rank.len();
-            if let Some(plugin) = self.reusable(&current, &spec, &mut digests).await {
-                rank.entry(plugin.id.clone()).or_insert(position);
-                kept.push(plugin.id.to_string());
-                settled.push((plugin, spec));
+            let slot = builder.reserve();
+            if let Some(entry) = self.reusable(&current, &spec, &mut digests).await {
+                kept.push(entry.plugin.id.to_string());
+                settled.push((slot, entry));
                 continue;
             }
             let previous = previous_version(&current, &spec);
@@ -272,13 +269,7 @@ impl Reloader {
                 .load(&self.state.runtime, &spec.source)
                 .await
             {
-                Ok(plugin) => {
-                    rank.entry(plugin.id.clone()).or_insert(position);
-                    if let Some(previous) = &previous {
-                        rank.entry(previous.plugin.id.clone()).or_insert(position);
-                    }
-                    fresh.push((Arc::new(plugin), spec, previous));
-                }
+                Ok(plugin) => fresh.push((slot, Arc::new(plugin), spec, previous)),
                 Err(error) => {
                     failed.push(PluginFailure {
                         plugin: spec.source.id.clone().unwrap_or_else(|| {
@@ -291,20 +282,16 @@ impl Reloader {
                         kept_previous: previous.is_some(),
                     });
                     if let Some(previous) = previous {
-                        rank.entry(previous.plugin.id.clone()).or_insert(position);
-                        settled.push((previous.plugin.clone(), previous.spec.clone()));
+                        settled.push((slot, previous));
                     }
                 }
             }
         }
-        let capacity = self.state.gate.capacity();
-        let metrics = &self.state.metrics;
-        let mut table = PluginTable::default();
-        for (plugin, spec) in settled {
-            let id = plugin.id.to_string();
+        for (slot, entry) in settled {
             // These served together until now, so this fails only when two
             // specs name one serving plugin; the second is then out.
-            if let Err(error) = table.add(plugin, spec, metrics, capacity, Some(&current)) {
+            if let Err(error) = builder.keep(slot, &entry) {
+                let id = entry.plugin.id.to_string();
                 kept.retain(|k| *k != id);
                 match failed.iter_mut().find(|f| f.plugin == id) {
                     Some(failure) => failure.kept_previous = false,
@@ -316,22 +303,13 @@ impl Reloader {
                 }
             }
         }
-        for (plugin, spec, previous) in fresh {
+        for (slot, plugin, spec, previous) in fresh {
             let id = plugin.id.to_string();
-            match table.add(plugin, spec, metrics, capacity, Some(&current)) {
+            match builder.add(slot, plugin, spec) {
                 Ok(()) => loaded.push(id),
                 Err(error) => {
-                    let kept_previous = previous.is_some_and(|previous| {
-                        table
-                            .add(
-                                previous.plugin.clone(),
-                                previous.spec.clone(),
-                                metrics,
-                                capacity,
-                                Some(&current),
-                            )
-                            .is_ok()
-                    });
+                    let kept_previous =
+                        previous.is_some_and(|previous| builder.keep(slot, &previous).is_ok());
                     failed.push(PluginFailure {
                         plugin: id,
                         error,
@@ -340,7 +318,7 @@ impl Reloader {
                 }
             }
         }
-        table.order_by(|id| rank.get(id).copied().unwrap_or(usize::MAX));
+        let table = builder.finish();
         let removed = current
             .entries()
             .iter()
@@ -369,7 +347,7 @@ impl Reloader {
         current: &PluginTable,
         spec: &PluginSpec,
         digests: &mut HashMap<PathBuf, Option<String>>,
-    ) -> Option<Arc<LoadedPlugin>> {
+    ) -> Option<Arc<PluginEntry>> {
         // A plugin without an operator id is called by its own name, which
         // only a load would tell; those few are found by a scan.
         let entry: &Arc<PluginEntry> = match &spec.source.id {
@@ -389,7 +367,7 @@ impl Reloader {
                 read
             }
         }?;
-        (sha256 == entry.plugin.sha256).then(|| entry.plugin.clone())
+        (sha256 == entry.plugin.sha256).then(|| entry.clone())
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::file_cache::ParsedFileCache;
+use super::table_split;
 
 use super::{
     AdminSettings, AuthSettings, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
@@ -156,10 +157,76 @@ struct PluginFile {
     plugins: Vec<PluginSection>,
 }
 
-/// The parsed files of `node.plugin_dirs`, kept between hot reloads so
-/// that only changed files are parsed again (see [`super::file_cache`]).
+/// What a hot reload keeps from the last read so that it parses and
+/// builds again only what changed: the parsed files of `node.plugin_dirs`
+/// (see [`super::file_cache`]) and the main file's `[[plugin]]` tables by
+/// their text (see [`super::table_split`]), each table with the spec last
+/// built from it.
 #[derive(Default)]
-pub struct PluginFileCache(ParsedFileCache<PluginFile>);
+pub struct PluginFileCache {
+    files: ParsedFileCache<Vec<Arc<CachedTable>>>,
+    /// The main file's tables in the order of its last read.
+    tables: std::sync::Mutex<Vec<(Box<str>, Arc<CachedTable>)>>,
+}
+
+impl PluginFileCache {
+    /// A cache that never watches the plugin directories (every reload
+    /// lists and stats every file; for tests of that path).
+    pub fn unwatched() -> Self {
+        Self {
+            files: ParsedFileCache::new(false),
+            tables: Default::default(),
+        }
+    }
+}
+
+/// One `[[plugin]]` table as parsed, and the spec last built from it with
+/// the inputs it was built from.
+struct CachedTable {
+    section: PluginSection,
+    built: std::sync::Mutex<Option<(SpecInputs, PluginSpec)>>,
+}
+
+/// What a table's spec depends on besides the table: the same table under
+/// the same inputs builds the same spec (secrets and tenant tokens come
+/// from this process's environment, which nothing outside it changes).
+#[derive(Clone, PartialEq)]
+struct SpecInputs {
+    defaults: PluginLimits,
+    defaults_memory_given: bool,
+    node_max_concurrent: u32,
+    base: Arc<Path>,
+}
+
+impl CachedTable {
+    fn new(section: PluginSection) -> Arc<Self> {
+        Arc::new(Self {
+            section,
+            built: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The spec under `inputs`: the one built last time when they are the
+    /// same, else `build`'s. A registry plugin's is always built again (its
+    /// signature keys are files read on each reload).
+    fn spec(
+        &self,
+        inputs: &SpecInputs,
+        build: impl FnOnce(PluginSection) -> Result<PluginSpec, String>,
+    ) -> Result<PluginSpec, String> {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, spec)) = &*built
+            && known == inputs
+        {
+            return Ok(spec.clone());
+        }
+        let spec = build(self.section.clone())?;
+        if OciLocation::from_path(&self.section.path).is_none() {
+            *built = Some((inputs.clone(), spec.clone()));
+        }
+        Ok(spec)
+    }
+}
 
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -228,31 +295,33 @@ pub fn load_cached(
     let text =
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut file = parse_file(&text).map_err(error)?;
+    let (mut file, tables) = cache.parse_main(&text).map_err(error)?;
     stack_file_tables(&mut file, overrides).map_err(error)?;
     let dirs: Vec<PathBuf> = std::mem::take(&mut file.node.plugin_dirs)
         .into_iter()
         .map(|dir| resolve(base, dir))
         .collect();
-    let mut plugins = located(std::mem::take(&mut file.plugins), base);
+    let mut plugins = located(tables, base);
     let listing = cache
-        .0
+        .files
         .read_dirs(&dirs, |text| {
-            toml::from_str::<PluginFile>(text).map_err(|e| one_line(&e.to_string()))
+            let file: PluginFile = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+            Ok(file.plugins.into_iter().map(CachedTable::new).collect())
         })
         .map_err(|e| error(format!("node.plugin_dirs: {e}")))?;
     if !dirs.is_empty() {
         tracing::debug!(
             parsed = listing.stats.parsed,
             reused = listing.stats.reused,
+            listed_all = ?listing.stats.listed_all,
+            events = listing.stats.events,
             "plugin directories read"
         );
     }
     for (file_path, parsed) in listing.files {
         let dir: Arc<Path> = file_path.parent().unwrap_or(base).into();
-        let file_path: Arc<Path> = file_path.into();
-        plugins.extend(parsed.plugins.iter().map(|section| LocatedPlugin {
-            section: section.clone(),
+        plugins.extend(parsed.iter().map(|table| LocatedPlugin {
+            table: table.clone(),
             base: dir.clone(),
             file: Some(file_path.clone()),
         }));
@@ -272,8 +341,11 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
     if !file.node.plugin_dirs.is_empty() {
         return Err("node.plugin_dirs: only a configuration file read from disk may name plugin directories".to_string());
     }
-    let plugins = located(std::mem::take(&mut file.plugins), base_dir);
-    build(file, base_dir, plugins)
+    let tables = std::mem::take(&mut file.plugins)
+        .into_iter()
+        .map(CachedTable::new)
+        .collect();
+    build(file, base_dir, located(tables, base_dir))
 }
 
 /// Stacks the environment's and `--set`'s keys of the sections the build
@@ -292,21 +364,88 @@ fn stack_file_tables(file: &mut FileConfig, overrides: &Overrides) -> Result<(),
 /// A `[[plugin]]` table, the directory its relative paths start from, and
 /// the plugin-directory file it came from (none for the main file).
 struct LocatedPlugin {
-    section: PluginSection,
+    table: Arc<CachedTable>,
     base: Arc<Path>,
     file: Option<Arc<Path>>,
 }
 
-fn located(sections: Vec<PluginSection>, base: &Path) -> Vec<LocatedPlugin> {
+fn located(tables: Vec<Arc<CachedTable>>, base: &Path) -> Vec<LocatedPlugin> {
     let base: Arc<Path> = base.into();
-    sections
+    tables
         .into_iter()
-        .map(|section| LocatedPlugin {
-            section,
+        .map(|table| LocatedPlugin {
+            table,
             base: base.clone(),
             file: None,
         })
         .collect()
+}
+
+impl PluginFileCache {
+    /// Parses the main file, its `[[plugin]]` tables apart: a table whose
+    /// text is the same as at the last read is not parsed again. Any piece
+    /// that does not parse alone (or a layout [`table_split::cut`] leaves
+    /// to the whole parse) parses the whole text, so results and errors are
+    /// the whole parse's.
+    fn parse_main(&self, text: &str) -> Result<(FileConfig, Vec<Arc<CachedTable>>), String> {
+        let whole = || {
+            let mut file = parse_file(text)?;
+            let tables = std::mem::take(&mut file.plugins)
+                .into_iter()
+                .map(CachedTable::new)
+                .collect();
+            Ok((file, tables))
+        };
+        let Some(cut) = table_split::cut(text) else {
+            return whole();
+        };
+        if cut
+            .rest
+            .iter()
+            .any(|piece| toml::from_str::<toml::Table>(piece).is_err())
+        {
+            return whole();
+        }
+        let Ok(file) = parse_file(&cut.rest.concat()) else {
+            return whole();
+        };
+        if !file.plugins.is_empty() {
+            return whole();
+        }
+        let mut known = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_text: Option<HashMap<&str, &Arc<CachedTable>>> = None;
+        let mut tables = Vec::with_capacity(cut.plugins.len());
+        for (index, piece) in cut.plugins.iter().enumerate() {
+            // Tables usually stay where they were: compare in place first.
+            let same_place = known.get(index).filter(|(t, _)| **t == **piece);
+            let reused = same_place.map(|(_, table)| table).or_else(|| {
+                by_text
+                    .get_or_insert_with(|| known.iter().map(|(t, c)| (&**t, c)).collect())
+                    .get(piece)
+                    .copied()
+            });
+            let table = match reused {
+                Some(table) => table.clone(),
+                None => match toml::from_str::<PluginFile>(piece) {
+                    Ok(parsed) if parsed.plugins.len() == 1 => {
+                        CachedTable::new(parsed.plugins.into_iter().next().expect("one table"))
+                    }
+                    _ => {
+                        drop(known);
+                        return whole();
+                    }
+                },
+            };
+            tables.push(table);
+        }
+        *known = cut
+            .plugins
+            .iter()
+            .zip(&tables)
+            .map(|(piece, table)| (Box::from(*piece), table.clone()))
+            .collect();
+        Ok((file, tables))
+    }
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, String> {
@@ -397,16 +536,26 @@ fn build(
     let mut ids: HashSet<String> = HashSet::new();
     let mut claimed: HashMap<String, usize> = HashMap::new();
     for (index, table) in plugin_tables.into_iter().enumerate() {
-        let spec = plugin_spec(
-            table.section,
-            index,
-            &defaults,
-            file.defaults.memory_mb.is_some(),
-            max_concurrent,
-            &table.base,
-            &signatures,
-        )
-        .map_err(|e| match &table.file {
+        let inputs = SpecInputs {
+            defaults: defaults.clone(),
+            defaults_memory_given: file.defaults.memory_mb.is_some(),
+            node_max_concurrent: max_concurrent,
+            base: table.base.clone(),
+        };
+        let spec = table
+            .table
+            .spec(&inputs, |section| {
+                plugin_spec(
+                    section,
+                    index,
+                    &defaults,
+                    inputs.defaults_memory_given,
+                    max_concurrent,
+                    &table.base,
+                    &signatures,
+                )
+            })
+            .map_err(|e| match &table.file {
             Some(file) => format!("{}: {e}", file.display()),
             None => e,
         })?;

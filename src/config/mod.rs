@@ -13,11 +13,13 @@
 //! so their keys from the environment and `--set` are stacked over the
 //! file's tables before the build ([`sections::FILE_SECTIONS`]).
 
+pub mod dir_watch;
 pub mod file;
 pub mod file_cache;
 pub mod flags;
 pub mod memory;
 pub mod sections;
+pub mod table_split;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;

@@ -50,7 +50,7 @@ pub struct ServerMetrics {
     unauthorized: IntCounterVec,
     plugin_info: IntGaugeVec,
     /// The label sets of `iicp_plugin_info` now exported.
-    plugin_info_served: Mutex<Vec<PluginInfoLabels>>,
+    plugin_info_served: Mutex<std::collections::HashSet<PluginInfoLabels>>,
     /// `iicp_nonce_replays_total`.
     pub replays: IntCounter,
     /// `iicp_nonce_cache_full_total`.
@@ -205,7 +205,7 @@ impl Part for ServerMetrics {
                 "Loaded plugins (value 1).",
                 &["plugin", "name", "version", "sha256"],
             ),
-            plugin_info_served: Mutex::new(Vec::new()),
+            plugin_info_served: Mutex::default(),
             connections_open: gauge_vec(
                 r,
                 "iicp_connections_open",
@@ -366,17 +366,37 @@ impl ServerMetrics {
             .plugin_info_served
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // A set, not a scan: a node may serve thousands of plugins.
-        let serving: std::collections::HashSet<&PluginInfoLabels> = served.iter().collect();
-        for gone in exported.iter().filter(|labels| !serving.contains(labels)) {
+        let serving: std::collections::HashSet<PluginInfoLabels> = served.into_iter().collect();
+        for gone in exported.iter().filter(|labels| !serving.contains(*labels)) {
             let _ = self.plugin_info.remove_label_values(&label_refs(gone));
         }
-        for labels in &served {
+        for labels in &serving {
             self.plugin_info
                 .with_label_values(&label_refs(labels))
                 .set(1);
         }
-        *exported = served;
+        *exported = serving;
+    }
+
+    /// The delta form of [`Self::plugins_served`]: the versions in `gone`
+    /// are no longer served, those in `new` now are (a reload of one plugin
+    /// among thousands touches two series, not thousands).
+    pub fn plugin_versions_changed(&self, gone: Vec<PluginInfoLabels>, new: Vec<PluginInfoLabels>) {
+        let mut exported = self
+            .plugin_info_served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for labels in gone {
+            if !new.contains(&labels) && exported.remove(&labels) {
+                let _ = self.plugin_info.remove_label_values(&label_refs(&labels));
+            }
+        }
+        for labels in new {
+            self.plugin_info
+                .with_label_values(&label_refs(&labels))
+                .set(1);
+            exported.insert(labels);
+        }
     }
 
     /// Resolves the metrics of one (plugin, intent) pair.

@@ -100,7 +100,7 @@ pub struct PluginTable {
     /// Index into `entries` by plugin id: a reload of one plugin among
     /// thousands looks every kept plugin up, so this must not be a scan.
     by_id: HashMap<Arc<str>, usize>,
-    routes: HashMap<Box<str>, Route>,
+    routes: HashMap<Arc<str>, Route>,
 }
 
 /// The capabilities a plugin is served with: its own, or the operator's
@@ -139,6 +139,16 @@ fn effective_capabilities(
     Ok(capabilities)
 }
 
+/// A plugin version's `iicp_plugin_info` labels.
+fn info_labels(plugin: &LoadedPlugin) -> [String; 4] {
+    [
+        plugin.id.to_string(),
+        plugin.info.name.clone(),
+        plugin.info.version.clone(),
+        plugin.sha256.clone(),
+    ]
+}
+
 impl PluginTable {
     /// Builds a table. `previous` lends gates, counters and drain switches to
     /// plugins that keep their id (a gate only when the plugin's slot count
@@ -149,48 +159,12 @@ impl PluginTable {
         node_capacity: u32,
         previous: Option<&PluginTable>,
     ) -> Result<Self, String> {
-        let mut table = Self::default();
+        let mut builder = TableBuilder::new(plugins.len(), metrics, node_capacity, previous);
         for (plugin, spec) in plugins {
-            table.add(plugin, spec, metrics, node_capacity, previous)?;
+            let slot = builder.reserve();
+            builder.add(slot, plugin, spec)?;
         }
-        Ok(table)
-    }
-
-    /// Adds one plugin, or nothing: an id taken, an intent served by a
-    /// plugin already added or an intent the plugin does not declare is an
-    /// error, and the table is then as it was (a reload leaves that plugin
-    /// out, or keeps its previous version, and applies the rest).
-    pub fn add(
-        &mut self,
-        plugin: Arc<LoadedPlugin>,
-        spec: PluginSpec,
-        metrics: &Metrics,
-        node_capacity: u32,
-        previous: Option<&PluginTable>,
-    ) -> Result<(), String> {
-        if self.by_id.contains_key(&plugin.id) {
-            return Err(format!(
-                "two plugins are called {:?}; give them distinct ids",
-                plugin.id
-            ));
-        }
-        let capacity = spec.max_concurrent.unwrap_or(node_capacity);
-        let before = previous.and_then(|p| p.entry(&plugin.id));
-        // A plugin kept as it was keeps its whole entry: a reload of one
-        // plugin among thousands rebuilds one entry, and freeing the
-        // replaced table frees only what changed.
-        let unchanged = before.filter(|e| {
-            Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
-        });
-        let entry = match unchanged {
-            Some(entry) => entry.clone(),
-            None => Arc::new(Self::new_entry(plugin, spec, capacity, before, metrics)?),
-        };
-        self.add_routes(&entry, previous, metrics)?;
-        self.by_id
-            .insert(entry.plugin.id.clone(), self.entries.len());
-        self.entries.push(entry);
-        Ok(())
+        Ok(builder.finish())
     }
 
     /// An entry for `plugin`, with the gate, counters, drain switch and
@@ -235,73 +209,37 @@ impl PluginTable {
         })
     }
 
-    /// Puts the entries in the order of `rank` (their configuration order,
-    /// when a reload added them in another).
-    pub fn order_by(&mut self, rank: impl Fn(&str) -> usize) {
-        self.entries.sort_by_key(|e| rank(&e.plugin.id));
-        self.by_id = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(index, e)| (e.plugin.id.clone(), index))
-            .collect();
-    }
-
-    /// Routes `entry`'s intents to it, keeping each intent's metric series
-    /// when the same plugin served it before.
-    fn add_routes(
-        &mut self,
-        entry: &Arc<PluginEntry>,
-        previous: Option<&PluginTable>,
-        metrics: &Metrics,
-    ) -> Result<(), String> {
-        // Every intent is checked before any is routed, so a refused plugin
-        // leaves no route behind.
-        for capability in &entry.capabilities {
-            let intent = capability.intent.as_str();
-            if let Some(other) = self.routes.get(intent) {
-                return Err(format!(
-                    "plugins {:?} and {:?} both serve intent {intent}",
-                    other.entry.plugin.id, entry.plugin.id
-                ));
-            }
-        }
-        for capability in &entry.capabilities {
-            let intent = capability.intent.as_str();
-            let kept_metrics = previous
-                .and_then(|p| p.route(intent))
-                .filter(|r| r.entry.plugin.id == entry.plugin.id)
-                .map(|r| r.metrics.clone());
-            let route = Route {
-                entry: entry.clone(),
-                metrics: kept_metrics.unwrap_or_else(|| {
-                    metrics
-                        .part::<ServerMetrics>()
-                        .intent(&entry.plugin.id, intent)
-                }),
-            };
-            self.routes.insert(intent.into(), route);
-        }
-        Ok(())
-    }
-
     /// Shows this table's plugin versions, and only those, in
     /// `iicp_plugin_info`; call once the table serves.
     pub fn publish_info(&self, metrics: &Metrics) {
         metrics.part::<ServerMetrics>().plugins_served(
-            self.entries
-                .iter()
-                .map(|e| {
-                    let plugin = &e.plugin;
-                    [
-                        plugin.id.to_string(),
-                        plugin.info.name.clone(),
-                        plugin.info.version.clone(),
-                        plugin.sha256.clone(),
-                    ]
-                })
-                .collect(),
+            self.entries.iter().map(|e| info_labels(&e.plugin)).collect(),
         );
+    }
+
+    /// Updates `iicp_plugin_info` from `previous` to this table, looking
+    /// only at the plugins called `ids` (those a reload loaded, removed or
+    /// failed): every other plugin kept its version and its series.
+    pub fn publish_info_changes<'i>(
+        &self,
+        previous: &PluginTable,
+        ids: impl IntoIterator<Item = &'i str>,
+        metrics: &Metrics,
+    ) {
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        for id in ids {
+            let (before, now) = (previous.entry(id), self.entry(id));
+            if let (Some(b), Some(n)) = (before, now)
+                && Arc::ptr_eq(&b.plugin, &n.plugin)
+            {
+                continue;
+            }
+            gone.extend(before.map(|e| info_labels(&e.plugin)));
+            new.extend(now.map(|e| info_labels(&e.plugin)));
+        }
+        metrics
+            .part::<ServerMetrics>()
+            .plugin_versions_changed(gone, new);
     }
 
     /// The route for `intent`, if any plugin serves it.
@@ -338,5 +276,167 @@ impl PluginTable {
             }
         }
         models
+    }
+}
+
+/// Builds a table in configuration order while plugins join in another
+/// (a reload adds the plugins it keeps first, then the new versions, each
+/// of which may fail): each plugin's place is reserved when its turn in
+/// the configuration comes, so nothing is sorted afterwards.
+pub struct TableBuilder<'a> {
+    slots: Vec<Option<Arc<PluginEntry>>>,
+    by_id: HashMap<Arc<str>, usize>,
+    routes: HashMap<Arc<str>, Route>,
+    metrics: &'a Metrics,
+    node_capacity: u32,
+    previous: Option<&'a PluginTable>,
+}
+
+impl<'a> TableBuilder<'a> {
+    /// A builder for about `plugins` plugins; `previous` lends gates,
+    /// counters, drain switches and metric series as in [`PluginTable::build`].
+    pub fn new(
+        plugins: usize,
+        metrics: &'a Metrics,
+        node_capacity: u32,
+        previous: Option<&'a PluginTable>,
+    ) -> Self {
+        Self {
+            slots: Vec::with_capacity(plugins),
+            by_id: HashMap::with_capacity(plugins),
+            routes: HashMap::with_capacity(plugins),
+            metrics,
+            node_capacity,
+            previous,
+        }
+    }
+
+    /// The next place in configuration order, empty until filled.
+    pub fn reserve(&mut self) -> usize {
+        self.slots.push(None);
+        self.slots.len() - 1
+    }
+
+    /// Puts `plugin` in `slot`, or nothing: an id taken, an intent served by
+    /// a plugin already added or an intent the plugin does not declare is
+    /// an error, and the table is then as it was (a reload leaves that
+    /// plugin out, or keeps its previous version, and applies the rest).
+    pub fn add(
+        &mut self,
+        slot: usize,
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+    ) -> Result<(), String> {
+        self.check_id(&plugin.id)?;
+        let capacity = spec.max_concurrent.unwrap_or(self.node_capacity);
+        let before = self.previous.and_then(|p| p.entry(&plugin.id));
+        // A plugin kept as it was keeps its whole entry: a reload of one
+        // plugin among thousands rebuilds one entry, and freeing the
+        // replaced table frees only what changed.
+        let unchanged = before.filter(|e| {
+            Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
+        });
+        let entry = match unchanged {
+            Some(entry) => entry.clone(),
+            None => Arc::new(PluginTable::new_entry(
+                plugin,
+                spec,
+                capacity,
+                before,
+                self.metrics,
+            )?),
+        };
+        self.place(slot, entry)
+    }
+
+    /// Puts the serving `entry` in `slot` as it is: the caller found its
+    /// plugin, settings and slot count unchanged.
+    pub fn keep(&mut self, slot: usize, entry: &Arc<PluginEntry>) -> Result<(), String> {
+        self.check_id(&entry.plugin.id)?;
+        self.place(slot, entry.clone())
+    }
+
+    /// The plugin in `slot`, if any.
+    pub fn slot(&self, slot: usize) -> Option<&Arc<PluginEntry>> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    /// The plugin called `id`, if added.
+    pub fn entry(&self, id: &str) -> Option<&Arc<PluginEntry>> {
+        self.slot(*self.by_id.get(id)?)
+    }
+
+    fn check_id(&self, id: &str) -> Result<(), String> {
+        if self.by_id.contains_key(id) {
+            return Err(format!(
+                "two plugins are called {id:?}; give them distinct ids"
+            ));
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, slot: usize, entry: Arc<PluginEntry>) -> Result<(), String> {
+        self.add_routes(&entry)?;
+        self.by_id.insert(entry.plugin.id.clone(), slot);
+        self.slots[slot] = Some(entry);
+        Ok(())
+    }
+
+    /// Routes `entry`'s intents to it, keeping each intent's route (key and
+    /// metric series) when the same plugin served it before.
+    fn add_routes(&mut self, entry: &Arc<PluginEntry>) -> Result<(), String> {
+        // Every intent is checked before any is routed, so a refused plugin
+        // leaves no route behind.
+        for capability in &entry.capabilities {
+            let intent = capability.intent.as_str();
+            if let Some(other) = self.routes.get(intent) {
+                return Err(format!(
+                    "plugins {:?} and {:?} both serve intent {intent}",
+                    other.entry.plugin.id, entry.plugin.id
+                ));
+            }
+        }
+        for capability in &entry.capabilities {
+            let intent = capability.intent.as_str();
+            let before = self
+                .previous
+                .and_then(|p| p.routes.get_key_value(intent))
+                .filter(|(_, r)| r.entry.plugin.id == entry.plugin.id);
+            let (key, metrics) = match before {
+                Some((key, route)) => (key.clone(), route.metrics.clone()),
+                None => (
+                    intent.into(),
+                    self.metrics
+                        .part::<ServerMetrics>()
+                        .intent(&entry.plugin.id, intent),
+                ),
+            };
+            let route = Route {
+                entry: entry.clone(),
+                metrics,
+            };
+            self.routes.insert(key, route);
+        }
+        Ok(())
+    }
+
+    /// The table, in configuration order (places left empty dropped).
+    pub fn finish(self) -> PluginTable {
+        let complete = self.slots.iter().all(Option::is_some);
+        let entries: Vec<Arc<PluginEntry>> = self.slots.into_iter().flatten().collect();
+        let by_id = if complete {
+            self.by_id
+        } else {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(index, e)| (e.plugin.id.clone(), index))
+                .collect()
+        };
+        PluginTable {
+            entries,
+            by_id,
+            routes: self.routes,
+        }
     }
 }

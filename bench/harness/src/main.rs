@@ -86,13 +86,14 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
+     iicp-bench many --host BIN --plugin ECHO.wasm [--plugins N,N,..] [--cache-dir DIR]\n       \
      iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
      [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
      iicp-bench render RESULTS.json [REPORT.md]\n       \
      iicp-bench import REPORT.md COMMIT [RESULTS.json]";
 
 /// Prints `problem` and the usage, then exits with status 2.
-fn usage_error(problem: &str) -> ! {
+pub fn usage_error(problem: &str) -> ! {
     eprintln!("iicp-bench: {problem}\n{USAGE}");
     std::process::exit(2)
 }
@@ -431,6 +432,7 @@ async fn main() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
         Some("llm") => return llm::run(std::env::args().skip(2)).await,
+        Some("many") => return many::run(std::env::args().skip(2)).await,
         Some("render") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             let [results, rest @ ..] = &args[..] else {

@@ -239,3 +239,66 @@ pub async fn measure(
         plugin_dir,
     })
 }
+
+/// `iicp-bench many`: this case alone, for working on reload or memory per
+/// plugin without a full run. Each round measures every N once, so the
+/// ratios printed come from nodes measured back to back.
+pub async fn run(mut args: impl Iterator<Item = String>) {
+    let (mut host, mut plugin, mut cache_dir) = (PathBuf::new(), PathBuf::new(), None);
+    let (mut counts, mut rounds) = (vec![10, 1000], 1);
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| crate::usage_error(&format!("{arg} needs a value")));
+        let numbers = || -> Vec<usize> {
+            value
+                .split(',')
+                .map(|n| {
+                    n.parse()
+                        .unwrap_or_else(|_| crate::usage_error(&format!("{arg}: {n}?")))
+                })
+                .collect()
+        };
+        match arg.as_str() {
+            "--host" => host = value.clone().into(),
+            "--plugin" => plugin = value.clone().into(),
+            "--cache-dir" => cache_dir = Some(PathBuf::from(&value)),
+            "--plugins" => counts = numbers(),
+            "--rounds" => rounds = numbers().first().copied().unwrap_or(1),
+            _ => crate::usage_error(&format!("unknown option {arg}")),
+        }
+    }
+    if crate::any_missing(&[&host, &plugin]) {
+        crate::usage_error("many needs --host and --plugin");
+    }
+    let fresh_cache = process::fresh_dir("many-cache");
+    let cache = cache_dir.unwrap_or_else(|| fresh_cache.clone());
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for round in 1..=rounds {
+        let mut rows = Vec::new();
+        for &n in &counts {
+            let Some(row) = measure(&host, &plugin, "echo", &cache, n).await else {
+                println!("round {round} N={n}: did not serve or reload");
+                continue;
+            };
+            println!(
+                "round {round} N={n}: plugin dir {:.2} ms (prepare {:.2}), one file {:.2} ms (prepare {:.2})",
+                ms(row.plugin_dir.wall),
+                row.plugin_dir.prepare_ms,
+                ms(row.one_file.wall),
+                row.one_file.prepare_ms
+            );
+            rows.push(row);
+        }
+        if let [first, .., last] = &rows[..] {
+            println!(
+                "round {round} ratio N={}/N={}: plugin dir {:.2}, one file {:.2}",
+                last.plugins,
+                first.plugins,
+                ms(last.plugin_dir.wall) / ms(first.plugin_dir.wall),
+                ms(last.one_file.wall) / ms(first.one_file.wall)
+            );
+        }
+    }
+    process::remove_dir(&fresh_cache);
+}
