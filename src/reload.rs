@@ -29,12 +29,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus::{IntCounterVec, Registry};
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use serde::Serialize;
 
 use crate::clock::now_unix_ms;
+use crate::config::dir_watch::RescanReason;
+use crate::config::file_cache;
 use crate::config::{NodeConfig, PluginSpec};
-use crate::metric_families::{Part, seeded_counter_vec};
+use crate::metric_families::{Part, counter, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
 use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder};
 use crate::server::state::AppState;
@@ -225,6 +227,10 @@ impl Reloader {
                 }
             }
         };
+        self.state
+            .metrics
+            .part::<ReloadMetrics>()
+            .publish_listings();
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         report
     }
@@ -250,8 +256,12 @@ impl Reloader {
         let mut builder =
             TableBuilder::new(specs.len(), &self.state.metrics, capacity, Some(&current));
         let mut settled: Vec<(usize, Arc<PluginEntry>)> = Vec::with_capacity(specs.len());
-        let mut fresh: Vec<(usize, Arc<LoadedPlugin>, PluginSpec, Option<Arc<PluginEntry>>)> =
-            Vec::new();
+        let mut fresh: Vec<(
+            usize,
+            Arc<LoadedPlugin>,
+            PluginSpec,
+            Option<Arc<PluginEntry>>,
+        )> = Vec::new();
         // Many plugins may share one file (or one OCI reference): read its
         // digest once per reload, not once per plugin.
         let mut digests = HashMap::new();
@@ -388,11 +398,50 @@ fn previous_version(current: &PluginTable, spec: &PluginSpec) -> Option<Arc<Plug
 pub struct ReloadMetrics {
     /// `iicp_reloads_total{result}`: ok, partial, error.
     pub reloads: IntCounterVec,
+    /// `iicp_plugin_dir_events_total`: change events read from the plugin
+    /// directories' watch.
+    pub plugin_dir_events: IntCounter,
+    /// `iicp_plugin_dir_full_listings_total{reason}`: reads of the plugin
+    /// directories that listed and stat-ed every file, by why.
+    pub plugin_dir_full_listings: IntCounterVec,
+    /// The totals already published.
+    published: Mutex<(u64, [u64; RescanReason::ALL.len()])>,
+}
+
+impl ReloadMetrics {
+    /// Publishes what the plugin directories' reads counted since the last
+    /// call.
+    fn publish_listings(&self) {
+        let (events, full) = file_cache::listing_totals();
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        self.plugin_dir_events
+            .inc_by(events.saturating_sub(published.0));
+        for (index, reason) in RescanReason::ALL.iter().enumerate() {
+            self.plugin_dir_full_listings
+                .with_label_values(&[reason.label()])
+                .inc_by(full[index].saturating_sub(published.1[index]));
+        }
+        *published = (events, full);
+    }
 }
 
 impl Part for ReloadMetrics {
     fn register(r: &Registry) -> Self {
+        let labels: Vec<&str> = RescanReason::ALL.iter().map(|r| r.label()).collect();
         Self {
+            plugin_dir_events: counter(
+                r,
+                "iicp_plugin_dir_events_total",
+                "Change events read from the watch on node.plugin_dirs (a reload looks only at the files they name).",
+            ),
+            plugin_dir_full_listings: seeded_counter_vec(
+                r,
+                "iicp_plugin_dir_full_listings_total",
+                "Reads of node.plugin_dirs that listed and stat-ed every file, by reason (new_watch, overflow, too_many_changes, directory_gone, unwatched).",
+                "reason",
+                &labels,
+            ),
+            published: Mutex::default(),
             reloads: seeded_counter_vec(
                 r,
                 "iicp_reloads_total",

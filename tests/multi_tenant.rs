@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::fake_directory::FakeDirectory;
 use common::{
-    Node, client, error_of, health, join_all, message, metrics, plugin, post_task, sample,
-    spawn_post, task,
+    Node, client, error_of, health, join_all, message, metric_value, metrics, plugin, post_task,
+    sample, spawn_post, task,
 };
 use serde_json::{Value, json};
 
@@ -604,6 +604,71 @@ async fn plugin_directories_add_change_and_remove_plugins_on_reload() {
     assert!(!served_intents(&node).await.contains(&json!(case("ok"))));
     assert_eq!(post_task(&node, &chat("c2")).await.0, 200);
     assert_eq!(version_of(&node).await, "2");
+}
+
+/// A tenant who can write in a plugin directory floods it with changes
+/// (thousands of files written between two reloads, more names than the
+/// watch remembers): the next reload lists every file instead of trusting
+/// the watch, so no edit is missed, and the one after is back to events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_changes_in_a_plugin_directory_misses_no_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins_d = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins_d).unwrap();
+    let svc = |version: u8| {
+        format!(
+            "[[plugin]]\nid = \"svc\"\npath = \"{}\"\n",
+            plugin(&format!("versioned-v{version}")).display()
+        )
+    };
+    write(&plugins_d, "svc.toml", &svc(1));
+    let config = write(
+        dir.path(),
+        "node.toml",
+        "[node]\nplugin_dirs = [\"plugins.d\"]\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n",
+    );
+    let node = start(&config, &admin_env());
+    assert_eq!(version_of(&node).await, "1");
+    // Which of the two a flood trips depends on the kernel's queue bound
+    // (`fs.inotify.max_queued_events`).
+    let listings = |text: &str| {
+        ["too_many_changes", "overflow"]
+            .iter()
+            .map(|reason| {
+                metric_value(
+                    text,
+                    &format!("iicp_plugin_dir_full_listings_total{{reason=\"{reason}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    // Events only: an edit is seen without listing the directory.
+    write(&plugins_d, "svc.toml", &svc(2));
+    let (status, body) = reload(&node).await;
+    assert_eq!((status, &body["loaded"]), (200, &json!(["svc"])), "{body}");
+    assert_eq!(version_of(&node).await, "2");
+    let before = metrics(&node).await;
+    assert!(
+        metric_value(&before, "iicp_plugin_dir_events_total") >= 1.0,
+        "{before}"
+    );
+
+    for i in 0..=iicp_host::config::dir_watch::MAX_CHANGED_NAMES {
+        write(&plugins_d, &format!("junk-{i}.txt"), "x");
+    }
+    write(&plugins_d, "svc.toml", &svc(1));
+    let (status, body) = reload(&node).await;
+    assert_eq!((status, &body["loaded"]), (200, &json!(["svc"])), "{body}");
+    assert_eq!(version_of(&node).await, "1");
+    let after = metrics(&node).await;
+    assert_eq!(listings(&after), listings(&before) + 1.0, "{after}");
+
+    write(&plugins_d, "svc.toml", &svc(2));
+    let (status, body) = reload(&node).await;
+    assert_eq!((status, &body["loaded"]), (200, &json!(["svc"])), "{body}");
+    assert_eq!(version_of(&node).await, "2");
+    let last = metrics(&node).await;
+    assert_eq!(listings(&last), listings(&after), "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -214,7 +214,10 @@ impl DirWatch {
                     continue;
                 }
                 if event.mask
-                    & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED | libc::IN_UNMOUNT)
+                    & (libc::IN_DELETE_SELF
+                        | libc::IN_MOVE_SELF
+                        | libc::IN_IGNORED
+                        | libc::IN_UNMOUNT)
                     != 0
                 {
                     verdict.get_or_insert(RescanReason::DirectoryGone);

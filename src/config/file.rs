@@ -556,9 +556,9 @@ fn build(
                 )
             })
             .map_err(|e| match &table.file {
-            Some(file) => format!("{}: {e}", file.display()),
-            None => e,
-        })?;
+                Some(file) => format!("{}: {e}", file.display()),
+                None => e,
+            })?;
         if let Some(id) = &spec.source.id
             && !ids.insert(id.clone())
         {
@@ -1025,6 +1025,99 @@ mod tests {
 
     fn parse(text: &str) -> Result<NodeConfig, String> {
         super::parse(text, Path::new("/etc/iicp"))
+    }
+
+    /// Loads `text` as a file through `cache` and without any, which must
+    /// agree (configuration or error).
+    fn load_both(cache: &PluginFileCache, text: &str) -> Result<NodeConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let cached = load_cached(&path, cache, &Overrides::default()).map_err(|e| e.message);
+        let whole = load(&path).map_err(|e| e.message);
+        let plugins = |c: &Result<NodeConfig, String>| -> Result<Vec<PluginSpec>, String> {
+            c.as_ref().map(|c| c.plugins.clone()).map_err(Clone::clone)
+        };
+        assert_eq!(plugins(&cached), plugins(&whole));
+        cached
+    }
+
+    #[test]
+    fn a_reload_parses_only_the_plugin_tables_whose_text_changed() {
+        let table = |id: &str, timeout: u32| {
+            format!(
+                "[[plugin]]\nid = \"{id}\"\npath = \"{id}.wasm\"\ntimeout_ms = {timeout}\n[plugin.config]\nk = \"v\"\n"
+            )
+        };
+        let text = |timeout: u32| {
+            format!(
+                "[node]\nmax_concurrent = 8\n{}{}[defaults]\nmemory_mb = 32\n{}",
+                table("a", 1000),
+                table("b", 1000),
+                table("c", timeout)
+            )
+        };
+        let cache = PluginFileCache::default();
+        load_both(&cache, &text(1000)).unwrap();
+        let before: Vec<_> = cache
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect();
+        let config = load_both(&cache, &text(2000)).unwrap();
+        assert_eq!(
+            config.plugins[2].source.limits.default_timeout,
+            Duration::from_millis(2000)
+        );
+        let after: Vec<_> = cache
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect();
+        let same: Vec<bool> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| Arc::ptr_eq(b, a))
+            .collect();
+        assert_eq!(same, [true, true, false]);
+        // Settings outside the tables that their specs depend on still
+        // reach every plugin.
+        let config = load_both(
+            &cache,
+            &text(2000).replace("memory_mb = 32", "memory_mb = 48"),
+        )
+        .unwrap();
+        assert!(
+            config
+                .plugins
+                .iter()
+                .all(|p| p.source.limits.memory_bytes == 48 << 20)
+        );
+        // A table moved keeps its parse; one removed is gone.
+        let moved = format!("{}{}", table("c", 2000), table("a", 1000));
+        let config = load_both(&cache, &moved).unwrap();
+        assert_eq!(config.plugins[0].source.id.as_deref(), Some("c"));
+        assert_eq!(cache.tables.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn text_that_only_looks_like_a_plugin_table_is_read_as_the_whole_parse_reads_it() {
+        let cache = PluginFileCache::default();
+        let tricky = "[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\n[plugin.config]\nnote = \"\"\"\n[[plugin]]\nid = \"b\"\n\"\"\"\n";
+        let config = load_both(&cache, tricky).unwrap();
+        assert_eq!(config.plugins.len(), 1);
+        let hidden =
+            "[node]\nregion = \"\"\"\n[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\n[admin]\n\"\"\"\n";
+        let error = load_both(&cache, hidden).unwrap_err();
+        assert!(error.contains("no [[plugin]] table"), "{error}");
+        // A broken table: the error is the whole parse's, line and all.
+        let broken = "[node]\n[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\n[[plugin]]\nid = 7\npath = \"b.wasm\"\n";
+        let error = load_both(&cache, broken).unwrap_err();
+        assert!(error.contains("line 6"), "{error}");
     }
 
     #[test]

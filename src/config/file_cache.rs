@@ -24,6 +24,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -70,6 +71,21 @@ impl Stamp {
         let window = RACY_WINDOW.as_nanos() as i128;
         self.modified_ns.max(self.changed_ns) + window <= read_ns
     }
+}
+
+/// Change events read and full listings by [`RescanReason`] since the
+/// process started, over every cache (published by the reloader as
+/// `iicp_plugin_dir_events_total` and `iicp_plugin_dir_full_listings_total`).
+static EVENTS_READ: AtomicU64 = AtomicU64::new(0);
+static FULL_LISTINGS: [AtomicU64; RescanReason::ALL.len()] =
+    [const { AtomicU64::new(0) }; RescanReason::ALL.len()];
+
+/// Events read and full listings (in [`RescanReason::ALL`]'s order) so far.
+pub fn listing_totals() -> (u64, [u64; RescanReason::ALL.len()]) {
+    (
+        EVENTS_READ.load(Ordering::Relaxed),
+        std::array::from_fn(|i| FULL_LISTINGS[i].load(Ordering::Relaxed)),
+    )
 }
 
 /// One file of the last listing, with its parse.
@@ -205,9 +221,12 @@ impl<T> State<T> {
                 })
             }
         };
+        EVENTS_READ.fetch_add(stats.events, Ordering::Relaxed);
         match changes {
             Changes::All(reason) => {
                 stats.listed_all = Some(reason);
+                let index = RescanReason::ALL.iter().position(|r| *r == reason);
+                FULL_LISTINGS[index.unwrap_or_default()].fetch_add(1, Ordering::Relaxed);
                 let mut found = Vec::new();
                 for (index, dir) in dirs.iter().enumerate() {
                     list_toml_files(index, dir, &mut found)?;
@@ -286,9 +305,9 @@ impl<T> State<T> {
                 continue;
             }
             let path = self.dirs[dir].join(&name);
-            let position = self
-                .files
-                .binary_search_by(|file| (file.dir, file.path.file_name()).cmp(&(dir, Some(&name))));
+            let position = self.files.binary_search_by(|file| {
+                (file.dir, file.path.file_name()).cmp(&(dir, Some(&name)))
+            });
             match stat_file(&path)? {
                 None => {
                     if let Ok(index) = position {
@@ -324,7 +343,8 @@ impl<T> State<T> {
             if !file.is_link || read_now.contains(&file.path) {
                 continue;
             }
-            let (dir, path, known, read_at) = (file.dir, file.path.clone(), file.stamp, file.read_at);
+            let (dir, path, known, read_at) =
+                (file.dir, file.path.clone(), file.stamp, file.read_at);
             match stat_file(&path)? {
                 Some((stamp, _)) if stamp == known && stamp.settled_before(read_at) => {}
                 Some((stamp, is_link)) => {

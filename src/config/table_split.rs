@@ -117,12 +117,18 @@ mod tests {
             ]
         );
         assert_eq!(cut.rest, ["a = 1\n", "[node]\nx = 2\n", "[admin]\ny = 3\n"]);
-        assert_eq!(cut.rest.concat().len() + cut.plugins.concat().len(), text.len());
+        assert_eq!(
+            cut.rest.concat().len() + cut.plugins.concat().len(),
+            text.len()
+        );
     }
 
     #[test]
     fn parts_of_a_plugin_elsewhere_are_left_to_the_whole_parse() {
-        assert_eq!(cut("[[plugin]]\nid = \"p\"\n[node]\n[plugin.config]\n"), None);
+        assert_eq!(
+            cut("[[plugin]]\nid = \"p\"\n[node]\n[plugin.config]\n"),
+            None
+        );
         assert_eq!(cut("[\"plugin\".config]\n"), None);
         assert_eq!(cut("[plugin]\nid = \"p\"\n"), None);
     }

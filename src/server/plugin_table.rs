@@ -213,7 +213,10 @@ impl PluginTable {
     /// `iicp_plugin_info`; call once the table serves.
     pub fn publish_info(&self, metrics: &Metrics) {
         metrics.part::<ServerMetrics>().plugins_served(
-            self.entries.iter().map(|e| info_labels(&e.plugin)).collect(),
+            self.entries
+                .iter()
+                .map(|e| info_labels(&e.plugin))
+                .collect(),
         );
     }
 
