@@ -256,12 +256,7 @@ impl Reloader {
         let mut builder =
             TableBuilder::new(specs.len(), &self.state.metrics, capacity, Some(&current));
         let mut settled: Vec<(usize, Arc<PluginEntry>)> = Vec::with_capacity(specs.len());
-        let mut fresh: Vec<(
-            usize,
-            Arc<LoadedPlugin>,
-            PluginSpec,
-            Option<Arc<PluginEntry>>,
-        )> = Vec::new();
+        let mut fresh: Vec<NewVersion> = Vec::new();
         // Many plugins may share one file (or one OCI reference): read its
         // digest once per reload, not once per plugin.
         let mut digests = HashMap::new();
@@ -380,6 +375,15 @@ impl Reloader {
         (sha256 == entry.plugin.sha256).then(|| entry.clone())
     }
 }
+
+/// A plugin loaded anew, with its place in configuration order, its
+/// settings and the serving entry it replaces.
+type NewVersion = (
+    usize,
+    Arc<LoadedPlugin>,
+    PluginSpec,
+    Option<Arc<PluginEntry>>,
+);
 
 /// The serving entry `spec` replaces: the plugin with its id, or, without
 /// an operator id, the one loaded from the same path.
