@@ -1059,25 +1059,17 @@ mod tests {
         };
         let cache = PluginFileCache::default();
         load_both(&cache, &text(1000)).unwrap();
-        let before: Vec<_> = cache
-            .tables
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, t)| t.clone())
-            .collect();
+        let parsed = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
+            let tables = cache.tables.lock().unwrap();
+            tables.iter().map(|(_, t)| t.clone()).collect()
+        };
+        let before = parsed(&cache);
         let config = load_both(&cache, &text(2000)).unwrap();
         assert_eq!(
             config.plugins[2].source.limits.default_timeout,
             Duration::from_millis(2000)
         );
-        let after: Vec<_> = cache
-            .tables
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, t)| t.clone())
-            .collect();
+        let after = parsed(&cache);
         let same: Vec<bool> = before
             .iter()
             .zip(&after)

@@ -5,9 +5,10 @@
 //! once serving, and the time to reload one changed plugin through the
 //! admin API (median of seven after one unmeasured; each reload changes
 //! the last plugin's timeout, so exactly one plugin is loaded anew) in both
-//! layouts an operator can use: every table in one file, which a reload
-//! parses whole, and one file per plugin in a `node.plugin_dirs` directory,
-//! of which a reload parses only the changed file.
+//! layouts an operator can use: every table in one file, of which a reload
+//! parses only the tables whose text changed, and one file per plugin in a
+//! `node.plugin_dirs` directory, of which a reload reads only the files
+//! the directory's watch names.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

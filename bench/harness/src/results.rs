@@ -566,7 +566,7 @@ impl Results {
                 "\n## Many plugins per node\n\nN `[[plugin]]` tables on one artifact (distinct ids and intents); \
                  ready = process start to the first served task; RSS once serving; reload = one changed plugin \
                  through the admin API (median of seven after one unmeasured), with one file per plugin in a `node.plugin_dirs` \
-                 directory (only the changed file is parsed) and with every table in one file (parsed whole).\n"
+                 directory (only the changed file is read) and with every table in one file (only the changed table is parsed).\n"
             );
             for line in self.many_lines() {
                 let _ = writeln!(out, "- {line}");
