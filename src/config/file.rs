@@ -169,17 +169,6 @@ pub struct PluginFileCache {
     tables: std::sync::Mutex<Vec<(Box<str>, Arc<CachedTable>)>>,
 }
 
-impl PluginFileCache {
-    /// A cache that never watches the plugin directories (every reload
-    /// lists and stats every file; for tests of that path).
-    pub fn unwatched() -> Self {
-        Self {
-            files: ParsedFileCache::new(false),
-            tables: Default::default(),
-        }
-    }
-}
-
 /// One `[[plugin]]` table as parsed, and the spec last built from it with
 /// the inputs it was built from.
 struct CachedTable {
