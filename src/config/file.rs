@@ -32,10 +32,8 @@ use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
 use crate::runtime::engine::EngineSettings;
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
-use crate::runtime::host::http::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, IDLE_CONNECTIONS_RANGE,
-    check_patterns,
-};
+use crate::runtime::host::http::HttpSettings;
+use crate::runtime::host::http_settings::HttpKeys;
 use crate::runtime::limit_settings::LimitKeys;
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
@@ -121,25 +119,13 @@ struct PluginSection {
     /// Tenant name → environment variable holding its token.
     #[serde(default)]
     tenants: BTreeMap<String, String>,
-    http: Option<HttpSection>,
+    http: Option<HttpKeys>,
     /// The local file may be a compiled artifact.
     #[serde(default)]
     precompiled: bool,
     /// Public keys one of which must have signed this `oci://` plugin
     /// (instead of `[oci] signature_keys`).
     signature_keys: Option<Vec<PathBuf>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct HttpSection {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    allow_private: bool,
-    max_response_kib: Option<u32>,
-    max_in_flight: Option<u32>,
-    max_idle_connections: Option<u32>,
 }
 
 const MAX_PLUGIN_ID_BYTES: usize = 64;
@@ -608,35 +594,9 @@ fn plugin_spec(
     }
     let http = match plugin.http {
         None => HttpSettings::default(),
-        Some(section) => {
-            check_patterns(&section.allow).map_err(|e| format!("{name}: http.allow: {e}"))?;
-            let kib = check_range(
-                &format!("{name}: http.max_response_kib"),
-                section
-                    .max_response_kib
-                    .unwrap_or((DEFAULT_MAX_RESPONSE_BYTES >> 10) as u32),
-                &(1..=1_048_576),
-            )?;
-            HttpSettings {
-                allow: section.allow,
-                allow_private: section.allow_private,
-                max_response_bytes: (kib as usize) << 10,
-                max_in_flight: check_range(
-                    &format!("{name}: http.max_in_flight"),
-                    section.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
-                    &(1..=1024),
-                )?,
-                max_idle_connections: section
-                    .max_idle_connections
-                    .map(|n| {
-                        check_range(
-                            &format!("{name}: http.max_idle_connections"),
-                            n,
-                            &IDLE_CONNECTIONS_RANGE,
-                        )
-                    })
-                    .transpose()?,
-            }
+        Some(keys) => {
+            keys.validate().map_err(|e| format!("{name}: http.{e}"))?;
+            keys.settings()
         }
     };
     let mut tenants = Vec::new();

@@ -304,8 +304,9 @@ pub struct RunArgs {
     /// oci:// plugins must be pinned: oci://REGISTRY/REPO@sha256:DIGEST.
     #[arg(long, env = "IICP_HOST_OCI_REQUIRE_DIGEST")]
     oci_require_digest: bool,
-    /// Set one key of a settings section ([relay], [relay_capable], [peers],
-    /// [telemetry]; with --config also [oci], [auth], [directory], [admin]) over the
+    /// Set one key of a settings section ([node], [defaults], [relay],
+    /// [relay_capable], [peers], [telemetry]; with --config also [oci],
+    /// [auth], [directory], [admin]) over the
     /// file and the IICP_HOST_<SECTION>__<KEY> variables, e.g. --set
     /// relay_capable.max_sessions=512 (repeatable; the dedicated flags above
     /// still win).
