@@ -18,12 +18,17 @@
 //! `/proc/PID/stat`: a figure a busy machine moves much less than latency.
 //! Last line: `relay_p50_ratio=<max over points> relay_p99_ratio=<max>`
 //! (long poll) `framed_p50_ratio=<max> framed_p99_ratio=<max>`.
+//!
+//! With `--results-dir DIR` every figure is also written, under the keys of
+//! [`figure_key`], to `DIR/relay-<date>-<time>.json` (machine, date, commit:
+//! see `docs/results/README.md`), the file `docs/reach.md` quotes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::load::{self, LoadResult, LoadSpec, Variant};
 use crate::process::{self, Server, ServerKind};
+use crate::results::{Results, Run};
 use crate::usage_error;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -57,13 +62,21 @@ fn line(name: &str, concurrency: usize, result: &LoadResult) -> String {
     )
 }
 
+/// `relay/<path>/<what>`: a figure of one path (`direct`, `longpoll`,
+/// `framed`), e.g. `relay/framed/16/req_per_s`, `relay/framed/cpu_us_per_task`.
+pub fn figure_key(path: &str, what: &str) -> String {
+    format!("relay/{path}/{what}")
+}
+
 /// Runs the relay benchmark.
 pub async fn run(mut args: impl Iterator<Item = String>) {
     let (mut host, mut plugin, mut quick) = (PathBuf::new(), PathBuf::new(), false);
+    let mut results_dir: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--host" => host = args.next().map(PathBuf::from).unwrap_or_default(),
             "--plugin" => plugin = args.next().map(PathBuf::from).unwrap_or_default(),
+            "--results-dir" => results_dir = args.next().map(PathBuf::from),
             "--quick" => quick = true,
             other => usage_error(&format!("relay: unknown argument {other}")),
         }
@@ -75,6 +88,20 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         (2, Duration::from_millis(500), Duration::from_secs(2), 5_000)
     } else {
         (3, Duration::from_secs(1), Duration::from_secs(6), 20_000)
+    };
+    let mut results = Results {
+        run: Run {
+            tool: if quick { "bench/relay --quick" } else { "bench/relay" }.to_string(),
+            date: iicp_run_info::now_utc(),
+            commit: iicp_run_info::commit(),
+            machine: iicp_run_info::machine(),
+            rounds,
+            warmup_s: warmup.as_secs_f64(),
+            measure_s: measure.as_secs_f64(),
+            max_requests: cpu_tasks,
+            imported_from: None,
+        },
+        ..Results::default()
     };
     let cache_dir = process::fresh_dir("relay-cache");
     let node = |extra: Vec<String>| ServerKind::Host {
@@ -172,6 +199,21 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         };
         let d = pick(0);
         println!("{}", line(PATHS[0], concurrency, d));
+        for (path, name) in PATHS.iter().enumerate() {
+            let r = pick(path);
+            let key = |metric: &str| figure_key(name, &format!("{concurrency}/{metric}"));
+            results.figures.insert(key("req_per_s"), r.rps());
+            results.figures.insert(key("p50_ms"), r.latency_ms(0.50));
+            results.figures.insert(key("p99_ms"), r.latency_ms(0.99));
+            results
+                .figures
+                .insert(key("throughput_vs_direct"), r.rps() / d.rps());
+        }
+        let framed_over_longpoll = pick(2).rps() / pick(1).rps();
+        results.figures.insert(
+            figure_key("framed", &format!("{concurrency}/throughput_vs_longpoll")),
+            framed_over_longpoll,
+        );
         for (path, worst) in worst.iter_mut().enumerate().skip(1) {
             let r = pick(path);
             let p50 = r.latency_ms(0.50) / d.latency_ms(0.50);
@@ -191,6 +233,9 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     println!("\nCPU per task at c=16, {cpu_tasks} tasks each way (user + system time of the serving processes):");
     let direct_cpu = cpu_per_task(&[&direct], "/v1/task", &direct, cpu_tasks).await;
     println!("direct   {:>7.1} us (the node)", direct_cpu[0]);
+    results
+        .figures
+        .insert(figure_key("direct", "cpu_us_per_task"), direct_cpu[0]);
     for (name, worker, path) in [
         ("longpoll", &worker, &relayed_path),
         ("framed", &framed_worker, &framed_path),
@@ -203,9 +248,29 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
             cpu[1],
             (cpu[0] + cpu[1]) / direct_cpu[0]
         );
+        for (what, value) in [
+            ("cpu_us_per_task", cpu[0] + cpu[1]),
+            ("relay_cpu_us_per_task", cpu[0]),
+            ("worker_cpu_us_per_task", cpu[1]),
+            ("cpu_vs_direct", (cpu[0] + cpu[1]) / direct_cpu[0]),
+        ] {
+            results.figures.insert(figure_key(name, what), value);
+        }
     }
+    let cpu = |path: &str| results.figures[&figure_key(path, "cpu_us_per_task")];
+    let framed_cpu = cpu("framed") / cpu("longpoll");
+    results
+        .figures
+        .insert(figure_key("framed", "cpu_vs_longpoll"), framed_cpu);
     drop((framed_worker, worker, relay, direct));
     process::remove_dir(&cache_dir);
+    if let Some(dir) = results_dir {
+        let path = dir.join(iicp_run_info::results_file_name("relay", &results.run.date));
+        match crate::write_results(&results, &path) {
+            Ok(()) => println!("results: {}", path.display()),
+            Err(e) => eprintln!("relay: cannot write the results file: {e}"),
+        }
+    }
     println!(
         "relay_p50_ratio={:.3} relay_p99_ratio={:.3} framed_p50_ratio={:.3} framed_p99_ratio={:.3}",
         worst[1][0], worst[1][1], worst[2][0], worst[2][1]
