@@ -13,6 +13,7 @@
 //!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
+mod figures;
 mod llm;
 mod load;
 mod many;
@@ -86,6 +87,7 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--results-dir DIR] [--quick]\n       \
+     iicp-bench figures --tool TOOL --prefix PREFIX --results-dir DIR FIGURES.txt\n       \
      iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
      [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
      iicp-bench render RESULTS.json [REPORT.md]\n       \
@@ -430,6 +432,7 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
+        Some("figures") => return figures::run(std::env::args().skip(2)),
         Some("llm") => return llm::run(std::env::args().skip(2)).await,
         Some("render") => {
             let args: Vec<String> = std::env::args().skip(2).collect();

@@ -91,15 +91,15 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     };
     let mut results = Results {
         run: Run {
-            tool: if quick { "bench/relay --quick" } else { "bench/relay" }.to_string(),
-            date: iicp_run_info::now_utc(),
-            commit: iicp_run_info::commit(),
-            machine: iicp_run_info::machine(),
             rounds,
             warmup_s: warmup.as_secs_f64(),
             measure_s: measure.as_secs_f64(),
             max_requests: cpu_tasks,
-            imported_from: None,
+            ..Run::began_now(if quick {
+                "bench/relay --quick"
+            } else {
+                "bench/relay"
+            })
         },
         ..Results::default()
     };

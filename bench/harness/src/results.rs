@@ -40,6 +40,20 @@ pub struct Run {
     pub imported_from: Option<String>,
 }
 
+impl Run {
+    /// A run of `tool` beginning now on this machine, at the checked-out
+    /// commit; the measuring parameters are the caller's to fill in.
+    pub fn began_now(tool: &str) -> Self {
+        Self {
+            tool: tool.to_string(),
+            date: iicp_run_info::now_utc(),
+            commit: iicp_run_info::commit(),
+            machine: iicp_run_info::machine(),
+            ..Self::default()
+        }
+    }
+}
+
 /// The order figures are shown in (keys alone do not keep it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Layout {
