@@ -187,6 +187,14 @@ impl Overrides {
         self
     }
 
+    /// Whether the environment or `--set` (not a dedicated flag) sets a
+    /// key of `section`.
+    pub fn sets(&self, section: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|o| !o.dedicated && o.section == section)
+    }
+
     /// Refuses a key for a section no capability owns, naming its source.
     pub fn check_sections(&self, known: &[&str]) -> Result<(), String> {
         match self

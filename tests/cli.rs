@@ -97,7 +97,7 @@ fn inconsistent_relay_flags_are_refused() {
         (&["--relay-max-sessions", "5"][..], "need --relay-capable"),
         (
             &["--relay-capable", "--relay-liveness-ms", "5"][..],
-            "liveness_ms",
+            "--relay-liveness-ms must be between 25000 and 3600000, got 5",
         ),
         (
             &["--relay-capable", "--relay-require-bind-ticket"][..],

@@ -320,9 +320,11 @@ impl RunArgs {
     /// it. Called again for every hot reload; `plugin_files` keeps the
     /// plugin directories' parsed files between calls.
     pub fn to_config(&self, plugin_files: &PluginFileCache) -> Result<NodeConfig, String> {
+        let dedicated = self.section_flags()?;
+        let relay_tuned = dedicated.iter().any(|v| v.section == RelaySettings::NAME);
         let overrides = Overrides::from_env(std::env::vars())
             .with_flags(&self.set)?
-            .with_dedicated(self.section_flags()?);
+            .with_dedicated(dedicated);
         sections::check_names(&overrides, self.config.is_some())?;
         let mut config = match (&self.config, &self.plugin) {
             (Some(path), _) => {
@@ -331,6 +333,14 @@ impl RunArgs {
             (None, Some(plugin)) => file::for_plugin(plugin.clone(), &overrides)?,
             (None, None) => return Err("give --plugin or --config".to_string()),
         };
+        // The --relay-* limits tune a relay the node is: --relay-capable, or
+        // a [relay_capable] table in the file or from the environment.
+        let relay = &mut config.reach.relay_capable;
+        if self.relay_capable {
+            relay.get_or_insert_with(RelaySettings::default);
+        } else if relay_tuned && relay.is_none() && !overrides.sets(RelaySettings::NAME) {
+            return Err("the --relay-* limits need --relay-capable".to_string());
+        }
         sections::stack(&mut config, &overrides)?;
         self.apply_plugin_flags(&mut config)?;
         if config.idempotency.is_none()
@@ -447,6 +457,28 @@ impl RunArgs {
         flags.set(node, "max_connections", edge.max_connections);
         flags.set(node, "lingering_close_ms", edge.lingering_close_ms);
         flags.set(node, "max_unsent_answers_mib", edge.max_unsent_answers_mib);
+        // `--relay-KEY`: a key of [relay_capable].
+        let (relay, r) = (RelaySettings::NAME, "relay-");
+        flags.set_prefixed(relay, r, "max_sessions", self.relay_max_sessions);
+        flags.set_prefixed(relay, r, "bind_rate_limit", self.relay_bind_rate_limit);
+        flags.set_prefixed(relay, r, "liveness_ms", self.relay_liveness_ms);
+        flags.set_prefixed(
+            relay,
+            r,
+            "bind_ticket_key",
+            self.relay_bind_ticket_key.as_ref(),
+        );
+        let require_ticket = self.relay_require_bind_ticket.then_some(true);
+        flags.set_prefixed(relay, r, "require_bind_ticket", require_ticket);
+        let refuse_keyless = self.relay_refuse_keyless_binds.then_some(true);
+        flags.set_prefixed(relay, r, "refuse_keyless_binds", refuse_keyless);
+        flags.set_prefixed(
+            relay,
+            r,
+            "max_pinned_workers",
+            self.relay_max_pinned_workers,
+        );
+        flags.set_prefixed(relay, r, "accept_port", self.relay_accept_port);
         let telemetry = ExportSettings::NAME;
         flags.set(telemetry, "otlp_queue_spans", self.otlp_queue_spans);
         flags.set(telemetry, "otlp_queue_bytes", self.otlp_queue_bytes);
@@ -516,7 +548,19 @@ struct SectionFlags {
 impl SectionFlags {
     /// `--KEY-WITH-DASHES VALUE`, when given.
     fn set<T: Serialize>(&mut self, section: &'static str, key: &'static str, value: Option<T>) {
-        self.set_as(section, key, value, &format!("--{}", key.replace('_', "-")));
+        self.set_prefixed(section, "", key, value);
+    }
+
+    /// `--PREFIXKEY-WITH-DASHES VALUE` (`--relay-max-sessions`), when given.
+    fn set_prefixed<T: Serialize>(
+        &mut self,
+        section: &'static str,
+        prefix: &str,
+        key: &'static str,
+        value: Option<T>,
+    ) {
+        let flag = format!("--{prefix}{}", key.replace('_', "-"));
+        self.set_as(section, key, value, &flag);
     }
 
     /// `flag`, when given, sets `key`.
@@ -573,7 +617,8 @@ pub struct EdgeFlags {
 }
 
 impl RunArgs {
-    /// The relay flags, over the file's `[relay]` and `[relay_capable]`.
+    /// The worker's relay and the peers' flags, over the file's `[relay]`
+    /// and `[peers]`.
     fn apply_reach(&self, config: &mut NodeConfig) -> Result<(), String> {
         let reach = &mut config.reach;
         if let Some(url) = &self.relay {
@@ -590,50 +635,6 @@ impl RunArgs {
                         .to_string(),
                 );
             }
-        }
-        let tuned = self.relay_max_sessions.is_some()
-            || self.relay_bind_rate_limit.is_some()
-            || self.relay_liveness_ms.is_some()
-            || self.relay_bind_ticket_key.is_some()
-            || self.relay_require_bind_ticket
-            || self.relay_refuse_keyless_binds
-            || self.relay_max_pinned_workers.is_some()
-            || self.relay_accept_port.is_some();
-        if self.relay_capable || (tuned && reach.relay_capable.is_some()) {
-            let relay = reach
-                .relay_capable
-                .get_or_insert_with(RelaySettings::default);
-            if let Some(max) = self.relay_max_sessions {
-                relay.max_sessions = max;
-            }
-            if let Some(limit) = self.relay_bind_rate_limit {
-                relay.bind_rate_limit = limit;
-            }
-            if let Some(ms) = self.relay_liveness_ms {
-                relay.liveness_ms = ms;
-            }
-            if self.relay_bind_ticket_key.is_some() {
-                relay
-                    .bind_ticket_key
-                    .clone_from(&self.relay_bind_ticket_key);
-            }
-            if self.relay_require_bind_ticket {
-                relay.require_bind_ticket = true;
-            }
-            if self.relay_refuse_keyless_binds {
-                relay.refuse_keyless_binds = true;
-            }
-            if let Some(max) = self.relay_max_pinned_workers {
-                relay.max_pinned_workers = max;
-            }
-            if let Some(port) = self.relay_accept_port {
-                relay.accept_port = port;
-            }
-            relay
-                .validate()
-                .map_err(|e| format!("--relay-capable: {e}"))?;
-        } else if tuned {
-            return Err("the --relay-* limits need --relay-capable".to_string());
         }
         if self.peers || !self.peer_seeds.is_empty() {
             let peers = reach.peers.get_or_insert_with(PeerSettings::default);
@@ -687,8 +688,7 @@ mod tests {
 
     /// The section and key `--flag VALUE` sets, found by giving it: the
     /// keys the flag becomes, the plugin limits it sets, or (for the flags
-    /// applied by hand: `--relay-*`, `--oci-*`, `--task-auth`) the key of
-    /// the same name.
+    /// applied by hand: `--oci-*`, `--task-auth`) the key of the same name.
     fn key_set_by(flag: &str, value: &str) -> Option<(&'static str, String)> {
         let args = parse(&[&format!("--{flag}"), value]);
         let values = args.section_flags().unwrap();
@@ -700,9 +700,6 @@ mod tests {
             return Some(("every plugin", key.clone()));
         }
         let by_hand = |prefix: &str| flag.strip_prefix(prefix).map(|k| k.replace('-', "_"));
-        if let Some(key) = by_hand("relay-") {
-            return Some((RelaySettings::NAME, key));
-        }
         if let Some(key) = by_hand("oci-") {
             return Some((OciSection::NAME, key));
         }
