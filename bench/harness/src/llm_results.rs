@@ -173,6 +173,8 @@ impl LlmResults {
              reuse.\n",
             run.rounds
         );
+        out.push_str(&self.targets_markdown());
+        let _ = writeln!(out, "## Points\n");
         let _ = writeln!(
             out,
             "| latency | c | node | tasks/s | ×native | p50 + ms | p99 + ms | CPU/task µs | ×native | RSS/in-flight KiB | backend conns/task | errors |"
@@ -204,13 +206,74 @@ impl LlmResults {
         out
     }
 
+    /// Issue 23's targets for this workload against the run's figures:
+    /// each iicp-host point's figure, then met or missed.
+    fn targets_markdown(&self) -> String {
+        let hosts: Vec<(u64, usize)> = (self.points.iter())
+            .filter(|(_, _, node)| node == "iicp-host")
+            .map(|(latency, c, _)| (*latency, *c))
+            .collect();
+        let mut out = String::from(
+            "## Targets\n\n| target | iicp-host's figures (latency ms/c) | |\n|---|---|---|\n",
+        );
+        // (target, metric, decimals shown, the lowest concurrency it
+        // applies to, whether a figure meets it)
+        type Check = (&'static str, &'static str, usize, usize, fn(f64) -> bool);
+        let targets: [Check; 4] = [
+            (
+                "2,000 tasks in flight, a fresh instance each: no errors",
+                "errors",
+                0,
+                2000,
+                |v| v == 0.0,
+            ),
+            (
+                "throughput ≥ 0.95× native",
+                "throughput_vs_native",
+                2,
+                1,
+                |v| v >= 0.95,
+            ),
+            ("p99 overhead ≤ 5 ms", "p99_overhead_ms", 1, 1, |v| {
+                v <= 5.0
+            }),
+            // RSS per task is (peak − idle) ÷ c: at c=1 the idle noise is the figure.
+            (
+                "RSS per in-flight task ≤ 256 KiB",
+                "rss_kib_per_task",
+                0,
+                64,
+                |v| v <= 256.0,
+            ),
+        ];
+        for (name, metric, decimals, from_c, meets) in targets {
+            let figures: Vec<(String, f64)> = (hosts.iter())
+                .filter(|(_, c)| *c >= from_c)
+                .filter_map(|(latency, c)| {
+                    let value = self.point(*latency, *c, "iicp-host", metric)?;
+                    Some((format!("{latency}/{c} {value:.decimals$}"), value))
+                })
+                .collect();
+            let verdict = match figures.is_empty() {
+                true => "not measured in this run",
+                false if figures.iter().all(|(_, v)| meets(*v)) => "met",
+                false => "missed",
+            };
+            let shown: Vec<&str> = figures.iter().map(|(text, _)| text.as_str()).collect();
+            let _ = writeln!(out, "| {name} | {} | {verdict} |", shown.join(", "));
+        }
+        out.push('\n');
+        out
+    }
+
     /// Reads a page written by `iicp-bench llm --report` before results
     /// files existed (its table rows) back into a results file.
     pub fn import_markdown(text: &str, source: &str, run: Run) -> Result<Self, String> {
         let mut points = Vec::new();
+        // A point's row begins with its latency: `| 200 ms | …`.
         let is_row = |l: &&str| {
-            l.strip_prefix("| ")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            (l.strip_prefix("| ").and_then(|r| r.split_once(" ms |")))
+                .is_some_and(|(latency, _)| latency.parse::<u64>().is_ok())
         };
         for line in text.lines().filter(is_row) {
             let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
