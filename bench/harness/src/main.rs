@@ -86,7 +86,7 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
-     iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
+     iicp-bench relay --host BIN --plugin ECHO.wasm [--quick] [--results DIR]\n       \
      iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
      [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
      iicp-bench render RESULTS.json [REPORT.md]   (llm-*.json: default docs/benchmarks-llm.md)\n       \
