@@ -18,18 +18,33 @@
 //! `/proc/PID/stat`: a figure a busy machine moves much less than latency.
 //! Last line: `relay_p50_ratio=<max over points> relay_p99_ratio=<max>`
 //! (long poll) `framed_p50_ratio=<max> framed_p99_ratio=<max>`.
-//!
-//! With `--results-dir DIR` every figure is also written, under the keys of
-//! [`figure_key`], to `DIR/relay-<date>-<time>.json` (machine, date, commit:
-//! see `docs/results/README.md`), the file `docs/reach.md` quotes.
+//! With `--results DIR` every figure also goes to a results file,
+//! `DIR/relay-<date>-<time>.json` (machine, date, commit; keys
+//! `relay/<path>/<c>/<req_per_s|p50_ms|p99_ms|requests|errors>`,
+//! `relay/<path>/<c>/<throughput|p50|p99>_vs_direct`,
+//! `relay/<path>/<p50|p99>_added_ms/<c>`, `relay/<path>/cpu_us_per_task`
+//! with its `relay/<path>/cpu_<relay|worker>_us` parts and
+//! `relay/<path>/cpu_vs_direct`; the framed path against long poll:
+//! `relay/framed/<c>/throughput_vs_longpoll`, `relay/framed/cpu_vs_longpoll`),
+//! which docs/reach.md quotes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::load::{self, LoadResult, LoadSpec, Variant};
 use crate::process::{self, Server, ServerKind};
-use crate::results::{Results, Run};
+use crate::results::Run;
 use crate::usage_error;
+
+/// A relay run's results file.
+#[derive(Serialize)]
+struct RelayResults {
+    run: Run,
+    figures: BTreeMap<String, f64>,
+}
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const MAX_CONCURRENT: u32 = 256;
@@ -62,12 +77,6 @@ fn line(name: &str, concurrency: usize, result: &LoadResult) -> String {
     )
 }
 
-/// `relay/<path>/<what>`: a figure of one path (`direct`, `longpoll`,
-/// `framed`), e.g. `relay/framed/16/req_per_s`, `relay/framed/cpu_us_per_task`.
-pub fn figure_key(path: &str, what: &str) -> String {
-    format!("relay/{path}/{what}")
-}
-
 /// Runs the relay benchmark.
 pub async fn run(mut args: impl Iterator<Item = String>) {
     let (mut host, mut plugin, mut quick) = (PathBuf::new(), PathBuf::new(), false);
@@ -76,7 +85,7 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         match arg.as_str() {
             "--host" => host = args.next().map(PathBuf::from).unwrap_or_default(),
             "--plugin" => plugin = args.next().map(PathBuf::from).unwrap_or_default(),
-            "--results-dir" => results_dir = args.next().map(PathBuf::from),
+            "--results" => results_dir = args.next().map(PathBuf::from),
             "--quick" => quick = true,
             other => usage_error(&format!("relay: unknown argument {other}")),
         }
@@ -89,20 +98,18 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     } else {
         (3, Duration::from_secs(1), Duration::from_secs(6), 20_000)
     };
-    let mut results = Results {
-        run: Run {
-            rounds,
-            warmup_s: warmup.as_secs_f64(),
-            measure_s: measure.as_secs_f64(),
-            max_requests: cpu_tasks,
-            ..Run::began_now(if quick {
-                "bench/relay --quick"
-            } else {
-                "bench/relay"
-            })
-        },
-        ..Results::default()
+    let run = Run {
+        tool: format!("bench/relay{}", if quick { " --quick" } else { "" }),
+        date: iicp_run_info::now_utc(),
+        commit: iicp_run_info::commit(),
+        machine: iicp_run_info::machine(),
+        rounds,
+        warmup_s: warmup.as_secs_f64(),
+        measure_s: measure.as_secs_f64(),
+        max_requests: cpu_tasks,
+        imported_from: None,
     };
+    let mut figures = BTreeMap::new();
     let cache_dir = process::fresh_dir("relay-cache");
     let node = |extra: Vec<String>| ServerKind::Host {
         binary: host.clone(),
@@ -201,23 +208,34 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         println!("{}", line(PATHS[0], concurrency, d));
         for (path, name) in PATHS.iter().enumerate() {
             let r = pick(path);
-            let key = |metric: &str| figure_key(name, &format!("{concurrency}/{metric}"));
-            results.figures.insert(key("req_per_s"), r.rps());
-            results.figures.insert(key("p50_ms"), r.latency_ms(0.50));
-            results.figures.insert(key("p99_ms"), r.latency_ms(0.99));
-            results
-                .figures
-                .insert(key("throughput_vs_direct"), r.rps() / d.rps());
+            for (metric, value) in [
+                ("req_per_s", r.rps()),
+                ("p50_ms", r.latency_ms(0.50)),
+                ("p99_ms", r.latency_ms(0.99)),
+                ("requests", r.requests as f64),
+                ("errors", r.errors as f64),
+            ] {
+                figures.insert(format!("relay/{name}/{concurrency}/{metric}"), value);
+            }
         }
-        let framed_over_longpoll = pick(2).rps() / pick(1).rps();
-        results.figures.insert(
-            figure_key("framed", &format!("{concurrency}/throughput_vs_longpoll")),
-            framed_over_longpoll,
+        figures.insert(
+            format!("relay/framed/{concurrency}/throughput_vs_longpoll"),
+            pick(2).rps() / pick(1).rps(),
         );
         for (path, worst) in worst.iter_mut().enumerate().skip(1) {
             let r = pick(path);
             let p50 = r.latency_ms(0.50) / d.latency_ms(0.50);
             let p99 = r.latency_ms(0.99) / d.latency_ms(0.99);
+            let name = PATHS[path];
+            for (metric, value) in [
+                ("p50_vs_direct", p50),
+                ("p99_vs_direct", p99),
+                ("throughput_vs_direct", r.rps() / d.rps()),
+                ("p50_added_ms", r.latency_ms(0.50) - d.latency_ms(0.50)),
+                ("p99_added_ms", r.latency_ms(0.99) - d.latency_ms(0.99)),
+            ] {
+                figures.insert(format!("relay/{name}/{concurrency}/{metric}"), value);
+            }
             worst[0] = worst[0].max(p50);
             worst[1] = worst[1].max(p99);
             println!("{}", line(PATHS[path], concurrency, r));
@@ -233,14 +251,20 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     println!("\nCPU per task at c=16, {cpu_tasks} tasks each way (user + system time of the serving processes):");
     let direct_cpu = cpu_per_task(&[&direct], "/v1/task", &direct, cpu_tasks).await;
     println!("direct   {:>7.1} us (the node)", direct_cpu[0]);
-    results
-        .figures
-        .insert(figure_key("direct", "cpu_us_per_task"), direct_cpu[0]);
+    figures.insert("relay/direct/cpu_us_per_task".into(), direct_cpu[0]);
     for (name, worker, path) in [
         ("longpoll", &worker, &relayed_path),
         ("framed", &framed_worker, &framed_path),
     ] {
         let cpu = cpu_per_task(&[&relay, worker], path, &relay, cpu_tasks).await;
+        for (metric, value) in [
+            ("cpu_us_per_task", cpu[0] + cpu[1]),
+            ("cpu_relay_us", cpu[0]),
+            ("cpu_worker_us", cpu[1]),
+            ("cpu_vs_direct", (cpu[0] + cpu[1]) / direct_cpu[0]),
+        ] {
+            figures.insert(format!("relay/{name}/{metric}"), value);
+        }
         println!(
             "{name:<8} {:>7.1} us (relay {:.1} + worker {:.1}), x{:.2}",
             cpu[0] + cpu[1],
@@ -248,28 +272,17 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
             cpu[1],
             (cpu[0] + cpu[1]) / direct_cpu[0]
         );
-        for (what, value) in [
-            ("cpu_us_per_task", cpu[0] + cpu[1]),
-            ("relay_cpu_us_per_task", cpu[0]),
-            ("worker_cpu_us_per_task", cpu[1]),
-            ("cpu_vs_direct", (cpu[0] + cpu[1]) / direct_cpu[0]),
-        ] {
-            results.figures.insert(figure_key(name, what), value);
-        }
     }
-    let cpu = |path: &str| results.figures[&figure_key(path, "cpu_us_per_task")];
+    let cpu = |path: &str| figures[&format!("relay/{path}/cpu_us_per_task")];
     let framed_cpu = cpu("framed") / cpu("longpoll");
-    results
-        .figures
-        .insert(figure_key("framed", "cpu_vs_longpoll"), framed_cpu);
+    figures.insert("relay/framed/cpu_vs_longpoll".into(), framed_cpu);
     drop((framed_worker, worker, relay, direct));
     process::remove_dir(&cache_dir);
     if let Some(dir) = results_dir {
-        let path = dir.join(iicp_run_info::results_file_name("relay", &results.run.date));
-        match crate::write_results(&results, &path) {
-            Ok(()) => println!("results: {}", path.display()),
-            Err(e) => eprintln!("relay: cannot write the results file: {e}"),
-        }
+        let file = dir.join(iicp_run_info::results_file_name("relay", &run.date));
+        crate::write_results(&RelayResults { run, figures }, &file)
+            .unwrap_or_else(|e| usage_error(&e));
+        println!("results written to {}", file.display());
     }
     println!(
         "relay_p50_ratio={:.3} relay_p99_ratio={:.3} framed_p50_ratio={:.3} framed_p99_ratio={:.3}",
