@@ -5,10 +5,8 @@
 //! figures that do not depend on how busy the machine is: page faults per
 //! task (the process's minor faults over the measured tasks), the linear
 //! memory a task peaked at, and the p50 of store creation + instantiation
-//! alone, and the memory the pool keeps resident in its unused slots (with
-//! one plugin measured: the pages its last task dirtied). CPU time per task
-//! (the benchmark thread's, from the scheduler's statistics) depends less on
-//! load than wall time, but still some.
+//! alone. CPU time per task (the benchmark thread's, from the scheduler's
+//! statistics) depends less on load than wall time, but still some.
 //!
 //! The plugins are measured in interleaved rounds (each round runs every
 //! plugin in turn, the order alternating), so a change in machine load
@@ -119,15 +117,6 @@ async fn main() {
         }
         for plugin in &mut measured {
             println!("{}", plugin.line());
-        }
-        // With one plugin measured, the last task's dirty pages: the pool
-        // resets them in place (up to the keep-resident budget) and keeps
-        // them resident for the next instance in the slot.
-        if let Some(bytes) = runtime.unused_memory_bytes_resident() {
-            println!(
-                "memory kept resident in unused slots: {:.1} KiB",
-                bytes as f64 / 1024.0
-            );
         }
         if let (1, Some((base, others))) = (reuse, measured.split_first_mut()) {
             for other in others {

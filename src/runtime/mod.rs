@@ -108,16 +108,6 @@ impl Runtime {
         self.allocator
     }
 
-    /// Bytes of linear memory the pooling allocator keeps resident in its
-    /// unused slots: what the last task in each dirtied, reset in place
-    /// rather than decommitted (the sandbox bench reports it per task).
-    /// `None` without the pool.
-    pub fn unused_memory_bytes_resident(&self) -> Option<usize> {
-        self.engine
-            .pooling_allocator_metrics()
-            .map(|pool| pool.unused_memory_bytes_resident())
-    }
-
     /// Loads and checks the plugin at `source.path`, a local file; a plugin
     /// from a registry is pulled and verified first (`fetch`), and loaded
     /// with [`Self::load_plugin_file`].
