@@ -230,16 +230,18 @@ async fn metrics_count_tasks_tokens_and_instantiations(echo: Echo) {
 /// resident across the memory reset instead of faulting them in again: the
 /// node's page faults per task, a count (`/proc/<pid>/stat`), not a timing.
 /// With the published wasmtime 48.0.10 (a reset scan of at most 32 dirty
-/// regions, `patches/README.md`) a task cost ~230 faults (Python) and ~45
-/// (JS); with the patched one, a few.
+/// regions, `patches/README.md`) a debug node took 264 faults per task
+/// (Python) and 56 (JS); with the patched one 12-41 and 7-9, the rest being
+/// the node's own HTTP path and, when the machine is busy, the next task
+/// starting before the deferred teardown has reset the last one's slot.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_echo_fresh_instances_keep_their_snapshot_resident() {
-    fresh_instances_keep_their_snapshot_resident(Echo::Python, 40.0).await;
+    fresh_instances_keep_their_snapshot_resident(Echo::Python, 120.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn js_echo_fresh_instances_keep_their_snapshot_resident() {
-    fresh_instances_keep_their_snapshot_resident(Echo::Js, 15.0).await;
+    fresh_instances_keep_their_snapshot_resident(Echo::Js, 30.0).await;
 }
 
 async fn fresh_instances_keep_their_snapshot_resident(echo: Echo, max_faults_per_task: f64) {
@@ -257,6 +259,7 @@ async fn fresh_instances_keep_their_snapshot_resident(echo: Echo, max_faults_per
         assert_eq!(status, 200, "{body}");
     }
     let per_task = (minor_faults(node.pid()) - faults_before) as f64 / MEASURED as f64;
+    println!("{}: {per_task:.1} page faults per fresh task", echo.name());
     assert!(
         per_task < max_faults_per_task,
         "{}: {per_task:.1} page faults per fresh task (bound {max_faults_per_task})",
