@@ -231,7 +231,7 @@ async fn metrics_count_tasks_tokens_and_instantiations(echo: Echo) {
 /// node's page faults per task, a count (`/proc/<pid>/stat`), not a timing.
 /// With the published wasmtime 48.0.10 (a reset scan of at most 32 dirty
 /// regions, `patches/README.md`) a debug node took 264 faults per task
-/// (Python) and 56 (JS); with the patched one 12-41 and 7-9, the rest being
+/// (Python) and 56 (JS); with the patched one 12-41 and 7-11, the rest being
 /// the node's own HTTP path and, when the machine is busy, the next task
 /// starting before the deferred teardown has reset the last one's slot.
 #[tokio::test(flavor = "multi_thread")]
@@ -267,14 +267,7 @@ async fn fresh_instances_keep_their_snapshot_resident(echo: Echo, max_faults_per
     );
 }
 
-/// A process's minor page faults so far (`/proc/<pid>/stat` field 10, after
-/// the parenthesised command name, which may hold spaces).
 fn minor_faults(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read the node's stat");
-    let fields = stat.rsplit_once(')').expect("stat has a command name").1;
-    fields
-        .split_whitespace()
-        .nth(7)
-        .and_then(|faults| faults.parse().ok())
-        .expect("stat has minflt")
+    iicp_reliability::memory::minor_faults(&format!("/proc/{pid}/stat"))
+        .expect("the node's minor page faults")
 }
