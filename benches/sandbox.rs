@@ -253,16 +253,9 @@ impl Measured {
     }
 }
 
-/// The process's minor page faults so far (`/proc/self/stat` field 10,
-/// after the parenthesised command name, which may hold spaces).
+/// The process's minor page faults so far.
 fn minor_faults() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.rsplit_once(')')?.1;
-            rest.split_whitespace().nth(7)?.parse().ok()
-        })
-        .unwrap_or(0)
+    iicp_reliability::memory::minor_faults("/proc/self/stat").unwrap_or(0)
 }
 
 /// CPU time this thread has run so far (`/proc/thread-self/schedstat`, in

@@ -27,11 +27,11 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::DRAIN_RETRY_AFTER_MS_RANGE;
 use crate::protocol::{ApiError, json_response};
 use crate::reload::{ReloadReport, Reloader};
 use crate::server::access::{AccessPolicy, Tenant, bearer};
 use crate::server::drain::{Drain, DrainReason, DrainSwitch};
+use crate::server::node_settings::DRAIN_RETRY_AFTER_MS_RANGE;
 use crate::server::plugin_table::PluginEntry;
 use crate::server::state::AppState;
 

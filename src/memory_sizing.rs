@@ -587,8 +587,9 @@ impl Part for MemoryMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DEFAULT_MAX_CONCURRENT, PluginSpec};
+    use crate::config::PluginSpec;
     use crate::runtime::plugin::PluginSource;
+    use crate::server::node_settings::DEFAULT_MAX_CONCURRENT;
 
     fn memory(mib: u64) -> Memory {
         Memory {

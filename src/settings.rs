@@ -91,6 +91,33 @@ struct Override {
     value: toml::Value,
     /// What the operator wrote, for errors: the variable or the flag.
     source: String,
+    /// Set by a dedicated flag (`--max-concurrent`): errors name the flag
+    /// in place of the key, as the operator typed it.
+    dedicated: bool,
+}
+
+/// A dedicated flag's value for one key of a section: `--max-concurrent 8`
+/// is `node.max_concurrent = 8`, so the flag gets the key's range and
+/// rules from the section's one definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagValue {
+    /// The section (`node`).
+    pub section: &'static str,
+    /// The key (`max_concurrent`).
+    pub key: &'static str,
+    /// The value, as the file would hold it.
+    pub value: toml::Value,
+    /// The flag as typed (`--max-concurrent`).
+    pub flag: String,
+}
+
+/// `error` (which starts with `key`, as every `validate()` error does)
+/// naming `flag` instead: `--memory-mb must be between …`.
+pub fn naming_flag(error: &str, key: &str, flag: &str) -> String {
+    match error.strip_prefix(key) {
+        Some(rest) => format!("{flag}{rest}"),
+        None => format!("{flag}: {error}"),
+    }
 }
 
 /// The keys the environment and the command line set, in the order they
@@ -115,6 +142,7 @@ impl Overrides {
                     key: key.split("__").map(str::to_ascii_lowercase).collect(),
                     value: parse_value(&value),
                     source: name.clone(),
+                    dedicated: false,
                 })
             })
             .collect();
@@ -141,9 +169,30 @@ impl Overrides {
                 key,
                 value: parse_value(value.trim()),
                 source,
+                dedicated: false,
             });
         }
         Ok(self)
+    }
+
+    /// Adds the dedicated flags' values, over every `--set`.
+    pub fn with_dedicated(mut self, values: impl IntoIterator<Item = FlagValue>) -> Self {
+        self.entries.extend(values.into_iter().map(|v| Override {
+            section: v.section.to_string(),
+            key: vec![v.key.to_string()],
+            value: v.value,
+            source: v.flag,
+            dedicated: true,
+        }));
+        self
+    }
+
+    /// Whether the environment or `--set` (not a dedicated flag) sets a
+    /// key of `section`.
+    pub fn sets(&self, section: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|o| !o.dedicated && o.section == section)
     }
 
     /// Refuses a key for a section no capability owns, naming its source.
@@ -199,6 +248,7 @@ impl Overrides {
         layered.validate().map_err(|error| {
             let field = error.split([' ', ':', '.']).next().unwrap_or_default();
             match mine.iter().rev().find(|o| o.key[0] == field) {
+                Some(setter) if setter.dedicated => naming_flag(&error, field, &setter.source),
                 Some(setter) => format!("{}: {error}", setter.source),
                 None => format!("{}.{error} (with {})", S::NAME, sources()),
             }

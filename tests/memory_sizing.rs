@@ -25,6 +25,46 @@ async fn setting(node: &Process, name: &str) -> u64 {
     gauge(node, &format!("iicp_memory_setting{{setting=\"{name}\"}}")).await
 }
 
+/// `[node]` and `[defaults]` keys set in the environment and by `--set`,
+/// without a file, are in force and count as given: the sizing leaves
+/// them as set (sized, 512 MiB gives 2 slots of 128 MiB), and the body
+/// limit holds on the socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_and_defaults_keys_from_the_environment_and_set_are_in_force_and_given() {
+    let node = Node::start_env(
+        &plugin("echo"),
+        &[
+            "--set",
+            "node.max_concurrent=3",
+            "--set",
+            "defaults.memory_mb=16",
+            "--set",
+            "node.max_body_bytes=2048",
+        ],
+        &[("IICP_HOST_NODE__MEMORY_LIMIT_MIB", "512")],
+    );
+    assert_eq!(gauge(&node, "iicp_memory_limit_bytes").await, 512 << 20);
+    assert_eq!(setting(&node, "max_concurrent").await, 3);
+    // 3 tasks of the default 128 MiB alone would be 384 MiB: the worst
+    // case under it is [defaults]' 16 MiB per task, given, not sized.
+    let worst = gauge(&node, "iicp_memory_worst_case_bytes").await;
+    assert!(worst < 3 * (128 << 20), "worst case {worst}");
+    let (status, _, answer) = post_task(
+        &node,
+        &json!({"task_id":"big","intent":"urn:iicp:intent:util:echo:v1",
+                "payload":"x".repeat(4096)}),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(common::error_of(&answer)["code"], "payload_too_large");
+    let (status, _, answer) = post_task(
+        &node,
+        &json!({"task_id":"small","intent":"urn:iicp:intent:util:echo:v1","payload":"ok"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_given_256_mib_sizes_its_defaults_to_fit_and_serves_the_readme_examples() {
     let node = Node::start(&plugin("echo"), &["--memory-limit-mib", "256"]);

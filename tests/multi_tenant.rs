@@ -139,8 +139,14 @@ async fn a_misbehaving_plugin_does_not_fail_or_stall_the_other() {
             spawn_post(node.url("/v1/task"), body)
         })
         .collect();
-    // Some of the abuse holds the tools plugin's slots before the echo load starts.
-    common::wait_active(&node, 1, Duration::from_secs(60)).await;
+    // Some of the abuse holds the tools plugin's slots before the echo load
+    // starts, or has already ended: a loop task lives 2 s, which a poll on
+    // a loaded machine can miss.
+    common::wait_until("the abuse to start", Duration::from_secs(60), || async {
+        let active = common::health(&node).await["active_jobs"].as_u64();
+        active.unwrap_or(0) > 0 || abuse.iter().any(|task| task.is_finished())
+    })
+    .await;
     let good: Vec<_> = (0..8)
         .map(|worker| {
             let url = node.url("/v1/task");

@@ -110,12 +110,17 @@ struct Demo {
     tag: String,
     child: Child,
     output: PathBuf,
+    /// Where it writes its results file.
+    results: PathBuf,
 }
 
 impl Demo {
     fn start(tag: &str, args: &[&str]) -> Demo {
         let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("netns-demo-{tag}.out"));
         let log = std::fs::File::create(&output).unwrap();
+        let results = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("netns-results-{tag}"));
+        let _ = std::fs::remove_dir_all(&results);
+        std::fs::create_dir_all(&results).unwrap();
         let child = Command::new(root().join("reach/netns-demo"))
             .args(args)
             .arg("--host")
@@ -127,6 +132,8 @@ impl Demo {
             .arg("--reference")
             .arg(reference_node())
             .args(["--tag", tag])
+            .arg("--results-dir")
+            .arg(&results)
             .env("IICP_HOST_CACHE_DIR", common::shared_cache_dir())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -136,7 +143,25 @@ impl Demo {
             tag: tag.to_string(),
             child,
             output,
+            results,
         }
+    }
+
+    /// The figures of its one results file, which names its commit.
+    fn figures(&self) -> serde_json::Map<String, serde_json::Value> {
+        let files: Vec<PathBuf> = std::fs::read_dir(&self.results)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "one results file: {files:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+        assert!(
+            json["run"]["commit"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        );
+        json["figures"].as_object().cloned().unwrap_or_default()
     }
 
     fn output(&self) -> String {
@@ -227,13 +252,24 @@ fn many_nodes_serve_in_namespaces_and_natted_workers_only_through_the_relay() {
     let (ok, output) = demo.wait(RUN_LIMIT);
     assert!(ok, "the demo failed:\n{output}");
     assert!(output.ends_with("netns-demo: ok\n"), "{output}");
+    let figures = demo.figures();
+    let figure = |key: &str| {
+        figures
+            .get(&format!("netns/{key}"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no figure netns/{key} in {figures:?}"))
+    };
     for node in [
         "relay", "direct-1", "direct-2", "direct-3", "worker-1", "worker-2",
     ] {
-        assert!(
-            tasks_of(&output, node) > 0,
-            "{node} served nothing:\n{output}"
-        );
+        let tasks = tasks_of(&output, node);
+        assert!(tasks > 0, "{node} served nothing:\n{output}");
+        // The results file holds what the run printed.
+        assert_eq!(figure(&format!("{node}/tasks_counted")), tasks as f64);
+        assert!(figure(&format!("{node}/req_per_s")) > 0.0);
+    }
+    for key in ["overhead/c2/worker-1/p99_ms", "restart/worker-2/rebind_ms"] {
+        assert!(figure(key) > 0.0, "{key}");
     }
     for worker in ["worker-1", "worker-2"] {
         assert!(

@@ -11,9 +11,10 @@
 use std::path::Path;
 
 use iicp_host::config::file::parse;
-use iicp_host::config::{MAX_CONCURRENT_RANGE, MEMORY_MB_RANGE, TIMEOUT_MS_RANGE};
 use iicp_host::directory::identity::Credentials;
 use iicp_host::directory::payload::pricing_block;
+use iicp_host::runtime::limit_settings::{MEMORY_MB_RANGE, TIMEOUT_MS_RANGE};
+use iicp_host::server::node_settings::MAX_CONCURRENT_RANGE;
 use libfuzzer_sys::fuzz_target;
 
 /// Secret variables the example configuration names.

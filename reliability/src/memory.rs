@@ -14,6 +14,15 @@ pub fn rss_bytes(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:") * 1024
 }
 
+/// Minor page faults so far of the process (or thread) whose `stat` file is
+/// `stat_path` (`/proc/<pid>/stat`, `/proc/self/stat`): field 10, counted
+/// after the parenthesised command name, which may hold spaces.
+pub fn minor_faults(stat_path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let fields = stat.rsplit_once(')')?.1;
+    fields.split_whitespace().nth(7)?.parse().ok()
+}
+
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -153,9 +153,15 @@ impl CaseReport {
         }
         let allowed = (before / 10).max(slack);
         self.check(
-            "RSS back within 10 % of the baseline",
+            "RSS back within 10 % of the baseline, or the case's slack if larger",
             after <= before + allowed,
-            format!("before {}, after {}", mib(before), mib(after)),
+            format!(
+                "before {}, after {}, allowed +{} (slack {})",
+                mib(before),
+                mib(after),
+                mib(allowed),
+                mib(slack)
+            ),
         );
     }
 

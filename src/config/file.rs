@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,19 +18,12 @@ use super::file_cache::ParsedFileCache;
 use super::table_split;
 
 use super::{
-    AdminSettings, AuthSettings, DEFAULT_DRAIN_RETRY_AFTER, DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_NONCE_CAPACITY,
-    DEFAULT_ORIGIN_RATE_LIMIT, DEFAULT_QOS_MAX_WAITING, DEFAULT_QOS_WAIT, DEFAULT_REGION,
-    DRAIN_RETRY_AFTER_MS_RANGE, EdgeOverrides, HOST_MEMORY_KIB_RANGE, IdempotencyBounds,
-    MAX_CONCURRENT_RANGE, MAX_DNS_LOOKUPS_RANGE, MAX_OUTPUT_KIB_RANGE, MAX_RESOURCES_RANGE,
-    MEMORY_MB_RANGE, NodeConfig, PluginSpec, QOS_MAX_WAITING_RANGE, QOS_WAIT_MS_RANGE,
-    ReachSettings, TIMEOUT_MS_RANGE, check_range, default_cache_dir,
+    AdminSettings, AuthSettings, IdempotencyBounds, NodeConfig, OCI_STORE_SUBDIR, PluginSpec,
+    ReachSettings, default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
-use crate::directory::identity::check_node_id;
 use crate::directory::settings::{
     CipPolicy, DirectorySection, DirectorySettings, PricingSettings, TransportSettings,
-    validate_http_url,
 };
 use crate::oci::OciLocation;
 use crate::oci::settings::OciSection;
@@ -39,16 +31,16 @@ use crate::oci::signature::{SignatureKey, SignaturePolicy};
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
-use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::engine::EngineSettings;
 use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
-use crate::runtime::host::http::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, HttpSettings, IDLE_CONNECTIONS_RANGE,
-    check_patterns,
-};
+use crate::runtime::host::http::HttpSettings;
+use crate::runtime::host::http_settings::HttpKeys;
+use crate::runtime::limit_settings::LimitKeys;
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
+use crate::server::node_settings::{DEFAULT_NONCE_CAPACITY, NodeSection};
 use crate::server::settings::{AdminSection, AuthSection};
-use crate::settings::{Overrides, check_section};
+use crate::settings::{Overrides, check_range, check_section};
 use crate::telemetry::otlp::ExportSettings;
 
 /// A configuration error: which file, and what is wrong in it.
@@ -84,69 +76,11 @@ struct FileConfig {
     peers: Option<PeerSettings>,
     telemetry: Option<ExportSettings>,
     #[serde(default)]
-    defaults: LimitsSection,
+    defaults: LimitKeys,
     #[serde(default)]
     oci: OciSection,
     #[serde(default, rename = "plugin")]
     plugins: Vec<PluginSection>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct NodeSection {
-    node_id: Option<String>,
-    region: Option<String>,
-    listen: Option<String>,
-    endpoint: Option<String>,
-    max_concurrent: Option<u32>,
-    qos_wait_ms: Option<u64>,
-    qos_max_waiting: Option<u32>,
-    max_body_bytes: Option<usize>,
-    nonce_cache_capacity: Option<usize>,
-    #[serde(default)]
-    idempotency: bool,
-    idempotency_capacity: Option<usize>,
-    idempotency_max_bytes: Option<usize>,
-    origin_rate_limit: Option<u32>,
-    origin_limit_tracked: Option<usize>,
-    drain_timeout_ms: Option<u64>,
-    drain_retry_after_ms: Option<u64>,
-    state_dir: Option<PathBuf>,
-    confidentiality: Option<bool>,
-    cache_dir: Option<PathBuf>,
-    #[serde(default)]
-    no_cache: bool,
-    allocator: Option<AllocatorChoice>,
-    keep_resident_kib: Option<u32>,
-    max_dns_lookups: Option<usize>,
-    header_read_timeout_ms: Option<u64>,
-    body_read_timeout_ms: Option<u64>,
-    keep_alive_timeout_ms: Option<u64>,
-    response_write_timeout_ms: Option<u64>,
-    max_header_bytes: Option<usize>,
-    max_headers: Option<usize>,
-    max_connections: Option<usize>,
-    lingering_close_ms: Option<u64>,
-    max_unsent_answers_mib: Option<u64>,
-    #[serde(default)]
-    memory_overcommit: bool,
-    memory_limit_mib: Option<u64>,
-    /// Directories whose `*.toml` files hold more `[[plugin]]` tables.
-    #[serde(default)]
-    plugin_dirs: Vec<PathBuf>,
-}
-
-#[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct LimitsSection {
-    memory_mb: Option<u32>,
-    timeout_ms: Option<u64>,
-    max_timeout_ms: Option<u64>,
-    instance_reuse: Option<u32>,
-    instance_idle_ms: Option<u64>,
-    max_resources: Option<u32>,
-    host_memory_kib: Option<u32>,
-    max_output_kib: Option<u32>,
 }
 
 /// A file of a plugin directory: `[[plugin]]` tables and nothing else.
@@ -217,7 +151,7 @@ impl CachedTable {
     }
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 struct PluginSection {
     id: Option<String>,
@@ -241,25 +175,13 @@ struct PluginSection {
     /// Tenant name → environment variable holding its token.
     #[serde(default)]
     tenants: BTreeMap<String, String>,
-    http: Option<HttpSection>,
+    http: Option<HttpKeys>,
     /// The local file may be a compiled artifact.
     #[serde(default)]
     precompiled: bool,
     /// Public keys one of which must have signed this `oci://` plugin
     /// (instead of `[oci] signature_keys`).
     signature_keys: Option<Vec<PathBuf>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct HttpSection {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    allow_private: bool,
-    max_response_kib: Option<u32>,
-    max_in_flight: Option<u32>,
-    max_idle_connections: Option<u32>,
 }
 
 const MAX_PLUGIN_ID_BYTES: usize = 64;
@@ -327,9 +249,7 @@ pub fn load_cached(
 /// `HOME`).
 pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
     let mut file = parse_file(text)?;
-    if !file.node.plugin_dirs.is_empty() {
-        return Err("node.plugin_dirs: only a configuration file read from disk may name plugin directories".to_string());
-    }
+    refuse_plugin_dirs(&file)?;
     let tables = std::mem::take(&mut file.plugins)
         .into_iter()
         .map(CachedTable::new)
@@ -337,10 +257,45 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
     build(file, base_dir, located(tables, base_dir))
 }
 
+/// The configuration of `--plugin PATH`: that plugin with every default,
+/// and the `[node]` and `[defaults]` keys the environment and `--set` give
+/// (paths relative to the working directory).
+pub fn for_plugin(path: PathBuf, overrides: &Overrides) -> Result<NodeConfig, String> {
+    let mut file = FileConfig::default();
+    stack_file_tables(&mut file, overrides)?;
+    refuse_plugin_dirs(&file)?;
+    let plugin = PluginSection {
+        path,
+        ..PluginSection::default()
+    };
+    build(
+        file,
+        Path::new(""),
+        located(vec![CachedTable::new(plugin)], Path::new("")),
+    )
+}
+
+/// Plugin directories are read by [`load`] only.
+fn refuse_plugin_dirs(file: &FileConfig) -> Result<(), String> {
+    if file.node.plugin_dirs.is_empty() {
+        return Ok(());
+    }
+    Err(
+        "node.plugin_dirs: only a configuration file read from disk may name plugin directories"
+            .to_string(),
+    )
+}
+
 /// Stacks the environment's and `--set`'s keys of the sections the build
 /// resolves (`sections::FILE_SECTIONS`: they name files and variables) over
 /// the file's tables, each checked once with the source of a bad key named.
 fn stack_file_tables(file: &mut FileConfig, overrides: &Overrides) -> Result<(), String> {
+    file.node = overrides
+        .layer(Some(std::mem::take(&mut file.node)))?
+        .unwrap_or_default();
+    file.defaults = overrides
+        .layer(Some(std::mem::take(&mut file.defaults)))?
+        .unwrap_or_default();
     file.oci = overrides
         .layer(Some(std::mem::take(&mut file.oci)))?
         .unwrap_or_default();
@@ -481,37 +436,12 @@ fn build(
     plugin_tables: Vec<LocatedPlugin>,
 ) -> Result<NodeConfig, String> {
     let node = file.node;
-    if let Some(id) = &node.node_id {
-        check_node_id(id).map_err(|e| format!("node.node_id: {e}"))?;
-    }
-    let listen: SocketAddr = node
-        .listen
-        .as_deref()
-        .unwrap_or(DEFAULT_LISTEN)
-        .parse()
-        .map_err(|e| format!("node.listen: {e}"))?;
-    let max_concurrent = check_range(
-        "node.max_concurrent",
-        node.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT),
-        &MAX_CONCURRENT_RANGE,
-    )?;
-    if let Some(endpoint) = &node.endpoint {
-        validate_http_url(endpoint).map_err(|e| format!("node.endpoint: {e}"))?;
-    }
-    let mut edge = crate::server::edge::EdgeSettings::default();
-    EdgeOverrides {
-        header_read_timeout_ms: node.header_read_timeout_ms,
-        body_read_timeout_ms: node.body_read_timeout_ms,
-        keep_alive_timeout_ms: node.keep_alive_timeout_ms,
-        response_write_timeout_ms: node.response_write_timeout_ms,
-        max_header_bytes: node.max_header_bytes,
-        max_headers: node.max_headers,
-        max_connections: node.max_connections,
-        lingering_close_ms: node.lingering_close_ms,
-        max_unsent_answers_mib: node.max_unsent_answers_mib,
-    }
-    .apply(&mut edge, |field| format!("node.{field}"))?;
-    let defaults = limits(&PluginLimits::default(), &file.defaults, "defaults")?;
+    check_section(&node)?;
+    let listen = node.listen_addr().map_err(|e| format!("node.{e}"))?;
+    let max_concurrent = node.max_concurrent();
+    let defaults = file
+        .defaults
+        .checked_over(&PluginLimits::default(), "defaults")?;
     if plugin_tables.is_empty() {
         return Err("no [[plugin]] table: the node needs at least one plugin".to_string());
     }
@@ -568,8 +498,8 @@ fn build(
         }
         plugins.push(spec);
     }
-    let mut memory = MemorySettings {
-        limit_bytes: None,
+    let memory = MemorySettings {
+        limit_bytes: node.memory_limit_mib.map(|mib| mib << 20),
         given: GivenKnobs {
             max_concurrent: node.max_concurrent.is_some(),
             max_connections: node.max_connections.is_some(),
@@ -580,9 +510,6 @@ fn build(
         },
         sized_plugin_memory_bytes: None,
     };
-    if let Some(mib) = node.memory_limit_mib {
-        memory.set_limit_mib("node.memory_limit_mib", mib)?;
-    }
     let admin = file.admin.map(admin).transpose()?;
     let auth = file.auth.map(auth).transpose()?.unwrap_or_default();
     let telemetry = file.telemetry.unwrap_or_default();
@@ -597,7 +524,7 @@ fn build(
     check_section(&file.oci)?;
     let oci = file
         .oci
-        .settings(cache_location.map(|dir| dir.join(super::OCI_STORE_SUBDIR)));
+        .settings(cache_location.map(|dir| dir.join(OCI_STORE_SUBDIR)));
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -635,50 +562,26 @@ fn build(
         );
     }
     Ok(NodeConfig {
-        node_id: node.node_id,
-        region: node.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
-        listen,
-        max_concurrent,
-        qos_wait: node.qos_wait_ms.map_or(Ok(DEFAULT_QOS_WAIT), |ms| {
-            check_range("node.qos_wait_ms", ms, &QOS_WAIT_MS_RANGE).map(Duration::from_millis)
-        })?,
-        qos_max_waiting: check_range(
-            "node.qos_max_waiting",
-            node.qos_max_waiting.unwrap_or(DEFAULT_QOS_MAX_WAITING),
-            &QOS_MAX_WAITING_RANGE,
-        )?,
-        max_body_bytes: node.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        edge,
+        edge: node.edge(),
+        qos_wait: Duration::from_millis(node.qos_wait_ms),
+        qos_max_waiting: node.qos_max_waiting,
+        max_body_bytes: node.max_body_bytes,
         nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
-        idempotency: node.idempotency.then(|| {
-            let defaults = IdempotencyBounds::default();
-            IdempotencyBounds {
-                capacity: node.idempotency_capacity.unwrap_or(defaults.capacity),
-                max_bytes: node.idempotency_max_bytes.unwrap_or(defaults.max_bytes),
-            }
+        idempotency: node.idempotency.then(|| IdempotencyBounds {
+            capacity: node.idempotency_capacity,
+            max_bytes: node
+                .idempotency_max_bytes
+                .unwrap_or(IdempotencyBounds::default().max_bytes),
         }),
-        origin_rate_limit: node.origin_rate_limit.unwrap_or(DEFAULT_ORIGIN_RATE_LIMIT),
+        origin_rate_limit: node.origin_rate_limit,
         auth,
         telemetry,
         allow_tool_execution,
-        origin_limit_tracked: check_range(
-            "node.origin_limit_tracked",
-            node.origin_limit_tracked
-                .unwrap_or(crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS),
-            &super::ORIGIN_LIMIT_TRACKED_RANGE,
-        )?,
-        drain_timeout: node
-            .drain_timeout_ms
-            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
-        drain_retry_after: node.drain_retry_after_ms.map_or(
-            Ok(DEFAULT_DRAIN_RETRY_AFTER),
-            |ms| {
-                check_range("node.drain_retry_after_ms", ms, &DRAIN_RETRY_AFTER_MS_RANGE)
-                    .map(Duration::from_millis)
-            },
-        )?,
+        origin_limit_tracked: node.origin_limit_tracked,
+        drain_timeout: Duration::from_millis(node.drain_timeout_ms),
+        drain_retry_after: Duration::from_millis(node.drain_retry_after_ms),
         state_dir: node.state_dir.map(|dir| resolve(base, dir)),
-        confidentiality: node.confidentiality.unwrap_or(true),
+        confidentiality: node.confidentiality,
         directory,
         admin,
         reach,
@@ -689,7 +592,7 @@ fn build(
             engine: EngineSettings {
                 max_instances: max_concurrent,
                 keep_resident_bytes: node.keep_resident_kib.map(|kib| (kib as usize) << 10),
-                allocator: node.allocator.unwrap_or_default(),
+                allocator: node.allocator,
             },
             cache_dir: if node.no_cache {
                 None
@@ -698,12 +601,12 @@ fn build(
                     .map(|dir| resolve(base, dir))
                     .or_else(default_cache_dir)
             },
-            max_dns_lookups: node
-                .max_dns_lookups
-                .map(|n| check_range("node.max_dns_lookups", n, &MAX_DNS_LOOKUPS_RANGE))
-                .transpose()?
-                .unwrap_or(DEFAULT_MAX_DNS_LOOKUPS),
+            max_dns_lookups: node.max_dns_lookups.unwrap_or(DEFAULT_MAX_DNS_LOOKUPS),
         },
+        node_id: node.node_id,
+        region: node.region,
+        listen,
+        max_concurrent,
         oci,
         plugins,
     })
@@ -748,7 +651,7 @@ fn plugin_spec(
         ));
     }
     let memory_given = plugin.memory_mb.is_some() || defaults_memory_given;
-    let section = LimitsSection {
+    let limits = LimitKeys {
         memory_mb: plugin.memory_mb,
         timeout_ms: plugin.timeout_ms,
         max_timeout_ms: plugin.max_timeout_ms,
@@ -757,8 +660,8 @@ fn plugin_spec(
         max_resources: plugin.max_resources,
         host_memory_kib: plugin.host_memory_kib,
         max_output_kib: plugin.max_output_kib,
-    };
-    let limits = limits(defaults, &section, &name)?;
+    }
+    .checked_over(defaults, &name)?;
     let from_registry = match OciLocation::from_path(&plugin.path) {
         Some(Err(why)) => return Err(format!("{name}: path: {why}")),
         Some(Ok(_)) => true,
@@ -833,35 +736,9 @@ fn plugin_spec(
     }
     let http = match plugin.http {
         None => HttpSettings::default(),
-        Some(section) => {
-            check_patterns(&section.allow).map_err(|e| format!("{name}: http.allow: {e}"))?;
-            let kib = check_range(
-                &format!("{name}: http.max_response_kib"),
-                section
-                    .max_response_kib
-                    .unwrap_or((DEFAULT_MAX_RESPONSE_BYTES >> 10) as u32),
-                &(1..=1_048_576),
-            )?;
-            HttpSettings {
-                allow: section.allow,
-                allow_private: section.allow_private,
-                max_response_bytes: (kib as usize) << 10,
-                max_in_flight: check_range(
-                    &format!("{name}: http.max_in_flight"),
-                    section.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
-                    &(1..=1024),
-                )?,
-                max_idle_connections: section
-                    .max_idle_connections
-                    .map(|n| {
-                        check_range(
-                            &format!("{name}: http.max_idle_connections"),
-                            n,
-                            &IDLE_CONNECTIONS_RANGE,
-                        )
-                    })
-                    .transpose()?,
-            }
+        Some(keys) => {
+            keys.validate().map_err(|e| format!("{name}: http.{e}"))?;
+            keys.settings()
         }
     };
     let mut tenants = Vec::new();
@@ -914,66 +791,6 @@ fn admin(section: AdminSection) -> Result<AdminSettings, String> {
     })
 }
 
-fn limits(
-    base: &PluginLimits,
-    section: &LimitsSection,
-    name: &str,
-) -> Result<PluginLimits, String> {
-    let mut limits = base.clone();
-    if let Some(memory_mb) = section.memory_mb {
-        limits.memory_bytes =
-            (check_range(&format!("{name}: memory_mb"), memory_mb, &MEMORY_MB_RANGE)? as usize)
-                << 20;
-    }
-    if let Some(timeout_ms) = section.timeout_ms {
-        limits.default_timeout = Duration::from_millis(check_range(
-            &format!("{name}: timeout_ms"),
-            timeout_ms,
-            &TIMEOUT_MS_RANGE,
-        )?);
-    }
-    if let Some(max_timeout_ms) = section.max_timeout_ms {
-        limits.max_timeout = Duration::from_millis(check_range(
-            &format!("{name}: max_timeout_ms"),
-            max_timeout_ms,
-            &TIMEOUT_MS_RANGE,
-        )?);
-    }
-    limits
-        .fit_default_timeout(section.timeout_ms.is_some())
-        .map_err(|(default, ceiling)| {
-            format!("{name}: timeout_ms ({default} ms) is above max_timeout_ms ({ceiling} ms)")
-        })?;
-    if let Some(reuse) = section.instance_reuse {
-        limits.instance_reuse =
-            check_range(&format!("{name}: instance_reuse"), reuse, &(1..=1_000_000))?;
-    }
-    if let Some(ms) = section.instance_idle_ms {
-        limits.instance_idle = Duration::from_millis(check_range(
-            &format!("{name}: instance_idle_ms"),
-            ms,
-            &(100..=3_600_000),
-        )?);
-    }
-    if let Some(entries) = section.max_resources {
-        limits.max_resources = check_range(
-            &format!("{name}: max_resources"),
-            entries,
-            &MAX_RESOURCES_RANGE,
-        )?;
-    }
-    let kib_bytes = |key: &str, kib: u32, range: &std::ops::RangeInclusive<u32>| {
-        check_range(&format!("{name}: {key}"), kib, range).map(|kib| (kib as usize) << 10)
-    };
-    if let Some(kib) = section.host_memory_kib {
-        limits.host_memory_bytes = kib_bytes("host_memory_kib", kib, &HOST_MEMORY_KIB_RANGE)?;
-    }
-    if let Some(kib) = section.max_output_kib {
-        limits.max_output_bytes = kib_bytes("max_output_kib", kib, &MAX_OUTPUT_KIB_RANGE)?;
-    }
-    Ok(limits)
-}
-
 fn directory(
     section: DirectorySection,
     node: &NodeSection,
@@ -1011,6 +828,7 @@ pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::node_settings::DEFAULT_MAX_CONCURRENT;
 
     fn parse(text: &str) -> Result<NodeConfig, String> {
         super::parse(text, Path::new("/etc/iicp"))

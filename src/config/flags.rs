@@ -15,21 +15,24 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
+use serde::Serialize;
 
 use super::file::{self, PluginFileCache};
-use super::*;
+use super::{NodeConfig, sections};
 use crate::directory::settings::validate_http_url;
-use crate::oci::settings::{MAX_PLUGIN_MIB_RANGE, TIMEOUT_MS_RANGE, is_registry};
+use crate::oci::settings::OciSection;
 use crate::oci::signature::SignatureKey;
 use crate::oci::{OciLocation, OciSettings};
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::engine::AllocatorChoice;
-use crate::settings::{Overrides, Section};
-use crate::telemetry::{LogFormat, otlp};
+use crate::runtime::limit_settings::LimitKeys;
+use crate::server::node_settings::NodeSection;
+use crate::settings::{FlagValue, Overrides, Section, naming_flag};
+use crate::telemetry::LogFormat;
+use crate::telemetry::otlp::ExportSettings;
 
 /// How to talk to OCI registries (shared by `run` and `push`).
 #[derive(Args, Clone)]
@@ -52,27 +55,34 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    /// Applies the flags to `settings`.
+    /// Applies the flags to `settings`, checked by the `[oci]` section's
+    /// own rules.
     pub fn apply(&self, settings: &mut OciSettings) -> Result<(), String> {
-        if let Some(ms) = self.oci_timeout_ms {
-            settings.timeout =
-                Duration::from_millis(check_range("--oci-timeout-ms", ms, &TIMEOUT_MS_RANGE)?);
+        let defaults = OciSection::default();
+        let flags = OciSection {
+            timeout_ms: self.oci_timeout_ms.unwrap_or(defaults.timeout_ms),
+            max_plugin_mib: self.oci_max_plugin_mib.unwrap_or(defaults.max_plugin_mib),
+            insecure_registries: self.oci_insecure_registries.clone(),
+            ..defaults
+        };
+        flags.validate().map_err(|error| {
+            let key = error.split([' ', ':']).next().unwrap_or_default();
+            let flag = match key {
+                "insecure_registries" => "--oci-insecure-registry".to_string(),
+                key => format!("--oci-{}", key.replace('_', "-")),
+            };
+            naming_flag(&error, key, &flag)
+        })?;
+        let checked = flags.settings(None);
+        if self.oci_timeout_ms.is_some() {
+            settings.timeout = checked.timeout;
         }
-        if let Some(mib) = self.oci_max_plugin_mib {
-            settings.max_plugin_bytes = u64::from(check_range(
-                "--oci-max-plugin-mib",
-                mib,
-                &MAX_PLUGIN_MIB_RANGE,
-            )?) << 20;
+        if self.oci_max_plugin_mib.is_some() {
+            settings.max_plugin_bytes = checked.max_plugin_bytes;
         }
-        for registry in &self.oci_insecure_registries {
-            if !is_registry(registry) {
-                return Err(format!(
-                    "--oci-insecure-registry: {registry:?} is not HOST:PORT"
-                ));
-            }
-            settings.insecure_registries.push(registry.clone());
-        }
+        settings
+            .insecure_registries
+            .extend(checked.insecure_registries);
         Ok(())
     }
 }
@@ -182,7 +192,7 @@ pub struct RunArgs {
     #[arg(long, env = "IICP_HOST_DRAIN_TIMEOUT_MS")]
     drain_timeout_ms: Option<u64>,
     #[command(flatten)]
-    edge: EdgeOverrides,
+    edge: EdgeFlags,
     /// retry_after_ms a drained node or plugin advises (503 IICP-E024), in ms [default: 30000].
     #[arg(long, env = "IICP_HOST_DRAIN_RETRY_AFTER_MS")]
     drain_retry_after_ms: Option<u64>,
@@ -294,8 +304,9 @@ pub struct RunArgs {
     /// oci:// plugins must be pinned: oci://REGISTRY/REPO@sha256:DIGEST.
     #[arg(long, env = "IICP_HOST_OCI_REQUIRE_DIGEST")]
     oci_require_digest: bool,
-    /// Set one key of a settings section ([relay], [relay_capable], [peers],
-    /// [telemetry]; with --config also [oci], [auth], [directory], [admin]) over the
+    /// Set one key of a settings section ([node], [defaults], [relay],
+    /// [relay_capable], [peers], [telemetry]; with --config also [oci],
+    /// [auth], [directory], [admin]) over the
     /// file and the IICP_HOST_<SECTION>__<KEY> variables, e.g. --set
     /// relay_capable.max_sessions=512 (repeatable; the dedicated flags above
     /// still win).
@@ -304,181 +315,47 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The configuration: the file (or the single plugin) with the flags
-    /// applied. Called again for every hot reload; `plugin_files` keeps the
+    /// The configuration: the file (or the single plugin) with the
+    /// environment's, `--set`'s and the dedicated flags' keys stacked over
+    /// it. Called again for every hot reload; `plugin_files` keeps the
     /// plugin directories' parsed files between calls.
     pub fn to_config(&self, plugin_files: &PluginFileCache) -> Result<NodeConfig, String> {
-        let overrides = Overrides::from_env(std::env::vars()).with_flags(&self.set)?;
+        let dedicated = self.section_flags()?;
+        let relay_tuned = dedicated.iter().any(|v| v.section == RelaySettings::NAME);
+        let overrides = Overrides::from_env(std::env::vars())
+            .with_flags(&self.set)?
+            .with_dedicated(dedicated);
         sections::check_names(&overrides, self.config.is_some())?;
         let mut config = match (&self.config, &self.plugin) {
             (Some(path), _) => {
                 file::load_cached(path, plugin_files, &overrides).map_err(|e| e.to_string())?
             }
-            (None, Some(plugin)) => NodeConfig::with_plugin(plugin.clone()),
+            (None, Some(plugin)) => file::for_plugin(plugin.clone(), &overrides)?,
             (None, None) => return Err("give --plugin or --config".to_string()),
         };
+        // The --relay-* limits tune a relay the node is: --relay-capable, or
+        // a [relay_capable] table in the file or from the environment.
+        let relay = &mut config.reach.relay_capable;
+        if self.relay_capable {
+            relay.get_or_insert_with(RelaySettings::default);
+        } else if relay_tuned && relay.is_none() && !overrides.sets(RelaySettings::NAME) {
+            return Err("the --relay-* limits need --relay-capable".to_string());
+        }
         sections::stack(&mut config, &overrides)?;
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        if let Some(max) = self.max_concurrent {
-            config.max_concurrent = check_range("--max-concurrent", max, &MAX_CONCURRENT_RANGE)?;
-            config.runtime.engine.max_instances = config.max_concurrent;
-            config.memory.given.max_concurrent = true;
-        }
-        if let Some(ms) = self.qos_wait_ms {
-            config.qos_wait =
-                Duration::from_millis(check_range("--qos-wait-ms", ms, &QOS_WAIT_MS_RANGE)?);
-        }
-        if let Some(waiting) = self.qos_max_waiting {
-            config.qos_max_waiting =
-                check_range("--qos-max-waiting", waiting, &QOS_MAX_WAITING_RANGE)?;
-        }
-        let signature_keys = self
-            .oci_signature_keys
-            .iter()
-            .map(|path| SignatureKey::load(path).map_err(|e| format!("--oci-signature-key: {e}")))
-            .collect::<Result<Vec<_>, String>>()?;
-        for plugin in &mut config.plugins {
-            let source = &mut plugin.source;
-            if OciLocation::from_path(&source.path).is_some() {
-                if !signature_keys.is_empty() {
-                    source.signatures.keys.clone_from(&signature_keys);
-                }
-                source.signatures.require_digest |= self.oci_require_digest;
-            } else if self.precompiled {
-                source.precompiled = true;
-            }
-            if let Some(memory_mb) = self.memory_mb {
-                plugin.source.limits.memory_bytes =
-                    (check_range("--memory-mb", memory_mb, &MEMORY_MB_RANGE)? as usize) << 20;
-                plugin.memory_given = true;
-            }
-            if let Some(timeout_ms) = self.timeout_ms {
-                plugin.source.limits.default_timeout = Duration::from_millis(check_range(
-                    "--timeout-ms",
-                    timeout_ms,
-                    &TIMEOUT_MS_RANGE,
-                )?);
-            }
-            if let Some(reuse) = self.instance_reuse {
-                plugin.source.limits.instance_reuse =
-                    check_range("--instance-reuse", reuse, &(1..=1_000_000))?;
-            }
-            if let Some(ms) = self.max_timeout_ms {
-                plugin.source.limits.max_timeout =
-                    Duration::from_millis(check_range("--max-timeout-ms", ms, &TIMEOUT_MS_RANGE)?);
-            }
-            if let Some(entries) = self.max_resources {
-                plugin.source.limits.max_resources =
-                    check_range("--max-resources", entries, &MAX_RESOURCES_RANGE)?;
-            }
-            if let Some(kib) = self.host_memory_kib {
-                plugin.source.limits.host_memory_bytes =
-                    (check_range("--host-memory-kib", kib, &HOST_MEMORY_KIB_RANGE)? as usize) << 10;
-            }
-            plugin
-                .source
-                .limits
-                .fit_default_timeout(self.timeout_ms.is_some())
-                .map_err(|(default, ceiling)| {
-                    format!(
-                        "--timeout-ms ({default} ms) is above the task budget ceiling ({ceiling} ms)"
-                    )
-                })?;
-        }
-        if self.node_id.is_some() {
-            config.node_id.clone_from(&self.node_id);
-        }
-        if let Some(region) = &self.region {
-            config.region.clone_from(region);
-        }
-        if let Some(bytes) = self.max_body_bytes {
-            config.max_body_bytes = bytes;
-        }
-        if let Some(capacity) = self.nonce_cache_capacity {
-            config.nonce_capacity = capacity;
-            config.memory.given.nonce_cache_capacity = true;
-        }
-        if self.idempotency && config.idempotency.is_none() {
-            config.idempotency = Some(IdempotencyBounds::default());
-        }
-        if let Some(bounds) = &mut config.idempotency {
-            if let Some(capacity) = self.idempotency_capacity {
-                bounds.capacity = capacity;
-            }
-            if let Some(max_bytes) = self.idempotency_max_bytes {
-                bounds.max_bytes = max_bytes;
-                config.memory.given.idempotency_max_bytes = true;
-            }
-        } else if self.idempotency_capacity.is_some() || self.idempotency_max_bytes.is_some() {
+        self.apply_plugin_flags(&mut config)?;
+        if config.idempotency.is_none()
+            && (self.idempotency_capacity.is_some() || self.idempotency_max_bytes.is_some())
+        {
             return Err(
                 "--idempotency-capacity and --idempotency-max-bytes need --idempotency".to_string(),
             );
         }
-        if let Some(limit) = self.origin_rate_limit {
-            config.origin_rate_limit = limit;
-        }
-        if let Some(tracked) = self.origin_limit_tracked {
-            config.origin_limit_tracked = check_range(
-                "--origin-limit-tracked",
-                tracked,
-                &ORIGIN_LIMIT_TRACKED_RANGE,
-            )?;
-        }
-        if let Some(ms) = self.drain_timeout_ms {
-            config.drain_timeout = Duration::from_millis(ms);
-        }
-        self.edge.apply(&mut config.edge, |field| {
-            format!("--{}", field.replace('_', "-"))
-        })?;
-        let given = &mut config.memory.given;
-        given.max_connections |= self.edge.max_connections.is_some();
-        given.max_unsent_answers |= self.edge.max_unsent_answers_mib.is_some();
-        if let Some(ms) = self.drain_retry_after_ms {
-            config.drain_retry_after = Duration::from_millis(check_range(
-                "--drain-retry-after-ms",
-                ms,
-                &DRAIN_RETRY_AFTER_MS_RANGE,
-            )?);
-        }
-        if self.no_cache {
-            config.runtime.cache_dir = None;
-        } else if self.cache_dir.is_some() {
-            config.runtime.cache_dir.clone_from(&self.cache_dir);
-        }
-        if let Some(dir) = &self.cache_dir {
-            config.oci.store_dir = Some(dir.join(OCI_STORE_SUBDIR));
-        }
         self.registry.apply(&mut config.oci)?;
-        if let Some(allocator) = self.allocator {
-            config.runtime.engine.allocator = allocator;
-        }
-        if let Some(kib) = self.keep_resident_kib {
-            config.runtime.engine.keep_resident_bytes = Some((kib as usize) << 10);
-        }
-        if let Some(lookups) = self.max_dns_lookups {
-            config.runtime.max_dns_lookups =
-                check_range("--max-dns-lookups", lookups, &MAX_DNS_LOOKUPS_RANGE)?;
-            config.memory.given.max_dns_lookups = true;
-        }
-        if self.state_dir.is_some() {
-            config.state_dir.clone_from(&self.state_dir);
-        }
         if self.allow_tool_execution {
             config.allow_tool_execution = true;
             if let Some(policy) = config.directory.as_mut().and_then(|d| d.policy.as_mut()) {
                 policy.allow_tool_execution = true;
             }
-        }
-        if self.no_confidentiality {
-            config.confidentiality = false;
-        }
-        if self.memory_overcommit {
-            config.memory_overcommit = true;
-        }
-        if let Some(mib) = self.memory_limit_mib {
-            config.memory.set_limit_mib("--memory-limit-mib", mib)?;
         }
         if let Some(endpoint) = &self.endpoint {
             validate_http_url(endpoint).map_err(|e| format!("--endpoint: {e}"))?;
@@ -507,18 +384,6 @@ impl RunArgs {
             (None, _) => {}
         }
         self.apply_reach(&mut config)?;
-        if let Some(spans) = self.otlp_queue_spans {
-            config.telemetry.queue_spans =
-                check_range("--otlp-queue-spans", spans, &otlp::SPANS_RANGE)?;
-        }
-        if let Some(bytes) = self.otlp_queue_bytes {
-            config.telemetry.queue_bytes =
-                check_range("--otlp-queue-bytes", bytes, &otlp::BYTES_RANGE)?;
-        }
-        if let Some(ms) = self.otlp_timeout_ms {
-            config.telemetry.timeout =
-                Duration::from_millis(check_range("--otlp-timeout-ms", ms, &otlp::MS_RANGE)?);
-        }
         if let Some(mode) = self.task_auth {
             config.auth.mode = mode;
         }
@@ -526,15 +391,234 @@ impl RunArgs {
             Some(path) => format!("{}: {e}", path.display()),
             None => e,
         })?;
-        if let Some(id) = &config.node_id {
-            crate::directory::identity::check_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
-        }
         Ok(config)
+    }
+
+    /// The dedicated flags that set one key of a section, as that key's
+    /// values: its range and rules are the section's own, and the
+    /// environment's and `--set`'s values of the key stack under them.
+    fn section_flags(&self) -> Result<Vec<FlagValue>, String> {
+        let mut flags = SectionFlags::default();
+        let node = NodeSection::NAME;
+        flags.set(node, "listen", self.listen);
+        flags.set(node, "max_concurrent", self.max_concurrent);
+        flags.set(node, "qos_wait_ms", self.qos_wait_ms);
+        flags.set(node, "qos_max_waiting", self.qos_max_waiting);
+        flags.set(node, "node_id", self.node_id.as_ref());
+        flags.set(node, "region", self.region.as_ref());
+        flags.set(node, "max_body_bytes", self.max_body_bytes);
+        flags.set(node, "nonce_cache_capacity", self.nonce_cache_capacity);
+        flags.set(node, "idempotency", self.idempotency.then_some(true));
+        flags.set(node, "idempotency_capacity", self.idempotency_capacity);
+        flags.set(node, "idempotency_max_bytes", self.idempotency_max_bytes);
+        flags.set(node, "origin_rate_limit", self.origin_rate_limit);
+        flags.set(node, "origin_limit_tracked", self.origin_limit_tracked);
+        flags.set(node, "drain_timeout_ms", self.drain_timeout_ms);
+        flags.set(node, "drain_retry_after_ms", self.drain_retry_after_ms);
+        // A path on the command line is the working directory's, not the
+        // file's: made absolute, the file's directory does not apply.
+        let absolute = |path: &PathBuf| {
+            std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        if let Some(dir) = &self.cache_dir {
+            flags.set(node, "cache_dir", Some(absolute(dir)?));
+            flags.set(node, "no_cache", Some(false));
+        }
+        flags.set(node, "no_cache", self.no_cache.then_some(true));
+        flags.set(node, "allocator", self.allocator);
+        flags.set(node, "keep_resident_kib", self.keep_resident_kib);
+        flags.set(node, "max_dns_lookups", self.max_dns_lookups);
+        if let Some(dir) = &self.state_dir {
+            flags.set(node, "state_dir", Some(absolute(dir)?));
+        }
+        flags.set_as(
+            node,
+            "confidentiality",
+            self.no_confidentiality.then_some(false),
+            "--no-confidentiality",
+        );
+        flags.set(
+            node,
+            "memory_overcommit",
+            self.memory_overcommit.then_some(true),
+        );
+        flags.set(node, "memory_limit_mib", self.memory_limit_mib);
+        let edge = &self.edge;
+        flags.set(node, "header_read_timeout_ms", edge.header_read_timeout_ms);
+        flags.set(node, "body_read_timeout_ms", edge.body_read_timeout_ms);
+        flags.set(node, "keep_alive_timeout_ms", edge.keep_alive_timeout_ms);
+        flags.set(
+            node,
+            "response_write_timeout_ms",
+            edge.response_write_timeout_ms,
+        );
+        flags.set(node, "max_header_bytes", edge.max_header_bytes);
+        flags.set(node, "max_headers", edge.max_headers);
+        flags.set(node, "max_connections", edge.max_connections);
+        flags.set(node, "lingering_close_ms", edge.lingering_close_ms);
+        flags.set(node, "max_unsent_answers_mib", edge.max_unsent_answers_mib);
+        // `--relay-KEY`: a key of [relay_capable].
+        let (relay, r) = (RelaySettings::NAME, "relay-");
+        flags.set_prefixed(relay, r, "max_sessions", self.relay_max_sessions);
+        flags.set_prefixed(relay, r, "bind_rate_limit", self.relay_bind_rate_limit);
+        flags.set_prefixed(relay, r, "liveness_ms", self.relay_liveness_ms);
+        flags.set_prefixed(
+            relay,
+            r,
+            "bind_ticket_key",
+            self.relay_bind_ticket_key.as_ref(),
+        );
+        let require_ticket = self.relay_require_bind_ticket.then_some(true);
+        flags.set_prefixed(relay, r, "require_bind_ticket", require_ticket);
+        let refuse_keyless = self.relay_refuse_keyless_binds.then_some(true);
+        flags.set_prefixed(relay, r, "refuse_keyless_binds", refuse_keyless);
+        flags.set_prefixed(
+            relay,
+            r,
+            "max_pinned_workers",
+            self.relay_max_pinned_workers,
+        );
+        flags.set_prefixed(relay, r, "accept_port", self.relay_accept_port);
+        let telemetry = ExportSettings::NAME;
+        flags.set(telemetry, "otlp_queue_spans", self.otlp_queue_spans);
+        flags.set(telemetry, "otlp_queue_bytes", self.otlp_queue_bytes);
+        flags.set(telemetry, "otlp_timeout_ms", self.otlp_timeout_ms);
+        match flags.errors.first() {
+            Some(error) => Err(error.clone()),
+            None => Ok(flags.values),
+        }
+    }
+
+    /// The flags that set a limit of every plugin, over each plugin's own
+    /// (`--memory-mb`, …): checked by the limit keys' own ranges.
+    fn plugin_limit_flags(&self) -> LimitKeys {
+        LimitKeys {
+            memory_mb: self.memory_mb,
+            timeout_ms: self.timeout_ms,
+            max_timeout_ms: self.max_timeout_ms,
+            instance_reuse: self.instance_reuse,
+            max_resources: self.max_resources,
+            host_memory_kib: self.host_memory_kib,
+            ..LimitKeys::default()
+        }
+    }
+
+    /// The flags that apply to every plugin: limits, precompiled files and
+    /// the signature policy of `oci://` plugins.
+    fn apply_plugin_flags(&self, config: &mut NodeConfig) -> Result<(), String> {
+        let limits = self.plugin_limit_flags();
+        limits.validate().map_err(|error| {
+            let key = error.split(' ').next().unwrap_or_default();
+            naming_flag(&error, key, &format!("--{}", key.replace('_', "-")))
+        })?;
+        let signature_keys = self
+            .oci_signature_keys
+            .iter()
+            .map(|path| SignatureKey::load(path).map_err(|e| format!("--oci-signature-key: {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
+        for plugin in &mut config.plugins {
+            let source = &mut plugin.source;
+            if OciLocation::from_path(&source.path).is_some() {
+                if !signature_keys.is_empty() {
+                    source.signatures.keys.clone_from(&signature_keys);
+                }
+                source.signatures.require_digest |= self.oci_require_digest;
+            } else if self.precompiled {
+                source.precompiled = true;
+            }
+            source.limits = limits.over(&source.limits).map_err(|(default, ceiling)| {
+                format!(
+                    "--timeout-ms ({default} ms) is above the task budget ceiling ({ceiling} ms)"
+                )
+            })?;
+            plugin.memory_given |= limits.memory_mb.is_some();
+        }
+        Ok(())
     }
 }
 
+/// The values of the dedicated flags given, each named by its flag.
+#[derive(Default)]
+struct SectionFlags {
+    values: Vec<FlagValue>,
+    /// A value TOML cannot hold (a path that is not UTF-8).
+    errors: Vec<String>,
+}
+
+impl SectionFlags {
+    /// `--KEY-WITH-DASHES VALUE`, when given.
+    fn set<T: Serialize>(&mut self, section: &'static str, key: &'static str, value: Option<T>) {
+        self.set_prefixed(section, "", key, value);
+    }
+
+    /// `--PREFIXKEY-WITH-DASHES VALUE` (`--relay-max-sessions`), when given.
+    fn set_prefixed<T: Serialize>(
+        &mut self,
+        section: &'static str,
+        prefix: &str,
+        key: &'static str,
+        value: Option<T>,
+    ) {
+        let flag = format!("--{prefix}{}", key.replace('_', "-"));
+        self.set_as(section, key, value, &flag);
+    }
+
+    /// `flag`, when given, sets `key`.
+    fn set_as<T: Serialize>(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        value: Option<T>,
+        flag: &str,
+    ) {
+        match value.map(toml::Value::try_from) {
+            None => {}
+            Some(Ok(value)) => self.values.push(FlagValue {
+                section,
+                key,
+                value,
+                flag: flag.to_string(),
+            }),
+            Some(Err(e)) => self.errors.push(format!("{flag}: {e}")),
+        }
+    }
+}
+
+/// The connection-bound flags (the `[node]` keys of the same names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct EdgeFlags {
+    /// Time a client has to send a complete request head, in ms [default: 10000].
+    #[arg(long, env = "IICP_HOST_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a client has to send a whole request body, in ms; then 408 [default: 30000].
+    #[arg(long, env = "IICP_HOST_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive connection stays open, in ms [default: 60000].
+    #[arg(long, env = "IICP_HOST_KEEP_ALIVE_TIMEOUT_MS")]
+    pub keep_alive_timeout_ms: Option<u64>,
+    /// How long one response may wait, in all, on a client that does not read it, in ms; then the connection closes [default: 60000].
+    #[arg(long, env = "IICP_HOST_RESPONSE_WRITE_TIMEOUT_MS")]
+    pub response_write_timeout_ms: Option<u64>,
+    /// Largest request head (request line and headers), in bytes; more get 431 [default: 16384].
+    #[arg(long, env = "IICP_HOST_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers; more get 431 [default: 100].
+    #[arg(long, env = "IICP_HOST_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Most connections open at once on the public listener; more get 503 [default: 4096].
+    #[arg(long, env = "IICP_HOST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// After answering on a connection it then closes, how long the node reads and discards what the client still sends, so the answer is not lost to a reset, in ms [default: 2000].
+    #[arg(long, env = "IICP_HOST_LINGERING_CLOSE_MS")]
+    pub lingering_close_ms: Option<u64>,
+    /// Task answers the node holds for clients that have not taken them yet, node-wide, in MiB; past it answers get 503 [default: 256].
+    #[arg(long, env = "IICP_HOST_MAX_UNSENT_ANSWERS_MIB")]
+    pub max_unsent_answers_mib: Option<u64>,
+}
+
 impl RunArgs {
-    /// The relay flags, over the file's `[relay]` and `[relay_capable]`.
+    /// The worker's relay and the peers' flags, over the file's `[relay]`
+    /// and `[peers]`.
     fn apply_reach(&self, config: &mut NodeConfig) -> Result<(), String> {
         let reach = &mut config.reach;
         if let Some(url) = &self.relay {
@@ -552,55 +636,160 @@ impl RunArgs {
                 );
             }
         }
-        let tuned = self.relay_max_sessions.is_some()
-            || self.relay_bind_rate_limit.is_some()
-            || self.relay_liveness_ms.is_some()
-            || self.relay_bind_ticket_key.is_some()
-            || self.relay_require_bind_ticket
-            || self.relay_refuse_keyless_binds
-            || self.relay_max_pinned_workers.is_some()
-            || self.relay_accept_port.is_some();
-        if self.relay_capable || (tuned && reach.relay_capable.is_some()) {
-            let relay = reach
-                .relay_capable
-                .get_or_insert_with(RelaySettings::default);
-            if let Some(max) = self.relay_max_sessions {
-                relay.max_sessions = max;
-            }
-            if let Some(limit) = self.relay_bind_rate_limit {
-                relay.bind_rate_limit = limit;
-            }
-            if let Some(ms) = self.relay_liveness_ms {
-                relay.liveness_ms = ms;
-            }
-            if self.relay_bind_ticket_key.is_some() {
-                relay
-                    .bind_ticket_key
-                    .clone_from(&self.relay_bind_ticket_key);
-            }
-            if self.relay_require_bind_ticket {
-                relay.require_bind_ticket = true;
-            }
-            if self.relay_refuse_keyless_binds {
-                relay.refuse_keyless_binds = true;
-            }
-            if let Some(max) = self.relay_max_pinned_workers {
-                relay.max_pinned_workers = max;
-            }
-            if let Some(port) = self.relay_accept_port {
-                relay.accept_port = port;
-            }
-            relay
-                .validate()
-                .map_err(|e| format!("--relay-capable: {e}"))?;
-        } else if tuned {
-            return Err("the --relay-* limits need --relay-capable".to_string());
-        }
         if self.peers || !self.peer_seeds.is_empty() {
             let peers = reach.peers.get_or_insert_with(PeerSettings::default);
             peers.seeds.extend(self.peer_seeds.iter().cloned());
             peers.validate().map_err(|e| format!("--peers: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::FromArgMatches;
+
+    use super::*;
+    use crate::runtime::limits::PluginLimits;
+    use crate::server::settings::AuthSection;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let command = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
+        let matches = command
+            .try_get_matches_from(["--plugin", "x.wasm"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        RunArgs::from_arg_matches(&matches).unwrap()
+    }
+
+    /// Each section's keys and defaults, as the file writes them; a sized
+    /// `[node]` key with what it is when nothing sizes it.
+    fn section_defaults() -> BTreeMap<&'static str, toml::Table> {
+        fn table(settings: impl Serialize) -> toml::Table {
+            toml::Table::try_from(settings).unwrap()
+        }
+        let mut node = table(NodeSection::default());
+        for (key, value) in NodeSection::sized_defaults() {
+            node.insert(key.to_string(), toml::Value::Integer(value as i64));
+        }
+        BTreeMap::from([
+            (NodeSection::NAME, node),
+            (ExportSettings::NAME, table(ExportSettings::default())),
+            (
+                "every plugin",
+                table(LimitKeys::of(&PluginLimits::default())),
+            ),
+            (RelaySettings::NAME, table(RelaySettings::default())),
+            (OciSection::NAME, table(OciSection::default())),
+            (AuthSection::NAME, table(AuthSection::default())),
+        ])
+    }
+
+    /// The section and key `--flag VALUE` sets, found by giving it: the
+    /// keys the flag becomes, the plugin limits it sets, or (for the flags
+    /// applied by hand: `--oci-*`, `--task-auth`) the key of the same name.
+    fn key_set_by(flag: &str, value: &str) -> Option<(&'static str, String)> {
+        let args = parse(&[&format!("--{flag}"), value]);
+        let values = args.section_flags().unwrap();
+        if let Some(found) = values.iter().find(|v| v.flag == format!("--{flag}")) {
+            return Some((found.section, found.key.to_string()));
+        }
+        let limits = toml::Table::try_from(args.plugin_limit_flags()).unwrap();
+        if let Some(key) = limits.keys().next() {
+            return Some(("every plugin", key.clone()));
+        }
+        let by_hand = |prefix: &str| flag.strip_prefix(prefix).map(|k| k.replace('-', "_"));
+        if let Some(key) = by_hand("oci-") {
+            return Some((OciSection::NAME, key));
+        }
+        (flag == "task-auth").then(|| (AuthSection::NAME, "mode".to_string()))
+    }
+
+    /// A value a flag whose default is not a value (it says what unset
+    /// means) accepts.
+    const SAMPLES: &[(&str, &str)] = &[
+        ("node-id", "n-1"),
+        ("cache-dir", "/tmp/iicp-cache"),
+        ("state-dir", "/tmp/iicp-state"),
+        ("keep-resident-kib", "64"),
+        ("memory-limit-mib", "1024"),
+    ];
+
+    /// Every dedicated flag that shows a default sets a key of a section
+    /// (its name and range are the section's), and the default it shows is
+    /// that key's: a flag drifting from its section fails here.
+    #[test]
+    fn every_dedicated_flag_is_its_sections_key_with_its_default() {
+        let defaults = section_defaults();
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let mut checked = Vec::new();
+        for arg in command.get_arguments() {
+            let (Some(flag), Some(help)) = (arg.get_long(), arg.get_help()) else {
+                continue;
+            };
+            let help = help.to_string();
+            let Some(shown) = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+            else {
+                continue;
+            };
+            // `--endpoint` is the [directory]'s, shown as what unset means.
+            if !arg.get_action().takes_values() || flag == "endpoint" {
+                continue;
+            }
+            let shown = shown.split([',', ' ']).next().unwrap_or_default();
+            let sample = SAMPLES.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v);
+            let (section, key) = key_set_by(flag, sample.unwrap_or(shown))
+                .unwrap_or_else(|| panic!("--{flag} sets no key of a section"));
+            let table = &defaults[section];
+            let default = match table.get(&key) {
+                Some(toml::Value::String(text)) => text.clone(),
+                Some(toml::Value::Integer(number)) => number.to_string(),
+                Some(other) => panic!("--{flag}: {section}.{key} is {other:?}"),
+                None => {
+                    assert!(sample.is_some(), "--{flag}: no {section}.{key}");
+                    continue;
+                }
+            };
+            assert_eq!(
+                shown, default,
+                "--{flag} shows {shown}, {section}.{key} is {default}"
+            );
+            checked.push(flag);
+        }
+        assert!(checked.len() >= 40, "checked only {checked:?}");
+    }
+
+    /// A dedicated flag is checked by its key's range, named as typed.
+    #[test]
+    fn a_dedicated_flag_gets_its_keys_range() {
+        let error = |args: &[&str]| {
+            parse(args)
+                .to_config(&PluginFileCache::default())
+                .unwrap_err()
+        };
+        assert_eq!(
+            error(&["--max-headers", "4"]),
+            "--max-headers must be between 8 and 1024, got 4"
+        );
+        assert_eq!(
+            error(&["--otlp-timeout-ms", "1"]),
+            "--otlp-timeout-ms must be between 100 and 300000, got 1"
+        );
+        assert_eq!(
+            error(&["--host-memory-kib", "1"]),
+            "--host-memory-kib must be between 64 and 4194304, got 1"
+        );
+        assert_eq!(
+            error(&["--oci-max-plugin-mib", "0"]),
+            "--oci-max-plugin-mib must be between 1 and 4096, got 0"
+        );
+        assert_eq!(
+            error(&["--timeout-ms", "5000", "--max-timeout-ms", "1000"]),
+            "--timeout-ms (5000 ms) is above the task budget ceiling (1000 ms)"
+        );
     }
 }

@@ -4,12 +4,6 @@
 //! (or the start refused); the others are sized to the memory by
 //! `crate::memory_sizing`.
 
-use std::ops::RangeInclusive;
-
-/// Bounds of `memory_limit_mib`: at least what the process itself is
-/// counted at (64 MiB) plus room to serve; at most 64 TiB.
-pub const MEMORY_LIMIT_MIB_RANGE: RangeInclusive<u64> = 128..=64 << 20;
-
 /// The memory settings of a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemorySettings {
@@ -42,13 +36,4 @@ pub struct GivenKnobs {
     pub idempotency_max_bytes: bool,
     /// `max_dns_lookups`.
     pub max_dns_lookups: bool,
-}
-
-impl MemorySettings {
-    /// Sets the limit from `mib`, checked against its bounds; `name` is
-    /// what the operator typed.
-    pub fn set_limit_mib(&mut self, name: &str, mib: u64) -> Result<(), String> {
-        self.limit_bytes = Some(super::check_range(name, mib, &MEMORY_LIMIT_MIB_RANGE)? << 20);
-        Ok(())
-    }
 }

@@ -7,11 +7,12 @@
 //! that own their settings (`relay::settings`, `peers::settings`,
 //! `telemetry::otlp::ExportSettings`, `oci::settings`, `server::settings`
 //! for `[auth]` and `[admin]`, `directory::settings::DirectorySection`)
-//! hold their defaults and ranges themselves; the node-wide bounds below
-//! (`[node]`, `[defaults]`) are still checked here. `[oci]`, `[auth]`,
-//! `[directory]` and `[admin]` name files and environment variables the build resolves,
-//! so their keys from the environment and `--set` are stacked over the
-//! file's tables before the build ([`sections::FILE_SECTIONS`]).
+//! hold their defaults and ranges themselves, as do `[node]`
+//! (`server::node_settings`) and `[defaults]` (`runtime::limit_settings`).
+//! `[node]`, `[defaults]`, `[oci]`, `[auth]`, `[directory]` and `[admin]`
+//! name files and environment variables the build resolves, so their keys
+//! from the environment and `--set` are stacked over the file's tables
+//! before the build ([`sections::FILE_SECTIONS`]).
 
 pub mod dir_watch;
 pub mod file;
@@ -22,7 +23,6 @@ pub mod sections;
 pub mod table_split;
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,93 +33,21 @@ use crate::oci::OciSettings;
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
 use crate::runtime::RuntimeSettings;
-use crate::runtime::engine::{AllocatorChoice, EngineSettings};
-use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
-use crate::runtime::plugin::PluginSource;
 use crate::server::edge::EdgeSettings;
-use crate::server::origin_limit::DEFAULT_TRACKED_ORIGINS;
+use crate::server::node_settings::{DEFAULT_IDEMPOTENCY_CAPACITY, DEFAULT_IDEMPOTENCY_MAX_BYTES};
 use crate::server::settings::AuthSection;
-pub use crate::server::settings::MAX_CONNECTIONS_RANGE;
 use crate::server::task_auth::AuthMode;
+use crate::settings::Overrides;
 use crate::telemetry::otlp::ExportSettings;
 
 // A plugin's spec lives with the table that serves it; kept here too so
 // `config::PluginSpec` still names it.
 pub use crate::server::plugin_table::PluginSpec;
-// The range check every folder's `validate()` uses, under its old name.
-pub use crate::settings::check_range;
 
-/// Default `max_concurrent`.
-pub const DEFAULT_MAX_CONCURRENT: u32 = 32;
-/// `max_concurrent` bounds. REGISTER advertises at most 256 (the protocol's
-/// `limits.max_concurrent` range); a node may run more, e.g. an LLM gateway
-/// whose tasks mostly wait on a backend. The ceiling is what the instance
-/// pool can reserve: 4 linear memories per slot, each a 4 GiB reservation
-/// plus guard, is ~66 TiB of the 128 TiB of x86-64 user address space at
-/// 4,096 slots.
-pub const MAX_CONCURRENT_RANGE: RangeInclusive<u32> = 1..=4096;
-/// Per-task memory bounds in MiB (wasm32 addresses 4 GiB).
-pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 1..=4096;
-/// Default task budget bounds in ms (the protocol's `timeout_ms` range).
-pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=300_000;
-/// Resource-table entries per task: enough for the wasi basics, at most a
-/// million (wasmtime's own default).
-pub const MAX_RESOURCES_RANGE: RangeInclusive<u32> = 64..=1_000_000;
-/// Host memory per task in KiB (64 KiB .. 4 GiB).
-pub const HOST_MEMORY_KIB_RANGE: RangeInclusive<u32> = 64..=4 << 20;
-/// Largest task result in KiB (1 KiB .. 64 MiB; the default is 4 MiB). The
-/// node's worst case counts it three times per task (`memory_bound`), so a
-/// plugin whose results are small (an LLM completion) may lower it to run
-/// many more tasks at once in the same memory.
-pub const MAX_OUTPUT_KIB_RANGE: RangeInclusive<u32> = 1..=64 << 10;
-/// Bounds on `max_dns_lookups`: at least one lookup, at most half of
-/// tokio's blocking pool (512 threads).
-pub const MAX_DNS_LOOKUPS_RANGE: RangeInclusive<usize> = 1..=256;
-/// Default request body limit.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
-/// Default cap on remembered nonces (~18 bytes each).
-pub const DEFAULT_NONCE_CAPACITY: usize = 1_000_000;
-/// Default tasks per `Origin` per minute (the SDK's 120).
-pub const DEFAULT_ORIGIN_RATE_LIMIT: u32 = 120;
-/// Default wait for a slot of realtime and interactive tasks (the reference
-/// node's 2 s).
-pub const DEFAULT_QOS_WAIT: Duration = Duration::from_secs(2);
-/// Bounds on the QoS wait, in ms (0: every class fails fast).
-pub const QOS_WAIT_MS_RANGE: RangeInclusive<u64> = 0..=30_000;
-/// Default bound on tasks waiting for a slot at once.
-pub const DEFAULT_QOS_MAX_WAITING: u32 = 64;
-/// Bounds on tasks waiting at once (each holds a connection and its body).
-pub const QOS_MAX_WAITING_RANGE: RangeInclusive<u32> = 0..=65_536;
-/// Default bound on remembered task ids (idempotency).
-pub const DEFAULT_IDEMPOTENCY_CAPACITY: usize = 100_000;
-/// Default bound on the bytes of remembered task ids and their answers.
-pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: usize = 64 << 20;
 /// The replay window of `protocol.md` §4.1.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(300);
-/// Default `retry_after_ms` of the 503 `IICP-E024` a drained node or plugin
-/// answers.
-pub const DEFAULT_DRAIN_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Bounds on that advice, in ms.
-pub const DRAIN_RETRY_AFTER_MS_RANGE: RangeInclusive<u64> = 1..=86_400_000;
-/// Default bound on draining at shutdown.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bounds of the connection deadlines, in ms.
-pub const EDGE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
-/// Bounds of the request-head size limit, in bytes.
-pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
-/// Bounds of the request-header count limit.
-pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
-/// Bounds of the number of origins the per-Origin limit tracks.
-pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
-/// Unsent-answer budget in MiB: at least two of the largest answers (a
-/// result of 4 MiB in its envelope), at most 1 TiB.
-pub const MAX_UNSENT_ANSWERS_MIB_RANGE: RangeInclusive<u64> = 10..=1_048_576;
 /// Where pulled plugins are kept, inside the cache directory.
 pub const OCI_STORE_SUBDIR: &str = "oci";
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default region.
-pub const DEFAULT_REGION: &str = "unknown";
 
 /// Everything the node needs to start.
 #[derive(Debug, Clone)]
@@ -304,142 +232,8 @@ impl std::fmt::Debug for AdminSettings {
 impl NodeConfig {
     /// Every default, serving the plugin at `path`.
     pub fn with_plugin(path: PathBuf) -> Self {
-        Self {
-            node_id: None,
-            region: DEFAULT_REGION.to_string(),
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| unreachable!("valid default address")),
-            max_concurrent: DEFAULT_MAX_CONCURRENT,
-            qos_wait: DEFAULT_QOS_WAIT,
-            qos_max_waiting: DEFAULT_QOS_MAX_WAITING,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            edge: EdgeSettings::default(),
-            nonce_capacity: DEFAULT_NONCE_CAPACITY,
-            idempotency: None,
-            origin_rate_limit: DEFAULT_ORIGIN_RATE_LIMIT,
-            auth: AuthSettings::default(),
-            telemetry: ExportSettings::default(),
-            allow_tool_execution: false,
-            origin_limit_tracked: DEFAULT_TRACKED_ORIGINS,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            drain_retry_after: DEFAULT_DRAIN_RETRY_AFTER,
-            state_dir: None,
-            confidentiality: true,
-            directory: None,
-            runtime: RuntimeSettings {
-                engine: EngineSettings {
-                    max_instances: DEFAULT_MAX_CONCURRENT,
-                    keep_resident_bytes: None,
-                    allocator: AllocatorChoice::default(),
-                },
-                cache_dir: default_cache_dir(),
-                max_dns_lookups: DEFAULT_MAX_DNS_LOOKUPS,
-            },
-            oci: OciSettings {
-                store_dir: default_cache_dir().map(|dir| dir.join(OCI_STORE_SUBDIR)),
-                ..OciSettings::default()
-            },
-            plugins: vec![PluginSpec::new(PluginSource::new(path))],
-            admin: None,
-            reach: ReachSettings::default(),
-            memory_overcommit: false,
-            memory: MemorySettings::default(),
-            config_path: None,
-        }
-    }
-}
-
-/// Connection bounds as given in a file section or on the command line;
-/// each one set replaces the default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
-pub struct EdgeOverrides {
-    /// Time a client has to send a complete request head, in ms [default: 10000].
-    #[arg(long, env = "IICP_HOST_HEADER_READ_TIMEOUT_MS")]
-    pub header_read_timeout_ms: Option<u64>,
-    /// Time a client has to send a whole request body, in ms; then 408 [default: 30000].
-    #[arg(long, env = "IICP_HOST_BODY_READ_TIMEOUT_MS")]
-    pub body_read_timeout_ms: Option<u64>,
-    /// How long an idle keep-alive connection stays open, in ms [default: 60000].
-    #[arg(long, env = "IICP_HOST_KEEP_ALIVE_TIMEOUT_MS")]
-    pub keep_alive_timeout_ms: Option<u64>,
-    /// How long one response may wait, in all, on a client that does not read it, in ms; then the connection closes [default: 60000].
-    #[arg(long, env = "IICP_HOST_RESPONSE_WRITE_TIMEOUT_MS")]
-    pub response_write_timeout_ms: Option<u64>,
-    /// Largest request head (request line and headers), in bytes; more get 431 [default: 16384].
-    #[arg(long, env = "IICP_HOST_MAX_HEADER_BYTES")]
-    pub max_header_bytes: Option<usize>,
-    /// Most request headers; more get 431 [default: 100].
-    #[arg(long, env = "IICP_HOST_MAX_HEADERS")]
-    pub max_headers: Option<usize>,
-    /// Most connections open at once on the public listener; more get 503 [default: 4096].
-    #[arg(long, env = "IICP_HOST_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// After answering on a connection it then closes, how long the node reads and discards what the client still sends, so the answer is not lost to a reset, in ms [default: 2000].
-    #[arg(long, env = "IICP_HOST_LINGERING_CLOSE_MS")]
-    pub lingering_close_ms: Option<u64>,
-    /// Task answers the node holds for clients that have not taken them yet, node-wide, in MiB; past it answers get 503 [default: 256].
-    #[arg(long, env = "IICP_HOST_MAX_UNSENT_ANSWERS_MIB")]
-    pub max_unsent_answers_mib: Option<u64>,
-}
-
-impl EdgeOverrides {
-    /// Applies the values set to `edge`, checking each against its bounds;
-    /// `name` turns a field name into what the operator typed.
-    pub fn apply(
-        &self,
-        edge: &mut EdgeSettings,
-        name: impl Fn(&str) -> String,
-    ) -> Result<(), String> {
-        let ms = |field: &str, value: Option<u64>, current: Duration| {
-            value.map_or(Ok(current), |ms| {
-                check_range(&name(field), ms, &EDGE_TIMEOUT_MS_RANGE).map(Duration::from_millis)
-            })
-        };
-        edge.header_read_timeout = ms(
-            "header_read_timeout_ms",
-            self.header_read_timeout_ms,
-            edge.header_read_timeout,
-        )?;
-        edge.body_read_timeout = ms(
-            "body_read_timeout_ms",
-            self.body_read_timeout_ms,
-            edge.body_read_timeout,
-        )?;
-        edge.keep_alive_timeout = ms(
-            "keep_alive_timeout_ms",
-            self.keep_alive_timeout_ms,
-            edge.keep_alive_timeout,
-        )?;
-        edge.response_write_timeout = ms(
-            "response_write_timeout_ms",
-            self.response_write_timeout_ms,
-            edge.response_write_timeout,
-        )?;
-        edge.lingering_close = ms(
-            "lingering_close_ms",
-            self.lingering_close_ms,
-            edge.lingering_close,
-        )?;
-        if let Some(bytes) = self.max_header_bytes {
-            edge.max_header_bytes =
-                check_range(&name("max_header_bytes"), bytes, &MAX_HEADER_BYTES_RANGE)?;
-        }
-        if let Some(count) = self.max_headers {
-            edge.max_headers = check_range(&name("max_headers"), count, &MAX_HEADERS_RANGE)?;
-        }
-        if let Some(mib) = self.max_unsent_answers_mib {
-            edge.max_unsent_answer_bytes = check_range(
-                &name("max_unsent_answers_mib"),
-                mib,
-                &MAX_UNSENT_ANSWERS_MIB_RANGE,
-            )? << 20;
-        }
-        if let Some(count) = self.max_connections {
-            edge.max_connections =
-                check_range(&name("max_connections"), count, &MAX_CONNECTIONS_RANGE)?;
-        }
-        Ok(())
+        file::for_plugin(path, &Overrides::default())
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
     }
 }
 

@@ -11,12 +11,18 @@ use crate::directory::settings::DirectorySection;
 use crate::oci::settings::OciSection;
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
+use crate::runtime::limit_settings::LimitKeys;
+use crate::server::node_settings::NodeSection;
 use crate::server::settings::{AdminSection, AuthSection};
 use crate::settings::{Overrides, Section};
 use crate::telemetry::otlp::ExportSettings;
 
-/// The sections the environment and `--set` may name.
+/// The sections the environment and `--set` may name, with or without a
+/// file (`[node]` and `[defaults]` are stacked before the build, over the
+/// file's tables or the defaults of `--plugin`).
 pub const SECTIONS: &[&str] = &[
+    NodeSection::NAME,
+    LimitKeys::NAME,
     WorkerSettings::NAME,
     RelaySettings::NAME,
     PeerSettings::NAME,

@@ -117,13 +117,14 @@ impl Serving {
     /// (bounded by the drain timeout), then deregisters.
     pub async fn drain(self, config: &NodeConfig) {
         self.hangups.abort();
+        // The drain starts before the link stops, so the directory's last
+        // heartbeat says the node drains; and before the line below, so a
+        // request finished by anyone who read it is refused, not run.
+        self.state.drain.start();
         tracing::info!(
             active_jobs = self.state.gate.active(),
             "shutting down: no new connections, draining in-flight tasks"
         );
-        // The drain starts before the link stops, so the directory's last
-        // heartbeat says the node drains.
-        self.state.drain.start();
         if let Some(link) = &self.link {
             link.stop().await;
         }

@@ -36,7 +36,17 @@ pub struct EngineSettings {
 }
 
 /// The operator's choice of instance allocator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllocatorChoice {
     /// Pooling when the address space allows it, else on-demand.

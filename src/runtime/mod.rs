@@ -20,6 +20,7 @@ pub mod cache;
 pub mod engine;
 pub mod execute;
 pub mod host;
+pub mod limit_settings;
 pub mod limits;
 pub mod link;
 pub mod load_error;

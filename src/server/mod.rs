@@ -20,6 +20,7 @@ pub mod health_route;
 pub mod idempotency;
 pub mod metrics;
 pub mod metrics_route;
+pub mod node_settings;
 pub mod nonce_cache;
 pub mod origin_limit;
 pub mod plugin_table;

@@ -98,9 +98,23 @@ impl Node {
 
     /// Like [`Node::start`] with `RUST_LOG` set to `filter`.
     pub fn start_with_log_filter(plugin_path: &Path, extra: &[&str], filter: &str) -> Node {
+        Self::start_plugin(plugin_path, extra, filter, &[])
+    }
+
+    /// Like [`Node::start`] with extra environment variables.
+    pub fn start_env(plugin_path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::start_plugin(plugin_path, extra, "info", env)
+    }
+
+    fn start_plugin(
+        plugin_path: &Path,
+        extra: &[&str],
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Node {
         let source = ["--plugin", &plugin_path.display().to_string()].map(String::from);
         let source: Vec<&str> = source.iter().map(String::as_str).collect();
-        Node(launcher().run(&source, extra, filter, &[]))
+        Node(launcher().run(&source, extra, filter, env))
     }
 
     /// Starts `iicp-host run --config <file> <extra>` on a free port.

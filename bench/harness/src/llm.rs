@@ -12,19 +12,37 @@
 //! flight ((peak − idle) ÷ concurrency) and the backend connections it
 //! opened per task (1.0: no reuse). Last line:
 //! `llm_throughput_ratio=<min host/native> llm_p99_overhead_ms=<max host p99 − latency>`.
+//! With `--report PAGE` the figures go to a results file
+//! (`results/llm-<date>-<time>.json` beside the page's directory, see
+//! [`crate::llm_results`]) and the page is drawn from it.
 //!
 //! Usage: `iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN
 //!         --mock BIN [--quick] [--latency-ms 200,2000] [--concurrency 1,64,512,2000]
 //!         [--report FILE] [-- HOST_FLAGS…]`
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::llm_results::{LlmResults, PointFigures};
 use crate::load::{self, LoadResult, LoadSpec, Variant};
 use crate::process::{self, Server, ServerKind};
+use crate::results::Run;
 use crate::usage_error;
+
+/// Writes `page` from the results file at `results_file` (read back, so
+/// the page shows what the file holds).
+pub fn publish(results_file: &Path, page: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(results_file)
+        .map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let stored: LlmResults =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let dir = page.parent().unwrap_or(Path::new("."));
+    std::fs::write(page, stored.markdown(&crate::pathdiff(results_file, dir)))
+        .map_err(|e| format!("{}: {e}", page.display()))?;
+    println!("page written to {}", page.display());
+    Ok(())
+}
 
 /// The model the backend serves and both nodes advertise.
 pub const MODEL: &str = "bench-llm";
@@ -42,6 +60,10 @@ const GATE_HEADROOM: u32 = 64;
 const PLUGIN_LIMITS: &str =
     "memory_mb = 2\nhost_memory_kib = 1024\nmax_resources = 256\nmax_output_kib = 256\n";
 const PLUGIN_HTTP_LIMITS: &str = "max_in_flight = 1\nmax_response_kib = 256\n";
+/// Tasks one point may complete: bounded in count as in time (the most a
+/// point could complete with a backend answering at once, at any
+/// concurrency here).
+const MAX_TASKS: u64 = 2_000_000;
 /// Kept backend connections: one per task in flight, as the native node's
 /// client keeps (reqwest's default keeps every one).
 const PLUGIN_IDLE_CONNECTIONS: u32 = 4096;
@@ -242,9 +264,7 @@ async fn measure(
         concurrency,
         warmup,
         measure,
-        // Bounded in count as in time: the most a point could complete
-        // with a backend answering at once, at any concurrency here.
-        max_requests: 2_000_000,
+        max_requests: MAX_TASKS,
         variant: Variant::Plain,
     })
     .await;
@@ -273,6 +293,7 @@ pub async fn run(args: impl Iterator<Item = String>) {
     let rounds = if options.quick { 1 } else { 2 };
     let max_concurrent =
         options.concurrencies.iter().max().copied().unwrap_or(1) as u32 + GATE_HEADROOM;
+    let started_at = iicp_run_info::now_utc();
     let dir = process::fresh_dir("llm");
     let cache_dir = dir.join("cache");
     std::fs::create_dir_all(&cache_dir).expect("create the LLM case's cache directory");
@@ -337,76 +358,45 @@ pub async fn run(args: impl Iterator<Item = String>) {
             }
         }
     }
-    let summary = summarise(&options, &best);
-    print!("\n{summary}");
-    if let Some(path) = &options.report {
-        std::fs::write(path, &summary).expect("write the LLM case's report");
+    let results = results(&options, rounds, started_at, &best);
+    if let Some(report) = &options.report {
+        let file = crate::results_path(report, "llm", &results.run.date);
+        crate::write_results(&results, &file).expect("write the LLM case's results file");
+        println!("\nresults written to {}", file.display());
+        publish(&file, report).expect("write the LLM case's page");
     }
     process::remove_dir(&dir);
+    println!("\n{}", results.summary_line());
 }
 
-/// The best points, host against native, as a Markdown section; its last
-/// line is the machine-readable summary.
-fn summarise(options: &Options, best: &[Point]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "## LLM gateway (`iicp-bench llm`{})\n",
-        if options.quick { ", --quick" } else { "" }
-    );
-    let _ = writeln!(
-        out,
-        "openai-chat with a fresh instance per task against the native node's handler making the same call; mock backend with a fixed latency; overheads are above that latency; RSS per in-flight task is (peak − idle) ÷ concurrency.\n"
-    );
-    let _ = writeln!(
-        out,
-        "| latency | c | node | tasks/s | ×native | p50 + ms | p99 + ms | CPU/task µs | ×native | RSS/in-flight KiB | backend conns/task | errors |"
-    );
-    let _ = writeln!(
-        out,
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    let (mut worst_ratio, mut worst_p99) = (f64::INFINITY, f64::NEG_INFINITY);
-    for point in best {
-        let native = best.iter().find(|p| {
-            p.node == "native"
-                && p.latency_ms == point.latency_ms
-                && p.concurrency == point.concurrency
-        });
-        let (ratio, cpu_ratio) = match native {
-            Some(n) if point.node != "native" => {
-                let ratio = point.completed_per_second() / n.completed_per_second().max(1e-9);
-                worst_ratio = worst_ratio.min(ratio);
-                worst_p99 = worst_p99.max(point.overhead_ms(0.99));
-                // CPU time is read in clock ticks (10 ms): a point of a few
-                // tasks may read 0 and has no ratio.
-                let cpu_ratio = if n.cpu_us_per_task > 0.0 {
-                    format!("{:.2}", point.cpu_us_per_task / n.cpu_us_per_task)
-                } else {
-                    String::new()
-                };
-                (format!("{ratio:.2}"), cpu_ratio)
-            }
-            _ => (String::new(), String::new()),
-        };
-        let _ = writeln!(
-            out,
-            "| {} ms | {} | {} | {:.1} | {ratio} | {:.2} | {:.2} | {:.1} | {cpu_ratio} | {:.1} | {:.3} | {} |",
-            point.latency_ms,
-            point.concurrency,
-            point.node,
-            point.completed_per_second(),
-            point.overhead_ms(0.50),
-            point.overhead_ms(0.99),
-            point.cpu_us_per_task,
-            point.rss_per_task_kib(),
-            point.backend_connections_per_task,
-            point.result.errors,
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nllm_throughput_ratio={worst_ratio:.3} llm_p99_overhead_ms={worst_p99:.2}"
-    );
-    out
+/// The best points as a results file (ratios and summary included).
+fn results(options: &Options, rounds: usize, started_at: String, best: &[Point]) -> LlmResults {
+    let run = Run {
+        tool: format!("bench/llm{}", if options.quick { " --quick" } else { "" }),
+        date: started_at,
+        commit: iicp_run_info::commit(),
+        machine: iicp_run_info::machine(),
+        rounds,
+        max_requests: MAX_TASKS,
+        ..Run::default()
+    };
+    let points: Vec<PointFigures> = best
+        .iter()
+        .map(|point| PointFigures {
+            node: point.node.to_string(),
+            latency_ms: point.latency_ms,
+            concurrency: point.concurrency,
+            values: [
+                point.completed_per_second(),
+                point.overhead_ms(0.50),
+                point.overhead_ms(0.99),
+                point.cpu_us_per_task,
+                point.rss_per_task_kib(),
+                point.backend_connections_per_task,
+                point.result.errors as f64,
+                point.result.requests as f64,
+            ],
+        })
+        .collect();
+    LlmResults::new(run, &points)
 }

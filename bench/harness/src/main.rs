@@ -13,7 +13,9 @@
 //!             [--python-plugin WASM] [--js-plugin WASM]`
 
 mod charts;
+mod figures;
 mod llm;
+mod llm_results;
 mod load;
 mod many;
 mod process;
@@ -85,12 +87,14 @@ const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BI
      [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
      [--js-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
-     iicp-bench relay --host BIN --plugin ECHO.wasm [--quick]\n       \
-     iicp-bench many --host BIN --plugin ECHO.wasm [--plugins N,N,..] [--cache-dir DIR]\n       \
+     iicp-bench relay --host BIN --plugin ECHO.wasm [--quick] [--results DIR]\n       \
+     iicp-bench figures --tool TOOL --prefix PREFIX --results-dir DIR FIGURES.txt\n       \
+     iicp-bench many --host BIN --plugin ECHO.wasm [--plugins N,N,..] [--rounds R] [--cache-dir DIR]\n       \
      iicp-bench llm --host BIN --plugin OPENAI_CHAT.wasm --native BIN --mock BIN [--quick] \
      [--latency-ms A,B] [--concurrency A,B] [--report FILE] [-- HOST_FLAGS]\n       \
-     iicp-bench render RESULTS.json [REPORT.md]\n       \
-     iicp-bench import REPORT.md COMMIT [RESULTS.json]";
+     iicp-bench render RESULTS.json [REPORT.md]   (llm-*.json: default docs/benchmarks-llm.md)\n       \
+     iicp-bench import REPORT.md COMMIT [RESULTS.json]\n       \
+     iicp-bench import-llm PAGE.md COMMIT 'YYYY-MM-DD HH:MM UTC' [RESULTS.json]";
 
 /// Prints `problem` and the usage, then exits with status 2.
 pub fn usage_error(problem: &str) -> ! {
@@ -431,6 +435,7 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("load") => return load_only(std::env::args().skip(2)).await,
         Some("relay") => return relay::run(std::env::args().skip(2)).await,
+        Some("figures") => return figures::run(std::env::args().skip(2)),
         Some("llm") => return llm::run(std::env::args().skip(2)).await,
         Some("many") => return many::run(std::env::args().skip(2)).await,
         Some("render") => {
@@ -438,10 +443,50 @@ async fn main() {
             let [results, rest @ ..] = &args[..] else {
                 usage_error("render needs RESULTS.json");
             };
-            let report = rest.first().map_or("docs/benchmarks.md", String::as_str);
-            if let Err(error) = publish(Path::new(results), Path::new(report)) {
+            let is_llm = Path::new(results)
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("llm-"));
+            let default_report = if is_llm {
+                "docs/benchmarks-llm.md"
+            } else {
+                "docs/benchmarks.md"
+            };
+            let report = Path::new(rest.first().map_or(default_report, String::as_str));
+            let published = if is_llm {
+                llm::publish(Path::new(results), report)
+            } else {
+                publish(Path::new(results), report)
+            };
+            if let Err(error) = published {
                 usage_error(&error);
             }
+            return;
+        }
+        Some("import-llm") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let [page, commit, date, rest @ ..] = &args[..] else {
+                usage_error("import-llm needs PAGE.md, the COMMIT it measured and its date");
+            };
+            let text = std::fs::read_to_string(page)
+                .unwrap_or_else(|e| usage_error(&format!("{page}: {e}")));
+            // The old page's first paragraph said where and how it ran.
+            let machine = text.split("\n\n").nth(1).unwrap_or_default().to_string();
+            let run = results::Run {
+                tool: "bench/llm".into(),
+                date: date.clone(),
+                commit: commit.clone(),
+                machine: vec![machine],
+                // The case ran two rounds per point before it had --quick.
+                rounds: 2,
+                ..results::Run::default()
+            };
+            let results = llm_results::LlmResults::import_markdown(&text, page, run)
+                .unwrap_or_else(|e| usage_error(&e));
+            let out = rest
+                .first()
+                .map_or_else(|| results_path(Path::new(page), "llm", date), PathBuf::from);
+            write_results(&results, &out).unwrap_or_else(|e| usage_error(&e));
+            println!("results written to {}", out.display());
             return;
         }
         Some("import") => {
@@ -453,9 +498,10 @@ async fn main() {
                 .unwrap_or_else(|e| usage_error(&format!("{report}: {e}")));
             let results = Results::import_markdown(&text, report, commit)
                 .unwrap_or_else(|e| usage_error(&format!("{report}: {e}")));
-            let out = rest
-                .first()
-                .map_or_else(|| results_path(Path::new(report), &results), PathBuf::from);
+            let out = rest.first().map_or_else(
+                || results_path(Path::new(report), "benchmarks", &results.run.date),
+                PathBuf::from,
+            );
             write_results(&results, &out).unwrap_or_else(|e| usage_error(&e));
             println!("results written to {}", out.display());
             return;
@@ -648,7 +694,7 @@ async fn main() {
         println!("{line}");
     }
     if let Some(path) = &options.report {
-        let out = results_path(path, &results);
+        let out = results_path(path, "benchmarks", &results.run.date);
         write_results(&results, &out).expect("write results");
         println!("results written to {}", out.display());
         publish(&out, path).expect("write report");
@@ -662,19 +708,16 @@ async fn main() {
     println!("{}", results.summary_line());
 }
 
-/// `docs/results/benchmarks-<date>-<time>.json` beside `report`'s directory.
-fn results_path(report: &Path, results: &Results) -> PathBuf {
+/// `docs/results/<kind>-<date>-<time>.json` beside `report`'s directory.
+fn results_path(report: &Path, kind: &str, date: &str) -> PathBuf {
     report
         .parent()
         .unwrap_or(Path::new("."))
         .join("results")
-        .join(iicp_run_info::results_file_name(
-            "benchmarks",
-            &results.run.date,
-        ))
+        .join(iicp_run_info::results_file_name(kind, date))
 }
 
-fn write_results(results: &Results, path: &Path) -> Result<(), String> {
+fn write_results(results: &impl serde::Serialize, path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

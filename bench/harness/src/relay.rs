@@ -18,13 +18,33 @@
 //! `/proc/PID/stat`: a figure a busy machine moves much less than latency.
 //! Last line: `relay_p50_ratio=<max over points> relay_p99_ratio=<max>`
 //! (long poll) `framed_p50_ratio=<max> framed_p99_ratio=<max>`.
+//! With `--results DIR` every figure also goes to a results file,
+//! `DIR/relay-<date>-<time>.json` (machine, date, commit; keys
+//! `relay/<path>/<c>/<req_per_s|p50_ms|p99_ms|requests|errors>`,
+//! `relay/<path>/<c>/<throughput|p50|p99>_vs_direct`,
+//! `relay/<path>/<p50|p99>_added_ms/<c>`, `relay/<path>/cpu_us_per_task`
+//! with its `relay/<path>/cpu_<relay|worker>_us` parts and
+//! `relay/<path>/cpu_vs_direct`; the framed path against long poll:
+//! `relay/framed/<c>/throughput_vs_longpoll`, `relay/framed/cpu_vs_longpoll`),
+//! which docs/reach.md quotes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::load::{self, LoadResult, LoadSpec, Variant};
 use crate::process::{self, Server, ServerKind};
+use crate::results::Run;
 use crate::usage_error;
+
+/// A relay run's results file.
+#[derive(Serialize)]
+struct RelayResults {
+    run: Run,
+    figures: BTreeMap<String, f64>,
+}
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const MAX_CONCURRENT: u32 = 256;
@@ -60,10 +80,12 @@ fn line(name: &str, concurrency: usize, result: &LoadResult) -> String {
 /// Runs the relay benchmark.
 pub async fn run(mut args: impl Iterator<Item = String>) {
     let (mut host, mut plugin, mut quick) = (PathBuf::new(), PathBuf::new(), false);
+    let mut results_dir: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--host" => host = args.next().map(PathBuf::from).unwrap_or_default(),
             "--plugin" => plugin = args.next().map(PathBuf::from).unwrap_or_default(),
+            "--results" => results_dir = args.next().map(PathBuf::from),
             "--quick" => quick = true,
             other => usage_error(&format!("relay: unknown argument {other}")),
         }
@@ -76,6 +98,18 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     } else {
         (3, Duration::from_secs(1), Duration::from_secs(6), 20_000)
     };
+    let run = Run {
+        tool: format!("bench/relay{}", if quick { " --quick" } else { "" }),
+        date: iicp_run_info::now_utc(),
+        commit: iicp_run_info::commit(),
+        machine: iicp_run_info::machine(),
+        rounds,
+        warmup_s: warmup.as_secs_f64(),
+        measure_s: measure.as_secs_f64(),
+        max_requests: cpu_tasks,
+        imported_from: None,
+    };
+    let mut figures = BTreeMap::new();
     let cache_dir = process::fresh_dir("relay-cache");
     let node = |extra: Vec<String>| ServerKind::Host {
         binary: host.clone(),
@@ -172,10 +206,36 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
         };
         let d = pick(0);
         println!("{}", line(PATHS[0], concurrency, d));
+        for (path, name) in PATHS.iter().enumerate() {
+            let r = pick(path);
+            for (metric, value) in [
+                ("req_per_s", r.rps()),
+                ("p50_ms", r.latency_ms(0.50)),
+                ("p99_ms", r.latency_ms(0.99)),
+                ("requests", r.requests as f64),
+                ("errors", r.errors as f64),
+            ] {
+                figures.insert(format!("relay/{name}/{concurrency}/{metric}"), value);
+            }
+        }
+        figures.insert(
+            format!("relay/framed/{concurrency}/throughput_vs_longpoll"),
+            pick(2).rps() / pick(1).rps(),
+        );
         for (path, worst) in worst.iter_mut().enumerate().skip(1) {
             let r = pick(path);
             let p50 = r.latency_ms(0.50) / d.latency_ms(0.50);
             let p99 = r.latency_ms(0.99) / d.latency_ms(0.99);
+            let name = PATHS[path];
+            for (metric, value) in [
+                ("p50_vs_direct", p50),
+                ("p99_vs_direct", p99),
+                ("throughput_vs_direct", r.rps() / d.rps()),
+                ("p50_added_ms", r.latency_ms(0.50) - d.latency_ms(0.50)),
+                ("p99_added_ms", r.latency_ms(0.99) - d.latency_ms(0.99)),
+            ] {
+                figures.insert(format!("relay/{name}/{concurrency}/{metric}"), value);
+            }
             worst[0] = worst[0].max(p50);
             worst[1] = worst[1].max(p99);
             println!("{}", line(PATHS[path], concurrency, r));
@@ -191,11 +251,20 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
     println!("\nCPU per task at c=16, {cpu_tasks} tasks each way (user + system time of the serving processes):");
     let direct_cpu = cpu_per_task(&[&direct], "/v1/task", &direct, cpu_tasks).await;
     println!("direct   {:>7.1} us (the node)", direct_cpu[0]);
+    figures.insert("relay/direct/cpu_us_per_task".into(), direct_cpu[0]);
     for (name, worker, path) in [
         ("longpoll", &worker, &relayed_path),
         ("framed", &framed_worker, &framed_path),
     ] {
         let cpu = cpu_per_task(&[&relay, worker], path, &relay, cpu_tasks).await;
+        for (metric, value) in [
+            ("cpu_us_per_task", cpu[0] + cpu[1]),
+            ("cpu_relay_us", cpu[0]),
+            ("cpu_worker_us", cpu[1]),
+            ("cpu_vs_direct", (cpu[0] + cpu[1]) / direct_cpu[0]),
+        ] {
+            figures.insert(format!("relay/{name}/{metric}"), value);
+        }
         println!(
             "{name:<8} {:>7.1} us (relay {:.1} + worker {:.1}), x{:.2}",
             cpu[0] + cpu[1],
@@ -204,8 +273,17 @@ pub async fn run(mut args: impl Iterator<Item = String>) {
             (cpu[0] + cpu[1]) / direct_cpu[0]
         );
     }
+    let cpu = |path: &str| figures[&format!("relay/{path}/cpu_us_per_task")];
+    let framed_cpu = cpu("framed") / cpu("longpoll");
+    figures.insert("relay/framed/cpu_vs_longpoll".into(), framed_cpu);
     drop((framed_worker, worker, relay, direct));
     process::remove_dir(&cache_dir);
+    if let Some(dir) = results_dir {
+        let file = dir.join(iicp_run_info::results_file_name("relay", &run.date));
+        crate::write_results(&RelayResults { run, figures }, &file)
+            .unwrap_or_else(|e| usage_error(&e));
+        println!("results written to {}", file.display());
+    }
     println!(
         "relay_p50_ratio={:.3} relay_p99_ratio={:.3} framed_p50_ratio={:.3} framed_p99_ratio={:.3}",
         worst[1][0], worst[1][1], worst[2][0], worst[2][1]

@@ -40,6 +40,20 @@ pub struct Run {
     pub imported_from: Option<String>,
 }
 
+impl Run {
+    /// A run of `tool` beginning now on this machine, at the checked-out
+    /// commit; the measuring parameters are the caller's to fill in.
+    pub fn began_now(tool: &str) -> Self {
+        Self {
+            tool: tool.to_string(),
+            date: iicp_run_info::now_utc(),
+            commit: iicp_run_info::commit(),
+            machine: iicp_run_info::machine(),
+            ..Self::default()
+        }
+    }
+}
+
 /// The order figures are shown in (keys alone do not keep it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Layout {
@@ -204,6 +218,13 @@ impl Results {
         cases
     }
 
+    /// The `--instance-reuse N` case, when the run had one.
+    fn reuse_case(&self) -> Option<String> {
+        (self.host_cases().into_iter())
+            .find(|case| case.starts_with("iicp-host+reuse"))
+            .map(str::to_string)
+    }
+
     fn artifacts(&self) -> Vec<&str> {
         let mut artifacts: Vec<&str> = Vec::new();
         for (artifact, _) in &self.layout.many {
@@ -245,6 +266,21 @@ impl Results {
                         derived.push((
                             ratio_key(generator, &case, base, c, "cpu_per_request"),
                             cpu.0 / cpu.1,
+                        ));
+                    }
+                }
+            }
+            // Issue 23's first target: a fresh instance per task as fast as
+            // one reused for many tasks.
+            if let Some(reuse) = self.reuse_case() {
+                for c in CONCURRENCY {
+                    if let (Some(fresh), Some(reused)) = (
+                        self.load(generator, "iicp-host", c, "req_per_s"),
+                        self.load(generator, &reuse, c, "req_per_s"),
+                    ) {
+                        derived.push((
+                            ratio_key(generator, "iicp-host", &reuse, c, "throughput"),
+                            fresh / reused,
                         ));
                     }
                 }
@@ -526,6 +562,7 @@ impl Results {
             run.max_requests,
             run.rounds
         );
+        out.push_str(&self.targets_markdown());
         let _ = writeln!(out, "## Throughput and latency\n");
         let _ = writeln!(
             out,
@@ -580,6 +617,131 @@ impl Results {
             );
         }
         let _ = writeln!(out, "\n## Summary\n\n`{}`", self.summary_line());
+        out
+    }
+}
+
+/// One performance target: what is compared, the bound, and the keys of
+/// the figures it holds for (each `Some` figure must meet the bound).
+struct Target {
+    name: String,
+    /// The figures, as (label, key).
+    figures: Vec<(String, String)>,
+    bound: Bound,
+}
+
+/// Which side of its bound a target's figures must be on.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Bound {
+    fn meets(self, value: f64) -> bool {
+        match self {
+            Bound::AtLeast(bound) => value >= bound,
+            Bound::AtMost(bound) => value <= bound,
+        }
+    }
+}
+
+impl Results {
+    /// The performance targets (issues 13 and 23) against this run's
+    /// figures, one row each: the figures with their labels, and met or
+    /// missed (or not measured).
+    fn targets(&self) -> Vec<Target> {
+        let generators = self.generators();
+        let per_point = |case: &str, base: &str, metric: &str, concs: &[usize]| {
+            let mut figures = Vec::new();
+            for generator in &generators {
+                for c in concs {
+                    figures.push((
+                        format!("{generator} c={c}"),
+                        ratio_key(generator, case, base, *c, metric),
+                    ));
+                }
+            }
+            figures
+        };
+        let under_load = [16, 64];
+        let mut targets = Vec::new();
+        if let Some(reuse) = self.reuse_case() {
+            targets.push(Target {
+                name: format!("fresh instance ≥ 0.9× `{reuse}` throughput"),
+                figures: per_point("iicp-host", &reuse, "throughput", &under_load),
+                bound: Bound::AtLeast(0.9),
+            });
+        }
+        targets.push(Target {
+            name: "Rust echo, fresh, ≥ 1.0× native throughput".into(),
+            figures: per_point("iicp-host", "native", "throughput", &under_load),
+            bound: Bound::AtLeast(1.0),
+        });
+        targets.push(Target {
+            name: "Rust echo, fresh, CPU per request ≤ 1.1× native".into(),
+            figures: per_point("iicp-host", "native", "cpu_per_request", &under_load),
+            bound: Bound::AtMost(1.1),
+        });
+        targets.push(Target {
+            name: "Rust echo, fresh, p99 ≤ 1.25× native".into(),
+            figures: per_point("iicp-host", "native", "p99", &under_load),
+            bound: Bound::AtMost(1.25),
+        });
+        for (plugin, bound) in [("python-echo", 20.0), ("js-echo", 10.0)] {
+            targets.push(Target {
+                name: format!("{plugin}, fresh, per task ≤ {bound}× the Rust echo"),
+                figures: vec![("p50".into(), format!("sandbox/{plugin}/fresh/p50_vs_echo"))],
+                bound: Bound::AtMost(bound),
+            });
+        }
+        let mut reloads = Vec::new();
+        for artifact in self.artifacts() {
+            for layout in ["plugin_dir", "one_file"] {
+                reloads.push((
+                    format!("{artifact} {}", layout.replace('_', " ")),
+                    format!("many/{artifact}/growth/reload_ratio_{layout}"),
+                ));
+            }
+        }
+        targets.push(Target {
+            name: "reload of one plugin among N = 1,000 within 2× of N = 10".into(),
+            figures: reloads,
+            bound: Bound::AtMost(2.0),
+        });
+        targets
+    }
+
+    /// The targets as a table: figures shown, then met, missed or not
+    /// measured.
+    fn targets_markdown(&self) -> String {
+        let mut out = String::from(
+            "## Targets\n\nThe performance targets against this run's figures (keys `ratio/…`, \
+             `sandbox/…`, `many/…/growth/…`); the LLM-gateway case's are on its own page, \
+             [benchmarks-llm.md](benchmarks-llm.md).\n\n| target | figures | |\n|---|---|---|\n",
+        );
+        for target in self.targets() {
+            let measured: Vec<(String, f64)> = (target.figures.iter())
+                .filter_map(|(label, key)| Some((label.clone(), self.get(key)?)))
+                .collect();
+            let verdict = if measured.is_empty() {
+                "not measured in this run"
+            } else if measured.iter().all(|(_, v)| target.bound.meets(*v)) {
+                "met"
+            } else {
+                "missed"
+            };
+            let shown: Vec<String> = (measured.iter())
+                .map(|(label, v)| format!("{label} {v:.2}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {verdict} |",
+                target.name,
+                shown.join(", ")
+            );
+        }
+        out.push('\n');
         out
     }
 }

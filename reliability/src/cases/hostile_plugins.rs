@@ -34,6 +34,10 @@ pub(crate) const HOSTILE_TIMEOUT_MS: u64 = 5_000;
 const HOARDER_HOST_MEMORY_KIB: u32 = 2048;
 /// Healthy clients calling echo throughout.
 const HEALTHY_CLIENTS: usize = 2;
+/// The memory the node is told it has: its worst case is sized within it,
+/// so "peak under the worst case" is a bound of under 1 GiB that a
+/// leak would cross, not the gigabytes of an unlimited node's worst case.
+const NODE_MEMORY_LIMIT_MIB: u64 = 1024;
 
 /// One way to abuse the host, and how it must end.
 pub(crate) struct Abuse {
@@ -204,10 +208,12 @@ fn write_config(ctx: &Context) -> PathBuf {
     let config = format!(
         r#"[node]
 max_concurrent = 16
+memory_limit_mib = {NODE_MEMORY_LIMIT_MIB}
 
 [[plugin]]
 id = "echo"
 path = "{echo}"
+memory_mb = {HOSTILE_MEMORY_MB}
 
 [[plugin]]
 id = "misbehave"

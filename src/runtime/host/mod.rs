@@ -5,5 +5,6 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod http_accounting;
+pub mod http_settings;
 pub mod log;
 pub mod stdio;
