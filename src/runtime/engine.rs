@@ -16,15 +16,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 /// How often the epoch advances: the granularity of deadline checks and of
 /// the yields that keep a CPU-bound plugin from monopolising a worker thread.
-///
-/// The ticker wakes whether or not any guest code runs, so its rate is paid
-/// by every task: at 2 ms it was 500 wake-ups a second, ~2 context switches
-/// per task for LLM-gateway tasks that wait 2 s on a backend (256 tasks/s),
-/// and 10 ms halved the node's context switches per task and cut its CPU
-/// per task by 7-10 % (docs/performance.md, "CPU per task on the request
-/// path"). The price: a CPU-bound guest runs up to 10 ms past its deadline
-/// or before yielding its worker (Spin's default tick, too).
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Instance slots kept beyond the task concurrency, for load-time `describe`
 /// calls, hot-reload checks and deferred teardowns (`teardown::MAX_PENDING`).
