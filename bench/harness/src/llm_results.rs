@@ -143,20 +143,7 @@ impl LlmResults {
     /// `docs/benchmarks-llm.md`, linking its results file as `results_link`.
     pub fn markdown(&self, results_link: &str) -> String {
         let run = &self.run;
-        let mut out = String::new();
-        let _ = writeln!(out, "# LLM-gateway benchmark\n");
-        let _ = writeln!(
-            out,
-            "Produced by `{}` — do not edit by hand. Every figure below is in the run's results file, \
-             [`{results_link}`]({results_link}), under a key the other pages quote.\n",
-            run.tool
-        );
-        let mut machine: String = run.machine.iter().map(|l| format!("- {l}\n")).collect();
-        let _ = write!(machine, "- run at {}\n- commit {}", run.date, run.commit);
-        if let Some(source) = &run.imported_from {
-            let _ = write!(machine, "\n- read back from `{source}`");
-        }
-        let _ = writeln!(out, "## Machine\n\n{machine}\n");
+        let mut out = crate::results::page_head("LLM-gateway benchmark", run, results_link);
         let _ = writeln!(
             out,
             "## Method\n\n\

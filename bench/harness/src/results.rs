@@ -519,17 +519,7 @@ impl Results {
     /// names (`results_link`, relative to the report).
     pub fn markdown(&self, results_link: &str) -> String {
         let run = &self.run;
-        let mut out = String::new();
-        let _ = writeln!(out, "# Benchmarks\n");
-        let _ = writeln!(
-            out,
-            "Produced by `{}` — do not edit by hand. Every figure below is in the run's results file, \
-             [`{results_link}`]({results_link}), under a key the other pages quote.\n",
-            run.tool
-        );
-        let mut machine: String = run.machine.iter().map(|l| format!("- {l}\n")).collect();
-        let _ = write!(machine, "- run at {}\n- commit {}", run.date, run.commit);
-        let _ = writeln!(out, "## Machine\n\n{machine}\n");
+        let mut out = page_head("Benchmarks", run, results_link);
         if let Some(steal) = self.get("steal_percent") {
             // A virtual machine's neighbours take CPU time the figures cannot
             // see; every ratio below is within interleaved rounds, but the
@@ -619,6 +609,27 @@ impl Results {
         let _ = writeln!(out, "\n## Summary\n\n`{}`", self.summary_line());
         out
     }
+}
+
+/// A generated page's head: its title, that it is generated from the
+/// results file at `results_link`, and the run's machine, date and commit
+/// (and where an imported run was read from).
+pub fn page_head(title: &str, run: &Run, results_link: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {title}\n");
+    let _ = writeln!(
+        out,
+        "Produced by `{}` — do not edit by hand. Every figure below is in the run's results file, \
+         [`{results_link}`]({results_link}), under a key the other pages quote.\n",
+        run.tool
+    );
+    let mut machine: String = run.machine.iter().map(|l| format!("- {l}\n")).collect();
+    let _ = write!(machine, "- run at {}\n- commit {}", run.date, run.commit);
+    if let Some(source) = &run.imported_from {
+        let _ = write!(machine, "\n- read back from `{source}`");
+    }
+    let _ = writeln!(out, "## Machine\n\n{machine}\n");
+    out
 }
 
 /// One performance target: what is compared, the bound, and the keys of
