@@ -408,24 +408,25 @@ pub struct ReloadMetrics {
     /// `iicp_plugin_dir_full_listings_total{reason}`: reads of the plugin
     /// directories that listed and stat-ed every file, by why.
     pub plugin_dir_full_listings: IntCounterVec,
-    /// The totals already published.
-    published: Mutex<(u64, [u64; RescanReason::ALL.len()])>,
 }
 
 impl ReloadMetrics {
-    /// Publishes what the plugin directories' reads counted since the last
-    /// call.
+    /// Brings the counters up to what the plugin directories' reads
+    /// counted so far (each counter holds what it already published).
     fn publish_listings(&self) {
         let (events, full) = file_cache::listing_totals();
-        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        self.plugin_dir_events
-            .inc_by(events.saturating_sub(published.0));
-        for (index, reason) in RescanReason::ALL.iter().enumerate() {
-            self.plugin_dir_full_listings
-                .with_label_values(&[reason.label()])
-                .inc_by(full[index].saturating_sub(published.1[index]));
+        let catch_up = |counter: &IntCounter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.plugin_dir_events, events);
+        for (reason, total) in RescanReason::ALL.iter().zip(full) {
+            catch_up(
+                &self
+                    .plugin_dir_full_listings
+                    .with_label_values(&[reason.label()]),
+                total,
+            );
         }
-        *published = (events, full);
     }
 }
 
@@ -445,7 +446,6 @@ impl Part for ReloadMetrics {
                 "reason",
                 &labels,
             ),
-            published: Mutex::default(),
             reloads: seeded_counter_vec(
                 r,
                 "iicp_reloads_total",
