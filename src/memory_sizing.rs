@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prometheus::{IntGauge, IntGaugeVec, Registry};
 
@@ -311,8 +312,11 @@ impl Setting {
                 config.runtime.engine.max_instances = config.max_concurrent;
             }
             Setting::PluginMemory => {
+                // A spec already of that size stays the shared one.
                 for plugin in config.plugins.iter_mut().filter(|p| !p.memory_given) {
-                    plugin.source.limits.memory_bytes = count(value);
+                    if plugin.source.limits.memory_bytes != count(value) {
+                        Arc::make_mut(plugin).source.limits.memory_bytes = count(value);
+                    }
                 }
                 config.memory.sized_plugin_memory_bytes = Some(count(value));
             }
@@ -676,11 +680,12 @@ mod tests {
         config.edge.max_connections = 100;
         config.memory.given.max_connections = true;
         config.runtime.engine.keep_resident_bytes = Some(256 << 10);
-        config.plugins[0].source.limits.memory_bytes = 48 << 20;
-        config.plugins[0].memory_given = true;
+        let given = std::sync::Arc::make_mut(&mut config.plugins[0]);
+        given.source.limits.memory_bytes = 48 << 20;
+        given.memory_given = true;
         let mut unset = PluginSpec::new(PluginSource::new("y.wasm".into()));
         unset.source.id = Some("y".to_string());
-        config.plugins.push(unset);
+        config.plugins.push(unset.into());
         let lowered = sized(672, &mut config);
         assert_eq!(config.max_concurrent, 3);
         assert_eq!(config.edge.max_connections, 100);
