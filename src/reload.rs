@@ -38,9 +38,7 @@ use crate::config::file_cache;
 use crate::config::{NodeConfig, PluginSpec};
 use crate::metric_families::{Part, counter, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
-use crate::server::plugin_table::{
-    PluginEntry, PluginTable, TableBuilder, address, same_spec,
-};
+use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder, address, same_spec};
 use crate::server::state::AppState;
 
 /// Reads the configuration as the node was started (file and flags).
@@ -306,7 +304,7 @@ impl Reloader {
         for (slot, entry, is_kept) in settled {
             // These served together until now, so this fails only when two
             // specs name one serving plugin; the second is then out.
-            match builder.keep(slot, &entry) {
+            match builder.keep_serving(slot, &entry) {
                 Ok(()) if is_kept => kept.push(entry.plugin.id.clone()),
                 Ok(()) => {}
                 Err(error) => {
@@ -438,7 +436,10 @@ fn departing(
     placed: usize,
 ) -> Vec<Arc<PluginEntry>> {
     let mut departing: Vec<Arc<PluginEntry>> = Vec::new();
-    for previous in fresh.iter().filter_map(|(_, _, _, previous)| previous.as_ref()) {
+    for previous in fresh
+        .iter()
+        .filter_map(|(_, _, _, previous)| previous.as_ref())
+    {
         if !builder.replaced_is_placed(previous)
             && !departing.iter().any(|d| Arc::ptr_eq(d, previous))
         {

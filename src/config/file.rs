@@ -1088,6 +1088,71 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_shares_unchanged_specs_and_checks_changed_tables_against_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let table = |id: &str, intent: &str, timeout: u32| {
+            format!(
+                "[[plugin]]\nid = \"{id}\"\npath = \"{id}.wasm\"\nintents = [\"{intent}\"]\ntimeout_ms = {timeout}\n"
+            )
+        };
+        let three = |c_id: &str, c_intent: &str, c_timeout: u32| {
+            table("a", "urn:a", 1000)
+                + &table("b", "urn:b", 1000)
+                + &table(c_id, c_intent, c_timeout)
+        };
+        let cache = PluginFileCache::default();
+        // Through the cache, and whole: the same configuration or error.
+        let load_twice = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let cached = load_cached(&path, &cache, &Overrides::default()).map_err(|e| e.message);
+            let whole = load(&path).map_err(|e| e.message);
+            let plugins = |c: &Result<NodeConfig, String>| {
+                c.as_ref().map(|c| c.plugins.clone()).map_err(Clone::clone)
+            };
+            assert_eq!(plugins(&cached), plugins(&whole));
+            cached
+        };
+        let first = load_twice(&three("c", "urn:c", 1000)).unwrap();
+        let second = load_twice(&three("c", "urn:c", 2000)).unwrap();
+        let shared: Vec<bool> = first
+            .plugins
+            .iter()
+            .zip(&second.plugins)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(
+            shared,
+            [true, true, false],
+            "only the edited table is built again"
+        );
+        // A changed table taking another's id or intent is refused with the
+        // whole check's error, and the cache recovers once it is fixed.
+        let taken_intent = load_twice(&three("c", "urn:a", 2000)).unwrap_err();
+        assert_eq!(
+            taken_intent,
+            "plugin \"c\": intent urn:a is also claimed by plugin \"a\""
+        );
+        let taken_id = load_twice(&three("b", "urn:c", 2000)).unwrap_err();
+        assert!(taken_id.contains("used by two"), "{taken_id}");
+        let fixed = load_twice(&three("c", "urn:c", 3000)).unwrap();
+        assert_eq!(
+            fixed.plugins[2].source.limits.default_timeout,
+            Duration::from_millis(3000)
+        );
+        // An intent a changed table gives up is free for another changed
+        // table in the same read.
+        let swapped =
+            table("a", "urn:b", 1000) + &table("b", "urn:a", 1000) + &table("c", "urn:c", 3000);
+        let config = load_twice(&swapped).unwrap();
+        assert_eq!(
+            config.plugins[0].intents.as_deref(),
+            Some(&["urn:b".to_string()][..])
+        );
+        assert!(Arc::ptr_eq(&config.plugins[2], &fixed.plugins[2]));
+    }
+
+    #[test]
     fn text_that_only_looks_like_a_plugin_table_is_read_as_the_whole_parse_reads_it() {
         let cache = PluginFileCache::default();
         let tricky = "[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\n[plugin.config]\nnote = \"\"\"\n[[plugin]]\nid = \"b\"\n\"\"\"\n";

@@ -98,8 +98,8 @@ impl PluginEntry {
 pub struct Route {
     /// The plugin serving the intent.
     pub entry: Arc<PluginEntry>,
-    /// The intent's metrics.
-    pub metrics: IntentMetrics,
+    /// The intent's metrics (shared: a reload copies every route).
+    pub metrics: Arc<IntentMetrics>,
 }
 
 /// The routing table: intent → plugin.
@@ -321,6 +321,8 @@ pub struct TableBuilder<'a> {
     /// Entries placed whose spec has no operator id: only those can be
     /// named by two specs (ids are unique in a configuration).
     placed_without_id: HashSet<usize>,
+    /// Nothing released or added yet: the indexes are the previous table's.
+    pristine: bool,
     metrics: &'a Metrics,
     node_capacity: u32,
     previous: Option<&'a PluginTable>,
@@ -349,6 +351,7 @@ impl<'a> TableBuilder<'a> {
             by_id,
             routes,
             placed_without_id: HashSet::new(),
+            pristine: true,
             metrics,
             node_capacity,
             previous,
@@ -371,6 +374,7 @@ impl<'a> TableBuilder<'a> {
         plugin: Arc<LoadedPlugin>,
         spec: Arc<PluginSpec>,
     ) -> Result<(), String> {
+        self.pristine = false;
         let capacity = spec.max_concurrent.unwrap_or(self.node_capacity);
         let before = self.previous.and_then(|p| p.entry(&plugin.id));
         // A plugin kept as it was keeps its whole entry: a reload of one
@@ -402,8 +406,7 @@ impl<'a> TableBuilder<'a> {
         if entry.spec.source.id.is_none() && !self.placed_without_id.insert(address(entry)) {
             return Err(taken(id));
         }
-        let indexed = self.by_id.get(id).is_some_and(|e| Arc::ptr_eq(e, entry));
-        if !indexed {
+        if !self.holds(entry) {
             if self.by_id.contains_key(id) {
                 self.placed_without_id.remove(&address(entry));
                 return Err(taken(id));
@@ -418,9 +421,30 @@ impl<'a> TableBuilder<'a> {
         Ok(())
     }
 
+    /// Puts `entry`, an entry of the previous table, in `slot` before any
+    /// [`Self::release`] or [`Self::add`]: the indexes copied from that
+    /// table hold it, so nothing is looked up (a reload of thousands keeps
+    /// thousands). Only a second place for one entry is refused.
+    pub fn keep_serving(&mut self, slot: usize, entry: &Arc<PluginEntry>) -> Result<(), String> {
+        debug_assert!(self.pristine && self.holds(entry));
+        if entry.spec.source.id.is_none() && !self.placed_without_id.insert(address(entry)) {
+            return Err(taken(&entry.plugin.id));
+        }
+        self.slots[slot] = Some(entry.clone());
+        Ok(())
+    }
+
+    /// Whether the indexes hold `entry` itself.
+    fn holds(&self, entry: &Arc<PluginEntry>) -> bool {
+        self.by_id
+            .get(&entry.plugin.id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
     /// Takes `entry` (of the previous table) out of the indexes: it leaves
     /// the table, or a new version replaces it.
     pub fn release(&mut self, entry: &Arc<PluginEntry>) {
+        self.pristine = false;
         let id = &entry.plugin.id;
         if self.by_id.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             self.by_id.remove(id);
@@ -479,9 +503,11 @@ impl<'a> TableBuilder<'a> {
                 Some((key, route)) => (key.clone(), route.metrics.clone()),
                 None => (
                     intent.into(),
-                    self.metrics
-                        .part::<ServerMetrics>()
-                        .intent(&entry.plugin.id, intent),
+                    Arc::new(
+                        self.metrics
+                            .part::<ServerMetrics>()
+                            .intent(&entry.plugin.id, intent),
+                    ),
                 ),
             };
             let route = Route {
