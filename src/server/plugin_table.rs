@@ -7,13 +7,14 @@
 //! new table starts from the serving one's indexes and is patched with what
 //! changed, so a reload of one plugin among thousands touches one entry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::access::{AccessPolicy, Tenant};
 use super::admission::AdmissionGate;
 use super::drain::{Drain, DrainSwitch};
+use super::shared_index::SharedIndex;
 use crate::metrics::Metrics;
 use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin, PluginSource};
 use crate::server::metrics::{IntentMetrics, PluginMetrics, ServerMetrics};
@@ -109,8 +110,8 @@ pub struct PluginTable {
     /// The entries by plugin id: a reload looks plugins up by id, so this
     /// must not be a scan. The entry itself, not a place in `entries`, so
     /// that a reload can carry the index over while places shift.
-    by_id: HashMap<Arc<str>, Arc<PluginEntry>>,
-    routes: HashMap<Arc<str>, Route>,
+    by_id: SharedIndex<Arc<str>, Arc<PluginEntry>>,
+    routes: SharedIndex<Arc<str>, Route>,
 }
 
 /// The capabilities a plugin is served with: its own, or the operator's
@@ -316,8 +317,8 @@ impl PluginTable {
 /// only new versions are indexed, so the work is the delta's.
 pub struct TableBuilder<'a> {
     slots: Vec<Option<Arc<PluginEntry>>>,
-    by_id: HashMap<Arc<str>, Arc<PluginEntry>>,
-    routes: HashMap<Arc<str>, Route>,
+    by_id: SharedIndex<Arc<str>, Arc<PluginEntry>>,
+    routes: SharedIndex<Arc<str>, Route>,
     /// Entries placed whose spec has no operator id: only those can be
     /// named by two specs (ids are unique in a configuration).
     placed_without_id: HashSet<usize>,
@@ -339,12 +340,11 @@ impl<'a> TableBuilder<'a> {
         node_capacity: u32,
         previous: Option<&'a PluginTable>,
     ) -> Self {
+        // Copies that share the previous table's indexes (see
+        // `shared_index`): a reload patches them with what changed.
         let (by_id, routes) = match previous {
             Some(table) => (table.by_id.clone(), table.routes.clone()),
-            None => (
-                HashMap::with_capacity(plugins),
-                HashMap::with_capacity(plugins),
-            ),
+            None => Default::default(),
         };
         Self {
             slots: Vec::with_capacity(plugins),
