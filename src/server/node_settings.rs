@@ -3,10 +3,17 @@
 //! artifact cache and allocator, memory). One struct because it is one
 //! table; each key has its default and range here, and every key is
 //! settable from the environment (`IICP_HOST_NODE__MAX_BODY_BYTES`) and by
-//! `--set node.max_body_bytes=…` as well as by its dedicated flag.
+//! `--set node.max_body_bytes=…`; the older keys have a dedicated flag too,
+//! a new key needs none.
+//!
+//! The node runs on this struct itself (`NodeConfig::node`), so a new key
+//! is this struct's field, default and range, and the code that reads it:
+//! nothing is copied field by field elsewhere, and a hot reload reports it
+//! as needing a restart unless [`NodeSection::APPLIED_LIVE`] lists it.
 //!
 //! A key the memory sizing computes (`crate::memory_sizing`) stays an
-//! `Option`: left unset it is sized to the memory, given it is honoured.
+//! `Option`: left unset it is sized to the memory, given it is honoured;
+//! once the node has sized itself every such key holds its value in force.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -16,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::directory::identity::check_node_id;
 use crate::directory::settings::validate_http_url;
-use crate::runtime::engine::AllocatorChoice;
+use crate::runtime::RuntimeSettings;
+use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::server::edge::EdgeSettings;
 use crate::server::settings::MAX_CONNECTIONS_RANGE;
 use crate::settings::{Section, as_millis, check_range};
@@ -181,6 +190,9 @@ impl Default for NodeSection {
 
 impl Section for NodeSection {
     const NAME: &'static str = "node";
+    /// A reload reads the plugin directories again; every other key is
+    /// read once, at start.
+    const APPLIED_LIVE: &'static [&'static str] = &["plugin_dirs"];
 
     fn validate(&self) -> Result<(), String> {
         if let Some(id) = &self.node_id {
@@ -254,6 +266,61 @@ impl NodeSection {
         self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT)
     }
 
+    /// How long realtime and interactive tasks wait for a slot.
+    pub fn qos_wait(&self) -> Duration {
+        Duration::from_millis(self.qos_wait_ms)
+    }
+
+    /// How long shutdown waits for in-flight tasks.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// Most nonces remembered inside the replay window.
+    pub fn nonce_capacity(&self) -> usize {
+        self.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY)
+    }
+
+    /// The bounds of the task-id cache, when idempotency is on (off by
+    /// default, as in the reference node: consumers and load generators
+    /// reuse task ids, and the reference node runs every one of them).
+    pub fn idempotency(&self) -> Option<IdempotencyBounds> {
+        self.idempotency.then(|| IdempotencyBounds {
+            capacity: self.idempotency_capacity,
+            max_bytes: self
+                .idempotency_max_bytes
+                .unwrap_or(DEFAULT_IDEMPOTENCY_MAX_BYTES),
+        })
+    }
+
+    /// Plugins' DNS lookups in flight at once, node-wide.
+    pub fn max_dns_lookups(&self) -> usize {
+        self.max_dns_lookups.unwrap_or(DEFAULT_MAX_DNS_LOOKUPS)
+    }
+
+    /// The memory the node may assume, in bytes, when set.
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit_mib.map(|mib| mib << 20)
+    }
+
+    /// Engine and artifact-cache settings (`cache_dir` as the build
+    /// resolved it).
+    pub fn runtime(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            engine: EngineSettings {
+                max_instances: self.max_concurrent(),
+                keep_resident_bytes: self.keep_resident_kib.map(|kib| (kib as usize) << 10),
+                allocator: self.allocator,
+            },
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone()
+            },
+            max_dns_lookups: self.max_dns_lookups(),
+        }
+    }
+
     /// The connection bounds of the public listener.
     pub fn edge(&self) -> EdgeSettings {
         let defaults = EdgeSettings::default();
@@ -285,12 +352,18 @@ impl NodeSection {
             ),
             ("max_connections", edge.max_connections as u64),
             ("max_unsent_answers_mib", edge.max_unsent_answer_bytes >> 20),
-            (
-                "max_dns_lookups",
-                crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS as u64,
-            ),
+            ("max_dns_lookups", DEFAULT_MAX_DNS_LOOKUPS as u64),
         ]
     }
+}
+
+/// The bounds of the task-id cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyBounds {
+    /// Answered task ids remembered at most.
+    pub capacity: usize,
+    /// Bytes of remembered ids and answers at most.
+    pub max_bytes: usize,
 }
 
 #[cfg(test)]
