@@ -447,3 +447,30 @@ impl Part for ReloadMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(node_keys: &str) -> NodeConfig {
+        let text = format!("[node]\n{node_keys}\n[[plugin]]\npath = \"a.wasm\"\n");
+        crate::config::file::parse(&text, Path::new("/etc/iicp")).unwrap()
+    }
+
+    #[test]
+    fn every_changed_node_key_but_the_live_ones_needs_a_restart() {
+        let running = config("region = \"eu\"\nmax_concurrent = 8");
+        assert!(restart_needed(&running, &running.clone()).is_empty());
+        let next = config("region = \"us\"\nmax_concurrent = 8\nqos_wait_ms = 10");
+        assert_eq!(
+            restart_needed(&running, &next),
+            ["node.qos_wait_ms", "node.region"]
+        );
+        // A reload reads the plugin directories again.
+        let mut more_dirs = running.clone();
+        more_dirs.node.plugin_dirs = vec!["/etc/iicp/plugins.d".into()];
+        assert!(restart_needed(&running, &more_dirs).is_empty());
+    }
+}

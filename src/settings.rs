@@ -333,6 +333,7 @@ mod tests {
 
     impl Section for Pool {
         const NAME: &'static str = "pool_settings";
+        const APPLIED_LIVE: &'static [&'static str] = &["size"];
         fn validate(&self) -> Result<(), String> {
             check_range("size", self.size, &(1..=64)).map(drop)
         }
@@ -415,6 +416,20 @@ mod tests {
             let error = Overrides::default().with_flags(&[bad.into()]).unwrap_err();
             assert_eq!(error, format!("--set {bad}: expected SECTION.KEY=VALUE"));
         }
+    }
+
+    #[test]
+    fn every_changed_key_but_the_live_ones_needs_a_restart() {
+        let running = Pool::default();
+        assert!(keys_needing_restart(&running, &Pool::default()).is_empty());
+        let next = Pool {
+            size: 9,
+            name: "other".into(),
+        };
+        assert_eq!(
+            keys_needing_restart(&running, &next),
+            ["pool_settings.name"]
+        );
     }
 
     #[test]
