@@ -196,10 +196,7 @@ impl WorstCase {
                     .map_or(0, |d| d.receipt_queue.bytes as u64),
             },
             Term {
-                name: format!(
-                    "per-Origin limiter ({} origins)",
-                    node.origin_limit_tracked
-                ),
+                name: format!("per-Origin limiter ({} origins)", node.origin_limit_tracked),
                 bytes: node.origin_limit_tracked as u64 * ORIGIN_BYTES,
             },
             Term {

@@ -36,7 +36,8 @@ pub fn fit_connection_caps(config: &mut NodeConfig) {
             )
         })
         .sum();
-    let wanted = config.node.edge().max_connections as u64 + admin + idle_outbound + RESERVED_DESCRIPTORS;
+    let wanted =
+        config.node.edge().max_connections as u64 + admin + idle_outbound + RESERVED_DESCRIPTORS;
     let limit = getrlimit(Resource::Nofile);
     let current = limit.current.unwrap_or(u64::MAX);
     if current >= wanted {
