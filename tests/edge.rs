@@ -3,7 +3,8 @@
 //! never lose a slot to a slow client), idle keep-alive connections close,
 //! a client that stops reading its answers is closed by the response write
 //! budget, answers waiting on clients are bounded node-wide (503 past the
-//! budget), a connection over the cap gets a 503 envelope, oversized heads get 431,
+//! budget), a closing connection reads at most its byte bound of what still
+//! arrives, a connection over the cap gets a 503 envelope, oversized heads get 431,
 //! and SIGTERM drains: idle connections close, a task already running is
 //! answered, a new one on an open connection gets 503 `IICP-E024`, exit 0.
 //!
@@ -264,6 +265,52 @@ async fn a_client_still_sending_when_answered_gets_the_answer_and_a_clean_close(
         assert_eq!(status, Some(408), "the answer was lost");
         assert_eq!(end, Ok(()), "the connection was reset, not closed");
     }
+}
+
+/// `node.lingering_close_max_bytes` (a key with no flag of its own, set
+/// by `--set`) bounds what a closing connection reads of what the client
+/// still sends: under it the client's close ends the linger, over it the
+/// node closes first and counts it, long before the linger's deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lingering_close_reads_at_most_its_byte_bound() {
+    const LINGERING: &str =
+        r#"iicp_connection_timeouts_total{kind="lingering_close",listener="public"}"#;
+    const OPEN: &str = r#"iicp_connections_open{listener="public"}"#;
+    let node = Node::start(
+        &plugin("echo"),
+        &[
+            "--lingering-close-ms",
+            "600000",
+            "--set",
+            "node.lingering_close_max_bytes=4096",
+        ],
+    );
+    // Asks for a close, takes the answer, then sends `after` bytes and
+    // closes its side.
+    let client = |after: usize| {
+        let addr = node.addr.clone();
+        async move {
+            let mut stream = TcpStream::connect(&addr).await.unwrap();
+            stream
+                .write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let response = read_response(&mut stream).await.expect("health answer");
+            assert_eq!(response.status, 200);
+            // The node may close (and reset) before the last of these.
+            let _ = stream.write_all(&vec![b'x'; after]).await;
+            let _ = stream.shutdown().await;
+        }
+    };
+    // Each connection's count is in before it leaves the open gauge; the
+    // one left open is the metrics client's own.
+    let settled = || wait_for_sample(&node, OPEN, Duration::from_secs(60), |open| open <= 1.0);
+    client(1024).await;
+    settled().await;
+    assert_eq!(sample(&metrics(&node).await, LINGERING), 0.0);
+    client(256 << 10).await;
+    settled().await;
+    assert_eq!(sample(&metrics(&node).await, LINGERING), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

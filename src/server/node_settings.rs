@@ -57,6 +57,8 @@ pub const EDGE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
 /// Bounds of the request-header count limit.
 pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
+/// Bounds of what a lingering close reads, in bytes: at least one read.
+pub const LINGERING_CLOSE_MAX_BYTES_RANGE: RangeInclusive<u64> = 4096..=1 << 30;
 /// Bounds of the number of origins the per-Origin limit tracks.
 pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
 /// Unsent-answer budget in MiB: at least two of the largest answers (a
@@ -135,6 +137,8 @@ pub struct NodeSection {
     pub max_connections: Option<usize>,
     /// How long a closing connection reads what still arrives, in ms.
     pub lingering_close_ms: u64,
+    /// The most a closing connection reads of what still arrives, in bytes.
+    pub lingering_close_max_bytes: u64,
     /// Task answers held for clients that have not taken them, in MiB (sized).
     pub max_unsent_answers_mib: Option<u64>,
     /// Start even when the worst-case memory exceeds the machine's.
@@ -180,6 +184,7 @@ impl Default for NodeSection {
             max_headers: edge.max_headers,
             max_connections: None,
             lingering_close_ms: as_millis(edge.lingering_close),
+            lingering_close_max_bytes: edge.lingering_close_max_bytes,
             max_unsent_answers_mib: None,
             memory_overcommit: false,
             memory_limit_mib: None,
@@ -238,6 +243,11 @@ impl Section for NodeSection {
             &MAX_HEADER_BYTES_RANGE,
         )?;
         check_range("max_headers", self.max_headers, &MAX_HEADERS_RANGE)?;
+        check_range(
+            "lingering_close_max_bytes",
+            self.lingering_close_max_bytes,
+            &LINGERING_CLOSE_MAX_BYTES_RANGE,
+        )?;
         if let Some(count) = self.max_connections {
             check_range("max_connections", count, &MAX_CONNECTIONS_RANGE)?;
         }
@@ -333,6 +343,7 @@ impl NodeSection {
             max_headers: self.max_headers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             lingering_close: Duration::from_millis(self.lingering_close_ms),
+            lingering_close_max_bytes: self.lingering_close_max_bytes,
             max_unsent_answer_bytes: self
                 .max_unsent_answers_mib
                 .map_or(defaults.max_unsent_answer_bytes, |mib| mib << 20),
@@ -389,6 +400,13 @@ mod tests {
                     ..NodeSection::default()
                 },
                 "node.max_headers must be between 8 and 1024, got 4",
+            ),
+            (
+                NodeSection {
+                    lingering_close_max_bytes: 1,
+                    ..NodeSection::default()
+                },
+                "node.lingering_close_max_bytes must be between 4096 and 1073741824, got 1",
             ),
             (
                 NodeSection {
