@@ -100,6 +100,16 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawRespo
     })
 }
 
+/// `GET /iicp/health` with `headers` (each line ending in CRLF) on
+/// `stream`, answered 200.
+async fn get_health(stream: &mut TcpStream, headers: &str) -> RawResponse {
+    let request = format!("GET /iicp/health HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(stream).await.expect("health answer");
+    assert_eq!(response.status, 200);
+    response
+}
+
 fn task_head(length: usize) -> String {
     format!(
         "POST /v1/task HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
@@ -291,12 +301,7 @@ async fn a_lingering_close_reads_at_most_its_byte_bound() {
         let addr = node.addr.clone();
         async move {
             let mut stream = TcpStream::connect(&addr).await.unwrap();
-            stream
-                .write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let response = read_response(&mut stream).await.expect("health answer");
-            assert_eq!(response.status, 200);
+            get_health(&mut stream, "Connection: close\r\n").await;
             // The node may close (and reset) before the last of these.
             let _ = stream.write_all(&vec![b'x'; after]).await;
             let _ = stream.shutdown().await;
@@ -324,12 +329,7 @@ async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
     // The server's idle time starts once it has answered, which is after
     // this moment: a lower bound that no scheduling delay can break.
     let idle_from = Instant::now();
-    stream
-        .write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let response = read_response(&mut stream).await.expect("health answer");
-    assert_eq!(response.status, 200);
+    let response = get_health(&mut stream, "").await;
     assert_eq!(response.header("connection"), None, "kept alive");
     let closed = closed_by_server(&mut stream, Duration::from_millis(IDLE_MS) + MARGIN)
         .await
