@@ -149,13 +149,14 @@ impl WorstCase {
             .map(|p| spec_per_task(p))
             .max()
             .unwrap_or(0);
-        let mut pool = PoolShape::of(&config.runtime.engine);
-        pool.keep_resident = config
-            .runtime
+        let node = &config.node;
+        let (runtime, edge) = (node.runtime(), node.edge());
+        let mut pool = PoolShape::of(&runtime.engine);
+        pool.keep_resident = runtime
             .engine
             .keep_resident_bytes
             .unwrap_or(KEEP_RESIDENT_WITH_SCAN);
-        let slots = u64::from(config.max_concurrent);
+        let slots = u64::from(node.max_concurrent());
         let terms = vec![
             Term {
                 name: format!("{slots} tasks × {} per task", mib(per_task)),
@@ -173,24 +174,23 @@ impl WorstCase {
             Term {
                 name: format!(
                     "{} connections × (max_body_bytes + read buffer)",
-                    config.edge.max_connections
+                    edge.max_connections
                 ),
-                bytes: config.edge.max_connections as u64
-                    * (config.max_body_bytes + config.edge.buffer_bytes()) as u64,
+                bytes: edge.max_connections as u64
+                    * (node.max_body_bytes + edge.buffer_bytes()) as u64,
             },
             Term {
                 name: "answers waiting on clients (max_unsent_answers_mib)".to_string(),
-                bytes: config.edge.max_unsent_answer_bytes,
+                bytes: edge.max_unsent_answer_bytes,
             },
             Term {
-                name: format!("nonce cache ({} nonces)", config.nonce_capacity),
-                bytes: config.nonce_capacity as u64 * NONCE_BYTES,
+                name: format!("nonce cache ({} nonces)", node.nonce_capacity()),
+                bytes: node.nonce_capacity() as u64 * NONCE_BYTES,
             },
             Term {
                 name: "idempotency cache".to_string(),
-                bytes: config
-                    .idempotency
-                    .as_ref()
+                bytes: node
+                    .idempotency()
                     .map_or(0, |bounds| bounds.max_bytes as u64),
             },
             Term {
@@ -201,11 +201,8 @@ impl WorstCase {
                     .map_or(0, |d| d.receipt_queue.bytes as u64),
             },
             Term {
-                name: format!(
-                    "per-Origin limiter ({} origins)",
-                    config.origin_limit_tracked
-                ),
-                bytes: config.origin_limit_tracked as u64 * ORIGIN_BYTES,
+                name: format!("per-Origin limiter ({} origins)", node.origin_limit_tracked),
+                bytes: node.origin_limit_tracked as u64 * ORIGIN_BYTES,
             },
             Term {
                 name: "OTLP export (4 × otlp_queue_bytes + 8 MiB, when on)".to_string(),
@@ -218,9 +215,9 @@ impl WorstCase {
             Term {
                 name: format!(
                     "{} DNS lookup threads × 2 MiB stack (max_dns_lookups)",
-                    config.runtime.max_dns_lookups
+                    runtime.max_dns_lookups
                 ),
-                bytes: config.runtime.max_dns_lookups as u64 * LOOKUP_THREAD_BYTES,
+                bytes: runtime.max_dns_lookups as u64 * LOOKUP_THREAD_BYTES,
             },
             Term {
                 name: "the process and its plugins' code".to_string(),
@@ -252,7 +249,7 @@ impl WorstCase {
 
     /// The relay, worker and peer-gossip terms of `config`, where set.
     fn add_reach(&mut self, config: &NodeConfig) {
-        let connections = config.edge.max_connections as u64;
+        let connections = config.node.edge().max_connections as u64;
         if let Some(relay) = &config.reach.relay_capable {
             let calls = (u64::from(relay.max_sessions) * u64::from(relay.max_tasks_per_session))
                 .min(connections);
@@ -283,7 +280,7 @@ impl WorstCase {
             self.terms.push(Term {
                 name: format!("relay worker: {} pull answers", worker.pullers),
                 bytes: u64::from(worker.pullers)
-                    * (config.max_body_bytes + PULL_ENVELOPE_BYTES) as u64,
+                    * (config.node.max_body_bytes + PULL_ENVELOPE_BYTES) as u64,
             });
         }
         if let Some(peers) = &config.reach.peers {
@@ -297,7 +294,7 @@ impl WorstCase {
                     + u64::from(peers.max_signatures) * SIGNATURE_BYTES
                     + u64::from(peers.max_merge_senders) * crate::peers::budget::SENDER_BYTES
                     + body * (1 + PARSED_JSON_FACTOR)
-                    + connections * body.saturating_sub(config.max_body_bytes as u64),
+                    + connections * body.saturating_sub(config.node.max_body_bytes as u64),
             });
         }
     }
@@ -392,8 +389,7 @@ mod tests {
     fn the_node_worst_case_grows_with_concurrency() {
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         let small = WorstCase::of(&config).total();
-        config.max_concurrent *= 2;
-        config.runtime.engine.max_instances *= 2;
+        config.node.max_concurrent = Some(config.node.max_concurrent() * 2);
         let large = WorstCase::of(&config);
         assert!(large.total() > small + 31 * large.per_task);
         assert!(large.to_string().contains("64 tasks"));

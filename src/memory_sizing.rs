@@ -266,26 +266,24 @@ impl Setting {
     /// when it does not apply (idempotency off, every plugin's memory set).
     /// An unset keep-resident counts as the larger kernel default.
     pub fn value(self, config: &NodeConfig) -> Option<u64> {
+        let node = &config.node;
         match self {
-            Setting::MaxConcurrent => Some(u64::from(config.max_concurrent)),
+            Setting::MaxConcurrent => Some(u64::from(node.max_concurrent())),
             Setting::PluginMemory => config
                 .plugins
                 .iter()
                 .filter(|p| !p.memory_given)
                 .map(|p| p.source.limits.memory_bytes as u64)
                 .max(),
-            Setting::MaxConnections => Some(config.edge.max_connections as u64),
-            Setting::UnsentAnswers => Some(config.edge.max_unsent_answer_bytes),
+            Setting::MaxConnections => Some(node.edge().max_connections as u64),
+            Setting::UnsentAnswers => Some(node.edge().max_unsent_answer_bytes),
             Setting::KeepResident => Some(
-                config
-                    .runtime
-                    .engine
-                    .keep_resident_bytes
-                    .unwrap_or(KEEP_RESIDENT_WITH_SCAN) as u64,
+                node.keep_resident_kib
+                    .map_or(KEEP_RESIDENT_WITH_SCAN as u64, |kib| u64::from(kib) << 10),
             ),
-            Setting::NonceCache => Some(config.nonce_capacity as u64),
-            Setting::IdempotencyBytes => config.idempotency.map(|b| b.max_bytes as u64),
-            Setting::DnsLookups => Some(config.runtime.max_dns_lookups as u64),
+            Setting::NonceCache => Some(node.nonce_capacity() as u64),
+            Setting::IdempotencyBytes => node.idempotency().map(|b| b.max_bytes as u64),
+            Setting::DnsLookups => Some(node.max_dns_lookups() as u64),
         }
     }
 
@@ -297,7 +295,7 @@ impl Setting {
             Setting::PluginMemory => config.plugins.iter().all(|p| p.memory_given),
             Setting::MaxConnections => given.max_connections,
             Setting::UnsentAnswers => given.max_unsent_answers,
-            Setting::KeepResident => config.runtime.engine.keep_resident_bytes.is_some(),
+            Setting::KeepResident => config.node.keep_resident_kib.is_some(),
             Setting::NonceCache => given.nonce_cache_capacity,
             Setting::IdempotencyBytes => given.idempotency_max_bytes,
             Setting::DnsLookups => given.max_dns_lookups,
@@ -306,10 +304,10 @@ impl Setting {
 
     fn set(self, config: &mut NodeConfig, value: u64) {
         let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let node = &mut config.node;
         match self {
             Setting::MaxConcurrent => {
-                config.max_concurrent = u32::try_from(value).unwrap_or(u32::MAX);
-                config.runtime.engine.max_instances = config.max_concurrent;
+                node.max_concurrent = Some(u32::try_from(value).unwrap_or(u32::MAX));
             }
             Setting::PluginMemory => {
                 // A spec already of that size stays the shared one.
@@ -320,16 +318,19 @@ impl Setting {
                 }
                 config.memory.sized_plugin_memory_bytes = Some(count(value));
             }
-            Setting::MaxConnections => config.edge.max_connections = count(value),
-            Setting::UnsentAnswers => config.edge.max_unsent_answer_bytes = value,
-            Setting::KeepResident => config.runtime.engine.keep_resident_bytes = Some(count(value)),
-            Setting::NonceCache => config.nonce_capacity = count(value),
+            // Sized in whole MiB and KiB (their grains), so nothing is lost.
+            Setting::MaxConnections => node.max_connections = Some(count(value)),
+            Setting::UnsentAnswers => node.max_unsent_answers_mib = Some(value >> 20),
+            Setting::KeepResident => {
+                node.keep_resident_kib = Some(u32::try_from(value >> 10).unwrap_or(u32::MAX));
+            }
+            Setting::NonceCache => node.nonce_cache_capacity = Some(count(value)),
             Setting::IdempotencyBytes => {
-                if let Some(bounds) = &mut config.idempotency {
-                    bounds.max_bytes = count(value);
+                if node.idempotency {
+                    node.idempotency_max_bytes = Some(count(value));
                 }
             }
-            Setting::DnsLookups => config.runtime.max_dns_lookups = count(value),
+            Setting::DnsLookups => node.max_dns_lookups = Some(count(value)),
         }
     }
 }
@@ -399,7 +400,7 @@ impl fmt::Display for Sizing {
 pub fn fit(config: &mut NodeConfig, memory: &Memory) -> Vec<Lowered> {
     // An operator who allows overcommit takes the worst case on: the
     // defaults stay as documented rather than shrink around what was given.
-    if config.memory_overcommit {
+    if config.node.memory_overcommit {
         return Vec::new();
     }
     let budget = memory.budget();
@@ -475,7 +476,7 @@ pub fn fit(config: &mut NodeConfig, memory: &Memory) -> Vec<Lowered> {
 /// a configuration whose worst case still exceeds the memory, naming its
 /// terms, unless the operator allowed overcommit (then it warns).
 pub fn size(config: &mut NodeConfig) -> Result<Sizing, String> {
-    let memory = Memory::find(config.memory.limit_bytes);
+    let memory = Memory::find(config.node.memory_limit_bytes());
     if !memory.known {
         tracing::warn!(
             assumed = %mib(memory.bytes),
@@ -488,22 +489,36 @@ pub fn size(config: &mut NodeConfig) -> Result<Sizing, String> {
     // further to this kernel's default: without the scan every kept byte
     // is rewritten on every teardown.
     if lowered.iter().any(|l| l.setting == Setting::KeepResident)
-        && let Some(bytes) = &mut config.runtime.engine.keep_resident_bytes
+        && let Some(kib) = &mut config.node.keep_resident_kib
     {
-        *bytes = (*bytes).min(default_keep_resident());
+        *kib = (*kib).min(u32::try_from(default_keep_resident() >> 10).unwrap_or(u32::MAX));
     }
+    fill_in(config);
     let worst = check(config, &memory)?;
+    let engine = config.node.runtime().engine;
     Ok(Sizing {
         memory,
         lowered,
         worst,
-        keep_resident: PoolShape::of(&config.runtime.engine).keep_resident,
-        keep_resident_counted: config
-            .runtime
-            .engine
+        keep_resident: PoolShape::of(&engine).keep_resident,
+        keep_resident_counted: engine
             .keep_resident_bytes
             .unwrap_or(KEEP_RESIDENT_WITH_SCAN),
     })
+}
+
+/// Sets every sized key the node runs with but `keep_resident_kib` (whose
+/// unset value is the kernel's default), so the `[node]` table says what is
+/// in force and a reload compares like with like.
+fn fill_in(config: &mut NodeConfig) {
+    for setting in Setting::ALL {
+        if matches!(setting, Setting::PluginMemory | Setting::KeepResident) {
+            continue;
+        }
+        if let Some(value) = setting.value(config) {
+            setting.set(config, value);
+        }
+    }
 }
 
 /// Refuses `config` when its worst case exceeds `memory`, unless the
@@ -521,7 +536,7 @@ pub fn check(config: &NodeConfig, memory: &Memory) -> Result<WorstCase, String> 
         mib(memory.bytes),
         memory.source
     );
-    if config.memory_overcommit {
+    if config.node.memory_overcommit {
         tracing::warn!("{advice}");
         Ok(worst)
     } else {
@@ -549,8 +564,8 @@ pub fn carry_over(running: &NodeConfig, next: &mut NodeConfig) -> Result<(), Str
             setting.set(next, value);
         }
     }
-    next.runtime.engine.keep_resident_bytes = running.runtime.engine.keep_resident_bytes;
-    check(next, &Memory::find(next.memory.limit_bytes)).map(drop)
+    next.node.keep_resident_kib = running.node.keep_resident_kib;
+    check(next, &Memory::find(next.node.memory_limit_bytes())).map(drop)
 }
 
 /// What the sizing publishes: the memory it sized to, the worst case of
@@ -620,8 +635,8 @@ mod tests {
         let before = WorstCase::of(&config);
         assert!(fit(&mut config, &memory(24 << 10)).is_empty());
         assert_eq!(WorstCase::of(&config), before);
-        assert_eq!(config.max_concurrent, DEFAULT_MAX_CONCURRENT);
-        assert_eq!(config.runtime.engine.keep_resident_bytes, None);
+        assert_eq!(config.node.max_concurrent(), DEFAULT_MAX_CONCURRENT);
+        assert_eq!(config.node.keep_resident_kib, None);
     }
 
     #[test]
@@ -637,9 +652,10 @@ mod tests {
                 }
             }
             // More memory never serves fewer tasks at once.
-            assert!(config.max_concurrent >= previous, "{mib} MiB");
-            previous = config.max_concurrent;
-            assert_eq!(config.runtime.engine.max_instances, config.max_concurrent);
+            let slots = config.node.max_concurrent();
+            assert!(slots >= previous, "{mib} MiB");
+            previous = slots;
+            assert_eq!(config.node.runtime().engine.max_instances, slots);
         }
     }
 
@@ -675,11 +691,11 @@ mod tests {
     #[test]
     fn given_settings_are_never_changed() {
         let mut config = NodeConfig::with_plugin("x.wasm".into());
-        config.max_concurrent = 3;
+        config.node.max_concurrent = Some(3);
         config.memory.given.max_concurrent = true;
-        config.edge.max_connections = 100;
+        config.node.max_connections = Some(100);
         config.memory.given.max_connections = true;
-        config.runtime.engine.keep_resident_bytes = Some(256 << 10);
+        config.node.keep_resident_kib = Some(256);
         let given = std::sync::Arc::make_mut(&mut config.plugins[0]);
         given.source.limits.memory_bytes = 48 << 20;
         given.memory_given = true;
@@ -687,9 +703,9 @@ mod tests {
         unset.source.id = Some("y".to_string());
         config.plugins.push(unset.into());
         let lowered = sized(672, &mut config);
-        assert_eq!(config.max_concurrent, 3);
-        assert_eq!(config.edge.max_connections, 100);
-        assert_eq!(config.runtime.engine.keep_resident_bytes, Some(256 << 10));
+        assert_eq!(config.node.max_concurrent, Some(3));
+        assert_eq!(config.node.max_connections, Some(100));
+        assert_eq!(config.node.keep_resident_kib, Some(256));
         assert_eq!(config.plugins[0].source.limits.memory_bytes, 48 << 20);
         // The plugin without one got the sized memory, the others the rest.
         assert!(config.plugins[1].source.limits.memory_bytes < 128 << 20);
@@ -702,20 +718,19 @@ mod tests {
     #[test]
     fn settings_that_cannot_fit_are_refused_with_the_formula() {
         let mut config = NodeConfig::with_plugin("x.wasm".into());
-        config.max_concurrent = 64;
-        config.runtime.engine.max_instances = 64;
+        config.node.max_concurrent = Some(64);
         config.memory.given.max_concurrent = true;
         fit(&mut config, &memory(256));
         let error = check(&config, &memory(256)).unwrap_err();
         assert!(error.contains("64 tasks ×"), "{error}");
         assert!(error.contains("256 MiB of memory"), "{error}");
-        config.memory_overcommit = true;
+        config.node.memory_overcommit = true;
         assert!(check(&config, &memory(256)).is_ok());
         // Overcommit sizes nothing: the defaults stay around what was given.
         let mut overcommitted = NodeConfig::with_plugin("x.wasm".into());
-        overcommitted.memory_overcommit = true;
+        overcommitted.node.memory_overcommit = true;
         assert!(fit(&mut overcommitted, &memory(256)).is_empty());
-        assert_eq!(overcommitted.edge.max_connections, 4096);
+        assert_eq!(overcommitted.node.edge().max_connections, 4096);
     }
 
     #[test]
@@ -728,7 +743,7 @@ mod tests {
         let mut config = NodeConfig::with_plugin("x.wasm".into());
         let unset = WorstCase::of(&config).total();
         for scan in [true, false] {
-            config.runtime.engine.keep_resident_bytes = Some(keep_resident_for(scan));
+            config.node.keep_resident_kib = Some((keep_resident_for(scan) >> 10) as u32);
             assert!(WorstCase::of(&config).total() <= unset, "scan {scan}");
         }
     }
@@ -759,14 +774,15 @@ mod tests {
     #[test]
     fn reloads_keep_the_sized_values() {
         let mut running = NodeConfig::with_plugin("x.wasm".into());
-        running.memory.limit_bytes = Some(512 << 20);
+        running.node.memory_limit_mib = Some(512);
         fit(&mut running, &memory(512));
+        fill_in(&mut running);
         let mut next = NodeConfig::with_plugin("x.wasm".into());
-        next.memory.limit_bytes = Some(512 << 20);
+        next.node.memory_limit_mib = Some(512);
         carry_over(&running, &mut next).unwrap();
-        assert_eq!(next.max_concurrent, running.max_concurrent);
         assert_eq!(next.plugins, running.plugins);
-        assert_eq!(next.edge, running.edge);
+        // The [node] table as the node runs it: nothing for a restart.
+        assert_eq!(next.node, running.node);
     }
 
     fn write(root: &Path, file: &str, text: &str) {

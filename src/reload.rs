@@ -20,9 +20,10 @@
 //! fails the whole reload: nothing is swapped, 422 `reload_failed`,
 //! `result="error"`.
 //!
-//! Only plugin-level settings are reloadable; node-level ones (listen
-//! address, node slots, directory, admin listener, identity) are reported as
-//! needing a restart and left as they are.
+//! Only plugin-level settings are reloadable (and `node.plugin_dirs`);
+//! node-level ones (every other `[node]` key, the directory, the admin
+//! listener, auth, telemetry, relay and peers) are reported as needing a
+//! restart and left as they are.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use crate::metric_families::{Part, counter, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
 use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder, address, same_spec};
 use crate::server::state::AppState;
+use crate::settings::keys_needing_restart;
 
 /// Reads the configuration as the node was started (file and flags).
 pub type ConfigSource = Arc<dyn Fn() -> Result<NodeConfig, String> + Send + Sync>;
@@ -104,29 +106,18 @@ pub struct Reloader {
     last: Mutex<Option<ReloadReport>>,
 }
 
-/// The node-level settings that differ, by name.
+/// The node-level settings that differ, by name: each `[node]` key that a
+/// reload does not put in force (`node.listen`, …; the section says which
+/// it does), then the tables read only at start, whole.
 fn restart_needed(running: &NodeConfig, next: &NodeConfig) -> Vec<String> {
-    let mut changed = Vec::new();
+    let mut changed = keys_needing_restart(&running.node, &next.node);
     let mut check = |name: &str, differs: bool| {
         if differs {
             changed.push(name.to_string());
         }
     };
-    check("node.listen", running.listen != next.listen);
-    check(
-        "node.max_concurrent",
-        running.max_concurrent != next.max_concurrent,
-    );
-    check("node.qos_wait_ms", running.qos_wait != next.qos_wait);
-    check(
-        "node.qos_max_waiting",
-        running.qos_max_waiting != next.qos_max_waiting,
-    );
-    check("node.idempotency", running.idempotency != next.idempotency);
     check("auth", running.auth != next.auth);
     check("telemetry", running.telemetry != next.telemetry);
-    check("node.node_id", running.node_id != next.node_id);
-    check("node.region", running.region != next.region);
     check(
         "directory",
         running.directory.as_ref().map(|d| &d.url) != next.directory.as_ref().map(|d| &d.url),
@@ -540,5 +531,32 @@ impl Part for ReloadMetrics {
                 &["ok", "partial", "error"],
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(node_keys: &str) -> NodeConfig {
+        let text = format!("[node]\n{node_keys}\n[[plugin]]\npath = \"a.wasm\"\n");
+        crate::config::file::parse(&text, Path::new("/etc/iicp")).unwrap()
+    }
+
+    #[test]
+    fn every_changed_node_key_but_the_live_ones_needs_a_restart() {
+        let running = config("region = \"eu\"\nmax_concurrent = 8");
+        assert!(restart_needed(&running, &running.clone()).is_empty());
+        let next = config("region = \"us\"\nmax_concurrent = 8\nqos_wait_ms = 10");
+        assert_eq!(
+            restart_needed(&running, &next),
+            ["node.qos_wait_ms", "node.region"]
+        );
+        // A reload reads the plugin directories again.
+        let mut more_dirs = running.clone();
+        more_dirs.node.plugin_dirs = vec!["/etc/iicp/plugins.d".into()];
+        assert!(restart_needed(&running, &more_dirs).is_empty());
     }
 }

@@ -66,8 +66,31 @@ pub trait Section: Serialize + DeserializeOwned {
     /// in `--set` (`--set relay_capable.max_sessions=512`).
     const NAME: &'static str;
 
+    /// The keys a hot reload puts in force; a change to any other key is
+    /// reported as needing a restart ([`keys_needing_restart`]), so a new
+    /// key is until it is listed here.
+    const APPLIED_LIVE: &'static [&'static str] = &[];
+
     /// Checks every range and rule; the error starts with the field's name.
     fn validate(&self) -> Result<(), String>;
+}
+
+/// The keys whose values differ between `running` and `next`, as
+/// `section.key`, leaving out the section's [`Section::APPLIED_LIVE`]
+/// ones: what a reload that read `next` leaves to a restart. Compared as
+/// the file writes them, so every key counts without a list of them. A
+/// section TOML cannot write (none does) is named whole.
+pub fn keys_needing_restart<S: Section>(running: &S, next: &S) -> Vec<String> {
+    let (Ok(running), Ok(next)) = (toml::Table::try_from(running), toml::Table::try_from(next))
+    else {
+        return vec![S::NAME.to_string()];
+    };
+    let keys: std::collections::BTreeSet<&String> = running.keys().chain(next.keys()).collect();
+    keys.into_iter()
+        .filter(|key| !S::APPLIED_LIVE.contains(&key.as_str()))
+        .filter(|key| running.get(*key) != next.get(*key))
+        .map(|key| format!("{}.{key}", S::NAME))
+        .collect()
 }
 
 /// Checks `settings`, naming the key as the file spells it
@@ -310,6 +333,7 @@ mod tests {
 
     impl Section for Pool {
         const NAME: &'static str = "pool_settings";
+        const APPLIED_LIVE: &'static [&'static str] = &["size"];
         fn validate(&self) -> Result<(), String> {
             check_range("size", self.size, &(1..=64)).map(drop)
         }
@@ -392,6 +416,20 @@ mod tests {
             let error = Overrides::default().with_flags(&[bad.into()]).unwrap_err();
             assert_eq!(error, format!("--set {bad}: expected SECTION.KEY=VALUE"));
         }
+    }
+
+    #[test]
+    fn every_changed_key_but_the_live_ones_needs_a_restart() {
+        let running = Pool::default();
+        assert!(keys_needing_restart(&running, &Pool::default()).is_empty());
+        let next = Pool {
+            size: 9,
+            name: "other".into(),
+        };
+        assert_eq!(
+            keys_needing_restart(&running, &next),
+            ["pool_settings.name"]
+        );
     }
 
     #[test]

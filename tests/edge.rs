@@ -3,7 +3,8 @@
 //! never lose a slot to a slow client), idle keep-alive connections close,
 //! a client that stops reading its answers is closed by the response write
 //! budget, answers waiting on clients are bounded node-wide (503 past the
-//! budget), a connection over the cap gets a 503 envelope, oversized heads get 431,
+//! budget), a closing connection reads at most its byte bound of what still
+//! arrives, a connection over the cap gets a 503 envelope, oversized heads get 431,
 //! and SIGTERM drains: idle connections close, a task already running is
 //! answered, a new one on an open connection gets 503 `IICP-E024`, exit 0.
 //!
@@ -97,6 +98,16 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawRespo
         headers,
         body,
     })
+}
+
+/// `GET /iicp/health` with `headers` (each line ending in CRLF) on
+/// `stream`, answered 200.
+async fn get_health(stream: &mut TcpStream, headers: &str) -> RawResponse {
+    let request = format!("GET /iicp/health HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = read_response(stream).await.expect("health answer");
+    assert_eq!(response.status, 200);
+    response
 }
 
 fn task_head(length: usize) -> String {
@@ -266,6 +277,47 @@ async fn a_client_still_sending_when_answered_gets_the_answer_and_a_clean_close(
     }
 }
 
+/// `node.lingering_close_max_bytes` (a key with no flag of its own, set
+/// by `--set`) bounds what a closing connection reads of what the client
+/// still sends: under it the client's close ends the linger, over it the
+/// node closes first and counts it, long before the linger's deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lingering_close_reads_at_most_its_byte_bound() {
+    const LINGERING: &str =
+        r#"iicp_connection_timeouts_total{kind="lingering_close",listener="public"}"#;
+    const OPEN: &str = r#"iicp_connections_open{listener="public"}"#;
+    let node = Node::start(
+        &plugin("echo"),
+        &[
+            "--lingering-close-ms",
+            "600000",
+            "--set",
+            "node.lingering_close_max_bytes=4096",
+        ],
+    );
+    // Asks for a close, takes the answer, then sends `after` bytes and
+    // closes its side.
+    let client = |after: usize| {
+        let addr = node.addr.clone();
+        async move {
+            let mut stream = TcpStream::connect(&addr).await.unwrap();
+            get_health(&mut stream, "Connection: close\r\n").await;
+            // The node may close (and reset) before the last of these.
+            let _ = stream.write_all(&vec![b'x'; after]).await;
+            let _ = stream.shutdown().await;
+        }
+    };
+    // Each connection's count is in before it leaves the open gauge; the
+    // one left open is the metrics client's own.
+    let settled = || wait_for_sample(&node, OPEN, Duration::from_secs(60), |open| open <= 1.0);
+    client(1024).await;
+    settled().await;
+    assert_eq!(sample(&metrics(&node).await, LINGERING), 0.0);
+    client(256 << 10).await;
+    settled().await;
+    assert_eq!(sample(&metrics(&node).await, LINGERING), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
     const IDLE_MS: u64 = 1000;
@@ -277,12 +329,7 @@ async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout() {
     // The server's idle time starts once it has answered, which is after
     // this moment: a lower bound that no scheduling delay can break.
     let idle_from = Instant::now();
-    stream
-        .write_all(b"GET /iicp/health HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let response = read_response(&mut stream).await.expect("health answer");
-    assert_eq!(response.status, 200);
+    let response = get_health(&mut stream, "").await;
     assert_eq!(response.header("connection"), None, "kept alive");
     let closed = closed_by_server(&mut stream, Duration::from_millis(IDLE_MS) + MARGIN)
         .await

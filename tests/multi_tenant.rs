@@ -718,6 +718,34 @@ async fn a_reload_applies_moves_removals_and_reorders_to_the_serving_table() {
     assert_eq!(post_task(&node, &task("z", &z, json!(1))).await.0, 200);
 }
 
+/// A reload reports each changed `[node]` key it leaves to a restart by
+/// name, a key without a flag (`lingering_close_max_bytes`) as any other,
+/// and nothing for a file that did not change (the sized keys the node
+/// runs with are not changes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_names_the_node_keys_that_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_plugin_config(dir.path(), "");
+    let node = start(&config, &admin_env());
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restart_needed"], json!([]), "{body}");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_concurrent = 16\n",
+        "max_concurrent = 16\nregion = \"eu-west\"\nlingering_close_max_bytes = 8192\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"], true, "{body}");
+    assert_eq!(
+        body["restart_needed"],
+        json!(["node.lingering_close_max_bytes", "node.region"]),
+        "{body}"
+    );
+    assert_eq!(post_task(&node, &chat("after")).await.0, 200);
+}
+
 /// A tenant who can write in a plugin directory floods it with changes
 /// (thousands of files written between two reloads, more names than the
 /// watch remembers): the next reload lists every file instead of trusting

@@ -47,7 +47,8 @@ fn check(text: &str) {
             return;
         }
     };
-    assert!(MAX_CONCURRENT_RANGE.contains(&config.max_concurrent));
+    let max_concurrent = config.node.max_concurrent();
+    assert!(MAX_CONCURRENT_RANGE.contains(&max_concurrent));
     assert!(!config.plugins.is_empty());
     let mut ids = std::collections::HashSet::new();
     let mut intents = std::collections::HashSet::new();
@@ -59,7 +60,7 @@ fn check(text: &str) {
         let timeout_ms = source.limits.default_timeout.as_millis() as u64;
         assert!(TIMEOUT_MS_RANGE.contains(&timeout_ms));
         if let Some(max) = plugin.max_concurrent {
-            assert!((1..=config.max_concurrent).contains(&max));
+            assert!((1..=max_concurrent).contains(&max));
         }
         if let Some(id) = &source.id {
             assert!(ids.insert(id.clone()), "duplicate id {id}");
@@ -69,7 +70,7 @@ fn check(text: &str) {
             assert!(intents.insert(intent.clone()), "duplicate intent {intent}");
         }
     }
-    if let Some(state_dir) = &config.state_dir {
+    if let Some(state_dir) = &config.node.state_dir {
         assert!(state_dir.is_absolute());
     }
     if let Some(directory) = &config.directory {

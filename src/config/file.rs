@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -18,8 +17,8 @@ use super::file_cache::ParsedFileCache;
 use super::table_split;
 
 use super::{
-    AdminSettings, AuthSettings, IdempotencyBounds, NodeConfig, OCI_STORE_SUBDIR, PluginSpec,
-    ReachSettings, default_cache_dir,
+    AdminSettings, AuthSettings, NodeConfig, OCI_STORE_SUBDIR, PluginSpec, ReachSettings,
+    default_cache_dir,
 };
 use crate::config::memory::{GivenKnobs, MemorySettings};
 use crate::directory::settings::{
@@ -30,15 +29,12 @@ use crate::oci::settings::OciSection;
 use crate::oci::signature::{SignatureKey, SignaturePolicy};
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
-use crate::runtime::RuntimeSettings;
-use crate::runtime::engine::EngineSettings;
-use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::runtime::host::http::HttpSettings;
 use crate::runtime::host::http_settings::HttpKeys;
 use crate::runtime::limit_settings::LimitKeys;
 use crate::runtime::limits::PluginLimits;
 use crate::runtime::plugin::PluginSource;
-use crate::server::node_settings::{DEFAULT_NONCE_CAPACITY, NodeSection};
+use crate::server::node_settings::NodeSection;
 use crate::server::settings::{AdminSection, AuthSection};
 use crate::settings::{Overrides, check_range, check_section};
 use crate::telemetry::otlp::ExportSettings;
@@ -281,6 +277,7 @@ pub fn load_cached(
         }));
     }
     let mut config = build(file, base, plugins, Some(&cache.last)).map_err(error)?;
+    config.node.plugin_dirs = dirs;
     config.config_path = Some(path.to_path_buf());
     Ok(config)
 }
@@ -491,9 +488,8 @@ fn build(
     plugin_tables: Vec<LocatedPlugin>,
     last: Option<&std::sync::Mutex<Option<LastBuild>>>,
 ) -> Result<NodeConfig, String> {
-    let node = file.node;
+    let mut node = file.node;
     check_section(&node)?;
-    let listen = node.listen_addr().map_err(|e| format!("node.{e}"))?;
     let max_concurrent = node.max_concurrent();
     let defaults = file
         .defaults
@@ -512,7 +508,6 @@ fn build(
     };
     let plugins = plugin_specs(&plugin_tables, &node_inputs, &signatures, last)?;
     let memory = MemorySettings {
-        limit_bytes: node.memory_limit_mib.map(|mib| mib << 20),
         given: GivenKnobs {
             max_concurrent: node.max_concurrent.is_some(),
             max_connections: node.max_connections.is_some(),
@@ -529,15 +524,18 @@ fn build(
     check_section(&telemetry)?;
     // The tool gate follows the policy table with or without a directory.
     let allow_tool_execution = file.policy.as_ref().is_some_and(|p| p.allow_tool_execution);
-    let cache_location = node
+    node.cache_dir = node
         .cache_dir
-        .clone()
+        .take()
         .map(|dir| resolve(base, dir))
         .or_else(default_cache_dir);
+    node.state_dir = node.state_dir.take().map(|dir| resolve(base, dir));
     check_section(&file.oci)?;
-    let oci = file
-        .oci
-        .settings(cache_location.map(|dir| dir.join(OCI_STORE_SUBDIR)));
+    let oci = file.oci.settings(
+        node.cache_dir
+            .as_ref()
+            .map(|dir| dir.join(OCI_STORE_SUBDIR)),
+    );
     let directory = match file.directory {
         None => None,
         Some(section) => Some(directory(
@@ -575,51 +573,15 @@ fn build(
         );
     }
     Ok(NodeConfig {
-        edge: node.edge(),
-        qos_wait: Duration::from_millis(node.qos_wait_ms),
-        qos_max_waiting: node.qos_max_waiting,
-        max_body_bytes: node.max_body_bytes,
-        nonce_capacity: node.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY),
-        idempotency: node.idempotency.then(|| IdempotencyBounds {
-            capacity: node.idempotency_capacity,
-            max_bytes: node
-                .idempotency_max_bytes
-                .unwrap_or(IdempotencyBounds::default().max_bytes),
-        }),
-        origin_rate_limit: node.origin_rate_limit,
+        node,
         auth,
         telemetry,
         allow_tool_execution,
-        origin_limit_tracked: node.origin_limit_tracked,
-        drain_timeout: Duration::from_millis(node.drain_timeout_ms),
-        drain_retry_after: Duration::from_millis(node.drain_retry_after_ms),
-        state_dir: node.state_dir.map(|dir| resolve(base, dir)),
-        confidentiality: node.confidentiality,
         directory,
         admin,
         reach,
-        memory_overcommit: node.memory_overcommit,
         memory,
         config_path: None,
-        runtime: RuntimeSettings {
-            engine: EngineSettings {
-                max_instances: max_concurrent,
-                keep_resident_bytes: node.keep_resident_kib.map(|kib| (kib as usize) << 10),
-                allocator: node.allocator,
-            },
-            cache_dir: if node.no_cache {
-                None
-            } else {
-                node.cache_dir
-                    .map(|dir| resolve(base, dir))
-                    .or_else(default_cache_dir)
-            },
-            max_dns_lookups: node.max_dns_lookups.unwrap_or(DEFAULT_MAX_DNS_LOOKUPS),
-        },
-        node_id: node.node_id,
-        region: node.region,
-        listen,
-        max_concurrent,
         oci,
         plugins,
     })
@@ -1011,6 +973,8 @@ pub fn directory_defaults(url: String, endpoint: Option<String>) -> DirectorySet
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::server::node_settings::DEFAULT_MAX_CONCURRENT;
 
@@ -1194,7 +1158,7 @@ mod tests {
             config.plugins[0].source.path,
             PathBuf::from("/etc/iicp/echo.wasm")
         );
-        assert_eq!(config.max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert_eq!(config.node.max_concurrent(), DEFAULT_MAX_CONCURRENT);
         assert!(config.directory.is_none());
     }
 
@@ -1371,13 +1335,13 @@ mod tests {
              [[plugin]]\nid = \"b\"\npath = \"b\"\n",
         )
         .unwrap();
-        assert_eq!(config.memory.limit_bytes, Some(300 << 20));
+        assert_eq!(config.node.memory_limit_bytes(), Some(300 << 20));
         assert!(config.memory.given.max_concurrent);
         assert!(!config.memory.given.max_connections && !config.memory.given.nonce_cache_capacity);
         assert!(config.plugins[0].memory_given && !config.plugins[1].memory_given);
         let defaults = parse("[defaults]\nmemory_mb = 64\n[[plugin]]\npath = \"a\"\n").unwrap();
         assert!(defaults.plugins[0].memory_given);
-        assert_eq!(defaults.memory.limit_bytes, None);
+        assert_eq!(defaults.node.memory_limit_bytes(), None);
         let small = parse("[node]\nmemory_limit_mib = 64\n[[plugin]]\npath = \"a\"\n").unwrap_err();
         assert!(
             small.starts_with("node.memory_limit_mib must be between 128"),
@@ -1424,8 +1388,8 @@ mod tests {
             "[node]\nmax_concurrent = 4096\nmemory_overcommit = true\n[[plugin]]\npath = \"a\"\n",
         )
         .unwrap();
-        assert_eq!(config.max_concurrent, 4096);
-        assert_eq!(config.runtime.engine.max_instances, 4096);
+        assert_eq!(config.node.max_concurrent(), 4096);
+        assert_eq!(config.node.runtime().engine.max_instances, 4096);
         assert_eq!(
             parse("[node]\nmax_concurrent = 4097\n[[plugin]]\npath = \"a\"\n").unwrap_err(),
             "node.max_concurrent must be between 1 and 4096, got 4097"
@@ -1441,7 +1405,7 @@ mod tests {
         )
         .unwrap();
         let plugin = &config.plugins[0].source;
-        assert!(config.memory_overcommit);
+        assert!(config.node.memory_overcommit);
         assert_eq!(plugin.limits.host_memory_bytes, 1 << 20);
         assert_eq!(plugin.limits.max_resources, 256);
         assert_eq!(plugin.limits.max_timeout, Duration::from_secs(2));

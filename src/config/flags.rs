@@ -344,7 +344,7 @@ impl RunArgs {
         }
         sections::stack(&mut config, &overrides)?;
         self.apply_plugin_flags(&mut config)?;
-        if config.idempotency.is_none()
+        if !config.node.idempotency
             && (self.idempotency_capacity.is_some() || self.idempotency_max_bytes.is_some())
         {
             return Err(

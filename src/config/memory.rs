@@ -1,16 +1,11 @@
-//! What the node is told about memory: how much it may assume
-//! (`[node] memory_limit_mib`, `--memory-limit-mib`), and which of the
-//! memory-driven settings the operator gave. The given ones are honoured
-//! (or the start refused); the others are sized to the memory by
-//! `crate::memory_sizing`.
+//! Which of the memory-driven settings the operator gave (how much
+//! memory the node may assume is `[node] memory_limit_mib`). The given
+//! ones are honoured (or the start refused); the others are sized to the
+//! memory by `crate::memory_sizing`.
 
 /// The memory settings of a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemorySettings {
-    /// The memory the node may assume, in bytes, when the operator set it;
-    /// the node uses the smaller of this and what it can see (its cgroup
-    /// limit, else the machine's memory).
-    pub limit_bytes: Option<u64>,
     /// Which memory-driven settings the operator gave.
     pub given: GivenKnobs,
     /// The `memory_mb` the node chose at start for plugins that set none,

@@ -33,9 +33,7 @@ use crate::directory::settings::DirectorySettings;
 use crate::oci::OciSettings;
 use crate::peers::settings::PeerSettings;
 use crate::relay::settings::{RelaySettings, WorkerSettings};
-use crate::runtime::RuntimeSettings;
-use crate::server::edge::EdgeSettings;
-use crate::server::node_settings::{DEFAULT_IDEMPOTENCY_CAPACITY, DEFAULT_IDEMPOTENCY_MAX_BYTES};
+use crate::server::node_settings::NodeSection;
 use crate::server::settings::AuthSection;
 use crate::server::task_auth::AuthMode;
 use crate::settings::Overrides;
@@ -53,31 +51,12 @@ pub const OCI_STORE_SUBDIR: &str = "oci";
 /// Everything the node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The node id, when the operator fixed one; otherwise the stored or a new one.
-    pub node_id: Option<String>,
-    /// The region it advertises.
-    pub region: String,
-    /// Where the HTTP API listens.
-    pub listen: SocketAddr,
-    /// Tasks running at once; more get 429 (or wait, see `qos_wait`).
-    pub max_concurrent: u32,
-    /// How long realtime and interactive tasks may wait for a slot.
-    pub qos_wait: Duration,
-    /// Most tasks waiting for a slot at once; more get 429 at once.
-    pub qos_max_waiting: u32,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Connection bounds of the public listener (the admin listener uses
-    /// them too, with its own connection cap).
-    pub edge: EdgeSettings,
-    /// Most nonces remembered inside the replay window.
-    pub nonce_capacity: usize,
-    /// Idempotent task ids, when on (off by default, as in the reference
-    /// node: consumers and load generators reuse task ids, and the
-    /// reference node runs every one of them).
-    pub idempotency: Option<IdempotencyBounds>,
-    /// Tasks per browser `Origin` per minute; 0 turns the limit off.
-    pub origin_rate_limit: u32,
+    /// The `[node]` table as the node runs it: checked, its paths resolved
+    /// against the file's directory (`cache_dir` defaulted), and once the
+    /// node has sized itself (`memory_sizing::size`) every sized key set
+    /// to the value in force. Its users read it here, so a new key needs no
+    /// field of its own.
+    pub node: NodeSection,
     /// Node-wide task authentication.
     pub auth: AuthSettings,
     /// Bounds of the OTLP span export (on when the environment names an
@@ -86,21 +65,8 @@ pub struct NodeConfig {
     /// Run tool-domain intents (`policy.allow_tool_execution`); otherwise
     /// they get 403 `tool_execution_denied`.
     pub allow_tool_execution: bool,
-    /// Most origins whose window is remembered.
-    pub origin_limit_tracked: usize,
-    /// How long shutdown waits for in-flight tasks.
-    pub drain_timeout: Duration,
-    /// When a drained node or plugin tells consumers to try again.
-    pub drain_retry_after: Duration,
-    /// Where the node id, directory credentials and IICP-CX key persist.
-    pub state_dir: Option<PathBuf>,
-    /// IICP-CX: advertise an X25519 key and accept encrypted tasks (default
-    /// on; default consumers send tasks only to nodes that do).
-    pub confidentiality: bool,
     /// The directory to join; `None` serves standalone.
     pub directory: Option<DirectorySettings>,
-    /// Engine and artifact-cache settings.
-    pub runtime: RuntimeSettings,
     /// How plugins given by OCI reference are pulled (`fetch`).
     pub oci: OciSettings,
     /// The plugins to serve. Shared with the reload cache and the serving
@@ -110,11 +76,8 @@ pub struct NodeConfig {
     pub admin: Option<AdminSettings>,
     /// Relaying and peer gossip.
     pub reach: ReachSettings,
-    /// Start even when the worst-case memory exceeds the machine's (see
-    /// `memory_bound`).
-    pub memory_overcommit: bool,
-    /// The memory the node may assume and which memory-driven settings
-    /// were given (the others are sized to it, see `memory_sizing`).
+    /// Which memory-driven settings were given (the others are sized to
+    /// the memory, see `memory_sizing`).
     pub memory: MemorySettings,
     /// The file this came from, for error messages and reloads.
     pub config_path: Option<PathBuf>,
@@ -178,24 +141,6 @@ impl NodeConfig {
                 Err("auth.mode = \"node-token\" would refuse every task: grant a token in [auth.tokens], a tenant, or a directory's token".to_string())
             }
             _ => Ok(()),
-        }
-    }
-}
-
-/// The bounds of the task-id cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdempotencyBounds {
-    /// Answered task ids remembered at most.
-    pub capacity: usize,
-    /// Bytes of remembered ids and answers at most.
-    pub max_bytes: usize,
-}
-
-impl Default for IdempotencyBounds {
-    fn default() -> Self {
-        Self {
-            capacity: DEFAULT_IDEMPOTENCY_CAPACITY,
-            max_bytes: DEFAULT_IDEMPOTENCY_MAX_BYTES,
         }
     }
 }

@@ -36,7 +36,8 @@ pub fn fit_connection_caps(config: &mut NodeConfig) {
             )
         })
         .sum();
-    let wanted = config.edge.max_connections as u64 + admin + idle_outbound + RESERVED_DESCRIPTORS;
+    let wanted =
+        config.node.edge().max_connections as u64 + admin + idle_outbound + RESERVED_DESCRIPTORS;
     let limit = getrlimit(Resource::Nofile);
     let current = limit.current.unwrap_or(u64::MAX);
     if current >= wanted {
@@ -65,10 +66,10 @@ pub fn fit_connection_caps(config: &mut NodeConfig) {
         .saturating_sub(admin + idle_outbound + RESERVED_DESCRIPTORS)
         .max(1);
     tracing::warn!(
-        max_connections = config.edge.max_connections,
+        max_connections = config.node.edge().max_connections,
         lowered_to = fits,
         open_file_limit = granted,
         "the open-file limit is too low for max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=) to keep the configured cap"
     );
-    config.edge.max_connections = usize::try_from(fits).unwrap_or(usize::MAX);
+    config.node.max_connections = Some(usize::try_from(fits).unwrap_or(usize::MAX));
 }

@@ -99,7 +99,7 @@ impl DirectoryJoin {
             client: self.client,
             settings: self.settings,
             endpoint,
-            region: config.region.clone(),
+            region: config.node.region.clone(),
             local_health_url: format!("http://{local_addr}/iicp/health"),
             credentials: self.credentials,
             state_dir: identity.state_dir.clone(),

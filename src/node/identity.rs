@@ -20,21 +20,22 @@ pub struct Identity {
 impl Identity {
     /// Opens the state directory and loads (or creates) the id and key.
     pub fn establish(config: &NodeConfig) -> Result<Self, StartError> {
-        let state_dir = match config.state_dir.clone().or_else(default_state_dir) {
+        let state_dir = match config.node.state_dir.clone().or_else(default_state_dir) {
             Some(dir) => Some(StateDir::open(&dir).map_err(|e| StartError::State(dir, e))?),
             None => None,
         };
         let node_id = match &state_dir {
             Some(state) => state
-                .node_id(config.node_id.as_deref())
+                .node_id(config.node.node_id.as_deref())
                 .map_err(|e| StartError::Config(format!("cannot store the node id: {e}")))?,
             None => config
+                .node
                 .node_id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
         let cx_key =
-            match (config.confidentiality, &state_dir) {
+            match (config.node.confidentiality, &state_dir) {
                 (false, _) => None,
                 (true, Some(state)) => Some(state.cx_key().map_err(|e| {
                     StartError::Config(format!("cannot load the IICP-CX key: {e}"))

@@ -27,10 +27,11 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &NodeConfig) -> Result<Self, StartError> {
-        let public = bind(config.listen).await?;
+        let listen = config.node.listen_addr().map_err(StartError::Config)?;
+        let public = bind(listen).await?;
         let public_addr = public
             .local_addr()
-            .map_err(|e| StartError::Bind(config.listen, e))?;
+            .map_err(|e| StartError::Bind(listen, e))?;
         let admin = match &config.admin {
             Some(admin) => Some(bind(admin.listen).await?),
             None => None,

@@ -162,22 +162,23 @@ fn shared_state(
     metrics: &Arc<Metrics>,
     directory: Option<&DirectoryJoin>,
 ) -> Arc<AppState> {
+    let node = &config.node;
     let server_metrics = metrics.part::<ServerMetrics>();
     server_metrics
         .nonce_cache_capacity
-        .set(i64::try_from(config.nonce_capacity).unwrap_or(i64::MAX));
+        .set(i64::try_from(node.nonce_capacity()).unwrap_or(i64::MAX));
     Arc::new(AppState {
         node: NodeIdentity {
             node_id: identity.node_id.clone(),
-            region: config.region.clone(),
+            region: node.region.clone(),
         },
         runtime: Arc::new(runtime),
         fetcher,
         plugins: ArcSwap::from_pointee(table),
-        gate: AdmissionGate::new(config.max_concurrent),
-        qos: QosAdmission::new(config.qos_wait, config.qos_max_waiting),
+        gate: AdmissionGate::new(node.max_concurrent()),
+        qos: QosAdmission::new(node.qos_wait(), node.qos_max_waiting),
         node_drain: DrainSwitch::default(),
-        drain_retry_after_ms: crate::clock::whole_ms(config.drain_retry_after),
+        drain_retry_after_ms: node.drain_retry_after_ms,
         status_changed: Notify::new(),
         auth: TaskAuth::new(
             config.auth.mode,
@@ -188,29 +189,29 @@ fn shared_state(
             &identity.node_id,
         ),
         tool_gate: ToolGate::new(config.allow_tool_execution),
-        idempotency: config.idempotency.map(|bounds| {
+        idempotency: node.idempotency().map(|bounds| {
             IdempotencyCache::new(
                 bounds.capacity,
                 bounds.max_bytes,
                 server_metrics.idempotency.evictions.clone(),
             )
         }),
-        nonces: NonceCache::new(NONCE_WINDOW, config.nonce_capacity),
+        nonces: NonceCache::new(NONCE_WINDOW, node.nonce_capacity()),
         origin_limit: OriginLimiter::new(
-            config.origin_rate_limit,
-            config.origin_limit_tracked,
+            node.origin_rate_limit,
+            node.origin_limit_tracked,
             server_metrics.origin_windows_forgotten.clone(),
         ),
         metrics: metrics.clone(),
         server_metrics: server_metrics.clone(),
         tally: TaskTally::default(),
         unsent_answers: UnsentAnswers::new(
-            config.edge.max_unsent_answer_bytes,
+            node.edge().max_unsent_answer_bytes,
             server_metrics.unsent_answer_bytes.clone(),
             server_metrics.unsent_answer_refusals.clone(),
         ),
-        max_body_bytes: config.max_body_bytes,
-        body_read_timeout: config.edge.body_read_timeout,
+        max_body_bytes: node.max_body_bytes,
+        body_read_timeout: node.edge().body_read_timeout,
         drain: DrainSignal::default(),
         directory: directory.map(|join| join.status.clone()),
         receipts: directory.map(|join| join.receipts.clone()),
@@ -297,7 +298,7 @@ fn publish_memory(config: &NodeConfig, sizing: &Sizing, metrics: &Metrics) {
         let value = match setting {
             // What the engine keeps, not the larger figure the bound counts.
             Setting::KeepResident => {
-                Some(PoolShape::of(&config.runtime.engine).keep_resident as u64)
+                Some(PoolShape::of(&config.node.runtime().engine).keep_resident as u64)
             }
             _ => setting.value(config),
         };

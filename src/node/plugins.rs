@@ -18,7 +18,7 @@ pub async fn load(
     config: &NodeConfig,
     metrics: &Arc<Metrics>,
 ) -> Result<(Runtime, PluginFetcher, PluginTable), StartError> {
-    let runtime = Runtime::new(&config.runtime, metrics.clone())
+    let runtime = Runtime::new(&config.node.runtime(), metrics.clone())
         .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let fetcher = PluginFetcher::new(&config.oci, metrics);
     let mut plugins = Vec::with_capacity(config.plugins.len());
@@ -31,7 +31,7 @@ pub async fn load(
             Err(error) => return Err(StartError::Plugin(error)),
         }
     }
-    let table = PluginTable::build(plugins, metrics, config.max_concurrent)
+    let table = PluginTable::build(plugins, metrics, config.node.max_concurrent())
         .map_err(|e| StartError::Config(in_config(config, e)))?;
     table.publish_info(metrics);
     Ok((runtime, fetcher, table))

@@ -150,7 +150,8 @@ impl Reach {
         });
         let framed_accept = match &self.relay {
             Some(relay) if relay.settings.accept_port != 0 => {
-                let addr = SocketAddr::new(config.listen.ip(), relay.settings.accept_port);
+                let listen = config.node.listen_addr().map_err(StartError::Config)?;
+                let addr = SocketAddr::new(listen.ip(), relay.settings.accept_port);
                 let listener = std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .and_then(tokio::net::TcpListener::from_std)
@@ -160,7 +161,7 @@ impl Reach {
                     relay.clone(),
                     state.unsent_answers.clone(),
                     http_port,
-                    config.edge.body_read_timeout,
+                    config.node.edge().body_read_timeout,
                 );
                 Some(tokio::spawn(accept.serve(listener)))
             }
@@ -177,7 +178,7 @@ impl Reach {
                         client: join.client.clone(),
                         credentials: join.credentials.clone(),
                     }),
-                    drain: config.drain_timeout,
+                    drain: config.node.drain_timeout(),
                 })
                 .map_err(StartError::Config)?,
             ),
@@ -232,14 +233,14 @@ fn peers(
     Peers::new(PeersParts {
         node_id: identity.node_id.clone(),
         endpoint: config.directory.as_ref().and_then(|d| d.endpoint.clone()),
-        region: config.region.clone(),
+        region: config.node.region.clone(),
         settings: settings.clone(),
         signing_seed,
         hmac_key,
         directory,
         metrics: PeerMetrics::clone(&metrics.part()),
         allow_private: settings.allow_private_endpoints,
-        body_read_timeout: config.edge.body_read_timeout,
+        body_read_timeout: config.node.edge().body_read_timeout,
     })
     .map_err(StartError::Config)
 }
@@ -253,8 +254,8 @@ impl Reaching {
             routes = routes.merge(
                 RelayRoutes::new(
                     relay.clone(),
-                    config.max_body_bytes,
-                    config.edge.body_read_timeout,
+                    config.node.max_body_bytes,
+                    config.node.edge().body_read_timeout,
                     self.unsent_answers.clone(),
                 )
                 .router(),

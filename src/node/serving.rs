@@ -48,14 +48,14 @@ pub fn start(
         addr = %local_addr,
         node_id = %identity.node_id,
         allocator = state.runtime.allocator().as_str(),
-        max_concurrent = config.max_concurrent,
+        max_concurrent = config.node.max_concurrent(),
         cx_key_id = state.cx_key.as_ref().map(CxKey::key_id),
         "listening"
     );
     let server = tokio::spawn(edge::serve(
         listeners.public,
         crate::server::router_with(state.clone(), extra_routes),
-        config.edge,
+        config.node.edge(),
         state.server_metrics.edge("public"),
         state.drain.clone(),
     ));
@@ -72,7 +72,7 @@ pub fn start(
             let router = crate::admin::router(state.clone(), reloader.clone(), &settings.token);
             let edge = EdgeSettings {
                 max_connections: settings.max_connections,
-                ..config.edge
+                ..config.node.edge()
             };
             Some(tokio::spawn(edge::serve(
                 listener,
@@ -128,7 +128,7 @@ impl Serving {
         if let Some(link) = &self.link {
             link.stop().await;
         }
-        match tokio::time::timeout(config.drain_timeout, self.server).await {
+        match tokio::time::timeout(config.node.drain_timeout(), self.server).await {
             Ok(_) => tracing::info!("drained"),
             Err(_) => tracing::warn!(
                 abandoned = self.state.gate.active(),

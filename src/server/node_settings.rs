@@ -3,10 +3,17 @@
 //! artifact cache and allocator, memory). One struct because it is one
 //! table; each key has its default and range here, and every key is
 //! settable from the environment (`IICP_HOST_NODE__MAX_BODY_BYTES`) and by
-//! `--set node.max_body_bytes=…` as well as by its dedicated flag.
+//! `--set node.max_body_bytes=…`; the older keys have a dedicated flag too,
+//! a new key needs none.
+//!
+//! The node runs on this struct itself (`NodeConfig::node`), so a new key
+//! is this struct's field, default and range, and the code that reads it:
+//! nothing is copied field by field elsewhere, and a hot reload reports it
+//! as needing a restart unless [`NodeSection::APPLIED_LIVE`] lists it.
 //!
 //! A key the memory sizing computes (`crate::memory_sizing`) stays an
-//! `Option`: left unset it is sized to the memory, given it is honoured.
+//! `Option`: left unset it is sized to the memory, given it is honoured;
+//! once the node has sized itself every such key holds its value in force.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -16,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::directory::identity::check_node_id;
 use crate::directory::settings::validate_http_url;
-use crate::runtime::engine::AllocatorChoice;
+use crate::runtime::RuntimeSettings;
+use crate::runtime::engine::{AllocatorChoice, EngineSettings};
+use crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS;
 use crate::server::edge::EdgeSettings;
 use crate::server::settings::MAX_CONNECTIONS_RANGE;
 use crate::settings::{Section, as_millis, check_range};
@@ -48,6 +57,8 @@ pub const EDGE_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=3_600_000;
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1 << 20;
 /// Bounds of the request-header count limit.
 pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 8..=1024;
+/// Bounds of what a lingering close reads, in bytes: at least one read.
+pub const LINGERING_CLOSE_MAX_BYTES_RANGE: RangeInclusive<u64> = 4096..=1 << 30;
 /// Bounds of the number of origins the per-Origin limit tracks.
 pub const ORIGIN_LIMIT_TRACKED_RANGE: RangeInclusive<usize> = 32..=1_000_000;
 /// Unsent-answer budget in MiB: at least two of the largest answers (a
@@ -126,6 +137,8 @@ pub struct NodeSection {
     pub max_connections: Option<usize>,
     /// How long a closing connection reads what still arrives, in ms.
     pub lingering_close_ms: u64,
+    /// The most a closing connection reads of what still arrives, in bytes.
+    pub lingering_close_max_bytes: u64,
     /// Task answers held for clients that have not taken them, in MiB (sized).
     pub max_unsent_answers_mib: Option<u64>,
     /// Start even when the worst-case memory exceeds the machine's.
@@ -171,6 +184,7 @@ impl Default for NodeSection {
             max_headers: edge.max_headers,
             max_connections: None,
             lingering_close_ms: as_millis(edge.lingering_close),
+            lingering_close_max_bytes: edge.lingering_close_max_bytes,
             max_unsent_answers_mib: None,
             memory_overcommit: false,
             memory_limit_mib: None,
@@ -181,6 +195,9 @@ impl Default for NodeSection {
 
 impl Section for NodeSection {
     const NAME: &'static str = "node";
+    /// A reload reads the plugin directories again; every other key is
+    /// read once, at start.
+    const APPLIED_LIVE: &'static [&'static str] = &["plugin_dirs"];
 
     fn validate(&self) -> Result<(), String> {
         if let Some(id) = &self.node_id {
@@ -226,6 +243,11 @@ impl Section for NodeSection {
             &MAX_HEADER_BYTES_RANGE,
         )?;
         check_range("max_headers", self.max_headers, &MAX_HEADERS_RANGE)?;
+        check_range(
+            "lingering_close_max_bytes",
+            self.lingering_close_max_bytes,
+            &LINGERING_CLOSE_MAX_BYTES_RANGE,
+        )?;
         if let Some(count) = self.max_connections {
             check_range("max_connections", count, &MAX_CONNECTIONS_RANGE)?;
         }
@@ -254,6 +276,61 @@ impl NodeSection {
         self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT)
     }
 
+    /// How long realtime and interactive tasks wait for a slot.
+    pub fn qos_wait(&self) -> Duration {
+        Duration::from_millis(self.qos_wait_ms)
+    }
+
+    /// How long shutdown waits for in-flight tasks.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// Most nonces remembered inside the replay window.
+    pub fn nonce_capacity(&self) -> usize {
+        self.nonce_cache_capacity.unwrap_or(DEFAULT_NONCE_CAPACITY)
+    }
+
+    /// The bounds of the task-id cache, when idempotency is on (off by
+    /// default, as in the reference node: consumers and load generators
+    /// reuse task ids, and the reference node runs every one of them).
+    pub fn idempotency(&self) -> Option<IdempotencyBounds> {
+        self.idempotency.then(|| IdempotencyBounds {
+            capacity: self.idempotency_capacity,
+            max_bytes: self
+                .idempotency_max_bytes
+                .unwrap_or(DEFAULT_IDEMPOTENCY_MAX_BYTES),
+        })
+    }
+
+    /// Plugins' DNS lookups in flight at once, node-wide.
+    pub fn max_dns_lookups(&self) -> usize {
+        self.max_dns_lookups.unwrap_or(DEFAULT_MAX_DNS_LOOKUPS)
+    }
+
+    /// The memory the node may assume, in bytes, when set.
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit_mib.map(|mib| mib << 20)
+    }
+
+    /// Engine and artifact-cache settings (`cache_dir` as the build
+    /// resolved it).
+    pub fn runtime(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            engine: EngineSettings {
+                max_instances: self.max_concurrent(),
+                keep_resident_bytes: self.keep_resident_kib.map(|kib| (kib as usize) << 10),
+                allocator: self.allocator,
+            },
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone()
+            },
+            max_dns_lookups: self.max_dns_lookups(),
+        }
+    }
+
     /// The connection bounds of the public listener.
     pub fn edge(&self) -> EdgeSettings {
         let defaults = EdgeSettings::default();
@@ -266,6 +343,7 @@ impl NodeSection {
             max_headers: self.max_headers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             lingering_close: Duration::from_millis(self.lingering_close_ms),
+            lingering_close_max_bytes: self.lingering_close_max_bytes,
             max_unsent_answer_bytes: self
                 .max_unsent_answers_mib
                 .map_or(defaults.max_unsent_answer_bytes, |mib| mib << 20),
@@ -285,12 +363,18 @@ impl NodeSection {
             ),
             ("max_connections", edge.max_connections as u64),
             ("max_unsent_answers_mib", edge.max_unsent_answer_bytes >> 20),
-            (
-                "max_dns_lookups",
-                crate::runtime::host::dns::DEFAULT_MAX_DNS_LOOKUPS as u64,
-            ),
+            ("max_dns_lookups", DEFAULT_MAX_DNS_LOOKUPS as u64),
         ]
     }
+}
+
+/// The bounds of the task-id cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyBounds {
+    /// Answered task ids remembered at most.
+    pub capacity: usize,
+    /// Bytes of remembered ids and answers at most.
+    pub max_bytes: usize,
 }
 
 #[cfg(test)]
@@ -316,6 +400,13 @@ mod tests {
                     ..NodeSection::default()
                 },
                 "node.max_headers must be between 8 and 1024, got 4",
+            ),
+            (
+                NodeSection {
+                    lingering_close_max_bytes: 1,
+                    ..NodeSection::default()
+                },
+                "node.lingering_close_max_bytes must be between 4096 and 1073741824, got 1",
             ),
             (
                 NodeSection {

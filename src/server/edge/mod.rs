@@ -24,7 +24,9 @@
 //! * a **lingering close**: when the node ends a connection after answering
 //!   (a 408, a 413, a `Connection: close`) while the client may still be
 //!   sending, it shuts its sending side and reads and discards what still
-//!   arrives for at most `lingering_close` and [`LINGER_MAX_BYTES`]. Closing
+//!   arrives for at most `lingering_close` and `lingering_close_max_bytes`
+//!   (`iicp_connection_timeouts_total{kind="lingering_close"}` when either
+//!   runs out). Closing
 //!   at once with unread bytes makes the kernel send a reset, which can
 //!   destroy the answer before the client reads it (the trickling clients
 //!   of the reliability suite lost ~1 in 10 of their 408s that way).
@@ -84,8 +86,6 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// in (its default is ~400 KiB), unless the header limit needs more; at
 /// least hyper's minimum of 8 KiB.
 const BODY_BUFFER_BYTES: usize = 64 << 10;
-/// The most a lingering close reads and discards before it closes anyway.
-pub const LINGER_MAX_BYTES: u64 = 256 << 10;
 /// Refusals at the connection cap served at once (each a socket, a task,
 /// a read buffer of at most the head limit, for at most the header
 /// deadline and `lingering_close`); a flood beyond them gets the bare
@@ -114,6 +114,10 @@ pub struct EdgeSettings {
     /// How long a connection the node closes after answering keeps reading
     /// (and discarding) what the client still sends.
     pub lingering_close: Duration,
+    /// The most a lingering close reads and discards before it closes
+    /// anyway (a client may keep sending at line rate for the whole
+    /// `lingering_close`).
+    pub lingering_close_max_bytes: u64,
     /// Bytes of task answers the node holds, node-wide, for clients that
     /// have not taken them yet (see `server::unsent_answers`).
     pub max_unsent_answer_bytes: u64,
@@ -130,6 +134,7 @@ impl Default for EdgeSettings {
             max_headers: HYPER_DEFAULT_MAX_HEADERS,
             max_connections: 4096,
             lingering_close: Duration::from_secs(2),
+            lingering_close_max_bytes: 256 << 10,
             max_unsent_answer_bytes: 256 << 20,
         }
     }
@@ -349,7 +354,7 @@ impl Connection {
             return;
         }
         let stream = connection.into_parts().io.into_inner().into_inner();
-        if !linger(stream, self.settings.lingering_close).await {
+        if !linger(stream, &self.settings).await {
             self.metrics.timeout("lingering_close").inc();
         }
     }
@@ -379,20 +384,21 @@ async fn refuse_after_the_head(
         .serve_connection(TokioIo::new(stream), answer)
         .without_shutdown();
     if let Ok(Ok(parts)) = tokio::time::timeout(settings.header_read_timeout, served).await {
-        linger(parts.io.into_inner(), settings.lingering_close).await;
+        linger(parts.io.into_inner(), &settings).await;
     }
 }
 
 /// Sends FIN, then reads and discards until the client closes too, for at
-/// most `deadline` and [`LINGER_MAX_BYTES`]; false when either ran out.
-async fn linger(mut stream: TcpStream, deadline: Duration) -> bool {
+/// most the settings' `lingering_close` and `lingering_close_max_bytes`;
+/// false when either ran out.
+async fn linger(mut stream: TcpStream, settings: &EdgeSettings) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if stream.shutdown().await.is_err() {
         return true;
     }
     let mut discard = [0u8; 4096];
-    let mut budget = LINGER_MAX_BYTES;
-    let drained = tokio::time::timeout(deadline, async {
+    let mut budget = settings.lingering_close_max_bytes;
+    let drained = tokio::time::timeout(settings.lingering_close, async {
         loop {
             match stream.read(&mut discard).await {
                 Ok(0) | Err(_) => return true,
