@@ -291,11 +291,13 @@ impl Reloader {
                 }
             }
         }
-        let placed = settled.len();
+        let mut placed = 0;
         for (slot, entry, is_kept) in settled {
             // These served together until now, so this fails only when two
             // specs name one serving plugin; the second is then out.
-            match builder.keep_serving(slot, &entry) {
+            let result = builder.keep_serving(slot, &entry);
+            placed += usize::from(result.is_ok());
+            match result {
                 Ok(()) if is_kept => kept.push(entry.plugin.id.clone()),
                 Ok(()) => {}
                 Err(error) => {
