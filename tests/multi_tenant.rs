@@ -718,6 +718,31 @@ async fn a_reload_applies_moves_removals_and_reorders_to_the_serving_table() {
     assert_eq!(post_task(&node, &task("z", &z, json!(1))).await.0, 200);
 }
 
+/// Two tables without an id that name one serving plugin, while another
+/// plugin is removed in the same reload: the second table is refused, and
+/// the removed plugin's intent is no longer routed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_named_twice_is_refused_and_a_removed_one_stops_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = format!("[[plugin]]\npath = \"{}\"\n", plugin("echo").display());
+    let gone = case("gone");
+    let b = format!(
+        "[[plugin]]\nid = \"b\"\npath = \"{}\"\nintents = [\"{gone}\"]\n[plugin.config]\nalso_declare = \"{gone}\"\n",
+        plugin("echo").display()
+    );
+    let head = "[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n";
+    let path = write(dir.path(), "node.toml", &format!("{head}{echo}{b}"));
+    let node = start(&path, &admin_env());
+    assert_eq!(post_task(&node, &task("b", &gone, json!(1))).await.0, 200);
+    write(dir.path(), "node.toml", &format!("{head}{echo}{echo}"));
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], json!(["b"]), "{body}");
+    assert_eq!(body["failed"][0]["plugin"], "echo", "{body}");
+    assert_eq!(post_task(&node, &task("b2", &gone, json!(1))).await.0, 404);
+    assert_eq!(post_task(&node, &chat("still")).await.0, 200);
+}
+
 /// A reload reports each changed `[node]` key it leaves to a restart by
 /// name, a key without a flag (`lingering_close_max_bytes`) as any other,
 /// and nothing for a file that did not change (the sized keys the node
