@@ -143,7 +143,12 @@ pub fn spec_per_task(spec: &PluginSpec) -> u64 {
 impl WorstCase {
     /// The worst case of `config`.
     pub fn of(config: &NodeConfig) -> Self {
-        let per_task = config.plugins.iter().map(spec_per_task).max().unwrap_or(0);
+        let per_task = config
+            .plugins
+            .iter()
+            .map(|p| spec_per_task(p))
+            .max()
+            .unwrap_or(0);
         let node = &config.node;
         let (runtime, edge) = (node.runtime(), node.edge());
         let mut pool = PoolShape::of(&runtime.engine);

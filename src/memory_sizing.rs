@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prometheus::{IntGauge, IntGaugeVec, Registry};
 
@@ -309,8 +310,11 @@ impl Setting {
                 node.max_concurrent = Some(u32::try_from(value).unwrap_or(u32::MAX));
             }
             Setting::PluginMemory => {
+                // A spec already of that size stays the shared one.
                 for plugin in config.plugins.iter_mut().filter(|p| !p.memory_given) {
-                    plugin.source.limits.memory_bytes = count(value);
+                    if plugin.source.limits.memory_bytes != count(value) {
+                        Arc::make_mut(plugin).source.limits.memory_bytes = count(value);
+                    }
                 }
                 config.memory.sized_plugin_memory_bytes = Some(count(value));
             }
@@ -692,11 +696,12 @@ mod tests {
         config.node.max_connections = Some(100);
         config.memory.given.max_connections = true;
         config.node.keep_resident_kib = Some(256);
-        config.plugins[0].source.limits.memory_bytes = 48 << 20;
-        config.plugins[0].memory_given = true;
+        let given = std::sync::Arc::make_mut(&mut config.plugins[0]);
+        given.source.limits.memory_bytes = 48 << 20;
+        given.memory_given = true;
         let mut unset = PluginSpec::new(PluginSource::new("y.wasm".into()));
         unset.source.id = Some("y".to_string());
-        config.plugins.push(unset);
+        config.plugins.push(unset.into());
         let lowered = sized(672, &mut config);
         assert_eq!(config.node.max_concurrent, Some(3));
         assert_eq!(config.node.max_connections, Some(100));

@@ -26,7 +26,7 @@
 //! restart and left as they are.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,7 +39,7 @@ use crate::config::file_cache;
 use crate::config::{NodeConfig, PluginSpec};
 use crate::metric_families::{Part, counter, seeded_counter_vec};
 use crate::runtime::plugin::LoadedPlugin;
-use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder};
+use crate::server::plugin_table::{PluginEntry, PluginTable, TableBuilder, address, same_spec};
 use crate::server::state::AppState;
 use crate::settings::keys_needing_restart;
 
@@ -69,8 +69,10 @@ pub struct ReloadReport {
     pub at_unix_ms: u64,
     /// Plugins loaded anew (new or changed).
     pub loaded: Vec<String>,
-    /// Plugins kept as they were.
-    pub kept: Vec<String>,
+    /// Plugins kept as they were (shared ids: a node of thousands lists
+    /// them on every reload).
+    #[serde(serialize_with = "ids")]
+    pub kept: Vec<Arc<str>>,
     /// Plugins no longer served.
     pub removed: Vec<String>,
     /// Plugins whose new version could not be applied.
@@ -87,6 +89,11 @@ pub struct ReloadReport {
     pub restart_needed: Vec<String>,
     /// Why the reload failed.
     pub error: Option<String>,
+}
+
+/// Writes shared ids as the strings they are.
+fn ids<S: serde::Serializer>(ids: &[Arc<str>], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ids.iter().map(|id| &**id))
 }
 
 /// Performs reloads, one at a time.
@@ -162,7 +169,7 @@ impl Reloader {
                     changed.chain(failed).map(String::as_str),
                     &self.state.metrics,
                 );
-                report.intents_changed = replaced.intents() != serving.intents();
+                report.intents_changed = replaced.intents_differ(&serving);
                 // Freeing a table of thousands of plugins takes milliseconds;
                 // not on the reload's answer.
                 tokio::task::spawn_blocking(move || drop(replaced));
@@ -227,7 +234,9 @@ impl Reloader {
     }
 
     /// Reads the configuration and builds the next table without touching
-    /// the serving one.
+    /// the serving one. The next table starts from the serving one's
+    /// indexes: kept plugins are found by their shared spec (at the same
+    /// place, else by id) and only placed; only what changed is indexed.
     async fn prepare(&self) -> Result<(PluginTable, ReloadReport), String> {
         // Reading the configuration is file I/O (a plugin directory of
         // thousands of files, or a filesystem that hangs): not on a worker.
@@ -246,16 +255,15 @@ impl Reloader {
         // first, new versions after them, one by one.
         let mut builder =
             TableBuilder::new(specs.len(), &self.state.metrics, capacity, Some(&current));
-        let mut settled: Vec<(usize, Arc<PluginEntry>)> = Vec::with_capacity(specs.len());
+        // Each serving entry to place, and whether it is kept (else it is a
+        // failed plugin's previous version).
+        let mut settled: Vec<(usize, Arc<PluginEntry>, bool)> = Vec::with_capacity(specs.len());
         let mut fresh: Vec<NewVersion> = Vec::new();
-        // Many plugins may share one file (or one OCI reference): read its
-        // digest once per reload, not once per plugin.
-        let mut digests = HashMap::new();
-        for spec in specs {
+        let mut digests = Digests::default();
+        for (index, spec) in specs.into_iter().enumerate() {
             let slot = builder.reserve();
-            if let Some(entry) = self.reusable(&current, &spec, &mut digests).await {
-                kept.push(entry.plugin.id.to_string());
-                settled.push((slot, entry));
+            if let Some(entry) = self.reusable(&current, index, &spec, &mut digests).await {
+                settled.push((slot, entry, true));
                 continue;
             }
             let previous = previous_version(&current, &spec);
@@ -278,26 +286,37 @@ impl Reloader {
                         kept_previous: previous.is_some(),
                     });
                     if let Some(previous) = previous {
-                        settled.push((slot, previous));
+                        settled.push((slot, previous, false));
                     }
                 }
             }
         }
-        for (slot, entry) in settled {
+        let mut placed = 0;
+        for (slot, entry, is_kept) in settled {
             // These served together until now, so this fails only when two
             // specs name one serving plugin; the second is then out.
-            if let Err(error) = builder.keep(slot, &entry) {
-                let id = entry.plugin.id.to_string();
-                kept.retain(|k| *k != id);
-                match failed.iter_mut().find(|f| f.plugin == id) {
-                    Some(failure) => failure.kept_previous = false,
-                    None => failed.push(PluginFailure {
-                        plugin: id,
-                        error,
-                        kept_previous: false,
-                    }),
+            let result = builder.keep_serving(slot, &entry);
+            placed += usize::from(result.is_ok());
+            match result {
+                Ok(()) if is_kept => kept.push(entry.plugin.id.clone()),
+                Ok(()) => {}
+                Err(error) => {
+                    let id = entry.plugin.id.to_string();
+                    kept.retain(|k| **k != *id);
+                    match failed.iter_mut().find(|f| f.plugin == id) {
+                        Some(failure) => failure.kept_previous = false,
+                        None => failed.push(PluginFailure {
+                            plugin: id,
+                            error,
+                            kept_previous: false,
+                        }),
+                    }
                 }
             }
+        }
+        let departing = departing(&current, &builder, &fresh, placed);
+        for entry in &departing {
+            builder.release(entry);
         }
         for (slot, plugin, spec, previous) in fresh {
             let id = plugin.id.to_string();
@@ -315,8 +334,7 @@ impl Reloader {
             }
         }
         let table = builder.finish();
-        let removed = current
-            .entries()
+        let removed = departing
             .iter()
             .filter(|e| table.entry(&e.plugin.id).is_none())
             .map(|e| e.plugin.id.to_string())
@@ -335,36 +353,106 @@ impl Reloader {
         Ok((table, report))
     }
 
-    /// The loaded plugin to keep for `spec`: same settings, same content
-    /// (an `oci://` tag is resolved again, so a moved tag reloads).
-    /// `digests` remembers each location's digest for this reload.
+    /// The loaded plugin to keep for `spec`, the `index`th of the
+    /// configuration: same settings, same content (an `oci://` tag is
+    /// resolved again, so a moved tag reloads).
     async fn reusable(
         &self,
         current: &PluginTable,
-        spec: &PluginSpec,
-        digests: &mut HashMap<PathBuf, Option<String>>,
+        index: usize,
+        spec: &Arc<PluginSpec>,
+        digests: &mut Digests,
     ) -> Option<Arc<PluginEntry>> {
-        // A plugin without an operator id is called by its own name, which
-        // only a load would tell; those few are found by a scan.
-        let entry: &Arc<PluginEntry> = match &spec.source.id {
-            Some(id) => current.entry(id).filter(|e| e.spec == *spec)?,
-            None => current.entries().iter().find(|e| e.spec == *spec)?,
+        // An unchanged table's spec is the one the serving entry holds, and
+        // usually at the same place: a pointer comparison. Otherwise by id;
+        // a plugin without an operator id is called by its own name, which
+        // only a load would tell, so those few are found by a scan.
+        let at_place = current
+            .entries()
+            .get(index)
+            .filter(|e| Arc::ptr_eq(&e.spec, spec));
+        let entry: &Arc<PluginEntry> = match (at_place, &spec.source.id) {
+            (Some(entry), _) => entry,
+            (None, Some(id)) => current.entry(id).filter(|e| same_spec(&e.spec, spec))?,
+            (None, None) => current
+                .entries()
+                .iter()
+                .find(|e| same_spec(&e.spec, spec))?,
         };
-        let path = &spec.source.path;
-        let sha256 = match digests.get(path) {
+        let sha256 = digests.of(self, &spec.source.path).await?;
+        (*sha256 == entry.plugin.sha256).then(|| entry.clone())
+    }
+}
+
+/// Each plugin location's digest, read once per reload: many plugins may
+/// share one file (or one OCI reference). The last one asked is answered
+/// without hashing its path (tenants of one artifact come in a row).
+#[derive(Default)]
+struct Digests {
+    last: Option<(PathBuf, Option<Arc<str>>)>,
+    known: HashMap<PathBuf, Option<Arc<str>>>,
+}
+
+impl Digests {
+    async fn of(&mut self, reloader: &Reloader, path: &Path) -> Option<Arc<str>> {
+        if let Some((last, sha256)) = &self.last
+            && last == path
+        {
+            return sha256.clone();
+        }
+        let sha256 = match self.known.get(path) {
             Some(known) => known.clone(),
             None => {
-                let read = self
+                let read = reloader
                     .state
                     .fetcher
-                    .current_sha256(&self.state.runtime, path)
-                    .await;
-                digests.insert(path.clone(), read.clone());
+                    .current_sha256(&reloader.state.runtime, path)
+                    .await
+                    .map(Arc::from);
+                self.known.insert(path.to_path_buf(), read.clone());
                 read
             }
-        }?;
-        (sha256 == entry.plugin.sha256).then(|| entry.clone())
+        };
+        self.last = Some((path.to_path_buf(), sha256.clone()));
+        sha256
     }
+}
+
+/// The serving entries that leave the table: those new versions replace
+/// (unless placed too, as another spec's plugin) and, when the count says
+/// some plugin is gone, every other entry not placed. `placed` serving
+/// entries were put in place.
+fn departing(
+    current: &PluginTable,
+    builder: &TableBuilder<'_>,
+    fresh: &[NewVersion],
+    placed: usize,
+) -> Vec<Arc<PluginEntry>> {
+    let mut departing: Vec<Arc<PluginEntry>> = Vec::new();
+    for previous in fresh
+        .iter()
+        .filter_map(|(_, _, _, previous)| previous.as_ref())
+    {
+        if !builder.replaced_is_placed(previous)
+            && !departing.iter().any(|d| Arc::ptr_eq(d, previous))
+        {
+            departing.push(previous.clone());
+        }
+    }
+    // Every serving entry is placed, replaced or gone: only when plugins
+    // were removed are the others looked at.
+    if placed + departing.len() < current.entries().len() {
+        let mut known = builder.placed_addresses();
+        known.extend(departing.iter().map(address));
+        departing.extend(
+            current
+                .entries()
+                .iter()
+                .filter(|e| !known.contains(&address(e)))
+                .cloned(),
+        );
+    }
+    departing
 }
 
 /// A plugin loaded anew, with its place in configuration order, its
@@ -372,7 +460,7 @@ impl Reloader {
 type NewVersion = (
     usize,
     Arc<LoadedPlugin>,
-    PluginSpec,
+    Arc<PluginSpec>,
     Option<Arc<PluginEntry>>,
 );
 

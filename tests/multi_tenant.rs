@@ -612,6 +612,137 @@ async fn plugin_directories_add_change_and_remove_plugins_on_reload() {
     assert_eq!(version_of(&node).await, "2");
 }
 
+/// Each plugin's id and intents, in the table's order, from the admin API.
+async fn plugin_intents(node: &Node) -> Vec<(String, Value)> {
+    let (status, list) = operator(node, reqwest::Method::GET, "/admin/plugins").await;
+    assert_eq!(status, 200, "{list}");
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap().to_string(), p["intents"].clone()))
+        .collect()
+}
+
+/// A reload patches the serving table with what changed: intents that
+/// move between two changed plugins, a plugin removed while another
+/// changes, a reload that changes nothing, and tables reordered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_moves_removals_and_reorders_to_the_serving_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y, z) = (case("x"), case("y"), case("z"));
+    let table = |id: &str, intent: &str, declared: &str, timeout: u32| {
+        format!(
+            "[[plugin]]\nid = \"{id}\"\npath = \"{}\"\nintents = [\"{intent}\"]\ntimeout_ms = {timeout}\n[plugin.config]\nalso_declare = \"{declared}\"\n",
+            plugin("echo").display()
+        )
+    };
+    let both = format!("{x},{y}");
+    let config = |tables: &[String]| {
+        write(
+            dir.path(),
+            "node.toml",
+            &format!(
+                "[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n{}",
+                tables.concat()
+            ),
+        )
+    };
+    let path = config(&[
+        table("a", &x, &both, 1000),
+        table("b", &y, &both, 1000),
+        table("c", &z, &z, 1000),
+    ]);
+    let node = start(&path, &admin_env());
+
+    // Two changed plugins trade intents: each takes the one the other gives up.
+    config(&[
+        table("a", &y, &both, 1000),
+        table("b", &x, &both, 1000),
+        table("c", &z, &z, 1000),
+    ]);
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["loaded"], json!(["a", "b"]), "{body}");
+    assert_eq!(body["kept"], json!(["c"]), "{body}");
+    assert_eq!(
+        plugin_intents(&node).await,
+        [
+            ("a".to_string(), json!([y])),
+            ("b".to_string(), json!([x])),
+            ("c".to_string(), json!([z]))
+        ]
+    );
+    let (status, _, answer) = post_task(&node, &task("moved", &x, json!({"k": 1}))).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // One plugin removed while another changes.
+    config(&[table("b", &x, &both, 1000), table("c", &z, &z, 2000)]);
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["loaded"], &body["kept"], &body["removed"]),
+        (&json!(["c"]), &json!(["b"]), &json!(["a"])),
+        "{body}"
+    );
+    assert!(!served_intents(&node).await.contains(&json!(y)));
+    assert_eq!(post_task(&node, &task("gone", &y, json!(1))).await.0, 404);
+
+    // Nothing changed: everything kept, the intents as they were. Then
+    // reordered: kept as they are, served in the new order.
+    for (tables, kept, intents_changed) in [
+        (None, json!(["b", "c"]), false),
+        (
+            Some([table("c", &z, &z, 2000), table("b", &x, &both, 1000)]),
+            json!(["c", "b"]),
+            true,
+        ),
+    ] {
+        if let Some(tables) = tables {
+            config(&tables);
+        }
+        let (status, body) = reload(&node).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["loaded"], &body["kept"], &body["intents_changed"]),
+            (&json!([]), &kept, &json!(intents_changed)),
+            "{body}"
+        );
+    }
+    let order: Vec<String> = plugin_intents(&node)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(order, ["c", "b"]);
+    assert_eq!(post_task(&node, &task("z", &z, json!(1))).await.0, 200);
+}
+
+/// Two tables without an id that name one serving plugin, while another
+/// plugin is removed in the same reload: the second table is refused, and
+/// the removed plugin's intent is no longer routed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_named_twice_is_refused_and_a_removed_one_stops_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = format!("[[plugin]]\npath = \"{}\"\n", plugin("echo").display());
+    let gone = case("gone");
+    let b = format!(
+        "[[plugin]]\nid = \"b\"\npath = \"{}\"\nintents = [\"{gone}\"]\n[plugin.config]\nalso_declare = \"{gone}\"\n",
+        plugin("echo").display()
+    );
+    let head = "[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n";
+    let path = write(dir.path(), "node.toml", &format!("{head}{echo}{b}"));
+    let node = start(&path, &admin_env());
+    assert_eq!(post_task(&node, &task("b", &gone, json!(1))).await.0, 200);
+    write(dir.path(), "node.toml", &format!("{head}{echo}{echo}"));
+    let (status, body) = reload(&node).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], json!(["b"]), "{body}");
+    assert_eq!(body["failed"][0]["plugin"], "echo", "{body}");
+    assert_eq!(post_task(&node, &task("b2", &gone, json!(1))).await.0, 404);
+    assert_eq!(post_task(&node, &chat("still")).await.0, 200);
+}
+
 /// A reload reports each changed `[node]` key it leaves to a restart by
 /// name, a key without a flag (`lingering_close_max_bytes`) as any other,
 /// and nothing for a file that did not change (the sized keys the node

@@ -6,7 +6,7 @@
 //! Relative paths are relative to the file's directory. Secrets never live
 //! in the file: it names environment variables that hold them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,29 +97,67 @@ pub struct PluginFileCache {
     files: ParsedFileCache<Vec<Arc<CachedTable>>>,
     /// The main file's tables in the order of its last read.
     tables: std::sync::Mutex<Vec<(Box<str>, Arc<CachedTable>)>>,
+    /// The plugin list last built, so that the next build looks only at
+    /// the tables that changed.
+    last: std::sync::Mutex<Option<LastBuild>>,
 }
 
 /// One `[[plugin]]` table as parsed, and the spec last built from it with
 /// the inputs it was built from.
 struct CachedTable {
     section: PluginSection,
-    built: std::sync::Mutex<Option<(SpecInputs, PluginSpec)>>,
+    /// A registry plugin's spec is built on every read (its signature keys
+    /// are files).
+    from_registry: bool,
+    built: std::sync::Mutex<Option<(SpecInputs, Arc<PluginSpec>)>>,
+}
+
+/// The plugin list of the last build that succeeded: its tables, their
+/// specs, and which table claimed each id and intent. A build under the
+/// same node-wide inputs whose tables are these but for a few rebuilds and
+/// checks those few against the claims (the others were checked together
+/// before); anything else, or any error, is checked whole, so errors are
+/// the whole check's.
+struct LastBuild {
+    node_inputs: NodeInputs,
+    tables: Vec<(Arc<CachedTable>, Arc<Path>)>,
+    specs: Vec<Arc<PluginSpec>>,
+    ids: HashMap<String, usize>,
+    claimed: HashMap<String, usize>,
+}
+
+/// The node-wide part of [`SpecInputs`].
+#[derive(Clone, PartialEq)]
+struct NodeInputs {
+    defaults: PluginLimits,
+    defaults_memory_given: bool,
+    node_max_concurrent: u32,
 }
 
 /// What a table's spec depends on besides the table: the same table under
 /// the same inputs builds the same spec (secrets and tenant tokens come
 /// from this process's environment, which nothing outside it changes).
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 struct SpecInputs {
-    defaults: PluginLimits,
-    defaults_memory_given: bool,
-    node_max_concurrent: u32,
+    node: NodeInputs,
     base: Arc<Path>,
+}
+
+impl PartialEq for SpecInputs {
+    fn eq(&self, other: &Self) -> bool {
+        self.node == other.node && same_path(&self.base, &other.base)
+    }
+}
+
+/// One shared path, else equal ones.
+fn same_path(a: &Arc<Path>, b: &Arc<Path>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 impl CachedTable {
     fn new(section: PluginSection) -> Arc<Self> {
         Arc::new(Self {
+            from_registry: OciLocation::from_path(&section.path).is_some(),
             section,
             built: std::sync::Mutex::new(None),
         })
@@ -132,15 +170,15 @@ impl CachedTable {
         &self,
         inputs: &SpecInputs,
         build: impl FnOnce(PluginSection) -> Result<PluginSpec, String>,
-    ) -> Result<PluginSpec, String> {
+    ) -> Result<Arc<PluginSpec>, String> {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, spec)) = &*built
             && known == inputs
         {
             return Ok(spec.clone());
         }
-        let spec = build(self.section.clone())?;
-        if OciLocation::from_path(&self.section.path).is_none() {
+        let spec = Arc::new(build(self.section.clone())?);
+        if !self.from_registry {
             *built = Some((inputs.clone(), spec.clone()));
         }
         Ok(spec)
@@ -225,15 +263,20 @@ pub fn load_cached(
             "plugin directories read"
         );
     }
+    // One shared path per directory, not one per file.
+    let mut dir: Arc<Path> = base.into();
     for (file_path, parsed) in listing.files {
-        let dir: Arc<Path> = file_path.parent().unwrap_or(base).into();
+        let parent = file_path.parent().unwrap_or(base);
+        if *dir != *parent {
+            dir = parent.into();
+        }
         plugins.extend(parsed.iter().map(|table| LocatedPlugin {
             table: table.clone(),
             base: dir.clone(),
             file: Some(file_path.clone()),
         }));
     }
-    let mut config = build(file, base, plugins).map_err(error)?;
+    let mut config = build(file, base, plugins, Some(&cache.last)).map_err(error)?;
     config.node.plugin_dirs = dirs;
     config.config_path = Some(path.to_path_buf());
     Ok(config)
@@ -251,7 +294,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig, String> {
         .into_iter()
         .map(CachedTable::new)
         .collect();
-    build(file, base_dir, located(tables, base_dir))
+    build(file, base_dir, located(tables, base_dir), None)
 }
 
 /// The configuration of `--plugin PATH`: that plugin with every default,
@@ -269,6 +312,7 @@ pub fn for_plugin(path: PathBuf, overrides: &Overrides) -> Result<NodeConfig, St
         file,
         Path::new(""),
         located(vec![CachedTable::new(plugin)], Path::new("")),
+        None,
     )
 }
 
@@ -356,9 +400,14 @@ impl PluginFileCache {
         let mut known = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         let mut by_text: Option<HashMap<&str, &Arc<CachedTable>>> = None;
         let mut tables = Vec::with_capacity(cut.plugins.len());
+        // The places whose text differs from the last read's there.
+        let mut moved = Vec::new();
         for (index, piece) in cut.plugins.iter().enumerate() {
             // Tables usually stay where they were: compare in place first.
             let same_place = known.get(index).filter(|(t, _)| **t == **piece);
+            if same_place.is_none() {
+                moved.push(index);
+            }
             let reused = same_place.map(|(_, table)| table).or_else(|| {
                 by_text
                     .get_or_insert_with(|| known.iter().map(|(t, c)| (&**t, c)).collect())
@@ -379,12 +428,18 @@ impl PluginFileCache {
             };
             tables.push(table);
         }
-        *known = cut
-            .plugins
-            .iter()
-            .zip(&tables)
-            .map(|(piece, table)| (Box::from(*piece), table.clone()))
-            .collect();
+        if known.len() == cut.plugins.len() {
+            for index in moved {
+                known[index] = (Box::from(cut.plugins[index]), tables[index].clone());
+            }
+        } else {
+            *known = cut
+                .plugins
+                .iter()
+                .zip(&tables)
+                .map(|(piece, table)| (Box::from(*piece), table.clone()))
+                .collect();
+        }
         Ok((file, tables))
     }
 }
@@ -431,6 +486,7 @@ fn build(
     file: FileConfig,
     base: &Path,
     plugin_tables: Vec<LocatedPlugin>,
+    last: Option<&std::sync::Mutex<Option<LastBuild>>>,
 ) -> Result<NodeConfig, String> {
     let mut node = file.node;
     check_section(&node)?;
@@ -445,55 +501,12 @@ fn build(
         keys: signature_keys(&file.oci.signature_keys, base, "oci.signature_keys")?,
         require_digest: file.oci.require_digest,
     };
-    let mut plugins: Vec<PluginSpec> = Vec::with_capacity(plugin_tables.len());
-    // Ids and intents already claimed, with the claiming table's index:
-    // a configuration of thousands of tables is checked in linear time.
-    let mut ids: HashSet<String> = HashSet::new();
-    let mut claimed: HashMap<String, usize> = HashMap::new();
-    for (index, table) in plugin_tables.into_iter().enumerate() {
-        let inputs = SpecInputs {
-            defaults: defaults.clone(),
-            defaults_memory_given: file.defaults.memory_mb.is_some(),
-            node_max_concurrent: max_concurrent,
-            base: table.base.clone(),
-        };
-        let spec = table
-            .table
-            .spec(&inputs, |section| {
-                plugin_spec(
-                    section,
-                    index,
-                    &defaults,
-                    inputs.defaults_memory_given,
-                    max_concurrent,
-                    &table.base,
-                    &signatures,
-                )
-            })
-            .map_err(|e| match &table.file {
-                Some(file) => format!("{}: {e}", file.display()),
-                None => e,
-            })?;
-        if let Some(id) = &spec.source.id
-            && !ids.insert(id.clone())
-        {
-            return Err(format!(
-                "plugin {id:?}: the id is used by two [[plugin]] tables"
-            ));
-        }
-        // One table never lists an intent twice (`plugin_spec` refuses it),
-        // so an intent already claimed is another table's.
-        for intent in spec.intents.iter().flatten() {
-            if let Some(other) = claimed.insert(intent.clone(), index) {
-                return Err(format!(
-                    "{}: intent {intent} is also claimed by {}",
-                    plugin_name(&spec.source.id, index),
-                    plugin_name(&plugins[other].source.id, other)
-                ));
-            }
-        }
-        plugins.push(spec);
-    }
+    let node_inputs = NodeInputs {
+        defaults,
+        defaults_memory_given: file.defaults.memory_mb.is_some(),
+        node_max_concurrent: max_concurrent,
+    };
+    let plugins = plugin_specs(&plugin_tables, &node_inputs, &signatures, last)?;
     let memory = MemorySettings {
         given: GivenKnobs {
             max_concurrent: node.max_concurrent.is_some(),
@@ -572,6 +585,177 @@ fn build(
         oci,
         plugins,
     })
+}
+
+/// Every table's spec, each checked alone and all against each other
+/// (ids and intents claimed once). With `last`, the list last built is
+/// reused but for the tables that changed ([`LastBuild`]).
+fn plugin_specs(
+    tables: &[LocatedPlugin],
+    node: &NodeInputs,
+    signatures: &SignaturePolicy,
+    last: Option<&std::sync::Mutex<Option<LastBuild>>>,
+) -> Result<Vec<Arc<PluginSpec>>, String> {
+    let Some(last) = last else {
+        return Ok(checked_whole(tables, node, signatures)?.specs);
+    };
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = last.as_mut() {
+        match known.apply(tables, node, signatures) {
+            Some(specs) => return Ok(specs),
+            None => *last = None,
+        }
+    }
+    let checked = checked_whole(tables, node, signatures)?;
+    let specs = checked.specs.clone();
+    *last = Some(LastBuild {
+        node_inputs: node.clone(),
+        tables: tables
+            .iter()
+            .map(|t| (t.table.clone(), t.base.clone()))
+            .collect(),
+        specs: checked.specs,
+        ids: checked.ids,
+        claimed: checked.claimed,
+    });
+    Ok(specs)
+}
+
+/// Specs checked together, with which table claimed each id and intent.
+struct Checked {
+    specs: Vec<Arc<PluginSpec>>,
+    ids: HashMap<String, usize>,
+    claimed: HashMap<String, usize>,
+}
+
+/// Every table's spec, checked in order: the first error found is the one
+/// reported.
+fn checked_whole(
+    tables: &[LocatedPlugin],
+    node: &NodeInputs,
+    signatures: &SignaturePolicy,
+) -> Result<Checked, String> {
+    let mut checked = Checked {
+        specs: Vec::with_capacity(tables.len()),
+        ids: HashMap::with_capacity(tables.len()),
+        claimed: HashMap::with_capacity(tables.len()),
+    };
+    for (index, table) in tables.iter().enumerate() {
+        let spec = table_spec(table, index, node, signatures)?;
+        if let Some(id) = &spec.source.id
+            && checked.ids.insert(id.clone(), index).is_some()
+        {
+            return Err(format!(
+                "plugin {id:?}: the id is used by two [[plugin]] tables"
+            ));
+        }
+        // One table never lists an intent twice (`plugin_spec` refuses it),
+        // so an intent already claimed is another table's.
+        for intent in spec.intents.iter().flatten() {
+            if let Some(other) = checked.claimed.insert(intent.clone(), index) {
+                return Err(format!(
+                    "{}: intent {intent} is also claimed by {}",
+                    plugin_name(&spec.source.id, index),
+                    plugin_name(&checked.specs[other].source.id, other)
+                ));
+            }
+        }
+        checked.specs.push(spec);
+    }
+    Ok(checked)
+}
+
+/// The spec of the `index`th table, built again only when it or its inputs
+/// changed; an error names the plugin-directory file it came from.
+fn table_spec(
+    table: &LocatedPlugin,
+    index: usize,
+    node: &NodeInputs,
+    signatures: &SignaturePolicy,
+) -> Result<Arc<PluginSpec>, String> {
+    let inputs = SpecInputs {
+        node: node.clone(),
+        base: table.base.clone(),
+    };
+    table
+        .table
+        .spec(&inputs, |section| {
+            plugin_spec(
+                section,
+                index,
+                &node.defaults,
+                node.defaults_memory_given,
+                node.node_max_concurrent,
+                &table.base,
+                signatures,
+            )
+        })
+        .map_err(|e| match &table.file {
+            Some(file) => format!("{}: {e}", file.display()),
+            None => e,
+        })
+}
+
+impl LastBuild {
+    /// The specs of `tables` when they are the last build's but for some
+    /// (a registry plugin's always counts as changed) and those take no id
+    /// or intent another table holds; `None` otherwise or on any error,
+    /// for the whole check to find. Updates the claims as it goes: after
+    /// `None`, this is stale.
+    fn apply(
+        &mut self,
+        tables: &[LocatedPlugin],
+        node: &NodeInputs,
+        signatures: &SignaturePolicy,
+    ) -> Option<Vec<Arc<PluginSpec>>> {
+        if self.node_inputs != *node || self.tables.len() != tables.len() {
+            return None;
+        }
+        let changed: Vec<usize> = tables
+            .iter()
+            .zip(&self.tables)
+            .enumerate()
+            .filter(|(_, (now, (table, base)))| {
+                !Arc::ptr_eq(&now.table, table)
+                    || !same_path(&now.base, base)
+                    || now.table.from_registry
+            })
+            .map(|(index, _)| index)
+            .collect();
+        let mut built = Vec::with_capacity(changed.len());
+        for &index in &changed {
+            built.push(table_spec(&tables[index], index, node, signatures).ok()?);
+        }
+        for &index in &changed {
+            let old = &self.specs[index];
+            if let Some(id) = &old.source.id
+                && self.ids.get(id) == Some(&index)
+            {
+                self.ids.remove(id);
+            }
+            for intent in old.intents.iter().flatten() {
+                if self.claimed.get(intent) == Some(&index) {
+                    self.claimed.remove(intent);
+                }
+            }
+        }
+        for (&index, spec) in changed.iter().zip(built) {
+            if let Some(id) = &spec.source.id
+                && self.ids.insert(id.clone(), index).is_some()
+            {
+                return None;
+            }
+            for intent in spec.intents.iter().flatten() {
+                if self.claimed.insert(intent.clone(), index).is_some() {
+                    return None;
+                }
+            }
+            let now = &tables[index];
+            self.tables[index] = (now.table.clone(), now.base.clone());
+            self.specs[index] = spec;
+        }
+        Some(self.specs.clone())
+    }
 }
 
 /// Reads the public keys named by `key`, relative to `base`.
@@ -806,7 +990,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let cached = load_cached(&path, cache, &Overrides::default()).map_err(|e| e.message);
         let whole = load(&path).map_err(|e| e.message);
-        let plugins = |c: &Result<NodeConfig, String>| -> Result<Vec<PluginSpec>, String> {
+        let plugins = |c: &Result<NodeConfig, String>| -> Result<Vec<Arc<PluginSpec>>, String> {
             c.as_ref().map(|c| c.plugins.clone()).map_err(Clone::clone)
         };
         assert_eq!(plugins(&cached), plugins(&whole));
@@ -865,6 +1049,71 @@ mod tests {
         let config = load_both(&cache, &moved).unwrap();
         assert_eq!(config.plugins[0].source.id.as_deref(), Some("c"));
         assert_eq!(cache.tables.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_rebuild_shares_unchanged_specs_and_checks_changed_tables_against_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let table = |id: &str, intent: &str, timeout: u32| {
+            format!(
+                "[[plugin]]\nid = \"{id}\"\npath = \"{id}.wasm\"\nintents = [\"{intent}\"]\ntimeout_ms = {timeout}\n"
+            )
+        };
+        let three = |c_id: &str, c_intent: &str, c_timeout: u32| {
+            table("a", "urn:a", 1000)
+                + &table("b", "urn:b", 1000)
+                + &table(c_id, c_intent, c_timeout)
+        };
+        let cache = PluginFileCache::default();
+        // Through the cache, and whole: the same configuration or error.
+        let load_twice = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let cached = load_cached(&path, &cache, &Overrides::default()).map_err(|e| e.message);
+            let whole = load(&path).map_err(|e| e.message);
+            let plugins = |c: &Result<NodeConfig, String>| {
+                c.as_ref().map(|c| c.plugins.clone()).map_err(Clone::clone)
+            };
+            assert_eq!(plugins(&cached), plugins(&whole));
+            cached
+        };
+        let first = load_twice(&three("c", "urn:c", 1000)).unwrap();
+        let second = load_twice(&three("c", "urn:c", 2000)).unwrap();
+        let shared: Vec<bool> = first
+            .plugins
+            .iter()
+            .zip(&second.plugins)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(
+            shared,
+            [true, true, false],
+            "only the edited table is built again"
+        );
+        // A changed table taking another's id or intent is refused with the
+        // whole check's error, and the cache recovers once it is fixed.
+        let taken_intent = load_twice(&three("c", "urn:a", 2000)).unwrap_err();
+        assert_eq!(
+            taken_intent,
+            "plugin \"c\": intent urn:a is also claimed by plugin \"a\""
+        );
+        let taken_id = load_twice(&three("b", "urn:c", 2000)).unwrap_err();
+        assert!(taken_id.contains("used by two"), "{taken_id}");
+        let fixed = load_twice(&three("c", "urn:c", 3000)).unwrap();
+        assert_eq!(
+            fixed.plugins[2].source.limits.default_timeout,
+            Duration::from_millis(3000)
+        );
+        // An intent a changed table gives up is free for another changed
+        // table in the same read.
+        let swapped =
+            table("a", "urn:b", 1000) + &table("b", "urn:a", 1000) + &table("c", "urn:c", 3000);
+        let config = load_twice(&swapped).unwrap();
+        assert_eq!(
+            config.plugins[0].intents.as_deref(),
+            Some(&["urn:b".to_string()][..])
+        );
+        assert!(Arc::ptr_eq(&config.plugins[2], &fixed.plugins[2]));
     }
 
     #[test]

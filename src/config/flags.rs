@@ -15,12 +15,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Serialize;
 
 use super::file::{self, PluginFileCache};
-use super::{NodeConfig, sections};
+use super::{NodeConfig, PluginSpec, sections};
 use crate::directory::settings::validate_http_url;
 use crate::oci::settings::OciSection;
 use crate::oci::signature::SignatureKey;
@@ -516,8 +517,18 @@ impl RunArgs {
             .iter()
             .map(|path| SignatureKey::load(path).map_err(|e| format!("--oci-signature-key: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
+        // Without such flags nothing is walked: a reload of thousands of
+        // plugins keeps every shared spec as it is.
+        let applies = limits != LimitKeys::default()
+            || !signature_keys.is_empty()
+            || self.oci_require_digest
+            || self.precompiled;
+        if !applies {
+            return Ok(());
+        }
         for plugin in &mut config.plugins {
-            let source = &mut plugin.source;
+            let mut spec = PluginSpec::clone(plugin);
+            let source = &mut spec.source;
             if OciLocation::from_path(&source.path).is_some() {
                 if !signature_keys.is_empty() {
                     source.signatures.keys.clone_from(&signature_keys);
@@ -531,7 +542,10 @@ impl RunArgs {
                     "--timeout-ms ({default} ms) is above the task budget ceiling ({ceiling} ms)"
                 )
             })?;
-            plugin.memory_given |= limits.memory_mb.is_some();
+            spec.memory_given |= limits.memory_mb.is_some();
+            if spec != **plugin {
+                *plugin = Arc::new(spec);
+            }
         }
         Ok(())
     }

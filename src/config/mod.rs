@@ -24,6 +24,7 @@ pub mod table_split;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use self::memory::MemorySettings;
@@ -68,8 +69,9 @@ pub struct NodeConfig {
     pub directory: Option<DirectorySettings>,
     /// How plugins given by OCI reference are pulled (`fetch`).
     pub oci: OciSettings,
-    /// The plugins to serve.
-    pub plugins: Vec<PluginSpec>,
+    /// The plugins to serve. Shared with the reload cache and the serving
+    /// table: a reload recognises an unchanged plugin by pointer.
+    pub plugins: Vec<Arc<PluginSpec>>,
     /// The admin API, when configured.
     pub admin: Option<AdminSettings>,
     /// Relaying and peer gossip.

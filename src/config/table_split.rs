@@ -32,14 +32,29 @@ enum Header {
 }
 
 fn header(line: &str) -> Header {
-    let compact: String = line
+    // The headers told apart are at most 10 characters without blanks: the
+    // first 16 decide (on the stack: a file of thousands of tables has
+    // thousands of header lines).
+    let mut buffer = [0u8; 16];
+    let (mut len, mut whole) = (0, true);
+    let compact_chars = line
         .split('#')
         .next()
         .unwrap_or_default()
         .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    if compact == "[[plugin]]" {
+        .filter(|c| !c.is_whitespace());
+    for c in compact_chars {
+        if len == buffer.len() || !c.is_ascii() {
+            // Longer, or not ASCII: no header named here equals it, and
+            // its first characters are as read.
+            whole = false;
+            break;
+        }
+        buffer[len] = c as u8;
+        len += 1;
+    }
+    let compact = std::str::from_utf8(&buffer[..len]).unwrap_or_default();
+    if whole && compact == "[[plugin]]" {
         Header::Plugin
     } else if compact.starts_with("[plugin.")
         || compact.starts_with("[[plugin.")
@@ -47,7 +62,7 @@ fn header(line: &str) -> Header {
         || compact.starts_with("[[\"plugin\"")
         || compact.starts_with("['plugin'")
         || compact.starts_with("[['plugin'")
-        || compact == "[plugin]"
+        || (whole && compact == "[plugin]")
     {
         Header::PluginPart
     } else {

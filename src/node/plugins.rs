@@ -31,7 +31,7 @@ pub async fn load(
             Err(error) => return Err(StartError::Plugin(error)),
         }
     }
-    let table = PluginTable::build(plugins, metrics, config.node.max_concurrent(), None)
+    let table = PluginTable::build(plugins, metrics, config.node.max_concurrent())
         .map_err(|e| StartError::Config(in_config(config, e)))?;
     table.publish_info(metrics);
     Ok((runtime, fetcher, table))

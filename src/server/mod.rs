@@ -25,6 +25,7 @@ pub mod nonce_cache;
 pub mod origin_limit;
 pub mod plugin_table;
 pub mod settings;
+pub mod shared_index;
 pub mod state;
 pub mod task_auth;
 pub mod task_route;

@@ -3,15 +3,18 @@
 //! admission gate, tenants, drain switch, live counters and resolved metric
 //! children. A table is immutable; a reload builds a new one and swaps it in
 //! whole, carrying over gates, counters and drain switches of plugins that
-//! keep their id, so in-flight tasks of the old version still count.
+//! keep their id, so in-flight tasks of the old version still count. The
+//! new table starts from the serving one's indexes and is patched with what
+//! changed, so a reload of one plugin among thousands touches one entry.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::access::{AccessPolicy, Tenant};
 use super::admission::AdmissionGate;
 use super::drain::{Drain, DrainSwitch};
+use super::shared_index::SharedIndex;
 use crate::metrics::Metrics;
 use crate::runtime::plugin::{CapabilityInfo, LoadedPlugin, PluginSource};
 use crate::server::metrics::{IntentMetrics, PluginMetrics, ServerMetrics};
@@ -57,12 +60,19 @@ pub struct PluginCounters {
     pub failed: AtomicU64,
 }
 
+/// Whether `a` and `b` are the same settings: the same shared spec (what a
+/// reload finds for every plugin whose table did not change), else equal.
+pub fn same_spec(a: &Arc<PluginSpec>, b: &Arc<PluginSpec>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// A plugin as the server serves it.
 pub struct PluginEntry {
     /// The loaded plugin.
     pub plugin: Arc<LoadedPlugin>,
-    /// How the operator configured it.
-    pub spec: PluginSpec,
+    /// How the operator configured it (shared with the configuration it
+    /// came from, so an unchanged plugin is recognised by pointer).
+    pub spec: Arc<PluginSpec>,
     /// What it serves, overrides applied.
     pub capabilities: Vec<CapabilityInfo>,
     /// Its own task slots, inside the node's.
@@ -89,18 +99,19 @@ impl PluginEntry {
 pub struct Route {
     /// The plugin serving the intent.
     pub entry: Arc<PluginEntry>,
-    /// The intent's metrics.
-    pub metrics: IntentMetrics,
+    /// The intent's metrics (shared: a reload copies every route).
+    pub metrics: Arc<IntentMetrics>,
 }
 
 /// The routing table: intent → plugin.
 #[derive(Default)]
 pub struct PluginTable {
     entries: Vec<Arc<PluginEntry>>,
-    /// Index into `entries` by plugin id: a reload of one plugin among
-    /// thousands looks every kept plugin up, so this must not be a scan.
-    by_id: HashMap<Arc<str>, usize>,
-    routes: HashMap<Arc<str>, Route>,
+    /// The entries by plugin id: a reload looks plugins up by id, so this
+    /// must not be a scan. The entry itself, not a place in `entries`, so
+    /// that a reload can carry the index over while places shift.
+    by_id: SharedIndex<Arc<str>, Arc<PluginEntry>>,
+    routes: SharedIndex<Arc<str>, Route>,
 }
 
 /// The capabilities a plugin is served with: its own, or the operator's
@@ -150,16 +161,14 @@ fn info_labels(plugin: &LoadedPlugin) -> [String; 4] {
 }
 
 impl PluginTable {
-    /// Builds a table. `previous` lends gates, counters and drain switches to
-    /// plugins that keep their id (a gate only when the plugin's slot count
-    /// is unchanged). Two plugins claiming one intent is an error naming both.
+    /// Builds a table at start-up. Two plugins claiming one intent is an
+    /// error naming both.
     pub fn build(
-        plugins: Vec<(Arc<LoadedPlugin>, PluginSpec)>,
+        plugins: Vec<(Arc<LoadedPlugin>, Arc<PluginSpec>)>,
         metrics: &Metrics,
         node_capacity: u32,
-        previous: Option<&PluginTable>,
     ) -> Result<Self, String> {
-        let mut builder = TableBuilder::new(plugins.len(), metrics, node_capacity, previous);
+        let mut builder = TableBuilder::new(plugins.len(), metrics, node_capacity, None);
         for (plugin, spec) in plugins {
             let slot = builder.reserve();
             builder.add(slot, plugin, spec)?;
@@ -171,7 +180,7 @@ impl PluginTable {
     /// metric series of the entry it replaces (`before`), if any.
     fn new_entry(
         plugin: Arc<LoadedPlugin>,
-        spec: PluginSpec,
+        spec: Arc<PluginSpec>,
         capacity: u32,
         before: Option<&Arc<PluginEntry>>,
         metrics: &Metrics,
@@ -252,7 +261,24 @@ impl PluginTable {
 
     /// The plugin called `id`.
     pub fn entry(&self, id: &str) -> Option<&Arc<PluginEntry>> {
-        self.by_id.get(id).map(|&index| &self.entries[index])
+        self.by_id.get(id)
+    }
+
+    /// Whether the intents served, in order, differ from `other`'s. Entries
+    /// at the same place that are one entry (all a reload kept) are not
+    /// looked into, so a reload of one plugin compares one plugin's.
+    pub fn intents_differ(&self, other: &PluginTable) -> bool {
+        if self.entries.len() != other.entries.len() {
+            return self.intents() != other.intents();
+        }
+        fn intents(e: &PluginEntry) -> impl Iterator<Item = &str> {
+            e.capabilities.iter().map(|c| c.intent.as_str())
+        }
+        self.entries
+            .iter()
+            .zip(&other.entries)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .any(|(a, b)| !intents(a).eq(intents(b)))
     }
 
     /// Every plugin, in configuration order.
@@ -285,29 +311,47 @@ impl PluginTable {
 /// Builds a table in configuration order while plugins join in another
 /// (a reload adds the plugins it keeps first, then the new versions, each
 /// of which may fail): each plugin's place is reserved when its turn in
-/// the configuration comes, so nothing is sorted afterwards.
+/// the configuration comes, so nothing is sorted afterwards. From a
+/// previous table, the indexes start as that table's: a plugin kept as it
+/// was is only placed, those leaving are [`TableBuilder::release`]d, and
+/// only new versions are indexed, so the work is the delta's.
 pub struct TableBuilder<'a> {
     slots: Vec<Option<Arc<PluginEntry>>>,
-    by_id: HashMap<Arc<str>, usize>,
-    routes: HashMap<Arc<str>, Route>,
+    by_id: SharedIndex<Arc<str>, Arc<PluginEntry>>,
+    routes: SharedIndex<Arc<str>, Route>,
+    /// Entries placed whose spec has no operator id: only those can be
+    /// named by two specs (ids are unique in a configuration).
+    placed_without_id: HashSet<usize>,
+    /// Nothing released or added yet: the indexes are the previous table's.
+    pristine: bool,
     metrics: &'a Metrics,
     node_capacity: u32,
     previous: Option<&'a PluginTable>,
 }
 
 impl<'a> TableBuilder<'a> {
-    /// A builder for about `plugins` plugins; `previous` lends gates,
-    /// counters, drain switches and metric series as in [`PluginTable::build`].
+    /// A builder for about `plugins` plugins. `previous` (a reload's
+    /// serving table) lends its indexes, and gates, counters, drain
+    /// switches and metric series to plugins that keep their id (a gate
+    /// only when the plugin's slot count is unchanged).
     pub fn new(
         plugins: usize,
         metrics: &'a Metrics,
         node_capacity: u32,
         previous: Option<&'a PluginTable>,
     ) -> Self {
+        // Copies that share the previous table's indexes (see
+        // `shared_index`): a reload patches them with what changed.
+        let (by_id, routes) = match previous {
+            Some(table) => (table.by_id.clone(), table.routes.clone()),
+            None => Default::default(),
+        };
         Self {
             slots: Vec::with_capacity(plugins),
-            by_id: HashMap::with_capacity(plugins),
-            routes: HashMap::with_capacity(plugins),
+            by_id,
+            routes,
+            placed_without_id: HashSet::new(),
+            pristine: true,
             metrics,
             node_capacity,
             previous,
@@ -328,16 +372,18 @@ impl<'a> TableBuilder<'a> {
         &mut self,
         slot: usize,
         plugin: Arc<LoadedPlugin>,
-        spec: PluginSpec,
+        spec: Arc<PluginSpec>,
     ) -> Result<(), String> {
-        self.check_id(&plugin.id)?;
+        self.pristine = false;
         let capacity = spec.max_concurrent.unwrap_or(self.node_capacity);
         let before = self.previous.and_then(|p| p.entry(&plugin.id));
         // A plugin kept as it was keeps its whole entry: a reload of one
         // plugin among thousands rebuilds one entry, and freeing the
         // replaced table frees only what changed.
         let unchanged = before.filter(|e| {
-            Arc::ptr_eq(&e.plugin, &plugin) && e.spec == spec && e.gate.capacity() == capacity
+            Arc::ptr_eq(&e.plugin, &plugin)
+                && same_spec(&e.spec, &spec)
+                && e.gate.capacity() == capacity
         });
         let entry = match unchanged {
             Some(entry) => entry.clone(),
@@ -349,14 +395,70 @@ impl<'a> TableBuilder<'a> {
                 self.metrics,
             )?),
         };
-        self.place(slot, entry)
+        self.keep(slot, &entry)
     }
 
     /// Puts the serving `entry` in `slot` as it is: the caller found its
-    /// plugin, settings and slot count unchanged.
+    /// plugin, settings and slot count unchanged. An entry the indexes
+    /// still hold (kept from the previous table) is only placed.
     pub fn keep(&mut self, slot: usize, entry: &Arc<PluginEntry>) -> Result<(), String> {
-        self.check_id(&entry.plugin.id)?;
-        self.place(slot, entry.clone())
+        let id = &entry.plugin.id;
+        if entry.spec.source.id.is_none() && !self.placed_without_id.insert(address(entry)) {
+            return Err(taken(id));
+        }
+        if !self.holds(entry) {
+            if self.by_id.contains_key(id) {
+                self.placed_without_id.remove(&address(entry));
+                return Err(taken(id));
+            }
+            if let Err(error) = self.add_routes(entry) {
+                self.placed_without_id.remove(&address(entry));
+                return Err(error);
+            }
+            self.by_id.insert(id.clone(), entry.clone());
+        }
+        self.slots[slot] = Some(entry.clone());
+        Ok(())
+    }
+
+    /// Puts `entry`, an entry of the previous table, in `slot` before any
+    /// [`Self::release`] or [`Self::add`]: the indexes copied from that
+    /// table hold it, so nothing is looked up (a reload of thousands keeps
+    /// thousands). Only a second place for one entry is refused.
+    pub fn keep_serving(&mut self, slot: usize, entry: &Arc<PluginEntry>) -> Result<(), String> {
+        debug_assert!(self.pristine && self.holds(entry));
+        if entry.spec.source.id.is_none() && !self.placed_without_id.insert(address(entry)) {
+            return Err(taken(&entry.plugin.id));
+        }
+        self.slots[slot] = Some(entry.clone());
+        Ok(())
+    }
+
+    /// Whether the indexes hold `entry` itself.
+    fn holds(&self, entry: &Arc<PluginEntry>) -> bool {
+        self.by_id
+            .get(&entry.plugin.id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
+    /// Takes `entry` (of the previous table) out of the indexes: it leaves
+    /// the table, or a new version replaces it.
+    pub fn release(&mut self, entry: &Arc<PluginEntry>) {
+        self.pristine = false;
+        let id = &entry.plugin.id;
+        if self.by_id.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            self.by_id.remove(id);
+        }
+        for capability in &entry.capabilities {
+            let intent = capability.intent.as_str();
+            if self
+                .routes
+                .get(intent)
+                .is_some_and(|r| Arc::ptr_eq(&r.entry, entry))
+            {
+                self.routes.remove(intent);
+            }
+        }
     }
 
     /// The plugin in `slot`, if any.
@@ -364,25 +466,17 @@ impl<'a> TableBuilder<'a> {
         self.slots.get(slot)?.as_ref()
     }
 
-    /// The plugin called `id`, if added.
-    pub fn entry(&self, id: &str) -> Option<&Arc<PluginEntry>> {
-        self.slot(*self.by_id.get(id)?)
+    /// Whether `entry`, the serving version a new one replaces, was placed
+    /// (as the plugin another spec kept). Only one whose spec has no
+    /// operator id can be: ids are unique, so one with an id is named by
+    /// that id's spec alone, the one that loaded anew.
+    pub fn replaced_is_placed(&self, entry: &Arc<PluginEntry>) -> bool {
+        entry.spec.source.id.is_none() && self.placed_without_id.contains(&address(entry))
     }
 
-    fn check_id(&self, id: &str) -> Result<(), String> {
-        if self.by_id.contains_key(id) {
-            return Err(format!(
-                "two plugins are called {id:?}; give them distinct ids"
-            ));
-        }
-        Ok(())
-    }
-
-    fn place(&mut self, slot: usize, entry: Arc<PluginEntry>) -> Result<(), String> {
-        self.add_routes(&entry)?;
-        self.by_id.insert(entry.plugin.id.clone(), slot);
-        self.slots[slot] = Some(entry);
-        Ok(())
+    /// The address of every entry placed.
+    pub fn placed_addresses(&self) -> HashSet<usize> {
+        self.slots.iter().flatten().map(address).collect()
     }
 
     /// Routes `entry`'s intents to it, keeping each intent's route (key and
@@ -409,9 +503,11 @@ impl<'a> TableBuilder<'a> {
                 Some((key, route)) => (key.clone(), route.metrics.clone()),
                 None => (
                     intent.into(),
-                    self.metrics
-                        .part::<ServerMetrics>()
-                        .intent(&entry.plugin.id, intent),
+                    Arc::new(
+                        self.metrics
+                            .part::<ServerMetrics>()
+                            .intent(&entry.plugin.id, intent),
+                    ),
                 ),
             };
             let route = Route {
@@ -423,23 +519,23 @@ impl<'a> TableBuilder<'a> {
         Ok(())
     }
 
-    /// The table, in configuration order (places left empty dropped).
+    /// The table, in configuration order (places left empty dropped). The
+    /// caller released every previous entry that is not placed.
     pub fn finish(self) -> PluginTable {
-        let complete = self.slots.iter().all(Option::is_some);
-        let entries: Vec<Arc<PluginEntry>> = self.slots.into_iter().flatten().collect();
-        let by_id = if complete {
-            self.by_id
-        } else {
-            entries
-                .iter()
-                .enumerate()
-                .map(|(index, e)| (e.plugin.id.clone(), index))
-                .collect()
-        };
         PluginTable {
-            entries,
-            by_id,
+            entries: self.slots.into_iter().flatten().collect(),
+            by_id: self.by_id,
             routes: self.routes,
         }
     }
+}
+
+/// Where an entry lives: its identity while a reload builds a table (an
+/// address, not a pointer, so the reload's future stays `Send`).
+pub fn address(entry: &Arc<PluginEntry>) -> usize {
+    Arc::as_ptr(entry) as usize
+}
+
+fn taken(id: &str) -> String {
+    format!("two plugins are called {id:?}; give them distinct ids")
 }
