@@ -4,6 +4,7 @@ pub mod budget;
 pub mod config;
 pub mod dns;
 pub mod http;
+pub(crate) mod http_client;
 pub mod http_accounting;
 pub mod http_settings;
 pub mod log;
