@@ -291,35 +291,52 @@ async fn raw_backend(
     (addr, closes)
 }
 
+/// A node whose plugin may reach the misbehaving backend `bad` and the
+/// healthy `ok`, with `extra` lines in its `[plugin.http]`.
+fn node_reaching(
+    dir: &Path,
+    bad: std::net::SocketAddr,
+    ok: std::net::SocketAddr,
+    extra: &str,
+) -> Node {
+    http_node(
+        dir,
+        &format!("[plugin.http]\nallow = [\"http://{bad}\", \"http://{ok}\"]\n{extra}"),
+    )
+}
+
+/// The misbehaving backend sees its connection closed by the node, and the
+/// node's next task reaches the healthy backend.
+async fn closed_and_serving_on(
+    node: &Node,
+    closes: &mut tokio::sync::mpsc::Receiver<()>,
+    ok: std::net::SocketAddr,
+) {
+    closes
+        .recv()
+        .await
+        .expect("the node closes the misbehaving backend's connection");
+    let (status, body) = fetch(node, &format!("http://{ok}/ok"), 5000).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A backend that answers at once but trickles its body without end cannot
 /// hold the task, its in-flight slot or the connection past the task's
 /// deadline: the task ends as timed out, the node closes the connection,
 /// and the next task is served.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_trickling_its_body_is_cut_off_at_the_deadline() {
-    let (addr, mut closes) = raw_backend(
+    let (bad, mut closes) = raw_backend(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
         b"1\r\nx\r\n".to_vec(),
     )
     .await;
     let ok = backend().await;
     let dir = tempfile::tempdir().unwrap();
-    let node = http_node(
-        dir.path(),
-        &format!(
-            "[plugin.http]\nallow = [\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]\nmax_in_flight = 1\n",
-            addr.port(),
-            ok.port()
-        ),
-    );
-    let (status, body) = fetch(&node, &format!("http://127.0.0.1:{}/", addr.port()), 500).await;
+    let node = node_reaching(dir.path(), bad, ok, "max_in_flight = 1\n");
+    let (status, body) = fetch(&node, &format!("http://{bad}/"), 500).await;
     assert!(status == 504 || status == 502, "{status} {body}");
-    closes
-        .recv()
-        .await
-        .expect("the node closes the trickling connection");
-    let (status, body) = fetch(&node, &format!("http://127.0.0.1:{}/ok", ok.port()), 5000).await;
-    assert_eq!(status, 200, "{body}");
+    closed_and_serving_on(&node, &mut closes, ok).await;
 }
 
 /// A backend whose answer head never ends (header after header) is read
@@ -328,25 +345,13 @@ async fn a_backend_trickling_its_body_is_cut_off_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_sending_an_endless_head_fails_the_request_and_is_closed() {
     let sixteen_headers = "x-filler: 0123456789abcdef\r\n".repeat(16);
-    let (addr, mut closes) = raw_backend(b"HTTP/1.1 200 OK\r\n", sixteen_headers.into_bytes()).await;
+    let (bad, mut closes) = raw_backend(b"HTTP/1.1 200 OK\r\n", sixteen_headers.into_bytes()).await;
     let ok = backend().await;
     let dir = tempfile::tempdir().unwrap();
-    let node = http_node(
-        dir.path(),
-        &format!(
-            "[plugin.http]\nallow = [\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]\n",
-            addr.port(),
-            ok.port()
-        ),
-    );
-    let (status, body) = fetch(&node, &format!("http://127.0.0.1:{}/", addr.port()), 60_000).await;
+    let node = node_reaching(dir.path(), bad, ok, "");
+    let (status, body) = fetch(&node, &format!("http://{bad}/"), 60_000).await;
     assert_eq!(status, 502, "{body}");
-    closes
-        .recv()
-        .await
-        .expect("the node closes the connection of the endless head");
-    let (status, body) = fetch(&node, &format!("http://127.0.0.1:{}/ok", ok.port()), 5000).await;
-    assert_eq!(status, 200, "{body}");
+    closed_and_serving_on(&node, &mut closes, ok).await;
     let text = common::metrics(&node).await;
     assert!(
         text.contains(r#"iicp_plugin_http_requests_total{plugin="fetcher",result="failed"} 1"#),

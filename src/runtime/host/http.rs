@@ -17,7 +17,8 @@
 //! requests of a task are on the wire at once, and a plugin keeps at most
 //! `max_idle_connections` ([`DEFAULT_IDLE_CONNECTIONS_PER_HOST`]) idle
 //! connections per destination, for [`IDLE_CONNECTION_TIMEOUT`]. Name lookups take a node-wide permit
-//! ([`super::dns`]), so slow names cannot tie up the blocking pool.
+//! ([`super::dns`]), so slow names cannot tie up the blocking pool. The
+//! requests themselves go through [`super::http_client`].
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

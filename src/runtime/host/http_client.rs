@@ -117,9 +117,11 @@ impl tower_service::Service<Name> for PolicyResolver {
     }
 }
 
-/// A response body as the guest reads it: at most `cap` bytes, ending at
-/// the task's deadline, counted into the plugin's received bytes, and
-/// holding the request's in-flight slot until read or dropped.
+/// A response body as the guest reads it: at most `cap` bytes, counted
+/// into the plugin's received bytes, holding the request's in-flight slot
+/// until read or dropped. A read still waiting at the task's deadline
+/// fails (a body still flowing then is stopped by the cap, and the task's
+/// own deadline drops it with the instance).
 pub(crate) struct BoundedResponseBody {
     incoming: Incoming,
     left: usize,
