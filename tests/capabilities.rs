@@ -256,6 +256,109 @@ async fn outbound_calls_end_at_the_deadline_and_answers_are_capped() {
     assert_eq!(status, 200);
 }
 
+/// A raw backend for answers no well-behaved server gives: it reads one
+/// request head, writes `head`, then writes `each` every 20 ms until the
+/// node closes the connection, which it reports on the returned channel.
+async fn raw_backend(
+    head: &'static [u8],
+    each: Vec<u8>,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closes) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (closed, each) = (closed.clone(), each.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if stream.write_all(head).await.is_ok() {
+                    while stream.write_all(&each).await.is_ok() {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+                let _ = closed.send(()).await;
+            });
+        }
+    });
+    (addr, closes)
+}
+
+/// A node whose plugin may reach the misbehaving backend `bad` and the
+/// healthy `ok`, with `extra` lines in its `[plugin.http]`.
+fn node_reaching(
+    dir: &Path,
+    bad: std::net::SocketAddr,
+    ok: std::net::SocketAddr,
+    extra: &str,
+) -> Node {
+    http_node(
+        dir,
+        &format!("[plugin.http]\nallow = [\"http://{bad}\", \"http://{ok}\"]\n{extra}"),
+    )
+}
+
+/// The misbehaving backend sees its connection closed by the node, and the
+/// node's next task reaches the healthy backend.
+async fn closed_and_serving_on(
+    node: &Node,
+    closes: &mut tokio::sync::mpsc::Receiver<()>,
+    ok: std::net::SocketAddr,
+) {
+    closes
+        .recv()
+        .await
+        .expect("the node closes the misbehaving backend's connection");
+    let (status, body) = fetch(node, &format!("http://{ok}/ok"), 5000).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A backend that answers at once but trickles its body without end cannot
+/// hold the task, its in-flight slot or the connection past the task's
+/// deadline: the task ends as timed out, the node closes the connection,
+/// and the next task is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_trickling_its_body_is_cut_off_at_the_deadline() {
+    let (bad, mut closes) = raw_backend(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"1\r\nx\r\n".to_vec(),
+    )
+    .await;
+    let ok = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_reaching(dir.path(), bad, ok, "max_in_flight = 1\n");
+    let (status, body) = fetch(&node, &format!("http://{bad}/"), 500).await;
+    assert!(status == 504 || status == 502, "{status} {body}");
+    closed_and_serving_on(&node, &mut closes, ok).await;
+}
+
+/// A backend whose answer head never ends (header after header) is read
+/// only up to the client's head limit: the request fails as a protocol
+/// error, the connection is closed and the node keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_sending_an_endless_head_fails_the_request_and_is_closed() {
+    let sixteen_headers = "x-filler: 0123456789abcdef\r\n".repeat(16);
+    let (bad, mut closes) = raw_backend(b"HTTP/1.1 200 OK\r\n", sixteen_headers.into_bytes()).await;
+    let ok = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_reaching(dir.path(), bad, ok, "");
+    let (status, body) = fetch(&node, &format!("http://{bad}/"), 60_000).await;
+    assert_eq!(status, 502, "{body}");
+    closed_and_serving_on(&node, &mut closes, ok).await;
+    let text = common::metrics(&node).await;
+    assert!(
+        text.contains(r#"iicp_plugin_http_requests_total{plugin="fetcher",result="failed"} 1"#),
+        "{text}"
+    );
+}
+
 #[test]
 fn malformed_allow_list_patterns_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,8 @@
 //! requests of a task are on the wire at once, and a plugin keeps at most
 //! `max_idle_connections` ([`DEFAULT_IDLE_CONNECTIONS_PER_HOST`]) idle
 //! connections per destination, for [`IDLE_CONNECTION_TIMEOUT`]. Name lookups take a node-wide permit
-//! ([`super::dns`]), so slow names cannot tie up the blocking pool.
+//! ([`super::dns`]), so slow names cannot tie up the blocking pool. The
+//! requests themselves go through [`super::http_client`].
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -26,12 +27,12 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use http_body_util::{BodyExt, Limited};
-use prometheus::IntCounter;
+use http_body_util::{BodyExt, Full, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::budget::HostBudget;
 use super::dns::{DEFAULT_MAX_DNS_LOOKUPS, DnsLookups};
+use super::http_client::{BoundedResponseBody, OutboundClient, SendFailure};
 use crate::runtime::metrics::{DnsMetrics, PluginHttpMetrics};
 
 /// Bytes per chunk a guest may write into an outgoing body at once.
@@ -325,6 +326,7 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
 /// none fails as prohibited. The check happens where the connection is
 /// made, so a name cannot resolve to a public address when checked and to
 /// a private one when connected.
+#[derive(Clone)]
 pub(crate) struct PolicyResolver {
     allow_private: bool,
     lookups: Arc<DnsLookups>,
@@ -359,23 +361,37 @@ impl std::fmt::Display for ProhibitedAddress {
 
 impl std::error::Error for ProhibitedAddress {}
 
-impl reqwest::dns::Resolve for PolicyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+impl PolicyResolver {
+    /// The addresses `host` resolves to that the policy allows; none is an
+    /// error ([`ProhibitedAddress`]) that [`refused_by_resolver`] finds.
+    pub(crate) fn allowed_addresses(
+        &self,
+        host: String,
+    ) -> impl Future<Output = Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static {
         let allow_private = self.allow_private;
         let lookups = self.lookups.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
+        async move {
             let resolved = lookups.lookup(host.clone()).await?;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| allow_private || is_public(addr.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(
-                    Box::new(ProhibitedAddress(host)) as Box<dyn std::error::Error + Send + Sync>
-                );
+                return Err(Box::new(ProhibitedAddress(host)) as Box<_>);
             }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+            Ok(allowed)
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed_addresses(name.as_str().to_string());
+        Box::pin(async move {
+            let addresses = allowed.await?;
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -386,7 +402,7 @@ pub struct HttpPolicy {
     allow_private: bool,
     max_response_bytes: usize,
     max_in_flight: u32,
-    client: reqwest::Client,
+    client: OutboundClient,
     metrics: PluginHttpMetrics,
 }
 
@@ -425,18 +441,11 @@ impl HttpPolicy {
         let idle = settings
             .max_idle_connections
             .unwrap_or(DEFAULT_IDLE_CONNECTIONS_PER_HOST);
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(idle as usize)
-            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver::with_lookups(
-                settings.allow_private,
-                lookups,
-            )))
-            .user_agent(concat!("iicp-host-plugin/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = OutboundClient::new(
+            PolicyResolver::with_lookups(settings.allow_private, lookups),
+            idle as usize,
+            IDLE_CONNECTION_TIMEOUT,
+        )?;
         Ok(Self {
             rules,
             allow_private: settings.allow_private,
@@ -527,57 +536,40 @@ impl HttpPolicy {
         budget
             .charge(body.len(), "wasi:http request body")
             .map_err(|_| HttpError::HttpRequestBodySize(Some(room as u64)))?;
-        let url = parts.uri.to_string();
-        let outcome = self
-            .client
-            .request(parts.method, url)
-            .headers(parts.headers)
-            .body(body)
-            .timeout(remaining)
-            .send()
-            .await;
-        let response = match outcome {
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let response = match self.client.send(request, deadline).await {
             Ok(response) => response,
-            Err(error) => {
-                let mapped = map_error(&error);
-                if matches!(mapped, HttpError::DestinationIpProhibited) {
-                    self.metrics.denied.inc();
-                } else {
-                    self.metrics.failed.inc();
-                }
-                return Err(mapped);
+            Err(failure) => {
+                let (counter, error) = match failure {
+                    SendFailure::Prohibited => {
+                        (&self.metrics.denied, HttpError::DestinationIpProhibited)
+                    }
+                    SendFailure::Timeout => (&self.metrics.failed, HttpError::HttpResponseTimeout),
+                    SendFailure::Connect => (&self.metrics.failed, HttpError::ConnectionRefused),
+                    SendFailure::Protocol => (&self.metrics.failed, HttpError::HttpProtocolError),
+                };
+                counter.inc();
+                return Err(error);
             }
         };
         self.metrics.ok.inc();
-        let response: http::Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
-        let received: IntCounter = self.metrics.response_bytes.clone();
-        let cap = self.max_response_bytes;
         // The request keeps its in-flight slot until the guest has read or
         // dropped the response body.
-        let body = Limited::new(body, cap)
-            .map_frame(move |frame| {
-                let _in_flight = &slot;
-                if let Some(data) = frame.data_ref() {
-                    received.inc_by(data.len() as u64);
-                }
-                frame
-            })
-            .map_err(move |error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    HttpError::HttpResponseBodySize(Some(cap as u64))
-                } else {
-                    HttpError::HttpResponseIncomplete
-                }
-            })
-            .boxed_unsync();
-        Ok(http::Response::from_parts(parts, body))
+        let body = BoundedResponseBody::new(
+            body,
+            self.max_response_bytes,
+            deadline,
+            self.metrics.response_bytes.clone(),
+            slot,
+        );
+        Ok(http::Response::from_parts(parts, body.boxed_unsync()))
     }
 }
 
 /// Whether a [`PolicyResolver`] refused the name behind `error`.
-pub(crate) fn refused_by_resolver(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+pub(crate) fn refused_by_resolver(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(cause) = source {
         if cause.is::<ProhibitedAddress>() {
             return true;
@@ -585,20 +577,6 @@ pub(crate) fn refused_by_resolver(error: &reqwest::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// Maps a client error to the wasi:http error the guest sees.
-fn map_error(error: &reqwest::Error) -> HttpError {
-    if refused_by_resolver(error) {
-        return HttpError::DestinationIpProhibited;
-    }
-    if error.is_timeout() {
-        HttpError::HttpResponseTimeout
-    } else if error.is_connect() {
-        HttpError::ConnectionRefused
-    } else {
-        HttpError::HttpProtocolError
-    }
 }
 
 /// The wasi:http hooks of one task: its plugin's policy, its host budget,
