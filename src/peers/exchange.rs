@@ -83,7 +83,7 @@ use crate::directory::identity::valid_node_id;
 use crate::directory::receipts::rfc3339;
 use crate::peers::metrics::PeerMetrics;
 use crate::protocol::{ApiError, json_bytes_response};
-use crate::runtime::host::http::{PolicyResolver, is_public, refused_by_resolver};
+use crate::runtime::host::address_policy::{PolicyResolver, is_public, refused_by_resolver};
 use crate::server::body::read_limited;
 
 /// The signature header.

@@ -9,7 +9,6 @@
 //! connections are bounded per destination and closed after a timeout.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -21,13 +20,12 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::Error as HttpError;
 
-use super::http::{PolicyResolver, refused_by_resolver};
+use super::address_policy::{PolicyResolver, refused_by_resolver};
 
 /// Sent when the plugin's request names no agent of its own.
 const USER_AGENT: &str = concat!("iicp-host-plugin/", env!("CARGO_PKG_VERSION"));
@@ -99,21 +97,6 @@ impl OutboundClient {
             Ok(Err(error)) if error.is_connect() => Err(SendFailure::Connect),
             Ok(Err(_)) => Err(SendFailure::Protocol),
         }
-    }
-}
-
-impl tower_service::Service<Name> for PolicyResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allowed = self.allowed_addresses(name.as_str().to_string());
-        Box::pin(async move { allowed.await.map(Vec::into_iter) })
     }
 }
 

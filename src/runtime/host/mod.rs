@@ -1,5 +1,6 @@
 //! Host capabilities given to plugins, one module per capability.
 
+pub mod address_policy;
 pub mod budget;
 pub mod config;
 pub mod dns;
