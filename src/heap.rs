@@ -16,6 +16,10 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Empty tasks spawned to wake parked runtime workers so that they
+/// collect their heaps (tokio's default: one worker per core).
+const WAKE_WORKERS: usize = 4;
+
 /// Shortest time between two throttled returns.
 const THROTTLE: Duration = Duration::from_millis(200);
 
@@ -88,7 +92,7 @@ pub fn return_free_memory() {
     collect_own_heap();
     // Parked workers collect only once they wake: wake them.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        for _ in 0..runtime.metrics().num_workers() {
+        for _ in 0..WAKE_WORKERS {
             drop(runtime.spawn(async {}));
         }
     }
