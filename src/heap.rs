@@ -6,19 +6,10 @@
 //! (growing with each round, as fragments pile up), and one `malloc_trim`
 //! brought it back to 37 MB. A host that must come back to its baseline
 //! after a hostile burst therefore trims once the burst is over.
-//!
-//! The node's own allocations go to mimalloc (`src/main.rs`), whose heaps
-//! are per thread and collected only by their own thread: a return
-//! collects the caller's heap and has each runtime worker collect its own
-//! as it parks; glibc's `malloc_trim` still covers what C code allocated.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// Empty tasks spawned to wake parked runtime workers so that they
-/// collect their heaps (tokio's default: one worker per core).
-const WAKE_WORKERS: usize = 4;
 
 /// Shortest time between two throttled returns.
 const THROTTLE: Duration = Duration::from_millis(200);
@@ -55,47 +46,9 @@ pub fn return_large_blocks_promptly() {
     }
 }
 
-/// Bumped by every [`return_free_memory`]: each runtime worker then
-/// collects its own mimalloc heap the next time it parks
-/// ([`collect_own_heap_if_asked`]), since a collection reaches only the
-/// calling thread's heap.
-static RETURN_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Frees the calling thread's mimalloc heap pages that hold nothing.
-fn collect_own_heap() {
-    // SAFETY: mi_collect only releases pages mimalloc holds free; it has
-    // no preconditions.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// For the async runtime's `on_thread_park`: collects this thread's heap
-/// once after each [`return_free_memory`] (an atomic load otherwise).
-pub fn collect_own_heap_if_asked() {
-    thread_local! {
-        static COLLECTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-    let asked = RETURN_GENERATION.load(Ordering::Relaxed);
-    COLLECTED.with(|collected| {
-        if collected.get() != asked {
-            collected.set(asked);
-            collect_own_heap();
-        }
-    });
-}
-
-/// Returns free heap pages to the kernel: mimalloc's (the node's
-/// allocator) here and, as each runtime worker parks, in that worker's
-/// heap; and glibc's (`malloc_trim`, for what C code allocated), a no-op
+/// Returns free heap pages to the kernel (glibc's `malloc_trim`); a no-op
 /// with other C libraries, which return memory on their own terms.
 pub fn return_free_memory() {
-    RETURN_GENERATION.fetch_add(1, Ordering::Relaxed);
-    collect_own_heap();
-    // Parked workers collect only once they wake: wake them.
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        for _ in 0..WAKE_WORKERS {
-            drop(runtime.spawn(async {}));
-        }
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory that is already free; it
     // has no preconditions and is thread-safe.

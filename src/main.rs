@@ -27,11 +27,6 @@ enum Command {
     Tool(ToolCommand),
 }
 
-/// mimalloc in place of glibc's malloc (docs/performance.md, "CPU per
-/// task, second round"); `heap::return_free_memory` returns its free pages.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
@@ -84,7 +79,6 @@ fn main() -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(iicp_host::heap::collect_own_heap_if_asked)
         .build()
         .map_err(|error| {
             eprintln!("iicp-host: error: cannot start the async runtime: {error}");
