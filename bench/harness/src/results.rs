@@ -1139,7 +1139,10 @@ mod tests {
             ),
             ..Results::default()
         };
-        assert_eq!(results.get("sandbox/js-echo-quickjs/fresh/p50_vs_echo"), Some(9.3));
+        assert_eq!(
+            results.get("sandbox/js-echo-quickjs/fresh/p50_vs_echo"),
+            Some(9.3)
+        );
         let table = results.targets_markdown();
         let row = |what: &str| {
             table
@@ -1162,7 +1165,9 @@ mod tests {
         );
         // A run without the QuickJS build says so rather than judging it.
         let mut older = results.clone();
-        older.figures.remove("sandbox/js-echo-quickjs/fresh/p50_vs_echo");
+        older
+            .figures
+            .remove("sandbox/js-echo-quickjs/fresh/p50_vs_echo");
         assert!(older.targets_markdown().contains(
             "| JS echo, QuickJS build (`js-echo-quickjs`), fresh, per task ≤ 10× the Rust echo |  | not measured in this run |"
         ));
