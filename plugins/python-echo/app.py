@@ -322,7 +322,11 @@ def _warm_up() -> None:
             pass
 
 
-_warm_up()
+# Eight times, not once: CPython specialises an instruction on a later run
+# than its first, so after one warm-up every fresh instance would specialise
+# (and write into) the handler's code objects on its own first call again.
+for _ in range(8):
+    _warm_up()
 
 # The warm-up's garbage collected now, and every object the snapshot holds
 # moved out of the collector's generations: a collection during a task then

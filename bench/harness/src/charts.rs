@@ -9,7 +9,7 @@ use std::path::Path;
 
 use iicp_charts::{render_svg, LineChart, Series, XScale};
 
-use crate::results::{load_key, Results};
+use crate::results::{load_key, Results, INTERPRETERS as INTERPRETER_CASES};
 
 /// File names of the pictures, relative to the report.
 const THROUGHPUT: &str = "benchmarks-throughput.svg";
@@ -83,10 +83,11 @@ fn charts(results: &Results) -> Vec<(&'static str, &'static str, LineChart)> {
             ),
         ));
     }
-    let interpreters = ["iicp-host python-echo", "iicp-host js-echo"];
+    // Three plugins (Python, JS on SpiderMonkey, JS on QuickJS) under both
+    // generators: six lines.
     let mut series = Vec::new();
     for generator in ["harness", "wrk"] {
-        for mut line in by_case(results, generator, &interpreters, "req_per_s") {
+        for mut line in by_case(results, generator, &INTERPRETER_CASES, "req_per_s") {
             line.label = format!("{} [{generator}]", line.label);
             series.push(line);
         }
@@ -176,4 +177,45 @@ pub fn write(results: &Results, dir: &Path) -> Result<(), String> {
         println!("chart written to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Python and JS on both engines, under both load generators: six lines,
+    /// the most the interpreters chart draws legibly.
+    #[test]
+    fn the_interpreters_chart_has_a_line_per_plugin_and_generator() {
+        let mut results = Results::default();
+        for generator in ["harness", "wrk"] {
+            for case in INTERPRETER_CASES {
+                for conc in [1, 16] {
+                    let point = (generator.to_string(), case.to_string(), conc);
+                    results.layout.points.push(point);
+                    let key = load_key(generator, case, conc, "req_per_s");
+                    results.figures.insert(key, 100.0 * conc as f64);
+                }
+            }
+        }
+        let charts = charts(&results);
+        let (_, _, chart) = (charts.iter())
+            .find(|(file, _, _)| *file == INTERPRETERS)
+            .expect("an interpreters chart");
+        let labels: Vec<&str> = chart.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "python-echo [harness]",
+                "js-echo [harness]",
+                "js-echo-quickjs [harness]",
+                "python-echo [wrk]",
+                "js-echo [wrk]",
+                "js-echo-quickjs [wrk]",
+            ]
+        );
+        // The Rust echo's charts leave the interpreters out.
+        assert!(charts.iter().all(|(file, _, chart)| *file == INTERPRETERS
+            || chart.series.iter().all(|s| !s.label.contains("echo"))));
+    }
 }

@@ -10,7 +10,7 @@
 //! Usage (normally through `bench/run`):
 //! `iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN [--quick]
 //!             [--report FILE] [--reuse N] [--sandbox-report FILE]
-//!             [--python-plugin WASM] [--js-plugin WASM]`
+//!             [--python-plugin WASM] [--js-plugin WASM] [--js-quickjs-plugin WASM]`
 
 mod charts;
 mod figures;
@@ -74,6 +74,9 @@ struct Options {
     floor: PathBuf,
     python_plugin: Option<PathBuf>,
     js_plugin: Option<PathBuf>,
+    /// The JS echo built on QuickJS (`js_plugin` is the default
+    /// SpiderMonkey build): the JS target is reported per engine.
+    js_quickjs_plugin: Option<PathBuf>,
     quick: bool,
     report: Option<PathBuf>,
     reuse: Option<u32>,
@@ -85,7 +88,7 @@ struct Options {
 
 const USAGE: &str = "usage: iicp-bench --host BIN --plugin ECHO.wasm --native BIN --floor BIN \
      [--quick] [--report FILE] [--reuse N] [--sandbox-report FILE] [--python-plugin WASM] \
-     [--js-plugin WASM] [--cache-dir DIR]\n       \
+     [--js-plugin WASM] [--js-quickjs-plugin WASM] [--cache-dir DIR]\n       \
      iicp-bench load ADDR|URL CONCURRENCY SECONDS [plain|nonce|trace]\n       \
      iicp-bench relay --host BIN --plugin ECHO.wasm [--quick] [--results DIR]\n       \
      iicp-bench figures --tool TOOL --prefix PREFIX --results-dir DIR FIGURES.txt\n       \
@@ -115,6 +118,7 @@ fn parse_options() -> Options {
         floor: PathBuf::new(),
         python_plugin: None,
         js_plugin: None,
+        js_quickjs_plugin: None,
         quick: false,
         report: None,
         reuse: None,
@@ -136,6 +140,7 @@ fn parse_options() -> Options {
             "--floor" => options.floor = value(),
             "--python-plugin" => options.python_plugin = Some(value()),
             "--js-plugin" => options.js_plugin = Some(value()),
+            "--js-quickjs-plugin" => options.js_quickjs_plugin = Some(value()),
             "--report" => options.report = Some(value()),
             "--sandbox-report" => options.sandbox_report = Some(value()),
             "--cache-dir" => options.cache_dir = Some(value()),
@@ -568,10 +573,12 @@ async fn main() {
             concurrencies: all,
         });
     }
-    for (name, plugin) in [
-        ("iicp-host python-echo", &options.python_plugin),
-        ("iicp-host js-echo", &options.js_plugin),
-    ] {
+    let interpreter_plugins = [
+        &options.python_plugin,
+        &options.js_plugin,
+        &options.js_quickjs_plugin,
+    ];
+    for (name, plugin) in results::INTERPRETERS.into_iter().zip(interpreter_plugins) {
         if let Some(plugin) = plugin {
             cases.push(Case {
                 name: name.into(),

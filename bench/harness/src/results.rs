@@ -109,7 +109,22 @@ const MANY_METRICS: [&str; 6] = [
     "reload_one_file_ms",
     "prepare_one_file_ms",
 ];
-const INTERPRETERS: [&str; 2] = ["iicp-host python-echo", "iicp-host js-echo"];
+/// The interpreter echo plugins' cases over HTTP: Python, and JS on each
+/// engine (`js-echo` is the default SpiderMonkey build).
+pub const INTERPRETERS: [&str; 3] = [
+    "iicp-host python-echo",
+    "iicp-host js-echo",
+    "iicp-host js-echo-quickjs",
+];
+
+/// The interpreter targets per fresh task against the Rust echo (issue 23):
+/// (sandbox plugin name, what it is, bound). The JS target holds for each
+/// engine the bench measures.
+const INTERPRETER_TARGETS: [(&str, &str, f64); 3] = [
+    ("python-echo", "Python echo", 20.0),
+    ("js-echo", "JS echo, SpiderMonkey (default build)", 10.0),
+    ("js-echo-quickjs", "JS echo, QuickJS build", 10.0),
+];
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -536,7 +551,7 @@ impl Results {
              (`iicp-client =0.7.109` `IicpNode` with an in-process echo handler, `bench/native-node`), \
              the HTTP floor (`bench/http-floor`: a minimal hyper server answering the bytes iicp-host answers, \
              reading each request but parsing nothing) and `iicp-host` serving `plugins/echo` with a fresh \
-             instance per task and default settings (`python-echo`/`js-echo`: the interpreter echo plugins, \
+             instance per task and default settings (`python-echo`/`js-echo`/`js-echo-quickjs`: the interpreter echo plugins, JS on SpiderMonkey and on QuickJS, \
              conc 1 and 16). Two load generators, each sharing the machine's two cores with the server: \
              `harness` (`bench/harness`, one thread) and `wrk` (two threads, Lua script, same task; \
              latencies from its histogram). Each keeps \
@@ -699,9 +714,9 @@ impl Results {
             figures: per_point("iicp-host", "native", "p99", &under_load),
             bound: Bound::AtMost(1.25),
         });
-        for (plugin, bound) in [("python-echo", 20.0), ("js-echo", 10.0)] {
+        for (plugin, what, bound) in INTERPRETER_TARGETS {
             targets.push(Target {
-                name: format!("{plugin}, fresh, per task ≤ {bound}× the Rust echo"),
+                name: format!("{what} (`{plugin}`), fresh, per task ≤ {bound}× the Rust echo"),
                 figures: vec![("p50".into(), format!("sandbox/{plugin}/fresh/p50_vs_echo"))],
                 bound: Bound::AtMost(bound),
             });
@@ -1109,6 +1124,53 @@ mod tests {
             figures["sandbox/python-echo/fresh/cpu_per_task_vs_echo"],
             122.7
         );
+    }
+
+    /// The JS target is shown per engine: the QuickJS build's own ratio key
+    /// from the sandbox bench's line for `js-echo-quickjs.wasm`, and its own
+    /// met/missed beside the SpiderMonkey build's.
+    #[test]
+    fn the_js_target_is_judged_per_engine() {
+        let results = Results {
+            figures: sandbox_figures(
+                "ratio python-echo.wasm / echo.wasm (fresh instance, same run): p50 24.1x, cpu/task 29.7x\n\
+                 ratio js-echo.wasm / echo.wasm (fresh instance, same run): p50 29.3x, cpu/task 30.6x\n\
+                 ratio js-echo-quickjs.wasm / echo.wasm (fresh instance, same run): p50 9.3x, cpu/task 8.9x",
+            ),
+            ..Results::default()
+        };
+        assert_eq!(
+            results.get("sandbox/js-echo-quickjs/fresh/p50_vs_echo"),
+            Some(9.3)
+        );
+        let table = results.targets_markdown();
+        let row = |what: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(&format!("| {what},")))
+                .unwrap_or_else(|| panic!("no target row for {what} in\n{table}"))
+                .to_string()
+        };
+        assert_eq!(
+            row("Python echo (`python-echo`)"),
+            "| Python echo (`python-echo`), fresh, per task ≤ 20× the Rust echo | p50 24.10 | missed |"
+        );
+        assert_eq!(
+            row("JS echo, SpiderMonkey (default build) (`js-echo`)"),
+            "| JS echo, SpiderMonkey (default build) (`js-echo`), fresh, per task ≤ 10× the Rust echo | p50 29.30 | missed |"
+        );
+        assert_eq!(
+            row("JS echo, QuickJS build (`js-echo-quickjs`)"),
+            "| JS echo, QuickJS build (`js-echo-quickjs`), fresh, per task ≤ 10× the Rust echo | p50 9.30 | met |"
+        );
+        // A run without the QuickJS build says so rather than judging it.
+        let mut older = results.clone();
+        older
+            .figures
+            .remove("sandbox/js-echo-quickjs/fresh/p50_vs_echo");
+        assert!(older.targets_markdown().contains(
+            "| JS echo, QuickJS build (`js-echo-quickjs`), fresh, per task ≤ 10× the Rust echo |  | not measured in this run |"
+        ));
     }
 
     /// The committed report is what its results file renders, byte for byte
