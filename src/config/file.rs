@@ -122,8 +122,62 @@ struct LastBuild {
     node_inputs: NodeInputs,
     tables: Vec<(Arc<CachedTable>, Arc<Path>)>,
     specs: Vec<Arc<PluginSpec>>,
+    claims: Claims,
+}
+
+/// Which table claimed each plugin id and each intent: one table each.
+#[derive(Default)]
+struct Claims {
     ids: HashMap<String, usize>,
-    claimed: HashMap<String, usize>,
+    intents: HashMap<String, usize>,
+}
+
+/// What another table already claimed.
+enum Clash<'s> {
+    Id(&'s str),
+    /// The intent and the table that holds it.
+    Intent(&'s str, usize),
+}
+
+impl Claims {
+    fn with_capacity(tables: usize) -> Self {
+        Self {
+            ids: HashMap::with_capacity(tables),
+            intents: HashMap::with_capacity(tables),
+        }
+    }
+
+    /// Claims `spec`'s id and intents for table `index`. One table never
+    /// lists an intent twice (`plugin_spec` refuses it), so an intent
+    /// already claimed is another table's.
+    fn claim<'s>(&mut self, index: usize, spec: &'s PluginSpec) -> Result<(), Clash<'s>> {
+        if let Some(id) = &spec.source.id
+            && self.ids.insert(id.clone(), index).is_some()
+        {
+            return Err(Clash::Id(id));
+        }
+        for intent in spec.intents.iter().flatten() {
+            if let Some(other) = self.intents.insert(intent.clone(), index) {
+                return Err(Clash::Intent(intent, other));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up what table `index` claimed for `spec`.
+    fn release(&mut self, index: usize, spec: &PluginSpec) {
+        let release = |claims: &mut HashMap<String, usize>, key: &String| {
+            if claims.get(key) == Some(&index) {
+                claims.remove(key);
+            }
+        };
+        if let Some(id) = &spec.source.id {
+            release(&mut self.ids, id);
+        }
+        for intent in spec.intents.iter().flatten() {
+            release(&mut self.intents, intent);
+        }
+    }
 }
 
 /// The node-wide part of [`SpecInputs`].
@@ -615,8 +669,7 @@ fn plugin_specs(
             .map(|t| (t.table.clone(), t.base.clone()))
             .collect(),
         specs: checked.specs,
-        ids: checked.ids,
-        claimed: checked.claimed,
+        claims: checked.claims,
     });
     Ok(specs)
 }
@@ -624,8 +677,7 @@ fn plugin_specs(
 /// Specs checked together, with which table claimed each id and intent.
 struct Checked {
     specs: Vec<Arc<PluginSpec>>,
-    ids: HashMap<String, usize>,
-    claimed: HashMap<String, usize>,
+    claims: Claims,
 }
 
 /// Every table's spec, checked in order: the first error found is the one
@@ -637,22 +689,18 @@ fn checked_whole(
 ) -> Result<Checked, String> {
     let mut checked = Checked {
         specs: Vec::with_capacity(tables.len()),
-        ids: HashMap::with_capacity(tables.len()),
-        claimed: HashMap::with_capacity(tables.len()),
+        claims: Claims::with_capacity(tables.len()),
     };
     for (index, table) in tables.iter().enumerate() {
         let spec = table_spec(table, index, node, signatures)?;
-        if let Some(id) = &spec.source.id
-            && checked.ids.insert(id.clone(), index).is_some()
-        {
-            return Err(format!(
-                "plugin {id:?}: the id is used by two [[plugin]] tables"
-            ));
-        }
-        // One table never lists an intent twice (`plugin_spec` refuses it),
-        // so an intent already claimed is another table's.
-        for intent in spec.intents.iter().flatten() {
-            if let Some(other) = checked.claimed.insert(intent.clone(), index) {
+        match checked.claims.claim(index, &spec) {
+            Ok(()) => {}
+            Err(Clash::Id(id)) => {
+                return Err(format!(
+                    "plugin {id:?}: the id is used by two [[plugin]] tables"
+                ));
+            }
+            Err(Clash::Intent(intent, other)) => {
                 return Err(format!(
                     "{}: intent {intent} is also claimed by {}",
                     plugin_name(&spec.source.id, index),
@@ -727,29 +775,10 @@ impl LastBuild {
             built.push(table_spec(&tables[index], index, node, signatures).ok()?);
         }
         for &index in &changed {
-            let old = &self.specs[index];
-            if let Some(id) = &old.source.id
-                && self.ids.get(id) == Some(&index)
-            {
-                self.ids.remove(id);
-            }
-            for intent in old.intents.iter().flatten() {
-                if self.claimed.get(intent) == Some(&index) {
-                    self.claimed.remove(intent);
-                }
-            }
+            self.claims.release(index, &self.specs[index]);
         }
         for (&index, spec) in changed.iter().zip(built) {
-            if let Some(id) = &spec.source.id
-                && self.ids.insert(id.clone(), index).is_some()
-            {
-                return None;
-            }
-            for intent in spec.intents.iter().flatten() {
-                if self.claimed.insert(intent.clone(), index).is_some() {
-                    return None;
-                }
-            }
+            self.claims.claim(index, &spec).ok()?;
             let now = &tables[index];
             self.tables[index] = (now.table.clone(), now.base.clone());
             self.specs[index] = spec;
