@@ -3,9 +3,10 @@
 //!
 //! The generated `PluginPre::instantiate_async` looks up every export and
 //! checks its type against the Rust signature on each instantiation (the
-//! `Task` and `TaskOutput` records field by field): ~1.4 µs of a fresh task
-//! under load, ~2 % of its CPU (`docs/performance.md`, third round). The
-//! type of an export is a property of the component, not of the instance,
+//! `Task` and `TaskOutput` records field by field): 0.4-0.8 µs of a fresh
+//! task alone, more under load (`docs/performance.md`, "Fresh vs reused,
+//! third round"). The type of an export belongs to the component, not to
+//! the instance,
 //! so the first instantiation of an artifact goes through the checked path
 //! and every later one only looks the function up by its precomputed index.
 
