@@ -6,9 +6,9 @@
 //! `Task` and `TaskOutput` records field by field): 0.4-0.8 µs of a fresh
 //! task alone, more under load (`docs/performance.md`, "Fresh vs reused,
 //! third round"). The type of an export belongs to the component, not to
-//! the instance,
-//! so the first instantiation of an artifact goes through the checked path
-//! and every later one only looks the function up by its precomputed index.
+//! the instance, so the first instantiation of an artifact goes through the
+//! checked path and every later one only looks the function up by its
+//! precomputed index.
 
 use std::sync::OnceLock;
 
