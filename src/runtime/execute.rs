@@ -12,6 +12,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Trap};
 use super::bindings::{
     Constraints, ErrorKind, Qos, Task, TaskError, TaskOutput, TraceContext, Usage,
 };
+use super::handle_export::instantiate;
 use super::host::budget::{HostLimit, HostLimitExceeded};
 use super::plugin::LoadedPlugin;
 use super::reuse::{WarmInstance, WarmRegistry};
@@ -187,7 +188,7 @@ pub async fn run_task(
                 &plugin.limits,
                 input.deadline,
             );
-            (warm.store, Some(warm.instance), warm.uses)
+            (warm.store, Some(warm.handle), warm.uses)
         }
         None => (fresh_store(), None, 0),
     };
@@ -198,38 +199,28 @@ pub async fn run_task(
     let mut instantiated = None;
     let store_slot = &mut store;
     let call = async {
-        let instance = match warm {
-            Some(instance) => instance,
+        let handle = match warm {
+            Some(handle) => handle,
             None => {
-                let instance = match plugin
-                    .artifact
-                    .pre
-                    .instantiate_async(&mut *store_slot)
-                    .await
-                {
-                    // Idle reused instances (of any plugin) hold pool slots:
-                    // give them back and try once more, in a clean store.
-                    Err(error)
-                        if error.is::<PoolConcurrencyLimitError>() && idle.evict_all() > 0 =>
-                    {
-                        *store_slot = fresh_store();
-                        plugin
-                            .artifact
-                            .pre
-                            .instantiate_async(&mut *store_slot)
-                            .await?
-                    }
-                    other => other?,
-                };
+                let artifact = &plugin.artifact;
+                let handle =
+                    match instantiate(&artifact.pre, &artifact.handle, &mut *store_slot).await {
+                        // Idle reused instances (of any plugin) hold pool slots:
+                        // give them back and try once more, in a clean store.
+                        Err(error)
+                            if error.is::<PoolConcurrencyLimitError>() && idle.evict_all() > 0 =>
+                        {
+                            *store_slot = fresh_store();
+                            instantiate(&artifact.pre, &artifact.handle, &mut *store_slot).await?
+                        }
+                        other => other?,
+                    };
                 instantiated = Some(started.elapsed());
-                instance
+                handle
             }
         };
-        let output = instance
-            .iicp_plugin_handler()
-            .call_handle(&mut *store_slot, &task)
-            .await?;
-        Ok::<_, wasmtime::Error>((instance, output))
+        let output = handle.call(&mut *store_slot, &task).await?;
+        Ok::<_, wasmtime::Error>((handle, output))
     };
     // The epoch callback interrupts running guest code; this timeout also
     // covers time spent waiting in host calls, where no guest code runs.

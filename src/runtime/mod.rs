@@ -19,6 +19,7 @@ pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod execute;
+pub mod handle_export;
 pub mod host;
 pub mod limit_settings;
 pub mod limits;

@@ -25,15 +25,15 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use super::bindings::Plugin;
+use super::handle_export::HandleFunc;
 use super::store::TaskState;
 
 /// An instance between tasks.
 pub struct WarmInstance {
     /// Its store.
     pub store: Store<TaskState>,
-    /// Its exports.
-    pub instance: Plugin,
+    /// Its `handle` export.
+    pub handle: HandleFunc,
     /// Tasks served so far.
     pub uses: u32,
     idle_since: Instant,
@@ -41,10 +41,10 @@ pub struct WarmInstance {
 
 impl WarmInstance {
     /// An instance that has served `uses` tasks.
-    pub fn new(store: Store<TaskState>, instance: Plugin, uses: u32) -> Self {
+    pub fn new(store: Store<TaskState>, handle: HandleFunc, uses: u32) -> Self {
         Self {
             store,
-            instance,
+            handle,
             uses,
             idle_since: Instant::now(),
         }

@@ -29,6 +29,7 @@ use wasmtime::component::Linker;
 use super::artifact::{PrecompiledPolicy, compile_bytes, plugin_sha256, read};
 use super::bindings::{Descriptor, PluginPre};
 use super::cache::{ArtifactCache, CacheOutcome};
+use super::handle_export::HandleExport;
 use super::host::config::PluginConfig;
 use super::limits::PluginLimits;
 use super::link::link;
@@ -78,6 +79,8 @@ pub struct SharedArtifact {
     pub precompiled: bool,
     /// Its imports resolved against the host's linker (holds the component).
     pub pre: PluginPre<TaskState>,
+    /// Its `handle` export, typechecked once for every instance.
+    pub handle: HandleExport,
     /// What it said when asked to describe itself, per configuration and
     /// limits: `describe` is a function of those, so a thousand plugins of
     /// one artifact and one configuration need one fresh instance to
@@ -237,6 +240,7 @@ impl ArtifactRegistry {
         let shared = Arc::new(SharedArtifact {
             sha256: sha256.clone(),
             precompiled: cache_outcome == CacheOutcome::Precompiled,
+            handle: HandleExport::of(&pre),
             pre,
             descriptions: Mutex::default(),
         });
