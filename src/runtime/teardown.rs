@@ -9,9 +9,9 @@
 //! engine's spare slots — and the rest are dropped inline.
 //!
 //! A task that made the host allocate a lot (a hostile one, usually) leaves
-//! that memory freed but still resident: glibc keeps freed chunks in its
-//! arenas. After dropping such a store the heap is trimmed (throttled, see
-//! [`crate::heap`]), so the node's RSS comes back.
+//! that memory freed but still resident in the allocator's per-thread heaps.
+//! After dropping such a store the heap is asked to return it (throttled,
+//! see [`crate::heap`]), so the node's RSS comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
