@@ -1183,6 +1183,56 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_of_one_table_in_a_long_file_parses_that_table_alone() {
+        let table = |id: usize, extra: &str| {
+            format!(
+                "\n[[plugin]]\nid = \"p{id}\"\npath = \"p.wasm\"\nintents = [\"urn:p{id}\"]\n{extra}"
+            )
+        };
+        let file = |edited: usize, extra: &str| -> String {
+            let tables: String = (0..50)
+                .map(|id| table(id, if id == edited { extra } else { "" }))
+                .collect();
+            format!("[node]\nmax_concurrent = 8\n{tables}[defaults]\nmemory_mb = 32\n")
+        };
+        let cache = PluginFileCache::default();
+        let tables = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
+            let main = cache.main.lock().unwrap();
+            main.as_ref().unwrap().tables.iter().flatten().cloned().collect()
+        };
+        let first = load_both(&cache, &file(0, "")).unwrap();
+        let before = tables(&cache);
+        // A comment, blank lines, then a real change: each time only table
+        // 30 is parsed again, and the configuration is the whole parse's.
+        for extra in ["# only a comment\n", "\n   \n", "timeout_ms = 700\n"] {
+            let config = load_both(&cache, &file(30, extra)).unwrap();
+            let after = tables(&cache);
+            let parsed_again: Vec<usize> = (0..50)
+                .filter(|&i| !Arc::ptr_eq(&before[i], &after[i]))
+                .collect();
+            assert_eq!(parsed_again, [30], "{extra:?}");
+            assert_eq!(config.plugins.len(), first.plugins.len());
+        }
+        // The changed table taking a kept table's intent, then a piece that
+        // does not parse: refused with the whole check's and the whole
+        // parse's errors, and the next good file reads as the whole parse.
+        let taken = load_both(&cache, &file(30, "intents = [\"urn:p7\"]\n")).unwrap_err();
+        assert!(taken.contains("duplicate key"), "{taken}");
+        let stolen = file(30, "").replace("urn:p30", "urn:p7");
+        assert_eq!(
+            load_both(&cache, &stolen).unwrap_err(),
+            "plugin \"p30\": intent urn:p7 is also claimed by plugin \"p7\""
+        );
+        let broken = load_both(&cache, &file(30, "timeout_ms = \n")).unwrap_err();
+        assert!(broken.contains("line"), "{broken}");
+        let config = load_both(&cache, &file(30, "timeout_ms = 900\n")).unwrap();
+        assert_eq!(
+            config.plugins[30].source.limits.default_timeout,
+            Duration::from_millis(900)
+        );
+    }
+
+    #[test]
     fn text_that_only_looks_like_a_plugin_table_is_read_as_the_whole_parse_reads_it() {
         let cache = PluginFileCache::default();
         let tricky = "[[plugin]]\nid = \"a\"\npath = \"a.wasm\"\n[plugin.config]\nnote = \"\"\"\n[[plugin]]\nid = \"b\"\n\"\"\"\n";
