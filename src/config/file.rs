@@ -1082,7 +1082,13 @@ mod tests {
         load_both(&cache, &text(1000)).unwrap();
         let parsed = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
             let main = cache.main.lock().unwrap();
-            main.as_ref().unwrap().tables.iter().flatten().cloned().collect()
+            main.as_ref()
+                .unwrap()
+                .tables
+                .iter()
+                .flatten()
+                .cloned()
+                .collect()
         };
         let before = parsed(&cache);
         let config = load_both(&cache, &text(2000)).unwrap();
@@ -1198,7 +1204,13 @@ mod tests {
         let cache = PluginFileCache::default();
         let tables = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
             let main = cache.main.lock().unwrap();
-            main.as_ref().unwrap().tables.iter().flatten().cloned().collect()
+            main.as_ref()
+                .unwrap()
+                .tables
+                .iter()
+                .flatten()
+                .cloned()
+                .collect()
         };
         let first = load_both(&cache, &file(0, "")).unwrap();
         let before = tables(&cache);

@@ -304,7 +304,9 @@ mod tests {
     }
 
     fn table(id: usize, extra: &str) -> String {
-        format!("\n[[plugin]]\nid = \"p{id}\"\npath = \"e.wasm\"\n{extra}[plugin.config]\nk = \"{id}\"\n")
+        format!(
+            "\n[[plugin]]\nid = \"p{id}\"\npath = \"e.wasm\"\n{extra}[plugin.config]\nk = \"{id}\"\n"
+        )
     }
 
     #[test]
