@@ -1063,6 +1063,13 @@ mod tests {
         cached
     }
 
+    /// The main file's tables as `cache` holds them after its last read.
+    fn cached_tables(cache: &PluginFileCache) -> Vec<Arc<CachedTable>> {
+        let main = cache.main.lock().unwrap();
+        let tables = &main.as_ref().unwrap().tables;
+        tables.iter().flatten().cloned().collect()
+    }
+
     #[test]
     fn a_reload_parses_only_the_plugin_tables_whose_text_changed() {
         let table = |id: &str, timeout: u32| {
@@ -1080,23 +1087,13 @@ mod tests {
         };
         let cache = PluginFileCache::default();
         load_both(&cache, &text(1000)).unwrap();
-        let parsed = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
-            let main = cache.main.lock().unwrap();
-            main.as_ref()
-                .unwrap()
-                .tables
-                .iter()
-                .flatten()
-                .cloned()
-                .collect()
-        };
-        let before = parsed(&cache);
+        let before = cached_tables(&cache);
         let config = load_both(&cache, &text(2000)).unwrap();
         assert_eq!(
             config.plugins[2].source.limits.default_timeout,
             Duration::from_millis(2000)
         );
-        let after = parsed(&cache);
+        let after = cached_tables(&cache);
         let same: Vec<bool> = before
             .iter()
             .zip(&after)
@@ -1120,7 +1117,7 @@ mod tests {
         let moved = format!("{}{}", table("c", 2000), table("a", 1000));
         let config = load_both(&cache, &moved).unwrap();
         assert_eq!(config.plugins[0].source.id.as_deref(), Some("c"));
-        assert_eq!(parsed(&cache).len(), 2);
+        assert_eq!(cached_tables(&cache).len(), 2);
     }
 
     #[test]
@@ -1202,23 +1199,13 @@ mod tests {
             format!("[node]\nmax_concurrent = 8\n{tables}[defaults]\nmemory_mb = 32\n")
         };
         let cache = PluginFileCache::default();
-        let tables = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
-            let main = cache.main.lock().unwrap();
-            main.as_ref()
-                .unwrap()
-                .tables
-                .iter()
-                .flatten()
-                .cloned()
-                .collect()
-        };
         let first = load_both(&cache, &file(0, "")).unwrap();
-        let before = tables(&cache);
+        let before = cached_tables(&cache);
         // A comment, blank lines, then a real change: each time only table
         // 30 is parsed again, and the configuration is the whole parse's.
         for extra in ["# only a comment\n", "\n   \n", "timeout_ms = 700\n"] {
             let config = load_both(&cache, &file(30, extra)).unwrap();
-            let after = tables(&cache);
+            let after = cached_tables(&cache);
             let parsed_again: Vec<usize> = (0..50)
                 .filter(|&i| !Arc::ptr_eq(&before[i], &after[i]))
                 .collect();
