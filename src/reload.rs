@@ -322,8 +322,9 @@ impl Reloader {
                 }
             }
         }
-        let mut departing = departing(&current, &builder, &fresh, placed + respecified.len());
-        departing.extend(respecified.iter().map(|(_, entry, _)| entry.clone()));
+        // Respecified entries are not placed: they leave the indexes with
+        // the entries that depart, and join again below.
+        let departing = departing(&current, &builder, &fresh, placed);
         for entry in &departing {
             builder.release(entry);
         }
