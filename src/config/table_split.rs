@@ -8,7 +8,9 @@
 //! does not parse: the caller parses every piece (each `[[plugin]]` table
 //! alone, each other piece alone and then all of them together) and falls
 //! back to parsing the whole text when any piece fails, so a wrong cut can
-//! cost time but never change the result or an error's wording.
+//! cost time but never change the result or an error's wording. A reload
+//! cuts again only the text around what changed since the last read
+//! ([`recut`]), with the same result as a whole cut.
 
 /// One piece of a cut: where it lies in the text, and whether it is a
 /// `[[plugin]]` table (with its sub-tables) or any other text.
