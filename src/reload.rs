@@ -259,11 +259,19 @@ impl Reloader {
         // failed plugin's previous version).
         let mut settled: Vec<(usize, Arc<PluginEntry>, bool)> = Vec::with_capacity(specs.len());
         let mut fresh: Vec<NewVersion> = Vec::new();
+        // Kept plugins whose settings were built again to the same values
+        // (other `[defaults]`, another layout): served on under the new
+        // spec, so that the next reload finds them by pointer again.
+        let mut respecified: Vec<(usize, Arc<PluginEntry>, Arc<PluginSpec>)> = Vec::new();
         let mut digests = Digests::default();
         for (index, spec) in specs.into_iter().enumerate() {
             let slot = builder.reserve();
             if let Some(entry) = self.reusable(&current, index, &spec, &mut digests).await {
-                settled.push((slot, entry, true));
+                if Arc::ptr_eq(&entry.spec, &spec) {
+                    settled.push((slot, entry, true));
+                } else {
+                    respecified.push((slot, entry, spec));
+                }
                 continue;
             }
             let previous = previous_version(&current, &spec);
@@ -314,9 +322,26 @@ impl Reloader {
                 }
             }
         }
+        // Respecified entries are not placed: they leave the indexes with
+        // the entries that depart, and join again below.
         let departing = departing(&current, &builder, &fresh, placed);
         for entry in &departing {
             builder.release(entry);
+        }
+        for (slot, entry, spec) in respecified {
+            // It served with these settings until now; should it not join
+            // again, its entry as it was does.
+            let joined = builder
+                .add(slot, entry.plugin.clone(), spec)
+                .or_else(|_| builder.keep(slot, &entry));
+            match joined {
+                Ok(()) => kept.push(entry.plugin.id.clone()),
+                Err(error) => failed.push(PluginFailure {
+                    plugin: entry.plugin.id.to_string(),
+                    error,
+                    kept_previous: false,
+                }),
+            }
         }
         for (slot, plugin, spec, previous) in fresh {
             let id = plugin.id.to_string();

@@ -612,6 +612,41 @@ async fn plugin_directories_add_change_and_remove_plugins_on_reload() {
     assert_eq!(version_of(&node).await, "2");
 }
 
+/// A plugin whose table moves from the main file to a plugin directory is
+/// built again to the same settings: it is kept (not loaded anew), keeps
+/// its counters, and stays kept on the reloads after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_moved_to_a_plugin_directory_keeps_its_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins_d = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins_d).unwrap();
+    let table = format!(
+        "[[plugin]]\nid = \"echo\"\npath = \"{}\"\n",
+        plugin("echo").display()
+    );
+    let head = "[node]\nplugin_dirs = [\"plugins.d\"]\n[admin]\ntoken_env = \"TEST_ADMIN_TOKEN\"\n";
+    let config = write(dir.path(), "node.toml", &format!("{head}{table}"));
+    let node = start(&config, &admin_env());
+    assert_eq!(post_task(&node, &chat("c1")).await.0, 200);
+    let served = || async {
+        let (status, list) = operator(&node, reqwest::Method::GET, "/admin/plugins").await;
+        assert_eq!(status, 200, "{list}");
+        list["plugins"][0]["served"].as_u64().unwrap()
+    };
+    assert_eq!(served().await, 1);
+
+    write(&plugins_d, "echo.toml", &table);
+    write(dir.path(), "node.toml", head);
+    for _ in 0..2 {
+        let (status, body) = reload(&node).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["loaded"], json!([]), "{body}");
+        assert_eq!(body["kept"], json!(["echo"]), "{body}");
+    }
+    assert_eq!(post_task(&node, &chat("c2")).await.0, 200);
+    assert_eq!(served().await, 2, "the counters carried over");
+}
+
 /// Each plugin's id and intents, in the table's order, from the admin API.
 async fn plugin_intents(node: &Node) -> Vec<(String, Value)> {
     let (status, list) = operator(node, reqwest::Method::GET, "/admin/plugins").await;

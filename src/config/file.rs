@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::file_cache::ParsedFileCache;
-use super::table_split;
+use super::table_split::{self, Piece, Recut};
 
 use super::{
     AdminSettings, AuthSettings, NodeConfig, OCI_STORE_SUBDIR, PluginSpec, ReachSettings,
@@ -95,8 +95,8 @@ struct PluginFile {
 #[derive(Default)]
 pub struct PluginFileCache {
     files: ParsedFileCache<Vec<Arc<CachedTable>>>,
-    /// The main file's tables in the order of its last read.
-    tables: std::sync::Mutex<Vec<(Box<str>, Arc<CachedTable>)>>,
+    /// The main file's text at its last read, cut in tables.
+    main: std::sync::Mutex<Option<MainText>>,
     /// The plugin list last built, so that the next build looks only at
     /// the tables that changed.
     last: std::sync::Mutex<Option<LastBuild>>,
@@ -120,7 +120,9 @@ struct CachedTable {
 /// the whole check's.
 struct LastBuild {
     node_inputs: NodeInputs,
-    tables: Vec<(Arc<CachedTable>, Arc<Path>)>,
+    /// Each table, its directory, and whether it is a registry plugin's
+    /// (kept here: a look into each of thousands of tables is a cache miss).
+    tables: Vec<(Arc<CachedTable>, Arc<Path>, bool)>,
     specs: Vec<Arc<PluginSpec>>,
     claims: Claims,
 }
@@ -294,7 +296,7 @@ pub fn load_cached(
     let text =
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the file: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let (mut file, tables) = cache.parse_main(&text).map_err(error)?;
+    let (mut file, tables) = cache.parse_main(text).map_err(error)?;
     stack_file_tables(&mut file, overrides).map_err(error)?;
     let dirs: Vec<PathBuf> = std::mem::take(&mut file.node.plugin_dirs)
         .into_iter()
@@ -421,13 +423,15 @@ fn located(tables: Vec<Arc<CachedTable>>, base: &Path) -> Vec<LocatedPlugin> {
 }
 
 impl PluginFileCache {
-    /// Parses the main file, its `[[plugin]]` tables apart: a table whose
-    /// text is the same as at the last read is not parsed again. Any piece
-    /// that does not parse alone (or a layout [`table_split::cut`] leaves
-    /// to the whole parse) parses the whole text, so results and errors are
-    /// the whole parse's.
-    fn parse_main(&self, text: &str) -> Result<(FileConfig, Vec<Arc<CachedTable>>), String> {
-        let whole = || {
+    /// Parses the main file, its `[[plugin]]` tables apart: only the text
+    /// between the first and the last byte that differ from the last read
+    /// is cut again ([`table_split::recut`]), and of that only the tables
+    /// whose text is new are parsed. Any piece cut anew that does not
+    /// parse alone (or a layout [`table_split::cut`] leaves to the whole
+    /// parse) parses the whole text, so results and errors are the whole
+    /// parse's; the pieces kept parsed alone when they were read.
+    fn parse_main(&self, text: String) -> Result<(FileConfig, Vec<Arc<CachedTable>>), String> {
+        let whole = |text: &str| {
             let mut file = parse_file(text)?;
             let tables = std::mem::take(&mut file.plugins)
                 .into_iter()
@@ -435,66 +439,101 @@ impl PluginFileCache {
                 .collect();
             Ok((file, tables))
         };
-        let Some(cut) = table_split::cut(text) else {
-            return whole();
-        };
-        if cut
-            .rest
-            .iter()
-            .any(|piece| toml::from_str::<toml::Table>(piece).is_err())
-        {
-            return whole();
-        }
-        let Ok(file) = parse_file(&cut.rest.concat()) else {
-            return whole();
-        };
-        if !file.plugins.is_empty() {
-            return whole();
-        }
-        let mut known = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        let mut by_text: Option<HashMap<&str, &Arc<CachedTable>>> = None;
-        let mut tables = Vec::with_capacity(cut.plugins.len());
-        // The places whose text differs from the last read's there.
-        let mut moved = Vec::new();
-        for (index, piece) in cut.plugins.iter().enumerate() {
-            // Tables usually stay where they were: compare in place first.
-            let same_place = known.get(index).filter(|(t, _)| **t == **piece);
-            if same_place.is_none() {
-                moved.push(index);
-            }
-            let reused = same_place.map(|(_, table)| table).or_else(|| {
-                by_text
-                    .get_or_insert_with(|| known.iter().map(|(t, c)| (&**t, c)).collect())
-                    .get(piece)
-                    .copied()
-            });
-            let table = match reused {
-                Some(table) => table.clone(),
-                None => match toml::from_str::<PluginFile>(piece) {
-                    Ok(parsed) if parsed.plugins.len() == 1 => {
-                        CachedTable::new(parsed.plugins.into_iter().next().expect("one table"))
-                    }
-                    _ => {
-                        drop(known);
-                        return whole();
-                    }
-                },
-            };
-            tables.push(table);
-        }
-        if known.len() == cut.plugins.len() {
-            for index in moved {
-                known[index] = (Box::from(cut.plugins[index]), tables[index].clone());
-            }
+        let mut known = self.main.lock().unwrap_or_else(|p| p.into_inner());
+        let last = known.get_or_insert_with(MainText::default);
+        let recut = if last.pieces.is_empty() {
+            table_split::cut(&text).map(|middle| Recut {
+                front: 0,
+                middle,
+                back: 0,
+            })
         } else {
-            *known = cut
-                .plugins
-                .iter()
-                .zip(&tables)
-                .map(|(piece, table)| (Box::from(*piece), table.clone()))
-                .collect();
+            table_split::recut(&last.text, &last.pieces, &text)
+        };
+        let Some(recut) = recut else {
+            return whole(&text);
+        };
+        let replaced = recut.front..last.pieces.len() - recut.back;
+        let Some(middle_tables) = last.tables_cut_anew(replaced.clone(), &recut.middle, &text)
+        else {
+            return whole(&text);
+        };
+        // The other settings: every piece that is not a plugin table. The
+        // kept ones read the same in the last text.
+        fn rest<'t>(pieces: &[Piece], text: &'t str) -> impl Iterator<Item = &'t str> {
+            pieces.iter().filter(|p| !p.plugin).map(|p| p.of(text))
         }
+        let mut rest_text: String = rest(&last.pieces[..replaced.start], &last.text).collect();
+        rest_text.extend(rest(&recut.middle, &text));
+        rest_text.extend(rest(&last.pieces[replaced.end..], &last.text));
+        let file = match parse_file(&rest_text) {
+            Ok(file) if file.plugins.is_empty() => file,
+            _ => return whole(&text),
+        };
+        let cut_anew = recut.middle.len();
+        last.pieces.splice(replaced.clone(), recut.middle);
+        last.tables.splice(replaced.clone(), middle_tables);
+        if text.len() != last.text.len() {
+            for piece in &mut last.pieces[replaced.start + cut_anew..] {
+                piece.start = piece.start + text.len() - last.text.len();
+                piece.end = piece.end + text.len() - last.text.len();
+            }
+        }
+        last.text = text;
+        let tables = last.tables.iter().flatten().cloned().collect();
         Ok((file, tables))
+    }
+}
+
+/// The main file's text at its last read, cut in pieces, with the table
+/// parsed from each plugin piece (`None` for the other pieces).
+#[derive(Default)]
+struct MainText {
+    text: String,
+    pieces: Vec<Piece>,
+    tables: Vec<Option<Arc<CachedTable>>>,
+}
+
+impl MainText {
+    /// The tables of `middle`, the pieces of `text` that replace this
+    /// text's `replaced` pieces: a table whose text one of those had (an
+    /// unchanged or moved table) is that table, any other is parsed.
+    /// `None` when a piece does not parse alone.
+    fn tables_cut_anew(
+        &self,
+        replaced: std::ops::Range<usize>,
+        middle: &[Piece],
+        text: &str,
+    ) -> Option<Vec<Option<Arc<CachedTable>>>> {
+        let mut by_text: Option<HashMap<&str, &Arc<CachedTable>>> = None;
+        let mut tables = Vec::with_capacity(middle.len());
+        for piece in middle {
+            let piece_text = piece.of(text);
+            if !piece.plugin {
+                toml::from_str::<toml::Table>(piece_text).ok()?;
+                tables.push(None);
+                continue;
+            }
+            let known = by_text
+                .get_or_insert_with(|| {
+                    let pieces = self.pieces[replaced.clone()].iter();
+                    pieces
+                        .zip(&self.tables[replaced.clone()])
+                        .filter_map(|(p, t)| Some((p.of(&self.text), t.as_ref()?)))
+                        .collect()
+                })
+                .get(piece_text);
+            let table = match known {
+                Some(table) => Arc::clone(table),
+                None => {
+                    let parsed = toml::from_str::<PluginFile>(piece_text).ok()?;
+                    let [section] = <[PluginSection; 1]>::try_from(parsed.plugins).ok()?;
+                    CachedTable::new(section)
+                }
+            };
+            tables.push(Some(table));
+        }
+        Some(tables)
     }
 }
 
@@ -666,7 +705,7 @@ fn plugin_specs(
         node_inputs: node.clone(),
         tables: tables
             .iter()
-            .map(|t| (t.table.clone(), t.base.clone()))
+            .map(|t| (t.table.clone(), t.base.clone(), t.table.from_registry))
             .collect(),
         specs: checked.specs,
         claims: checked.claims,
@@ -763,10 +802,8 @@ impl LastBuild {
             .iter()
             .zip(&self.tables)
             .enumerate()
-            .filter(|(_, (now, (table, base)))| {
-                !Arc::ptr_eq(&now.table, table)
-                    || !same_path(&now.base, base)
-                    || now.table.from_registry
+            .filter(|(_, (now, (table, base, from_registry)))| {
+                !Arc::ptr_eq(&now.table, table) || !same_path(&now.base, base) || *from_registry
             })
             .map(|(index, _)| index)
             .collect();
@@ -780,7 +817,7 @@ impl LastBuild {
         for (&index, spec) in changed.iter().zip(built) {
             self.claims.claim(index, &spec).ok()?;
             let now = &tables[index];
-            self.tables[index] = (now.table.clone(), now.base.clone());
+            self.tables[index] = (now.table.clone(), now.base.clone(), now.table.from_registry);
             self.specs[index] = spec;
         }
         Some(self.specs.clone())
@@ -1026,6 +1063,13 @@ mod tests {
         cached
     }
 
+    /// The main file's tables as `cache` holds them after its last read.
+    fn cached_tables(cache: &PluginFileCache) -> Vec<Arc<CachedTable>> {
+        let main = cache.main.lock().unwrap();
+        let tables = &main.as_ref().unwrap().tables;
+        tables.iter().flatten().cloned().collect()
+    }
+
     #[test]
     fn a_reload_parses_only_the_plugin_tables_whose_text_changed() {
         let table = |id: &str, timeout: u32| {
@@ -1043,17 +1087,13 @@ mod tests {
         };
         let cache = PluginFileCache::default();
         load_both(&cache, &text(1000)).unwrap();
-        let parsed = |cache: &PluginFileCache| -> Vec<Arc<CachedTable>> {
-            let tables = cache.tables.lock().unwrap();
-            tables.iter().map(|(_, t)| t.clone()).collect()
-        };
-        let before = parsed(&cache);
+        let before = cached_tables(&cache);
         let config = load_both(&cache, &text(2000)).unwrap();
         assert_eq!(
             config.plugins[2].source.limits.default_timeout,
             Duration::from_millis(2000)
         );
-        let after = parsed(&cache);
+        let after = cached_tables(&cache);
         let same: Vec<bool> = before
             .iter()
             .zip(&after)
@@ -1077,7 +1117,7 @@ mod tests {
         let moved = format!("{}{}", table("c", 2000), table("a", 1000));
         let config = load_both(&cache, &moved).unwrap();
         assert_eq!(config.plugins[0].source.id.as_deref(), Some("c"));
-        assert_eq!(cache.tables.lock().unwrap().len(), 2);
+        assert_eq!(cached_tables(&cache).len(), 2);
     }
 
     #[test]
@@ -1143,6 +1183,52 @@ mod tests {
             Some(&["urn:b".to_string()][..])
         );
         assert!(Arc::ptr_eq(&config.plugins[2], &fixed.plugins[2]));
+    }
+
+    #[test]
+    fn an_edit_of_one_table_in_a_long_file_parses_that_table_alone() {
+        let table = |id: usize, extra: &str| {
+            format!(
+                "\n[[plugin]]\nid = \"p{id}\"\npath = \"p.wasm\"\nintents = [\"urn:p{id}\"]\n{extra}"
+            )
+        };
+        let file = |edited: usize, extra: &str| -> String {
+            let tables: String = (0..50)
+                .map(|id| table(id, if id == edited { extra } else { "" }))
+                .collect();
+            format!("[node]\nmax_concurrent = 8\n{tables}[defaults]\nmemory_mb = 32\n")
+        };
+        let cache = PluginFileCache::default();
+        let first = load_both(&cache, &file(0, "")).unwrap();
+        let before = cached_tables(&cache);
+        // A comment, blank lines, then a real change: each time only table
+        // 30 is parsed again, and the configuration is the whole parse's.
+        for extra in ["# only a comment\n", "\n   \n", "timeout_ms = 700\n"] {
+            let config = load_both(&cache, &file(30, extra)).unwrap();
+            let after = cached_tables(&cache);
+            let parsed_again: Vec<usize> = (0..50)
+                .filter(|&i| !Arc::ptr_eq(&before[i], &after[i]))
+                .collect();
+            assert_eq!(parsed_again, [30], "{extra:?}");
+            assert_eq!(config.plugins.len(), first.plugins.len());
+        }
+        // The changed table taking a kept table's intent, then a piece that
+        // does not parse: refused with the whole check's and the whole
+        // parse's errors, and the next good file reads as the whole parse.
+        let taken = load_both(&cache, &file(30, "intents = [\"urn:p7\"]\n")).unwrap_err();
+        assert!(taken.contains("duplicate key"), "{taken}");
+        let stolen = file(30, "").replace("urn:p30", "urn:p7");
+        assert_eq!(
+            load_both(&cache, &stolen).unwrap_err(),
+            "plugin \"p30\": intent urn:p7 is also claimed by plugin \"p7\""
+        );
+        let broken = load_both(&cache, &file(30, "timeout_ms = \n")).unwrap_err();
+        assert!(broken.contains("line"), "{broken}");
+        let config = load_both(&cache, &file(30, "timeout_ms = 900\n")).unwrap();
+        assert_eq!(
+            config.plugins[30].source.limits.default_timeout,
+            Duration::from_millis(900)
+        );
     }
 
     #[test]

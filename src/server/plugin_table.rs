@@ -379,10 +379,12 @@ impl<'a> TableBuilder<'a> {
         let before = self.previous.and_then(|p| p.entry(&plugin.id));
         // A plugin kept as it was keeps its whole entry: a reload of one
         // plugin among thousands rebuilds one entry, and freeing the
-        // replaced table frees only what changed.
+        // replaced table frees only what changed. Settings equal but built
+        // again get an entry holding them, so the next reload finds the
+        // plugin by pointer.
         let unchanged = before.filter(|e| {
             Arc::ptr_eq(&e.plugin, &plugin)
-                && same_spec(&e.spec, &spec)
+                && Arc::ptr_eq(&e.spec, &spec)
                 && e.gate.capacity() == capacity
         });
         let entry = match unchanged {
