@@ -80,6 +80,17 @@ fn a_component_of_the_wrong_world_is_refused() {
     );
 }
 
+/// Fresh instances call `handle` without checking its type again once one
+/// instance of the artifact passed the check (`runtime/handle_export.rs`);
+/// a component whose `handle` has another type must never get that far.
+#[test]
+fn a_component_whose_handle_has_another_type_is_refused() {
+    assert_one_line_error(
+        &plugin("mistyped-handle"),
+        "failed to describe itself: failed to convert function to given type: type mismatch with parameters: expected `record` found `string`",
+    );
+}
+
 #[test]
 fn out_of_range_flags_are_refused() {
     let output = Command::new(env!("CARGO_BIN_EXE_iicp-host"))
