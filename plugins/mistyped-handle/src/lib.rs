@@ -6,8 +6,8 @@
 wit_bindgen::generate!({ path: "wit", world: "plugin" });
 
 use exports::iicp::plugin::handler::{Descriptor, Guest, TaskError, TaskOutput};
-use iicp::plugin::types::ErrorKind;
 use iicp::plugin::types::Capability;
+use iicp::plugin::types::ErrorKind;
 
 struct Mistyped;
 
