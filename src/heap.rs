@@ -226,6 +226,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn freed_pages_go_back_at_once_unless_the_operator_set_otherwise() {
+        let operator_set = std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+            || std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_some();
+        // SAFETY: mi_option_get reads an option; valid option numbers.
+        let options = || unsafe {
+            (
+                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+                libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT),
+            )
+        };
+        if operator_set {
+            return;
+        }
+        // mimalloc 3's defaults for exactly these two options (1 s, and
+        // "on systems that overcommit"): the numbers name the right ones.
+        assert_eq!(options(), (1000, 2));
+        return_freed_pages_at_once();
+        assert_eq!(options(), (0, 0));
+    }
+
+    #[test]
     fn a_burst_ends_once_when_three_quarters_are_released() {
         let burst = BurstEnd::new(8);
         for _ in 0..4 {
