@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use crate::sync::OnceLock;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,21 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// iicp-host patch: each defined function's code offsets for its
+    /// `VMFuncRef`, looked up in `index` once per module instead of on every
+    /// `ref.func` (each element-segment entry) of every instantiation.
+    funcref_offsets: OnceLock<Box<[FuncRefOffsets]>>,
+}
+
+/// iicp-host patch: where a defined function's `VMFuncRef` code pointers
+/// point, as offsets into the text section.
+#[derive(Clone, Copy)]
+pub struct FuncRefOffsets {
+    /// The array-to-wasm trampoline, or `u32::MAX` if the function has none
+    /// (it never escapes, so no `VMFuncRef` is made for it).
+    pub array_to_wasm: u32,
+    /// The function body.
+    pub wasm: u32,
 }
 
 impl CompiledModule {
@@ -58,6 +74,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_offsets: OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -129,6 +146,30 @@ impl CompiledModule {
         let start = usize::try_from(loc.start).unwrap();
         let end = usize::try_from(loc.start + loc.length).unwrap();
         start..end
+    }
+
+    /// iicp-host patch: the text offsets of `index`'s array-to-wasm
+    /// trampoline and body, from a table built on the first call. The same
+    /// values as `func_loc` of `FuncKey::ArrayToWasmTrampoline` and
+    /// `FuncKey::DefinedWasmFunction`, without two binary searches per call.
+    #[inline]
+    pub fn funcref_offsets(&self, index: DefinedFuncIndex) -> FuncRefOffsets {
+        let table = self.funcref_offsets.get_or_init(|| {
+            self.module
+                .defined_func_indices()
+                .map(|i| {
+                    let module = self.module_index();
+                    let start = |key| self.index.func_loc(key).map(|loc| loc.start);
+                    FuncRefOffsets {
+                        array_to_wasm: start(FuncKey::ArrayToWasmTrampoline(module, i))
+                            .unwrap_or(u32::MAX),
+                        wasm: start(FuncKey::DefinedWasmFunction(module, i))
+                            .expect("defined function should be present"),
+                    }
+                })
+                .collect()
+        });
+        table[index.as_u32() as usize]
     }
 
     /// Get the Wasm-to-array trampoline for the given signature, as a

@@ -144,6 +144,13 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// iicp-host patch: this instance's module's text section in its store,
+    /// found in the store's module registry on the first `VMFuncRef` made
+    /// and kept here, so that the next ones (one per element-segment entry)
+    /// skip the registry's two map lookups. The store's code for a module
+    /// stays where it is for the store's lifetime.
+    funcref_text: Option<SendSyncPtr<[u8]>>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +216,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            funcref_text: None,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -899,19 +907,47 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
-        // function at `def_index`.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
-            )
-        }
+        // iicp-host patch: the code pointers come from the module's table of
+        // offsets (`CompiledModule::funcref_offsets`) and the text kept in
+        // `funcref_text`, instead of two lookups in its function index and
+        // two in the store's registry per call; the same pointers as
+        // `initialize_and_return_funcref` computes from the keys.
+        let offsets = self
+            .runtime_module()
+            .expect("funcref impossible in fake module")
+            .compiled_module()
+            .funcref_offsets(def_index);
+        assert!(
+            offsets.array_to_wasm != u32::MAX,
+            "defined function should be present"
+        );
+        let mut this = self;
+        let text = match this.funcref_text {
+            Some(text) => text.as_non_null(),
+            None => {
+                let module = this
+                    .runtime_module()
+                    .expect("funcref impossible in fake module");
+                let text = NonNull::from(
+                    ModuleWithCode::in_store(registry, module)
+                        .expect("module not in store")
+                        .text(),
+                );
+                // SAFETY: only a plain field is written; nothing is moved.
+                unsafe { this.as_mut().get_unchecked_mut() }.funcref_text = Some(text.into());
+                text
+            }
+        };
+        let code_at = |offset: u32| {
+            let offset = usize::try_from(offset).unwrap();
+            assert!(offset < text.len());
+            // SAFETY: in bounds of the text, checked just above.
+            unsafe { text.cast::<u8>().add(offset) }
+        };
+        let (array_call, wasm_call) = (code_at(offsets.array_to_wasm), code_at(offsets.wasm));
+        // SAFETY: the type/offset here are valid for the defined function at
+        // `def_index`, and the pointers are its trampoline and body.
+        unsafe { this.write_funcref(type_index, vmctx_offset, array_call, wasm_call) }
     }
 
     fn get_start_func_ref(
@@ -986,19 +1022,29 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = NonNull::from(module_with_code.function(array_to_wasm_key)).cast();
+        let wasm_call = NonNull::new(module_with_code.function(wasm_key).as_ptr().cast_mut())
+            .unwrap();
+        // SAFETY: as required of this function's caller.
+        unsafe { self.write_funcref(type_index, vmctx_offset, array_call, wasm_call) }
+    }
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+    /// iicp-host patch: the part of `initialize_and_return_funcref` after
+    /// the code pointers are known, shared with `initialize_defined_funcref`.
+    ///
+    /// # Safety
+    ///
+    /// As `initialize_and_return_funcref`; `array_call` and `wasm_call` must
+    /// be the function's array-to-wasm trampoline and body.
+    unsafe fn write_funcref(
+        self: Pin<&mut Self>,
+        type_index: VMSharedTypeIndex,
+        vmctx_offset: u32,
+        array_call: NonNull<u8>,
+        wasm_call: NonNull<u8>,
+    ) -> Option<NonNull<VMFuncRef>> {
+        let array_call = VmPtr::from(array_call.cast());
+        let wasm_call = Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
