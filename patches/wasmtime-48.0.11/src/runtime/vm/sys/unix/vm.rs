@@ -162,12 +162,41 @@ impl MemoryImageSource {
         // extra-super-sure that it never changes, and because
         // this costs very little, we use the kernel's "seal" API
         // to make the memfd image permanently read-only.
-        memfd.add_seals(&[
+        //
+        // iicp-host patch: `F_SEAL_WRITE` fails with `EBUSY` while any page of
+        // the file holds a reference besides the page cache's (the kernel
+        // waits ~70 ms for such references, then gives up). A page just
+        // written can be held that long by reclaim, compaction or another
+        // CPU's LRU batch on a busy host, so the seal is retried a few times,
+        // and if it still cannot be added the image goes without a memfd
+        // (data segments copied at instantiation, as on a kernel without
+        // memfd): slower, equally correct, instead of failing the module.
+        let seals = [
             memfd::FileSeal::SealGrow,
             memfd::FileSeal::SealShrink,
             memfd::FileSeal::SealWrite,
             memfd::FileSeal::SealSeal,
-        ])?;
+        ];
+        let mut pause = std::time::Duration::from_millis(5);
+        for attempt in 1.. {
+            match memfd.add_seals(&seals) {
+                Ok(()) => break,
+                Err(memfd::Error::AddSeals(err))
+                    if err.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
+                {
+                    if attempt == 5 {
+                        log::warn!(
+                            "memory image not sealed after {attempt} attempts ({err}); \
+                             instantiating without a memfd image"
+                        );
+                        return Ok(None);
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 4;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
 
         Ok(Some(MemoryImageSource::Memfd(memfd)))
     }
