@@ -229,9 +229,9 @@ async fn metrics_count_tasks_tokens_and_instantiations(echo: Echo) {
 /// The interpreters' fresh instances keep their snapshot's dirtied pages
 /// resident across the memory reset instead of faulting them in again: the
 /// node's page faults per task, a count (`/proc/<pid>/stat`), not a timing.
-/// With the published wasmtime 48.0.10 (a reset scan of at most 32 dirty
-/// regions, `patches/README.md`) a debug node took 264 faults per task
-/// (Python) and 56 (JS); with the patched one 12-41 and 7-11, the rest being
+/// With wasmtime 48.0.10 as published (a reset scan of at most 32 dirty
+/// regions, fixed in 48.0.11: `patches/README.md`) a debug node took 264
+/// faults per task (Python) and 56 (JS); with the fix 12-41 and 7-11, the rest being
 /// the node's own HTTP path and, when the machine is busy, the next task
 /// starting before the deferred teardown has reset the last one's slot.
 #[tokio::test(flavor = "multi_thread")]
