@@ -42,14 +42,14 @@ use crate::protocol::ApiError;
 use state::AppState;
 
 /// The node's routes.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>) -> cors::Cors<Router> {
     router_with(state, Router::new())
 }
 
 /// The node's routes plus `extra` (capabilities with routes of their own,
 /// such as the relay role), under the same error envelope, panic guard and
 /// CORS headers.
-pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
+pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> cors::Cors<Router> {
     let routes = Router::new()
         .merge(extra)
         .route("/v1/task", post(task_route::submit_task))
@@ -59,7 +59,7 @@ pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state);
-    Router::new().fallback_service(cors::Cors::new(routes))
+    cors::Cors::new(routes)
 }
 
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
