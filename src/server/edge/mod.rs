@@ -184,33 +184,22 @@ impl DrainSignal {
 
 /// What the edge serves: an axum `Router`, or one wrapped in a service of
 /// our own (the public routes in [`crate::server::cors::Cors`]).
-pub trait Routes:
-    Service<
-        Request<Incoming>,
-        Response = axum::response::Response,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + Unpin
-    + 'static
+pub trait Routes: RoutesService + Clone + Send + Sync + Unpin + 'static {}
+
+impl<S: RoutesService + Clone + Send + Sync + Unpin + 'static> Routes for S {}
+
+/// The request-to-answer half of [`Routes`].
+pub trait RoutesService:
+    Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
 {
 }
 
-impl<S> Routes for S where
-    S: Service<
-            Request<Incoming>,
-            Response = axum::response::Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + Unpin
-        + 'static
+impl<S> RoutesService for S where
+    S: Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
 {
 }
+
+type Answer = axum::response::Response;
 
 /// Serves `router` on `listener` within `settings` until `drain` starts,
 /// then drains as the module docs say and returns when every connection
