@@ -100,6 +100,22 @@ async fn backend() -> (SocketAddr, Shared) {
             }),
         )
         .route(
+            "/chunked/v1/chat/completions",
+            post(|| async {
+                // No content-length: the answer in three chunks, its end
+                // known only when the stream ends.
+                let parts = [
+                    r#"{"object":"chat.completion","model":"fake-llm","#,
+                    r#""choices":[{"index":0,"message":{"role":"assistant","#,
+                    r#""content":"in pieces"},"finish_reason":"stop"}]}"#,
+                ];
+                let chunks = futures_util::stream::iter(
+                    parts.map(|part| Ok::<_, std::convert::Infallible>(part.to_string())),
+                );
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
+        .route(
             "/garbage/v1/chat/completions",
             post(|| async { "<html>this is not a completion</html>" }),
         )
@@ -335,5 +351,40 @@ async fn backend_connections_are_reused_across_fresh_instances_as_max_idle_conne
         connections_for("max_idle_connections = 0", "none").await,
         3,
         "with none kept, each task opens its own"
+    );
+}
+
+/// The SDK writes a body above one blocking write (4 KiB) by `check-write`
+/// and waits when the host's buffer is full (one 64 KiB chunk); it stops
+/// reading an answer at its announced length, and reads one without a
+/// length to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_requests_arrive_whole_and_answers_with_or_without_a_length_are_read_whole() {
+    let (addr, seen) = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_for(dir.path(), addr, "ok");
+    // ~300 KiB: several host chunks, so the guest must wait for the send.
+    let long: String = (0..30_000).map(|i| format!("w{:07} ", i)).collect();
+    let mut body = chat("long-request", 10_000);
+    body["payload"]["messages"][1]["content"] = json!(long);
+    let (status, _, answer) = post_task(&node, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let reversed: String = long.chars().rev().collect();
+    assert_eq!(
+        answer["result"]["choices"][0]["message"]["content"], reversed,
+        "the answer (with a content-length) is read whole"
+    );
+    assert_eq!(
+        seen.lock().unwrap().bodies[0]["messages"][1]["content"],
+        long,
+        "the request body reached the backend whole"
+    );
+
+    let chunked = node_for(dir.path(), addr, "chunked");
+    let (status, _, answer) = post_task(&chunked, &chat("chunked", 10_000)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["result"]["choices"][0]["message"]["content"],
+        "in pieces"
     );
 }

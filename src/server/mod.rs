@@ -5,15 +5,13 @@
 //! error envelope ([`crate::protocol::ApiError`]).
 //!
 //! Browser consumers call nodes directly, so every response carries the
-//! reference node's CORS headers (`protocol.md` §4.6: any origin, `GET`,
-//! `POST`, `OPTIONS`, preflight cached a day), plus the headers consumers
-//! send (`traceparent`, `tracestate`, `X-IICP-Consumer-Token`) and a
-//! readable `X-IICP-Trace-Id`. The per-Origin limit
+//! reference node's CORS headers ([`cors`]). The per-Origin limit
 //! ([`origin_limit`]) tames pages that abuse this.
 
 pub mod access;
 pub mod admission;
 pub mod body;
+pub mod cors;
 pub mod drain;
 pub mod edge;
 pub mod health_route;
@@ -34,28 +32,25 @@ pub mod unsent_answers;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{self, CorsLayer};
 
 use crate::protocol::ApiError;
 use state::AppState;
 
 /// The node's routes.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>) -> cors::Cors<Router> {
     router_with(state, Router::new())
 }
 
 /// The node's routes plus `extra` (capabilities with routes of their own,
 /// such as the relay role), under the same error envelope, panic guard and
 /// CORS headers.
-pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
-    Router::new()
+pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> cors::Cors<Router> {
+    let routes = Router::new()
         .merge(extra)
         .route("/v1/task", post(task_route::submit_task))
         .route("/iicp/health", get(health_route::health))
@@ -63,23 +58,8 @@ pub fn router_with(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(cors_layer())
-        .with_state(state)
-}
-
-fn cors_layer() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(cors::Any)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            HeaderName::from_static("traceparent"),
-            HeaderName::from_static("tracestate"),
-            HeaderName::from_static("x-iicp-consumer-token"),
-        ])
-        .expose_headers([task_route::TRACE_ID_HEADER.clone()])
-        .max_age(Duration::from_secs(86_400))
+        .with_state(state);
+    cors::Cors::new(routes)
 }
 
 fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {

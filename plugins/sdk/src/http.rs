@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, RequestOptions, Scheme,
 };
-use wasip2::io::streams::StreamError;
+use wasip2::io::streams::{InputStream, StreamError};
 
 /// An HTTP response.
 #[derive(Debug, Clone)]
@@ -108,15 +109,27 @@ fn split_url(url: &str) -> Result<Target<'_>, HttpError> {
     })
 }
 
+/// The most `blocking-write-and-flush` takes in one call (wasi:io).
+const BLOCKING_WRITE_MAX: usize = 4096;
+/// How much is asked per read when the answer does not say its length.
+const READ_CHUNK: u64 = 64 * 1024;
+/// The most asked per read, and reserved up front, when it does.
+const READ_MAX: u64 = 1 << 20;
+
 /// Sends one request and reads the whole answer. `timeout` bounds the
-/// connection and the wait for the answer; the host also stops at the task
-/// deadline.
+/// connection and the wait for the answer; `None` leaves only the task's
+/// deadline, at which the host stops every call anyway.
+///
+/// Each step below is a call into the host, so the order is chosen to make
+/// few: no request options without a timeout, no method for a `GET` (the
+/// default), no body stream for an empty body, one wait before the first
+/// look at the answer, and no read past a body whose length was announced.
 pub fn send(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-    timeout: Duration,
+    timeout: impl Into<Option<Duration>>,
 ) -> Result<Response, HttpError> {
     let target = split_url(url)?;
     let fields = Fields::from_list(
@@ -137,7 +150,9 @@ pub fn send(
         other => Method::Other(other.to_string()),
     };
     let bad = |what: &str| HttpError::InvalidUrl(format!("cannot set the {what}"));
-    request.set_method(&method).map_err(|()| bad("method"))?;
+    if !matches!(method, Method::Get) {
+        request.set_method(&method).map_err(|()| bad("method"))?;
+    }
     request
         .set_scheme(Some(if target.https {
             &Scheme::Https
@@ -151,54 +166,39 @@ pub fn send(
     request
         .set_path_with_query(Some(target.path_and_query))
         .map_err(|()| bad("path"))?;
-    let options = RequestOptions::new();
-    let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    // Hosts may not support every option; the deadline still holds.
-    let _ = options.set_connect_timeout(Some(nanos));
-    let _ = options.set_first_byte_timeout(Some(nanos));
-    let _ = options.set_between_bytes_timeout(Some(nanos));
+    let options = timeout.into().map(|timeout| {
+        let options = RequestOptions::new();
+        let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        // Hosts may not support every option; the deadline still holds.
+        let _ = options.set_connect_timeout(Some(nanos));
+        let _ = options.set_first_byte_timeout(Some(nanos));
+        let _ = options.set_between_bytes_timeout(Some(nanos));
+        options
+    });
 
     let outgoing = request
         .body()
         .map_err(|()| HttpError::Transport("no request body".into()))?;
     // Start the request first: the host reads the body while it sends.
-    let pending = outgoing_handler::handle(request, Some(options)).map_err(from_code)?;
-    let written = (|| {
-        let stream = outgoing
-            .write()
-            .map_err(|()| HttpError::Transport("cannot write the request body".into()))?;
-        for chunk in body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Transport(format!("writing the body: {e:?}")))?;
-        }
-        Ok(())
-    })();
-    let wait = || loop {
-        match pending.get() {
-            Some(result) => break result,
-            None => pending.subscribe().block(),
-        }
-    };
-    if let Err(error) = written {
+    let pending = outgoing_handler::handle(request, options).map_err(from_code)?;
+    if let Err(error) = write_body(&outgoing, body) {
         // A host that refuses the request (allow-list, limits) closes its
         // body: the response then says why, which the write cannot. The
         // body is dropped unfinished first, so the request cannot be left
         // waiting for it.
         drop(outgoing);
-        return Err(match wait() {
+        return Err(match wait(&pending) {
             Ok(Err(code)) => from_code(code),
             _ => error,
         });
     }
     OutgoingBody::finish(outgoing, None).map_err(from_code)?;
 
-    let response = wait();
-    let response = response
+    let response = wait(&pending)
         .map_err(|()| HttpError::Transport("response already taken".into()))?
         .map_err(from_code)?;
     let status = response.status();
-    let headers = response
+    let headers: Vec<(String, String)> = response
         .headers()
         .entries()
         .into_iter()
@@ -209,27 +209,19 @@ pub fn send(
             )
         })
         .collect();
+    let announced = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.trim().parse::<u64>().ok());
     let incoming = response
         .consume()
         .map_err(|()| HttpError::Transport("no response body".into()))?;
-    let mut body = Vec::new();
-    {
+    let body = {
         let stream = incoming
             .stream()
             .map_err(|()| HttpError::Transport("cannot read the response body".into()))?;
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => body.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(error)) => {
-                    return Err(match wasip2::http::types::http_error_code(&error) {
-                        Some(code) => from_code(code),
-                        None => HttpError::Transport(error.to_debug_string()),
-                    });
-                }
-            }
-        }
-    }
+        read_body(&stream, announced)?
+    };
     Ok(Response {
         status,
         headers,
@@ -237,12 +229,75 @@ pub fn send(
     })
 }
 
-/// `POST url` with a JSON body.
+/// Writes the whole request body in as few calls as the stream allows: none
+/// for an empty body, one up to [`BLOCKING_WRITE_MAX`], else as much per
+/// write as `check-write` permits.
+fn write_body(outgoing: &OutgoingBody, body: &[u8]) -> Result<(), HttpError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let stream = outgoing
+        .write()
+        .map_err(|()| HttpError::Transport("cannot write the request body".into()))?;
+    let failed = |e: StreamError| HttpError::Transport(format!("writing the body: {e:?}"));
+    if body.len() <= BLOCKING_WRITE_MAX {
+        return stream.blocking_write_and_flush(body).map_err(failed);
+    }
+    let mut rest = body;
+    while !rest.is_empty() {
+        let permitted = stream.check_write().map_err(failed)?;
+        if permitted == 0 {
+            stream.subscribe().block();
+            continue;
+        }
+        let (now, later) = rest.split_at(rest.len().min(permitted as usize));
+        stream.write(now).map_err(failed)?;
+        rest = later;
+    }
+    stream.blocking_flush().map_err(failed)
+}
+
+/// Waits for the answer. It is never there right after the request was
+/// sent, so the wait comes before the first look, not after an empty one.
+fn wait(pending: &FutureIncomingResponse) -> Result<Result<IncomingResponse, ErrorCode>, ()> {
+    loop {
+        pending.subscribe().block();
+        if let Some(result) = pending.get() {
+            break result;
+        }
+    }
+}
+
+/// Reads a response body to its end, or to its announced length: once that
+/// many bytes are in, the end-of-stream read would only cost a call.
+fn read_body(stream: &InputStream, announced: Option<u64>) -> Result<Vec<u8>, HttpError> {
+    let mut body = Vec::with_capacity(announced.map_or(0, |n| n.min(READ_MAX) as usize));
+    loop {
+        let want = match announced {
+            Some(length) if body.len() as u64 >= length => break,
+            Some(length) => (length - body.len() as u64).min(READ_MAX),
+            None => READ_CHUNK,
+        };
+        match stream.blocking_read(want) {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(error)) => {
+                return Err(match wasip2::http::types::http_error_code(&error) {
+                    Some(code) => from_code(code),
+                    None => HttpError::Transport(error.to_debug_string()),
+                });
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// `POST url` with a JSON body; `timeout` as for [`send`].
 pub fn post_json(
     url: &str,
     headers: &[(&str, &str)],
     body: &impl serde::Serialize,
-    timeout: Duration,
+    timeout: impl Into<Option<Duration>>,
 ) -> Result<Response, HttpError> {
     let json = serde_json::to_vec(body).map_err(|e| HttpError::InvalidUrl(format!("body: {e}")))?;
     let mut all = vec![("content-type", "application/json")];
@@ -250,8 +305,8 @@ pub fn post_json(
     send("POST", url, &all, &json, timeout)
 }
 
-/// `GET url`.
-pub fn get(url: &str, timeout: Duration) -> Result<Response, HttpError> {
+/// `GET url`; `timeout` as for [`send`].
+pub fn get(url: &str, timeout: impl Into<Option<Duration>>) -> Result<Response, HttpError> {
     send("GET", url, &[], &[], timeout)
 }
 

@@ -55,7 +55,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
 use axum::http::{HeaderValue, Request, Response, header};
 use axum::response::IntoResponse;
@@ -183,12 +182,31 @@ impl DrainSignal {
     }
 }
 
+/// What the edge serves: an axum `Router`, or one wrapped in a service of
+/// our own (the public routes in [`crate::server::cors::Cors`]).
+pub trait Routes: RoutesService + Clone + Send + Sync + Unpin + 'static {}
+
+impl<S: RoutesService + Clone + Send + Sync + Unpin + 'static> Routes for S {}
+
+/// The request-to-answer half of [`Routes`].
+pub trait RoutesService:
+    Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
+{
+}
+
+impl<S> RoutesService for S where
+    S: Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
+{
+}
+
+type Answer = axum::response::Response;
+
 /// Serves `router` on `listener` within `settings` until `drain` starts,
 /// then drains as the module docs say and returns when every connection
 /// has closed.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: impl Routes,
     settings: EdgeSettings,
     metrics: EdgeMetrics,
     drain: DrainSignal,
@@ -292,18 +310,18 @@ async fn wait_after_accept_error(error: &std::io::Error) {
 }
 
 /// Everything one connection needs.
-struct Connection {
+struct Connection<R> {
     /// The client's address, handed to handlers that limit per source
     /// (relay binds) as axum's `ConnectInfo`.
     peer: SocketAddr,
     builder: http1::Builder,
-    router: Router,
+    router: R,
     settings: EdgeSettings,
     metrics: EdgeMetrics,
     drain: DrainSignal,
 }
 
-impl Connection {
+impl<R: Routes> Connection<R> {
     /// Serves requests until the client leaves, a deadline passes, or the
     /// drain closes the connection.
     async fn serve(self, stream: TcpStream) {
@@ -432,9 +450,9 @@ impl Drop for OpenConnection {
 /// The router behind a connection, with the drain rule in front and the
 /// busy phase marked around each request.
 #[derive(Clone)]
-struct EdgeService {
+struct EdgeService<R> {
     peer: ConnectInfo<SocketAddr>,
-    router: Router,
+    router: R,
     activity: Arc<Activity>,
     drain: DrainSignal,
     metrics: EdgeMetrics,
@@ -442,7 +460,7 @@ struct EdgeService {
 
 type EdgeResponse = Response<TrackedBody>;
 
-impl hyper::service::Service<Request<Incoming>> for EdgeService {
+impl<R: Routes> hyper::service::Service<Request<Incoming>> for EdgeService<R> {
     type Response = EdgeResponse;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<EdgeResponse, Infallible>> + Send>>;
