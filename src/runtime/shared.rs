@@ -235,6 +235,14 @@ impl ArtifactRegistry {
             &sha256,
             precompiled,
         )?;
+        // Wasmtime writes each memory's initial image into a memfd and seals
+        // it on the first instantiation unless asked earlier; asked here, that
+        // copy (12 MiB for the Python echo) and the seal's retries on EBUSY
+        // (patches/README.md) run on this blocking thread, not on the async
+        // worker that describes the plugin or runs its first task.
+        component
+            .initialize_copy_on_write_image()
+            .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
         let pre = link(&self.engine, &self.linker, &component)
             .map_err(|why| LoadError::WrongWorld(path.to_path_buf(), why))?;
         let shared = Arc::new(SharedArtifact {
